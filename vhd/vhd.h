@@ -1,0 +1,149 @@
+/*
+ * vhd — Microsoft Virtual Hard Disk 1.0 images: fixed, dynamic and
+ * differencing, alone or in chains.
+ *
+ * Three layers, lowest first. The format code (format.c, internal) decodes
+ * every on-disk structure into native types and validates it, and encodes it
+ * back; nothing above it touches raw bytes. The engine (engine.c, internal)
+ * opens a chain (child first, parents found through their locators and checked
+ * against the identity the child recorded) and serves it as a bdev: libaio
+ * with O_DIRECT, the BAT in memory, crash-safe block allocation without an
+ * fsync per block. The offline operations (create, inspect, check, convert,
+ * compare, and later merge, compact, resize, repair, set-parent) are built on
+ * those two and drive the engine from a private reactor, so the `vhd` tool and
+ * hvstord share one I/O path.
+ */
+#ifndef HVSTOR_VHD_H
+#define HVSTOR_VHD_H
+
+#include "common.h"
+
+enum vhd_type {
+    VHD_TYPE_FIXED = 2,
+    VHD_TYPE_DYNAMIC = 3,
+    VHD_TYPE_DIFFERENCING = 4,
+};
+
+#define VHD_DEFAULT_BLOCK_BYTES (2u * 1024 * 1024)
+#define VHD_MAX_CHAIN_DEPTH 64
+/* The largest virtual size the format's CHS and BAT fields allow sensibly
+ * (Hyper-V's limit for VHD). */
+#define VHD_MAX_SIZE_BYTES (2040ull * 1024 * 1024 * 1024)
+
+const char *vhd_type_name(enum vhd_type type);           /* "fixed", ... */
+int vhd_type_parse(const char *name, enum vhd_type *type); /* -EINVAL if unknown */
+
+/* ---------------------------------------------------------------- create */
+
+struct vhd_create_options {
+    enum vhd_type type;
+    uint64_t size_bytes;            /* exact virtual size; differencing: 0 = parent's */
+    uint32_t block_bytes;           /* dynamic/differencing; 0 = 2 MiB */
+    const char *parent_path;        /* differencing only */
+};
+
+/* Create a new image; refuses to overwrite an existing file. Fixed images are
+ * preallocated with fallocate. The file is durable when this returns 0. */
+int vhd_create(const char *path, const struct vhd_create_options *opt, struct hv_err *err);
+
+/* --------------------------------------------------------------- inspect */
+
+struct vhd_geometry {
+    uint16_t cylinders;
+    uint8_t heads;
+    uint8_t sectors_per_track;
+};
+
+/* What one image file says about itself (not its parents). */
+struct vhd_info {
+    enum vhd_type type;
+    uint64_t size_bytes;            /* current size */
+    uint64_t original_size_bytes;
+    uint64_t file_bytes;            /* length of the file */
+    uint64_t allocated_bytes;       /* data blocks allocated (dynamic/differencing) */
+    uint32_t block_bytes;           /* 0 for fixed */
+    uint32_t max_table_entries;
+    uint8_t uuid[16];
+    uint32_t timestamp;             /* seconds since 2000-01-01 UTC */
+    char creator_app[5];            /* NUL-terminated, e.g. "hvst", "qemu", "win " */
+    uint32_t creator_version;
+    char creator_os[5];
+    struct vhd_geometry geometry;
+    bool is_footer_ok;              /* footer at the end: checksum and fields */
+    bool is_footer_copy_ok;         /* copy at offset 0 (dynamic/differencing) */
+    bool is_header_ok;              /* dynamic header */
+    bool has_parent;
+    uint8_t parent_uuid[16];
+    uint32_t parent_timestamp;
+    char parent_name[1024];         /* UTF-8, from the header's UTF-16BE name */
+    char parent_relative[4096];     /* W2ru locator, as written ("" if none) */
+    char parent_absolute[4096];     /* W2ku locator */
+    char parent_macx[4096];         /* MacX locator (file:// URL) */
+};
+
+/* Read and validate one image's metadata. With a damaged image it fails with
+ * a message naming the file, the structure and the field. */
+int vhd_inspect(const char *path, struct vhd_info *info, struct hv_err *err);
+/* The fields of `info` as `vhd info --json` prints them. */
+json_t *vhd_info_to_json(const struct vhd_info *info);
+
+/* ------------------------------------------------------------------ open */
+
+/* Observer of the engine's own file I/O, for the crash-consistency harness:
+ * called when a write or fdatasync to image file `layer` (0 = top) is
+ * submitted and when it completes. Production code passes NULL. */
+struct vhd_io_observer {
+    void (*on_submit)(void *arg, int seq, bool is_sync, uint64_t offset,
+                      const struct iovec *iov, int iovcnt);
+    void (*on_complete)(void *arg, int seq, long res);
+    void *arg;
+};
+
+struct vhd_open_options {
+    bool is_read_only;              /* top image read-only too (parents always are) */
+    bool no_direct_io;              /* buffered I/O (e.g. tmpfs, which lacks O_DIRECT) */
+    unsigned queue_depth;           /* engine requests in flight; 0 = 128 */
+    const struct vhd_io_observer *observer;
+};
+
+/*
+ * Open an image and its parents as one bdev in reactor `r`. The top image is
+ * locked exclusively (OFD lock) unless read-only; parents are opened
+ * read-only and never written. Fails cleanly on damage, a missing parent, a
+ * parent whose identity does not match, a loop, or a chain deeper than
+ * VHD_MAX_CHAIN_DEPTH.
+ */
+int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_options *opt,
+             struct bdev **out, struct hv_err *err);
+
+/* True when `bd` was opened by vhd_open. */
+bool vhd_is_vhd_bdev(const struct bdev *bd);
+/* Chain of an open vhd bdev: depth (1 = no parent) and each layer's path. */
+int vhd_chain_depth(const struct bdev *bd);
+const char *vhd_chain_path(const struct bdev *bd, int layer);
+
+/* ----------------------------------------------------------------- check */
+
+enum vhd_check_result {
+    VHD_CHECK_CLEAN = 0,
+    VHD_CHECK_CORRUPT = 2,          /* exit codes of `vhd check` */
+    VHD_CHECK_LEAKED = 3,
+};
+
+struct vhd_check_problem {
+    bool is_leak;                   /* only leaked space, not corruption */
+    char msg[512];
+};
+
+struct vhd_check_report {
+    struct vhd_check_problem *problems;   /* malloc'd; vhd_check_report_free */
+    int problem_count;
+    uint64_t leaked_bytes;
+};
+
+/* Check one image (not its parents). Returns a vhd_check_result, or a
+ * negative errno (with err set) when the file could not be checked at all. */
+int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *err);
+void vhd_check_report_free(struct vhd_check_report *report);
+
+#endif /* HVSTOR_VHD_H */
