@@ -106,4 +106,66 @@ struct scsi_lu {
     uint64_t lun;
 };
 
+/* ------------------------------------------------------- the controller */
+
+enum scsi_tmf {
+    SCSI_TMF_ABORT_TASK = 1,
+    SCSI_TMF_ABORT_TASK_SET = 2,
+    SCSI_TMF_CLEAR_TASK_SET = 3,
+    SCSI_TMF_LOGICAL_UNIT_RESET = 5,
+    SCSI_TMF_TARGET_WARM_RESET = 6,
+    SCSI_TMF_TARGET_COLD_RESET = 7,
+};
+
+enum scsi_tmf_response {            /* RFC 7143 11.6.1 response codes */
+    SCSI_TMF_COMPLETE = 0,
+    SCSI_TMF_TASK_NOT_FOUND = 1,
+    SCSI_TMF_LUN_NOT_FOUND = 2,
+    SCSI_TMF_NOT_SUPPORTED = 5,
+    SCSI_TMF_REJECTED = 255,
+};
+
+int scsi_controller_create(struct hv_reactor *r, const char *name,
+                           struct scsi_controller **out);
+/* Detaches (destroys) every LU; no task may be in flight. */
+void scsi_controller_destroy(struct scsi_controller *c);
+/* Put `lu` in slot `lun` (< 64); -EBUSY if taken. Raises REPORTED LUNS DATA
+ * HAS CHANGED on every nexus. The controller owns `lu` from here on. */
+int scsi_controller_attach(struct scsi_controller *c, uint64_t lun, struct scsi_lu *lu);
+/* Remove and return the LU (caller destroys it once its tasks are done), or NULL. */
+struct scsi_lu *scsi_controller_detach(struct scsi_controller *c, uint64_t lun);
+struct scsi_lu *scsi_controller_lu(struct scsi_controller *c, uint64_t lun);
+/* A nexus appears (login) or goes (logout, connection lost): a new nexus gets
+ * POWER ON/RESET unit attention; a gone one loses its reservations'
+ * non-persistent state (RESERVE/RELEASE) and its pending unit attentions. */
+void scsi_controller_nexus_add(struct scsi_controller *c, const struct scsi_nexus *n);
+void scsi_controller_nexus_remove(struct scsi_controller *c, const struct scsi_nexus *n);
+/* Queue a unit attention for every nexus (CAPACITY DATA HAS CHANGED after a
+ * resize: asc 0x2A ascq 0x09; REPORTED LUNS CHANGED: 0x3F 0x0E). lun = UINT64_MAX: all. */
+void scsi_controller_raise_ua(struct scsi_controller *c, uint64_t lun, uint8_t asc, uint8_t ascq);
+/* Run one command; completes through task->done. */
+void scsi_controller_execute(struct scsi_controller *c, struct scsi_task *task);
+/* Task management; synchronous answer (aborted tasks still complete through
+ * their done(), with is_aborted set, and the transport drops their response). */
+enum scsi_tmf_response scsi_controller_tmf(struct scsi_controller *c, const struct scsi_nexus *n,
+                                           enum scsi_tmf fn, uint64_t lun, uint32_t ref_tag);
+
+/* ---------------------------------------------------- the emulated disk */
+
+struct scsi_disk_options {
+    bool is_read_only;              /* WRITE PROTECT */
+    const char *vendor;             /* INQUIRY, 8 chars; NULL = "HVSTOR" */
+    const char *product;            /* 16 chars; NULL = "Virtual Disk" */
+    const char *serial;             /* VPD 0x80; NULL = derived from bdev uuid */
+};
+
+/* An SBC disk on `bd`. The LU does not own `bd`: the caller closes it after
+ * destroying the LU. */
+int scsi_disk_create(struct bdev *bd, const struct scsi_disk_options *opt,
+                     struct scsi_lu **out, struct hv_err *err);
+/* Per-disk statistics for `hvctl disk stats`. */
+void scsi_disk_stats(struct scsi_lu *lu, json_t *obj);
+/* After the bdev was resized: report the new capacity, raise the UA. */
+void scsi_disk_capacity_changed(struct scsi_lu *lu);
+
 #endif /* HVSTOR_HV_SCSI_H */

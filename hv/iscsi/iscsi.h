@@ -1,0 +1,51 @@
+/*
+ * iscsi — internal to hv/: the iSCSI target (RFC 7143) that serves each VM
+ * controller to its guest.
+ *
+ * A server listens on one portal and owns its connections and sessions, all
+ * in the daemon's reactor. It knows nothing of VMs: who may log in to which
+ * target, with which CHAP secrets, and which controller serves a target are
+ * asked of a directory the daemon supplies. Commands become scsi_tasks for
+ * that controller (scsi.h); data-in is read into the buffer that is sent.
+ */
+#ifndef HVSTOR_HV_ISCSI_H
+#define HVSTOR_HV_ISCSI_H
+
+#include "common.h"
+#include "../scsi.h"
+
+struct iscsi_server;
+
+struct iscsi_auth {
+    bool is_chap_required;
+    char chap_user[256];            /* what the initiator must present */
+    char chap_secret[256];
+    bool is_mutual;                 /* the target proves itself too */
+    char mutual_user[256];
+    char mutual_secret[256];
+};
+
+struct iscsi_directory_ops {
+    /* The controller serving `target` if `initiator` may use it, with the
+     * CHAP the login must pass. -ENOENT: no such target; -EACCES: this
+     * initiator is not allowed (login fails with authorization failure). */
+    int (*lookup)(void *arg, const char *target, const char *initiator,
+                  struct iscsi_auth *auth, struct scsi_controller **ctl);
+    /* SendTargets: emit each target `initiator` may use, and no other. */
+    void (*list)(void *arg, const char *initiator,
+                 void (*emit)(void *ctx, const char *target), void *ctx);
+};
+
+/* Listen on addr:port (port 0 = any; see iscsi_server_port). */
+int iscsi_server_create(struct hv_reactor *r, const char *addr, uint16_t port,
+                        const struct iscsi_directory_ops *ops, void *arg,
+                        struct iscsi_server **out, struct hv_err *err);
+uint16_t iscsi_server_port(const struct iscsi_server *s);
+/* Stop accepting; close every session after its in-flight commands finish
+ * (done=true set when all are closed). */
+void iscsi_server_shutdown(struct iscsi_server *s, bool *done);
+void iscsi_server_destroy(struct iscsi_server *s);
+/* Drop every session logged in to `target` (VM deleted, ACL changed). */
+void iscsi_server_drop_target(struct iscsi_server *s, const char *target);
+
+#endif
