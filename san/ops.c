@@ -42,6 +42,7 @@ struct san_op {
     size_t lun_count;
     size_t index;
     uint32_t report_alloc;
+    unsigned ua_retries;
 };
 
 static uint32_t got_bytes(const struct san_cmd *c)
@@ -61,6 +62,22 @@ static void op_submit(struct san_op *op, uint64_t lun, const uint8_t *cdb, uint8
     op->cmd.cb_arg = op;
     /* cannot fail: the command is well formed by construction */
     san_session_submit(op->s, &op->cmd);
+}
+
+/*
+ * The first command on a new I_T nexus meets the target's UNIT ATTENTION
+ * (power on, reset, reservations changed); for these control operations it
+ * carries no news, so ask again, a few times at most.
+ */
+static bool retry_unit_attention(struct san_op *op)
+{
+    struct san_cmd *c = &op->cmd;
+    if (c->transport != SAN_TRANSPORT_OK || c->status != SAN_STATUS_CHECK_CONDITION ||
+        san_sense_key(c->sense, c->sense_len) != 0x6 || op->ua_retries >= 4) {
+        return false;
+    }
+    op->ua_retries++;
+    return san_session_submit(op->s, c) == 0;
 }
 
 static const char *op_msg(struct san_op *op, const char *what, char *buf, size_t len)
@@ -92,6 +109,9 @@ static void pr_out_done(struct san_cmd *c)
     struct san_op *op = c->cb_arg;
     int status = san_cmd_errno(c);
     char msg[300];
+    if (retry_unit_attention(op)) {
+        return;
+    }
     if (status == 0) {
         if (op->action == SAN_PR_REGISTER || op->action == SAN_PR_REGISTER_AND_IGNORE) {
             if (op->new_key) {
@@ -171,6 +191,9 @@ static void pr_read_done(struct san_cmd *c)
     struct san_op *op = c->cb_arg;
     int status = san_cmd_errno(c);
     char msg[300];
+    if (retry_unit_attention(op)) {
+        return;
+    }
     if (status == 0) {
         int ret = op->step == 0 ? san_parse_pr_keys(op->buf, got_bytes(c), &op->pr)
                                 : san_parse_pr_reservation(op->buf, got_bytes(c), &op->pr);
@@ -235,6 +258,10 @@ static void scan_done(struct san_cmd *c)
     struct san_op *op = c->cb_arg;
     char msg[300];
     struct san_lun_info *li = op->index < op->lun_count ? &op->luns[op->index] : NULL;
+
+    if (retry_unit_attention(op)) {
+        return;
+    }
 
     if (c->transport != SAN_TRANSPORT_OK) {
         scan_finish(op, san_cmd_errno(c), op_msg(op, "LUN scan", msg, sizeof(msg)));

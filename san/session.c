@@ -444,8 +444,9 @@ static void cmd_cb(struct iscsi_context *iscsi, int status, void *command_data, 
             q_insert_ordered(&s->pending, c);
         }
         if (!s->in_teardown) {
-            mark_lost(s, status == SCSI_STATUS_CANCELLED ? "command cancelled"
-                                                        : iscsi_get_error(iscsi));
+            char why[300];
+            snprintf(why, sizeof(why), "connection lost: %s", iscsi_get_error(iscsi));
+            mark_lost(s, why);
         }
         return;
     }
