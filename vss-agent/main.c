@@ -518,7 +518,10 @@ static int pump(int fd)
 static int send_mode(const char *path, char **lines, int count, uint32_t timeout_ms)
 {
     struct vss_linebuf lb;
-    int fd = connect_unix(path), status = 0;
+    int fd, status = 0;
+
+    signal(SIGPIPE, SIG_IGN);
+    fd = connect_unix(path);
     if (fd < 0)
         return 1;
     if (count == 0) {
@@ -531,11 +534,12 @@ static int send_mode(const char *path, char **lines, int count, uint32_t timeout
         return 1;
     }
     for (int i = 0; i < count && status != 1; i++) {
-        if (write_all(fd, lines[i], strlen(lines[i])) < 0 || write_all(fd, "\n", 1) < 0) {
+        /* A write can fail when the agent already turned us away (busy):
+         * its reply is still there to read and print. */
+        bool is_sent = write_all(fd, lines[i], strlen(lines[i])) == 0 &&
+                       write_all(fd, "\n", 1) == 0;
+        if (!is_sent)
             hv_error("%s: write: %s", path, strerror(errno));
-            status = 1;
-            break;
-        }
         for (;;) {
             const char *line;
             size_t len;
@@ -550,6 +554,8 @@ static int send_mode(const char *path, char **lines, int count, uint32_t timeout
                 if (vss_reply_decode(line, len, &rep, &err) < 0 || !rep.is_ok)
                     status = 2;
                 vss_reply_clear(&rep);
+                if (!is_sent)
+                    status = 1;
                 break;
             }
             struct pollfd p = { .fd = fd, .events = POLLIN };
