@@ -41,7 +41,7 @@ cleanup() {
     local rc=$?
     # Thaw first: everything below (and the blocked dd's) needs a live fs.
     [ -n "$LOOP" ] && fsfreeze -u "$MNT" 2>/dev/null
-    [ -n "${CL_PID:-}" ] && kill "$CL_PID" 2>/dev/null
+    [ -n "${CLIENT_PID:-}" ] && kill "$CLIENT_PID" 2>/dev/null
     [ -n "$AGENT_PID" ] && kill -9 "$AGENT_PID" 2>/dev/null
     [ -n "$LOOP" ] && fsfreeze -u "$MNT" 2>/dev/null
     jobs -p | xargs -r kill 2>/dev/null
@@ -97,7 +97,7 @@ check_only_our_fs() {
 
 open_client() {
     coproc CL { exec "$AGENT_BIN" --send "unix:$SOCK" 2>>"$LOG"; }
-    CL_PID=$CL_PID
+    CLIENT_PID=$CL_PID
     exec {CL_IN}>&"${CL[1]}" {CL_OUT}<&"${CL[0]}"
     # Keep only our copies, so that closing CL_IN really closes the pipe.
     eval "exec ${CL[1]}>&- ${CL[0]}<&-"
@@ -105,9 +105,9 @@ open_client() {
 
 close_client() {
     exec {CL_IN}>&-
-    wait "$CL_PID" 2>/dev/null
+    wait "$CLIENT_PID" 2>/dev/null
     exec {CL_OUT}<&-
-    CL_PID=
+    CLIENT_PID=
 }
 
 # req JSON -> the reply in $R (fails the test when none comes in 30 s)
