@@ -218,9 +218,9 @@ void disk_finish(struct scsi_task *t)
     if (t->status != SCSI_STATUS_GOOD && t->status != SCSI_STATUS_CONDITION_MET)
         d->stats.errors++;
     else if (c->kind == 1)
-        d->stats.bytes_read += c->pos;
+        d->stats.bytes_read += c->len;
     else if (c->kind == 2)
-        d->stats.bytes_written += c->pos;
+        d->stats.bytes_written += c->len;
     if (c->kind == 1)
         d->stats.reads++;
     else if (c->kind == 2)
@@ -403,6 +403,7 @@ static uint32_t write_flags(const struct scsi_disk *d, bool is_fua)
 /* ------------------------------------------------------- READ and WRITE */
 
 static void rw_step(struct scsi_task *t);
+static void verify_step(struct scsi_task *t);
 
 static void rw_done(struct scsi_task *t, int status)
 {
@@ -421,6 +422,14 @@ static void rw_step(struct scsi_task *t)
 {
     struct disk_cmd *c = disk_cmd(t);
     struct scsi_disk *d = c->disk;
+    if (c->pos >= c->len && c->then_verify && !t->is_aborted) {
+        /* WRITE AND VERIFY: the data is on the medium (FUA); read it back,
+         * comparing with data-out when BYTCHK asked for it. */
+        c->then_verify = false;
+        c->pos = 0;
+        verify_step(t);
+        return;
+    }
     if (c->pos >= c->len || t->is_aborted) {
         if (t->is_aborted && c->pos < c->len)
             t->status = SCSI_STATUS_TASK_ABORTED;
@@ -476,9 +485,21 @@ static void cmd_read_write(struct scsi_disk *d, struct scsi_task *t, bool is_wri
 {
     struct disk_cmd *c = disk_cmd(t);
     struct rw_cdb rw;
+    uint8_t op = t->cdb[0];
+    bool is_wav = op == 0x2E || op == 0xAE || op == 0x8E;
+    uint8_t bytchk = is_wav ? (t->cdb[1] >> 1) & 0x03 : 0;
     parse_rw(t, &rw);
     c->kind = is_write ? 2 : 1;
 
+    if (is_wav) {
+        /* WRITE AND VERIFY has no FUA bit (bit 3 is reserved there), but
+         * what it writes must be on the medium before it is read back. */
+        rw.is_fua = true;
+        if (bytchk > 1) {
+            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+            return;
+        }
+    }
     if (rw.protect) {
         disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
         return;
@@ -513,8 +534,26 @@ static void cmd_read_write(struct scsi_disk *d, struct scsi_task *t, bool is_wri
     c->bio_flags = is_write ? write_flags(d, rw.is_fua) : 0;
     c->needs_range = true;
     c->needs_io = true;
+    if (is_wav) {
+        c->then_verify = true;
+        c->needs_scratch = true;
+        c->index = bytchk;
+    }
     c->start = rw_step;
     run(d, t);
+}
+
+/* PRE-FETCH: there is no cache of ours to load, so after the checks there
+ * is nothing to do; GOOD (not CONDITION MET) says exactly that (SBC-3 5.8). */
+static void cmd_prefetch(struct scsi_disk *d, struct scsi_task *t)
+{
+    struct rw_cdb rw;
+    parse_rw(t, &rw);
+    if (!is_range_valid(d, rw.lba, rw.blocks)) {
+        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_LBA_OUT_OF_RANGE);
+        return;
+    }
+    disk_finish(t);
 }
 
 /* -------------------------------------------- VERIFY, COMPARE AND WRITE */
@@ -582,7 +621,6 @@ static void verify_read_done(struct scsi_task *t, int status)
         return;
     }
     c->kind = 2;
-    c->pos = bytes;                 /* counted as written only if it succeeds */
     submit(t, BDEV_IO_WRITE, c->lba * d->block_bytes, bytes, n, c->bio_flags, caw_write_done);
 }
 
@@ -676,8 +714,11 @@ static void cmd_compare_and_write(struct scsi_disk *d, struct scsi_task *t)
         disk_finish(t);
         return;
     }
-    if (HV_MIN(t->expected_bytes, t->out_bytes) < 2 * bytes) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
+    /* The data-out must be exactly the compare and the write halves: a
+     * different length means the initiator and the CDB disagree on what is
+     * compared (libiscsi's CompareAndWrite.InvalidDataOutSize). */
+    if (t->expected_bytes != 2 * bytes || t->out_bytes < 2 * bytes) {
+        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
         return;
     }
     c->lba = lba;
@@ -787,9 +828,10 @@ static void cmd_write_same(struct scsi_disk *d, struct scsi_task *t)
         return;
     }
     if (!is_ndob) {
+        /* Exactly one block of data-out, no more and no less. */
         t->wanted_bytes = d->block_bytes;
-        if (HV_MIN(t->expected_bytes, t->out_bytes) < d->block_bytes) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
+        if (t->expected_bytes != d->block_bytes || t->out_bytes < d->block_bytes) {
+            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
             return;
         }
     }
@@ -858,6 +900,10 @@ static void cmd_unmap(struct scsi_disk *d, struct scsi_task *t)
     uint8_t hdr[8];
 
     c->kind = 2;
+    if (!d->bd->can_discard) {      /* LBPU=0: UNMAP is not a command we have */
+        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_OPCODE);
+        return;
+    }
     if (t->cdb[1] & 0x01) {         /* ANCHOR: ANC_SUP = 0 */
         disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
         return;
@@ -1187,7 +1233,11 @@ static void dispatch(struct scsi_disk *d, struct scsi_task *t)
         cmd_read_write(d, t, false);
         return;
     case 0x0A: case 0x2A: case 0xAA: case 0x8A:
+    case 0x2E: case 0xAE: case 0x8E:
         cmd_read_write(d, t, true);
+        return;
+    case 0x34: case 0x90:
+        cmd_prefetch(d, t);
         return;
     case 0x2F: case 0xAF: case 0x8F:
         cmd_verify(d, t);

@@ -418,7 +418,10 @@ static void test_write_same_replicates_a_block_beyond_the_scratch_buffer(void **
                  SCSI_ASC_INVALID_FIELD_IN_CDB);
     cdb[1] = 0;
     expect_sense(fx_cmd(f, &f->n1, cdb, 10, block, 100, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
-                 SCSI_ASC_INVALID_FIELD_IN_IU);
+                 SCSI_ASC_INVALID_FIELD_IN_CDB);
+    uint8_t two[1024] = { 0 };
+    expect_sense(fx_cmd(f, &f->n1, cdb, 10, two, 1024, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
+                 SCSI_ASC_INVALID_FIELD_IN_CDB);
     fx_free(f);
 }
 
@@ -544,7 +547,10 @@ static void test_compare_and_write_writes_on_match_and_reports_miscompare(void *
     uint8_t short_cdb[16] = { 0x89 };
     short_cdb[13] = 2;
     expect_sense(fx_cmd(f, &f->n1, short_cdb, 16, old, 1024, NULL, 0),
-                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
+                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+    short_cdb[13] = 1;                                  /* too much data for one block */
+    expect_sense(fx_cmd(f, &f->n1, short_cdb, 16, old, 2048, NULL, 0),
+                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
     fx_free(f);
 }
 
@@ -940,6 +946,35 @@ static void test_resize_reports_new_capacity_after_unit_attention(void **state)
     fx_free(f);
 }
 
+static void test_write_and_verify_and_prefetch(void **state)
+{
+    struct fx *f = open_disk("wav.img");
+    uint8_t data[4096], back[4096];
+    uint8_t cdb[16];
+    t_fill(data, sizeof(data), 41);
+    cdb_rw10(cdb, 0x2E, 16, 8);
+    cdb[1] = 0x02;                                      /* BYTCHK: compare after writing */
+    expect_good(fx_cmd(f, &f->n1, cdb, 10, data, sizeof(data), NULL, 0));
+    cdb_rw10(cdb, 0x28, 16, 8);
+    expect_good(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, back, sizeof(back)));
+    assert_memory_equal(data, back, sizeof(data));
+    cdb_rw16(cdb, 0x8E, 24, 8);                         /* BYTCHK 0: just read it back */
+    expect_good(fx_cmd(f, &f->n1, cdb, 16, data, sizeof(data), NULL, 0));
+    cdb_rw12(cdb, 0xAE, BLOCKS - 1, 8);
+    expect_sense(fx_cmd(f, &f->n1, cdb, 12, data, sizeof(data), NULL, 0),
+                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_LBA_OUT_OF_RANGE);
+    cdb_rw10(cdb, 0x2E, 0, 1);
+    cdb[1] = 0x04;                                      /* BYTCHK 10b: reserved */
+    expect_sense(fx_cmd(f, &f->n1, cdb, 10, data, 512, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
+                 SCSI_ASC_INVALID_FIELD_IN_CDB);
+    cdb_rw10(cdb, 0x34, 0, 100);
+    expect_good(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, NULL, 0));
+    cdb_rw16(cdb, 0x90, BLOCKS - 1, 2);
+    expect_sense(fx_cmd(f, &f->n1, cdb, 16, NULL, 0, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
+                 SCSI_ASC_LBA_OUT_OF_RANGE);
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -963,6 +998,7 @@ int main(void)
         cmocka_unit_test(test_report_supported_operation_codes),
         cmocka_unit_test(test_stats_count_commands_bytes_and_latency),
         cmocka_unit_test(test_resize_reports_new_capacity_after_unit_attention),
+        cmocka_unit_test(test_write_and_verify_and_prefetch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
