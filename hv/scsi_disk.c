@@ -466,9 +466,12 @@ static bool clip_to_expected(struct scsi_task *t, struct disk_cmd *c, uint64_t b
                              bool is_write)
 {
     t->wanted_bytes = (uint32_t)HV_MIN(bytes, UINT32_MAX);
-    uint64_t have = t->expected_bytes;
-    if (is_write)
-        have = HV_MIN(have, t->out_bytes);
+    /* Data moving the other way than the command says counts as none. */
+    uint64_t have = 0;
+    if (is_write && t->dir == SCSI_DIR_OUT)
+        have = HV_MIN(t->expected_bytes, t->out_bytes);
+    else if (!is_write && t->dir == SCSI_DIR_IN)
+        have = HV_MIN(t->expected_bytes, hv_iov_length(t->in_iov, t->in_iovcnt));
     if (bytes <= have) {
         c->len = bytes;
         return true;

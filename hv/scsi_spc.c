@@ -98,9 +98,22 @@ static bool is_sa_opcode(uint8_t op)
     return op == 0x5E || op == 0x5F || op == 0x9E || op == 0xA3;
 }
 
+/* First table entry of each opcode + 1 (0: not implemented), so the I/O
+ * path finds its command without walking the table. */
+static uint8_t first_entry[256];
+
+__attribute__((constructor)) static void index_commands(void)
+{
+    _Static_assert(HV_ARRAY_SIZE(commands) < 255, "index fits in a byte");
+    for (size_t i = HV_ARRAY_SIZE(commands); i-- > 0;)
+        first_entry[commands[i].opcode] = (uint8_t)(i + 1);
+}
+
 static const struct cmd_info *find_command(uint8_t op, uint16_t sa)
 {
-    for (size_t i = 0; i < HV_ARRAY_SIZE(commands); i++) {
+    if (!first_entry[op])
+        return NULL;
+    for (size_t i = first_entry[op] - 1u; i < HV_ARRAY_SIZE(commands); i++) {
         if (commands[i].opcode != op)
             continue;
         if (!commands[i].has_sa || commands[i].sa == sa)

@@ -289,6 +289,11 @@ static void test_transfer_length_against_expected_length(void **state)
     r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 4096);
     expect_good(r);
     assert_int_equal(r.in_bytes, 2048);
+    /* no data-in buffer at all (EDTL 0): GOOD, nothing moved, all overflow */
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, NULL, 0);
+    expect_good(r);
+    assert_int_equal(r.in_bytes, 0);
+    assert_int_equal(r.wanted_bytes, 2048);
     /* a partial block: refused */
     expect_sense(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 200), SCSI_SENSE_ILLEGAL_REQUEST,
                  SCSI_ASC_INVALID_FIELD_IN_IU);
