@@ -140,6 +140,15 @@ static bool acquire(struct scsi_disk *d, struct scsi_task *t, bool is_resuming)
 
 static void run(struct scsi_disk *d, struct scsi_task *t)
 {
+    struct disk_cmd *c = disk_cmd(t);
+    if (t->task_attr == SCSI_TASK_ATTR_ORDERED) {
+        /* An ORDERED task is exclusive over the whole LU: it waits for every
+         * running media command and holds back the ones after it. */
+        c->needs_range = true;
+        c->is_exclusive = true;
+        c->lba = 0;
+        c->blocks = UINT64_MAX / 2;
+    }
     if (acquire(d, t, false))
         disk_cmd(t)->start(t);
 }

@@ -980,6 +980,61 @@ static void test_write_and_verify_and_prefetch(void **state)
     fx_free(f);
 }
 
+static int completion_seq;
+
+static void ordered_done(struct scsi_task *t)
+{
+    int *slot = t->transport_arg;
+    *slot = ++completion_seq;
+}
+
+/* An ORDERED task completes after every task before it and before every
+ * task after it; SIMPLE ones around it may run in any order. */
+static void test_ordered_task_waits_for_earlier_and_holds_later(void **state)
+{
+    struct fx *f = open_disk("ordered.img");
+    enum { N = 9 };
+    static uint8_t data[N][64 * 512];
+    struct scsi_task tasks[N];
+    struct iovec iov[N];
+    int seq[N];
+    memset(tasks, 0, sizeof(tasks));
+    memset(seq, 0, sizeof(seq));
+    completion_seq = 0;
+    for (int i = 0; i < N; i++) {
+        struct scsi_task *t = &tasks[i];
+        t->nexus = &f->n1;
+        t->done = ordered_done;
+        t->transport_arg = &seq[i];
+        t->task_attr = SCSI_TASK_ATTR_SIMPLE;
+        if (i == 4) {
+            cdb_rw10(t->cdb, 0x35, 0, 0);              /* SYNCHRONIZE CACHE, ORDERED */
+            t->cdb_len = 10;
+            t->task_attr = SCSI_TASK_ATTR_ORDERED;
+        } else {
+            cdb_rw10(t->cdb, 0x2A, (uint32_t)(i * 64), 64);
+            t->cdb_len = 10;
+            t->dir = SCSI_DIR_OUT;
+            iov[i].iov_base = data[i];
+            iov[i].iov_len = sizeof(data[i]);
+            t->out_iov = &iov[i];
+            t->out_iovcnt = 1;
+            t->expected_bytes = t->out_bytes = sizeof(data[i]);
+        }
+        scsi_controller_execute(f->c, t);
+    }
+    while (completion_seq < N)
+        assert_true(hv_reactor_run_once(f->r, 100) >= 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(tasks[i].status, SCSI_STATUS_GOOD);
+        if (i < 4)
+            assert_true(seq[i] < seq[4]);
+        if (i > 4)
+            assert_true(seq[i] > seq[4]);
+    }
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1004,6 +1059,7 @@ int main(void)
         cmocka_unit_test(test_stats_count_commands_bytes_and_latency),
         cmocka_unit_test(test_resize_reports_new_capacity_after_unit_attention),
         cmocka_unit_test(test_write_and_verify_and_prefetch),
+        cmocka_unit_test(test_ordered_task_waits_for_earlier_and_holds_later),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
