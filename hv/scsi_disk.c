@@ -285,9 +285,10 @@ static void bio_complete(struct bdev_io *bio, int status)
     disk_cmd(t)->bio_done(t, status);
 }
 
-/* Submit the task's bdev request; a refusal completes the task. */
-static void submit(struct scsi_task *t, enum bdev_io_type type, uint64_t offset, uint64_t length,
-                   int iovcnt, uint32_t flags, void (*cb)(struct scsi_task *, int))
+/* Submit the task's bdev request; a refusal is returned, nothing else. */
+static int submit_try(struct scsi_task *t, enum bdev_io_type type, uint64_t offset,
+                      uint64_t length, int iovcnt, uint32_t flags,
+                      void (*cb)(struct scsi_task *, int))
 {
     struct disk_cmd *c = disk_cmd(t);
     struct bdev_io *bio = c->io->bio;
@@ -301,7 +302,14 @@ static void submit(struct scsi_task *t, enum bdev_io_type type, uint64_t offset,
     bio->done = bio_complete;
     bio->cb_arg = c->io;
     c->bio_done = cb;
-    int ret = bdev_submit(c->disk->bd, bio);
+    return bdev_submit(c->disk->bd, bio);
+}
+
+/* Submit the task's bdev request; a refusal completes the task. */
+static void submit(struct scsi_task *t, enum bdev_io_type type, uint64_t offset, uint64_t length,
+                   int iovcnt, uint32_t flags, void (*cb)(struct scsi_task *, int))
+{
+    int ret = submit_try(t, type, offset, length, iovcnt, flags, cb);
     if (ret < 0)
         fail_errno(t, ret, type != BDEV_IO_READ && type != BDEV_IO_BLOCK_STATUS);
 }
@@ -749,10 +757,32 @@ static void cmd_compare_and_write(struct scsi_disk *d, struct scsi_task *t)
 /* ------------------------------------------------------------ WRITE SAME */
 
 static void ws_step(struct scsi_task *t);
+static void ws_start(struct scsi_task *t);
+
+/*
+ * A bdev without WRITE_ZEROES (or DISCARD) support: write zeroes from the
+ * scratch buffer instead. Taking the scratch buffer last keeps the order in
+ * which resources are taken, so this wait cannot deadlock.
+ */
+static void ws_fall_back_to_writes(struct scsi_task *t)
+{
+    struct disk_cmd *c = disk_cmd(t);
+    c->is_zero_pattern = false;
+    c->count = 0;
+    c->index = 1;                   /* the pattern is zeroes, not data-out */
+    c->needs_scratch = true;
+    c->start = ws_start;
+    if (acquire(c->disk, t, false))
+        ws_start(t);
+}
 
 static void ws_done(struct scsi_task *t, int status)
 {
     struct disk_cmd *c = disk_cmd(t);
+    if (status == -EOPNOTSUPP && c->is_zero_pattern) {
+        ws_fall_back_to_writes(t);
+        return;
+    }
     if (status < 0) {
         fail_errno(t, status, true);
         return;
@@ -784,7 +814,11 @@ static void ws_step(struct scsi_task *t)
             else
                 flags = BDEV_IO_MAY_UNMAP;
         }
-        submit(t, type, offset, n, 0, flags, ws_done);
+        int ret = submit_try(t, type, offset, n, 0, flags, ws_done);
+        if (ret == -EOPNOTSUPP)
+            ws_fall_back_to_writes(t);
+        else if (ret < 0)
+            fail_errno(t, ret, true);
         return;
     }
     uint64_t n = HV_MIN(left, DISK_SCRATCH_BYTES);
@@ -803,7 +837,10 @@ static void ws_start(struct scsi_task *t)
         /* Replicate the one block over the scratch buffer once; every chunk
          * is then written from it. */
         uint64_t fill = HV_MIN(c->len, DISK_SCRATCH_BYTES);
-        hv_iov_to_buf(t->out_iov, t->out_iovcnt, 0, d->scratch, d->block_bytes);
+        if (c->index == 1)
+            memset(d->scratch, 0, d->block_bytes);
+        else
+            hv_iov_to_buf(t->out_iov, t->out_iovcnt, 0, d->scratch, d->block_bytes);
         for (uint64_t off = d->block_bytes; off < fill; off += d->block_bytes)
             memcpy(d->scratch + off, d->scratch, d->block_bytes);
     }
@@ -1082,8 +1119,12 @@ static void gls_step(struct scsi_task *t)
         return;
     }
     uint64_t left = HV_MIN(c->blocks - c->pos, UINT32_MAX);
-    submit(t, BDEV_IO_BLOCK_STATUS, (c->lba + c->pos) * d->block_bytes, left * d->block_bytes, 0,
-           0, gls_done);
+    int ret = submit_try(t, BDEV_IO_BLOCK_STATUS, (c->lba + c->pos) * d->block_bytes,
+                         left * d->block_bytes, 0, 0, gls_done);
+    if (ret == -EOPNOTSUPP)
+        gls_done(t, ret);           /* answered at once: the rest is mapped */
+    else if (ret < 0)
+        fail_errno(t, ret, false);
 }
 
 static void cmd_get_lba_status(struct scsi_disk *d, struct scsi_task *t)

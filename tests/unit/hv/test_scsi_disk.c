@@ -1035,6 +1035,122 @@ static void test_ordered_task_waits_for_earlier_and_holds_later(void **state)
     fx_free(f);
 }
 
+/*
+ * A filter bdev in front of the raw file that can neither discard nor write
+ * zeroes nor tell block status, with a 64 KiB request limit and no volatile
+ * cache: the disk must work on it through plain reads and writes.
+ */
+struct plain_bdev {
+    struct bdev bd;
+    struct bdev *inner;
+};
+
+static void plain_inner_done(struct bdev_io *inner, int status)
+{
+    struct bdev_io *outer = inner->cb_arg;
+    outer->done(outer, status);
+}
+
+static int plain_submit(struct bdev *bd, struct bdev_io *io)
+{
+    struct plain_bdev *p = (struct plain_bdev *)bd;
+    if (io->type == BDEV_IO_DISCARD || io->type == BDEV_IO_WRITE_ZEROES ||
+        io->type == BDEV_IO_BLOCK_STATUS)
+        return -EOPNOTSUPP;
+    struct bdev_io *inner = bdev_io_ctx(io);
+    memset(inner, 0, sizeof(*inner));
+    inner->type = io->type;
+    inner->flags = io->flags;
+    inner->offset = io->offset;
+    inner->length = io->length;
+    inner->iov = io->iov;
+    inner->iovcnt = io->iovcnt;
+    inner->done = plain_inner_done;
+    inner->cb_arg = io;
+    return bdev_submit(p->inner, inner);
+}
+
+static int plain_close(struct bdev *bd)
+{
+    free(bd);
+    return 0;
+}
+
+static const struct bdev_ops plain_ops = { .name = "plain", .submit = plain_submit,
+                                           .close = plain_close };
+
+static void test_disk_on_a_bdev_without_discard_zeroes_or_status(void **state)
+{
+    struct fx *f = open_disk("plain.img");
+    struct hv_err err = { 0 };
+    struct plain_bdev *p = calloc(1, sizeof(*p));
+    p->bd = *f->bd;
+    p->bd.ops = &plain_ops;
+    p->bd.io_ctx_bytes = bdev_io_size(f->bd);
+    p->bd.can_discard = false;
+    p->bd.discard_zeroes = false;
+    p->bd.has_volatile_cache = false;
+    p->bd.max_io_bytes = 64 * 1024;
+    p->inner = f->bd;
+    struct scsi_lu *lu;
+    assert_int_equal(scsi_disk_create(&p->bd, NULL, &lu, &err), 0);
+    assert_int_equal(scsi_controller_attach(f->c, 1, lu), 0);
+    uint8_t tur[6] = { 0 };
+    fx_cmd_lun(f, &f->n1, 1, tur, 6, NULL, 0, NULL, 0);
+
+    uint8_t buf[4096];
+    uint8_t cdb[16];
+    /* no thin provisioning advertised, UNMAP is not a command here */
+    uint8_t inq[6] = { 0x12, 1, 0xB2, 0, 255, 0 };
+    expect_good(fx_cmd_lun(f, &f->n1, 1, inq, 6, NULL, 0, buf, 255));
+    assert_int_equal(buf[5], 0);
+    inq[2] = 0xB0;
+    expect_good(fx_cmd_lun(f, &f->n1, 1, inq, 6, NULL, 0, buf, 255));
+    assert_int_equal(hv_be32(buf + 20), 0);
+    assert_int_equal(hv_be32(buf + 24), 0);
+    uint8_t rc16[16] = { 0x9E, 0x10 };
+    hv_put_be32(rc16 + 10, 32);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, rc16, 16, NULL, 0, buf, 32));
+    assert_int_equal(buf[14] & 0xC0, 0);
+    uint8_t unmap_cdb[10] = { 0x42 };
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, unmap_cdb, 10, NULL, 0, NULL, 0),
+                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_OPCODE);
+    /* the caching page says there is no write cache to switch */
+    uint8_t ms[6] = { 0x1A, 0x08, 0x08, 0, 255, 0 };
+    expect_good(fx_cmd_lun(f, &f->n1, 1, ms, 6, NULL, 0, buf, 255));
+    assert_int_equal(buf[4 + 2] & 0x04, 0);
+
+    /* a READ larger than the bdev's request limit is split */
+    static uint8_t big[1024 * 512], back[1024 * 512];
+    t_fill(big, sizeof(big), 77);
+    cdb_rw16(cdb, 0x8A, 0, 1024);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 16, big, sizeof(big), NULL, 0));
+    cdb_rw16(cdb, 0x88, 0, 1024);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 16, NULL, 0, back, sizeof(back)));
+    assert_memory_equal(big, back, sizeof(big));
+
+    /* WRITE SAME of zeroes with UNMAP falls back to writing zeroes */
+    uint8_t zero[512] = { 0 };
+    cdb_rw16(cdb, 0x93, 0, 1024);
+    cdb[1] = 0x08;
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 16, zero, 512, NULL, 0));
+    cdb_rw16(cdb, 0x88, 0, 1024);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 16, NULL, 0, back, sizeof(back)));
+    assert_true(hv_buf_is_zero(back, sizeof(back)));
+    /* GET LBA STATUS without block status: everything mapped */
+    uint8_t gls[16] = { 0x9E, 0x12 };
+    hv_put_be32(gls + 10, 64);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, gls, 16, NULL, 0, buf, 64));
+    assert_int_equal(hv_be32(buf), 20);
+    assert_int_equal(hv_be32(buf + 16), BLOCKS);
+    assert_int_equal(buf[20], 0);
+
+    struct scsi_lu *gone = scsi_controller_detach(f->c, 1);
+    gone->ops->destroy(gone);
+    bdev_close(&p->bd);
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1060,6 +1176,7 @@ int main(void)
         cmocka_unit_test(test_resize_reports_new_capacity_after_unit_attention),
         cmocka_unit_test(test_write_and_verify_and_prefetch),
         cmocka_unit_test(test_ordered_task_waits_for_earlier_and_holds_later),
+        cmocka_unit_test(test_disk_on_a_bdev_without_discard_zeroes_or_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
