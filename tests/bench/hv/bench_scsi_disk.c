@@ -166,7 +166,7 @@ int main(int argc, char **argv)
         slots[i].iov.iov_base = slots[i].buf;
         slots[i].iov.iov_len = io_bytes;
     }
-    printf("%u-byte %s, queue depth %u, %.1f s each, O_DIRECT on %s\n", io_bytes,
+    printf("%u-byte %s, queue depth %u, %.1f s each, O_DIRECT where the file system has it, on %s\n", io_bytes,
            "random I/O", depth, seconds, argv[1]);
     for (int w = 0; w < 2; w++) {
         is_write = w == 1;

@@ -9,7 +9,8 @@ build=${1:-$src/build}
 seconds=${2:-3}
 depth=${3:-32}
 bs=${4:-4096}
-work=$(mktemp -d /var/tmp/hvstor-bench-XXXXXX)
+# BENCH_DIR=/dev/shm measures CPU cost alone (page cache, no device)
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/hvstor-bench-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cc -O2 -D_FILE_OFFSET_BITS=64 -I"$src/common" -I"$src/hv" \
     "$src/tests/bench/hv/bench_scsi_disk.c" -o "$work/bench_scsi_disk" \
