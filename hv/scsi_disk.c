@@ -1139,8 +1139,9 @@ static void cmd_get_lba_status(struct scsi_disk *d, struct scsi_task *t)
     uint32_t room = HV_MIN(alloc, t->dir == SCSI_DIR_IN ? t->expected_bytes : 0);
     room = (uint32_t)HV_MIN(room, hv_iov_length(t->in_iov, t->in_iovcnt));
     c->alloc = room;
-    if (room < 8) {
-        /* Not even the header fits: report the length the answer needs. */
+    if (room < 8 + 16) {
+        /* Not even one descriptor fits: the header alone says how long the
+         * shortest answer is. */
         uint8_t hdr[8] = { 0 };
         hv_put_be32(hdr, 4 + 16);
         scsi_task_data_in(t, hdr, sizeof(hdr), alloc);
@@ -1149,16 +1150,9 @@ static void cmd_get_lba_status(struct scsi_disk *d, struct scsi_task *t)
     }
     c->lba = lba;
     c->blocks = d->blocks - lba;
+    /* At most 64 descriptors: a bounded number of bdev queries per command. */
     c->count = HV_MIN((room - 8) / 16, 64);
     c->index = 0;
-    if (c->count == 0) {
-        c->count = 0;
-        uint8_t hdr[8] = { 0 };
-        hv_put_be32(hdr, 4 + 16);
-        scsi_task_data_in(t, hdr, sizeof(hdr), alloc);
-        disk_finish(t);
-        return;
-    }
     c->needs_io = true;
     c->start = gls_step;
     run(d, t);
