@@ -606,6 +606,11 @@ static int cmd_fault(void)
     }
     struct san_session *s = san_sync_session(ss);
     fault_session = s;
+    /* a new nexus starts with a power-on UNIT ATTENTION: take it first, as a
+     * guest's SCSI scan does, so only the fault is left to show */
+    struct san_cmd tur;
+    uint8_t tur_cdb[6] = {0};
+    run_cdb(ss, lun, tur_cdb, 6, SAN_XFER_NONE, NULL, 0, &tur);
     struct fault_run fr;
     memset(&fr, 0, sizeof(fr));
     fr.is_good = calloc(nwrites, sizeof(bool));
