@@ -116,9 +116,10 @@ int san_session_create(struct hv_reactor *r, const struct san_session_options *o
  * every login. */
 typedef void (*san_status_cb)(void *arg, int status, const char *msg);
 int san_session_connect(struct san_session *s, san_status_cb done, void *arg);
-/* Logout (best effort, not waited for), fail every command still queued with
- * SAN_TRANSPORT_CLOSED (their done() runs inside this call), free. Safe from
- * inside a completion. */
+/* Close the connection (no Logout PDU: the target ends the session when the
+ * TCP connection goes), fail every command still queued with
+ * SAN_TRANSPORT_CLOSED (their done() runs inside this call), free. From
+ * inside a completion it finishes when that libiscsi callback returns. */
 void san_session_close(struct san_session *s);
 
 enum san_state san_session_state(const struct san_session *s);
@@ -171,9 +172,12 @@ enum san_transport {
  * touch it until done() runs (exactly once, never inside submit). For
  * SAN_XFER_READ the data lands directly in `iov`; for WRITE it is sent from
  * it; `xfer_bytes` is the expected transfer length (at most the iov's
- * length). When transport != OK, status is CHECK CONDITION with a NOT READY
- * sense (04h/00h... see SAN_TRANSPORT_*) so a pass-through can hand it to a
- * guest as is.
+ * length). When transport != OK, status is CHECK CONDITION with a fixed-format
+ * NOT READY sense a pass-through can hand to a guest as is: 2h/04h/00h
+ * (FAILED: a guest fails the I/O, and may retry later) or 2h/04h/03h
+ * (OFFLINE/CLOSED: manual intervention required). BUSY and TASK SET FULL
+ * from the target are turned into errors by libiscsi, which drops the
+ * connection: such a command is replayed like any other after the reconnect.
  */
 struct san_cmd {
     uint64_t lun;

@@ -10,6 +10,9 @@
  *   san-itest isid     -p PORTAL -t TARGET -i IQN_A -j IQN_B -l LUN
  *   san-itest offline  -p PORTAL -t TARGET -i IQN -l LUN -H HOOK
  *   san-itest fault    -p PORTAL -t TARGET -i IQN -l LUN -H HOOK -T MS -n WRITES -e ok|fail
+ *   san-itest bench    -p PORTAL -t TARGET -i IQN -l LUN -c COUNT -d DEPTH -s BYTES [-w]
+ *                      (requests as `qemu-img bench` issues them: offset i*BYTES,
+ *                      wrapping at the LUN's end; prints requests per second)
  *
  * Exit: 0 pass, 1 a check failed, 2 usage, 3 login refused (for `luns`).
  */
@@ -728,6 +731,108 @@ static int cmd_fault(void)
     return failures ? 1 : 0;
 }
 
+/* -------------------------------------------------------------- bench */
+
+struct bench_io {
+    struct san_cmd cmd;
+    struct iovec iov;
+    struct bench_run *run;
+};
+
+struct bench_run {
+    struct san_session *s;
+    uint64_t issued, done, failed;
+    uint64_t count, size, blocks;
+    bool is_write;
+    bool is_done;
+};
+
+static void bench_issue(struct bench_run *b, struct bench_io *io)
+{
+    uint64_t per = b->size / 512;
+    uint64_t lba = (b->issued * per) % (b->blocks - b->blocks % per);
+    b->issued++;
+    /* the CDB is rebuilt per request; the command and buffer are reused */
+    rw16_cdb(io->cmd.cdb, b->is_write, lba, (uint32_t)per);
+    if (san_session_submit(b->s, &io->cmd) < 0) {
+        printf("FAIL: submit refused\n");
+        exit(1);
+    }
+}
+
+static void bench_done(struct san_cmd *cmd)
+{
+    struct bench_io *io = hv_container_of(cmd, struct bench_io, cmd);
+    struct bench_run *b = io->run;
+    b->done++;
+    if (san_cmd_errno(cmd) != 0) {
+        b->failed++;
+    }
+    if (b->issued < b->count) {
+        bench_issue(b, io);
+    } else if (b->done == b->count) {
+        b->is_done = true;
+    }
+}
+
+static int cmd_bench(uint64_t count, unsigned depth, uint64_t size, bool is_write)
+{
+    struct san_session_options o = options(iqn_a);
+    struct san_sync *ss;
+    struct hv_err err = {0};
+    if (size % 512 || size == 0 || depth == 0) {
+        return 2;
+    }
+    int ret = san_sync_open(&o, &ss, &err);
+    if (ret < 0) {
+        printf("FAIL: %s\n", emsg(&err, ret));
+        return 1;
+    }
+    struct san_cmd cmd;
+    uint8_t tur_cdb[6] = {0};
+    uint8_t ccdb[16] = {0x9e, 0x10};
+    uint8_t cap[32];
+    hv_put_be32(ccdb + 10, 32);
+    run_cdb(ss, lun, tur_cdb, 6, SAN_XFER_NONE, NULL, 0, &cmd);
+    if (run_cdb(ss, lun, ccdb, 16, SAN_XFER_READ, cap, 32, &cmd) != 0) {
+        printf("FAIL: READ CAPACITY(16)\n");
+        return 1;
+    }
+    struct bench_run b = {
+        .s = san_sync_session(ss), .count = count, .size = size,
+        .blocks = hv_be64(cap) + 1, .is_write = is_write,
+    };
+    struct bench_io *io = calloc(depth, sizeof(*io));
+    for (unsigned i = 0; i < depth; i++) {
+        io[i].run = &b;
+        io[i].iov.iov_base = hv_alloc_aligned(size);
+        io[i].iov.iov_len = size;
+        memset(io[i].iov.iov_base, 0xa5, size);
+        io[i].cmd.lun = lun;
+        io[i].cmd.cdb_len = 16;
+        io[i].cmd.dir = is_write ? SAN_XFER_WRITE : SAN_XFER_READ;
+        io[i].cmd.iov = &io[i].iov;
+        io[i].cmd.iovcnt = 1;
+        io[i].cmd.xfer_bytes = (uint32_t)size;
+        io[i].cmd.done = bench_done;
+    }
+    uint64_t t0 = hv_now_ns();
+    for (unsigned i = 0; i < depth && b.issued < count; i++) {
+        bench_issue(&b, &io[i]);
+    }
+    hv_reactor_run_until(san_sync_reactor(ss), &b.is_done);
+    double secs = (hv_now_ns() - t0) / 1e9;
+    printf("san: %" PRIu64 " %s of %" PRIu64 " bytes at depth %u in %.3f s: %.0f requests/s, "
+           "%.1f MiB/s, %" PRIu64 " failed\n", count, is_write ? "writes" : "reads", size, depth,
+           secs, count / secs, count * size / secs / 1048576.0, b.failed);
+    for (unsigned i = 0; i < depth; i++) {
+        free(io[i].iov.iov_base);
+    }
+    free(io);
+    san_sync_close(ss);
+    return b.failed ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -737,7 +842,10 @@ int main(int argc, char **argv)
     const char *what = argv[1];
     int opt;
     optind = 2;
-    while ((opt = getopt(argc, argv, "p:t:i:j:l:H:T:n:e:u:m:DN:")) != -1) {
+    uint64_t count = 10000, size = 4096;
+    unsigned depth = 32;
+    bool is_write = false;
+    while ((opt = getopt(argc, argv, "p:t:i:j:l:H:T:n:e:u:m:DN:c:d:s:w")) != -1) {
         switch (opt) {
         case 'p': portal = optarg; break;
         case 't': target = optarg; break;
@@ -752,6 +860,10 @@ int main(int argc, char **argv)
         case 'm': mutual = optarg; break;
         case 'D': need_digest = true; break;
         case 'N': nop_ms = (uint32_t)strtoul(optarg, NULL, 0); break;
+        case 'c': count = strtoull(optarg, NULL, 0); break;
+        case 'd': depth = (unsigned)strtoul(optarg, NULL, 0); break;
+        case 's': size = strtoull(optarg, NULL, 0); break;
+        case 'w': is_write = true; break;
         default: return 2;
         }
     }
@@ -777,6 +889,9 @@ int main(int argc, char **argv)
     }
     if (!strcmp(what, "fault") && hook) {
         return cmd_fault();
+    }
+    if (!strcmp(what, "bench")) {
+        return cmd_bench(count, depth, size, is_write);
     }
     fprintf(stderr, "san-itest: unknown command or missing options\n");
     return 2;
