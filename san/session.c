@@ -227,6 +227,14 @@ static void fail_cmd_result(struct san_cmd *c, enum san_transport why)
                                                 : SAN_ASC_NOT_READY_MANUAL_INTERVENTION);
 }
 
+/* A check of our own that dies with its connection: the next login starts
+ * the checks over, nobody waits for this one. */
+static void drop_verify(struct san_session *s, struct san_cmd *c)
+{
+    c->flags = 0;
+    s->outstanding--;
+}
+
 static void flush_done(void *arg)
 {
     struct san_session *s = arg;
@@ -448,7 +456,7 @@ static void cmd_cb(struct iscsi_context *iscsi, int status, void *command_data, 
         free(t->datain.data);
         t->datain.data = NULL;
         if (c->flags & SAN_CMD_VERIFY) {
-            c->flags = 0;   /* verification restarts after the next login */
+            drop_verify(s, c);   /* verification restarts after the next login */
         } else {
             q_insert_ordered(&s->pending, c);
         }
@@ -495,7 +503,7 @@ static void cmd_cb(struct iscsi_context *iscsi, int status, void *command_data, 
         }
         if (start_cmd(s, c) < 0) {
             if (c->flags & SAN_CMD_VERIFY) {
-                c->flags = 0;
+                drop_verify(s, c);
             } else {
                 q_insert_ordered(&s->pending, c);
             }
@@ -620,7 +628,7 @@ static void teardown_ctx(struct san_session *s)
     while ((c = q_pop(&s->inflight))) {
         c->flags &= ~SAN_CMD_INFLIGHT;
         if (c->flags & SAN_CMD_VERIFY) {
-            c->flags = 0;
+            drop_verify(s, c);
         } else {
             q_insert_ordered(&s->pending, c);
         }

@@ -440,6 +440,8 @@ static int cmd_isid(void)
     CHECK(ret == -EACCES, "A's write after the preempt and a reconnect: %s",
           san_cmd_describe(&cmd, desc, 128));
     CHECK(san_session_reconnects(sa) == 2, "A reconnected twice in all");
+    CHECK(san_session_outstanding(sa) == 0, "nothing left outstanding on A (%u)",
+          san_session_outstanding(sa));
     clear_all(b);
     san_sync_close(a);
     san_sync_close(b);
@@ -716,6 +718,8 @@ static int cmd_fault(void)
     }
     CHECK(bad == 0 && checked == fr.good, "%u acknowledged writes read back intact (%u bad)",
           checked, bad);
+    CHECK(san_session_outstanding(s) == 0, "nothing left outstanding (%u)",
+          san_session_outstanding(s));
     if (!expect_ok) {
         fill(want, FAULT_IO_BYTES, 77);
         ret = write_blocks(ss, 0, want, FAULT_IO_BYTES, &cmd);
