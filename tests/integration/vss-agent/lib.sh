@@ -81,8 +81,16 @@ start_agent() {
 
 stop_agent() {
     kill "$AGENT_PID" 2>/dev/null
-    wait "$AGENT_PID" 2>/dev/null
+    wait "$AGENT_PID"
+    local rc=$?
     AGENT_PID=
+    [ $rc = 0 ] || fail "the agent exited with status $rc on SIGTERM"
+}
+
+# The end of every test: no sanitizer report from any of our processes.
+finish() {
+    grep -q "Sanitizer\|runtime error" "$LOG" && fail "sanitizer report in the agent log"
+    exit 0
 }
 
 # The safety check: the agent must see exactly our mount point and nothing else.
