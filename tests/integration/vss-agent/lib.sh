@@ -39,6 +39,7 @@ mkdir -p "$MNT" "$WRITERS"
 
 cleanup() {
     local rc=$?
+    declare -F extra_cleanup >/dev/null && extra_cleanup
     # Thaw first: everything below (and the blocked dd's) needs a live fs.
     [ -n "$LOOP" ] && fsfreeze -u "$MNT" 2>/dev/null
     [ -n "${CLIENT_PID:-}" ] && kill "$CLIENT_PID" 2>/dev/null

@@ -180,6 +180,37 @@ static void test_overmounted_mount_point_selects_the_top_mount(void **state)
     vss_mounts_free(&t);
 }
 
+static void test_loop_dependency_reorders_without_breaking_nesting(void **state)
+{
+    /* /deep/er/a holds the image of the loop filesystem on /b, which holds
+     * a nested mount /b/c: depth order alone would freeze /deep/er/a first
+     * and hang /b's FIFREEZE on its own image. */
+    static const char text[] =
+        "22 1 253:0 / / rw - ext4 /dev/vda1 rw\n"
+        "30 22 253:1 / /deep/er/a rw - ext4 /dev/vdb rw\n"
+        "31 22 7:0 / /b rw - ext4 /dev/loop0 rw\n"
+        "32 31 253:2 / /b/c rw - ext4 /dev/vdc rw\n";
+    struct vss_mount_table t;
+    char out[256];
+    int ret;
+    parse(text, &t);
+    select_text(&t, NULL, 0, out, sizeof(out), &ret);
+    assert_string_equal(out, "/deep/er/a;/b/c;/b;/;");
+    size_t order[4], count;
+    assert_int_equal(vss_mounts_select(&t, NULL, 0, order, &count, NULL), 0);
+    struct vss_mount_dep dep = { .first = 2, .then = 1 };       /* /b before /deep/er/a */
+    assert_int_equal(vss_mounts_order_deps(&t, order, count, &dep, 1), 0);
+    out[0] = '\0';
+    for (size_t i = 0; i < count; i++)
+        strcat(out, t.mounts[order[i]].mount_point), strcat(out, ";");
+    assert_string_equal(out, "/b/c;/b;/deep/er/a;/;");
+    /* a contradiction (a parent before its child) is refused, order kept */
+    struct vss_mount_dep bad = { .first = 0, .then = 1 };
+    assert_int_equal(vss_mounts_order_deps(&t, order, count, &bad, 1), -ELOOP);
+    assert_string_equal(t.mounts[order[0]].mount_point, "/b/c");
+    vss_mounts_free(&t);
+}
+
 static void test_parse_names_the_bad_line(void **state)
 {
     static const char *const bad[] = {
@@ -238,6 +269,7 @@ int main(void)
         cmocka_unit_test(test_select_keeps_one_mount_per_superblock_preferring_the_whole_fs),
         cmocka_unit_test(test_select_only_takes_exact_eligible_mount_points),
         cmocka_unit_test(test_overmounted_mount_point_selects_the_top_mount),
+        cmocka_unit_test(test_loop_dependency_reorders_without_breaking_nesting),
         cmocka_unit_test(test_parse_names_the_bad_line),
         cmocka_unit_test(test_fs_type_classes),
         cmocka_unit_test(test_reads_this_machines_mountinfo),
