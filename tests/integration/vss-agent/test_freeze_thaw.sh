@@ -50,6 +50,16 @@ expect '"ok":true'; expect '"state":"idle"'
 fs_is_writable 3 || fail "abort left the filesystem frozen"
 pass "prepare, freeze, abort"
 
+# ---- someone else's freeze is neither doubled nor undone
+fsfreeze -f "$MNT" || fail "fsfreeze -f"
+req '{"id":30,"cmd":"freeze"}'
+expect '"code":"freeze-failed"'; expect 'already frozen by someone else'; expect '"state":"idle"'
+start_blocked_write other
+write_is_blocked 1 || fail "the agent thawed a freeze that was not its own"
+fsfreeze -u "$MNT"
+write_completes_within 5 || fail "the write did not complete after fsfreeze -u"
+pass "a filesystem frozen by someone else: freeze-failed, and left as it was"
+
 # ---- malformed input: each gets an error reply, nothing takes the agent down
 bad() {   # bad LINE CODE
     req "$1"
