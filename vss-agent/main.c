@@ -406,6 +406,8 @@ static int list_mode(struct vss_agent_config *cfg)
     static const char hello[] = "{\"id\":0,\"cmd\":\"hello\",\"versions\":[1],"
                                 "\"requestor\":\"hvstor-vss --list\"}";
     cfg->skip_startup_thaw = true;
+    if (hv_log_get_level() == HV_LOG_INFO)
+        hv_log_set_level(HV_LOG_WARN);          /* the reply is the output */
     if (hv_reactor_create(&r) < 0)
         return 1;
     int ret = vss_agent_create(r, cfg, &a, &err);
