@@ -11,7 +11,6 @@
  * between growing the file and using the growth leaves behind, and what
  * `vhd repair` reclaims).
  */
-#define _GNU_SOURCE
 #include "vhd.h"
 #include "format.h"
 

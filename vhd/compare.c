@@ -5,7 +5,6 @@
  * Chunks complete out of order, so the first difference is the smallest
  * offset any chunk found, and chunks beyond it are no longer issued.
  */
-#define _GNU_SOURCE
 #include "vhd.h"
 
 #include <errno.h>

@@ -10,7 +10,6 @@
  * that read back as zeroes are trimmed to their non-zero span (or skipped),
  * so a dynamic output allocates only blocks that hold data.
  */
-#define _GNU_SOURCE
 #include "vhd.h"
 
 #include <errno.h>

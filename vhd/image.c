@@ -3,7 +3,6 @@
  * open as a bdev. The offline operations (convert, compare, bench) take any
  * image the way qemu-img does, so they start here.
  */
-#define _GNU_SOURCE
 #include "vhd.h"
 
 #include <errno.h>

@@ -9,7 +9,6 @@
  * image size - bufsize). -t none is O_DIRECT, -t writeback buffered I/O.
  * All buffers and requests are allocated before the clock starts.
  */
-#define _GNU_SOURCE
 #include "tool.h"
 
 #include <errno.h>

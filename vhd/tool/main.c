@@ -4,7 +4,6 @@
  * operation, and prints the library's error message once (it already names
  * the file, the structure and the problem).
  */
-#define _GNU_SOURCE
 #include "tool.h"
 
 #include <errno.h>
