@@ -79,7 +79,8 @@ static const char *strip_path(const struct check *c, const char *msg)
 static void bat_problem(void *arg, uint32_t index, const char *msg)
 {
     struct check *c = arg;
-    add_problem(c, false, "BAT entry %" PRIu32 ": %s", index, msg);
+    (void)index;                /* the sentence names the entry already */
+    add_problem(c, false, "%s", msg);
 }
 
 /* A region of the file that some structure owns. */

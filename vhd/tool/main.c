@@ -244,8 +244,9 @@ static int cmd_info(int argc, char **argv)
     hv_uuid_format(info->uuid, uuid);
     printf("%-18s%s\n", "uuid:", uuid);
     print_time("created:", info->timestamp);
-    printf("%-18s\"%s\" version %u.%u on \"%s\"\n", "creator:", info->creator_app,
-           info->creator_version >> 16, info->creator_version & 0xFFFF, info->creator_os);
+    printf("%-18s\"%s\" version %u.%u (0x%08x) on \"%s\"\n", "creator:", info->creator_app,
+           info->creator_version >> 16, info->creator_version & 0xFFFF, info->creator_version,
+           info->creator_os);
     printf("%-18s%u/%u/%u (cylinders/heads/sectors)\n", "geometry:",
            info->geometry.cylinders, info->geometry.heads, info->geometry.sectors_per_track);
     if (info->type == VHD_TYPE_FIXED)
