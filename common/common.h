@@ -280,6 +280,9 @@ void hv_aio_prep_writev(struct hv_aio_req *req, int fd, const struct iovec *iov,
                         uint64_t offset);
 /* fdatasync; the kernel runs it asynchronously (supported since Linux 4.18). */
 void hv_aio_prep_fdsync(struct hv_aio_req *req, int fd);
+/* After a readv/writev prep: RWF_* flags for this request (RWF_DSYNC makes a
+ * write durable before it completes: the cheap way to honour FUA). */
+void hv_aio_set_rw_flags(struct hv_aio_req *req, int rwf_flags);
 void hv_aio_submit(struct hv_aio *aio, struct hv_aio_req *req);
 /* Requests queued or in the kernel. */
 unsigned hv_aio_inflight(const struct hv_aio *aio);
