@@ -8,7 +8,6 @@
  * runs and what a restart would bring back never disagree for longer than
  * one request.
  */
-#define _GNU_SOURCE
 #include "hv_internal.h"
 #include "iscsi.h"
 #include "vhd.h"

@@ -7,7 +7,6 @@
  * VM it belongs to. The directory is private (0700): definitions hold CHAP
  * secrets.
  */
-#define _GNU_SOURCE
 #include "hv.h"
 
 #include <dirent.h>

@@ -5,7 +5,6 @@
  * daemon and the unit tests share it. The runtime side (controllers, open
  * disks) is in vm_runtime.c.
  */
-#define _GNU_SOURCE
 #include "hv.h"
 
 #include <ctype.h>

@@ -6,7 +6,6 @@
  * kind — a SAN pass-through LUN — is a new row, not an `if` in the code that
  * attaches, detaches and reports.
  */
-#define _GNU_SOURCE
 #include "hv_internal.h"
 #include "vhd.h"
 

@@ -5,7 +5,6 @@
  * prints the daemon's answer as is, otherwise a short text for people.
  * Errors: the daemon's sentence on stderr and exit status 1 (2 for usage).
  */
-#define _GNU_SOURCE
 #include "hv.h"
 
 #include <errno.h>

@@ -5,7 +5,6 @@
  * requests from hvctl on DIR/hvstord.sock, and keeps every VM definition in
  * the state directory. SIGTERM or SIGINT: drain, flush, close, exit 0.
  */
-#define _GNU_SOURCE
 #include "hv.h"
 
 #include <errno.h>
