@@ -164,24 +164,6 @@ static void print_vm(const json_t *vm)
     }
 }
 
-static void print_flat(const char *prefix, const json_t *obj)
-{
-    const char *key;
-    const json_t *v;
-
-    json_object_foreach((json_t *)obj, key, v) {
-        if (json_is_object(v)) {
-            char sub[256];
-            snprintf(sub, sizeof(sub), "%s%s.", prefix, key);
-            print_flat(sub, v);
-            continue;
-        }
-        char *text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        printf("    %s%s: %s\n", prefix, key, text ? text : "?");
-        free(text);
-    }
-}
-
 /* ------------------------------------------------------------ requests */
 
 /* Send `req` (consumed); on success print with `print` or as JSON. */
@@ -241,18 +223,62 @@ static void print_deleted(const json_t *r)
     printf("VM %s deleted\n", json_string_value(json_object_get(r, "deleted")));
 }
 
+static long long get_int(const json_t *obj, const char *key)
+{
+    return (long long)json_integer_value(json_object_get(obj, key));
+}
+
 static void print_stats(const json_t *r)
 {
+    static const char *const shown[] = {"controller", "lun", "path", "state", "commands",
+                                        "reads", "writes", "other", "errors", "bytes_read",
+                                        "bytes_written", "inflight", "latency_histogram_us"};
     const json_t *v;
     size_t i;
 
     printf("VM %s\n", json_string_value(json_object_get(r, "vm")));
     json_array_foreach(json_object_get(r, "disks"), i, v) {
-        printf("  controller %lld LUN %lld: %s\n",
-               (long long)json_integer_value(json_object_get(v, "controller")),
-               (long long)json_integer_value(json_object_get(v, "lun")),
-               json_string_value(json_object_get(v, "path")));
-        print_flat("", v);
+        char rd[32];
+        char wr[32];
+        const json_t *bucket;
+        const char *key;
+        const json_t *value;
+        size_t j;
+
+        printf("  controller %lld LUN %lld: %s (%s)\n", get_int(v, "controller"),
+               get_int(v, "lun"), json_string_value(json_object_get(v, "path")),
+               json_string_value(json_object_get(v, "state")));
+        if (!json_object_get(v, "commands"))
+            continue;
+        printf("    commands %lld: reads %lld, writes %lld, other %lld, errors %lld\n",
+               get_int(v, "commands"), get_int(v, "reads"), get_int(v, "writes"),
+               get_int(v, "other"), get_int(v, "errors"));
+        printf("    bytes read %s, written %s; in flight %lld\n",
+               hv_format_size((uint64_t)get_int(v, "bytes_read"), rd),
+               hv_format_size((uint64_t)get_int(v, "bytes_written"), wr), get_int(v, "inflight"));
+        if (json_array_size(json_object_get(v, "latency_histogram_us"))) {
+            printf("    latency:");
+            json_array_foreach(json_object_get(v, "latency_histogram_us"), j, bucket) {
+                const json_t *le = json_object_get(bucket, "le");
+                if (json_is_integer(le))
+                    printf(" <=%lldus:%lld", (long long)json_integer_value(le),
+                           get_int(bucket, "count"));
+                else
+                    printf(" more:%lld", get_int(bucket, "count"));
+            }
+            printf("\n");
+        }
+        /* Whatever else the disk reports, as is. */
+        json_object_foreach((json_t *)v, key, value) {
+            bool is_shown = false;
+            for (size_t k = 0; k < HV_ARRAY_SIZE(shown); k++)
+                is_shown |= !strcmp(key, shown[k]);
+            if (is_shown)
+                continue;
+            char *text = json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT);
+            printf("    %s: %s\n", key, text ? text : "?");
+            free(text);
+        }
     }
 }
 
