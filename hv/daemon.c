@@ -321,6 +321,73 @@ static int req_vm_delete(struct hv_daemon *d, const json_t *req, json_t **result
     return 0;
 }
 
+/* Change who may act as the VM's guest. Sessions logged in under the old
+ * rules are dropped: an initiator that lost access must not keep it through
+ * a session that outlives the change. */
+static int req_vm_set(struct hv_daemon *d, const json_t *req, json_t **result,
+                      struct hv_err *err)
+{
+    struct hv_vm *vm;
+    struct hv_vm_config next;
+    const json_t *initiators = json_object_get(req, "initiators");
+    const char *chap;
+    const char *mutual;
+    int ret;
+
+    if ((ret = get_vm(d, req, "name", &vm, err)) < 0 ||
+        (ret = arg_string(req, "chap", false, &chap, err)) < 0 ||
+        (ret = arg_string(req, "mutual_chap", false, &mutual, err)) < 0)
+        return ret;
+    ret = hv_vm_config_copy(&next, &vm->cfg);
+    if (ret < 0)
+        return hv_err_set(err, ret, "out of memory");
+    if (initiators) {
+        const char *names[HV_MAX_INITIATORS];
+        size_t i;
+        const json_t *v;
+        if (!json_is_array(initiators) || json_array_size(initiators) > HV_MAX_INITIATORS) {
+            ret = hv_err_set(err, -EINVAL, "'initiators' must be an array of at most %d names",
+                             HV_MAX_INITIATORS);
+            goto out;
+        }
+        json_array_foreach(initiators, i, v) {
+            if (!json_is_string(v)) {
+                ret = hv_err_set(err, -EINVAL, "initiators[%zu] is not a string", i);
+                goto out;
+            }
+            names[i] = json_string_value(v);
+        }
+        ret = hv_vm_config_set_initiators(&next, names, (int)json_array_size(initiators), err);
+        if (ret < 0)
+            goto out;
+    }
+    if (json_is_true(json_object_get(req, "no_chap"))) {
+        memset(&next.chap, 0, sizeof(next.chap));
+        memset(&next.mutual_chap, 0, sizeof(next.mutual_chap));
+    }
+    if (chap && (ret = hv_chap_parse(chap, &next.chap, err)) < 0)
+        goto out;
+    if (mutual && (ret = hv_chap_parse(mutual, &next.mutual_chap, err)) < 0)
+        goto out;
+    ret = hv_registry_save(&d->registry, &next, err);
+    if (ret < 0)
+        goto out;
+    memcpy(vm->cfg.initiators, next.initiators, sizeof(vm->cfg.initiators));
+    vm->cfg.initiator_count = next.initiator_count;
+    vm->cfg.chap = next.chap;
+    vm->cfg.mutual_chap = next.mutual_chap;
+    for (int c = 0; c < vm->cfg.controller_count; c++)
+        if (vm->controllers[c])
+            iscsi_server_drop_target(d->server, vm->targets[c]);
+    hv_info("VM '%s': access changed (%d initiators, CHAP %s); its sessions were dropped",
+            vm->cfg.name, vm->cfg.initiator_count,
+            vm->cfg.mutual_chap.user[0] ? "mutual" : vm->cfg.chap.user[0] ? "one-way" : "off");
+    *result = hv_vm_show_json(vm, d->portal);
+out:
+    hv_vm_config_free(&next);
+    return ret;
+}
+
 static int get_slot(const json_t *req, int *controller, int *slot, struct hv_err *err)
 {
     long long c = -1;
@@ -491,6 +558,7 @@ static const struct {
     {"vm.list", req_vm_list},
     {"vm.show", req_vm_show},
     {"vm.delete", req_vm_delete},
+    {"vm.set", req_vm_set},
     {"disk.attach", req_disk_attach},
     {"disk.detach", req_disk_detach},
     {"disk.resize", req_disk_resize},

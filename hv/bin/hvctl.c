@@ -29,6 +29,8 @@ static const char main_usage[] =
     "                 [--mutual-chap USER:SECRET] [--controllers N]\n"
     "  vm list\n"
     "  vm show NAME                             targets, LUNs and their iscsi:// URLs\n"
+    "  vm set NAME [--initiator IQN]... [--chap USER:SECRET | --no-chap]\n"
+    "              [--mutual-chap USER:SECRET]  change access; drops sessions\n"
     "  vm delete NAME                           drops the VM's sessions\n"
     "  disk attach VM --controller N --slot M (--vhd PATH | --raw PATH)\n"
     "                 [--read-only] [--create SIZE]\n"
@@ -48,7 +50,17 @@ static const char vm_usage[] =
     "                             [--mutual-chap USER:SECRET] [--controllers N]\n"
     "       hvctl vm list\n"
     "       hvctl vm show NAME\n"
+    "       hvctl vm set NAME [--initiator IQN]... [--chap USER:SECRET | --no-chap]\n"
+    "                         [--mutual-chap USER:SECRET]\n"
     "       hvctl vm delete NAME\n";
+
+static const char vm_set_usage[] =
+    "usage: hvctl vm set NAME [--initiator IQN]... [--chap USER:SECRET | --no-chap]\n"
+    "                         [--mutual-chap USER:SECRET]\n"
+    "\n"
+    "Change who may act as the VM's guest. --initiator (repeatable) replaces the\n"
+    "whole list; --no-chap turns CHAP off. Sessions logged in under the old rules\n"
+    "are dropped (the guest logs in again, under the new ones).\n";
 
 static const char vm_create_usage[] =
     "usage: hvctl vm create NAME [--initiator IQN]... [--chap USER:SECRET]\n"
@@ -300,17 +312,20 @@ static int cmd_vm(int argc, char **argv)
         return argc < 1 ? 2 : 0;
     }
     const char *verb = argv[0];
-    if (!strcmp(verb, "create")) {
+    if (!strcmp(verb, "create") || !strcmp(verb, "set")) {
+        bool is_set = !strcmp(verb, "set");
+        const char *help = is_set ? vm_set_usage : vm_create_usage;
         static const struct option opts[] = {
             {"initiator", required_argument, NULL, 'i'},
             {"chap", required_argument, NULL, 'c'},
             {"mutual-chap", required_argument, NULL, 'm'},
             {"controllers", required_argument, NULL, 'n'},
+            {"no-chap", no_argument, NULL, 'N'},
             {"help", no_argument, NULL, 'h'},
             {NULL, 0, NULL, 0},
         };
         json_t *initiators = json_array();
-        json_t *req = json_pack("{s:s}", "op", "vm.create");
+        json_t *req = json_pack("{s:s}", "op", is_set ? "vm.set" : "vm.create");
         int c;
         int controllers;
         optind = 1;
@@ -325,22 +340,29 @@ static int cmd_vm(int argc, char **argv)
             case 'm':
                 json_object_set_new(req, "mutual_chap", json_string(optarg));
                 break;
+            case 'N':
+                if (!is_set)
+                    return usage_error(help, "%s", "--no-chap belongs to 'vm set'");
+                json_object_set_new(req, "no_chap", json_true());
+                break;
             case 'n':
+                if (is_set)
+                    return usage_error(help, "%s", "--controllers belongs to 'vm create'");
                 if (parse_int_arg("--controllers", optarg, HV_MAX_CONTROLLERS, &controllers) <
                     0)
                     return 2;
                 json_object_set_new(req, "controllers", json_integer(controllers));
                 break;
             case 'h':
-                fputs(vm_create_usage, stdout);
+                fputs(help, stdout);
                 return 0;
             default:
-                fputs(vm_create_usage, stderr);
+                fputs(help, stderr);
                 return 2;
             }
         }
         if (optind != argc - 1)
-            return usage_error(vm_create_usage, "%s", "vm create needs exactly one NAME");
+            return usage_error(help, "vm %s needs exactly one NAME", verb);
         json_object_set_new(req, "name", json_string(argv[optind]));
         if (json_array_size(initiators))
             json_object_set_new(req, "initiators", initiators);

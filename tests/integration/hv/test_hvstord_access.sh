@@ -72,6 +72,19 @@ discover()   # discover INITIATOR [URL-CREDENTIALS]
 out=$(iscsi-ls -s -i "$stranger" "iscsi://$HV_PORTAL" 2>&1 || true)
 echo "$out" | grep -q "hvstor:" && hv_fail "iscsi-ls -s shows a stranger targets: $out"
 
+# Changing the ACL: the new name gets in, the old one no longer does.
+hvctl vm set beta --initiator "$stranger" >/dev/null || hv_fail "vm set beta failed"
+inq "$stranger" "iscsi://beta-user%beta-secret-123@$HV_PORTAL/iqn.2026-11.org.hvstor:beta.c0/0" ||
+    hv_fail "new initiator of beta refused after vm set"
+inq "$b" "iscsi://beta-user%beta-secret-123@$HV_PORTAL/iqn.2026-11.org.hvstor:beta.c0/0" &&
+    hv_fail "beta's old initiator still gets in after vm set"
+hvctl vm set beta --initiator "$b" --chap beta-user:beta-secret-456 >/dev/null
+inq "$b" "iscsi://beta-user%beta-secret-123@$HV_PORTAL/iqn.2026-11.org.hvstor:beta.c0/0" &&
+    hv_fail "beta's old CHAP secret still works after vm set"
+inq "$b" "iscsi://beta-user%beta-secret-456@$HV_PORTAL/iqn.2026-11.org.hvstor:beta.c0/0" ||
+    hv_fail "beta's new CHAP secret refused"
+hvctl vm set beta --chap beta-user:beta-secret-123 >/dev/null
+
 # Deleting a VM while its guest is logged in: the session is dropped, the
 # target is gone from discovery and refuses new logins, the file is free.
 qemu-io --image-opts "$(hv_qemu_opts alpha 0 0 "$a")" -c "write -P 0x11 0 64k" \
