@@ -4,7 +4,9 @@
  * the reactor sleeps (so one turn's responses share system calls), and
  * shutdown that lets in-flight commands finish first.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4 */
+#endif
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
