@@ -24,7 +24,7 @@ struct hv_disk {
     uint64_t inflight;
     char error[512];                    /* why the slot is offline ("" = online) */
     struct hv_disk *next_retired;
-    int idle_ticks;
+    bool is_lu_idle;                    /* retired: the LU has no task left */
 };
 
 /* A VM brought to life: its definition and what serves it. */

@@ -213,10 +213,14 @@ offline:
 
 /* ---------------------------------------------------------- retirement */
 
+/*
+ * A detached disk is closed in two steps: the controller tells us when the
+ * LU has no task left (scsi_lu_when_idle), then the image is closed once the
+ * pass-through also counts nothing in flight. Until then it sits on the
+ * retired list, polled by a timer: closing earlier would free memory that a
+ * completion is about to touch.
+ */
 #define RETIRE_TICK_MS 20
-/* Ticks with nothing in flight before an LU is destroyed: completions that
- * an LU defers to the next reactor turn have run by then. */
-#define RETIRE_IDLE_TICKS 3
 
 static void retire_tick(void *arg)
 {
@@ -225,8 +229,7 @@ static void retire_tick(void *arg)
 
     while (*pp) {
         struct hv_disk *disk = *pp;
-        disk->idle_ticks = disk->inflight ? 0 : disk->idle_ticks + 1;
-        if (disk->idle_ticks < RETIRE_IDLE_TICKS) {
+        if (!disk->is_lu_idle || disk->inflight) {
             pp = &disk->next_retired;
             continue;
         }
@@ -246,9 +249,17 @@ static void retire_tick(void *arg)
         hv_timer_arm(rt->reactor, &rt->retire_timer, RETIRE_TICK_MS, retire_tick, rt);
 }
 
+static void lu_idle(void *arg)
+{
+    struct hv_disk *disk = arg;
+    disk->is_lu_idle = true;
+}
+
 static void retire_disk(struct hv_runtime *rt, struct hv_disk *disk)
 {
-    disk->idle_ticks = 0;
+    disk->is_lu_idle = disk->lu == NULL;
+    if (disk->lu)
+        scsi_lu_when_idle(disk->lu, lu_idle, disk);
     disk->next_retired = rt->retired;
     rt->retired = disk;
     if (!rt->retire_timer.is_armed)
