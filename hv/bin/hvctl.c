@@ -328,8 +328,9 @@ static int cmd_vm(int argc, char **argv)
         json_t *req = json_pack("{s:s}", "op", is_set ? "vm.set" : "vm.create");
         int c;
         int controllers;
+        int ret = -1;
         optind = 1;
-        while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        while (ret < 0 && (c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
             switch (c) {
             case 'i':
                 json_array_append_new(initiators, json_string(optarg));
@@ -342,27 +343,36 @@ static int cmd_vm(int argc, char **argv)
                 break;
             case 'N':
                 if (!is_set)
-                    return usage_error(help, "%s", "--no-chap belongs to 'vm set'");
-                json_object_set_new(req, "no_chap", json_true());
+                    ret = usage_error(help, "%s", "--no-chap belongs to 'vm set'");
+                else
+                    json_object_set_new(req, "no_chap", json_true());
                 break;
             case 'n':
                 if (is_set)
-                    return usage_error(help, "%s", "--controllers belongs to 'vm create'");
-                if (parse_int_arg("--controllers", optarg, HV_MAX_CONTROLLERS, &controllers) <
-                    0)
-                    return 2;
-                json_object_set_new(req, "controllers", json_integer(controllers));
+                    ret = usage_error(help, "%s", "--controllers belongs to 'vm create'");
+                else if (parse_int_arg("--controllers", optarg, HV_MAX_CONTROLLERS,
+                                       &controllers) < 0)
+                    ret = 2;
+                else
+                    json_object_set_new(req, "controllers", json_integer(controllers));
                 break;
             case 'h':
                 fputs(help, stdout);
-                return 0;
+                ret = 0;
+                break;
             default:
                 fputs(help, stderr);
-                return 2;
+                ret = 2;
+                break;
             }
         }
-        if (optind != argc - 1)
-            return usage_error(help, "vm %s needs exactly one NAME", verb);
+        if (ret < 0 && optind != argc - 1)
+            ret = usage_error(help, "vm %s needs exactly one NAME", verb);
+        if (ret >= 0) {
+            json_decref(initiators);
+            json_decref(req);
+            return ret;
+        }
         json_object_set_new(req, "name", json_string(argv[optind]));
         if (json_array_size(initiators))
             json_object_set_new(req, "initiators", initiators);
@@ -564,8 +574,10 @@ int main(int argc, char **argv)
                     value = a + len + 1;
                 else if (i + 1 < argc)
                     value = argv[++i];
-                else
+                else {
+                    free(args);
                     return usage_error(main_usage, "%s needs a value", names[k]);
+                }
             }
         }
         if (which == 0) {
@@ -574,8 +586,10 @@ int main(int argc, char **argv)
             socket_path = value;
         } else if (which == 2) {
             uint64_t v;
-            if (hv_parse_u64(value, &v) < 0 || v > 3600000)
+            if (hv_parse_u64(value, &v) < 0 || v > 3600000) {
+                free(args);
                 return usage_error(main_usage, "--timeout '%s': milliseconds", value);
+            }
             timeout_ms = (int)v;
         } else {
             args[n++] = argv[i];
