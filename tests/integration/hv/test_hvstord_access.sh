@@ -98,6 +98,7 @@ s = socket.create_connection((host, int(port)))
 time.sleep(30)
 PY
 HV_EXTRA_PIDS+=($!)
+disown $!
 hvctl vm delete alpha >/dev/null || hv_fail "vm delete alpha failed"
 [ -z "$(discover "$a")" ] || hv_fail "deleted VM still discovered: $(discover "$a")"
 inq "$a" "$(hv_url alpha 0 0)" && hv_fail "login to a deleted VM's target succeeded"

@@ -48,7 +48,7 @@ done
 
 # A random 4 MiB file copied in with qemu-img convert, then read back whole.
 head -c $((4 << 20)) /dev/urandom >"$HV_TMP/random.bin"
-qemu-img convert -n -f raw -O raw "$HV_TMP/random.bin" \
+qemu-img convert -n "$HV_TMP/random.bin" \
     --target-image-opts "$(hv_qemu_opts alpha 0 0 "$ini")" 2>"$HV_TMP/conv.err" ||
     hv_fail "qemu-img convert into LUN 0: $(cat "$HV_TMP/conv.err")"
 qemu-img convert --image-opts "$(hv_qemu_opts alpha 0 0 "$ini")" -O raw "$HV_TMP/lun0.bin"
@@ -56,13 +56,13 @@ cmp -n $((4 << 20)) "$HV_TMP/random.bin" "$HV_TMP/lun0.bin" || hv_fail "LUN 0 re
 [ "$(stat -c %s "$HV_TMP/lun0.bin")" -eq $((64 << 20)) ] || hv_fail "LUN 0 is not 64 MiB over iSCSI"
 
 # The read-only disk reads its content and refuses writes.
-qemu-io --image-opts "$(hv_qemu_opts alpha 1 3 "$ini")" -c "read -P 0x5a 0 1M" \
-    >"$HV_TMP/ro.txt" 2>&1 || hv_fail "read of the read-only disk failed"
+qemu-io -r --image-opts "$(hv_qemu_opts alpha 1 3 "$ini")" -c "read -P 0x5a 0 1M" \
+    >"$HV_TMP/ro.txt" 2>&1 || hv_fail "read of the read-only disk failed: $(cat "$HV_TMP/ro.txt")"
 grep -qi "verification failed" "$HV_TMP/ro.txt" && hv_fail "read-only disk returned wrong data"
-if qemu-io --image-opts "$(hv_qemu_opts alpha 1 3 "$ini")" -c "write -P 1 0 4k" \
-    >"$HV_TMP/row.txt" 2>&1 && ! grep -qi "error\|denied\|protect\|read-only\|failed" "$HV_TMP/row.txt"; then
-    hv_fail "a write to a read-only disk succeeded: $(cat "$HV_TMP/row.txt")"
-fi
+# qemu reads the WP bit of MODE SENSE and refuses a read-write open.
+qemu-io --image-opts "$(hv_qemu_opts alpha 1 3 "$ini")" -c "write -P 1 0 4k" \
+    >"$HV_TMP/row.txt" 2>&1 && hv_fail "a read-write open of a read-only disk succeeded"
+grep -qi "write protected" "$HV_TMP/row.txt" || hv_fail "read-only disk: $(cat "$HV_TMP/row.txt")"
 cmp -n $((1 << 20)) "$HV_TMP/ro.raw" <(python3 -c 'import sys; sys.stdout.buffer.write(bytes([0x5a]) * (1 << 20))') ||
     hv_fail "the read-only file changed"
 
@@ -90,7 +90,8 @@ expect_error()   # expect_error SUBSTRING hvctl-args...
     [ $rc -ne 0 ] || hv_fail "hvctl $* succeeded, expected an error"
     echo "$out" | grep -qi -- "$want" || hv_fail "hvctl $*: expected '$want' in: $out"
 }
-expect_error "already holds" disk attach alpha --controller 0 --slot 0 --raw "$HV_TMP/data.raw"
+truncate -s 1M "$HV_TMP/spare.raw"
+expect_error "already holds" disk attach alpha --controller 0 --slot 0 --raw "$HV_TMP/spare.raw"
 expect_error "already attached" disk attach alpha --controller 2 --slot 0 --raw "$HV_TMP/data.raw"
 expect_error "No such file" disk attach alpha --controller 0 --slot 9 --vhd "$HV_TMP/missing.vhd"
 expect_error "no VM named" disk attach nobody --controller 0 --slot 0 --raw "$HV_TMP/data.raw"
