@@ -99,15 +99,27 @@ time.sleep(30)
 PY
 HV_EXTRA_PIDS+=($!)
 disown $!
+# ... and a guest in the middle of writing to alpha's raw disk.
+timeout 8 qemu-img bench -w -t none -c 1000000 -d 16 -s 4k \
+    --image-opts "$(hv_qemu_opts alpha 0 0 "$a")" >"$HV_TMP/bench.txt" 2>&1 &
+bench=$!
+sleep 1.5
+kill -0 $bench 2>/dev/null || hv_fail "the writer ended before the delete: $(tail -3 "$HV_TMP/bench.txt")"
 hvctl vm delete alpha >/dev/null || hv_fail "vm delete alpha failed"
+wait $bench 2>/dev/null || true
+grep -q "dropped" "$HV_LOG" || hv_fail "no session drop logged"
+kill -0 "$HV_PID" || hv_fail "hvstord died deleting a VM under I/O"
 [ -z "$(discover "$a")" ] || hv_fail "deleted VM still discovered: $(discover "$a")"
 inq "$a" "$(hv_url alpha 0 0)" && hv_fail "login to a deleted VM's target succeeded"
 hvctl vm list | grep -q "^alpha " && hv_fail "deleted VM still listed"
 [ ! -e "$HV_STATE/vms/alpha.json" ] || hv_fail "deleted VM's definition still on disk"
-# Its image is free again once idle: another VM may take it.
+# Its images are free again once idle: another VM may take them.
 sleep 0.3
 hvctl disk attach beta --controller 0 --slot 1 --vhd "$HV_TMP/alpha1.vhd" >/dev/null ||
-    hv_fail "a deleted VM's image stayed busy"
+    hv_fail "a deleted VM's VHD stayed busy"
+hvctl disk attach beta --controller 0 --slot 2 --raw "$HV_TMP/alpha.raw" >/dev/null ||
+    hv_fail "a deleted VM's raw disk stayed busy"
+grep -q "alpha.raw: closed after detach" "$HV_LOG" || hv_fail "deleted VM's disk not closed"
 
 # Restart: ACLs and CHAP come back from the state dir.
 hv_stop
