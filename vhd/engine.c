@@ -584,7 +584,8 @@ static int punch(struct layer *l, uint64_t offset, uint64_t length)
  * to unallocated (durable at the next flush). Punching first is safe: until
  * the BAT reaches the disk, the old entry points at zeroes and clear bits,
  * which read as zeroes (dynamic) or the parent (differencing): what a
- * discarded block may read. The space is never reused in this session. */
+ * discarded block may read. The place is reused only after a flush round
+ * made the unallocated entry durable (take_free_slot). */
 static void deallocate(struct vhd_bdev *v, uint32_t block)
 {
     struct layer *t = top(v);
@@ -603,9 +604,9 @@ static void deallocate(struct vhd_bdev *v, uint32_t block)
     }
     if (is_punched && v->observer) {
         /* The harness sees a punch as the zeroes it leaves behind. */
-        struct iovec iov[8];
+        struct iovec iov[VHD_MAX_BLOCK_BYTES / ZERO_BUF_BYTES + 1];
         int n = 0;
-        for (uint64_t left = len; left && n < 8; n++) {
+        for (uint64_t left = len; left && n < (int)HV_ARRAY_SIZE(iov); n++) {
             uint64_t piece = HV_MIN(left, ZERO_BUF_BYTES);
             iov[n].iov_base = v->zero_buf;
             iov[n].iov_len = piece;
