@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CV_DEFAULT_DEPTH 16
@@ -272,6 +273,51 @@ out:
     return ret;
 }
 
+static int raw_tail_bytes(const char *path, uint64_t sectors_bytes, uint64_t *tail,
+                          struct hv_err *err)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return hv_err_errno(err, path, "stat");
+    *tail = S_ISREG(st.st_mode) && (uint64_t)st.st_size > sectors_bytes
+                ? (uint64_t)st.st_size - sectors_bytes : 0;
+    if (*tail >= HV_SECTOR_BYTES)
+        *tail = 0;                      /* the bdev saw a different length: ignore */
+    return 0;
+}
+
+static int copy_tail(const char *src_path, struct bdev *dst, uint64_t offset, uint64_t tail,
+                     struct hv_err *err)
+{
+    uint8_t *buf = hv_alloc_aligned(HV_SECTOR_BYTES);
+    int fd = -1, ret;
+    if (!buf)
+        return hv_err_set(err, -ENOMEM, "convert: out of memory");
+    memset(buf, 0, HV_SECTOR_BYTES);
+    fd = open(src_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        ret = hv_err_errno(err, src_path, "open");
+        goto out;
+    }
+    ret = hv_pread_full(fd, buf, tail, offset);
+    if (ret < 0) {
+        hv_err_set(err, ret, "%s: read of the last %" PRIu64 " bytes: %s", src_path, tail,
+                   strerror(-ret));
+        goto out;
+    }
+    if (!hv_buf_is_zero(buf, HV_SECTOR_BYTES)) {
+        ret = bdev_write_sync(dst, offset, buf, HV_SECTOR_BYTES, 0);
+        if (ret < 0)
+            hv_err_set(err, ret, "%s: write at offset %" PRIu64 ": %s", dst->name, offset,
+                       strerror(-ret));
+    }
+out:
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    return ret;
+}
+
 int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_convert_options *opt,
                 struct hv_err *err)
 {
@@ -314,16 +360,21 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
     ret = vhd_open_image(r, src_path, src_fmt, true, false, &src, err);
     if (ret < 0)
         goto out;
+    /* A raw file whose length is not a whole number of sectors: the bdev
+     * serves the whole sectors, the tail is copied below into a last sector
+     * padded with zeroes (qemu-img does the same), so nothing is lost. */
     uint64_t size = src->size_bytes;
-    if (size % HV_SECTOR_BYTES) {
-        ret = hv_err_set(err, -EINVAL, "%s: size %" PRIu64 " is not a multiple of 512 "
-                         "bytes", src_path, size);
-        goto out;
+    uint64_t tail_bytes = 0;
+    if (src_fmt == VHD_FORMAT_RAW) {
+        ret = raw_tail_bytes(src_path, size, &tail_bytes, err);
+        if (ret < 0)
+            goto out;
     }
+    uint64_t dst_size = size + (tail_bytes ? HV_SECTOR_BYTES : 0);
 
     if (o.dst_format == VHD_FORMAT_VHD) {
         struct vhd_create_options c = {
-            .type = o.dst_type, .size_bytes = size, .block_bytes = o.block_bytes,
+            .type = o.dst_type, .size_bytes = dst_size, .block_bytes = o.block_bytes,
         };
         ret = vhd_create(dst_path, &c, err);
         if (ret < 0)
@@ -336,7 +387,9 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
             ret = vhd_open(r, dst_path, &vo, &dst, err);
         }
     } else {
-        struct bdev_raw_options ro = { .create = true, .size_bytes = size, .use_direct_io = true };
+        struct bdev_raw_options ro = {
+            .create = true, .size_bytes = dst_size, .use_direct_io = true,
+        };
         is_dst_created = true;
         ret = bdev_raw_open(r, dst_path, &ro, &dst, err);
         if (ret == -EINVAL) {
@@ -360,6 +413,11 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
         close(cv.readahead_fd);
     if (ret < 0)
         goto out;
+    if (tail_bytes) {
+        ret = copy_tail(src_path, dst, size, tail_bytes, err);
+        if (ret < 0)
+            goto out;
+    }
     ret = bdev_flush_sync(dst);
     if (ret < 0) {
         hv_err_set(err, ret, "%s: flush: %s", dst_path, strerror(-ret));
