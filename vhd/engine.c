@@ -89,6 +89,7 @@ struct sub {
     int seq;                    /* observer sequence, -1 when not observed */
     bool is_busy;
     bool sets_bits;
+    uint32_t write_block;       /* top block a write lands in, UINT32_MAX if none */
     uint32_t block;
     uint32_t first_sector;
     uint32_t sectors;
@@ -147,6 +148,7 @@ struct vhd_bdev {
     uint8_t *bat_dirty;
     uint8_t *bat_flushing;
     uint8_t *blk;               /* BLK_* per block */
+    uint16_t *writes_inflight;  /* per block: its place may not be reused meanwhile */
     uint32_t *dirty;            /* blocks whose bitmap is dirty */
     uint32_t dirty_count;
     uint32_t *flushing;         /* the snapshot a flush round writes */
@@ -380,6 +382,8 @@ static void sub_done(struct hv_aio_req *req, long res)
     observe_complete(v, s->seq, res);
     s->is_busy = false;
     e->pending--;
+    if (s->write_block != UINT32_MAX)
+        v->writes_inflight[s->write_block]--;
     if (res < 0 || (uint64_t)res != s->length) {
         if (e->status == 0)
             e->status = res < 0 ? (int)res : -EIO;
@@ -464,6 +468,8 @@ static void submit_sub(struct eng_io *e, struct sub *s, int layer, bool is_write
     s->seq = -1;
     e->pending++;
     if (is_write) {
+        if (s->write_block != UINT32_MAX)
+            v->writes_inflight[s->write_block]++;
         hv_aio_prep_writev(&s->req, fd, s->iov, s->iovcnt, file_off);
         if (e->io->flags & BDEV_IO_FUA)
             hv_aio_set_rw_flags(&s->req, RWF_DSYNC);
@@ -477,6 +483,17 @@ static void submit_sub(struct eng_io *e, struct sub *s, int layer, bool is_write
 /* ------------------------------------------------------------ allocation */
 
 static void extend_start(struct vhd_bdev *v);
+
+/* How much the file grows at a time: an eighth of its size, at least
+ * EXTEND_MIN_BYTES and at most EXTEND_MAX_BYTES, never (much) more than the
+ * blocks still unallocated need. */
+static uint64_t extension_step(struct vhd_bdev *v)
+{
+    struct layer *t = top(v);
+    uint64_t remaining = (uint64_t)(t->entries - v->allocated) * v->extent_bytes;
+    uint64_t step = HV_MIN(HV_MAX(EXTEND_MIN_BYTES, v->file_end / 8), EXTEND_MAX_BYTES);
+    return HV_MAX(HV_MIN(step, remaining), v->extent_bytes);
+}
 
 /* Take the next block from the reserve (space between the last block and the
  * durable footer). False when the reserve is too small: the file must grow. */
@@ -517,6 +534,10 @@ static bool allocate(struct vhd_bdev *v, uint32_t block)
         bitmap_at = data_at - t->bitmap_bytes;
         flags = data_at - v->prefix_bytes >= x ? BLK_PREFIX_OURS : 0;
         v->next_alloc = data_at + t->block_bytes;
+        /* Grow before the reserve runs out, so that writes rarely wait. */
+        if (!v->is_extending && v->file_end - v->next_alloc < extension_step(v) / 2 &&
+            v->allocated + 1 < t->entries)
+            extend_start(v);
     }
     /*
      * Crash ordering of an allocation (no fsync of its own):
@@ -563,7 +584,8 @@ static int punch(struct layer *l, uint64_t offset, uint64_t length)
  * to unallocated (durable at the next flush). Punching first is safe: until
  * the BAT reaches the disk, the old entry points at zeroes and clear bits,
  * which read as zeroes (dynamic) or the parent (differencing): what a
- * discarded block may read. The space is never reused in this session. */
+ * discarded block may read. The place is reused only after a flush round
+ * made the unallocated entry durable (take_free_slot). */
 static void deallocate(struct vhd_bdev *v, uint32_t block)
 {
     struct layer *t = top(v);
@@ -571,7 +593,9 @@ static void deallocate(struct vhd_bdev *v, uint32_t block)
     uint64_t len = (uint64_t)t->bitmap_bytes + t->block_bytes;
 
     bool is_punched = punch(t, at, len) == 0;
-    if (is_punched && v->free_count < v->free_cap) {
+    /* A write still in flight to the old place could land after a new
+     * block took it: such a place is left alone (leaked until close). */
+    if (is_punched && v->free_count < v->free_cap && v->writes_inflight[block] == 0) {
         v->free_slots[v->free_count++] = (struct free_slot){
             .bitmap_at = at,
             .freed_in_round = v->rounds_started,
@@ -580,9 +604,9 @@ static void deallocate(struct vhd_bdev *v, uint32_t block)
     }
     if (is_punched && v->observer) {
         /* The harness sees a punch as the zeroes it leaves behind. */
-        struct iovec iov[8];
+        struct iovec iov[VHD_MAX_BLOCK_BYTES / ZERO_BUF_BYTES + 1];
         int n = 0;
-        for (uint64_t left = len; left && n < 8; n++) {
+        for (uint64_t left = len; left && n < (int)HV_ARRAY_SIZE(iov); n++) {
             uint64_t piece = HV_MIN(left, ZERO_BUF_BYTES);
             iov[n].iov_base = v->zero_buf;
             iov[n].iov_len = piece;
@@ -629,6 +653,7 @@ static int step_read(struct eng_io *e)
     }
     s->length = run;
     s->sets_bits = false;
+    s->write_block = UINT32_MAX;
     e->cursor += run;
     submit_sub(e, s, layer, false, file_off);
     return 1;
@@ -674,6 +699,14 @@ static int step_write_top(struct eng_io *e, const struct iovec *iov, int iovcnt)
     }
     s->length = run;
     s->sets_bits = false;
+    s->write_block = t->type == VHD_TYPE_FIXED ? UINT32_MAX : b;
+    /* A FUA write is durable only with the metadata that makes it
+     * reachable: if its block's BAT entry or bitmap is not durable yet (or
+     * is being written by a round), it completes with the next round. */
+    if ((io->flags & BDEV_IO_FUA) && t->type != VHD_TYPE_FIXED &&
+        (v->flush_phase != 0 || (v->blk[b] & BLK_DIRTY) ||
+         v->bat_dirty[(4 * (size_t)b) / PREFIX_ALIGN]))
+        e->has_dirtied_metadata = true;
     if (t->uses_bitmaps) {
         uint32_t first = (uint32_t)((off % t->block_bytes) / HV_SECTOR_BYTES);
         uint32_t count = (uint32_t)(run / HV_SECTOR_BYTES);
@@ -1102,16 +1135,12 @@ static void extend_write_done(struct hv_aio_req *req, long res)
 static void extend_start(struct vhd_bdev *v)
 {
     struct layer *t = top(v);
-    uint64_t step;
-    uint64_t remaining;
+    uint64_t step = extension_step(v);
     uint64_t new_end;
     struct vhd_footer f;
 
     if (v->is_extending)
         return;
-    remaining = (uint64_t)(t->entries - v->allocated) * v->extent_bytes;
-    step = HV_MIN(HV_MAX(EXTEND_MIN_BYTES, v->file_end / 8), EXTEND_MAX_BYTES);
-    step = HV_MAX(HV_MIN(step, remaining), v->extent_bytes);
     new_end = HV_ALIGN_UP(HV_MAX(v->file_end, v->next_alloc) + step, PREFIX_ALIGN);
     if (new_end < v->next_alloc + v->extent_bytes)
         new_end = HV_ALIGN_UP(v->next_alloc + v->extent_bytes, PREFIX_ALIGN);
@@ -1236,6 +1265,7 @@ static void vhd_free(struct vhd_bdev *v)
     free(v->bat_dirty);
     free(v->bat_flushing);
     free(v->blk);
+    free(v->writes_inflight);
     free(v->dirty);
     free(v->flushing);
     free(v->free_slots);
@@ -1726,13 +1756,14 @@ static int setup_writable(struct vhd_bdev *v, struct hv_err *err)
     v->bat_dirty = calloc(v->bat_chunks + 1, 1);
     v->bat_flushing = calloc(v->bat_chunks + 1, 1);
     v->blk = calloc(t->entries + 1, 1);
+    v->writes_inflight = calloc(t->entries + 1, sizeof(uint16_t));
     v->dirty = calloc(t->entries + 1, sizeof(uint32_t));
     v->flushing = calloc(t->entries + 1, sizeof(uint32_t));
     starts = calloc(t->entries + 1, sizeof(*starts));
     v->free_cap = t->entries + 64;
     v->free_slots = calloc(v->free_cap, sizeof(*v->free_slots));
     if (!v->bat_disk || !v->bat_dirty || !v->bat_flushing || !v->blk || !v->dirty ||
-        !v->flushing || !starts || !v->free_slots) {
+        !v->flushing || !starts || !v->free_slots || !v->writes_inflight) {
         free(starts);
         return hv_err_set(err, -ENOMEM, "%s: out of memory", t->path);
     }

@@ -591,6 +591,83 @@ static void test_allocation_costs_no_fsync_and_bat_waits_for_flush(void **state)
     free(p);
 }
 
+static void test_discarded_space_is_reused_and_close_fills_holes(void **state)
+{
+    const char *path = t_path("reuse.vhd");
+    const uint64_t block = VHD_DEFAULT_BLOCK_BYTES;
+    uint8_t *p = pattern(16 * block, 51);
+    struct bdev *bd;
+    struct stat st_full;
+    struct stat st_after;
+    struct vhd_info info;
+    struct hv_err err = { 0 };
+
+    create(path, VHD_TYPE_DYNAMIC, 64 * HV_MiB, NULL);
+    bd = open_rw(path);
+    write_at(bd, 0, p, 16 * block);
+    assert_int_equal(bdev_flush_sync(bd), 0);
+    assert_int_equal(bdev_request_sync(bd, BDEV_IO_DISCARD, 2 * block, 4 * block, 0), 0);
+    assert_int_equal(bdev_flush_sync(bd), 0);
+    /* Two new blocks after the flush that freed four: they take holes. */
+    write_at(bd, 20 * block, p, 2 * block);
+    assert_int_equal(bdev_close(bd), 0);
+    assert_int_equal(vhd_inspect(path, &info, &err), 0);
+    assert_int_equal(info.allocated_bytes, 14 * block);
+    /* The file holds 14 blocks and nothing more: the two remaining holes
+     * were filled from the end at close. */
+    assert_int_equal(stat(path, &st_after), 0);
+    assert_true((uint64_t)st_after.st_size <= 8192 + 14 * (block + 4096) + 512);
+
+    bd = open_rw(path);
+    expect_at(bd, 0, p, 2 * block);
+    expect_zero(bd, 2 * block, 4 * block);
+    expect_at(bd, 6 * block, p + 6 * block, 10 * block);
+    expect_at(bd, 20 * block, p, 2 * block);
+    /* Discard and rewrite forever does not grow the file forever. */
+    assert_int_equal(stat(path, &st_full), 0);
+    write_at(bd, 30 * block, p, block);         /* the file grows once here */
+    assert_int_equal(bdev_flush_sync(bd), 0);
+    assert_int_equal(stat(path, &st_full), 0);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(bdev_request_sync(bd, BDEV_IO_DISCARD, 8 * block, 4 * block, 0), 0);
+        assert_int_equal(bdev_flush_sync(bd), 0);
+        write_at(bd, 8 * block, p, 4 * block);
+    }
+    /* Still open: without reuse 160 MiB would have gone to new space. */
+    assert_int_equal(stat(path, &st_after), 0);
+    assert_int_equal(st_after.st_size, st_full.st_size);
+    assert_int_equal(bdev_close(bd), 0);
+    assert_int_equal(stat(path, &st_after), 0);
+    assert_true(st_after.st_size <= st_full.st_size);
+    assert_int_equal(vhd_inspect(path, &info, &err), 0);
+    bd = open_rw(path);
+    expect_at(bd, 8 * block, p, 4 * block);
+    expect_at(bd, 6 * block, p + 6 * block, 2 * block);
+    assert_int_equal(bdev_close(bd), 0);
+    free(p);
+}
+
+static void test_fua_write_to_a_block_allocated_unflushed_is_durable(void **state)
+{
+    const char *path = t_path("fua.vhd");
+    uint8_t *p = pattern(8192, 61);
+    struct vhd_info info;
+    struct hv_err err = { 0 };
+    struct bdev *bd;
+
+    create(path, VHD_TYPE_DYNAMIC, 16 * HV_MiB, NULL);
+    bd = open_rw(path);
+    write_at(bd, 0, p, 4096);                           /* allocates, not durable */
+    assert_int_equal(vhd_inspect(path, &info, &err), 0);
+    assert_int_equal(info.allocated_bytes, 0);
+    assert_int_equal(bdev_write_sync(bd, 4096, p + 4096, 4096, BDEV_IO_FUA), 0);
+    /* The FUA write is reachable on disk without any flush. */
+    assert_int_equal(vhd_inspect(path, &info, &err), 0);
+    assert_int_equal(info.allocated_bytes, VHD_DEFAULT_BLOCK_BYTES);
+    assert_int_equal(bdev_close(bd), 0);
+    free(p);
+}
+
 /* ------------------------------------------------------ random workload */
 
 #define RW_SLOTS 16
@@ -800,6 +877,8 @@ int main(void)
         cmocka_unit_test(test_second_writer_is_refused_by_the_lock),
         cmocka_unit_test(test_parent_lookup_order_mismatch_missing_and_loops),
         cmocka_unit_test(test_allocation_costs_no_fsync_and_bat_waits_for_flush),
+        cmocka_unit_test(test_discarded_space_is_reused_and_close_fills_holes),
+        cmocka_unit_test(test_fua_write_to_a_block_allocated_unflushed_is_durable),
         cmocka_unit_test(test_random_workload_matches_in_memory_model),
         cmocka_unit_test(test_random_workload_on_differencing_child),
     };
