@@ -206,4 +206,136 @@ int vhd_compare(const char *path_a, enum vhd_image_format fmt_a, const char *pat
                 enum vhd_image_format fmt_b, bool is_strict, struct vhd_compare_result *res,
                 struct hv_err *err);
 
+/* =====================================================================
+ * life-of-an-image operations: merge, compact, resize, set-parent, repair.
+ * (vhd-ops section: merge.c, compact.c, resize.c, setparent.c, repair.c,
+ * ops.c)
+ *
+ * Each is crash-safe: killed at any instant, the image (or chain) reads
+ * exactly as before the operation or exactly as after it. The write order
+ * that makes this true is described where the writes are issued. None of
+ * them ever writes a parent that is not the operation's target.
+ * ===================================================================== */
+
+/*
+ * Everything an offline operation does to files, for the crash harness:
+ * writes, fdatasyncs, truncations and unlinks of metadata and relocated
+ * data, each reported when it is done (synchronously), in order. Writes the
+ * engine issues for the operation (merge writes the ancestor through
+ * vhd_open) go to `engine`, which is handed to vhd_open. Production code
+ * passes NULL.
+ */
+struct vhd_ops_observer {
+    void (*on_write)(void *arg, const char *path, uint64_t offset, const void *buf,
+                     size_t len);
+    void (*on_sync)(void *arg, const char *path);
+    void (*on_truncate)(void *arg, const char *path, uint64_t length);
+    void (*on_unlink)(void *arg, const char *path);
+    const struct vhd_io_observer *engine;
+    void *arg;
+};
+
+struct vhd_merge_options {
+    const char *into;               /* ancestor to merge into; NULL = the parent */
+    bool is_forced;                 /* merge even when other images use the ancestor */
+    bool show_progress;             /* force the progress bar (-p) */
+    bool keep_children;             /* do not delete the merged children (tests) */
+    bool no_direct_io;
+    unsigned depth;                 /* chunks in flight; 0 = 16 */
+    const struct vhd_ops_observer *observer;
+};
+
+struct vhd_merge_result {
+    int merged_count;               /* children folded into the ancestor */
+    char ancestor[4096];            /* the image that holds the data now */
+    uint64_t bytes_copied;
+    double seconds;
+    char users[1024];               /* other images found that use the ancestor */
+};
+
+/*
+ * Fold CHILD (and every image between it and the ancestor) into the
+ * ancestor (by default CHILD's parent). The data is copied through the
+ * engine (crash-safe allocation), only sectors the children hold; the
+ * ancestor is flushed and closed, and only then are the children deleted,
+ * top first. Refuses (-EBUSY, with the list in `err`) when other images in
+ * the ancestor's or the children's directories use the ancestor or an
+ * intermediate child, unless `is_forced`: a VHD does not know its children,
+ * so images elsewhere cannot be found.
+ */
+int vhd_merge(const char *child, const struct vhd_merge_options *opt,
+              struct vhd_merge_result *res, struct hv_err *err);
+
+struct vhd_compact_options {
+    bool show_progress;
+    bool is_dry_run;
+    const struct vhd_ops_observer *observer;
+};
+
+struct vhd_compact_result {
+    uint64_t file_bytes_before;
+    uint64_t file_bytes_after;
+    uint64_t stored_bytes_before;   /* st_blocks * 512 */
+    uint64_t stored_bytes_after;
+    uint32_t blocks_freed;          /* zero (or, differencing, empty) blocks given back */
+    uint32_t blocks_moved;          /* relocated from the end into holes */
+};
+
+/*
+ * Give back blocks that read entirely as zeroes (differencing: whose
+ * present sectors are zero and the parent reads zero there too, or with no
+ * sector present), fill holes with blocks from the end of the file, cut the
+ * file after its last block and punch what remains unused. What the image
+ * reads does not change. Fixed images have nothing to give back.
+ */
+int vhd_compact(const char *path, const struct vhd_compact_options *opt,
+                struct vhd_compact_result *res, struct hv_err *err);
+
+struct vhd_resize_options {
+    bool is_forced;                 /* shrink even when data lies beyond the new end */
+    const struct vhd_ops_observer *observer;
+};
+
+/*
+ * Change the virtual size to exactly `size_bytes` (a multiple of 512). A
+ * dynamic or differencing image whose BAT is too small gets a larger BAT
+ * (moved after the last block when it cannot grow in place). Shrinking
+ * refuses (-ENOTEMPTY) when the range cut off holds data, unless forced.
+ * Geometry is recomputed per the spec; the creator fields become hvstor's.
+ */
+int vhd_resize(const char *path, uint64_t size_bytes, const struct vhd_resize_options *opt,
+               struct hv_err *err);
+
+struct vhd_set_parent_options {
+    bool is_forced;                 /* accept a parent whose unique id differs */
+    const struct vhd_ops_observer *observer;
+};
+
+/* Point a differencing image at `parent_path`: parent unique id, timestamp,
+ * name and all three locators (W2ru, W2ku, MacX) are rewritten. Refuses a
+ * parent whose unique id differs from the recorded one unless forced, and
+ * always one of a different size. */
+int vhd_set_parent(const char *child, const char *parent_path,
+                   const struct vhd_set_parent_options *opt, struct hv_err *err);
+
+struct vhd_repair_options {
+    bool is_dry_run;                /* report what would be done, write nothing */
+    const struct vhd_ops_observer *observer;
+};
+
+struct vhd_repair_report {
+    char (*actions)[512];           /* what was (or would be) done; malloc'd */
+    int action_count;
+    int unrepaired_count;           /* problems repair cannot fix (listed in actions) */
+};
+
+/* Repair one image in place (never its parent): rebuild a lost footer from
+ * its copy or the copy from the footer, fix checksums, drop BAT entries that
+ * point outside the file or overlap metadata or other blocks, reclaim leaked
+ * space. Returns 0 when the image is sound afterwards, 1 when problems
+ * remain (listed), or a negative errno. */
+int vhd_repair(const char *path, const struct vhd_repair_options *opt,
+               struct vhd_repair_report *report, struct hv_err *err);
+void vhd_repair_report_free(struct vhd_repair_report *report);
+
 #endif /* HVSTOR_VHD_H */

@@ -537,6 +537,11 @@ static const char main_usage[] =
     "  convert   copy any image (raw, VHD, chain) into a new raw or VHD image\n"
     "  compare   check whether two images read the same\n"
     "  bench     load generator over the VHD engine (flags as qemu-img bench)\n"
+    "  merge     fold a differencing image into its parent or an ancestor\n"
+    "  compact   give back zero blocks and unused space; the file shrinks\n"
+    "  resize    change the virtual size (exact), growing the BAT as needed\n"
+    "  set-parent  relink a differencing image to its moved parent\n"
+    "  repair    fix a damaged footer, copy, checksums or BAT; reclaim leaks\n"
     "\n"
     "`vhd COMMAND --help` describes each command. Sizes take K, M, G, T suffixes\n"
     "(binary units). Errors name the file and the problem; the exit status is\n"
@@ -550,6 +555,9 @@ int main(int argc, char **argv)
     } cmds[] = {
         { "create", cmd_create },   { "info", cmd_info },       { "check", cmd_check },
         { "convert", cmd_convert }, { "compare", cmd_compare }, { "bench", cmd_bench },
+        /* life-of-an-image operations (cmd_ops.c) */
+        { "merge", cmd_merge },     { "compact", cmd_compact }, { "resize", cmd_resize },
+        { "set-parent", cmd_set_parent }, { "repair", cmd_repair },
     };
     hv_log_set_ident("vhd");
     if (argc < 2) {

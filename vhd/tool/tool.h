@@ -15,5 +15,11 @@ void tool_error(const char *fmt, ...) HV_PRINTF(1, 2);
 int tool_parse_size(const char *opt_name, const char *text, uint64_t *bytes);
 
 int cmd_bench(int argc, char **argv);
+/* life-of-an-image operations (cmd_ops.c) */
+int cmd_merge(int argc, char **argv);
+int cmd_compact(int argc, char **argv);
+int cmd_resize(int argc, char **argv);
+int cmd_set_parent(int argc, char **argv);
+int cmd_repair(int argc, char **argv);
 
 #endif
