@@ -50,6 +50,9 @@ static void footer_for_size(struct vhd_footer *nf, const struct vhd_footer *old,
 {
     *nf = *old;
     nf->current_size = size;
+    /* libvhdi (vhdiinfo, vhdimount) takes the media size from the original
+     * size; keep both saying the same, as a newly created image does. */
+    nf->original_size = size;
     vhd_geometry_for_size(size, &nf->geometry);
     memcpy(nf->creator_app, VHD_CREATOR_APP, 4);
     nf->creator_version = VHD_CREATOR_VERSION;
@@ -249,7 +252,9 @@ static int grow_bat(struct op_file *f, struct vhd_meta *m, struct op_bat *bat, u
     uint64_t bat_at = HV_ALIGN_UP(end, PAGE_BYTES);
     uint64_t bat_area = HV_ALIGN_UP(new_bytes, PAGE_BYTES);
     uint64_t old_at = h->table_offset;
-    uint64_t old_bytes = vhd_bat_bytes(h->max_table_entries);
+    /* Everything up to the next structure was the old table's (and its
+     * padding); given back once nothing points at it. */
+    uint64_t old_limit = HV_MIN(room_after_bat(m), bat_at);
     ret = 0;
     if (bat_at + bat_area > m->footer_offset) {
         uint64_t new_end = bat_at + bat_area;
@@ -275,7 +280,7 @@ static int grow_bat(struct op_file *f, struct vhd_meta *m, struct op_bat *bat, u
     /* The old table belongs to nothing now. */
     if (ret == 0) {
         uint64_t from = HV_ALIGN_UP(old_at, PAGE_BYTES);
-        uint64_t to = HV_ALIGN_DOWN(old_at + old_bytes, PAGE_BYTES);
+        uint64_t to = HV_ALIGN_DOWN(old_limit, PAGE_BYTES);
         if (to > from)
             ret = op_punch(f, from, to - from, err);
     }
