@@ -40,7 +40,7 @@
 #define STATES_PER_OP 1000
 #define MAX_FILES 4
 
-static void die(const char *fmt, ...) HV_PRINTF(1, 2);
+static void die(const char *fmt, ...) HV_PRINTF(1, 2) __attribute__((noreturn));
 static void die(const char *fmt, ...)
 {
     va_list ap;
@@ -90,7 +90,6 @@ static int file_of(const char *path)
         if (!strcmp(g_files[i].name, base))
             return i;
     die("an operation touched %s, which the test does not know", path);
-    return -1;
 }
 
 static struct ev *ev_new(enum ev_kind kind, int file)
@@ -722,9 +721,6 @@ static void case_resize(const char *dir, const char *name, enum vhd_type type, u
 static void remove_state_dir(void)
 {
     char path[PATH_MAX];
-    for (int i = 0; i < MAX_FILES; i++) {
-        (void)i;
-    }
     if (!g_state_dir[0])
         return;
     const char *names[] = { "mbase.vhd", "mc1.vhd", "mc2.vhd", "compact.vhd", "resize-dyn.vhd",
