@@ -616,9 +616,10 @@ static void finish_case(struct op_case *oc, uint64_t *seed)
     uint64_t t0 = hv_now_ns();
     crash_states(oc, seed);
     printf("# %s (%.1f s): %d writes, %d fdatasyncs, %d truncations/deletions recorded; %d crash "
-           "states (%d distinct): %d read as before, %d as after, none corrupt%s\n",
+           "states (%d distinct): %d read as before, %d as after%s, none corrupt%s\n",
            oc->name, (double)(hv_now_ns() - t0) / 1e9, writes, syncs, other,
            g_states - before, g_unique - unique, g_as_before - b, g_as_after - a,
+           oc->kind == OP_COMPACT ? " (compact reads the same before and after)" : "",
            g_copy_window_states - copy
                ? " (some between the footer and its copy: read as after, repaired clean)"
                : "");
@@ -694,6 +695,37 @@ static void case_compact(const char *dir, uint64_t *seed)
     finish_case(&oc, seed);
 }
 
+static void case_compact_differencing(const char *dir, uint64_t *seed)
+{
+    char parent[PATH_MAX], img[PATH_MAX];
+    snprintf(parent, sizeof(parent), "%s/cpar.vhd", dir);
+    snprintf(img, sizeof(img), "%s/cchild.vhd", dir);
+    create(parent, VHD_TYPE_DYNAMIC, 6 * HV_MiB, 512 * 1024, NULL);
+    fill(parent, 0, 1 * HV_MiB, 31, false);
+    create(img, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, parent);
+    fill(img, 0, 6 * HV_MiB, 32, false);
+    fill(img, 512 * 1024, 512 * 1024, 0, false);      /* zeroes masking parent data: kept */
+    fill(img, 2 * HV_MiB, 1 * HV_MiB, 0, false);      /* zeroes over zeroes: freed */
+    fill(img, 4 * HV_MiB, 512 * 1024, 0, true);       /* discarded: a hole */
+    struct op_case oc = { .name = "compact-differencing", .kind = OP_COMPACT };
+    struct hv_err err = { 0 };
+    int rc;
+    oc.before = read_disk(img, &oc.before_size, &err, &rc);
+    track(img);
+    track(parent);
+    oc.read_file = 0;
+    struct vhd_compact_options o = { .observer = &g_ops_obs };
+    struct vhd_compact_result res;
+    if (vhd_compact(img, &o, &res, &err) < 0)
+        die("compact: %s", err.msg);
+    if (res.blocks_freed != 2)
+        die("compact differencing: freed %u blocks, expected 2", res.blocks_freed);
+    oc.after = read_disk(img, &oc.after_size, &err, &rc);
+    if (memcmp(oc.after, oc.before, oc.before_size))
+        die("compact differencing changed what the image reads");
+    finish_case(&oc, seed);
+}
+
 static void case_resize(const char *dir, const char *name, enum vhd_type type, uint64_t from,
                         uint64_t to, uint64_t *seed)
 {
@@ -723,7 +755,8 @@ static void remove_state_dir(void)
     char path[PATH_MAX];
     if (!g_state_dir[0])
         return;
-    const char *names[] = { "mbase.vhd", "mc1.vhd", "mc2.vhd", "compact.vhd", "resize-dyn.vhd",
+    const char *names[] = { "mbase.vhd", "mc1.vhd", "mc2.vhd", "compact.vhd", "cpar.vhd",
+                            "cchild.vhd", "resize-dyn.vhd",
                             "resize-fixed-grow.vhd", "resize-fixed-shrink.vhd",
                             "resize-dyn-shrink.vhd" };
     for (size_t i = 0; i < HV_ARRAY_SIZE(names); i++) {
@@ -755,6 +788,7 @@ int main(void)
     uint64_t s = seed;
     case_merge(dir, &s);
     case_compact(dir, &s);
+    case_compact_differencing(dir, &s);
     case_resize(dir, "resize-dyn", VHD_TYPE_DYNAMIC, 4 * HV_MiB, 600 * HV_MiB + 512, &s);
     case_resize(dir, "resize-fixed-grow", VHD_TYPE_FIXED, 3 * HV_MiB, 5 * HV_MiB + 1024, &s);
     case_resize(dir, "resize-fixed-shrink", VHD_TYPE_FIXED, 5 * HV_MiB, 2 * HV_MiB, &s);
