@@ -485,11 +485,13 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt,
         ret = vhd_inspect(ancestor, &anc_info, err);
     if (ret < 0)
         goto out;
-    if (top_info.size_bytes != anc_info.size_bytes) {
-        ret = hv_err_set(err, -EINVAL, "%s: virtual size %" PRIu64 " differs from the "
-                         "ancestor %s (%" PRIu64 "); `vhd resize` the ancestor to %" PRIu64
-                         " first", child, top_info.size_bytes, ancestor, anc_info.size_bytes,
-                         top_info.size_bytes);
+    /* A child grown past its ancestor (vhd resize) needs the ancestor grown
+     * first; a smaller child cannot be merged without cutting the ancestor. */
+    if (top_info.size_bytes < anc_info.size_bytes) {
+        ret = hv_err_set(err, -EINVAL, "%s: virtual size %" PRIu64 " is smaller than the "
+                         "ancestor %s (%" PRIu64 "): merging would leave the ancestor "
+                         "reading more than the child does", child, top_info.size_bytes,
+                         ancestor, anc_info.size_bytes);
         goto out;
     }
     for (int i = 0; i < count; i++) {
@@ -510,6 +512,18 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt,
                          "only when nothing else uses %s", child, ancestor, res->users,
                          ancestor);
         goto out;
+    }
+
+    if (top_info.size_bytes > anc_info.size_bytes) {
+        /* Growing the ancestor does not change what CHILD's chain reads: the
+         * engine reads zeroes past a smaller parent, and the grown range
+         * reads zeroes. vhd_resize is crash-safe on its own. */
+        struct vhd_resize_options ro = { .observer = opt->observer };
+        ret = vhd_resize(ancestor, top_info.size_bytes, &ro, err);
+        if (ret < 0) {
+            hv_err_prefix(err, "%s: growing the ancestor to the child's size", child);
+            goto out;
+        }
     }
 
     m.count = count - 1;

@@ -258,7 +258,8 @@ struct vhd_merge_result {
  * ancestor (by default CHILD's parent). The data is copied through the
  * engine (crash-safe allocation), only sectors the children hold; the
  * ancestor is flushed and closed, and only then are the children deleted,
- * top first. Refuses (-EBUSY, with the list in `err`) when other images in
+ * top first. An ancestor smaller than CHILD is grown first (vhd_resize);
+ * a larger one is refused. Refuses (-EBUSY, with the list in `err`) when other images in
  * the ancestor's or the children's directories use the ancestor or an
  * intermediate child, unless `is_forced`: a VHD does not know its children,
  * so images elsewhere cannot be found.

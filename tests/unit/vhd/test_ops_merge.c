@@ -136,6 +136,27 @@ static void test_merge_refuses_images_without_parent_and_foreign_ancestors(void 
     assert_true(h_exists(child));
 }
 
+static void test_merge_grows_the_ancestor_for_a_grown_child(void **state)
+{
+    (void)state;
+    const char *base = t_path("m6-base.vhd");
+    const char *child = t_path("m6-child.vhd");
+    const char *raw = t_path("m6.raw");
+    h_create(base, VHD_TYPE_DYNAMIC, 4 * MiB, 0, NULL);
+    h_write(base, 0, 4 * MiB, 61);
+    h_create(child, VHD_TYPE_DIFFERENCING, 0, 0, base);
+    struct hv_err err = { 0 };
+    if (vhd_resize(child, 10 * MiB + 512, NULL, &err) != 0)
+        fail_msg("resize: %s", err.msg);
+    h_write(child, 3 * MiB, 3 * MiB, 62);
+    h_convert_raw(child, raw);
+    struct vhd_merge_result res;
+    if (vhd_merge(child, NULL, &res, &err) != 0)
+        fail_msg("merge: %s", err.msg);
+    h_same_as_raw(base, raw);
+    h_check_clean(base);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -144,6 +165,7 @@ int main(void)
         cmocka_unit_test(test_merge_into_middle_of_chain_keeps_lower_layers),
         cmocka_unit_test(test_merge_refuses_when_a_sibling_uses_the_parent_unless_forced),
         cmocka_unit_test(test_merge_refuses_images_without_parent_and_foreign_ancestors),
+        cmocka_unit_test(test_merge_grows_the_ancestor_for_a_grown_child),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
