@@ -20,6 +20,8 @@
  *     directory. While CHILD exists it still reads the same (it overlays
  *     identical data); once it is gone the ancestor is the image. Deleting
  *     top first never leaves a child whose parent is missing.
+ * (A child grown past its ancestor gets the ancestor grown first, by the
+ * crash-safe vhd_resize: that changes nothing CHILD's chain reads.)
  * A crash anywhere leaves CHILD readable as before, or (after 3 began) the
  * ancestor holding the result; running the same `vhd merge` again finishes
  * the job (copying the same data again is harmless).
