@@ -6,6 +6,8 @@
 #  2. back only after the timeout (3 s here): the writes fail with a transport
 #     failure and a NOT READY sense instead of hanging, and once tgtd is back
 #     the session reconnects by itself and new writes work.
+#  2b. writes that overlap (two to the same blocks in flight at once) across a
+#     restart: replayed in submission order, the newest is what the LUN holds.
 #  3. tgtd hangs (SIGSTOP) with its connection up: the NOP-Out ping notices,
 #     the writes fail after the timeout, and after SIGCONT the session is back.
 set -u
@@ -53,8 +55,15 @@ echo "--- tgtd restarted within the 30 s replacement timeout"
     -T 30000 -n 96 -e ok > "$out" 2>&1; rc=$?
 cat "$out"; [ $rc = 0 ] || fail "writes across a restart within the timeout"
 grep -q "replaying queued commands in order" "$out" || fail "no replay after the reconnect"
-grep -q "unit attentions consumed on replay: [1-9]" "$out" \
-    || fail "the restarted target's UNIT ATTENTION was not met and retried on replay"
+grep -q "unit attentions consumed after the reconnect: [1-9]" "$out" \
+    || fail "the restarted target's UNIT ATTENTION was not met before the replay"
+
+echo "--- overlapping writes replayed in order across a restart"
+"$SAN_ITEST" fault -p "$PORTAL" -t "$T1" -i "$VM_A" -l 1 -H "$WORK/restart_fast.sh" \
+    -T 30000 -n 97 -O -P "$WORK/tgtd.pid" -e ok > "$out" 2>&1; rc=$?
+cat "$out"; [ $rc = 0 ] || fail "overlapping writes across a restart"
+grep -q "replaying queued commands in order" "$out" || fail "no replay after the reconnect"
+grep -q "tgtd stopped: the last" "$out" || fail "writes were not in flight at the kill"
 
 echo "--- tgtd back only after a 3 s replacement timeout"
 "$SAN_ITEST" fault -p "$PORTAL" -t "$T1" -i "$VM_A" -l 1 -H "$WORK/restart_slow.sh" \
