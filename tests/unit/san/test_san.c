@@ -417,6 +417,28 @@ static void test_session_options_are_validated(void **state)
     hv_reactor_destroy(r);
 }
 
+static void test_discovery_of_a_dead_portal_fails_with_its_address(void **state)
+{
+    char portal[64];
+    snprintf(portal, sizeof(portal), "127.0.0.1:%d", t_free_port());
+    struct san_target *t = NULL;
+    size_t n = 0;
+    struct hv_err err = {0};
+    int ret = san_discover_sync(portal, "iqn.2026-11.test:vm", NULL, &t, &n, &err);
+    assert_true(ret < 0);
+    assert_non_null(strstr(err.msg, portal));
+    assert_null(t);
+}
+
+static void test_host_config_of_this_machine_reads_without_error(void **state)
+{
+    /* whatever open-iscsi state this machine has, reading it is not an error */
+    struct san_host_config *cfg;
+    struct hv_err err = {0};
+    assert_int_equal(san_host_config_read("/", &cfg, &err), 0);
+    san_host_config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -436,6 +458,8 @@ int main(void)
         cmocka_unit_test(test_first_login_failure_is_reported_and_queued_commands_fail),
         cmocka_unit_test(test_close_fails_queued_commands_with_closed),
         cmocka_unit_test(test_session_options_are_validated),
+        cmocka_unit_test(test_discovery_of_a_dead_portal_fails_with_its_address),
+        cmocka_unit_test(test_host_config_of_this_machine_reads_without_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
