@@ -618,7 +618,7 @@ static void fault_done(struct san_cmd *cmd)
         }
         fr->hook = spawn_hook();
         fr->hook_started = true;
-        printf("hook started after %u writes (kills tgtd)\n", fr->completed);
+        printf("hook started after %u writes\n", fr->completed);
         fflush(stdout);
     }
     if (fr->next < nwrites) {
