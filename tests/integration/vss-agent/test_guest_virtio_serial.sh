@@ -151,6 +151,7 @@ pass "hello over virtio-serial: $(grep -o '"filesystems":\[[^]]*\]' <<<"$R")"
 
 req '{"id":2,"cmd":"freeze"}'
 expect '"ok":true'; expect '"frozen":["/mnt/data"]'
+freeze_timings=$(grep -o '"timings":{[^}]*}' <<<"$R")
 frozen_at=$(last_record)
 cp --sparse=always "$WORK/guest.img" "$WORK/cut.img"
 sleep 1
@@ -163,6 +164,7 @@ records_advance 10 || fail "the application did not resume after thaw"
 wait_for "HVSTOR-GUEST-WRITER thaw" 10
 grep -aq "HVSTOR-GUEST-WRITER freeze" "$CONSOLE" || fail "the writer hook did not run for freeze"
 pass "freeze/thaw in the guest: application held at record $frozen_at, $hold, hooks ran"
+pass "guest freeze $freeze_timings"
 
 # The copy made while frozen: clean without journal replay, records intact.
 e2fsck -fn "$WORK/cut.img" >"$WORK/e2fsck.txt" 2>&1 || fail "the frozen cut is not clean: $(cat "$WORK/e2fsck.txt")"
