@@ -128,6 +128,7 @@ struct disk_cmd {
     bool in_execute;
     bool is_zero_pattern;
     bool then_verify;               /* WRITE AND VERIFY: read back after writing */
+    bool has_partial_tail;          /* READ into an EDTL that ends inside a block */
     struct scsi_task *act_prev, *act_next;
 };
 
