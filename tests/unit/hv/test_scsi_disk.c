@@ -1067,11 +1067,17 @@ static void test_ordered_task_waits_for_earlier_and_holds_later(void **state)
 struct plain_bdev {
     struct bdev bd;
     struct bdev *inner;
+    int fail_status;                /* complete every READ/WRITE with this when set */
 };
+
+static struct plain_bdev *plain_of_io;
 
 static void plain_inner_done(struct bdev_io *inner, int status)
 {
     struct bdev_io *outer = inner->cb_arg;
+    if (plain_of_io && plain_of_io->fail_status &&
+        (outer->type == BDEV_IO_READ || outer->type == BDEV_IO_WRITE))
+        status = plain_of_io->fail_status;
     outer->done(outer, status);
 }
 
@@ -1103,7 +1109,7 @@ static int plain_close(struct bdev *bd)
 static const struct bdev_ops plain_ops = { .name = "plain", .submit = plain_submit,
                                            .close = plain_close };
 
-static void test_disk_on_a_bdev_without_discard_zeroes_or_status(void **state)
+static void test_disk_on_a_bdev_without_discard_zeroes_status_and_with_errors(void **state)
 {
     struct fx *f = open_disk("plain.img");
     struct hv_err err = { 0 };
@@ -1169,6 +1175,26 @@ static void test_disk_on_a_bdev_without_discard_zeroes_or_status(void **state)
     assert_int_equal(hv_be32(buf + 16), BLOCKS);
     assert_int_equal(buf[20], 0);
 
+    /* device errors become sense data: -EIO on a read or a write is a
+     * MEDIUM ERROR, a full file system is SPACE ALLOCATION FAILED */
+    plain_of_io = p;
+    p->fail_status = -EIO;
+    cdb_rw10(cdb, 0x28, 0, 8);
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, cdb, 10, NULL, 0, buf, 4096), SCSI_SENSE_MEDIUM_ERROR,
+                 SCSI_ASC_UNRECOVERED_READ_ERROR);
+    cdb_rw10(cdb, 0x2A, 0, 8);
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, cdb, 10, buf, 4096, NULL, 0), SCSI_SENSE_MEDIUM_ERROR,
+                 SCSI_ASC_WRITE_ERROR);
+    p->fail_status = -ENOSPC;
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, cdb, 10, buf, 4096, NULL, 0), SCSI_SENSE_DATA_PROTECT,
+                 SCSI_ASC_SPACE_ALLOCATION_FAILED);
+    p->fail_status = -ENOMEM;
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, cdb, 10, buf, 4096, NULL, 0),
+                 SCSI_SENSE_HARDWARE_ERROR, SCSI_ASC_INTERNAL_TARGET_FAILURE);
+    p->fail_status = 0;
+    plain_of_io = NULL;
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 10, buf, 4096, NULL, 0));
+
     struct scsi_lu *gone = scsi_controller_detach(f->c, 1);
     gone->ops->destroy(gone);
     bdev_close(&p->bd);
@@ -1200,7 +1226,7 @@ int main(void)
         cmocka_unit_test(test_resize_reports_new_capacity_after_unit_attention),
         cmocka_unit_test(test_write_and_verify_and_prefetch),
         cmocka_unit_test(test_ordered_task_waits_for_earlier_and_holds_later),
-        cmocka_unit_test(test_disk_on_a_bdev_without_discard_zeroes_or_status),
+        cmocka_unit_test(test_disk_on_a_bdev_without_discard_zeroes_status_and_with_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
