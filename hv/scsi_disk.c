@@ -1018,7 +1018,9 @@ static void cmd_unmap(struct scsi_disk *d, struct scsi_task *t)
         return;
     }
     /* Check every descriptor before touching the medium: an error must
-     * leave nothing half done. */
+     * leave nothing half done. MAXIMUM UNMAP LBA COUNT bounds the whole
+     * command, not each descriptor. */
+    uint64_t total = 0;
     for (uint32_t i = 0; i < count; i++) {
         uint64_t lba;
         uint32_t blocks;
@@ -1027,10 +1029,11 @@ static void cmd_unmap(struct scsi_disk *d, struct scsi_task *t)
             disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_LBA_OUT_OF_RANGE);
             return;
         }
-        if (blocks > DISK_MAX_UNMAP_BLOCKS) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
-            return;
-        }
+        total += blocks;
+    }
+    if (total > DISK_MAX_UNMAP_BLOCKS) {
+        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+        return;
     }
     if (count == 0) {
         disk_finish(t);

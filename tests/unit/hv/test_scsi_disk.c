@@ -533,6 +533,25 @@ static void test_unmap_deallocates_and_get_lba_status_reports_it(void **state)
     fx_free(f);
 }
 
+/* MAXIMUM UNMAP LBA COUNT bounds a whole UNMAP, not each descriptor. */
+static void test_unmap_limit_counts_all_descriptors(void **state)
+{
+    struct fx *f = fx_new("unmapbig.img", 2 * HV_GiB, false);   /* sparse */
+    fx_clear_ua(f);
+    uint8_t vpd[64];
+    uint8_t inq[6] = { 0x12, 1, 0xB0, 0, 64, 0 };
+    expect_good(fx_cmd(f, &f->n1, inq, 6, NULL, 0, vpd, 64));
+    uint32_t max_unmap = hv_be32(vpd + 20);
+    assert_true((uint64_t)max_unmap + 2 <= 2 * HV_GiB / 512);
+    uint64_t lbas[2] = { 0, max_unmap / 2 + 1 };
+    uint32_t counts[2] = { max_unmap / 2 + 1, max_unmap / 2 + 1 };
+    expect_sense(unmap(f, lbas, counts, 2), SCSI_SENSE_ILLEGAL_REQUEST,
+                 SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+    counts[1] = max_unmap - counts[0];
+    expect_good(unmap(f, lbas, counts, 2));
+    fx_free(f);
+}
+
 static struct fx_res caw(struct fx *f, uint64_t lba, uint8_t blocks, const uint8_t *cmp,
                          const uint8_t *data)
 {
@@ -1214,6 +1233,7 @@ int main(void)
         cmocka_unit_test(test_write_same_with_unmap_punches_holes_that_read_zero),
         cmocka_unit_test(test_write_same_replicates_a_block_beyond_the_scratch_buffer),
         cmocka_unit_test(test_unmap_deallocates_and_get_lba_status_reports_it),
+        cmocka_unit_test(test_unmap_limit_counts_all_descriptors),
         cmocka_unit_test(test_compare_and_write_writes_on_match_and_reports_miscompare),
         cmocka_unit_test(test_compare_and_write_is_atomic_against_overlapping_writes),
         cmocka_unit_test(test_verify_reads_and_compares),
