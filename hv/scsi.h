@@ -107,6 +107,10 @@ void scsi_task_set_sense_info(struct scsi_task *t, uint8_t key, uint8_t asc, uin
 /* Build sense data into buf (>= SCSI_SENSE_MAX); returns its length. */
 size_t scsi_sense_build(uint8_t *buf, bool is_descriptor, uint8_t key, uint8_t asc,
                         uint8_t ascq, bool has_info, uint64_t information);
+/* ILLEGAL REQUEST, INVALID FIELD IN CDB (is_cdb) or IN PARAMETER LIST, with
+ * the sense-key specific field pointer at byte `field`, bit `bit` (-1: the
+ * whole byte), so the initiator sees which field was refused. */
+void scsi_task_invalid_field(struct scsi_task *t, bool is_cdb, uint16_t field, int bit);
 /* Copy `len` bytes of data-in from `buf` (capped by the expected length and
  * `alloc_len`), set in_bytes and wanted_bytes. */
 void scsi_task_data_in(struct scsi_task *t, const void *buf, size_t len, size_t alloc_len);

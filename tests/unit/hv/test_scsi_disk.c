@@ -255,8 +255,11 @@ static void test_read_write_range_protect_and_zero_length(void **state)
                  SCSI_ASC_LBA_OUT_OF_RANGE);
     cdb_rw10(cdb, 0x28, 0, 1);
     cdb[1] = 0x20;                                      /* RDPROTECT without protection */
-    expect_sense(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 512), SCSI_SENSE_ILLEGAL_REQUEST,
-                 SCSI_ASC_INVALID_FIELD_IN_CDB);
+    struct fx_res bad = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 512);
+    expect_sense(bad, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+    /* the sense-key specific field pointer names CDB byte 1, bit 7 */
+    assert_int_equal(bad.sense[15], 0x80 | 0x40 | 0x08 | 7);
+    assert_int_equal(hv_be16(bad.sense + 16), 1);
     cdb_rw10(cdb, 0x2A, 0, 1);
     cdb[1] = 0x40;
     expect_sense(fx_cmd(f, &f->n1, cdb, 10, buf, 512, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
@@ -823,6 +826,16 @@ static void test_mode_select_switches_descriptor_sense_and_software_write_protec
     struct fx_res r = fx_cmd(f, &f->n1, bad, 10, NULL, 0, NULL, 0);
     assert_int_equal(r.sense[0], 0x72);
     assert_int_equal(r.key, SCSI_SENSE_ILLEGAL_REQUEST);
+    /* a field pointer travels as a sense key specific descriptor */
+    cdb_rw10(cdb, 0x28, 0, 1);
+    cdb[1] = 0x40;
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 512);
+    expect_sense(r, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+    assert_int_equal(r.sense_len, 16);
+    assert_int_equal(r.sense[7], 8);
+    assert_int_equal(r.sense[8], 0x02);
+    assert_int_equal(r.sense[12], 0x80 | 0x40 | 0x08 | 7);
+    assert_int_equal(hv_be16(r.sense + 13), 1);
     /* the other nexus learns that the parameters changed */
     uint8_t tur[6] = { 0 };
     r = fx_cmd(f, &f->n2, tur, 6, NULL, 0, NULL, 0);
