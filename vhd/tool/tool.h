@@ -16,4 +16,10 @@ int tool_parse_size(const char *opt_name, const char *text, uint64_t *bytes);
 
 int cmd_bench(int argc, char **argv);
 
+/* vhd-mount: cmd_map.c, cmd_mount.c */
+int cmd_map(int argc, char **argv);
+int cmd_info_chain(const char *path, bool is_json);
+int cmd_mount(int argc, char **argv);
+int cmd_unmount(int argc, char **argv);
+
 #endif
