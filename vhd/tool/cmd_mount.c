@@ -322,6 +322,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
     struct mount *m = userdata;
     conn->max_write = MOUNT_IO_BYTES;
+    conn->max_read = MOUNT_IO_BYTES;     /* as the max_read= mount option says */
     conn->max_readahead = MOUNT_IO_BYTES;
     conn->max_background = MOUNT_SLOTS / 2;
     conn->congestion_threshold = MOUNT_SLOTS / 2 * 3 / 4;
