@@ -61,6 +61,7 @@
 #define MOUNT_IO_BYTES (1024u * 1024)     /* max_write and the largest read */
 #define MOUNT_BUF_BYTES (MOUNT_IO_BYTES + 2 * 4096)
 #define MOUNT_SLOTS 64
+#define MOUNT_READAHEAD_KB 4096
 #define INO_ROOT 1
 #define INO_DISK 2
 #define DISK_NAME "disk"
@@ -108,6 +109,9 @@ struct mount {
     bool is_fuse_paused;
     bool is_stopping;
     bool is_mounted;
+    bool is_initialized;            /* FUSE INIT answered */
+    bool is_readahead_set;
+    char mountpoint[PATH_MAX];      /* resolved: the daemon runs in / */
     int io_error;                   /* first engine error, for the log at exit */
     uint64_t size_bytes;
     struct timespec mtime;
@@ -321,6 +325,7 @@ static void fill_stat(struct mount *m, fuse_ino_t ino, struct stat *st)
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
     struct mount *m = userdata;
+    m->is_initialized = true;
     conn->max_write = MOUNT_IO_BYTES;
     conn->max_read = MOUNT_IO_BYTES;     /* as the max_read= mount option says */
     conn->max_readahead = MOUNT_IO_BYTES;
@@ -628,6 +633,7 @@ static const struct fuse_lowlevel_ops mount_ops = {
 /* ------------------------------------------------------------ the loop */
 
 static void on_fuse(void *arg, uint32_t events);
+static void raise_readahead(const char *mountpoint);
 
 static void pause_fuse(struct mount *m)
 {
@@ -676,6 +682,13 @@ static void on_fuse(void *arg, uint32_t events)
             return;
         }
         fuse_session_process_buf(m->se, &m->fbuf);
+        /* After INIT's reply, which sets the bdi's readahead to what was
+         * negotiated. */
+        if (m->is_initialized && !m->is_readahead_set) {
+            m->is_readahead_set = true;
+            if (!m->is_direct_io)
+                raise_readahead(m->mountpoint);
+        }
     }
 }
 
@@ -764,6 +777,8 @@ static int mount_setup(struct mount *m, const struct mount_args *a, struct hv_er
         return hv_err_set(err, -ENOTDIR, "%s: mount point is not a directory", a->mountpoint);
     if (!realpath(a->image, m->image))
         return hv_err_errno(err, a->image, "open");
+    if (!realpath(a->mountpoint, m->mountpoint))
+        return hv_err_errno(err, a->mountpoint, "mount point");
     ret = hv_reactor_create(&m->r);
     if (ret < 0)
         return hv_err_set(err, ret, "cannot create a reactor: %s", strerror(-ret));
@@ -833,6 +848,44 @@ static int mount_setup(struct mount *m, const struct mount_args *a, struct hv_er
     if (!m->sig_watch)
         return hv_err_errno(err, "signalfd", "epoll");
     return 0;
+}
+
+/*
+ * The kernel offers FUSE only 128 KiB of readahead at INIT, and sequential
+ * reads of the disk file then run at half the engine's speed (measured:
+ * 512 MiB in 0.89 s at 128 KiB, 0.48 s at 4 MiB, the engine alone 0.43 s).
+ * The mount's bdi takes more through sysfs. The device number comes from
+ * /proc/self/mountinfo: a stat() of the mount point would be a FUSE request
+ * to this very process, which is not serving yet. Best effort (needs root).
+ */
+static void raise_readahead(const char *mountpoint)
+{
+    char line[PATH_MAX * 2];
+    char bdi[128] = "";
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f)
+        return;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned maj;
+        unsigned min;
+        char point[PATH_MAX];
+        /* id parent major:minor root mount-point ... (octal escapes for
+         * spaces: such a mount point simply does not match). */
+        if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &min, point) == 3 &&
+            !strcmp(point, mountpoint))
+            snprintf(bdi, sizeof(bdi), "/sys/class/bdi/%u:%u/read_ahead_kb", maj, min);
+    }
+    fclose(f);
+    if (bdi[0]) {
+        int fd = open(bdi, O_WRONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            char kb[16];
+            int len = snprintf(kb, sizeof(kb), "%u", MOUNT_READAHEAD_KB);
+            if (write(fd, kb, (size_t)len) < 0)
+                hv_debug("%s: %s", bdi, strerror(errno));
+            close(fd);
+        }
+    }
 }
 
 /* Serve until unmounted or signalled, then drain, flush and close. */
