@@ -824,7 +824,7 @@ static int mount_setup(struct mount *m, const struct mount_args *a, struct hv_er
     m->se = fuse_session_new(&args, &mount_ops, sizeof(mount_ops), m);
     if (!m->se)
         return hv_err_set(err, -EINVAL, "%s: cannot create a FUSE session", a->mountpoint);
-    if (fuse_session_mount(m->se, a->mountpoint) != 0)
+    if (fuse_session_mount(m->se, m->mountpoint) != 0)
         return hv_err_set(err, -EIO, "%s: FUSE mount failed (is /dev/fuse there, and "
                           "fusermount3?)", a->mountpoint);
     m->is_mounted = true;
