@@ -105,7 +105,6 @@ struct mount {
     struct slot *wait_tail;
     bool is_read_only;
     bool is_direct_io;
-    bool is_writeback;
     bool is_fuse_paused;
     bool is_stopping;
     bool is_mounted;
@@ -338,10 +337,13 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
         conn->want |= FUSE_CAP_ASYNC_READ;
     if (conn->capable & FUSE_CAP_ASYNC_DIO)
         conn->want |= FUSE_CAP_ASYNC_DIO;
-    if (m->is_writeback && !m->is_read_only && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
-        conn->want |= FUSE_CAP_WRITEBACK_CACHE;
-    else
-        conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+    /*
+     * No write-back cache: with it the kernel owns the file size and lets
+     * a write past the end grow the disk file (a disk cannot grow), and it
+     * was slower here anyway (512 MiB dd with fsync: 2.0 s, against 0.76 s
+     * write-through in 1 MiB requests and 1.7 s with direct_io).
+     */
+    conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
 }
 
 static const double attr_timeout = 86400.0;   /* nobody else changes the disk */
@@ -716,7 +718,6 @@ struct mount_args {
     bool is_read_only;
     bool is_foreground;
     bool is_direct_io;
-    bool is_writeback;
     bool is_buffered;               /* engine without O_DIRECT */
     bool allow_other;
 };
@@ -793,7 +794,6 @@ static int mount_setup(struct mount *m, const struct mount_args *a, struct hv_er
     m->size_bytes = m->bd->size_bytes;
     m->is_read_only = a->is_read_only;
     m->is_direct_io = a->is_direct_io;
-    m->is_writeback = a->is_writeback;
     clock_gettime(CLOCK_REALTIME, &m->mtime);
     for (int i = 0; i < MOUNT_SLOTS; i++) {
         struct slot *s = &m->slots[i];
@@ -822,6 +822,7 @@ static int mount_setup(struct mount *m, const struct mount_args *a, struct hv_er
     argv[3] = NULL;
     args = (struct fuse_args)FUSE_ARGS_INIT(3, argv);
     m->se = fuse_session_new(&args, &mount_ops, sizeof(mount_ops), m);
+    fuse_opt_free_args(&args);          /* the session keeps its own copy */
     if (!m->se)
         return hv_err_set(err, -EINVAL, "%s: cannot create a FUSE session", a->mountpoint);
     if (fuse_session_mount(m->se, m->mountpoint) != 0)
@@ -1026,8 +1027,8 @@ static const char mount_usage[] =
     "  -r, --read-only     refuse writes (the image is opened read-only)\n"
     "  -f, --foreground    stay in the foreground\n"
     "  -o OPTIONS          comma-separated: direct_io (no page cache for the\n"
-    "                      disk file), writeback (kernel write-back cache),\n"
-    "                      buffered (engine without O_DIRECT), allow_other\n"
+    "                      disk file), buffered (engine without O_DIRECT),\n"
+    "                      allow_other\n"
     "  -h, --help          this text\n";
 
 int cmd_mount(int argc, char **argv)
@@ -1074,8 +1075,6 @@ int cmd_mount(int argc, char **argv)
         for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
             if (!strcmp(t, "direct_io")) {
                 a.is_direct_io = true;
-            } else if (!strcmp(t, "writeback")) {
-                a.is_writeback = true;
             } else if (!strcmp(t, "buffered")) {
                 a.is_buffered = true;
             } else if (!strcmp(t, "allow_other")) {
@@ -1087,10 +1086,6 @@ int cmd_mount(int argc, char **argv)
             }
         }
         free(copy);
-    }
-    if (a.is_direct_io && a.is_writeback) {
-        tool_error("options direct_io and writeback exclude each other");
-        return 1;
     }
     return run_mount(&a);
 #else

@@ -24,6 +24,23 @@ teardown()
 }
 cleanup_hooks+=(teardown)
 
+# vhd mount ARGS...: as a daemon; under the sanitizers in the foreground in
+# the background instead, so that their reports land in a log we can read.
+vmount()
+{
+    local i
+    if [ "${HVSTOR_SANITIZE:-0}" = 1 ]; then
+        "$VHD" mount -f "$@" 2>>"$tmp/daemon.log" &
+        for ((i = 0; i < 100; i++)); do
+            mountpoint -q "${@: -1}" && return 0
+            sleep 0.1
+        done
+        cat "$tmp/daemon.log" >&2
+        fail "foreground mount did not appear"
+    fi
+    "$VHD" mount "$@"
+}
+
 attach()  # FILE [losetup flags]: the loop device
 {
     loop=$(losetup -f --show "${@:2}" "$1")
@@ -43,7 +60,7 @@ img=$tmp/disk.vhd
 "$VHD" create -t dynamic -s 300M "$img" >/dev/null
 
 note "mount, mkfs.ext4 through a loop device, write files"
-"$VHD" mount "$img" "$mnt"
+vmount "$img" "$mnt"
 [ "$(stat -c %s "$mnt/disk")" = $((300 * 1048576)) ] || fail "disk file has the wrong size"
 attach "$mnt/disk"
 mkfs.ext4 -q "$loop"
@@ -60,7 +77,7 @@ note "vhd check is clean after unmount"
 "$VHD" check "$img" >"$tmp/check.log" || { cat "$tmp/check.log"; fail "check after unmount"; }
 
 note "mount again and read the files back"
-"$VHD" mount "$img" "$mnt"
+vmount "$img" "$mnt"
 attach "$mnt/disk"
 mount -o ro "$loop" "$fs"
 (cd "$fs" && md5sum --quiet -c "$tmp/sums") || fail "files differ after remount"
@@ -69,7 +86,7 @@ detach_all
 
 note "read-only mount refuses writes and changes nothing"
 before=$(sha256sum <"$img")
-"$VHD" mount --read-only "$img" "$mnt"
+vmount --read-only "$img" "$mnt"
 if dd if=/dev/zero of="$mnt/disk" bs=4k count=1 conv=notrunc status=none 2>/dev/null; then
     fail "a write into a read-only mount succeeded"
 fi
@@ -82,7 +99,7 @@ detach_all
 note "a differencing child takes the writes; the parent stays byte-identical"
 child=$tmp/child.vhd
 "$VHD" create -t differencing -b "$img" "$child" >/dev/null
-"$VHD" mount "$child" "$mnt"
+vmount "$child" "$mnt"
 attach "$mnt/disk"
 mount "$loop" "$fs"
 (cd "$fs" && md5sum --quiet -c "$tmp/sums") || fail "child does not show the parent's files"
@@ -94,7 +111,7 @@ detach_all
 [ "$(sha256sum <"$img")" = "$before" ] || fail "writing through the child changed the parent"
 "$VHD" check "$child" >/dev/null || fail "check of the child after unmount"
 
-"$VHD" mount --read-only "$child" "$mnt"
+vmount --read-only "$child" "$mnt"
 attach "$mnt/disk" -r
 mount -o ro,noload "$loop" "$fs"
 [ "$(md5sum <"$fs/new.bin")" = "$(cat "$tmp/new.sum")" ] || fail "new file differs in the child"
@@ -102,7 +119,7 @@ mount -o ro,noload "$loop" "$fs"
 detach_all
 
 note "unaligned writes straight into the disk file (read-modify-write)"
-"$VHD" mount "$child" "$mnt"
+vmount "$child" "$mnt"
 head -c 16384 "$mnt/disk" >"$tmp/before"
 random_file "$tmp/patch" 3000
 random_file "$tmp/patch2" 100
@@ -115,7 +132,11 @@ dd if="$tmp/patch2" of="$mnt/disk" bs=100 seek=9000 oflag=seek_bytes conv=notrun
 cmp "$tmp/expect" <(head -c 16384 "$mnt/disk") || fail "unaligned writes did not read back"
 "$VHD" unmount "$mnt"
 "$VHD" check "$child" >/dev/null || fail "check after unaligned writes"
-"$VHD" mount --read-only "$child" "$mnt"
+vmount --read-only "$child" "$mnt"
 cmp "$tmp/expect" <(head -c 16384 "$mnt/disk") || fail "unaligned writes lost at unmount"
 "$VHD" unmount "$mnt"
+if [ -s "$tmp/daemon.log" ]; then
+    cat "$tmp/daemon.log" >&2
+    fail "the mount daemon reported problems"
+fi
 echo "PASS"
