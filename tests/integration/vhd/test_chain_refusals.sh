@@ -36,6 +36,17 @@ note "with the right parent back in place the chain is whole again"
 mv "$tmp/p.vhd" "$tmp/decoy.vhd"; mv "$tmp/p-real.vhd" "$tmp/p.vhd"
 "$VHD" info --chain "$tmp/c.vhd" | grep -q "identity ok" || fail "restored chain not ok"
 
+note "a parent whose timestamp alone changed is accepted, and shown as such"
+end=$(($(file_size "$tmp/p.vhd") - 512))
+for at in 0 "$end"; do
+    put_be32 "$tmp/p.vhd" $((at + 24)) 12345
+    fix_footer_checksum "$tmp/p.vhd" "$at"
+done
+out=$("$VHD" info --chain "$tmp/c.vhd") || fail "timestamp change refused: $out"
+grep -q "identity ok, timestamp 12345 differs from the recorded .* (accepted)" <<<"$out" ||
+    fail "timestamp difference not shown: $out"
+"$VHD" map "$tmp/c.vhd" >/dev/null || fail "engine refused a parent with another timestamp"
+
 note "a loop: the parent locator leads back into the chain"
 "$VHD" create -t dynamic -s 8M "$tmp/l0.vhd" >/dev/null
 "$VHD" create -t differencing -b "$tmp/l0.vhd" "$tmp/l1.vhd" >/dev/null
