@@ -227,7 +227,8 @@ static void test_inspect_reports_damage_naming_file_structure_field(void **state
         assert_int_equal(pwrite(fd, h, 1024, 512), 1024);
     }
     assert_int_equal(vhd_inspect(path, &info, &err), -EINVAL);
-    assert_non_null(strstr(err.msg, "dmg.vhd: dynamic header: block size 3000 is not a power of two"));
+    assert_non_null(
+        strstr(err.msg, "dmg.vhd: dynamic header: block size 3000 is not a power of two"));
 
     /* A broken footer whose copy is intact says so. */
     assert_int_equal(pread(fd, b, 512, st.st_size - 512), 512);

@@ -416,7 +416,8 @@ static void test_discard_and_write_zeroes_free_and_hide_correctly(void **state)
     expect_at(bd, 8 * HV_MiB, p, 2 * HV_MiB);
     /* Write-zeroes over a range the parent does not hold allocates nothing. */
     assert_int_equal(bdev_request_sync(bd, BDEV_IO_WRITE_ZEROES, 14 * HV_MiB, 2 * HV_MiB, 0), 0);
-    assert_int_equal(bdev_block_status_sync(bd, 14 * HV_MiB, 2 * HV_MiB, &status, &len, &depth), 0);
+    assert_int_equal(
+        bdev_block_status_sync(bd, 14 * HV_MiB, 2 * HV_MiB, &status, &len, &depth), 0);
     assert_int_equal(depth, -1);
     assert_int_equal(bdev_close(bd), 0);
     free(p);
@@ -882,7 +883,8 @@ static bool bitmaps_are_whole_bytes(const char *path)
     assert_int_equal(vhd_header_decode(hb, &f, &h, path, (uint64_t)st.st_size, &err), 0);
     uint8_t *raw = malloc(vhd_bat_bytes(h.max_table_entries));
     uint32_t *bat = malloc(4 * (size_t)h.max_table_entries);
-    assert_int_equal(hv_pread_full(fd, raw, vhd_bat_bytes(h.max_table_entries), h.table_offset), 0);
+    assert_int_equal(
+        hv_pread_full(fd, raw, vhd_bat_bytes(h.max_table_entries), h.table_offset), 0);
     vhd_bat_parse(raw, h.max_table_entries, bat);
     for (uint32_t b = 0; b < h.max_table_entries && ok; b++) {
         uint8_t bm[512];
@@ -927,7 +929,8 @@ static void test_unaligned_child_writes_copy_up_whole_groups_libvhdi_agrees(void
     };
     for (size_t i = 0; i < HV_ARRAY_SIZE(w); i++) {
         if (w[i].zero) {
-            assert_int_equal(bdev_request_sync(bd, BDEV_IO_WRITE_ZEROES, w[i].off, w[i].len, 0), 0);
+            assert_int_equal(
+                bdev_request_sync(bd, BDEV_IO_WRITE_ZEROES, w[i].off, w[i].len, 0), 0);
             memset(model + w[i].off, 0, w[i].len);
         } else {
             write_at(bd, w[i].off, q, w[i].len);
