@@ -34,6 +34,15 @@ enum scsi_status {
 
 enum scsi_data_dir { SCSI_DIR_NONE, SCSI_DIR_IN, SCSI_DIR_OUT };
 
+/* scsi_task.task_attr: the values of iSCSI's ATTR field (RFC 7143 11.3.1).
+ * ORDERED media commands wait for every earlier one and hold back every
+ * later one; HEAD OF QUEUE and ACA run as SIMPLE (no NACA support). */
+#define SCSI_TASK_ATTR_UNTAGGED 0
+#define SCSI_TASK_ATTR_SIMPLE 1
+#define SCSI_TASK_ATTR_ORDERED 2
+#define SCSI_TASK_ATTR_HEAD_OF_QUEUE 3
+#define SCSI_TASK_ATTR_ACA 4
+
 struct scsi_lu;
 struct scsi_controller;
 
@@ -61,6 +70,12 @@ struct scsi_task {
 
     /* set by the executor before done() */
     uint32_t in_bytes;              /* data-in produced (<= expected_bytes) */
+    /* Bytes the command asked to move by its CDB (transfer length, or the
+     * allocation / parameter list length capped by what the device has).
+     * Residuals for the response: wanted > expected is an overflow of
+     * wanted - expected; otherwise data-in underflows by expected - in_bytes
+     * and data-out by expected - wanted. */
+    uint32_t wanted_bytes;
     uint8_t status;                 /* enum scsi_status */
     uint8_t sense[SCSI_SENSE_MAX];
     uint8_t sense_len;
@@ -69,15 +84,38 @@ struct scsi_task {
     void *transport_arg;
 
     /* private to the controller and LU */
-    struct scsi_task *next;
+    struct scsi_task *next;         /* LU queues */
     uint64_t start_ns;
     bool is_aborted;
+    bool is_descriptor_sense;       /* D_SENSE of the LU when the task started */
+    struct scsi_task *set_prev;     /* controller's task set */
+    struct scsi_task *set_next;
+    struct scsi_controller *controller;
+    struct scsi_lu *exec_lu;        /* NULL: answered by the controller */
+    void (*transport_done)(struct scsi_task *task);
+    struct hv_deferred deferred;    /* completion outside of execute() */
     uint64_t lu_ctx[32] __attribute__((aligned(16)));
 };
 
 /* Sense helpers (fixed format unless the LU was switched to descriptor). */
 void scsi_task_set_sense(struct scsi_task *t, uint8_t key, uint8_t asc, uint8_t ascq);
 void scsi_task_good(struct scsi_task *t);
+/* CHECK CONDITION with the INFORMATION field set (e.g. the offset of a
+ * miscompare). */
+void scsi_task_set_sense_info(struct scsi_task *t, uint8_t key, uint8_t asc, uint8_t ascq,
+                              uint64_t information);
+/* Build sense data into buf (>= SCSI_SENSE_MAX); returns its length. */
+size_t scsi_sense_build(uint8_t *buf, bool is_descriptor, uint8_t key, uint8_t asc,
+                        uint8_t ascq, bool has_info, uint64_t information);
+/* Copy `len` bytes of data-in from `buf` (capped by the expected length and
+ * `alloc_len`), set in_bytes and wanted_bytes. */
+void scsi_task_data_in(struct scsi_task *t, const void *buf, size_t len, size_t alloc_len);
+
+/* SAM-5 8-byte LUN structure <-> LUN number (peripheral addressing below 256,
+ * flat space above). Decoding an address method we do not use gives
+ * UINT64_MAX, which no slot matches (LOGICAL UNIT NOT SUPPORTED). */
+uint64_t scsi_lun_decode(const uint8_t lun[8]);
+void scsi_lun_encode(uint64_t lun, uint8_t out[8]);
 
 #define SCSI_SENSE_NO_SENSE 0x0
 #define SCSI_SENSE_NOT_READY 0x2
@@ -89,6 +127,38 @@ void scsi_task_good(struct scsi_task *t);
 #define SCSI_SENSE_ABORTED_COMMAND 0xB
 #define SCSI_SENSE_MISCOMPARE 0xE
 
+/* Additional sense codes (asc << 8 | ascq) used across hv/. */
+#define SCSI_ASC_NONE 0x0000
+#define SCSI_ASC_WRITE_ERROR 0x0C00
+#define SCSI_ASC_INVALID_FIELD_IN_IU 0x0E03
+#define SCSI_ASC_UNRECOVERED_READ_ERROR 0x1100
+#define SCSI_ASC_PARAMETER_LIST_LENGTH_ERROR 0x1A00
+#define SCSI_ASC_MISCOMPARE_DURING_VERIFY 0x1D00
+#define SCSI_ASC_INVALID_OPCODE 0x2000
+#define SCSI_ASC_LBA_OUT_OF_RANGE 0x2100
+#define SCSI_ASC_INVALID_FIELD_IN_CDB 0x2400
+#define SCSI_ASC_LU_NOT_SUPPORTED 0x2500
+#define SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST 0x2600
+#define SCSI_ASC_INVALID_RELEASE_OF_PR 0x2604
+#define SCSI_ASC_WRITE_PROTECTED 0x2700
+#define SCSI_ASC_SOFTWARE_WRITE_PROTECTED 0x2702
+#define SCSI_ASC_SPACE_ALLOCATION_FAILED 0x2707
+#define SCSI_ASC_POWER_ON_RESET 0x2900
+#define SCSI_ASC_BUS_DEVICE_RESET 0x2903
+#define SCSI_ASC_MODE_PARAMETERS_CHANGED 0x2A01
+#define SCSI_ASC_RESERVATIONS_PREEMPTED 0x2A03
+#define SCSI_ASC_RESERVATIONS_RELEASED 0x2A04
+#define SCSI_ASC_REGISTRATIONS_PREEMPTED 0x2A05
+#define SCSI_ASC_CAPACITY_DATA_CHANGED 0x2A09
+#define SCSI_ASC_SAVING_PARAMETERS_NOT_SUPPORTED 0x3900
+#define SCSI_ASC_REPORTED_LUNS_CHANGED 0x3F0E
+#define SCSI_ASC_INTERNAL_TARGET_FAILURE 0x4400
+#define SCSI_ASC_INSUFFICIENT_REGISTRATION_RESOURCES 0x5504
+#define SCSI_ASC_MEDIUM_REMOVAL_PREVENTED 0x5302
+/* Sense from a packed (asc << 8 | ascq) code. */
+#define scsi_task_check(t, key, code) \
+    scsi_task_set_sense((t), (key), (uint8_t)((code) >> 8), (uint8_t)(code))
+
 /* A kind of logical unit. */
 struct scsi_lu_ops {
     const char *name;               /* "disk", "passthru" */
@@ -98,13 +168,28 @@ struct scsi_lu_ops {
      * in flight complete normally or with TASK ABORTED. */
     void (*reset)(struct scsi_lu *lu, const struct scsi_nexus *nexus);
     void (*destroy)(struct scsi_lu *lu);
+    /* Optional. A LOGICAL UNIT RESET or target reset happened: drop state
+     * that a reset clears (RESERVE/RELEASE reservations, PREVENT). */
+    void (*lu_reset)(struct scsi_lu *lu);
+    /* Optional. `nexus` went away: drop what belongs to it alone. */
+    void (*nexus_gone)(struct scsi_lu *lu, const struct scsi_nexus *nexus);
 };
 
 struct scsi_lu {
     const struct scsi_lu_ops *ops;
-    struct scsi_controller *controller;
+    struct scsi_controller *controller;   /* NULL while detached */
     uint64_t lun;
+    bool is_descriptor_sense;       /* D_SENSE in the control mode page */
+    unsigned tasks_in_flight;       /* kept by the controller */
+    hv_call_cb idle_cb;             /* see scsi_lu_when_idle */
+    void *idle_arg;
+    struct hv_deferred idle_deferred;
+    struct hv_reactor *reactor;
 };
+
+/* After scsi_controller_detach: call cb(arg) (from the reactor, never inside
+ * this call) once no task of `lu` is in flight; then destroy it. */
+void scsi_lu_when_idle(struct scsi_lu *lu, hv_call_cb cb, void *arg);
 
 /* ------------------------------------------------------- the controller */
 
@@ -143,6 +228,16 @@ void scsi_controller_nexus_remove(struct scsi_controller *c, const struct scsi_n
 /* Queue a unit attention for every nexus (CAPACITY DATA HAS CHANGED after a
  * resize: asc 0x2A ascq 0x09; REPORTED LUNS CHANGED: 0x3F 0x0E). lun = UINT64_MAX: all. */
 void scsi_controller_raise_ua(struct scsi_controller *c, uint64_t lun, uint8_t asc, uint8_t ascq);
+/* For LU implementations: a unit attention for the nexuses of one initiator
+ * port (NULL: every nexus), except the nexus with id `except_id` (0: none). */
+void scsi_controller_raise_ua_for(struct scsi_controller *c, uint64_t lun, const char *initiator,
+                                  uint64_t except_id, uint8_t asc, uint8_t ascq);
+/* For LU implementations (PREEMPT AND ABORT): abort the tasks of `lun` that
+ * came from `initiator`'s nexuses, except those of nexus `except_id`. */
+void scsi_controller_abort_initiator(struct scsi_controller *c, uint64_t lun,
+                                     const char *initiator, uint64_t except_id);
+/* Tasks in the task set (all LUs); for draining before destroy. */
+unsigned scsi_controller_tasks_in_flight(const struct scsi_controller *c);
 /* Run one command; completes through task->done. */
 void scsi_controller_execute(struct scsi_controller *c, struct scsi_task *task);
 /* Task management; synchronous answer (aborted tasks still complete through
@@ -163,7 +258,9 @@ struct scsi_disk_options {
  * destroying the LU. */
 int scsi_disk_create(struct bdev *bd, const struct scsi_disk_options *opt,
                      struct scsi_lu **out, struct hv_err *err);
-/* Per-disk statistics for `hvctl disk stats`. */
+/* Per-disk statistics for `hvctl disk stats`: adds "commands", "reads",
+ * "writes", "other", "errors", "bytes_read", "bytes_written",
+ * "latency_histogram_us" (array of {"le": bound, "count": n}) to obj. */
 void scsi_disk_stats(struct scsi_lu *lu, json_t *obj);
 /* After the bdev was resized: report the new capacity, raise the UA. */
 void scsi_disk_capacity_changed(struct scsi_lu *lu);

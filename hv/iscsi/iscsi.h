@@ -47,5 +47,12 @@ void iscsi_server_shutdown(struct iscsi_server *s, bool *done);
 void iscsi_server_destroy(struct iscsi_server *s);
 /* Drop every session logged in to `target` (VM deleted, ACL changed). */
 void iscsi_server_drop_target(struct iscsi_server *s, const char *target);
+/* Target-initiated NOP-In after `interval_ms` without traffic (0 = never);
+ * the connection is dropped when no answer comes within `timeout_ms`.
+ * Defaults: 10000 and 30000. */
+void iscsi_server_set_keepalive(struct iscsi_server *s, unsigned interval_ms,
+                                unsigned timeout_ms);
+/* Sessions in full feature phase (for hvctl and tests). */
+unsigned iscsi_server_sessions(const struct iscsi_server *s);
 
 #endif
