@@ -65,6 +65,7 @@ int cmd_info_chain(const char *path, bool is_json)
             putchar('\n');
         }
     }
+    fflush(stdout);                     /* the tree first, then why it ends */
     if (rep.problem)
         tool_error("%s", rep.problem_msg);
     ret = rep.problem ? 1 : 0;

@@ -915,9 +915,12 @@ static int mount_serve(struct mount *m)
     return ret;
 }
 
-static void daemon_log(const char *image, int ret)
+static void daemon_log(const char *image, int ret, int io_error)
 {
     openlog("vhd-mount", LOG_PID, LOG_DAEMON);
+    if (io_error < 0)
+        syslog(LOG_WARNING, "%s: an I/O request failed while mounted: %s", image,
+               strerror(-io_error));
     if (ret < 0)
         syslog(LOG_ERR, "%s: closing after unmount failed: %s", image, strerror(-ret));
     else
@@ -1004,7 +1007,7 @@ static int run_mount(const struct mount_args *a)
     }
     ret = mount_serve(m);
     if (report_fd >= 0)
-        daemon_log(m->image, ret);
+        daemon_log(m->image, ret, m->io_error);
     else if (ret < 0)
         tool_error("%s: closing after unmount: %s", m->image, strerror(-ret));
     mount_free(m);
