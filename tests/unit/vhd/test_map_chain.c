@@ -1,12 +1,16 @@
 /* Unit tests for vhd_map: over a 3-deep chain the map names the layer that
  * holds every byte, its file offset really holds those bytes, the ranges
- * cover the disk exactly, and none could be merged with its neighbour. */
+ * cover the disk exactly, and none could be merged with its neighbour.
+ * And for vhd_chain_walk: the links, how each parent was found, and what a
+ * broken chain reports. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -225,12 +229,59 @@ static void test_map_callback_stops_the_walk(void **state)
     assert_int_equal(calls, 2);
 }
 
+static void test_chain_walk_reports_links_and_breaks(void **state)
+{
+    const char *base = t_path("w-base.vhd");
+    const char *mid = t_path("w-mid.vhd");
+    const char *top = t_path("w-top.vhd");
+    const char *moved = t_path("w-moved.vhd");
+    struct vhd_chain_report rep;
+    struct hv_err err = { 0 };
+    json_t *j;
+    (void)state;
+    create(base, VHD_TYPE_DYNAMIC, DISK_BYTES, NULL);
+    create(mid, VHD_TYPE_DIFFERENCING, 0, base);
+    create(top, VHD_TYPE_DIFFERENCING, 0, mid);
+
+    assert_int_equal(vhd_chain_walk(top, &rep, &err), 0);
+    assert_int_equal(rep.count, 3);
+    assert_int_equal(rep.problem, 0);
+    assert_int_equal(rep.links[0].found_by, VHD_PARENT_NONE);
+    assert_int_equal(rep.links[1].found_by, VHD_PARENT_W2RU);
+    assert_string_equal(rep.links[1].path, mid);
+    assert_string_equal(rep.links[2].path, base);
+    assert_true(rep.links[2].is_uuid_match && rep.links[2].is_timestamp_match);
+    assert_int_equal(rep.links[2].info.type, VHD_TYPE_DYNAMIC);
+    j = vhd_chain_to_json(&rep);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(json_object_get(j, "parent"), "parent"), "found-by")),
+                        "W2ru");
+    assert_null(json_object_get(j, "problem"));
+    json_decref(j);
+    vhd_chain_report_free(&rep);
+
+    /* The base gone: the walk stops after the middle image and says why. */
+    assert_int_equal(rename(base, moved), 0);
+    assert_int_equal(vhd_chain_walk(top, &rep, &err), 0);
+    assert_int_equal(rep.count, 2);
+    assert_int_equal(rep.problem, -ENOENT);
+    assert_non_null(strstr(rep.problem_msg, "parent not found"));
+    assert_non_null(strstr(rep.problem_msg, base));
+    vhd_chain_report_free(&rep);
+    assert_int_equal(rename(moved, base), 0);
+
+    /* A file that is no image at all cannot be walked. */
+    assert_int_equal(vhd_chain_walk(t_path("absent.vhd"), &rep, &err), -ENOENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_map_of_three_deep_chain_names_each_layer),
         cmocka_unit_test(test_map_of_single_images),
         cmocka_unit_test(test_map_callback_stops_the_walk),
+        cmocka_unit_test(test_chain_walk_reports_links_and_breaks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
