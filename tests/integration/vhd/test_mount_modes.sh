@@ -11,13 +11,29 @@ need fusermount3 cmp
 mnt=$tmp/mnt
 mkdir -p "$mnt"
 cleanup_hooks+=('if mountpoint -q "$mnt"; then "$VHD" unmount "$mnt" || fusermount3 -u -z "$mnt"; fi')
+# Under the sanitizers the daemon runs in the foreground (in the background
+# of this script) so that its reports land in a log that is checked.
+vmount()
+{
+    local i
+    if [ "${HVSTOR_SANITIZE:-0}" = 1 ]; then
+        "$VHD" mount -f "$@" 2>>"$tmp/daemon.log" &
+        for ((i = 0; i < 100; i++)); do
+            mountpoint -q "${@: -1}" && return 0
+            sleep 0.1
+        done
+        cat "$tmp/daemon.log" >&2
+        fail "foreground mount did not appear"
+    fi
+    "$VHD" mount "$@"
+}
 size=$((40 * 1048576 + 3 * 512))      # not a multiple of 4 KiB: the last page is partial
 
 for mode in "" direct_io buffered; do
     note "mode: ${mode:-page cache}"
     img=$tmp/m-${mode:-default}.vhd
     "$VHD" create -t dynamic -s "$size" "$img" >/dev/null
-    "$VHD" mount ${mode:+-o "$mode"} "$img" "$mnt"
+    vmount ${mode:+-o "$mode"} "$img" "$mnt"
     [ "$(stat -c %s "$mnt/disk")" = "$size" ] || fail "$mode: wrong size"
     random_file "$tmp/src" "$size"
     dd if="$tmp/src" of="$mnt/disk" bs=4M conv=notrunc,fsync status=none
@@ -41,8 +57,12 @@ for mode in "" direct_io buffered; do
     cmp "$tmp/src" "$mnt/disk" || fail "$mode: reads differ from what was written"
     "$VHD" unmount "$mnt"
     "$VHD" check "$img" >/dev/null || fail "$mode: check after unmount"
-    "$VHD" mount --read-only "$img" "$mnt"
+    vmount --read-only "$img" "$mnt"
     cmp "$tmp/src" "$mnt/disk" || fail "$mode: data lost at unmount"
     "$VHD" unmount "$mnt"
 done
+if [ -s "$tmp/daemon.log" ]; then
+    cat "$tmp/daemon.log" >&2
+    fail "the mount daemon reported problems"
+fi
 echo "PASS"
