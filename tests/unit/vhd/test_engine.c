@@ -865,6 +865,36 @@ static void test_random_workload_on_differencing_child(void **state)
     free(all);
 }
 
+static void test_chain_deeper_than_the_limit_is_refused(void **state)
+{
+    char prev[600];
+    char cur[600];
+    struct bdev *bd = NULL;
+    struct hv_err err = { 0 };
+    uint8_t *p = pattern(4096, 91);
+
+    snprintf(prev, sizeof(prev), "%s/deep0.vhd", t_tmpdir());
+    create(prev, VHD_TYPE_DYNAMIC, 8 * HV_MiB, NULL);
+    bd = open_rw(prev);
+    write_at(bd, 0, p, 4096);
+    assert_int_equal(bdev_close(bd), 0);
+    for (int i = 1; i < VHD_MAX_CHAIN_DEPTH; i++) {
+        snprintf(cur, sizeof(cur), "%s/deep%d.vhd", t_tmpdir(), i);
+        create(cur, VHD_TYPE_DIFFERENCING, 0, prev);
+        snprintf(prev, sizeof(prev), "%s", cur);
+    }
+    /* Exactly the limit opens, and reads through all of it. */
+    bd = open_rw(prev);
+    assert_int_equal(vhd_chain_depth(bd), VHD_MAX_CHAIN_DEPTH);
+    expect_at(bd, 0, p, 4096);
+    assert_int_equal(bdev_close(bd), 0);
+    snprintf(cur, sizeof(cur), "%s/deep%d.vhd", t_tmpdir(), VHD_MAX_CHAIN_DEPTH);
+    create(cur, VHD_TYPE_DIFFERENCING, 0, prev);
+    assert_int_equal(vhd_open(reactor, cur, NULL, &bd, &err), -ELOOP);
+    assert_non_null(strstr(err.msg, "deeper than"));
+    free(p);
+}
+
 static bool bitmaps_are_whole_bytes(const char *path)
 {
     struct vhd_footer f;
@@ -1011,6 +1041,7 @@ int main(void)
         cmocka_unit_test(test_discard_and_write_zeroes_free_and_hide_correctly),
         cmocka_unit_test(test_second_writer_is_refused_by_the_lock),
         cmocka_unit_test(test_parent_lookup_order_mismatch_missing_and_loops),
+        cmocka_unit_test(test_chain_deeper_than_the_limit_is_refused),
         cmocka_unit_test(test_allocation_costs_no_fsync_and_bat_waits_for_flush),
         cmocka_unit_test(test_discarded_space_is_reused_and_close_fills_holes),
         cmocka_unit_test(test_fua_write_to_a_block_allocated_unflushed_is_durable),
