@@ -13,8 +13,10 @@
 #include "vhd.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CV_DEFAULT_DEPTH 16
@@ -34,6 +36,7 @@ struct cv_slot {
     uint64_t offset;
     uint64_t length;
     uint64_t probe;             /* block-status scan position inside the chunk */
+    bool is_write_ready;        /* read and trimmed, waiting for its turn */
 };
 
 struct cv {
@@ -50,6 +53,14 @@ struct cv {
     struct hv_err *err;
     struct hv_progress progress;
     uint64_t bytes_done;
+    /* Writes go out in offset order (see gate_advance): the next chunk to
+     * write, which chunks turned out to be zero, and the slots waiting. */
+    uint64_t gate_next;
+    uint8_t *is_chunk_skipped;  /* one bit per chunk */
+    struct cv_slot *slots;
+    unsigned depth;
+    int readahead_fd;           /* raw source: page-cache readahead hints, or -1 */
+    uint64_t readahead_bytes;   /* how far ahead of a chunk to prefetch */
 };
 
 static void slot_next(struct cv_slot *s);
@@ -71,12 +82,63 @@ static void slot_finish_chunk(struct cv_slot *s)
     slot_next(s);
 }
 
+static void slot_submit_write(struct cv_slot *s);
+
+/*
+ * Reads complete in any order, but writes are submitted in offset order, so
+ * a dynamic output's blocks are allocated in the order of the disk (the
+ * engine places a block when its first write arrives): the file's layout is
+ * then sequential, as if it had been written by one stream, and reading it
+ * back later is sequential too. Chunks that turned out to be zero only mark
+ * themselves passed. A slot whose chunk is not next waits with its data.
+ */
+static void gate_advance(struct cv *cv)
+{
+    for (;;) {
+        if (cv->error) {
+            for (unsigned i = 0; i < cv->depth; i++) {
+                if (cv->slots[i].is_write_ready) {
+                    cv->slots[i].is_write_ready = false;
+                    slot_next(&cv->slots[i]);
+                }
+            }
+            return;
+        }
+        uint64_t idx = cv->gate_next;
+        if (cv->is_chunk_skipped[idx / 8] & (1u << (idx % 8))) {
+            cv->gate_next++;
+            continue;
+        }
+        struct cv_slot *ready = NULL;
+        for (unsigned i = 0; i < cv->depth && !ready; i++) {
+            struct cv_slot *s = &cv->slots[i];
+            if (s->is_write_ready && s->offset / cv->chunk_bytes == idx)
+                ready = s;
+        }
+        if (!ready)
+            return;
+        ready->is_write_ready = false;
+        cv->gate_next++;
+        slot_submit_write(ready);
+    }
+}
+
+static void slot_skip_chunk(struct cv_slot *s)
+{
+    struct cv *cv = s->cv;
+    uint64_t idx = s->offset / cv->chunk_bytes;
+    cv->is_chunk_skipped[idx / 8] |= (uint8_t)(1u << (idx % 8));
+    slot_finish_chunk(s);
+    gate_advance(cv);
+}
+
 static void slot_write_done(struct bdev_io *io, int status)
 {
     struct cv_slot *s = io->cb_arg;
     if (status < 0) {
         cv_fail(s->cv, status, s->cv->dst_path, "write", io->offset);
         slot_next(s);
+        gate_advance(s->cv);
         return;
     }
     slot_finish_chunk(s);
@@ -89,6 +151,7 @@ static void slot_read_done(struct bdev_io *io, int status)
     if (status < 0) {
         cv_fail(cv, status, cv->src_path, "read", io->offset);
         slot_next(s);
+        gate_advance(cv);
         return;
     }
     /* Trim zeroes at both ends in CV_TRIM_BYTES steps (the destination reads
@@ -106,16 +169,23 @@ static void slot_read_done(struct bdev_io *io, int status)
         end = piece_start;
     }
     if (first >= end) {
-        slot_finish_chunk(s);
+        slot_skip_chunk(s);
         return;
     }
-    struct bdev_io *w = s->dst_io;
     s->iov.iov_base = s->buf + first;
     s->iov.iov_len = end - first;
+    s->dst_io->offset = s->offset + first;
+    s->dst_io->length = end - first;
+    s->is_write_ready = true;
+    gate_advance(cv);
+}
+
+static void slot_submit_write(struct cv_slot *s)
+{
+    struct cv *cv = s->cv;
+    struct bdev_io *w = s->dst_io;
     w->type = BDEV_IO_WRITE;
     w->flags = 0;
-    w->offset = s->offset + first;
-    w->length = end - first;
     w->iov = &s->iov;
     w->iovcnt = 1;
     w->done = slot_write_done;
@@ -124,12 +194,22 @@ static void slot_read_done(struct bdev_io *io, int status)
     if (ret < 0) {
         cv_fail(cv, ret, cv->dst_path, "write", w->offset);
         slot_next(s);
+        gate_advance(cv);
     }
 }
 
 static void slot_read(struct cv_slot *s)
 {
     struct cv *cv = s->cv;
+    /* The source is read through the page cache (as qemu-img does), so a
+     * read that misses would block the loop inside io_submit: ask the kernel
+     * to start reading the data chunks ahead of us asynchronously. */
+    if (cv->readahead_fd >= 0) {
+        uint64_t ahead = s->offset + cv->readahead_bytes;
+        if (ahead < cv->size_bytes)
+            posix_fadvise(cv->readahead_fd, (off_t)ahead,
+                          (off_t)HV_MIN(s->length, cv->size_bytes - ahead), POSIX_FADV_WILLNEED);
+    }
     struct bdev_io *r = s->src_io;
     s->iov.iov_base = s->buf;
     s->iov.iov_len = s->length;
@@ -145,6 +225,7 @@ static void slot_read(struct cv_slot *s)
     if (ret < 0) {
         cv_fail(cv, ret, cv->src_path, "read", s->offset);
         slot_next(s);
+        gate_advance(cv);
     }
 }
 
@@ -166,7 +247,7 @@ static void slot_status_done(struct bdev_io *io, int status)
     }
     s->probe += io->status_length;
     if (s->probe >= s->offset + s->length)
-        slot_finish_chunk(s);
+        slot_skip_chunk(s);
     else
         slot_status(s);
 }
@@ -221,9 +302,16 @@ static uint64_t pick_chunk(const struct bdev *src, const struct bdev *dst)
 static int run_copy(struct cv *cv, unsigned depth, bool show_progress)
 {
     struct cv_slot *slots = calloc(depth, sizeof(*slots));
+    uint64_t chunks = HV_DIV_ROUND_UP(cv->size_bytes, cv->chunk_bytes);
+    cv->is_chunk_skipped = calloc(chunks / 8 + 1, 1);
+    cv->slots = slots;
+    cv->depth = depth;
     int ret = 0;
-    if (!slots)
+    if (!slots || !cv->is_chunk_skipped) {
+        free(slots);
+        free(cv->is_chunk_skipped);
         return hv_err_set(cv->err, -ENOMEM, "convert: out of memory");
+    }
     unsigned made = 0;
     for (; made < depth; made++) {
         struct cv_slot *s = &slots[made];
@@ -257,6 +345,52 @@ out:
         free(slots[i].buf);
     }
     free(slots);
+    free(cv->is_chunk_skipped);
+    return ret;
+}
+
+static int raw_tail_bytes(const char *path, uint64_t sectors_bytes, uint64_t *tail,
+                          struct hv_err *err)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return hv_err_errno(err, path, "stat");
+    *tail = S_ISREG(st.st_mode) && (uint64_t)st.st_size > sectors_bytes
+                ? (uint64_t)st.st_size - sectors_bytes : 0;
+    if (*tail >= HV_SECTOR_BYTES)
+        *tail = 0;                      /* the bdev saw a different length: ignore */
+    return 0;
+}
+
+static int copy_tail(const char *src_path, struct bdev *dst, uint64_t offset, uint64_t tail,
+                     struct hv_err *err)
+{
+    uint8_t *buf = hv_alloc_aligned(HV_SECTOR_BYTES);
+    int fd = -1, ret;
+    if (!buf)
+        return hv_err_set(err, -ENOMEM, "convert: out of memory");
+    memset(buf, 0, HV_SECTOR_BYTES);
+    fd = open(src_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        ret = hv_err_errno(err, src_path, "open");
+        goto out;
+    }
+    ret = hv_pread_full(fd, buf, tail, offset);
+    if (ret < 0) {
+        hv_err_set(err, ret, "%s: read of the last %" PRIu64 " bytes: %s", src_path, tail,
+                   strerror(-ret));
+        goto out;
+    }
+    if (!hv_buf_is_zero(buf, HV_SECTOR_BYTES)) {
+        ret = bdev_write_sync(dst, offset, buf, HV_SECTOR_BYTES, 0);
+        if (ret < 0)
+            hv_err_set(err, ret, "%s: write at offset %" PRIu64 ": %s", dst->name, offset,
+                       strerror(-ret));
+    }
+out:
+    if (fd >= 0)
+        close(fd);
+    free(buf);
     return ret;
 }
 
@@ -285,19 +419,38 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
     ret = hv_reactor_create(&r);
     if (ret < 0)
         return hv_err_set(err, ret, "convert: cannot create event loop: %s", strerror(-ret));
-    ret = vhd_open_image(r, src_path, o.src_format, true, true, &src, err);
+    /*
+     * Source through the page cache, destination with O_DIRECT. A source
+     * that is in the cache (just written, or read before) is then copied
+     * without touching the disk, and the device's bandwidth goes to the
+     * output; an uncached raw source is prefetched with readahead hints
+     * (slot_read). The output bypasses the cache: it is made durable at the
+     * end anyway, and a many-GiB copy should not evict everything else.
+     */
+    enum vhd_image_format src_fmt = o.src_format;
+    if (src_fmt == VHD_FORMAT_AUTO) {
+        ret = vhd_detect_format(src_path, &src_fmt, err);
+        if (ret < 0)
+            goto out;
+    }
+    ret = vhd_open_image(r, src_path, src_fmt, true, false, &src, err);
     if (ret < 0)
         goto out;
+    /* A raw file whose length is not a whole number of sectors: the bdev
+     * serves the whole sectors, the tail is copied below into a last sector
+     * padded with zeroes (qemu-img does the same), so nothing is lost. */
     uint64_t size = src->size_bytes;
-    if (size % HV_SECTOR_BYTES) {
-        ret = hv_err_set(err, -EINVAL, "%s: size %" PRIu64 " is not a multiple of 512 "
-                         "bytes", src_path, size);
-        goto out;
+    uint64_t tail_bytes = 0;
+    if (src_fmt == VHD_FORMAT_RAW) {
+        ret = raw_tail_bytes(src_path, size, &tail_bytes, err);
+        if (ret < 0)
+            goto out;
     }
+    uint64_t dst_size = size + (tail_bytes ? HV_SECTOR_BYTES : 0);
 
     if (o.dst_format == VHD_FORMAT_VHD) {
         struct vhd_create_options c = {
-            .type = o.dst_type, .size_bytes = size, .block_bytes = o.block_bytes,
+            .type = o.dst_type, .size_bytes = dst_size, .block_bytes = o.block_bytes,
         };
         ret = vhd_create(dst_path, &c, err);
         if (ret < 0)
@@ -310,7 +463,9 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
             ret = vhd_open(r, dst_path, &vo, &dst, err);
         }
     } else {
-        struct bdev_raw_options ro = { .create = true, .size_bytes = size, .use_direct_io = true };
+        struct bdev_raw_options ro = {
+            .create = true, .size_bytes = dst_size, .use_direct_io = true,
+        };
         is_dst_created = true;
         ret = bdev_raw_open(r, dst_path, &ro, &dst, err);
         if (ret == -EINVAL) {
@@ -324,10 +479,21 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
     struct cv cv = {
         .src = src, .dst = dst, .src_path = src_path, .dst_path = dst_path,
         .size_bytes = size, .chunk_bytes = pick_chunk(src, dst), .err = err,
+        .readahead_fd = -1,
     };
+    cv.readahead_bytes = cv.chunk_bytes * o.depth;
+    if (src_fmt == VHD_FORMAT_RAW)
+        cv.readahead_fd = open(src_path, O_RDONLY | O_CLOEXEC);
     ret = run_copy(&cv, o.depth, o.show_progress);
+    if (cv.readahead_fd >= 0)
+        close(cv.readahead_fd);
     if (ret < 0)
         goto out;
+    if (tail_bytes) {
+        ret = copy_tail(src_path, dst, size, tail_bytes, err);
+        if (ret < 0)
+            goto out;
+    }
     ret = bdev_flush_sync(dst);
     if (ret < 0) {
         hv_err_set(err, ret, "%s: flush: %s", dst_path, strerror(-ret));

@@ -228,4 +228,79 @@ int vhd_compare(const char *path_a, enum vhd_image_format fmt_a, const char *pat
                 enum vhd_image_format fmt_b, bool is_strict, struct vhd_compare_result *res,
                 struct hv_err *err);
 
+/* =====================================================================
+ * Looking into a chain: its tree, its map (vhd-mount section:
+ * chain_info.c, map.c). `vhd mount` lives in the tool (it needs fuse3,
+ * which this library does not).
+ * ===================================================================== */
+
+/* How a parent was found from its child, in the order they are tried. */
+enum vhd_parent_source {
+    VHD_PARENT_NONE = 0,            /* the top image: nobody looked for it */
+    VHD_PARENT_W2RU,                /* relative locator, beside the child */
+    VHD_PARENT_W2KU,                /* absolute locator */
+    VHD_PARENT_MACX,                /* file:// URL locator */
+    VHD_PARENT_NAME,                /* the header's parent name, beside the child */
+};
+const char *vhd_parent_source_name(enum vhd_parent_source source); /* "W2ru", ... "name" */
+
+struct vhd_chain_link {
+    char path[4096];                /* as found (relative to the cwd or absolute) */
+    struct vhd_info info;
+    enum vhd_parent_source found_by;
+    bool is_uuid_match;             /* uuid is what the child recorded (top: true) */
+    bool is_timestamp_match;        /* timestamp too (a difference alone is accepted,
+                                     * as Hyper-V and vhd-util accept it) */
+};
+
+struct vhd_chain_report {
+    struct vhd_chain_link *links;   /* [0] = the image asked about, then its parents */
+    int count;
+    int problem;                    /* 0, or why the walk stopped before a base:
+                                     * -ENOENT parent missing, -EINVAL identity
+                                     * mismatch, -ELOOP loop or chain too deep,
+                                     * other: a parent could not be read */
+    char problem_msg[1024];         /* names the child and the candidate(s) */
+};
+
+/*
+ * Walk the chain from `path` to its base the way vhd_open finds parents
+ * (W2ru, W2ku, MacX, then the name beside the child; a candidate counts only
+ * when its uuid is the one the child recorded), but keep going far enough to
+ * show a broken chain: a parent with the wrong uuid ends the report as a last
+ * link with is_uuid_match false, and `problem` says why the walk stopped.
+ * Returns 0 (report filled, maybe with a problem) or a negative errno when
+ * `path` itself cannot be inspected. Free with vhd_chain_report_free.
+ */
+int vhd_chain_walk(const char *path, struct vhd_chain_report *rep, struct hv_err *err);
+void vhd_chain_report_free(struct vhd_chain_report *rep);
+/* The chain as `vhd info --chain --json` prints it: nested objects, each
+ * image's "parent" inside it. */
+json_t *vhd_chain_to_json(const struct vhd_chain_report *rep);
+
+/* One range of a chain's map, as `qemu-img map --output=json` reports them. */
+struct vhd_map_extent {
+    uint64_t start;                 /* virtual byte offset */
+    uint64_t length;
+    int depth;                      /* layer that holds it (0 = top); for a range no
+                                     * layer holds: the base's depth (qemu's rule) */
+    bool is_present;                /* some layer holds it */
+    bool is_zero;                   /* reads as zeroes */
+    bool is_data;                   /* reads from a file */
+    bool has_offset;
+    uint64_t offset;                /* where the data starts in that layer's file */
+    const char *filename;           /* that layer's path; NULL when !is_present */
+};
+
+typedef int (*vhd_map_fn)(void *arg, const struct vhd_map_extent *ext);
+
+/*
+ * Walk the virtual disk of the image (and chain) at `path` from start to end
+ * with BLOCK_STATUS through the engine, opened read-only, and call `fn` once
+ * per maximal range: adjacent ranges with the same depth and flags and
+ * contiguous file offsets are merged. A non-zero return from `fn` stops the
+ * walk and is returned.
+ */
+int vhd_map(const char *path, vhd_map_fn fn, void *arg, struct hv_err *err);
+
 #endif /* HVSTOR_VHD_H */
