@@ -22,13 +22,7 @@ kernel=$(cat "$HV_TMP/kernel.txt")
 hv_start
 hvctl vm create guest >/dev/null          # allows iqn.2008-11.org.linux-kvm:guest (qemu -name guest)
 hvctl disk attach guest --controller 0 --slot 0 --vhd "$HV_TMP/guest.vhd" --create 1G >/dev/null
-vhd_check()
-{
-    if [ -x "$HVSTOR_BIN/vhd" ]; then
-        "$HVSTOR_BIN/vhd" check "$HV_TMP/guest.vhd" >"$HV_TMP/check.txt" 2>&1 ||
-            hv_fail "vhd check $1: $(cat "$HV_TMP/check.txt")"
-    fi
-}
+vhd_check() { hv_vhd_check "$HV_TMP/guest.vhd" "$1"; }
 
 boot()   # boot TEST: run the guest, require its PASS line
 {

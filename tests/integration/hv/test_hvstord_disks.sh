@@ -127,7 +127,5 @@ fi
 hv_stop
 qemu-img convert -f vpc -O raw "$HV_TMP/boot.vhd" "$HV_TMP/boot.bin"
 cmp -n $((4 << 20)) "$HV_TMP/random.bin" "$HV_TMP/boot.bin" || hv_fail "VHD content differs read by qemu"
-if [ -x "$HVSTOR_BIN/vhd" ]; then
-    "$HVSTOR_BIN/vhd" check "$HV_TMP/boot.vhd" || hv_fail "vhd check not clean after SIGTERM"
-fi
+hv_vhd_check "$HV_TMP/boot.vhd" "after SIGTERM"
 echo "PASS"
