@@ -45,6 +45,7 @@ grep -aq "disk HVSTOR" "$HV_TMP/console-ext4-write.log" ||
 hv_stop
 vhd_check "after the write boot"
 before=$(allocated_bytes "$HV_TMP/guest.vhd" vpc)
+before_disk=$(($(stat -c '%b * %B' "$HV_TMP/guest.vhd")))
 
 hv_start
 boot ext4-trim
@@ -52,8 +53,12 @@ hvctl --json disk stats guest >"$HV_TMP/stats.json"
 hv_stop
 vhd_check "after fstrim"
 after=$(allocated_bytes "$HV_TMP/guest.vhd" vpc)
-echo "VHD allocated (qemu-img map): $((before >> 20)) MiB after writing, $((after >> 20)) MiB after fstrim"
+after_disk=$(($(stat -c '%b * %B' "$HV_TMP/guest.vhd")))
+echo "VHD blocks allocated (qemu-img map): $((before >> 20)) MiB after writing, $((after >> 20)) MiB after fstrim"
+echo "VHD file space on the host (st_blocks): $((before_disk >> 20)) MiB -> $((after_disk >> 20)) MiB"
 [ "$before" -ge $((48 << 20)) ] || hv_fail "only $before bytes allocated after writing 48 MiB"
 [ $((before - after)) -ge $((32 << 20)) ] ||
     hv_fail "fstrim gave back only $((before - after)) bytes of the 48 MiB deleted"
+[ $((before_disk - after_disk)) -ge $((32 << 20)) ] ||
+    hv_fail "the host file kept its space: $before_disk -> $after_disk bytes"
 echo PASS
