@@ -34,6 +34,15 @@ enum scsi_status {
 
 enum scsi_data_dir { SCSI_DIR_NONE, SCSI_DIR_IN, SCSI_DIR_OUT };
 
+/* scsi_task.task_attr: the values of iSCSI's ATTR field (RFC 7143 11.3.1).
+ * ORDERED media commands wait for every earlier one and hold back every
+ * later one; HEAD OF QUEUE and ACA run as SIMPLE (no NACA support). */
+#define SCSI_TASK_ATTR_UNTAGGED 0
+#define SCSI_TASK_ATTR_SIMPLE 1
+#define SCSI_TASK_ATTR_ORDERED 2
+#define SCSI_TASK_ATTR_HEAD_OF_QUEUE 3
+#define SCSI_TASK_ATTR_ACA 4
+
 struct scsi_lu;
 struct scsi_controller;
 

@@ -140,6 +140,15 @@ static bool acquire(struct scsi_disk *d, struct scsi_task *t, bool is_resuming)
 
 static void run(struct scsi_disk *d, struct scsi_task *t)
 {
+    struct disk_cmd *c = disk_cmd(t);
+    if (t->task_attr == SCSI_TASK_ATTR_ORDERED) {
+        /* An ORDERED task is exclusive over the whole LU: it waits for every
+         * running media command and holds back the ones after it. */
+        c->needs_range = true;
+        c->is_exclusive = true;
+        c->lba = 0;
+        c->blocks = UINT64_MAX / 2;
+    }
     if (acquire(d, t, false))
         disk_cmd(t)->start(t);
 }
@@ -218,9 +227,9 @@ void disk_finish(struct scsi_task *t)
     if (t->status != SCSI_STATUS_GOOD && t->status != SCSI_STATUS_CONDITION_MET)
         d->stats.errors++;
     else if (c->kind == 1)
-        d->stats.bytes_read += c->pos;
+        d->stats.bytes_read += c->len;
     else if (c->kind == 2)
-        d->stats.bytes_written += c->pos;
+        d->stats.bytes_written += c->len;
     if (c->kind == 1)
         d->stats.reads++;
     else if (c->kind == 2)
@@ -276,9 +285,10 @@ static void bio_complete(struct bdev_io *bio, int status)
     disk_cmd(t)->bio_done(t, status);
 }
 
-/* Submit the task's bdev request; a refusal completes the task. */
-static void submit(struct scsi_task *t, enum bdev_io_type type, uint64_t offset, uint64_t length,
-                   int iovcnt, uint32_t flags, void (*cb)(struct scsi_task *, int))
+/* Submit the task's bdev request; a refusal is returned, nothing else. */
+static int submit_try(struct scsi_task *t, enum bdev_io_type type, uint64_t offset,
+                      uint64_t length, int iovcnt, uint32_t flags,
+                      void (*cb)(struct scsi_task *, int))
 {
     struct disk_cmd *c = disk_cmd(t);
     struct bdev_io *bio = c->io->bio;
@@ -292,7 +302,14 @@ static void submit(struct scsi_task *t, enum bdev_io_type type, uint64_t offset,
     bio->done = bio_complete;
     bio->cb_arg = c->io;
     c->bio_done = cb;
-    int ret = bdev_submit(c->disk->bd, bio);
+    return bdev_submit(c->disk->bd, bio);
+}
+
+/* Submit the task's bdev request; a refusal completes the task. */
+static void submit(struct scsi_task *t, enum bdev_io_type type, uint64_t offset, uint64_t length,
+                   int iovcnt, uint32_t flags, void (*cb)(struct scsi_task *, int))
+{
+    int ret = submit_try(t, type, offset, length, iovcnt, flags, cb);
     if (ret < 0)
         fail_errno(t, ret, type != BDEV_IO_READ && type != BDEV_IO_BLOCK_STATUS);
 }
@@ -403,6 +420,7 @@ static uint32_t write_flags(const struct scsi_disk *d, bool is_fua)
 /* ------------------------------------------------------- READ and WRITE */
 
 static void rw_step(struct scsi_task *t);
+static void verify_step(struct scsi_task *t);
 
 static void rw_done(struct scsi_task *t, int status)
 {
@@ -421,6 +439,14 @@ static void rw_step(struct scsi_task *t)
 {
     struct disk_cmd *c = disk_cmd(t);
     struct scsi_disk *d = c->disk;
+    if (c->pos >= c->len && c->then_verify && !t->is_aborted) {
+        /* WRITE AND VERIFY: the data is on the medium (FUA); read it back,
+         * comparing with data-out when BYTCHK asked for it. */
+        c->then_verify = false;
+        c->pos = 0;
+        verify_step(t);
+        return;
+    }
     if (c->pos >= c->len || t->is_aborted) {
         if (t->is_aborted && c->pos < c->len)
             t->status = SCSI_STATUS_TASK_ABORTED;
@@ -457,9 +483,12 @@ static bool clip_to_expected(struct scsi_task *t, struct disk_cmd *c, uint64_t b
                              bool is_write)
 {
     t->wanted_bytes = (uint32_t)HV_MIN(bytes, UINT32_MAX);
-    uint64_t have = t->expected_bytes;
-    if (is_write)
-        have = HV_MIN(have, t->out_bytes);
+    /* Data moving the other way than the command says counts as none. */
+    uint64_t have = 0;
+    if (is_write && t->dir == SCSI_DIR_OUT)
+        have = HV_MIN(t->expected_bytes, t->out_bytes);
+    else if (!is_write && t->dir == SCSI_DIR_IN)
+        have = HV_MIN(t->expected_bytes, hv_iov_length(t->in_iov, t->in_iovcnt));
     if (bytes <= have) {
         c->len = bytes;
         return true;
@@ -476,9 +505,21 @@ static void cmd_read_write(struct scsi_disk *d, struct scsi_task *t, bool is_wri
 {
     struct disk_cmd *c = disk_cmd(t);
     struct rw_cdb rw;
+    uint8_t op = t->cdb[0];
+    bool is_wav = op == 0x2E || op == 0xAE || op == 0x8E;
+    uint8_t bytchk = is_wav ? (t->cdb[1] >> 1) & 0x03 : 0;
     parse_rw(t, &rw);
     c->kind = is_write ? 2 : 1;
 
+    if (is_wav) {
+        /* WRITE AND VERIFY has no FUA bit (bit 3 is reserved there), but
+         * what it writes must be on the medium before it is read back. */
+        rw.is_fua = true;
+        if (bytchk > 1) {
+            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+            return;
+        }
+    }
     if (rw.protect) {
         disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
         return;
@@ -513,8 +554,26 @@ static void cmd_read_write(struct scsi_disk *d, struct scsi_task *t, bool is_wri
     c->bio_flags = is_write ? write_flags(d, rw.is_fua) : 0;
     c->needs_range = true;
     c->needs_io = true;
+    if (is_wav) {
+        c->then_verify = true;
+        c->needs_scratch = true;
+        c->index = bytchk;
+    }
     c->start = rw_step;
     run(d, t);
+}
+
+/* PRE-FETCH: there is no cache of ours to load, so after the checks there
+ * is nothing to do; GOOD (not CONDITION MET) says exactly that (SBC-3 5.8). */
+static void cmd_prefetch(struct scsi_disk *d, struct scsi_task *t)
+{
+    struct rw_cdb rw;
+    parse_rw(t, &rw);
+    if (!is_range_valid(d, rw.lba, rw.blocks)) {
+        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_LBA_OUT_OF_RANGE);
+        return;
+    }
+    disk_finish(t);
 }
 
 /* -------------------------------------------- VERIFY, COMPARE AND WRITE */
@@ -582,7 +641,6 @@ static void verify_read_done(struct scsi_task *t, int status)
         return;
     }
     c->kind = 2;
-    c->pos = bytes;                 /* counted as written only if it succeeds */
     submit(t, BDEV_IO_WRITE, c->lba * d->block_bytes, bytes, n, c->bio_flags, caw_write_done);
 }
 
@@ -676,8 +734,11 @@ static void cmd_compare_and_write(struct scsi_disk *d, struct scsi_task *t)
         disk_finish(t);
         return;
     }
-    if (HV_MIN(t->expected_bytes, t->out_bytes) < 2 * bytes) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
+    /* The data-out must be exactly the compare and the write halves: a
+     * different length means the initiator and the CDB disagree on what is
+     * compared (libiscsi's CompareAndWrite.InvalidDataOutSize). */
+    if (t->expected_bytes != 2 * bytes || t->out_bytes < 2 * bytes) {
+        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
         return;
     }
     c->lba = lba;
@@ -696,10 +757,32 @@ static void cmd_compare_and_write(struct scsi_disk *d, struct scsi_task *t)
 /* ------------------------------------------------------------ WRITE SAME */
 
 static void ws_step(struct scsi_task *t);
+static void ws_start(struct scsi_task *t);
+
+/*
+ * A bdev without WRITE_ZEROES (or DISCARD) support: write zeroes from the
+ * scratch buffer instead. Taking the scratch buffer last keeps the order in
+ * which resources are taken, so this wait cannot deadlock.
+ */
+static void ws_fall_back_to_writes(struct scsi_task *t)
+{
+    struct disk_cmd *c = disk_cmd(t);
+    c->is_zero_pattern = false;
+    c->count = 0;
+    c->index = 1;                   /* the pattern is zeroes, not data-out */
+    c->needs_scratch = true;
+    c->start = ws_start;
+    if (acquire(c->disk, t, false))
+        ws_start(t);
+}
 
 static void ws_done(struct scsi_task *t, int status)
 {
     struct disk_cmd *c = disk_cmd(t);
+    if (status == -EOPNOTSUPP && c->is_zero_pattern) {
+        ws_fall_back_to_writes(t);
+        return;
+    }
     if (status < 0) {
         fail_errno(t, status, true);
         return;
@@ -731,7 +814,11 @@ static void ws_step(struct scsi_task *t)
             else
                 flags = BDEV_IO_MAY_UNMAP;
         }
-        submit(t, type, offset, n, 0, flags, ws_done);
+        int ret = submit_try(t, type, offset, n, 0, flags, ws_done);
+        if (ret == -EOPNOTSUPP)
+            ws_fall_back_to_writes(t);
+        else if (ret < 0)
+            fail_errno(t, ret, true);
         return;
     }
     uint64_t n = HV_MIN(left, DISK_SCRATCH_BYTES);
@@ -750,7 +837,10 @@ static void ws_start(struct scsi_task *t)
         /* Replicate the one block over the scratch buffer once; every chunk
          * is then written from it. */
         uint64_t fill = HV_MIN(c->len, DISK_SCRATCH_BYTES);
-        hv_iov_to_buf(t->out_iov, t->out_iovcnt, 0, d->scratch, d->block_bytes);
+        if (c->index == 1)
+            memset(d->scratch, 0, d->block_bytes);
+        else
+            hv_iov_to_buf(t->out_iov, t->out_iovcnt, 0, d->scratch, d->block_bytes);
         for (uint64_t off = d->block_bytes; off < fill; off += d->block_bytes)
             memcpy(d->scratch + off, d->scratch, d->block_bytes);
     }
@@ -787,9 +877,10 @@ static void cmd_write_same(struct scsi_disk *d, struct scsi_task *t)
         return;
     }
     if (!is_ndob) {
+        /* Exactly one block of data-out, no more and no less. */
         t->wanted_bytes = d->block_bytes;
-        if (HV_MIN(t->expected_bytes, t->out_bytes) < d->block_bytes) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
+        if (t->expected_bytes != d->block_bytes || t->out_bytes < d->block_bytes) {
+            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
             return;
         }
     }
@@ -858,6 +949,10 @@ static void cmd_unmap(struct scsi_disk *d, struct scsi_task *t)
     uint8_t hdr[8];
 
     c->kind = 2;
+    if (!d->bd->can_discard) {      /* LBPU=0: UNMAP is not a command we have */
+        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_OPCODE);
+        return;
+    }
     if (t->cdb[1] & 0x01) {         /* ANCHOR: ANC_SUP = 0 */
         disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
         return;
@@ -1024,8 +1119,12 @@ static void gls_step(struct scsi_task *t)
         return;
     }
     uint64_t left = HV_MIN(c->blocks - c->pos, UINT32_MAX);
-    submit(t, BDEV_IO_BLOCK_STATUS, (c->lba + c->pos) * d->block_bytes, left * d->block_bytes, 0,
-           0, gls_done);
+    int ret = submit_try(t, BDEV_IO_BLOCK_STATUS, (c->lba + c->pos) * d->block_bytes,
+                         left * d->block_bytes, 0, 0, gls_done);
+    if (ret == -EOPNOTSUPP)
+        gls_done(t, ret);           /* answered at once: the rest is mapped */
+    else if (ret < 0)
+        fail_errno(t, ret, false);
 }
 
 static void cmd_get_lba_status(struct scsi_disk *d, struct scsi_task *t)
@@ -1040,8 +1139,9 @@ static void cmd_get_lba_status(struct scsi_disk *d, struct scsi_task *t)
     uint32_t room = HV_MIN(alloc, t->dir == SCSI_DIR_IN ? t->expected_bytes : 0);
     room = (uint32_t)HV_MIN(room, hv_iov_length(t->in_iov, t->in_iovcnt));
     c->alloc = room;
-    if (room < 8) {
-        /* Not even the header fits: report the length the answer needs. */
+    if (room < 8 + 16) {
+        /* Not even one descriptor fits: the header alone says how long the
+         * shortest answer is. */
         uint8_t hdr[8] = { 0 };
         hv_put_be32(hdr, 4 + 16);
         scsi_task_data_in(t, hdr, sizeof(hdr), alloc);
@@ -1050,16 +1150,9 @@ static void cmd_get_lba_status(struct scsi_disk *d, struct scsi_task *t)
     }
     c->lba = lba;
     c->blocks = d->blocks - lba;
+    /* At most 64 descriptors: a bounded number of bdev queries per command. */
     c->count = HV_MIN((room - 8) / 16, 64);
     c->index = 0;
-    if (c->count == 0) {
-        c->count = 0;
-        uint8_t hdr[8] = { 0 };
-        hv_put_be32(hdr, 4 + 16);
-        scsi_task_data_in(t, hdr, sizeof(hdr), alloc);
-        disk_finish(t);
-        return;
-    }
     c->needs_io = true;
     c->start = gls_step;
     run(d, t);
@@ -1187,7 +1280,11 @@ static void dispatch(struct scsi_disk *d, struct scsi_task *t)
         cmd_read_write(d, t, false);
         return;
     case 0x0A: case 0x2A: case 0xAA: case 0x8A:
+    case 0x2E: case 0xAE: case 0x8E:
         cmd_read_write(d, t, true);
+        return;
+    case 0x34: case 0x90:
+        cmd_prefetch(d, t);
         return;
     case 0x2F: case 0xAF: case 0x8F:
         cmd_verify(d, t);

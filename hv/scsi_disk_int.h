@@ -13,7 +13,7 @@
 #define DISK_MAX_TRANSFER_BYTES (8u * 1024u * 1024u)
 #define DISK_MAX_CAW_BLOCKS 255u        /* fits in the scratch buffer at 4 KiB blocks */
 #define DISK_MAX_UNMAP_DESCRIPTORS 256u
-#define DISK_MAX_UNMAP_BLOCKS 0x400000u /* 2 GiB at 512-byte blocks */
+#define DISK_MAX_UNMAP_BLOCKS 0x100000u /* 512 MiB at 512-byte blocks; libiscsi wants <= 1M */
 #define DISK_MAX_WRITE_SAME_BLOCKS 0x400000u
 #define DISK_PR_MAX_REGISTRANTS 128
 #define DISK_LATENCY_BUCKETS 24         /* powers of two of microseconds */
@@ -127,6 +127,7 @@ struct disk_cmd {
     bool in_active;
     bool in_execute;
     bool is_zero_pattern;
+    bool then_verify;               /* WRITE AND VERIFY: read back after writing */
     struct scsi_task *act_prev, *act_next;
 };
 

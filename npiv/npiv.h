@@ -237,10 +237,13 @@ int npiv_lun_list(const char *sysfs_root, unsigned host_no, unsigned target_id,
  * Zoning and masking, asked of the fabric and the array: for set A and then
  * set B (or only A when `only_set_a`), bring the VM's vport up, find
  * `target_wwpn` among its remote ports as an FCP target, find `lun` under it,
- * and delete the vport again (always, also on failure). Errors:
+ * and delete the vport again (always, also on failure). `lun` is the LUN
+ * number as Linux shows it in H:C:T:L (the same as the SAN's LUN for the
+ * usual peripheral addressing below 256). Errors:
  *   -EHOSTUNREACH "not zoned: target port 50:.. is not visible to vport 50:.."
  *   -ENOENT       "not masked: LUN 3 of target 50:.. is not reported to ..."
- *   -ETIMEDOUT, -ENOSPC, -ENODEV, -EOPNOTSUPP, -EBUSY from bringing it up.
+ *   -ETIMEDOUT, -ENOSPC, -ENODEV, -EOPNOTSUPP, -EIO from bringing it up;
+ *   -EBUSY when the set is already logged in on this host (a running VM).
  */
 int npiv_check_access(const char *sysfs_root, const struct npiv_identity *id,
                       uint64_t target_wwpn, uint64_t lun, bool only_set_a,

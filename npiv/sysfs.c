@@ -123,7 +123,8 @@ int npiv_parse_hctl(const char *name, unsigned *h, unsigned *c, unsigned *t, uin
 {
     uint64_t hv, cv, tv, lv;
     const char *p = name;
-    if (parse_uint_part(&p, ':', UINT_MAX, &hv) < 0 || parse_uint_part(&p, ':', UINT_MAX, &cv) < 0 ||
+    if (parse_uint_part(&p, ':', UINT_MAX, &hv) < 0 ||
+        parse_uint_part(&p, ':', UINT_MAX, &cv) < 0 ||
         parse_uint_part(&p, ':', UINT_MAX, &tv) < 0 ||
         parse_uint_part(&p, '\0', UINT64_MAX / 10 - 10, &lv) < 0)
         return -EINVAL;

@@ -87,7 +87,12 @@ struct san_session_options {
     uint32_t replacement_timeout_ms;    /* 0: 30000 */
     uint32_t reconnect_min_ms;          /* first retry delay, doubled each time; 0: 200 */
     uint32_t reconnect_max_ms;          /* 0: 5000 */
-    uint32_t login_timeout_ms;          /* one connect+login attempt; 0: 15000 */
+    uint32_t login_timeout_ms;          /* one connect+login+checks attempt; 0: 15000 */
+    /* NOP-Out ping while online (open-iscsi's noop_out_interval/timeout): no
+     * answer within the timeout is a lost connection. UINT32_MAX interval
+     * disables it. 0: 5000 each. */
+    uint32_t nop_interval_ms;
+    uint32_t nop_timeout_ms;
     /* Called on every state change, on the reactor thread; `why` is a sentence
      * for the log ("connection lost: ...", "LUN 1 designator changed ..."). */
     void (*on_state)(struct san_session *s, enum san_state state, const char *why, void *arg);
@@ -104,13 +109,17 @@ int san_session_create(struct hv_reactor *r, const struct san_session_options *o
                        struct san_session **out, struct hv_err *err);
 /* First login, one attempt (no retries: a refusal is an answer). `done` runs
  * once on the reactor with 0, or -EACCES (login refused: ACL or CHAP),
- * -ECONNREFUSED/-EHOSTUNREACH/-ETIMEDOUT/-EIO, and a message. After success
- * the session reconnects by itself whenever the connection is lost. */
+ * -ESTALE (a LUN given to san_session_expect_lun() before connecting is not
+ * the one at that address: the session is OFFLINE), -ECONNREFUSED/
+ * -ETIMEDOUT/-EIO, and a message. After success the session reconnects by
+ * itself whenever the connection is lost, and checks the expected LUNs on
+ * every login. */
 typedef void (*san_status_cb)(void *arg, int status, const char *msg);
 int san_session_connect(struct san_session *s, san_status_cb done, void *arg);
-/* Logout (best effort, not waited for), fail every command still queued with
- * SAN_TRANSPORT_CLOSED (their done() runs inside this call), free. Safe from
- * inside a completion. */
+/* Close the connection (no Logout PDU: the target ends the session when the
+ * TCP connection goes), fail every command still queued with
+ * SAN_TRANSPORT_CLOSED (their done() runs inside this call), free. From
+ * inside a completion it finishes when that libiscsi callback returns. */
 void san_session_close(struct san_session *s);
 
 enum san_state san_session_state(const struct san_session *s);
@@ -126,7 +135,8 @@ unsigned san_session_reconnects(const struct san_session *s);
 unsigned san_session_outstanding(const struct san_session *s);
 
 /* Remember that `lun` must carry `designator` (as san_vpd83_designator gives
- * it): checked after every reconnect before any queued command is replayed; a
+ * it): checked at every login (the first too, when called before connect)
+ * before any queued command is sent; a
  * mismatch or a missing LUN puts the session OFFLINE with a log line naming
  * both. -ENOSPC beyond 64 LUNs. */
 int san_session_expect_lun(struct san_session *s, uint64_t lun, const char *designator);
@@ -162,9 +172,12 @@ enum san_transport {
  * touch it until done() runs (exactly once, never inside submit). For
  * SAN_XFER_READ the data lands directly in `iov`; for WRITE it is sent from
  * it; `xfer_bytes` is the expected transfer length (at most the iov's
- * length). When transport != OK, status is CHECK CONDITION with a NOT READY
- * sense (04h/00h... see SAN_TRANSPORT_*) so a pass-through can hand it to a
- * guest as is.
+ * length). When transport != OK, status is CHECK CONDITION with a fixed-format
+ * NOT READY sense a pass-through can hand to a guest as is: 2h/04h/00h
+ * (FAILED: a guest fails the I/O, and may retry later) or 2h/04h/03h
+ * (OFFLINE/CLOSED: manual intervention required). BUSY and TASK SET FULL
+ * from the target are turned into errors by libiscsi, which drops the
+ * connection: such a command is replayed like any other after the reconnect.
  */
 struct san_cmd {
     uint64_t lun;

@@ -80,6 +80,8 @@ struct san_session {
     struct hv_timer login_timer;
     struct hv_timer retry_timer;
     struct hv_timer replacement_timer;
+    struct hv_timer nop_timer;          /* next NOP-Out ping */
+    struct hv_timer nop_deadline;       /* the ping's answer is due */
     struct hv_deferred done_defer;
     struct hv_deferred connect_defer;
     struct hv_deferred close_defer;
@@ -91,6 +93,7 @@ struct san_session {
     bool is_lost;                       /* current ctx failed; act after service */
     bool is_closing;
     bool is_verifying;
+    bool is_nop_outstanding;
     bool has_been_online;
     char lost_why[256];
     uint32_t backoff_ms;
@@ -224,6 +227,14 @@ static void fail_cmd_result(struct san_cmd *c, enum san_transport why)
                                                 : SAN_ASC_NOT_READY_MANUAL_INTERVENTION);
 }
 
+/* A check of our own that dies with its connection: the next login starts
+ * the checks over, nobody waits for this one. */
+static void drop_verify(struct san_session *s, struct san_cmd *c)
+{
+    c->flags = 0;
+    s->outstanding--;
+}
+
 static void flush_done(void *arg)
 {
     struct san_session *s = arg;
@@ -352,10 +363,16 @@ static void on_fd(void *arg, uint32_t events)
     s->in_service = true;
     int rc = iscsi_service(s->ctx, revents);
     s->in_service = false;
-    if (rc < 0 && !s->is_lost) {
+    /* keep the first specific reason; a bare "connection lost" (commands
+     * cancelled by libiscsi) gets the socket's story instead */
+    if (rc < 0 && (!s->is_lost || strcmp(s->lost_why, "connection lost") == 0)) {
         s->is_lost = true;
         snprintf(s->lost_why, sizeof(s->lost_why), "connection lost: %s",
                  iscsi_get_error(s->ctx));
+    } else if (s->is_lost && strcmp(s->lost_why, "connection lost") == 0) {
+        snprintf(s->lost_why, sizeof(s->lost_why), "connection lost: %s",
+                 (events & EPOLLHUP) ? "hang-up from the target"
+                 : (events & EPOLLERR) ? "socket error" : "closed by the target");
     }
     if (s->is_lost) {
         handle_lost(s);
@@ -439,14 +456,15 @@ static void cmd_cb(struct iscsi_context *iscsi, int status, void *command_data, 
         free(t->datain.data);
         t->datain.data = NULL;
         if (c->flags & SAN_CMD_VERIFY) {
-            c->flags = 0;   /* verification restarts after the next login */
+            drop_verify(s, c);   /* verification restarts after the next login */
         } else {
             q_insert_ordered(&s->pending, c);
         }
         if (!s->in_teardown) {
-            char why[300];
-            snprintf(why, sizeof(why), "connection lost: %s", iscsi_get_error(iscsi));
-            mark_lost(s, why);
+            /* libiscsi cancels what it holds before it reports the socket
+             * error; on_fd replaces this with that error */
+            mark_lost(s, status == SCSI_STATUS_CANCELLED ? "connection lost"
+                                                        : iscsi_get_error(iscsi));
         }
         return;
     }
@@ -485,7 +503,7 @@ static void cmd_cb(struct iscsi_context *iscsi, int status, void *command_data, 
         }
         if (start_cmd(s, c) < 0) {
             if (c->flags & SAN_CMD_VERIFY) {
-                c->flags = 0;
+                drop_verify(s, c);
             } else {
                 q_insert_ordered(&s->pending, c);
             }
@@ -587,6 +605,9 @@ static void teardown_ctx(struct san_session *s)
 {
     hv_timer_cancel(s->r, &s->poll_timer);
     hv_timer_cancel(s->r, &s->login_timer);
+    hv_timer_cancel(s->r, &s->nop_timer);
+    hv_timer_cancel(s->r, &s->nop_deadline);
+    s->is_nop_outstanding = false;
     if (s->watch) {
         hv_reactor_del_fd(s->r, s->watch);
         s->watch = NULL;
@@ -607,7 +628,7 @@ static void teardown_ctx(struct san_session *s)
     while ((c = q_pop(&s->inflight))) {
         c->flags &= ~SAN_CMD_INFLIGHT;
         if (c->flags & SAN_CMD_VERIFY) {
-            c->flags = 0;
+            drop_verify(s, c);
         } else {
             q_insert_ordered(&s->pending, c);
         }
@@ -715,6 +736,12 @@ static void go_offline(struct san_session *s, const char *why)
     hv_timer_cancel(s->r, &s->replacement_timer);
     hv_timer_cancel(s->r, &s->retry_timer);
     set_state(s, SAN_STATE_OFFLINE, why);
+    if (!s->has_been_online && s->connect_cb) {
+        s->connect_status = -ESTALE;
+        snprintf(s->connect_msg, sizeof(s->connect_msg), "%s at %s: %s", s->target, s->portal,
+                 why);
+        hv_reactor_defer(s->r, &s->connect_defer, connect_report, s);
+    }
     if (s->in_service) {
         /* the context goes after iscsi_service() returns */
         s->is_lost = true;
@@ -725,13 +752,62 @@ static void go_offline(struct san_session *s, const char *why)
     fail_pending(s, SAN_TRANSPORT_OFFLINE);
 }
 
+/*
+ * A target that hangs with its TCP connection up (process stopped, stuck
+ * storage under it) answers nothing and TCP keeps acknowledging: without a
+ * ping, commands would wait forever. As open-iscsi's noop_out_interval and
+ * noop_out_timeout: a NOP-Out every interval, and no NOP-In within the
+ * timeout counts as a lost connection (then the usual recovery applies).
+ */
+static void nop_expired(void *arg)
+{
+    struct san_session *s = arg;
+    char why[96];
+    snprintf(why, sizeof(why), "the target did not answer a NOP-Out within %u ms",
+             s->opt.nop_timeout_ms);
+    mark_lost(s, why);
+}
+
+static void nop_cb(struct iscsi_context *iscsi, int status, void *command_data, void *private)
+{
+    struct san_session *s = private;
+    (void)command_data;
+    if (s->in_teardown || iscsi != s->ctx || status != SCSI_STATUS_GOOD) {
+        return;     /* a failed ping is noticed through the connection itself */
+    }
+    s->is_nop_outstanding = false;
+    hv_timer_cancel(s->r, &s->nop_deadline);
+}
+
+static void nop_fire(void *arg)
+{
+    struct san_session *s = arg;
+    if (s->state != SAN_STATE_ONLINE || !s->ctx || s->is_lost) {
+        return;
+    }
+    if (!s->is_nop_outstanding) {
+        if (iscsi_nop_out_async(s->ctx, nop_cb, NULL, 0, s) != 0) {
+            mark_lost(s, iscsi_get_error(s->ctx));
+            return;
+        }
+        s->is_nop_outstanding = true;
+        hv_timer_arm(s->r, &s->nop_deadline, s->opt.nop_timeout_ms, nop_expired, s);
+        update_events(s);
+    }
+    hv_timer_arm(s->r, &s->nop_timer, s->opt.nop_interval_ms, nop_fire, s);
+}
+
 static void become_online(struct san_session *s)
 {
     bool is_reconnect = s->has_been_online;
     hv_timer_cancel(s->r, &s->replacement_timer);
     hv_timer_cancel(s->r, &s->retry_timer);
+    hv_timer_cancel(s->r, &s->login_timer);
     s->backoff_ms = s->opt.reconnect_min_ms;
     s->is_verifying = false;
+    if (s->opt.nop_interval_ms != UINT32_MAX) {
+        hv_timer_arm(s->r, &s->nop_timer, s->opt.nop_interval_ms, nop_fire, s);
+    }
     if (is_reconnect) {
         s->reconnects++;
         char why[96];
@@ -872,12 +948,9 @@ static void login_cb(struct iscsi_context *iscsi, int status, void *command_data
         mark_lost(s, iscsi_get_error(iscsi));
         return;
     }
-    hv_timer_cancel(s->r, &s->login_timer);
+    /* the login timer keeps running through the checks: a target that hangs
+     * now is a failed attempt like any other */
     s->is_logged_in = true;
-    if (!s->has_been_online) {
-        become_online(s);
-        return;
-    }
     s->is_verifying = true;
     s->verify_step = 0;
     verify_next(s);
@@ -903,7 +976,7 @@ static void login_timeout(void *arg)
 {
     struct san_session *s = arg;
     char why[96];
-    snprintf(why, sizeof(why), "connect and login timed out after %u ms",
+    snprintf(why, sizeof(why), "connect, login and checks took over %u ms",
              s->opt.login_timeout_ms);
     mark_lost(s, why);
 }
@@ -930,6 +1003,8 @@ static int configure_ctx(struct san_session *s, struct iscsi_context *ctx)
         return -1;
     }
     iscsi_set_noautoreconnect(ctx, 1);
+    /* PDUs from a small free list instead of malloc per command */
+    iscsi_set_cache_allocations(ctx, 1);
     /* a target that vanishes without a FIN/RST is noticed by TCP itself */
     iscsi_set_tcp_keepidle(ctx, 5);
     iscsi_set_tcp_keepintvl(ctx, 2);
@@ -1034,6 +1109,12 @@ int san_session_create(struct hv_reactor *r, const struct san_session_options *o
     s->opt.reconnect_max_ms = HV_MAX(s->opt.reconnect_max_ms, s->opt.reconnect_min_ms);
     if (!s->opt.login_timeout_ms) {
         s->opt.login_timeout_ms = 15000;
+    }
+    if (!s->opt.nop_interval_ms) {
+        s->opt.nop_interval_ms = 5000;
+    }
+    if (!s->opt.nop_timeout_ms) {
+        s->opt.nop_timeout_ms = 5000;
     }
     uint32_t rnd = opt->isid_random & 0xffffff;
     uint16_t qual = opt->isid_qualifier;

@@ -22,9 +22,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Gaps below this between two structures are alignment padding (for example
- * to put block data on a 4 KiB boundary for O_DIRECT), not leaked space. */
-#define CHECK_PAD_BYTES 4096u
+/* Leaks are counted in whole aligned pages of this size. Smaller gaps between
+ * structures are alignment padding (block data on a 4 KiB boundary for
+ * O_DIRECT, a BAT written in whole pages), not lost space. */
+#define CHECK_PAGE_BYTES 4096u
 /* The check stops listing after this many problems (a BAT full of garbage
  * would otherwise produce one line per entry). */
 #define CHECK_MAX_PROBLEMS 256
@@ -117,6 +118,44 @@ static const char *footer_field_diff(const struct vhd_footer *a, const struct vh
     if (memcmp(a->uuid, b->uuid, 16)) return "unique id";
     if (a->saved_state != b->saved_state) return "saved state";
     return NULL;
+}
+
+struct leak_sum {
+    uint64_t bytes;
+    uint64_t first;
+};
+
+/*
+ * Space in [start, end) that no structure owns. Only whole aligned pages
+ * count (less is padding), and only pages the file really stores: a hole
+ * (space freed by a discard, or a reserve never written) costs nothing and
+ * is not a leak.
+ */
+static void count_leak(int fd, uint64_t start, uint64_t end, struct leak_sum *sum)
+{
+    uint64_t at = HV_ALIGN_UP(start, CHECK_PAGE_BYTES);
+    uint64_t stop = HV_ALIGN_DOWN(end, CHECK_PAGE_BYTES);
+    while (at < stop) {
+        off_t data = lseek(fd, (off_t)at, SEEK_DATA);
+        if (data < 0)
+            return;                     /* ENXIO: only a hole remains */
+        if ((uint64_t)data >= stop)
+            return;
+        off_t hole = lseek(fd, data, SEEK_HOLE);
+        uint64_t run_end = hole < 0 ? stop : HV_MIN((uint64_t)hole, stop);
+        uint64_t run_start = HV_ALIGN_DOWN((uint64_t)data, CHECK_PAGE_BYTES);
+        if (run_start < at)
+            run_start = at;
+        run_end = HV_ALIGN_UP(run_end, CHECK_PAGE_BYTES);
+        if (run_end > stop)
+            run_end = stop;
+        if (run_end > run_start) {
+            sum->bytes += run_end - run_start;
+            if (sum->first == UINT64_MAX)
+                sum->first = run_start;
+        }
+        at = run_end > at ? run_end : at + CHECK_PAGE_BYTES;
+    }
 }
 
 static int check_fixed(struct check *c, const struct vhd_footer *f, uint64_t file_bytes)
@@ -250,28 +289,20 @@ static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f,
     }
     if (nbad == 0 && c->corrupt_count == 0) {
         qsort(regions, nreg, sizeof(*regions), region_cmp);
-        uint64_t covered = 0, leaked = 0, first_leak = UINT64_MAX;
+        struct leak_sum sum = { .first = UINT64_MAX };
+        uint64_t covered = 0;
         for (size_t i = 0; i < nreg; i++) {
-            if (regions[i].start > covered) {
-                uint64_t gap = regions[i].start - covered;
-                if (gap >= CHECK_PAD_BYTES) {
-                    leaked += gap;
-                    if (first_leak == UINT64_MAX)
-                        first_leak = covered;
-                }
-            }
+            if (regions[i].start > covered)
+                count_leak(fd, covered, regions[i].start, &sum);
             if (regions[i].end > covered)
                 covered = regions[i].end;
         }
-        if (footer_offset > covered && footer_offset - covered >= CHECK_PAD_BYTES) {
-            leaked += footer_offset - covered;
-            if (first_leak == UINT64_MAX)
-                first_leak = covered;
-        }
-        if (leaked) {
-            c->rep->leaked_bytes = leaked;
+        if (footer_offset > covered)
+            count_leak(fd, covered, footer_offset, &sum);
+        if (sum.bytes) {
+            c->rep->leaked_bytes = sum.bytes;
             add_problem(c, true, "%" PRIu64 " bytes of the file belong to no structure "
-                        "(first at offset %" PRIu64 ")", leaked, first_leak);
+                        "(first at offset %" PRIu64 ")", sum.bytes, sum.first);
         }
     }
     ret = 0;

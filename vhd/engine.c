@@ -46,6 +46,10 @@
  * blocks, never per block. */
 #define EXTEND_MIN_BYTES (64ull << 20)
 #define EXTEND_MAX_BYTES (1ull << 30)
+/* A clean close moves at most this much data from the end of the file into
+ * holes that discards left, so that closing stays quick; what remains is for
+ * `vhd compact`. */
+#define CLOSE_RELOCATE_MAX_BYTES (256ull << 20)
 
 /* Per-block flags of the top image. */
 #define BLK_DIRTY 0x1           /* bitmap must be written at the next flush */
@@ -113,6 +117,15 @@ struct meta_slot {
     bool is_busy;
 };
 
+/* A block's place in the file that a deallocation gave back. It may hold a
+ * new block only once a flush round that began after the deallocation has
+ * completed: before that, the BAT on disk may still point at it. */
+struct free_slot {
+    uint64_t bitmap_at;
+    uint32_t freed_in_round;    /* rounds started when it was freed */
+    uint8_t blk_flags;          /* BLK_PREFIX_OURS of the block that lived there */
+};
+
 struct vhd_bdev {
     struct bdev bd;
     struct hv_aio *aio;
@@ -141,6 +154,11 @@ struct vhd_bdev {
     uint8_t *staging;           /* bitmaps of `flushing`, copied when the round began */
     size_t staging_len;
     uint32_t allocated;
+    struct free_slot *free_slots;
+    uint32_t free_count;
+    uint32_t free_cap;
+    uint32_t rounds_started;
+    uint32_t last_ok_round;     /* number of the last round that completed, 0: none */
     uint64_t prefix_bytes;
     uint64_t extent_bytes;
     uint64_t next_alloc;        /* where the next block goes */
@@ -462,16 +480,44 @@ static void extend_start(struct vhd_bdev *v);
 
 /* Take the next block from the reserve (space between the last block and the
  * durable footer). False when the reserve is too small: the file must grow. */
+static bool take_free_slot(struct vhd_bdev *v, uint64_t *bitmap_at, uint8_t *flags)
+{
+    uint32_t best = UINT32_MAX;
+    for (uint32_t i = 0; i < v->free_count; i++) {
+        if (v->free_slots[i].freed_in_round >= v->last_ok_round)
+            continue;
+        if (best == UINT32_MAX || v->free_slots[i].bitmap_at < v->free_slots[best].bitmap_at)
+            best = i;
+    }
+    if (best == UINT32_MAX)
+        return false;
+    *bitmap_at = v->free_slots[best].bitmap_at;
+    *flags = v->free_slots[best].blk_flags;
+    v->free_slots[best] = v->free_slots[--v->free_count];
+    return true;
+}
+
 static bool allocate(struct vhd_bdev *v, uint32_t block)
 {
     struct layer *t = top(v);
     uint64_t x = v->next_alloc;
     uint64_t bitmap_at;
+    uint8_t flags = BLK_PREFIX_OURS;
 
-    if (x + v->extent_bytes > v->file_end)
-        return false;
-    v->next_alloc = x + v->extent_bytes;
-    bitmap_at = x + v->prefix_bytes - t->bitmap_bytes;
+    /* Space a discard gave back comes first (lowest offset first, so the
+     * file stays dense); it was punched, so it reads as zeroes like the
+     * reserve, and no durable BAT entry points at it any more. */
+    if (!take_free_slot(v, &bitmap_at, &flags)) {
+        /* Data on a 4 KiB boundary, the bitmap right before it. Between two
+         * blocks placed here the gap is under 4 KiB and belongs to the later
+         * one (its bitmap is written as one aligned 4 KiB piece). */
+        uint64_t data_at = HV_ALIGN_UP(x + t->bitmap_bytes, PREFIX_ALIGN);
+        if (data_at + t->block_bytes > v->file_end)
+            return false;
+        bitmap_at = data_at - t->bitmap_bytes;
+        flags = data_at - v->prefix_bytes >= x ? BLK_PREFIX_OURS : 0;
+        v->next_alloc = data_at + t->block_bytes;
+    }
     /*
      * Crash ordering of an allocation (no fsync of its own):
      *  - the block lies in the reserve, which only exists once a footer past
@@ -487,7 +533,7 @@ static bool allocate(struct vhd_bdev *v, uint32_t block)
      * (nothing acknowledged by a flush depended on it).
      */
     set_bat(v, block, (uint32_t)(bitmap_at / HV_SECTOR_BYTES));
-    v->blk[block] |= BLK_PREFIX_OURS;
+    v->blk[block] = (uint8_t)((v->blk[block] & ~BLK_PREFIX_OURS) | flags);
     v->allocated++;
     if (t->uses_bitmaps)
         memset(bitmap_of(t, block), 0, t->bitmap_bytes);
@@ -524,7 +570,15 @@ static void deallocate(struct vhd_bdev *v, uint32_t block)
     uint64_t at = bitmap_offset(t, block);
     uint64_t len = (uint64_t)t->bitmap_bytes + t->block_bytes;
 
-    if (punch(t, at, len) == 0 && v->observer) {
+    bool is_punched = punch(t, at, len) == 0;
+    if (is_punched && v->free_count < v->free_cap) {
+        v->free_slots[v->free_count++] = (struct free_slot){
+            .bitmap_at = at,
+            .freed_in_round = v->rounds_started,
+            .blk_flags = (uint8_t)(v->blk[block] & BLK_PREFIX_OURS),
+        };
+    }
+    if (is_punched && v->observer) {
         /* The harness sees a punch as the zeroes it leaves behind. */
         struct iovec iov[8];
         int n = 0;
@@ -771,6 +825,8 @@ static void advance(struct eng_io *e)
 static void flush_complete_round(struct vhd_bdev *v, int status)
 {
     struct eng_io *list = v->flush_current;
+    if (status == 0)
+        v->last_ok_round = v->rounds_started;
     v->flush_current = NULL;
     v->flush_phase = 0;
     while (list) {
@@ -960,20 +1016,17 @@ static void flush_kick(struct vhd_bdev *v)
         memcpy(v->bat_flushing, v->bat_dirty, v->bat_chunks);
         memset(v->bat_dirty, 0, v->bat_chunks);
     }
+    v->rounds_started++;
     v->flush_phase = 1;
     sync_submit(v, &v->sync_slot, flush_sync1_done);
 }
 
 /* ------------------------------------------------------------- extension */
 
-static void extend_sync_done(struct hv_aio_req *req, long res)
+static void extend_finish(struct vhd_bdev *v, long res)
 {
-    struct meta_slot *slot = hv_container_of(req, struct meta_slot, req);
-    struct vhd_bdev *v = slot->v;
     struct eng_io *list = v->ext_waiters;
 
-    observe_complete(v, slot->seq, res);
-    slot->is_busy = false;
     v->is_extending = false;
     v->ext_waiters = NULL;
     if (res == 0)
@@ -988,6 +1041,42 @@ static void extend_sync_done(struct hv_aio_req *req, long res)
     }
 }
 
+static void extend_zero_done(struct hv_aio_req *req, long res)
+{
+    struct meta_slot *slot = hv_container_of(req, struct meta_slot, req);
+    struct vhd_bdev *v = slot->v;
+    observe_complete(v, slot->seq, res);
+    slot->is_busy = false;
+    extend_finish(v, res == VHD_FOOTER_BYTES ? 0 : res < 0 ? res : -EIO);
+}
+
+static void extend_sync_done(struct hv_aio_req *req, long res)
+{
+    struct meta_slot *slot = hv_container_of(req, struct meta_slot, req);
+    struct vhd_bdev *v = slot->v;
+    struct layer *t = top(v);
+
+    observe_complete(v, slot->seq, res);
+    if (res < 0) {
+        slot->is_busy = false;
+        extend_finish(v, res);
+        return;
+    }
+    /* The old footer now lies inside the reserve, where a new block may
+     * leave sectors unwritten: it must read as zeroes like the rest. Zeroing
+     * it only now keeps the file ending in a durable footer throughout; the
+     * zeroes become durable with the first flush round's data sync, before
+     * any BAT entry that could expose them. */
+    slot->req.done = extend_zero_done;
+    slot->iov[0].iov_base = v->zero_buf;
+    slot->iov[0].iov_len = VHD_FOOTER_BYTES;
+    hv_aio_prep_writev(&slot->req,
+                       pick_fd(t, true, v->file_end, VHD_FOOTER_BYTES, slot->iov, 1),
+                       slot->iov, 1, v->file_end);
+    slot->seq = observe_submit(v, false, v->file_end, slot->iov, 1);
+    hv_aio_submit(v->aio, &slot->req);
+}
+
 static void extend_write_done(struct hv_aio_req *req, long res)
 {
     struct meta_slot *slot = hv_container_of(req, struct meta_slot, req);
@@ -996,8 +1085,8 @@ static void extend_write_done(struct hv_aio_req *req, long res)
     if (res != VHD_FOOTER_BYTES) {
         /* The new footer did not land: the old one still ends the file's
          * durable part; report the failure to the waiting writes. */
-        slot->seq = -1;
-        extend_sync_done(req, res < 0 ? res : -EIO);
+        slot->is_busy = false;
+        extend_finish(v, res < 0 ? res : -EIO);
         return;
     }
     sync_submit(v, slot, extend_sync_done);
@@ -1149,6 +1238,7 @@ static void vhd_free(struct vhd_bdev *v)
     free(v->blk);
     free(v->dirty);
     free(v->flushing);
+    free(v->free_slots);
     free(v->zero_buf);
     free(v->ones_buf);
     free(v->footer_buf);
@@ -1160,12 +1250,150 @@ static int run_flush_sync(struct vhd_bdev *v)
     return bdev_request_sync(&v->bd, BDEV_IO_FLUSH, 0, 0, 0);
 }
 
+static int close_sync(struct vhd_bdev *v)
+{
+    int seq = observe_submit(v, true, 0, NULL, 0);
+    int ret = fdatasync(top(v)->fd) < 0 ? -errno : 0;
+    observe_complete(v, seq, ret);
+    return ret;
+}
+
+static int close_write(struct vhd_bdev *v, const void *buf, size_t len, uint64_t off)
+{
+    struct iovec iov = { (void *)buf, len };
+    int seq = observe_submit(v, false, off, &iov, 1);
+    int ret = hv_pwrite_full(top(v)->fd_buffered, buf, len, off);
+    observe_complete(v, seq, ret < 0 ? ret : (long)len);
+    return ret;
+}
+
+static int close_write_bat(struct vhd_bdev *v)
+{
+    struct layer *t = top(v);
+    for (uint32_t c = 0; c < v->bat_chunks; c++) {
+        uint64_t from = (uint64_t)c * PREFIX_ALIGN;
+        int ret;
+        if (!v->bat_dirty[c])
+            continue;
+        ret = close_write(v, v->bat_disk + from,
+                          HV_MIN((uint64_t)PREFIX_ALIGN, v->bat_write_bytes - from),
+                          t->meta.header.table_offset + from);
+        if (ret < 0)
+            return ret;
+        v->bat_dirty[c] = 0;
+    }
+    return 0;
+}
+
+struct move {
+    uint32_t block;
+    uint64_t from;
+    struct free_slot to;
+};
+
 /*
- * Clean close: metadata durable (a flush round), then the unused reserve is
- * trimmed with a valid footer at every instant: the footer is first written
- * where the file will end (inside the reserve, while the old footer still
- * ends the file) and made durable, then the file is cut right after it.
+ * Fill holes that discards left with blocks from the end of the file, so
+ * that the trim below can give the space back. Per batch: copy each block
+ * into its hole, fdatasync, point the BAT at the copies, fdatasync. A crash
+ * before the BAT is durable leaves the originals in use and the copies
+ * unreferenced; after, the originals are unreferenced. Either way nothing
+ * is lost, only space leaked until the next close or `vhd compact`.
  */
+static int close_relocate(struct vhd_bdev *v)
+{
+    struct layer *t = top(v);
+    uint64_t span = (uint64_t)t->bitmap_bytes + t->block_bytes;
+    uint64_t moved = 0;
+    uint8_t *buf = NULL;
+    struct move moves[16];
+    int ret = 0;
+
+    while (v->free_count && moved < CLOSE_RELOCATE_MAX_BYTES) {
+        int n = 0;
+        while (n < (int)HV_ARRAY_SIZE(moves) && v->free_count) {
+            uint32_t lowest = 0;
+            uint32_t highest = UINT32_MAX;
+            for (uint32_t i = 1; i < v->free_count; i++)
+                if (v->free_slots[i].bitmap_at < v->free_slots[lowest].bitmap_at)
+                    lowest = i;
+            for (uint32_t b = 0; b < t->entries; b++)
+                if (t->meta.bat[b] != VHD_BAT_UNALLOCATED &&
+                    (highest == UINT32_MAX || t->meta.bat[b] > t->meta.bat[highest]))
+                    highest = b;
+            if (highest == UINT32_MAX ||
+                bitmap_offset(t, highest) <= v->free_slots[lowest].bitmap_at)
+                break;
+            if (!buf && !(buf = malloc(span))) {
+                ret = -ENOMEM;
+                break;
+            }
+            moves[n].block = highest;
+            moves[n].from = bitmap_offset(t, highest);
+            moves[n].to = v->free_slots[lowest];
+            v->free_slots[lowest] = v->free_slots[--v->free_count];
+            ret = hv_pread_full(t->fd_buffered, buf, span, moves[n].from);
+            if (ret == 0)
+                ret = close_write(v, buf, span, moves[n].to.bitmap_at);
+            if (ret < 0)
+                break;
+            /* Hide it from the search for the next highest block. */
+            t->meta.bat[highest] = (uint32_t)(moves[n].to.bitmap_at / HV_SECTOR_BYTES);
+            n++;
+        }
+        if (ret == 0 && n)
+            ret = close_sync(v);
+        if (ret < 0) {
+            for (int i = 0; i < n; i++)
+                t->meta.bat[moves[i].block] = (uint32_t)(moves[i].from / HV_SECTOR_BYTES);
+            break;
+        }
+        if (n == 0)
+            break;
+        for (int i = 0; i < n; i++) {
+            set_bat(v, moves[i].block, (uint32_t)(moves[i].to.bitmap_at / HV_SECTOR_BYTES));
+            v->blk[moves[i].block] = moves[i].to.blk_flags;
+            moved += span;
+        }
+        ret = close_write_bat(v);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret < 0)
+            break;
+    }
+    free(buf);
+    return ret;
+}
+
+/*
+ * Clean close: metadata durable (a flush round), holes refilled, then the
+ * file is cut after its last block with a valid footer at every instant: the
+ * footer is first written where the file will end (inside unused space,
+ * while the old footer still ends the file) and made durable, then the file
+ * is cut right after it.
+ */
+static int close_trim(struct vhd_bdev *v)
+{
+    struct layer *t = top(v);
+    uint64_t end = vhd_metadata_end(&t->meta.footer, &t->meta.header);
+    struct vhd_footer f = t->meta.footer;
+    int ret;
+
+    for (uint32_t b = 0; b < t->entries; b++)
+        if (t->meta.bat[b] != VHD_BAT_UNALLOCATED)
+            end = HV_MAX(end, bitmap_offset(t, b) + t->bitmap_bytes + t->block_bytes);
+    if (end >= v->file_end)
+        return 0;
+    vhd_footer_encode(&f, v->footer_buf);
+    ret = close_write(v, v->footer_buf, VHD_FOOTER_BYTES, end);
+    if (ret == 0)
+        ret = close_sync(v);
+    if (ret == 0 && ftruncate(t->fd, (off_t)(end + VHD_FOOTER_BYTES)) < 0)
+        ret = -errno;
+    if (ret == 0 && fdatasync(t->fd) < 0)
+        ret = -errno;
+    return ret;
+}
+
 static int vhd_close(struct bdev *bd)
 {
     struct vhd_bdev *v = vhd_of(bd);
@@ -1174,29 +1402,16 @@ static int vhd_close(struct bdev *bd)
 
     if (v->is_writable) {
         ret = run_flush_sync(v);
-        if (ret == 0 && v->bat_disk && v->file_end > v->next_alloc) {
-            struct vhd_footer f = t->meta.footer;
-            int seq;
-            vhd_footer_encode(&f, v->footer_buf);
-            struct iovec iov = { v->footer_buf, VHD_FOOTER_BYTES };
-            seq = observe_submit(v, false, v->next_alloc, &iov, 1);
-            ret = hv_pwrite_full(t->fd_buffered, v->footer_buf, VHD_FOOTER_BYTES, v->next_alloc);
-            observe_complete(v, seq, ret < 0 ? ret : (long)VHD_FOOTER_BYTES);
-            if (ret == 0) {
-                seq = observe_submit(v, true, 0, NULL, 0);
-                ret = fdatasync(t->fd) < 0 ? -errno : 0;
-                observe_complete(v, seq, ret);
-            }
-            if (ret == 0 && ftruncate(t->fd, (off_t)(v->next_alloc + VHD_FOOTER_BYTES)) < 0)
-                ret = -errno;
-            if (ret == 0 && fdatasync(t->fd) < 0)
-                ret = -errno;
-            if (ret < 0)
-                hv_warn("%s: trimming the reserve at close: %s (the image is intact; "
-                        "vhd repair reclaims the space)", t->path, strerror(-ret));
-            ret = 0;
-        } else if (ret < 0) {
+        if (ret < 0) {
             hv_error("%s: final flush failed: %s", t->path, strerror(-ret));
+        } else if (v->bat_disk) {
+            /* Best effort: the image is complete and consistent already. */
+            int r = close_relocate(v);
+            if (r == 0)
+                r = close_trim(v);
+            if (r < 0)
+                hv_warn("%s: giving back unused space at close: %s (the image is intact; "
+                        "vhd repair reclaims the space)", t->path, strerror(-r));
         }
     }
     vhd_free(v);
@@ -1514,8 +1729,10 @@ static int setup_writable(struct vhd_bdev *v, struct hv_err *err)
     v->dirty = calloc(t->entries + 1, sizeof(uint32_t));
     v->flushing = calloc(t->entries + 1, sizeof(uint32_t));
     starts = calloc(t->entries + 1, sizeof(*starts));
+    v->free_cap = t->entries + 64;
+    v->free_slots = calloc(v->free_cap, sizeof(*v->free_slots));
     if (!v->bat_disk || !v->bat_dirty || !v->bat_flushing || !v->blk || !v->dirty ||
-        !v->flushing || !starts) {
+        !v->flushing || !starts || !v->free_slots) {
         free(starts);
         return hv_err_set(err, -ENOMEM, "%s: out of memory", t->path);
     }
@@ -1575,7 +1792,7 @@ static int setup_writable(struct vhd_bdev *v, struct hv_err *err)
     }
     free(starts);
     v->allocated = n;
-    v->next_alloc = HV_ALIGN_UP(end, PREFIX_ALIGN);
+    v->next_alloc = end;
     v->file_end = t->meta.footer_offset;
     if (v->file_end > v->next_alloc) {
         /* Space between the last block and the footer is a reserve left by
@@ -1583,7 +1800,7 @@ static int setup_writable(struct vhd_bdev *v, struct hv_err *err)
          * BAT entry points at. Zero it before handing it out, so that a new
          * block never shows stale bytes. */
         if (punch(t, v->next_alloc, v->file_end - v->next_alloc) < 0 || fsync(t->fd) < 0)
-            v->next_alloc = HV_ALIGN_UP(v->file_end + VHD_FOOTER_BYTES, PREFIX_ALIGN);
+            v->next_alloc = v->file_end + VHD_FOOTER_BYTES;
     }
     return 0;
 }

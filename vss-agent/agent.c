@@ -510,6 +510,59 @@ static void remove_state_file(struct vss_agent *a)
     a->is_state_file_written = false;
 }
 
+/* The device holding the image file behind a loop device (or a partition
+ * of one); 0 when `maj:min` is not a loop device. */
+static dev_t loop_backing_dev(unsigned maj, unsigned min)
+{
+    static const char *const forms[] = { "", "/.." };
+    for (size_t i = 0; i < HV_ARRAY_SIZE(forms); i++) {
+        char sys[128], file[4096];
+        struct stat st;
+        snprintf(sys, sizeof(sys), "/sys/dev/block/%u:%u%s/loop/backing_file", maj, min,
+                 forms[i]);
+        FILE *h = fopen(sys, "re");
+        if (!h)
+            continue;
+        bool has_line = fgets(file, sizeof(file), h) != NULL;
+        fclose(h);
+        if (!has_line)
+            continue;
+        file[strcspn(file, "\n")] = '\0';
+        if (stat(file, &st) == 0)
+            return st.st_dev;
+    }
+    return 0;
+}
+
+/* Loop filesystems freeze before the filesystem that holds their image. */
+static int order_loop_devices(const struct vss_mount_table *t, size_t *order, size_t count,
+                              struct hv_err *err)
+{
+    struct vss_mount_dep *deps = calloc(count + 1, sizeof(*deps));
+    size_t dep_count = 0;
+    int ret;
+    if (!deps)
+        return hv_err_set(err, -ENOMEM, "out of memory");
+    for (size_t k = 0; k < count; k++) {
+        const struct vss_mount *m = &t->mounts[order[k]];
+        dev_t backing = loop_backing_dev(m->major, m->minor);
+        for (size_t j = 0; backing && j < count; j++) {
+            const struct vss_mount *h = &t->mounts[order[j]];
+            if (j != k && makedev(h->major, h->minor) == backing) {
+                hv_debug("%s is a loop device on %s: freezing it first", m->mount_point,
+                         h->mount_point);
+                deps[dep_count++] = (struct vss_mount_dep){ order[k], order[j] };
+            }
+        }
+    }
+    ret = vss_mounts_order_deps(t, order, count, deps, dep_count);
+    free(deps);
+    if (ret == -ELOOP)
+        return hv_err_set(err, ret, "loop devices and mount points need contradictory "
+                          "freeze orders; not freezing");
+    return ret < 0 ? hv_err_set(err, ret, "out of memory") : 0;
+}
+
 /* Resolve what to freeze into open, verified directory fds, in freeze order. */
 static int open_filesystems(struct vss_agent *a, struct hv_err *err)
 {
@@ -532,6 +585,8 @@ static int open_filesystems(struct vss_agent *a, struct hv_err *err)
     }
     ret = vss_mounts_select(&table, (const char *const *)a->only_fs, a->only_fs_count, order,
                             &count, err);
+    if (ret == 0)
+        ret = order_loop_devices(&table, order, count, err);
     if (ret < 0)
         goto out;
     for (size_t k = 0; k < a->only_fs_count; k++)
@@ -897,6 +952,8 @@ static void do_hello(struct vss_agent *a, const struct vss_request *req)
             ret = order ? vss_mounts_select(&table, (const char *const *)a->only_fs,
                                             a->only_fs_count, order, &count, &err)
                         : hv_err_set(&err, -ENOMEM, "out of memory");
+            if (ret == 0)
+                ret = order_loop_devices(&table, order, count, &err);
             for (size_t k = 0; ret == 0 && k < count; k++) {
                 const struct vss_mount *m = &table.mounts[order[k]];
                 char dev[32];

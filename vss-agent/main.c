@@ -70,6 +70,8 @@ static void usage(FILE *f)
             "  --fs MOUNTPOINT       freeze only this mount point (repeatable); default: every\n"
             "                        local, writable filesystem, \"/\" included\n"
             "  --no-fs               freeze no filesystem, run the writers only\n"
+            "  --all-fs              every eligible filesystem (the default with --device;\n"
+            "                        --listen must be given --fs, --no-fs or --all-fs)\n"
             "  --state PATH          list of frozen filesystems (default /run/hvstor-vss/frozen)\n"
             "  --thaw-timeout SEC    thaw on my own this long after a freeze (default 10)\n"
             "  --writer-timeout SEC  time limit per writer call (default 30)\n"
@@ -404,6 +406,8 @@ static int list_mode(struct vss_agent_config *cfg)
     static const char hello[] = "{\"id\":0,\"cmd\":\"hello\",\"versions\":[1],"
                                 "\"requestor\":\"hvstor-vss --list\"}";
     cfg->skip_startup_thaw = true;
+    if (hv_log_get_level() == HV_LOG_INFO)
+        hv_log_set_level(HV_LOG_WARN);          /* the reply is the output */
     if (hv_reactor_create(&r) < 0)
         return 1;
     int ret = vss_agent_create(r, cfg, &a, &err);
@@ -584,13 +588,14 @@ int main(int argc, char **argv)
 {
     enum { OPT_DEVICE = 256, OPT_LISTEN, OPT_WRITERS, OPT_FS, OPT_NO_FS, OPT_STATE,
            OPT_THAW_TIMEOUT, OPT_WRITER_TIMEOUT, OPT_THAW_NOW, OPT_LIST, OPT_SEND, OPT_TIMEOUT,
-           OPT_MOUNTINFO, OPT_VERSION };
+           OPT_MOUNTINFO, OPT_VERSION, OPT_ALL_FS };
     static const struct option opts[] = {
         { "device", required_argument, NULL, OPT_DEVICE },
         { "listen", required_argument, NULL, OPT_LISTEN },
         { "writers", required_argument, NULL, OPT_WRITERS },
         { "fs", required_argument, NULL, OPT_FS },
         { "no-fs", no_argument, NULL, OPT_NO_FS },
+        { "all-fs", no_argument, NULL, OPT_ALL_FS },
         { "state", required_argument, NULL, OPT_STATE },
         { "thaw-timeout", required_argument, NULL, OPT_THAW_TIMEOUT },
         { "writer-timeout", required_argument, NULL, OPT_WRITER_TIMEOUT },
@@ -608,7 +613,7 @@ int main(int argc, char **argv)
     struct vss_agent_config cfg = { 0 };
     const char *fs[MAX_FS];
     const char *device = NULL, *listen_spec = NULL, *send_spec = NULL;
-    bool is_thaw_now = false, is_list = false;
+    bool is_thaw_now = false, is_list = false, is_all_fs = false;
     uint32_t send_timeout_ms = 60000;
     int opt, ret = 0;
 
@@ -619,6 +624,7 @@ int main(int argc, char **argv)
         case OPT_LISTEN: listen_spec = optarg; break;
         case OPT_WRITERS: cfg.writers_dir = optarg; break;
         case OPT_NO_FS: cfg.has_no_filesystems = true; break;
+        case OPT_ALL_FS: is_all_fs = true; break;
         case OPT_STATE: cfg.state_path = optarg; break;
         case OPT_MOUNTINFO: cfg.mountinfo_path = optarg; break;
         case OPT_THAW_NOW: is_thaw_now = true; break;
@@ -665,8 +671,8 @@ int main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    if (cfg.has_no_filesystems && cfg.only_fs_count) {
-        fprintf(stderr, "hvstor-vss: --no-fs and --fs exclude each other\n");
+    if (cfg.has_no_filesystems + (cfg.only_fs_count > 0) + is_all_fs > 1) {
+        fprintf(stderr, "hvstor-vss: --fs, --no-fs and --all-fs exclude each other\n");
         return 2;
     }
     if (send_spec) {
@@ -691,6 +697,17 @@ int main(int argc, char **argv)
     }
     if (device && listen_spec) {
         fprintf(stderr, "hvstor-vss: --device and --listen exclude each other\n");
+        return 2;
+    }
+    /*
+     * The Unix-socket mode is for tests and containers, which share their
+     * machine's root filesystem: freezing it would hang that machine, so
+     * there the filesystems must be chosen explicitly. A guest on its
+     * virtio-serial port freezes every eligible filesystem by default.
+     */
+    if (listen_spec && !cfg.only_fs_count && !cfg.has_no_filesystems && !is_all_fs) {
+        fprintf(stderr, "hvstor-vss: --listen needs --fs MOUNTPOINT, --no-fs or --all-fs "
+                        "(refusing to freeze this machine's filesystems by default)\n");
         return 2;
     }
     if (listen_spec && !unix_path(listen_spec)) {

@@ -378,3 +378,60 @@ int vss_mounts_select(const struct vss_mount_table *t, const char *const *only,
     *order_count = n;
     return 0;
 }
+
+/* `child` lies strictly beneath `parent` (path-wise). */
+static bool is_nested(const char *child, const char *parent)
+{
+    return strcmp(child, parent) != 0 && path_is_within(child, parent);
+}
+
+/*
+ * Kahn's algorithm over "must freeze before" edges (nesting and the given
+ * dependencies), always taking the earliest ready entry of the incoming
+ * order so that the depth order survives where nothing forbids it. Counts
+ * are small (the filesystems of one guest), so O(n^2) edges are fine.
+ */
+int vss_mounts_order_deps(const struct vss_mount_table *t, size_t *order, size_t count,
+                          const struct vss_mount_dep *deps, size_t dep_count)
+{
+    bool *done = calloc(count + 1, sizeof(bool));
+    size_t *out = calloc(count + 1, sizeof(size_t)), n = 0;
+    int ret = 0;
+    if (!done || !out) {
+        ret = -ENOMEM;
+        goto out;
+    }
+    while (n < count) {
+        size_t pick = count;
+        for (size_t p = 0; p < count && pick == count; p++) {
+            if (done[p])
+                continue;
+            bool is_ready = true;
+            /* everything that must precede order[p] is already placed */
+            for (size_t q = 0; q < count && is_ready; q++) {
+                if (q == p || done[q])
+                    continue;
+                const char *mp = t->mounts[order[p]].mount_point;
+                const char *mq = t->mounts[order[q]].mount_point;
+                if (is_nested(mq, mp))
+                    is_ready = false;
+                for (size_t d = 0; d < dep_count && is_ready; d++)
+                    if (deps[d].first == order[q] && deps[d].then == order[p])
+                        is_ready = false;
+            }
+            if (is_ready)
+                pick = p;
+        }
+        if (pick == count) {
+            ret = -ELOOP;
+            goto out;
+        }
+        done[pick] = true;
+        out[n++] = order[pick];
+    }
+    memcpy(order, out, count * sizeof(*order));
+out:
+    free(done);
+    free(out);
+    return ret;
+}

@@ -197,13 +197,15 @@ int vss_reply_encode(const struct vss_reply *rep, char **line, size_t *len)
             ret = set_new(e, "message", jstr(rep->message));
     }
     if (!ret && rep->cmd == VSS_CMD_HELLO && rep->is_ok) {
-        json_t *versions = json_array();
-        ret = set_new(obj, "version", json_integer(rep->version));
-        if (!ret)
+        if (rep->version)
+            ret = set_new(obj, "version", json_integer(rep->version));
+        if (!ret && (rep->versions_mask & ~1u)) {
+            json_t *versions = json_array();
             ret = set_new(obj, "versions", versions);
-        for (int v = 1; !ret && v < 32; v++)
-            if (rep->versions_mask & (1u << v))
-                ret = json_array_append_new(versions, json_integer(v)) ? -ENOMEM : 0;
+            for (int v = 1; !ret && v < 32; v++)
+                if (rep->versions_mask & (1u << v))
+                    ret = json_array_append_new(versions, json_integer(v)) ? -ENOMEM : 0;
+        }
         if (!ret)
             ret = set_new(obj, "agent", jstr(rep->agent));
         if (!ret)
@@ -226,7 +228,7 @@ int vss_reply_encode(const struct vss_reply *rep, char **line, size_t *len)
                 ret = set_new(fs, "device", jstr(rep->filesystems[i].device));
         }
     }
-    if (!ret && rep->cmd != VSS_CMD_HELLO)
+    if (!ret && (rep->cmd != VSS_CMD_HELLO || rep->frozen_count))
         ret = set_new(obj, "frozen", string_list(rep->frozen, rep->frozen_count));
     if (!ret) {
         json_t *t = json_object();

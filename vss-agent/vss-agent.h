@@ -262,6 +262,27 @@ int vss_mounts_select(const struct vss_mount_table *table, const char *const *on
                       size_t only_count, size_t *order, size_t *order_count,
                       struct hv_err *err);
 
+/*
+ * A constraint the mount table cannot show: mount `first` must freeze
+ * before mount `then` (indexes into the table). The agent adds one for each
+ * loop-mounted filesystem whose image file lives on another selected
+ * filesystem: freezing the image's filesystem first would make the loop
+ * filesystem's FIFREEZE wait forever on its own sync.
+ */
+struct vss_mount_dep {
+    size_t first;
+    size_t then;
+};
+
+/*
+ * Re-order `order` (from vss_mounts_select) so that every nested mount still
+ * comes before its parents and every dependency holds, keeping the given
+ * order wherever the constraints leave a choice. -ELOOP (order unchanged)
+ * when the constraints contradict each other.
+ */
+int vss_mounts_order_deps(const struct vss_mount_table *table, size_t *order, size_t count,
+                          const struct vss_mount_dep *deps, size_t dep_count);
+
 /* =============================================================== agent */
 
 struct vss_agent_config {

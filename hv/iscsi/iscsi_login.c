@@ -355,6 +355,8 @@ void iscsi_login_pdu(struct iscsi_conn *c, const uint8_t *data, uint32_t len)
     for (int i = 0; i < keys.count; i++) {
         const char *name = keys.key[i].name;
         const char *value = keys.key[i].value;
+        hv_debug("iscsi %s: login stage %u: %s=%s", c->peer, c->login_stage, name,
+                 strncmp(name, "CHAP_", 5) == 0 ? "..." : value);
         if (is_declarative_login_key(name))
             continue;
         ret = iscsi_params_negotiate(&c->params, name, value, &rsp);
@@ -399,9 +401,18 @@ void iscsi_login_pdu(struct iscsi_conn *c, const uint8_t *data, uint32_t len)
         }
     }
 
-    /* Stage transition. */
+    /* Stage transition. An initiator that starts in (or moves to) the
+     * operational stage without authenticating gets in only when the
+     * target asks for no CHAP. */
     bool transit = false;
     uint8_t nsg = 0;
+    if (c->login_stage == ISCSI_STAGE_OPERATIONAL && c->auth_state != AUTH_DONE) {
+        if (c->auth.is_chap_required) {
+            login_fail(c, ISCSI_LOGIN_AUTH_FAILED, "CHAP required");
+            goto done;
+        }
+        c->auth_state = AUTH_DONE;
+    }
     if (p->is_transit) {
         if (c->login_stage == ISCSI_STAGE_SECURITY && c->auth_state == AUTH_START) {
             /* The initiator skipped AuthMethod altogether. */
@@ -410,11 +421,6 @@ void iscsi_login_pdu(struct iscsi_conn *c, const uint8_t *data, uint32_t len)
                 goto done;
             }
             c->auth_state = AUTH_DONE;
-        }
-        if (c->login_stage == ISCSI_STAGE_OPERATIONAL && c->auth.is_chap_required &&
-            c->auth_state != AUTH_DONE) {
-            login_fail(c, ISCSI_LOGIN_AUTH_FAILED, "CHAP required");
-            goto done;
         }
         bool valid = (p->nsg == ISCSI_STAGE_OPERATIONAL && c->login_stage == 0) ||
                      p->nsg == ISCSI_STAGE_FULL_FEATURE;
@@ -426,9 +432,6 @@ void iscsi_login_pdu(struct iscsi_conn *c, const uint8_t *data, uint32_t len)
          * must finish the exchange first. */
         transit = c->auth_state == AUTH_DONE;
         nsg = p->nsg;
-    } else if (c->login_stage == ISCSI_STAGE_OPERATIONAL && !c->auth.is_chap_required &&
-               c->auth_state == AUTH_START) {
-        c->auth_state = AUTH_DONE;
     }
     if (!c->login_declared_mrdsl &&
         (c->login_stage == ISCSI_STAGE_OPERATIONAL ||

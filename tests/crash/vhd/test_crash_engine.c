@@ -416,6 +416,36 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
     states_with_expectations += has_guarantee;
 }
 
+/*
+ * Where crash states are materialized. Verifying a state opens and closes it,
+ * and close makes metadata durable with fdatasync; on a memory file system
+ * that costs nothing, which keeps 1,200 states within a minute. The parent of
+ * a differencing state is found through its absolute locator. Without
+ * /dev/shm the states go next to the image.
+ */
+static char shm_dir[256];
+
+static void remove_shm_dir(void)
+{
+    if (shm_dir[0])
+        rmdir(shm_dir);
+}
+
+static void crash_state_path(const struct image_case *ic, char *out, size_t cap)
+{
+    if (!shm_dir[0] && !getenv("HVSTOR_CRASH_ON_DISK")) {
+        snprintf(shm_dir, sizeof(shm_dir), "/dev/shm/hvstor-crash-XXXXXX");
+        if (mkdtemp(shm_dir))
+            atexit(remove_shm_dir);
+        else
+            shm_dir[0] = 0;
+    }
+    if (shm_dir[0])
+        snprintf(out, cap, "%s/%s.crash.vhd", shm_dir, ic->name);
+    else
+        snprintf(out, cap, "%s.crash.vhd", ic->path);
+}
+
 static int cmp_long(const void *a, const void *b)
 {
     long x = *(const long *)a, y = *(const long *)b;
@@ -441,7 +471,7 @@ static void crash_states(struct image_case *ic, uint64_t *seed)
     image_apply(&base, 0, ic->initial_file.bytes, ic->initial_file.length);
     struct disk_image crash = { 0 };
     char crash_path[512];
-    snprintf(crash_path, sizeof(crash_path), "%s.crash.vhd", ic->path);
+    crash_state_path(ic, crash_path, sizeof(crash_path));
 
     for (int k = 0; k < STATES_PER_IMAGE; k++) {
         long p = points[k];
@@ -559,11 +589,15 @@ static void run_case(struct image_case *ic, uint64_t seed)
     if (!writes || !syncs)
         die("%s: the observer saw %d writes and %d syncs", ic->name, writes, syncs);
 
+    /* A normal close leaves no corruption; leaked space is possible where
+     * discards freed blocks (the file does not shrink in the middle). */
     struct vhd_check_report rep;
     rc = vhd_check(ic->path, &rep, &err);
-    if (rc != VHD_CHECK_CLEAN)
-        die("%s: not clean after a normal close (vhd_check %d: %s)", ic->name, rc,
+    if (rc != VHD_CHECK_CLEAN && rc != VHD_CHECK_LEAKED)
+        die("%s: corrupt after a normal close (vhd_check %d: %s)", ic->name, rc,
             rc < 0 ? hv_err_msg(&err, rc) : rep.problem_count ? rep.problems[0].msg : "");
+    printf("# %s: after a normal close vhd_check says %s (%" PRIu64 " bytes leaked)\n",
+           ic->name, rc == VHD_CHECK_CLEAN ? "clean" : "leaked", rep.leaked_bytes);
     vhd_check_report_free(&rep);
 
     int before = states_checked;

@@ -76,9 +76,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (vhd_check(path, &rep, &err) >= 0)
         vhd_check_report_free(&rep);
 
+    /* The engine's open costs an io_setup/io_destroy pair, and io_destroy
+     * waits for an RCU grace period (tens of ms), which would make the
+     * engine path dominate the run time. One input in four whose metadata
+     * is sound goes through it, and one in sixteen of the rest (the engine
+     * must refuse those cleanly), chosen by content so a run reproduces. */
     struct hv_reactor *r;
     struct bdev *bd;
-    if (hv_reactor_create(&r) == 0) {
+    bool is_sound = vhd_check(path, &rep, &err) == VHD_CHECK_CLEAN;
+    if (is_sound)
+        vhd_check_report_free(&rep);
+    uint64_t pick = hv_xxh3_64(data, size) % 16;
+    if ((is_sound ? pick % 4 == 0 : pick == 0) && hv_reactor_create(&r) == 0) {
         struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };
         if (vhd_open(r, path, &o, &bd, &err) == 0) {
             /* A little of the start and the end through the engine. */

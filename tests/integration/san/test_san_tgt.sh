@@ -51,6 +51,10 @@ cat "$out"
 [ $rc = 3 ] || fail "unlisted initiator: exit $rc, expected 3"
 grep -q "login as $VM_C" "$out" || fail "refusal does not name the initiator"
 
+step "CRC32C header digest required: negotiated with tgt"
+"$SAN_ITEST" luns -p "$PORTAL" -t "$T1" -i "$VM_A" -D > "$out" 2>&1 || { cat "$out"; fail "digest"; }
+grep -q "^LUN 1 " "$out" || fail "digest session sees no LUN 1"
+
 step "CHAP: no secret refused, wrong secret refused, right secret in, mutual in, wrong target secret refused"
 "$SAN_ITEST" luns -p "$PORTAL" -t "$T2" -i "$VM_A" > "$out" 2>&1; rc=$?
 [ $rc != 0 ] || { cat "$out"; fail "CHAP target let us in without CHAP"; }
@@ -88,4 +92,5 @@ HOOK
 cat "$out"; [ $rc = 0 ] || fail "offline"
 grep -q "is now naa.*expected $d1: a different LUN at the same address is refused" "$out" \
     || fail "no clear log line for the LUN swap"
+grep -q "ok: first login with the old designator" "$out" || fail "first-login designator check"
 echo "PASS"

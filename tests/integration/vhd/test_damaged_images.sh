@@ -141,7 +141,7 @@ for c in "${cases[@]}"; do
         case $sub in
         check) rc=$(run "$log" "$VHD" check "$f") ;;
         info) rc=$(run "$log" "$VHD" info "$f") ;;
-        convert) rc=$(run "$log" "$VHD" convert -O raw "$f" "$tmp/out.$c.raw") ;;
+        convert) rc=$(run "$log" "$VHD" convert -f vhd -O raw "$f" "$tmp/out.$c.raw") ;;
         esac
         if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
             bad "$c: vhd $sub hung (killed after 60 s)"
@@ -189,7 +189,8 @@ for c in "${cases[@]}"; do
             fi
             ;;
         esac
-        if [ "$rc" != 0 ] && ! grep -q -- "$f" "$log.err" && ! grep -q -- "$dir/" "$log.err"; then
+        # check lists problems on stdout, the others report on stderr
+        if [ "$rc" != 0 ] && ! cat "$log.err" "$log.out" | grep -q -e "$f" -e "$dir/"; then
             bad "$c: vhd $sub failed without naming the file: $(head -c 300 "$log.err")"
         fi
         rm -f "$tmp/out.$c.raw"

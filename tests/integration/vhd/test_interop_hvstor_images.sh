@@ -27,7 +27,7 @@ vhdimount_cmp()  # IMAGE RAW
 }
 
 vhdi_size() { vhdiinfo "$1" | sed -n 's/.*Media size.*(\([0-9]*\) bytes).*/\1/p'; }
-vhdi_id() { vhdiinfo "$1" | sed -n 's/.*[^t] identifier[^:]*: *//Ip' | head -1; }
+vhdi_id() { vhdiinfo "$1" | sed -n 's/^[[:space:]]*Identifier[[:space:]]*: *//p' | head -1; }
 qemu_size() { qemu-img info -f vpc --output=json "$1" | json_field virtual-size; }
 
 # Sizes: a sector over 1 MiB; 9.5 MiB and a bit; just under a 2 MiB block

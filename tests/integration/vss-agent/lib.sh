@@ -39,6 +39,7 @@ mkdir -p "$MNT" "$WRITERS"
 
 cleanup() {
     local rc=$?
+    declare -F extra_cleanup >/dev/null && extra_cleanup
     # Thaw first: everything below (and the blocked dd's) needs a live fs.
     [ -n "$LOOP" ] && fsfreeze -u "$MNT" 2>/dev/null
     [ -n "${CLIENT_PID:-}" ] && kill "$CLIENT_PID" 2>/dev/null
@@ -81,8 +82,16 @@ start_agent() {
 
 stop_agent() {
     kill "$AGENT_PID" 2>/dev/null
-    wait "$AGENT_PID" 2>/dev/null
+    wait "$AGENT_PID"
+    local rc=$?
     AGENT_PID=
+    [ $rc = 0 ] || fail "the agent exited with status $rc on SIGTERM"
+}
+
+# The end of every test: no sanitizer report from any of our processes.
+finish() {
+    grep -q "Sanitizer\|runtime error" "$LOG" && fail "sanitizer report in the agent log"
+    exit 0
 }
 
 # The safety check: the agent must see exactly our mount point and nothing else.

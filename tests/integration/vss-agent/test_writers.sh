@@ -117,4 +117,4 @@ rm "$WORK/hang.10-db.freeze"
 pass "a freeze that cannot finish within the thaw deadline is rolled back"
 close_client
 stop_agent
-exit 0
+finish

@@ -289,6 +289,11 @@ static void test_transfer_length_against_expected_length(void **state)
     r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 4096);
     expect_good(r);
     assert_int_equal(r.in_bytes, 2048);
+    /* no data-in buffer at all (EDTL 0): GOOD, nothing moved, all overflow */
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, NULL, 0);
+    expect_good(r);
+    assert_int_equal(r.in_bytes, 0);
+    assert_int_equal(r.wanted_bytes, 2048);
     /* a partial block: refused */
     expect_sense(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 200), SCSI_SENSE_ILLEGAL_REQUEST,
                  SCSI_ASC_INVALID_FIELD_IN_IU);
@@ -418,7 +423,10 @@ static void test_write_same_replicates_a_block_beyond_the_scratch_buffer(void **
                  SCSI_ASC_INVALID_FIELD_IN_CDB);
     cdb[1] = 0;
     expect_sense(fx_cmd(f, &f->n1, cdb, 10, block, 100, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
-                 SCSI_ASC_INVALID_FIELD_IN_IU);
+                 SCSI_ASC_INVALID_FIELD_IN_CDB);
+    uint8_t two[1024] = { 0 };
+    expect_sense(fx_cmd(f, &f->n1, cdb, 10, two, 1024, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
+                 SCSI_ASC_INVALID_FIELD_IN_CDB);
     fx_free(f);
 }
 
@@ -544,7 +552,10 @@ static void test_compare_and_write_writes_on_match_and_reports_miscompare(void *
     uint8_t short_cdb[16] = { 0x89 };
     short_cdb[13] = 2;
     expect_sense(fx_cmd(f, &f->n1, short_cdb, 16, old, 1024, NULL, 0),
-                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
+                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+    short_cdb[13] = 1;                                  /* too much data for one block */
+    expect_sense(fx_cmd(f, &f->n1, short_cdb, 16, old, 2048, NULL, 0),
+                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
     fx_free(f);
 }
 
@@ -940,6 +951,206 @@ static void test_resize_reports_new_capacity_after_unit_attention(void **state)
     fx_free(f);
 }
 
+static void test_write_and_verify_and_prefetch(void **state)
+{
+    struct fx *f = open_disk("wav.img");
+    uint8_t data[4096], back[4096];
+    uint8_t cdb[16];
+    t_fill(data, sizeof(data), 41);
+    cdb_rw10(cdb, 0x2E, 16, 8);
+    cdb[1] = 0x02;                                      /* BYTCHK: compare after writing */
+    expect_good(fx_cmd(f, &f->n1, cdb, 10, data, sizeof(data), NULL, 0));
+    cdb_rw10(cdb, 0x28, 16, 8);
+    expect_good(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, back, sizeof(back)));
+    assert_memory_equal(data, back, sizeof(data));
+    cdb_rw16(cdb, 0x8E, 24, 8);                         /* BYTCHK 0: just read it back */
+    expect_good(fx_cmd(f, &f->n1, cdb, 16, data, sizeof(data), NULL, 0));
+    cdb_rw12(cdb, 0xAE, BLOCKS - 1, 8);
+    expect_sense(fx_cmd(f, &f->n1, cdb, 12, data, sizeof(data), NULL, 0),
+                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_LBA_OUT_OF_RANGE);
+    cdb_rw10(cdb, 0x2E, 0, 1);
+    cdb[1] = 0x04;                                      /* BYTCHK 10b: reserved */
+    expect_sense(fx_cmd(f, &f->n1, cdb, 10, data, 512, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
+                 SCSI_ASC_INVALID_FIELD_IN_CDB);
+    cdb_rw10(cdb, 0x34, 0, 100);
+    expect_good(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, NULL, 0));
+    cdb_rw16(cdb, 0x90, BLOCKS - 1, 2);
+    expect_sense(fx_cmd(f, &f->n1, cdb, 16, NULL, 0, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
+                 SCSI_ASC_LBA_OUT_OF_RANGE);
+    fx_free(f);
+}
+
+static int completion_seq;
+
+static void ordered_done(struct scsi_task *t)
+{
+    int *slot = t->transport_arg;
+    *slot = ++completion_seq;
+}
+
+/* An ORDERED task completes after every task before it and before every
+ * task after it; SIMPLE ones around it may run in any order. */
+static void test_ordered_task_waits_for_earlier_and_holds_later(void **state)
+{
+    struct fx *f = open_disk("ordered.img");
+    enum { N = 9 };
+    static uint8_t data[N][64 * 512];
+    struct scsi_task tasks[N];
+    struct iovec iov[N];
+    int seq[N];
+    memset(tasks, 0, sizeof(tasks));
+    memset(seq, 0, sizeof(seq));
+    completion_seq = 0;
+    for (int i = 0; i < N; i++) {
+        struct scsi_task *t = &tasks[i];
+        t->nexus = &f->n1;
+        t->done = ordered_done;
+        t->transport_arg = &seq[i];
+        t->task_attr = SCSI_TASK_ATTR_SIMPLE;
+        if (i == 4) {
+            cdb_rw10(t->cdb, 0x35, 0, 0);              /* SYNCHRONIZE CACHE, ORDERED */
+            t->cdb_len = 10;
+            t->task_attr = SCSI_TASK_ATTR_ORDERED;
+        } else {
+            cdb_rw10(t->cdb, 0x2A, (uint32_t)(i * 64), 64);
+            t->cdb_len = 10;
+            t->dir = SCSI_DIR_OUT;
+            iov[i].iov_base = data[i];
+            iov[i].iov_len = sizeof(data[i]);
+            t->out_iov = &iov[i];
+            t->out_iovcnt = 1;
+            t->expected_bytes = t->out_bytes = sizeof(data[i]);
+        }
+        scsi_controller_execute(f->c, t);
+    }
+    while (completion_seq < N)
+        assert_true(hv_reactor_run_once(f->r, 100) >= 0);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(tasks[i].status, SCSI_STATUS_GOOD);
+        if (i < 4)
+            assert_true(seq[i] < seq[4]);
+        if (i > 4)
+            assert_true(seq[i] > seq[4]);
+    }
+    fx_free(f);
+}
+
+/*
+ * A filter bdev in front of the raw file that can neither discard nor write
+ * zeroes nor tell block status, with a 64 KiB request limit and no volatile
+ * cache: the disk must work on it through plain reads and writes.
+ */
+struct plain_bdev {
+    struct bdev bd;
+    struct bdev *inner;
+};
+
+static void plain_inner_done(struct bdev_io *inner, int status)
+{
+    struct bdev_io *outer = inner->cb_arg;
+    outer->done(outer, status);
+}
+
+static int plain_submit(struct bdev *bd, struct bdev_io *io)
+{
+    struct plain_bdev *p = (struct plain_bdev *)bd;
+    if (io->type == BDEV_IO_DISCARD || io->type == BDEV_IO_WRITE_ZEROES ||
+        io->type == BDEV_IO_BLOCK_STATUS)
+        return -EOPNOTSUPP;
+    struct bdev_io *inner = bdev_io_ctx(io);
+    memset(inner, 0, sizeof(*inner));
+    inner->type = io->type;
+    inner->flags = io->flags;
+    inner->offset = io->offset;
+    inner->length = io->length;
+    inner->iov = io->iov;
+    inner->iovcnt = io->iovcnt;
+    inner->done = plain_inner_done;
+    inner->cb_arg = io;
+    return bdev_submit(p->inner, inner);
+}
+
+static int plain_close(struct bdev *bd)
+{
+    free(bd);
+    return 0;
+}
+
+static const struct bdev_ops plain_ops = { .name = "plain", .submit = plain_submit,
+                                           .close = plain_close };
+
+static void test_disk_on_a_bdev_without_discard_zeroes_or_status(void **state)
+{
+    struct fx *f = open_disk("plain.img");
+    struct hv_err err = { 0 };
+    struct plain_bdev *p = calloc(1, sizeof(*p));
+    p->bd = *f->bd;
+    p->bd.ops = &plain_ops;
+    p->bd.io_ctx_bytes = bdev_io_size(f->bd);
+    p->bd.can_discard = false;
+    p->bd.discard_zeroes = false;
+    p->bd.has_volatile_cache = false;
+    p->bd.max_io_bytes = 64 * 1024;
+    p->inner = f->bd;
+    struct scsi_lu *lu;
+    assert_int_equal(scsi_disk_create(&p->bd, NULL, &lu, &err), 0);
+    assert_int_equal(scsi_controller_attach(f->c, 1, lu), 0);
+    uint8_t tur[6] = { 0 };
+    fx_cmd_lun(f, &f->n1, 1, tur, 6, NULL, 0, NULL, 0);
+
+    uint8_t buf[4096];
+    uint8_t cdb[16];
+    /* no thin provisioning advertised, UNMAP is not a command here */
+    uint8_t inq[6] = { 0x12, 1, 0xB2, 0, 255, 0 };
+    expect_good(fx_cmd_lun(f, &f->n1, 1, inq, 6, NULL, 0, buf, 255));
+    assert_int_equal(buf[5], 0);
+    inq[2] = 0xB0;
+    expect_good(fx_cmd_lun(f, &f->n1, 1, inq, 6, NULL, 0, buf, 255));
+    assert_int_equal(hv_be32(buf + 20), 0);
+    assert_int_equal(hv_be32(buf + 24), 0);
+    uint8_t rc16[16] = { 0x9E, 0x10 };
+    hv_put_be32(rc16 + 10, 32);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, rc16, 16, NULL, 0, buf, 32));
+    assert_int_equal(buf[14] & 0xC0, 0);
+    uint8_t unmap_cdb[10] = { 0x42 };
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, unmap_cdb, 10, NULL, 0, NULL, 0),
+                 SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_OPCODE);
+    /* the caching page says there is no write cache to switch */
+    uint8_t ms[6] = { 0x1A, 0x08, 0x08, 0, 255, 0 };
+    expect_good(fx_cmd_lun(f, &f->n1, 1, ms, 6, NULL, 0, buf, 255));
+    assert_int_equal(buf[4 + 2] & 0x04, 0);
+
+    /* a READ larger than the bdev's request limit is split */
+    static uint8_t big[1024 * 512], back[1024 * 512];
+    t_fill(big, sizeof(big), 77);
+    cdb_rw16(cdb, 0x8A, 0, 1024);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 16, big, sizeof(big), NULL, 0));
+    cdb_rw16(cdb, 0x88, 0, 1024);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 16, NULL, 0, back, sizeof(back)));
+    assert_memory_equal(big, back, sizeof(big));
+
+    /* WRITE SAME of zeroes with UNMAP falls back to writing zeroes */
+    uint8_t zero[512] = { 0 };
+    cdb_rw16(cdb, 0x93, 0, 1024);
+    cdb[1] = 0x08;
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 16, zero, 512, NULL, 0));
+    cdb_rw16(cdb, 0x88, 0, 1024);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 16, NULL, 0, back, sizeof(back)));
+    assert_true(hv_buf_is_zero(back, sizeof(back)));
+    /* GET LBA STATUS without block status: everything mapped */
+    uint8_t gls[16] = { 0x9E, 0x12 };
+    hv_put_be32(gls + 10, 64);
+    expect_good(fx_cmd_lun(f, &f->n1, 1, gls, 16, NULL, 0, buf, 64));
+    assert_int_equal(hv_be32(buf), 20);
+    assert_int_equal(hv_be32(buf + 16), BLOCKS);
+    assert_int_equal(buf[20], 0);
+
+    struct scsi_lu *gone = scsi_controller_detach(f->c, 1);
+    gone->ops->destroy(gone);
+    bdev_close(&p->bd);
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -963,6 +1174,9 @@ int main(void)
         cmocka_unit_test(test_report_supported_operation_codes),
         cmocka_unit_test(test_stats_count_commands_bytes_and_latency),
         cmocka_unit_test(test_resize_reports_new_capacity_after_unit_attention),
+        cmocka_unit_test(test_write_and_verify_and_prefetch),
+        cmocka_unit_test(test_ordered_task_waits_for_earlier_and_holds_later),
+        cmocka_unit_test(test_disk_on_a_bdev_without_discard_zeroes_or_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

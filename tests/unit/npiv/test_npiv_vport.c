@@ -53,10 +53,7 @@ static int teardown(void **state)
 
 static bool host_with_wwpn_exists(uint64_t wwpn)
 {
-    struct npiv_hba *list;
-    size_t n;
     char cmd[1024], out[64];
-    (void)list; (void)n;
     snprintf(cmd, sizeof(cmd), "grep -l -x 0x%" PRIx64 " %s/class/fc_host/*/port_name 2>/dev/null"
              " | wc -l", wwpn, fake.root);
     t_run(out, sizeof(out), "%s", cmd);
