@@ -240,6 +240,7 @@ struct iscsi_r2t {
     uint32_t offset;
     uint32_t length;
     uint32_t received;
+    uint32_t next_datasn;           /* Data-Out PDUs of this burst count from 0 */
     bool is_active;
 };
 
@@ -267,6 +268,8 @@ struct iscsi_cmd {
     struct iovec iov;
     uint32_t received;              /* Data-Out bytes so far (incl. immediate) */
     uint32_t unsolicited_end;
+    uint32_t unsolicited_got;       /* next in-order offset of unsolicited data */
+    uint32_t unsolicited_datasn;
     uint32_t r2t_next;              /* next offset to ask for */
     uint32_t r2tsn;
     uint32_t datasn;                /* Data-In PDUs + R2Ts sent */
@@ -334,6 +337,7 @@ struct iscsi_conn {
     int rx_reject;                  /* reject reason to send after the data, 0 none */
     bool rx_drop;                   /* PDU silently dropped once its data is in */
     bool rx_busy;                   /* no command slot: TASK SET FULL */
+    bool rx_fatal;                  /* close after the reject */
     uint8_t *rx_buf;                /* data of non-SCSI PDUs */
     size_t rx_buf_cap;
     uint8_t discard[4096];
