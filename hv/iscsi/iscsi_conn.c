@@ -174,10 +174,18 @@ void iscsi_conn_flush(struct iscsi_conn *c)
 
     while (c->tx_head && !close_now) {
         if (c->fd < 0) {
-            /* Detached (tests, fuzzing) or closed: the bytes go nowhere. */
+            /* Detached (tests, fuzzing): the bytes go to the server's sink,
+             * if any, else nowhere. */
             size_t all = 0;
-            for (struct iscsi_tx *tx = c->tx_head; tx; tx = tx->next)
+            struct iscsi_server *s = c->server;
+            for (struct iscsi_tx *tx = c->tx_head; tx; tx = tx->next) {
                 all += tx_total(tx) - tx->sent;
+                if (s->tx_sink && !c->is_closing) {
+                    s->tx_sink(s->tx_sink_arg, tx->hdr, tx->hdr_bytes);
+                    s->tx_sink(s->tx_sink_arg, tx->data, tx->data_bytes);
+                    s->tx_sink(s->tx_sink_arg, tx->trailer, tx->trailer_bytes);
+                }
+            }
             close_now = tx_consume(c, all);
             break;
         }

@@ -423,6 +423,9 @@ struct iscsi_server {
     uint64_t nop_interval_ms;
     uint64_t nop_timeout_ms;
     uint64_t login_timeout_ms;
+    /* Detached connections (fd < 0) hand what they send here (unit tests). */
+    void (*tx_sink)(void *arg, const uint8_t *buf, size_t len);
+    void *tx_sink_arg;
 };
 
 /* iscsi_conn.c */
