@@ -320,18 +320,32 @@ static struct iscsi_cmd *cmd_alloc(struct iscsi_conn *c)
     return cmd;
 }
 
+static void cmd_buffer_free(struct iscsi_cmd *cmd)
+{
+    if (cmd->buf_cap > ISCSI_KEEP_BUFFER_BYTES)
+        cmd->conn->big_bytes -= cmd->buf_cap;
+    free(cmd->buf);
+    cmd->buf = NULL;
+    cmd->buf_cap = 0;
+}
+
+/* Buffers up to ISCSI_KEEP_BUFFER_BYTES stay with their slot, so steady
+ * traffic allocates nothing; larger ones are per command and budgeted. */
 static int cmd_buffer(struct iscsi_cmd *cmd, uint32_t bytes)
 {
-    if (bytes == 0)
+    struct iscsi_conn *c = cmd->conn;
+    if (bytes == 0 || cmd->buf_cap >= bytes)
         return 0;
-    if (cmd->buf_cap < bytes) {
-        free(cmd->buf);
-        cmd->buf_cap = 0;
-        cmd->buf = hv_alloc_aligned(HV_ALIGN_UP(bytes, HV_DIO_ALIGN));
-        if (!cmd->buf)
-            return -ENOMEM;
-        cmd->buf_cap = HV_ALIGN_UP(bytes, HV_DIO_ALIGN);
-    }
+    size_t cap = HV_ALIGN_UP(bytes, HV_DIO_ALIGN);
+    if (cap > ISCSI_KEEP_BUFFER_BYTES && c->big_bytes + cap > ISCSI_CONN_BIG_BUDGET)
+        return -EBUSY;
+    cmd_buffer_free(cmd);
+    cmd->buf = hv_alloc_aligned(cap);
+    if (!cmd->buf)
+        return -ENOMEM;
+    cmd->buf_cap = cap;
+    if (cap > ISCSI_KEEP_BUFFER_BYTES)
+        c->big_bytes += cap;
     return 0;
 }
 
@@ -349,11 +363,8 @@ static void cmd_release(struct iscsi_cmd *cmd)
     struct iscsi_conn *c = cmd->conn;
     cmd_hash_del(cmd);
     cmd_finish_window(cmd);
-    if (cmd->buf_cap > ISCSI_KEEP_BUFFER_BYTES) {
-        free(cmd->buf);
-        cmd->buf = NULL;
-        cmd->buf_cap = 0;
-    }
+    if (cmd->buf_cap > ISCSI_KEEP_BUFFER_BYTES)
+        cmd_buffer_free(cmd);
     cmd->state = ISCSI_CMD_FREE;
     cmd->next = c->cmd_free;
     c->cmd_free = cmd;

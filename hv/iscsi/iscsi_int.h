@@ -222,7 +222,10 @@ void iscsi_hash_parts(int algorithm, const void *const *parts, const size_t *len
 #define ISCSI_OUR_MRDSL (256 * 1024)                /* what we accept per PDU */
 #define ISCSI_OUR_MAX_BURST (1024 * 1024)
 #define ISCSI_OUR_MAX_R2T 8
-#define ISCSI_MAX_XFER_BYTES (32u * 1024 * 1024)
+#define ISCSI_MAX_XFER_BYTES (64u * 1024 * 1024)
+/* Buffers above ISCSI_KEEP_BUFFER_BYTES held by one connection at once; a
+ * command that would exceed it gets TASK SET FULL and is retried. */
+#define ISCSI_CONN_BIG_BUDGET (256u * 1024 * 1024)
 #define ISCSI_KEEP_BUFFER_BYTES (256u * 1024)       /* cmd buffers above are not kept */
 #define ISCSI_STAGING_BYTES (64 * 1024)
 #define ISCSI_ITT_BUCKETS 256
@@ -394,6 +397,7 @@ struct iscsi_conn {
     struct iscsi_cmd *itt_hash[ISCSI_ITT_BUCKETS];
     unsigned cmds_exec;             /* in the controller */
     unsigned cmds_acked;            /* acknowledged, not yet finished */
+    uint64_t big_bytes;             /* sum of large command buffers held */
     uint16_t ttt_gen;
 
     /* keepalive */
