@@ -433,6 +433,9 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
     dc.is_read_only = json_is_true(json_object_get(req, "read_only"));
     if (hv_vm_path_in_use(d->vms, dc.path, holder, sizeof(holder)))
         return hv_err_set(err, -EBUSY, "%s: already attached to %s", dc.path, holder);
+    if (hv_runtime_is_retiring(&d->runtime, dc.path))
+        return hv_err_set(err, -EBUSY, "%s: detached a moment ago and still finishing its "
+                          "last commands; try again", dc.path);
     if (create_size) {
         struct vhd_create_options opt = {.type = VHD_TYPE_DYNAMIC};
         if (dc.kind != HV_DISK_VHD)
