@@ -40,6 +40,7 @@ struct hv_daemon {
     int signal_fd;
     struct hv_watch *signal_watch;
     int exit_signal;
+    bool is_abandoned;                  /* drain timed out: leave images to the kernel */
 };
 
 static struct hv_vm *find_vm(struct hv_daemon *d, const char *name)
@@ -748,6 +749,7 @@ int hv_daemon_run(struct hv_daemon *d)
          * memory; leave them to the kernel (VHD metadata is crash-safe). */
         hv_error("sessions did not drain in %llu s; exiting without closing images",
                  DRAIN_TIMEOUT_NS / 1000000000);
+        d->is_abandoned = true;
         return -ETIMEDOUT;
     }
     while (d->vms) {
@@ -766,6 +768,13 @@ void hv_daemon_destroy(struct hv_daemon *d)
 {
     if (!d)
         return;
+    if (d->is_abandoned) {
+        /* Requests are still in flight: freeing what they point at would be
+         * worse than the leak of a process about to exit. */
+        if (d->lock_fd >= 0)
+            close(d->lock_fd);
+        return;
+    }
     if (d->control)
         hv_control_close(d->control);
     while (d->vms) {
