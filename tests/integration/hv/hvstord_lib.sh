@@ -27,6 +27,11 @@ hv_cleanup()
 {
     local rc=$?
     local p
+    # TERM first: `timeout` passes it on to the QEMU it runs, KILL would orphan it.
+    for p in "${HV_EXTRA_PIDS[@]}"; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    [ ${#HV_EXTRA_PIDS[@]} -eq 0 ] || sleep 0.5
     for p in "${HV_EXTRA_PIDS[@]}"; do
         kill -KILL "$p" 2>/dev/null || true
     done
