@@ -414,7 +414,6 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
     char holder[128];
     int controller;
     int slot;
-    int old_count;
     bool is_created = false;
     int ret;
 
@@ -448,7 +447,6 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
             return ret;
         is_created = true;
     }
-    old_count = vm->cfg.controller_count;
     ret = hv_vm_attach(&d->runtime, vm, controller, slot, &dc, err);
     if (ret < 0)
         goto fail;
@@ -461,7 +459,6 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
     hv_info("VM '%s': %s %s attached at controller %d LUN %d%s", vm->cfg.name, kind, dc.path,
             controller, slot, dc.is_read_only ? " (read-only)" : "");
     *result = hv_vm_show_json(vm, d->portal);
-    (void)old_count;
     return 0;
 
 fail:
