@@ -694,8 +694,9 @@ int hv_daemon_create(const struct hv_daemon_options *opt, struct hv_daemon **out
                               &d->server, err);
     if (ret < 0)
         goto fail;
-    snprintf(d->portal, sizeof(d->portal), "%s:%u", opt->portal_addr,
-             iscsi_server_port(d->server));
+    /* IPv6 addresses in brackets, as iscsi:// URLs and libiscsi portals want. */
+    snprintf(d->portal, sizeof(d->portal), strchr(opt->portal_addr, ':') ? "[%s]:%u" : "%s:%u",
+             opt->portal_addr, iscsi_server_port(d->server));
     ret = write_portal_file(d, err);
     if (ret < 0)
         goto fail;

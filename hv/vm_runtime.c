@@ -596,6 +596,8 @@ static void portal_host(const char *portal, char *out, size_t len)
     /* A wildcard listener is reached on loopback from this host. */
     if (!strncmp(portal, "0.0.0.0:", 8))
         snprintf(out, len, "127.0.0.1:%s", portal + 8);
+    else if (!strncmp(portal, "[::]:", 5))
+        snprintf(out, len, "[::1]:%s", portal + 5);
     else
         snprintf(out, len, "%s", portal);
 }
