@@ -36,6 +36,7 @@ struct cv_slot {
     uint64_t offset;
     uint64_t length;
     uint64_t probe;             /* block-status scan position inside the chunk */
+    bool is_write_ready;        /* read and trimmed, waiting for its turn */
 };
 
 struct cv {
@@ -52,6 +53,12 @@ struct cv {
     struct hv_err *err;
     struct hv_progress progress;
     uint64_t bytes_done;
+    /* Writes go out in offset order (see gate_advance): the next chunk to
+     * write, which chunks turned out to be zero, and the slots waiting. */
+    uint64_t gate_next;
+    uint8_t *is_chunk_skipped;  /* one bit per chunk */
+    struct cv_slot *slots;
+    unsigned depth;
     int readahead_fd;           /* raw source: page-cache readahead hints, or -1 */
     uint64_t readahead_bytes;   /* how far ahead of a chunk to prefetch */
 };
@@ -75,12 +82,63 @@ static void slot_finish_chunk(struct cv_slot *s)
     slot_next(s);
 }
 
+static void slot_submit_write(struct cv_slot *s);
+
+/*
+ * Reads complete in any order, but writes are submitted in offset order, so
+ * a dynamic output's blocks are allocated in the order of the disk (the
+ * engine places a block when its first write arrives): the file's layout is
+ * then sequential, as if it had been written by one stream, and reading it
+ * back later is sequential too. Chunks that turned out to be zero only mark
+ * themselves passed. A slot whose chunk is not next waits with its data.
+ */
+static void gate_advance(struct cv *cv)
+{
+    for (;;) {
+        if (cv->error) {
+            for (unsigned i = 0; i < cv->depth; i++) {
+                if (cv->slots[i].is_write_ready) {
+                    cv->slots[i].is_write_ready = false;
+                    slot_next(&cv->slots[i]);
+                }
+            }
+            return;
+        }
+        uint64_t idx = cv->gate_next;
+        if (cv->is_chunk_skipped[idx / 8] & (1u << (idx % 8))) {
+            cv->gate_next++;
+            continue;
+        }
+        struct cv_slot *ready = NULL;
+        for (unsigned i = 0; i < cv->depth && !ready; i++) {
+            struct cv_slot *s = &cv->slots[i];
+            if (s->is_write_ready && s->offset / cv->chunk_bytes == idx)
+                ready = s;
+        }
+        if (!ready)
+            return;
+        ready->is_write_ready = false;
+        cv->gate_next++;
+        slot_submit_write(ready);
+    }
+}
+
+static void slot_skip_chunk(struct cv_slot *s)
+{
+    struct cv *cv = s->cv;
+    uint64_t idx = s->offset / cv->chunk_bytes;
+    cv->is_chunk_skipped[idx / 8] |= (uint8_t)(1u << (idx % 8));
+    slot_finish_chunk(s);
+    gate_advance(cv);
+}
+
 static void slot_write_done(struct bdev_io *io, int status)
 {
     struct cv_slot *s = io->cb_arg;
     if (status < 0) {
         cv_fail(s->cv, status, s->cv->dst_path, "write", io->offset);
         slot_next(s);
+        gate_advance(s->cv);
         return;
     }
     slot_finish_chunk(s);
@@ -93,6 +151,7 @@ static void slot_read_done(struct bdev_io *io, int status)
     if (status < 0) {
         cv_fail(cv, status, cv->src_path, "read", io->offset);
         slot_next(s);
+        gate_advance(cv);
         return;
     }
     /* Trim zeroes at both ends in CV_TRIM_BYTES steps (the destination reads
@@ -110,16 +169,23 @@ static void slot_read_done(struct bdev_io *io, int status)
         end = piece_start;
     }
     if (first >= end) {
-        slot_finish_chunk(s);
+        slot_skip_chunk(s);
         return;
     }
-    struct bdev_io *w = s->dst_io;
     s->iov.iov_base = s->buf + first;
     s->iov.iov_len = end - first;
+    s->dst_io->offset = s->offset + first;
+    s->dst_io->length = end - first;
+    s->is_write_ready = true;
+    gate_advance(cv);
+}
+
+static void slot_submit_write(struct cv_slot *s)
+{
+    struct cv *cv = s->cv;
+    struct bdev_io *w = s->dst_io;
     w->type = BDEV_IO_WRITE;
     w->flags = 0;
-    w->offset = s->offset + first;
-    w->length = end - first;
     w->iov = &s->iov;
     w->iovcnt = 1;
     w->done = slot_write_done;
@@ -128,6 +194,7 @@ static void slot_read_done(struct bdev_io *io, int status)
     if (ret < 0) {
         cv_fail(cv, ret, cv->dst_path, "write", w->offset);
         slot_next(s);
+        gate_advance(cv);
     }
 }
 
@@ -158,6 +225,7 @@ static void slot_read(struct cv_slot *s)
     if (ret < 0) {
         cv_fail(cv, ret, cv->src_path, "read", s->offset);
         slot_next(s);
+        gate_advance(cv);
     }
 }
 
@@ -179,7 +247,7 @@ static void slot_status_done(struct bdev_io *io, int status)
     }
     s->probe += io->status_length;
     if (s->probe >= s->offset + s->length)
-        slot_finish_chunk(s);
+        slot_skip_chunk(s);
     else
         slot_status(s);
 }
@@ -234,9 +302,16 @@ static uint64_t pick_chunk(const struct bdev *src, const struct bdev *dst)
 static int run_copy(struct cv *cv, unsigned depth, bool show_progress)
 {
     struct cv_slot *slots = calloc(depth, sizeof(*slots));
+    uint64_t chunks = HV_DIV_ROUND_UP(cv->size_bytes, cv->chunk_bytes);
+    cv->is_chunk_skipped = calloc(chunks / 8 + 1, 1);
+    cv->slots = slots;
+    cv->depth = depth;
     int ret = 0;
-    if (!slots)
+    if (!slots || !cv->is_chunk_skipped) {
+        free(slots);
+        free(cv->is_chunk_skipped);
         return hv_err_set(cv->err, -ENOMEM, "convert: out of memory");
+    }
     unsigned made = 0;
     for (; made < depth; made++) {
         struct cv_slot *s = &slots[made];
@@ -270,6 +345,7 @@ out:
         free(slots[i].buf);
     }
     free(slots);
+    free(cv->is_chunk_skipped);
     return ret;
 }
 
