@@ -18,7 +18,7 @@ packages=(
     # run and test: real peers, not mocks
     fuse3 tgt qemu-utils libvhdi-utils libiscsi-bin qemu-system-x86
     linux-image-amd64 busybox-static e2fsprogs util-linux kmod cpio
-    iproute2 procps psmisc
+    iproute2 procps psmisc python3
 )
 
 install_missing()

@@ -146,4 +146,64 @@ struct vhd_check_report {
 int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *err);
 void vhd_check_report_free(struct vhd_check_report *report);
 
+
+/* =====================================================================
+ * Offline operations over any image: format detection, convert, compare.
+ * (vhd-tool section: convert.c, compare.c)
+ * ===================================================================== */
+
+enum vhd_image_format {
+    VHD_FORMAT_AUTO = 0,            /* detect from content */
+    VHD_FORMAT_RAW,
+    VHD_FORMAT_VHD,
+};
+
+const char *vhd_image_format_name(enum vhd_image_format fmt);      /* "raw", "vhd" */
+int vhd_image_format_parse(const char *name, enum vhd_image_format *fmt); /* "vpc" too */
+
+/* VHD when the file starts with a footer copy or ends in a footer cookie
+ * ("conectix"), raw otherwise. Reads only; fails when the file cannot be read. */
+int vhd_detect_format(const char *path, enum vhd_image_format *fmt, struct hv_err *err);
+
+/* Open an image of either format as a bdev in `r`: a VHD (and its chain)
+ * through vhd_open, anything else through bdev_raw_open. O_DIRECT when
+ * `use_direct_io`, falling back to buffered I/O where the file system refuses
+ * it. `fmt` VHD_FORMAT_AUTO detects. */
+int vhd_open_image(struct hv_reactor *r, const char *path, enum vhd_image_format fmt,
+                   bool is_read_only, bool use_direct_io, struct bdev **out,
+                   struct hv_err *err);
+
+struct vhd_convert_options {
+    enum vhd_image_format src_format;   /* AUTO: detect */
+    enum vhd_image_format dst_format;   /* AUTO: vhd */
+    enum vhd_type dst_type;             /* vhd output: FIXED or DYNAMIC (0 = dynamic) */
+    uint32_t block_bytes;               /* dynamic output; 0 = 2 MiB */
+    unsigned depth;                     /* chunks in flight; 0 = 16 */
+    bool show_progress;                 /* force the progress bar (-p) */
+};
+
+/*
+ * Copy what `src` reads (a raw file, a VHD, or a whole differencing chain,
+ * flattened) into a new image `dst`, which must not exist yet. Zero ranges of
+ * the source (holes, unallocated blocks, blocks of zeroes) are not written,
+ * so a dynamic output allocates only blocks with data. On failure the
+ * partial `dst` is removed.
+ */
+int vhd_convert(const char *src, const char *dst, const struct vhd_convert_options *opt,
+                struct hv_err *err);
+
+struct vhd_compare_result {
+    bool is_same;
+    uint64_t first_difference;          /* byte offset, when !is_same */
+    bool has_size_mismatch;             /* sizes differ (the rest is compared to zero) */
+    uint64_t size_a, size_b;
+};
+
+/* Compare what two images read (either format, chains flattened). Like
+ * qemu-img compare, images of different sizes are the same when the longer
+ * one reads zero beyond the shorter, unless `is_strict`. */
+int vhd_compare(const char *path_a, enum vhd_image_format fmt_a, const char *path_b,
+                enum vhd_image_format fmt_b, bool is_strict, struct vhd_compare_result *res,
+                struct hv_err *err);
+
 #endif /* HVSTOR_VHD_H */

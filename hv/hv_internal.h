@@ -1,0 +1,96 @@
+/*
+ * Internal to hv/: the live side of a VM (controllers, open disks) shared by
+ * vm_runtime.c, daemon.c and control.c. Not for other modules.
+ */
+#ifndef HVSTOR_HV_INTERNAL_H
+#define HVSTOR_HV_INTERNAL_H
+
+#include "hv.h"
+#include "scsi.h"
+
+struct hv_runtime;
+
+/*
+ * One slot's disk. The LU does not see the image bdev directly but `bd`, a
+ * thin pass-through that counts requests in flight: that count is how a
+ * detached disk knows when its image may be closed, and where per-disk
+ * policies (QoS, the quiesce gate of a checkpoint) can later sit.
+ */
+struct hv_disk {
+    struct bdev bd;                     /* what the LU uses */
+    struct bdev *image;                 /* the opened VHD chain or raw file */
+    struct scsi_lu *lu;
+    struct hv_disk_config cfg;
+    uint64_t inflight;
+    char error[512];                    /* why the slot is offline ("" = online) */
+    struct hv_disk *next_retired;
+    bool is_lu_idle;                    /* retired: the LU has no task left */
+};
+
+/* A VM brought to life: its definition and what serves it. */
+struct hv_vm {
+    struct hv_vm_config cfg;            /* cfg.disks mirrors disks[][]->cfg */
+    struct scsi_controller *controllers[HV_MAX_CONTROLLERS];
+    struct hv_disk *disks[HV_MAX_CONTROLLERS][HV_SLOTS_PER_CONTROLLER];
+    char targets[HV_MAX_CONTROLLERS][HV_ISCSI_NAME_MAX + 1];
+    struct hv_vm *next;
+};
+
+/* Shared state of every live VM of one daemon: the reactor, how images are
+ * opened, and disks / controllers waiting to be released. */
+struct hv_runtime {
+    struct hv_reactor *reactor;
+    bool no_direct_io;
+    struct hv_disk *retired;            /* detached, closed once idle */
+    struct scsi_controller **dead_controllers; /* of deleted VMs; freed at shutdown */
+    int dead_count;
+    struct hv_timer retire_timer;
+};
+
+void hv_runtime_init(struct hv_runtime *rt, struct hv_reactor *r, bool no_direct_io);
+/* Close what is retired (waiting at most until no request is in flight) and
+ * free dead controllers. Only after the iSCSI server has closed every session. */
+void hv_runtime_fini(struct hv_runtime *rt);
+
+/* Bring a definition to life (controllers, disks). A disk that fails to open
+ * stays in the definition with its slot offline; the VM still starts. */
+int hv_vm_start(struct hv_runtime *rt, const struct hv_vm_config *cfg, struct hv_vm **out,
+                struct hv_err *err);
+/* Shutdown: destroy controllers (no task may be in flight), flush and close
+ * every image. Returns the first close error, but closes everything. */
+int hv_vm_stop(struct hv_runtime *rt, struct hv_vm *vm);
+/* VM deleted while the daemon runs: detach every disk (closed once idle) and
+ * keep the controllers until shutdown, since sessions being dropped may still
+ * reference them. */
+void hv_vm_retire(struct hv_runtime *rt, struct hv_vm *vm);
+
+/* Hot attach: open the image, put an LU in the slot (REPORTED LUNS DATA HAS
+ * CHANGED for every nexus). `vm->cfg` is updated on success only. */
+int hv_vm_attach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int slot,
+                 const struct hv_disk_config *dc, struct hv_err *err);
+/* Hot detach: the slot empties at once; the image closes when idle. */
+int hv_vm_detach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int slot,
+                 struct hv_err *err);
+/* Online resize through the image bdev's resize op, then CAPACITY DATA HAS
+ * CHANGED. -EOPNOTSUPP with a clear message when the back end cannot. */
+int hv_vm_resize(struct hv_vm *vm, int controller, int slot, uint64_t size_bytes,
+                 struct hv_err *err);
+/* Add controllers up to `count` (targets appear in discovery). */
+int hv_vm_grow_controllers(struct hv_runtime *rt, struct hv_vm *vm, int count,
+                           struct hv_err *err);
+
+/* What `vm show` prints; `portal` is "addr:port" for the iscsi:// URLs. */
+json_t *hv_vm_show_json(const struct hv_vm *vm, const char *portal);
+json_t *hv_vm_stats_json(const struct hv_vm *vm, int controller, int slot);
+/* A path held by any slot of any VM in `list` (the image layer locks VHDs,
+ * but raw files have no lock): the holder in `who`, or false. */
+bool hv_vm_path_in_use(const struct hv_vm *list, const char *path, char *who, size_t who_len);
+
+/* Control socket server (control.c). */
+struct hv_control;
+struct hv_daemon;
+int hv_control_listen(struct hv_reactor *r, const char *path, struct hv_daemon *d,
+                      struct hv_control **out, struct hv_err *err);
+void hv_control_close(struct hv_control *ctl);
+
+#endif /* HVSTOR_HV_INTERNAL_H */

@@ -1,0 +1,77 @@
+# Shared by the vhd integration tests (sourced, not a test itself).
+# Gives: $VHD (the tool), $tmp (a scratch directory under /var/tmp, removed
+# at exit), fail/note, need TOOL..., byte editing helpers for damaging
+# images (od/dd/printf only, so nothing beyond coreutils is needed).
+set -euo pipefail
+
+VHD=${HVSTOR_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)/build/bin}/vhd
+[ -x "$VHD" ] || { echo "SKIP: $VHD not built"; exit 77; }
+
+tmp=$(mktemp -d /var/tmp/hvstor-vhd-test-XXXXXX)
+cleanup_hooks=()
+cleanup()
+{
+    local h
+    for h in "${cleanup_hooks[@]}"; do eval "$h" || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+note() { echo "# $*"; }
+
+need()
+{
+    local t
+    for t in "$@"; do
+        command -v "$t" >/dev/null || { echo "SKIP: $t not installed"; exit 77; }
+    done
+}
+
+# SIZE random bytes into FILE (content is compared, never hard-coded).
+random_file() { head -c "$2" /dev/urandom >"$1"; }
+
+# A raw image of SIZE bytes (multiple of 1 MiB) where every other MiB holds
+# random data and the rest is zero (sparse): the "half-zero" image.
+half_zero_raw()  # FILE SIZE
+{
+    local file=$1 mib=$(($2 / 1048576)) i
+    truncate -s "$2" "$file"
+    for ((i = 0; i < mib; i += 2)); do
+        head -c 1048576 /dev/urandom | dd of="$file" bs=1M seek="$i" conv=notrunc status=none
+    done
+}
+
+# Bytes [OFF, OFF+LEN) of FILE as decimal numbers, one per line.
+bytes_at() { od -An -v -tu1 -j "$2" -N "$3" "$1" | tr -s ' ' '\n' | sed '/^$/d'; }
+
+put_bytes()  # FILE OFF HEXSTRING (e.g. "ffffffff")
+{
+    local esc
+    esc=$(printf '%s' "$3" | sed 's/../\\x&/g')
+    printf "$esc" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+put_be32() { put_bytes "$1" "$2" "$(printf '%08x' "$3")"; }
+put_be64() { put_bytes "$1" "$2" "$(printf '%016x' "$3")"; }
+get_be32() { od -An -v -tx1 -j "$2" -N 4 "$1" | tr -d ' \n' | sed 's/^/0x/' | xargs printf '%d\n'; }
+get_be64() { od -An -v -tx1 -j "$2" -N 8 "$1" | tr -d ' \n' | sed 's/^/0x/' | xargs printf '%d\n'; }
+
+# Recompute a checksum: ones' complement of the byte sum of LEN bytes at
+# OFF with the 4 checksum bytes at OFF+AT counted as zero.
+fix_checksum()  # FILE OFF LEN AT
+{
+    local file=$1 off=$2 len=$3 at=$4 sum
+    put_be32 "$file" $((off + at)) 0
+    sum=$(bytes_at "$file" "$off" "$len" | awk '{s += $1} END {print s}')
+    put_be32 "$file" $((off + at)) $(((~sum) & 0xFFFFFFFF))
+}
+fix_footer_checksum() { fix_checksum "$1" "$2" 512 64; }
+fix_header_checksum() { fix_checksum "$1" "$2" 1024 36; }
+
+file_size() { stat -c %s "$1"; }
+
+# Value of KEY in `vhd info --json` / qemu-img's JSON (numbers and strings).
+json_field()  # KEY < json
+{
+    sed -n "s/^ *\"$1\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" | head -1
+}
