@@ -585,16 +585,19 @@ enum scsi_tmf_response scsi_controller_tmf(struct scsi_controller *c, const stru
         abort_matching(c, lun, NULL, 0, 0);
         lu->ops->reset(lu, NULL);
         return SCSI_TMF_COMPLETE;
+    /* Every reset reports the generic POWER ON, RESET, OR BUS DEVICE RESET
+     * OCCURRED (29/00), which SAM-5 allows for all of them: initiators
+     * (libiscsi among them) retry exactly that one, not the finer 29/01..03. */
     case SCSI_TMF_LOGICAL_UNIT_RESET:
         if (!lu)
             return SCSI_TMF_LUN_NOT_FOUND;
-        lu_reset(c, lun, 0x29, 0x03);
+        lu_reset(c, lun, 0x29, 0x00);
         return SCSI_TMF_COMPLETE;
     case SCSI_TMF_TARGET_WARM_RESET:
     case SCSI_TMF_TARGET_COLD_RESET:
         for (unsigned l = 0; l < SCSI_LUNS_PER_CONTROLLER; l++)
             if (c->slots[l])
-                lu_reset(c, l, 0x29, fn == SCSI_TMF_TARGET_COLD_RESET ? 0x01 : 0x02);
+                lu_reset(c, l, 0x29, 0x00);
         return SCSI_TMF_COMPLETE;
     }
     return SCSI_TMF_NOT_SUPPORTED;

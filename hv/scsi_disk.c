@@ -422,6 +422,21 @@ static uint32_t write_flags(const struct scsi_disk *d, bool is_fua)
 static void rw_step(struct scsi_task *t);
 static void verify_step(struct scsi_task *t);
 
+/* The last block of a READ whose expected length ends inside it went to
+ * the scratch buffer; hand over the part the initiator has room for. */
+static void rw_tail_done(struct scsi_task *t, int status)
+{
+    struct disk_cmd *c = disk_cmd(t);
+    if (status < 0) {
+        fail_errno(t, status, false);
+        return;
+    }
+    hv_iov_from_buf(t->in_iov, t->in_iovcnt, c->pos, c->disk->scratch, c->alloc - c->pos);
+    c->pos = c->len;
+    t->in_bytes = c->alloc;
+    disk_finish(t);
+}
+
 static void rw_done(struct scsi_task *t, int status)
 {
     struct disk_cmd *c = disk_cmd(t);
@@ -457,6 +472,16 @@ static void rw_step(struct scsi_task *t)
     const struct iovec *iov = is_read ? t->in_iov : t->out_iov;
     int iovcnt = is_read ? t->in_iovcnt : t->out_iovcnt;
     uint64_t want = c->len - c->pos;
+    if (c->has_partial_tail) {
+        if (want == d->block_bytes) {
+            c->io->iov[0].iov_base = d->scratch;
+            c->io->iov[0].iov_len = d->block_bytes;
+            submit(t, BDEV_IO_READ, c->lba * d->block_bytes + c->pos, d->block_bytes, 1, 0,
+                   rw_tail_done);
+            return;
+        }
+        want -= d->block_bytes;     /* whole blocks first, the tail last */
+    }
     if (d->bd->max_io_bytes)
         want = HV_MIN(want, HV_ALIGN_DOWN(d->bd->max_io_bytes, d->block_bytes));
     int n = 0;
@@ -475,9 +500,11 @@ static void rw_step(struct scsi_task *t)
 
 /*
  * The data length of a READ or WRITE against the initiator's expected
- * transfer length (SAM-5 5.4.3, FCP-4 9.4.2 as libiscsi tests it): less
- * than the CDB asks is done when it is whole blocks (the residual tells the
- * rest); a partial block is refused as INVALID FIELD IN INFORMATION UNIT.
+ * transfer length (FCP-4 9.4.2, as libiscsi's residual tests hold targets
+ * to it): when the CDB asks for more than the initiator expects, only the
+ * expected part moves and the residual reports the rest. A READ may end
+ * inside a block (its last block is read aside and cut); a WRITE that
+ * would end inside a block is refused as INVALID FIELD IN INFORMATION UNIT.
  */
 static bool clip_to_expected(struct scsi_task *t, struct disk_cmd *c, uint64_t bytes,
                              bool is_write)
@@ -489,15 +516,25 @@ static bool clip_to_expected(struct scsi_task *t, struct disk_cmd *c, uint64_t b
         have = HV_MIN(t->expected_bytes, t->out_bytes);
     else if (!is_write && t->dir == SCSI_DIR_IN)
         have = HV_MIN(t->expected_bytes, hv_iov_length(t->in_iov, t->in_iovcnt));
+    uint32_t bs = c->disk->block_bytes;
     if (bytes <= have) {
         c->len = bytes;
         return true;
     }
-    if (is_write || have % c->disk->block_bytes) {
+    if (have % bs == 0) {
+        c->len = have;
+        return true;
+    }
+    if (is_write) {
+        /* Writing part of a block would mean a read-modify-write of data
+         * the initiator never sent; FCP-4 lets us refuse instead. */
         scsi_task_check(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
         return false;
     }
-    c->len = have;
+    c->len = HV_ALIGN_UP(have, bs);
+    c->alloc = (uint32_t)have;
+    c->has_partial_tail = true;
+    c->needs_scratch = true;
     return true;
 }
 
@@ -730,15 +767,16 @@ static void cmd_compare_and_write(struct scsi_disk *d, struct scsi_task *t)
     }
     uint64_t bytes = (uint64_t)blocks * d->block_bytes;
     t->wanted_bytes = (uint32_t)(2 * bytes);
-    if (blocks == 0) {
-        disk_finish(t);
-        return;
-    }
     /* The data-out must be exactly the compare and the write halves: a
      * different length means the initiator and the CDB disagree on what is
-     * compared (libiscsi's CompareAndWrite.InvalidDataOutSize). */
+     * compared (libiscsi's CompareAndWrite.InvalidDataOutSize; a count of
+     * 256 truncated to 0 in the CDB byte lands here too). */
     if (t->expected_bytes != 2 * bytes || t->out_bytes < 2 * bytes) {
         disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        return;
+    }
+    if (blocks == 0) {
+        disk_finish(t);
         return;
     }
     c->lba = lba;

@@ -14,7 +14,9 @@
 #define DISK_MAX_CAW_BLOCKS 255u        /* fits in the scratch buffer at 4 KiB blocks */
 #define DISK_MAX_UNMAP_DESCRIPTORS 256u
 #define DISK_MAX_UNMAP_BLOCKS 0x100000u /* 512 MiB at 512-byte blocks; libiscsi wants <= 1M */
-#define DISK_MAX_WRITE_SAME_BLOCKS 0x400000u
+/* 32 MiB - 512 at 512-byte blocks: libiscsi writes 64 Ki blocks in one WRITE(16),
+ * past MAXIMUM TRANSFER LENGTH, whenever MAX WRITE SAME LENGTH allows that many. */
+#define DISK_MAX_WRITE_SAME_BLOCKS 0xFFFFu
 #define DISK_PR_MAX_REGISTRANTS 128
 #define DISK_LATENCY_BUCKETS 24         /* powers of two of microseconds */
 
@@ -128,6 +130,7 @@ struct disk_cmd {
     bool in_execute;
     bool is_zero_pattern;
     bool then_verify;               /* WRITE AND VERIFY: read back after writing */
+    bool has_partial_tail;          /* READ into an EDTL that ends inside a block */
     struct scsi_task *act_prev, *act_next;
 };
 

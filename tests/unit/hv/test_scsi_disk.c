@@ -294,18 +294,42 @@ static void test_transfer_length_against_expected_length(void **state)
     expect_good(r);
     assert_int_equal(r.in_bytes, 0);
     assert_int_equal(r.wanted_bytes, 2048);
-    /* a partial block: refused */
-    expect_sense(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 200), SCSI_SENSE_ILLEGAL_REQUEST,
-                 SCSI_ASC_INVALID_FIELD_IN_IU);
-    /* WRITE with less data than the CDB: refused, nothing written */
+    /* an EDTL that ends inside a block: the part that fits, GOOD */
+    uint8_t part[1200];
+    memset(part, 0xEE, sizeof(part));
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, part, 700);
+    expect_good(r);
+    assert_int_equal(r.in_bytes, 700);
+    for (int i = 0; i < 700; i++)
+        assert_int_equal(part[i], 'a');
+    assert_int_equal(part[700], 0xEE);                  /* nothing past the EDTL */
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, part, 200);
+    expect_good(r);
+    assert_int_equal(r.in_bytes, 200);
+    /* WRITE with less data than the CDB: the expected part is written */
     memset(buf, 'b', sizeof(buf));
     cdb_rw10(cdb, 0x2A, 0, 2);
     r = fx_cmd(f, &f->n1, cdb, 10, buf, 512, NULL, 0);
-    expect_sense(r, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
+    expect_good(r);
     assert_int_equal(r.wanted_bytes, 1024);
+    cdb_rw10(cdb, 0x28, 0, 2);
+    expect_good(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 1024));
+    assert_int_equal(buf[0], 'b');
+    assert_int_equal(buf[511], 'b');
+    assert_int_equal(buf[512], 'a');                    /* second block untouched */
+    /* a WRITE whose data ends inside a block: refused, nothing written */
+    memset(buf, 'c', sizeof(buf));
+    cdb_rw10(cdb, 0x2A, 0, 1);
+    r = fx_cmd(f, &f->n1, cdb, 10, buf, 200, NULL, 0);
+    expect_sense(r, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
     cdb_rw10(cdb, 0x28, 0, 1);
     expect_good(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 512));
-    assert_int_equal(buf[0], 'a');
+    assert_int_equal(buf[0], 'b');
+    /* a WRITE with no data-out at all: nothing written, GOOD (all overflow) */
+    cdb_rw10(cdb, 0x2A, 0, 1);
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, NULL, 0);
+    expect_good(r);
+    assert_int_equal(r.wanted_bytes, 512);
     fx_free(f);
 }
 

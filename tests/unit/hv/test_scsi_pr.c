@@ -379,7 +379,7 @@ static void test_reserve6_belongs_to_one_nexus_and_goes_with_it(void **state)
                      SCSI_TMF_COMPLETE);
     uint8_t tur[6] = { 0 };
     expect_sense(fx_cmd(f, &f->n2, tur, 6, NULL, 0, NULL, 0), SCSI_SENSE_UNIT_ATTENTION,
-                 SCSI_ASC_BUS_DEVICE_RESET);
+                 SCSI_ASC_POWER_ON_RESET);
     assert_int_equal(do_write(f, &f->n2), GOOD);
     fx_clear_ua(f);
     /* third-party RESERVE(10) is not supported */
