@@ -56,4 +56,14 @@ for i in $(seq 0 7); do
 done
 
 stop_testd
+
+# Keepalive: a target with a 100 ms NOP interval pings an idle qemu-io,
+# which answers, and the session is still there for the next read.
+HVSTOR_LOG=debug start_testd --nop-ms 100 --target "$T" --raw "$WORK/lun1.img"
+qemu-io -f raw -c 'read 0 4k' -c 'sleep 1500' -c 'read 0 4k' \
+    "iscsi://127.0.0.1:$PORT/$T/0" >"$WORK/idle" 2>&1 || fail "idle session: $(cat "$WORK/idle")"
+[ "$(grep -c '^read 4096/4096' "$WORK/idle")" = 2 ] || fail "idle session lost a read: $(cat "$WORK/idle")"
+grep -q "NOP-Out answers ping" "$WORK/testd.log" || fail "no NOP-In ping was answered"
+! grep -q "no answer to NOP-In" "$WORK/testd.log" || fail "keepalive dropped a live initiator"
+stop_testd
 echo "ok"

@@ -368,10 +368,11 @@ static void test_write_with_immediate_data_and_r2t_reads_back(void **state)
 
     const uint8_t rd[10] = { 0x28, 0, 0, 0, 0, 8, 0, 0, 16, 0 };
     itt = scsi_cmd(rd, 10, 8192, true, false, NULL, 0, next_cmdsn());
-    /* MaxRecvDataSegmentLength=4096: two Data-In PDUs, status on the last. */
+    /* MaxRecvDataSegmentLength=4096: two Data-In PDUs, status on the last;
+     * MaxBurstLength=4096 makes each its own sequence, so both carry F. */
     assert_true(recv_pdu(&r));
     assert_int_equal(r.bhs[0], ISCSI_OP_DATA_IN);
-    assert_int_equal(r.bhs[1] & 0x81, 0);
+    assert_int_equal(r.bhs[1] & 0x81, 0x80);
     assert_int_equal(r.len, 4096);
     assert_int_equal(hv_be32(r.bhs + 36), 0);
     assert_memory_equal(r.data, data, 4096);
