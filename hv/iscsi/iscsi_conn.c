@@ -526,6 +526,10 @@ static void cmd_send_r2ts(struct iscsi_cmd *cmd)
 /* The command's turn has come (CmdSN order): wait for data or run. */
 static void cmd_deliver(struct iscsi_cmd *cmd)
 {
+    if (cmd->is_aborted) {
+        cmd_release(cmd);               /* aborted while waiting for its turn */
+        return;
+    }
     if (!cmd->is_immediate) {
         cmd->is_acked = true;
         cmd->conn->cmds_acked++;
@@ -915,6 +919,28 @@ static void handle_nop_out(struct iscsi_conn *c, const uint8_t *data, uint32_t l
     iscsi_tx_queue(c, tx);
 }
 
+/*
+ * Abort one command of this connection. In the controller it finishes
+ * there and its response is dropped; waiting for data it simply goes; but
+ * waiting behind a CmdSN hole it stays in line, marked, so that its CmdSN
+ * still counts when the hole closes (else ExpCmdSN would stop there).
+ */
+static void cmd_abort(struct iscsi_cmd *cmd)
+{
+    switch (cmd->state) {
+    case ISCSI_CMD_EXEC:
+    case ISCSI_CMD_ORDER_WAIT:
+        cmd->is_aborted = true;
+        cmd_hash_del(cmd);
+        break;
+    case ISCSI_CMD_DATA_WAIT:
+        cmd_drop_local(cmd);
+        break;
+    default:
+        break;
+    }
+}
+
 static void abort_local_where(struct iscsi_conn *c, bool all_luns, const uint8_t lun_raw[8])
 {
     for (int i = 0; i < ISCSI_CMD_SLOTS; i++) {
@@ -923,12 +949,7 @@ static void abort_local_where(struct iscsi_conn *c, bool all_luns, const uint8_t
             continue;
         if (!all_luns && memcmp(cmd->lun_raw, lun_raw, 8) != 0)
             continue;
-        if (cmd->state == ISCSI_CMD_EXEC) {
-            cmd->is_aborted = true;     /* its response is dropped at done() */
-            cmd_hash_del(cmd);
-        } else {
-            cmd_drop_local(cmd);
-        }
+        cmd_abort(cmd);
     }
 }
 
@@ -944,13 +965,9 @@ static uint8_t tmf_abort_task(struct iscsi_conn *c)
             return SCSI_TMF_COMPLETE;
         return SCSI_TMF_TASK_NOT_FOUND;
     }
-    if (cmd->state == ISCSI_CMD_EXEC) {
+    if (cmd->state == ISCSI_CMD_EXEC)
         scsi_controller_tmf(c->ctl, &c->nexus, SCSI_TMF_ABORT_TASK, cmd->task.lun, cmd->itt);
-        cmd->is_aborted = true;
-        cmd_hash_del(cmd);
-    } else {
-        cmd_drop_local(cmd);
-    }
+    cmd_abort(cmd);
     return SCSI_TMF_COMPLETE;
 }
 

@@ -685,6 +685,40 @@ static void test_shutdown_finishes_commands_in_flight_first(void **state)
     assert_null(fx->s->conns);
 }
 
+static void test_abort_of_a_command_behind_a_cmdsn_hole_keeps_the_window_moving(void **state)
+{
+    login_plain("HeaderDigest=None", "DataDigest=None");
+    const uint8_t tur[6] = { 0 };
+    struct rsp r;
+    uint32_t exp = fx->cmdsn;
+
+    uint32_t waiting = scsi_cmd(tur, 6, 0, false, false, NULL, 0, exp + 1);
+    assert_false(recv_pdu(&r));
+    uint8_t b[48] = { 0 };
+    b[0] = 0x40 | ISCSI_OP_TMF_REQ;
+    b[1] = 0x80 | 1;
+    hv_put_be32(b + 16, 0x7001);
+    hv_put_be32(b + 20, waiting);
+    hv_put_be32(b + 24, exp);
+    hv_put_be32(b + 32, exp + 1);
+    send_pdu(b, NULL, 0, false);
+    assert_true(recv_pdu(&r));
+    assert_int_equal(r.bhs[0], ISCSI_OP_TMF_RSP);
+    assert_int_equal(r.bhs[2], SCSI_TMF_COMPLETE);
+
+    /* The hole closes: the aborted command's CmdSN still counts, it gets
+     * no response, and the next command runs. */
+    uint32_t first = scsi_cmd(tur, 6, 0, false, false, NULL, 0, exp);
+    assert_true(recv_pdu(&r));
+    assert_int_equal(hv_be32(r.bhs + 16), first);
+    assert_int_equal(hv_be32(r.bhs + 28), exp + 2);
+    assert_false(recv_pdu(&r));
+    uint32_t next = scsi_cmd(tur, 6, 0, false, false, NULL, 0, exp + 2);
+    assert_true(recv_pdu(&r));
+    assert_int_equal(hv_be32(r.bhs + 16), next);
+    assert_int_equal(r.bhs[3], SCSI_STATUS_GOOD);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -711,6 +745,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_finishes_commands_in_flight_first, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(
+            test_abort_of_a_command_behind_a_cmdsn_hole_keeps_the_window_moving, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
