@@ -2109,6 +2109,9 @@ static int setup_writable(struct vhd_bdev *v, struct hv_err *err)
         if (is_free)
             v->bat_write_bytes = pad_to - t->meta.header.table_offset;
     }
+    /* That padding is then the BAT's: no block may be placed in it. */
+    if (v->bat_write_bytes > v->bat_bytes)
+        end = HV_MAX(end, t->meta.header.table_offset + v->bat_write_bytes);
     free(starts);
     v->allocated = n;
     v->next_alloc = end;

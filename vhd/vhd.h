@@ -90,8 +90,12 @@ json_t *vhd_info_to_json(const struct vhd_info *info);
 /* ------------------------------------------------------------------ open */
 
 /* Observer of the engine's own file I/O, for the crash-consistency harness:
- * called when a write or fdatasync to image file `layer` (0 = top) is
- * submitted and when it completes. Production code passes NULL. */
+ * called when a write or fdatasync to the top image file is submitted and
+ * when it completes (`seq` pairs them; a fdatasync has no offset or iov). A
+ * hole punched by a discard is reported as a write of zeroes that completes
+ * at once. The data writes of a FUA request go out with RWF_DSYNC (durable on
+ * completion) from the request's own buffers. Closing is reported too except
+ * its final ftruncate. Production code passes NULL. */
 struct vhd_io_observer {
     void (*on_submit)(void *arg, int seq, bool is_sync, uint64_t offset,
                       const struct iovec *iov, int iovcnt);
@@ -108,10 +112,28 @@ struct vhd_open_options {
 
 /*
  * Open an image and its parents as one bdev in reactor `r`. The top image is
- * locked exclusively (OFD lock) unless read-only; parents are opened
- * read-only and never written. Fails cleanly on damage, a missing parent, a
- * parent whose identity does not match, a loop, or a chain deeper than
- * VHD_MAX_CHAIN_DEPTH.
+ * locked exclusively (OFD lock) unless read-only; parents (and a read-only
+ * top) take a shared lock and are never written. Fails cleanly on damage, a
+ * missing parent, a parent whose identity does not match, a loop, or a chain
+ * deeper than VHD_MAX_CHAIN_DEPTH (-EBUSY when another open holds the lock).
+ *
+ * Parents are found through the relative locator (W2ru), the absolute one
+ * (W2ku), MacX, then the header's parent name beside the child; a candidate
+ * counts only if its unique id is the one the child recorded (a changed
+ * timestamp alone is tolerated, as Hyper-V and vhd-util do).
+ *
+ * The bdev: size_bytes = current size, granularity_bytes = block size (0 for
+ * fixed), physical_block_bytes 4096, uuid = the VHD unique id,
+ * has_volatile_cache (FLUSH makes writes and their metadata durable; FUA
+ * writes are durable with their metadata on completion). DISCARD frees whole
+ * blocks (BAT entry unallocated, space punched and reused after the next
+ * flush); can_discard for dynamic and differencing images, discard_zeroes
+ * only for dynamic ones (a discarded differencing block shows the parent).
+ * WRITE_ZEROES always reads back zeroes; with MAY_UNMAP it deallocates whole
+ * blocks of a dynamic image. BLOCK_STATUS reports the layer that holds the
+ * data (status_depth, -1 with BDEV_STATUS_ZERO where no layer does).
+ * A clean close also moves up to 256 MiB of trailing blocks into holes left
+ * by discards and cuts the file after its last block.
  */
 int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_options *opt,
              struct bdev **out, struct hv_err *err);
