@@ -524,7 +524,8 @@ static int cmd_compare(int argc, char **argv)
         printf("Images are identical.\n");
         return 0;
     }
-    if (is_strict && res.has_size_mismatch && res.first_difference >= HV_MIN(res.size_a, res.size_b))
+    uint64_t common_bytes = HV_MIN(res.size_a, res.size_b);
+    if (is_strict && res.has_size_mismatch && res.first_difference >= common_bytes)
         printf("Strict mode: image size mismatch.\n");
     else
         printf("Content mismatch at offset %" PRIu64 "!\n", res.first_difference);
