@@ -416,7 +416,8 @@ static void test_discard_and_write_zeroes_free_and_hide_correctly(void **state)
     expect_at(bd, 8 * HV_MiB, p, 2 * HV_MiB);
     /* Write-zeroes over a range the parent does not hold allocates nothing. */
     assert_int_equal(bdev_request_sync(bd, BDEV_IO_WRITE_ZEROES, 14 * HV_MiB, 2 * HV_MiB, 0), 0);
-    assert_int_equal(bdev_block_status_sync(bd, 14 * HV_MiB, 2 * HV_MiB, &status, &len, &depth), 0);
+    assert_int_equal(
+        bdev_block_status_sync(bd, 14 * HV_MiB, 2 * HV_MiB, &status, &len, &depth), 0);
     assert_int_equal(depth, -1);
     assert_int_equal(bdev_close(bd), 0);
     free(p);
@@ -864,6 +865,36 @@ static void test_random_workload_on_differencing_child(void **state)
     free(all);
 }
 
+static void test_chain_deeper_than_the_limit_is_refused(void **state)
+{
+    char prev[600];
+    char cur[600];
+    struct bdev *bd = NULL;
+    struct hv_err err = { 0 };
+    uint8_t *p = pattern(4096, 91);
+
+    snprintf(prev, sizeof(prev), "%s/deep0.vhd", t_tmpdir());
+    create(prev, VHD_TYPE_DYNAMIC, 8 * HV_MiB, NULL);
+    bd = open_rw(prev);
+    write_at(bd, 0, p, 4096);
+    assert_int_equal(bdev_close(bd), 0);
+    for (int i = 1; i < VHD_MAX_CHAIN_DEPTH; i++) {
+        snprintf(cur, sizeof(cur), "%s/deep%d.vhd", t_tmpdir(), i);
+        create(cur, VHD_TYPE_DIFFERENCING, 0, prev);
+        snprintf(prev, sizeof(prev), "%s", cur);
+    }
+    /* Exactly the limit opens, and reads through all of it. */
+    bd = open_rw(prev);
+    assert_int_equal(vhd_chain_depth(bd), VHD_MAX_CHAIN_DEPTH);
+    expect_at(bd, 0, p, 4096);
+    assert_int_equal(bdev_close(bd), 0);
+    snprintf(cur, sizeof(cur), "%s/deep%d.vhd", t_tmpdir(), VHD_MAX_CHAIN_DEPTH);
+    create(cur, VHD_TYPE_DIFFERENCING, 0, prev);
+    assert_int_equal(vhd_open(reactor, cur, NULL, &bd, &err), -ELOOP);
+    assert_non_null(strstr(err.msg, "deeper than"));
+    free(p);
+}
+
 static bool bitmaps_are_whole_bytes(const char *path)
 {
     struct vhd_footer f;
@@ -882,7 +913,8 @@ static bool bitmaps_are_whole_bytes(const char *path)
     assert_int_equal(vhd_header_decode(hb, &f, &h, path, (uint64_t)st.st_size, &err), 0);
     uint8_t *raw = malloc(vhd_bat_bytes(h.max_table_entries));
     uint32_t *bat = malloc(4 * (size_t)h.max_table_entries);
-    assert_int_equal(hv_pread_full(fd, raw, vhd_bat_bytes(h.max_table_entries), h.table_offset), 0);
+    assert_int_equal(
+        hv_pread_full(fd, raw, vhd_bat_bytes(h.max_table_entries), h.table_offset), 0);
     vhd_bat_parse(raw, h.max_table_entries, bat);
     for (uint32_t b = 0; b < h.max_table_entries && ok; b++) {
         uint8_t bm[512];
@@ -927,7 +959,8 @@ static void test_unaligned_child_writes_copy_up_whole_groups_libvhdi_agrees(void
     };
     for (size_t i = 0; i < HV_ARRAY_SIZE(w); i++) {
         if (w[i].zero) {
-            assert_int_equal(bdev_request_sync(bd, BDEV_IO_WRITE_ZEROES, w[i].off, w[i].len, 0), 0);
+            assert_int_equal(
+                bdev_request_sync(bd, BDEV_IO_WRITE_ZEROES, w[i].off, w[i].len, 0), 0);
             memset(model + w[i].off, 0, w[i].len);
         } else {
             write_at(bd, w[i].off, q, w[i].len);
@@ -1008,6 +1041,7 @@ int main(void)
         cmocka_unit_test(test_discard_and_write_zeroes_free_and_hide_correctly),
         cmocka_unit_test(test_second_writer_is_refused_by_the_lock),
         cmocka_unit_test(test_parent_lookup_order_mismatch_missing_and_loops),
+        cmocka_unit_test(test_chain_deeper_than_the_limit_is_refused),
         cmocka_unit_test(test_allocation_costs_no_fsync_and_bat_waits_for_flush),
         cmocka_unit_test(test_discarded_space_is_reused_and_close_fills_holes),
         cmocka_unit_test(test_fua_write_to_a_block_allocated_unflushed_is_durable),
