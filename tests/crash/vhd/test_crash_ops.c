@@ -669,6 +669,65 @@ static void case_merge(const char *dir, uint64_t *seed)
     finish_case(&oc, seed);
 }
 
+/* A child into a fixed parent: the engine writes in place, no allocation. */
+static void case_merge_fixed(const char *dir, uint64_t *seed)
+{
+    char base[PATH_MAX], child[PATH_MAX];
+    snprintf(base, sizeof(base), "%s/fbase.vhd", dir);
+    snprintf(child, sizeof(child), "%s/fchild.vhd", dir);
+    create(base, VHD_TYPE_FIXED, 4 * HV_MiB, 0, NULL);
+    fill(base, 0, 4 * HV_MiB, 41, false);
+    create(child, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, base);
+    fill(child, 4096, 1 * HV_MiB, 42, false);
+    fill(child, 3 * HV_MiB, 8192, 0, false);
+    struct op_case oc = { .name = "merge-into-fixed", .kind = OP_MERGE };
+    struct hv_err err = { 0 };
+    int rc;
+    oc.before = read_disk(child, &oc.before_size, &err, &rc);
+    track(child);
+    track(base);
+    oc.read_file = 0;
+    oc.result_file = 1;
+    g_engine_file = 1;
+    struct vhd_merge_options o = { .observer = &g_ops_obs, .no_direct_io = true, .depth = 4 };
+    struct vhd_merge_result res;
+    if (vhd_merge(child, &o, &res, &err) < 0)
+        die("merge: %s", err.msg);
+    oc.after = read_disk(base, &oc.after_size, &err, &rc);
+    if (oc.after_size != oc.before_size || memcmp(oc.after, oc.before, oc.before_size))
+        die("merge into fixed: the parent does not read what the child did");
+    finish_case(&oc, seed);
+}
+
+/* A differencing child grows past its BAT: locators lie right after the
+ * BAT, so the BAT moves after the last block. */
+static void case_resize_differencing(const char *dir, uint64_t *seed)
+{
+    char parent[PATH_MAX], img[PATH_MAX];
+    snprintf(parent, sizeof(parent), "%s/rpar.vhd", dir);
+    snprintf(img, sizeof(img), "%s/resize-diff.vhd", dir);
+    create(parent, VHD_TYPE_DYNAMIC, 4 * HV_MiB, 512 * 1024, NULL);
+    fill(parent, 0, 4 * HV_MiB, 51, false);
+    create(img, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, parent);
+    fill(img, 1 * HV_MiB, 1 * HV_MiB + 4096, 52, false);
+    struct op_case oc = { .name = "resize-differencing", .kind = OP_RESIZE };
+    struct hv_err err = { 0 };
+    int rc;
+    oc.before = read_disk(img, &oc.before_size, &err, &rc);
+    track(img);
+    track(parent);
+    oc.read_file = 0;
+    uint64_t to = 600 * HV_MiB + 1536;
+    struct vhd_resize_options o = { .observer = &g_ops_obs };
+    if (vhd_resize(img, to, &o, &err) < 0)
+        die("resize differencing: %s", err.msg);
+    oc.after = read_disk(img, &oc.after_size, &err, &rc);
+    if (oc.after_size != to || memcmp(oc.after, oc.before, oc.before_size) ||
+        !hv_buf_is_zero(oc.after + oc.before_size, to - oc.before_size))
+        die("resize differencing: the result does not read as expected");
+    finish_case(&oc, seed);
+}
+
 static void case_compact(const char *dir, uint64_t *seed)
 {
     char img[PATH_MAX];
@@ -756,7 +815,8 @@ static void remove_state_dir(void)
     if (!g_state_dir[0])
         return;
     const char *names[] = { "mbase.vhd", "mc1.vhd", "mc2.vhd", "compact.vhd", "cpar.vhd",
-                            "cchild.vhd", "resize-dyn.vhd",
+                            "cchild.vhd", "fbase.vhd", "fchild.vhd", "rpar.vhd",
+                            "resize-diff.vhd", "resize-dyn.vhd",
                             "resize-fixed-grow.vhd", "resize-fixed-shrink.vhd",
                             "resize-dyn-shrink.vhd" };
     for (size_t i = 0; i < HV_ARRAY_SIZE(names); i++) {
@@ -787,11 +847,13 @@ int main(void)
 
     uint64_t s = seed;
     case_merge(dir, &s);
+    case_merge_fixed(dir, &s);
     case_compact(dir, &s);
     case_compact_differencing(dir, &s);
     case_resize(dir, "resize-dyn", VHD_TYPE_DYNAMIC, 4 * HV_MiB, 600 * HV_MiB + 512, &s);
     case_resize(dir, "resize-fixed-grow", VHD_TYPE_FIXED, 3 * HV_MiB, 5 * HV_MiB + 1024, &s);
     case_resize(dir, "resize-fixed-shrink", VHD_TYPE_FIXED, 5 * HV_MiB, 2 * HV_MiB, &s);
+    case_resize_differencing(dir, &s);
     case_resize(dir, "resize-dyn-shrink", VHD_TYPE_DYNAMIC, 6 * HV_MiB, 2 * HV_MiB + 4096, &s);
     printf("# %d crash states in %.1f s, none corrupt, none with data lost\n", g_states,
            (double)(hv_now_ns() - t0) / 1e9);
