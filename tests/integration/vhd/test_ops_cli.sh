@@ -148,3 +148,27 @@ grep -q '"sound"' "$tmp/repair.json" || fail "repair json: $(cat "$tmp/repair.js
 clean "$tmp/d.vhd"
 same "$tmp/d.vhd" "$tmp/c.raw"
 note "repair: destroyed footer rebuilt from the copy, content intact"
+
+# ------------------------------------------------ images qemu-img wrote
+# qemu's layout differs (BAT right after the header, blocks packed without
+# alignment): compact and resize (BAT relocation) must work on it, and qemu
+# must keep using the result.
+if command -v qemu-io >/dev/null; then
+    qemu-img create -q -f vpc "$tmp/q.vhd" 64M
+    qemu-io -f vpc -c "write -P 0x11 0 8M" -c "write -P 0 8M 6M" -c "write -P 0x22 20M 2M" \
+        -c "write -P 0x33 60M 4M" "$tmp/q.vhd" >/dev/null
+    "$VHD" convert -O raw "$tmp/q.vhd" "$tmp/q.raw" >/dev/null
+    "$VHD" compact --json "$tmp/q.vhd" >"$tmp/qc.json" || fail "compact of a qemu image"
+    [ "$(json_field blocks-freed <"$tmp/qc.json")" = 3 ] || fail "qemu image: $(cat "$tmp/qc.json")"
+    qemu-img compare -q -f vpc "$tmp/q.vhd" -F raw "$tmp/q.raw" || fail "qemu image changed by compact"
+    clean "$tmp/q.vhd"
+    "$VHD" resize "$tmp/q.vhd" 3G >/dev/null || fail "resize of a qemu image"
+    [ "$(qemu_size "$tmp/q.vhd")" = 3221225472 ] || fail "qemu-img: size after resize"
+    qemu-io -f vpc -c "write -P 0x44 2G 1M" "$tmp/q.vhd" >/dev/null || fail "qemu-io after resize"
+    clean "$tmp/q.vhd"
+    qemu-io -f vpc -c "read -P 0x44 2G 1M" -c "read -P 0x33 60M 4M" "$tmp/q.vhd" >"$tmp/qio.log" 2>&1
+    if grep -q "verification failed" "$tmp/qio.log" || ! grep -q "read 4194304" "$tmp/qio.log"; then
+        fail "qemu reads the resized image wrongly: $(cat "$tmp/qio.log")"
+    fi
+    note "qemu-img's own images: compacted, grown past their BAT, still used by qemu"
+fi
