@@ -325,6 +325,8 @@ done:
         ret = rep->unrepaired_count ? 1 : 0;
     }
 out:
+    if (ret < 0)
+        vhd_repair_report_free(rep);    /* the caller gets the error alone */
     free(dropped.v);
     op_bat_free(&bat);
     vhd_meta_free(&m);

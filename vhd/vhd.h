@@ -431,7 +431,7 @@ struct vhd_repair_report {
  * its copy or the copy from the footer, fix checksums, drop BAT entries that
  * point outside the file or overlap metadata or other blocks, reclaim leaked
  * space. Returns 0 when the image is sound afterwards, 1 when problems
- * remain (listed), or a negative errno. */
+ * remain (listed), or a negative errno (with err set, report empty). */
 int vhd_repair(const char *path, const struct vhd_repair_options *opt,
                struct vhd_repair_report *report, struct hv_err *err);
 void vhd_repair_report_free(struct vhd_repair_report *report);
