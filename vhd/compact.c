@@ -263,7 +263,10 @@ int op_reclaim(struct op_file *f, struct vhd_meta *m, struct op_bat *bat,
             hv_progress_update(progress, progress->done + (uint64_t)count * span);
     }
 
-    /* Step 3: cut after the last structure, then punch what is unused. */
+    /* Step 3: cut after the last structure, then punch what is unused. The
+     * cut is on a 4 KiB boundary: hvstor's layout pads the BAT to 4 KiB (the
+     * engine writes it back in whole pages) and less than a page is no
+     * space worth a rewrite. */
     uint64_t end = 0;
     {
         struct extent meta[3 + VHD_LOCATOR_COUNT];
@@ -274,6 +277,7 @@ int op_reclaim(struct op_file *f, struct vhd_meta *m, struct op_bat *bat,
     for (uint32_t b = 0; b < h->max_table_entries; b++)
         if (m->bat[b] != VHD_BAT_UNALLOCATED)
             end = HV_MAX(end, (uint64_t)m->bat[b] * HV_SECTOR_BYTES + span);
+    end = HV_ALIGN_UP(end, PAGE_BYTES);
     if (end < m->footer_offset) {
         ret = op_write_footer(f, &m->footer, end, err);
         if (ret == 0)

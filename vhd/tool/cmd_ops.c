@@ -201,7 +201,8 @@ int cmd_resize(int argc, char **argv)
     };
     struct vhd_resize_options o = { 0 };
     int c;
-    while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
+    /* "+": options end at FILE, so that "-2M" after it is a size. */
+    while ((c = getopt_long(argc, argv, "+fh", opts, NULL)) != -1) {
         switch (c) {
         case 'f': o.is_forced = true; break;
         case 'h': return ops_usage(resize_usage, true);
