@@ -66,7 +66,7 @@ static int gaps_add(struct gaps *g, uint64_t start, uint64_t end)
     while (i < g->n && g->v[i].start < start)
         i++;
     memmove(g->v + i + 1, g->v + i, (g->n - i) * sizeof(*g->v));
-    g->v[i] = (struct extent){ start, end };
+    g->v[i] = (struct extent){start, end};
     g->n++;
     for (size_t k = i > 0 ? i - 1 : 0; k + 1 < g->n;) {
         if (g->v[k].end >= g->v[k + 1].start) {
@@ -110,16 +110,16 @@ static int metadata_extents(const struct vhd_meta *m, struct extent *out)
 {
     const struct vhd_header *h = &m->header;
     int n = 0;
-    out[n++] = (struct extent){ 0, VHD_FOOTER_BYTES };
-    out[n++] = (struct extent){ m->footer.data_offset, m->footer.data_offset + VHD_HEADER_BYTES };
-    out[n++] = (struct extent){ h->table_offset,
-                                h->table_offset + vhd_bat_bytes(h->max_table_entries) };
+    out[n++] = (struct extent){0, VHD_FOOTER_BYTES};
+    out[n++] = (struct extent){m->footer.data_offset, m->footer.data_offset + VHD_HEADER_BYTES};
+    out[n++] =
+        (struct extent){h->table_offset, h->table_offset + vhd_bat_bytes(h->max_table_entries)};
     if (m->footer.disk_type == VHD_TYPE_DIFFERENCING) {
         for (int i = 0; i < VHD_LOCATOR_COUNT; i++) {
             const struct vhd_locator *l = &h->locators[i];
             if (l->code != VHD_PLAT_NONE && vhd_locator_space_bytes(l))
-                out[n++] = (struct extent){ l->data_offset,
-                                            l->data_offset + vhd_locator_space_bytes(l) };
+                out[n++] =
+                    (struct extent){l->data_offset, l->data_offset + vhd_locator_space_bytes(l)};
         }
     }
     for (int i = 1; i < n; i++)
@@ -145,7 +145,7 @@ int op_reclaim(struct op_file *f, struct vhd_meta *m, struct op_bat *bat,
     uint32_t bitmap_bytes = vhd_bitmap_bytes(h->block_bytes);
     uint64_t span = (uint64_t)bitmap_bytes + h->block_bytes;
     struct placed *blocks = NULL;
-    struct gaps gaps = { 0 };
+    struct gaps gaps = {0};
     uint8_t *buf = NULL;
     uint32_t n = 0;
     int ret = 0;
@@ -160,7 +160,7 @@ int op_reclaim(struct op_file *f, struct vhd_meta *m, struct op_bat *bat,
     }
     for (uint32_t b = 0; b < h->max_table_entries; b++)
         if (m->bat[b] != VHD_BAT_UNALLOCATED)
-            blocks[n++] = (struct placed){ (uint64_t)m->bat[b] * HV_SECTOR_BYTES, b };
+            blocks[n++] = (struct placed){(uint64_t)m->bat[b] * HV_SECTOR_BYTES, b};
     qsort(blocks, n, sizeof(*blocks), placed_cmp);
     {
         /* Holes: what of [0, footer) neither metadata nor a block owns.
@@ -229,8 +229,8 @@ int op_reclaim(struct op_file *f, struct vhd_meta *m, struct op_bat *bat,
                 goto out;
             if ((ret = gaps_take(&gaps, gi, to, to + span)) < 0)
                 goto oom;
-            moves[count++] = (struct move){ hi.index, hi.start, to };
-            n--;                    /* out of the search; re-inserted below */
+            moves[count++] = (struct move){hi.index, hi.start, to};
+            n--; /* out of the search; re-inserted below */
         }
         if (count == 0)
             break;
@@ -255,7 +255,7 @@ int op_reclaim(struct op_file *f, struct vhd_meta *m, struct op_bat *bat,
                 blocks[k] = blocks[k - 1];
                 k--;
             }
-            blocks[k] = (struct placed){ moves[i].to, moves[i].index };
+            blocks[k] = (struct placed){moves[i].to, moves[i].index};
             n++;
         }
         *moved += (uint32_t)count;
@@ -322,7 +322,7 @@ static int parent_path_of(const char *path, char *out, size_t cap, struct hv_err
 {
     struct hv_reactor *r;
     struct bdev *bd = NULL;
-    struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };
+    struct vhd_open_options o = {.is_read_only = true, .no_direct_io = true};
     int ret = hv_reactor_create(&r);
     if (ret < 0)
         return hv_err_set(err, ret, "reactor: %s", strerror(-ret));
@@ -351,16 +351,16 @@ static bool present_is_zero(const uint8_t *bm, const uint8_t *data, uint32_t sec
 int vhd_compact(const char *path, const struct vhd_compact_options *opt,
                 struct vhd_compact_result *res, struct hv_err *err)
 {
-    static const struct vhd_compact_options defaults = { 0 };
+    static const struct vhd_compact_options defaults = {0};
     char parent[PATH_MAX] = "";
-    struct vhd_meta m = { 0 };
-    struct op_bat bat = { 0 };
+    struct vhd_meta m = {0};
+    struct op_bat bat = {0};
     struct hv_reactor *r = NULL;
     struct bdev *pbd = NULL;
     uint8_t *data = NULL;
     uint8_t *pdata = NULL;
     uint8_t *bm = NULL;
-    struct hv_progress progress = { 0 };
+    struct hv_progress progress = {0};
     bool is_progress = false;
     int fd = -1;
     int ret;
@@ -380,7 +380,7 @@ int vhd_compact(const char *path, const struct vhd_compact_options *opt,
     ret = op_open(path, opt->is_dry_run, &fd, err);
     if (ret < 0)
         return ret;
-    struct op_file f = { fd, path, opt->observer, opt->is_dry_run };
+    struct op_file f = {fd, path, opt->observer, opt->is_dry_run};
     res->stored_bytes_before = stored_bytes(fd);
     ret = vhd_meta_load(fd, path, true, &m, err);
     if (ret < 0)
@@ -388,7 +388,7 @@ int vhd_compact(const char *path, const struct vhd_compact_options *opt,
     res->file_bytes_before = res->file_bytes_after = m.file_bytes;
     res->stored_bytes_after = res->stored_bytes_before;
     if (m.footer.disk_type == VHD_TYPE_FIXED)
-        goto out;                   /* preallocated by definition: nothing to give back */
+        goto out; /* preallocated by definition: nothing to give back */
     ret = op_bat_load(&bat, fd, &m.header, err, path);
     if (ret < 0)
         goto out;
@@ -404,7 +404,7 @@ int vhd_compact(const char *path, const struct vhd_compact_options *opt,
         goto out;
     }
     if (is_diff) {
-        struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };
+        struct vhd_open_options o = {.is_read_only = true, .no_direct_io = true};
         ret = hv_reactor_create(&r);
         if (ret < 0) {
             hv_err_set(err, ret, "reactor: %s", strerror(-ret));
@@ -441,14 +441,14 @@ int vhd_compact(const char *path, const struct vhd_compact_options *opt,
         } else if (!present_is_zero(bm, data, sectors)) {
             is_free = false;
         } else if (vhd_bitmap_run(bm, 0, sectors) == sectors && !vhd_bitmap_test(bm, 0)) {
-            is_free = true;          /* nothing present: the parent shows anyway */
+            is_free = true; /* nothing present: the parent shows anyway */
         } else {
             /* Zeroes that mask the parent are data, unless the parent
              * reads zeroes there too. */
             ret = bdev_read_sync(pbd, vstart, pdata, vlen);
             if (ret < 0) {
-                hv_err_set(err, ret, "%s: reading the parent at %" PRIu64 ": %s", parent,
-                           vstart, strerror(-ret));
+                hv_err_set(err, ret, "%s: reading the parent at %" PRIu64 ": %s", parent, vstart,
+                           strerror(-ret));
                 goto out;
             }
             is_free = present_is_zero(bm, pdata, sectors);

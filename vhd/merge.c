@@ -49,22 +49,22 @@
 
 struct mchild {
     char path[PATH_MAX];
-    int fd;                         /* buffered, read-locked */
-    int dfd;                        /* O_DIRECT, or -1 */
+    int fd;  /* buffered, read-locked */
+    int dfd; /* O_DIRECT, or -1 */
     struct vhd_meta meta;
     uint64_t size_bytes;
     uint32_t block_bytes;
     uint32_t bitmap_bytes;
     uint32_t entries;
-    uint8_t *bitmaps;               /* entries * bitmap_bytes, MAP_NORESERVE */
+    uint8_t *bitmaps; /* entries * bitmap_bytes, MAP_NORESERVE */
     size_t bitmaps_len;
 };
 
 struct mrun {
-    uint64_t voff;                  /* virtual offset */
+    uint64_t voff; /* virtual offset */
     uint64_t len;
     int layer;
-    uint64_t foff;                  /* offset in that child's file */
+    uint64_t foff; /* offset in that child's file */
 };
 
 struct merge;
@@ -72,7 +72,7 @@ struct merge;
 struct mslot {
     struct merge *m;
     uint8_t *buf;
-    uint64_t offset;                /* virtual start of the chunk */
+    uint64_t offset; /* virtual start of the chunk */
     int nruns;
     struct mrun runs[MG_MAX_RUNS];
     struct hv_aio_req reads[MG_MAX_RUNS];
@@ -142,8 +142,7 @@ static void mg_fail(struct merge *m, int code, const char *path, const char *op,
     if (m->error)
         return;
     m->error = code;
-    hv_err_set(m->err, code, "%s: %s at offset %" PRIu64 ": %s", path, op, off,
-               strerror(-code));
+    hv_err_set(m->err, code, "%s: %s at offset %" PRIu64 ": %s", path, op, off, strerror(-code));
 }
 
 static void slot_next(struct mslot *s);
@@ -220,8 +219,8 @@ static bool slot_plan(struct mslot *s)
     struct merge *m = s->m;
     while (m->next_offset < m->size_bytes) {
         uint64_t start = m->next_offset;
-        uint64_t end = HV_MIN(HV_ALIGN_DOWN(start, MG_CHUNK_BYTES) + MG_CHUNK_BYTES,
-                              m->size_bytes);
+        uint64_t end =
+            HV_MIN(HV_ALIGN_DOWN(start, MG_CHUNK_BYTES) + MG_CHUNK_BYTES, m->size_bytes);
         uint64_t at = start;
         s->nruns = 0;
         s->offset = start;
@@ -232,8 +231,8 @@ static bool slot_plan(struct mslot *s)
             mroute(m, at, end - at, &layer, &foff, &run);
             if (layer >= 0) {
                 if (s->nruns == MG_MAX_RUNS)
-                    break;          /* the rest goes in the next chunk */
-                s->runs[s->nruns++] = (struct mrun){ at, run, layer, foff };
+                    break; /* the rest goes in the next chunk */
+                s->runs[s->nruns++] = (struct mrun){at, run, layer, foff};
             }
             at += run;
         }
@@ -398,12 +397,12 @@ static void find_users(char paths[][PATH_MAX], int count, const uint8_t (*uuids)
 
 /* ---------------------------------------------------------------- merge */
 
-static int resolve_chain(const char *child, const char *into, char paths[][PATH_MAX],
-                         int *count, struct hv_err *err)
+static int resolve_chain(const char *child, const char *into, char paths[][PATH_MAX], int *count,
+                         struct hv_err *err)
 {
     struct hv_reactor *r = NULL;
     struct bdev *bd = NULL;
-    struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };
+    struct vhd_open_options o = {.is_read_only = true, .no_direct_io = true};
     int ret = hv_reactor_create(&r);
     if (ret < 0)
         return hv_err_set(err, ret, "reactor: %s", strerror(-ret));
@@ -412,8 +411,8 @@ static int resolve_chain(const char *child, const char *into, char paths[][PATH_
         goto out;
     int depth = vhd_chain_depth(bd);
     if (depth < 2) {
-        ret = hv_err_set(err, -EINVAL, "%s: not a differencing image: nothing to merge into",
-                         child);
+        ret =
+            hv_err_set(err, -EINVAL, "%s: not a differencing image: nothing to merge into", child);
         goto out;
     }
     int target = 1;
@@ -431,8 +430,10 @@ static int resolve_chain(const char *child, const char *into, char paths[][PATH_
                 target = i;
         }
         if (target < 0) {
-            ret = hv_err_set(err, -EINVAL, "%s: %s is not an ancestor of it (the chain is "
-                             "%d images deep)", child, into, depth);
+            ret = hv_err_set(err, -EINVAL,
+                             "%s: %s is not an ancestor of it (the chain is "
+                             "%d images deep)",
+                             child, into, depth);
             goto out;
         }
         if (target == 0) {
@@ -450,13 +451,13 @@ out:
     return ret;
 }
 
-int vhd_merge(const char *child, const struct vhd_merge_options *opt,
-              struct vhd_merge_result *res, struct hv_err *err)
+int vhd_merge(const char *child, const struct vhd_merge_options *opt, struct vhd_merge_result *res,
+              struct hv_err *err)
 {
-    static const struct vhd_merge_options defaults = { 0 };
-    char (*paths)[PATH_MAX] = NULL;
-    uint8_t (*uuids)[16] = NULL;
-    struct merge m = { .err = err };
+    static const struct vhd_merge_options defaults = {0};
+    char(*paths)[PATH_MAX] = NULL;
+    uint8_t(*uuids)[16] = NULL;
+    struct merge m = {.err = err};
     struct mslot *slots = NULL;
     struct hv_reactor *r = NULL;
     unsigned depth;
@@ -490,10 +491,11 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt,
     /* A child grown past its ancestor (vhd resize) needs the ancestor grown
      * first; a smaller child cannot be merged without cutting the ancestor. */
     if (top_info.size_bytes < anc_info.size_bytes) {
-        ret = hv_err_set(err, -EINVAL, "%s: virtual size %" PRIu64 " is smaller than the "
+        ret = hv_err_set(err, -EINVAL,
+                         "%s: virtual size %" PRIu64 " is smaller than the "
                          "ancestor %s (%" PRIu64 "): merging would leave the ancestor "
-                         "reading more than the child does", child, top_info.size_bytes,
-                         ancestor, anc_info.size_bytes);
+                         "reading more than the child does",
+                         child, top_info.size_bytes, ancestor, anc_info.size_bytes);
         goto out;
     }
     for (int i = 0; i < count; i++) {
@@ -505,14 +507,14 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt,
     }
     /* Every image of the run is either deleted or changed: images that
      * name any of them as parent are affected. */
-    find_users(paths, count, (const uint8_t(*)[16])uuids, count, res->users,
-               sizeof(res->users));
+    find_users(paths, count, (const uint8_t(*)[16])uuids, count, res->users, sizeof(res->users));
     if (res->users[0] && !opt->is_forced) {
-        ret = hv_err_set(err, -EBUSY, "%s: merging into %s would change images that use it "
+        ret = hv_err_set(err, -EBUSY,
+                         "%s: merging into %s would change images that use it "
                          "or one of the children: %s. A VHD does not know its children, so "
                          "images in other directories cannot be found; merge with --force "
-                         "only when nothing else uses %s", child, ancestor, res->users,
-                         ancestor);
+                         "only when nothing else uses %s",
+                         child, ancestor, res->users, ancestor);
         goto out;
     }
 
@@ -520,7 +522,7 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt,
         /* Growing the ancestor does not change what CHILD's chain reads: the
          * engine reads zeroes past a smaller parent, and the grown range
          * reads zeroes. vhd_resize is crash-safe on its own. */
-        struct vhd_resize_options ro = { .observer = opt->observer };
+        struct vhd_resize_options ro = {.observer = opt->observer};
         ret = vhd_resize(ancestor, top_info.size_bytes, &ro, err);
         if (ret < 0) {
             hv_err_prefix(err, "%s: growing the ancestor to the child's size", child);
@@ -548,8 +550,8 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt,
         hv_err_set(err, ret, "reactor: %s", strerror(-ret));
         goto out;
     }
-    struct vhd_open_options o = { .no_direct_io = opt->no_direct_io,
-                                  .observer = opt->observer ? opt->observer->engine : NULL };
+    struct vhd_open_options o = {.no_direct_io = opt->no_direct_io,
+                                 .observer = opt->observer ? opt->observer->engine : NULL};
     ret = vhd_open(r, ancestor, &o, &m.dst, err);
     if (ret < 0)
         goto out;
@@ -611,8 +613,10 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt,
         for (int i = 0; i < m.count; i++) {
             ret = op_unlink(paths[i], opt->observer, err);
             if (ret < 0) {
-                hv_err_prefix(err, "the data is merged into %s, but deleting the merged "
-                              "child failed", ancestor);
+                hv_err_prefix(err,
+                              "the data is merged into %s, but deleting the merged "
+                              "child failed",
+                              ancestor);
                 goto out;
             }
         }

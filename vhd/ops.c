@@ -22,8 +22,7 @@ int op_open(const char *path, bool is_read_only, int *out, struct hv_err *err)
     int fd = open(path, (is_read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     if (fd < 0)
         return hv_err_errno(err, path, "open");
-    struct flock fl = { .l_type = (short)(is_read_only ? F_RDLCK : F_WRLCK),
-                        .l_whence = SEEK_SET };
+    struct flock fl = {.l_type = (short)(is_read_only ? F_RDLCK : F_WRLCK), .l_whence = SEEK_SET};
     if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
         int e = errno;
         close(fd);
@@ -43,8 +42,8 @@ int op_write(struct op_file *f, const void *buf, size_t len, uint64_t off, struc
         return 0;
     int ret = hv_pwrite_full(f->fd, buf, len, off);
     if (ret < 0)
-        return hv_err_set(err, ret, "%s: write of %zu bytes at offset %" PRIu64 ": %s",
-                          f->path, len, off, strerror(-ret));
+        return hv_err_set(err, ret, "%s: write of %zu bytes at offset %" PRIu64 ": %s", f->path,
+                          len, off, strerror(-ret));
     if (f->obs && f->obs->on_write)
         f->obs->on_write(f->obs->arg, f->path, off, buf, len);
     return 0;
@@ -78,7 +77,7 @@ int op_punch(struct op_file *f, uint64_t off, uint64_t len, struct hv_err *err)
     if (f->is_dry_run || len == 0)
         return 0;
     if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
-        return 0;                   /* space stays used; nothing is wrong */
+        return 0; /* space stays used; nothing is wrong */
     if (f->obs && f->obs->on_write) {
         static const uint8_t zero[65536];
         for (uint64_t at = 0; at < len; at += sizeof(zero))

@@ -16,7 +16,7 @@ struct op_file {
     int fd;
     const char *path;
     const struct vhd_ops_observer *obs;
-    bool is_dry_run;                 /* count, write nothing */
+    bool is_dry_run; /* count, write nothing */
 };
 
 /* Open `path` (read-write unless `is_read_only`) and take an OFD lock:
@@ -47,10 +47,10 @@ int op_write_header(struct op_file *f, struct vhd_header *h, uint64_t off, struc
  */
 struct op_bat {
     uint8_t *raw;
-    uint64_t bytes;                  /* vhd_bat_bytes(entries) */
+    uint64_t bytes; /* vhd_bat_bytes(entries) */
     uint32_t entries;
     uint64_t table_offset;
-    uint8_t *dirty;                  /* per sector */
+    uint8_t *dirty; /* per sector */
 };
 int op_bat_load(struct op_bat *b, int fd, const struct vhd_header *h, struct hv_err *err,
                 const char *path);

@@ -32,10 +32,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static void HV_PRINTF(3, 4) act(struct vhd_repair_report *rep, bool is_unrepaired,
-                                const char *fmt, ...)
+static void HV_PRINTF(3, 4)
+    act(struct vhd_repair_report *rep, bool is_unrepaired, const char *fmt, ...)
 {
-    char (*a)[512] = realloc(rep->actions, (size_t)(rep->action_count + 1) * sizeof(*a));
+    char(*a)[512] = realloc(rep->actions, (size_t)(rep->action_count + 1) * sizeof(*a));
     if (!a)
         return;
     rep->actions = a;
@@ -100,8 +100,10 @@ static int repair_fixed(struct op_file *f, struct vhd_footer *ft, bool is_sum_ba
             ret = op_sync(f, err);
     }
     if (ret == 0 && file_bytes - VHD_FOOTER_BYTES > ft->current_size) {
-        act(rep, false, "cut %" PRIu64 " unused bytes between the data and the footer "
-            "(an interrupted resize)", file_bytes - VHD_FOOTER_BYTES - ft->current_size);
+        act(rep, false,
+            "cut %" PRIu64 " unused bytes between the data and the footer "
+            "(an interrupted resize)",
+            file_bytes - VHD_FOOTER_BYTES - ft->current_size);
         ret = op_write_footer(f, ft, ft->current_size, err);
         if (ret == 0)
             ret = op_sync(f, err);
@@ -116,12 +118,12 @@ static int repair_fixed(struct op_file *f, struct vhd_footer *ft, bool is_sum_ba
 int vhd_repair(const char *path, const struct vhd_repair_options *opt,
                struct vhd_repair_report *rep, struct hv_err *err)
 {
-    static const struct vhd_repair_options defaults = { 0 };
+    static const struct vhd_repair_options defaults = {0};
     uint8_t ebuf[VHD_FOOTER_BYTES], cbuf[VHD_FOOTER_BYTES], hbuf[VHD_HEADER_BYTES];
     struct vhd_footer fe, fc;
-    struct vhd_meta m = { 0 };
-    struct op_bat bat = { 0 };
-    struct dropped dropped = { 0 };
+    struct vhd_meta m = {0};
+    struct op_bat bat = {0};
+    struct dropped dropped = {0};
     struct stat st;
     bool is_e_sum = false, is_c_sum = false;
     int fd = -1;
@@ -133,15 +135,14 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
     ret = op_open(path, opt->is_dry_run, &fd, err);
     if (ret < 0)
         return ret;
-    struct op_file f = { fd, path, opt->observer, opt->is_dry_run };
+    struct op_file f = {fd, path, opt->observer, opt->is_dry_run};
     if (fstat(fd, &st) < 0) {
         ret = hv_err_errno(err, path, "stat");
         goto out;
     }
     uint64_t file_bytes = (uint64_t)st.st_size;
     if (file_bytes < 2 * VHD_FOOTER_BYTES) {
-        act(rep, true, "file is %" PRIu64 " bytes: not an image that can be repaired",
-            file_bytes);
+        act(rep, true, "file is %" PRIu64 " bytes: not an image that can be repaired", file_bytes);
         goto done;
     }
     if ((ret = hv_pread_full(fd, ebuf, sizeof(ebuf), file_bytes - VHD_FOOTER_BYTES)) < 0 ||
@@ -157,7 +158,8 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
         goto done;
     }
     if (!is_e_ok && !is_c_ok) {
-        act(rep, true, "no valid footer at the end and no valid copy at offset 0: the "
+        act(rep, true,
+            "no valid footer at the end and no valid copy at offset 0: the "
             "image's type and size are lost (a fixed image keeps no copy)");
         goto done;
     }
@@ -177,7 +179,7 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
     bool is_h_sum = m.header.checksum != m.header.computed_checksum;
     m.header.checksum = m.header.computed_checksum;
     {
-        struct hv_err herr = { 0 };
+        struct hv_err herr = {0};
         /* The file length is checked below, once the footer's place is known. */
         if (vhd_header_validate(&m.header, &m.footer, path, 0, &herr) < 0) {
             act(rep, true, "%s", hv_err_msg(&herr, -EINVAL));
@@ -186,8 +188,7 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
     }
     m.has_header = true;
     if (m.header.table_offset + vhd_bat_bytes(m.header.max_table_entries) > file_bytes) {
-        act(rep, true, "BAT at offset %" PRIu64 " lies outside the file",
-            m.header.table_offset);
+        act(rep, true, "BAT at offset %" PRIu64 " lies outside the file", m.header.table_offset);
         goto done;
     }
     if (is_h_sum) {
@@ -212,8 +213,7 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
     vhd_bat_parse(bat.raw, m.header.max_table_entries, m.bat);
     uint64_t footer_at = file_bytes - VHD_FOOTER_BYTES;
     if (!is_e_ok) {
-        uint64_t span = (uint64_t)vhd_bitmap_bytes(m.header.block_bytes) +
-                        m.header.block_bytes;
+        uint64_t span = (uint64_t)vhd_bitmap_bytes(m.header.block_bytes) + m.header.block_bytes;
         uint64_t end = vhd_metadata_end(&m.footer, &m.header);
         for (uint32_t b = 0; b < m.header.max_table_entries; b++) {
             uint64_t at = (uint64_t)m.bat[b] * HV_SECTOR_BYTES;
@@ -223,9 +223,11 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
         }
         end = HV_ALIGN_UP(end, HV_SECTOR_BYTES);
         if (end > footer_at) {
-            act(rep, false, "file ends at %" PRIu64 ", inside its data: the footer goes "
+            act(rep, false,
+                "file ends at %" PRIu64 ", inside its data: the footer goes "
                 "after the last block, at %" PRIu64 " (bytes that were cut off read as "
-                "zeroes)", file_bytes, end);
+                "zeroes)",
+                file_bytes, end);
             footer_at = end;
         }
     }
@@ -235,8 +237,8 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
     /* BAT entries that point outside the file or overlap something. */
     for (int round = 0; round < 8; round++) {
         dropped.n = 0;
-        int nbad = vhd_bat_validate(m.bat, &m.footer, &m.header, m.footer_offset, bat_problem,
-                                    &dropped);
+        int nbad =
+            vhd_bat_validate(m.bat, &m.footer, &m.header, m.footer_offset, bat_problem, &dropped);
         if (nbad < 0) {
             ret = hv_err_set(err, nbad, "%s: out of memory", path);
             goto out;
@@ -247,8 +249,10 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
             uint32_t b = dropped.v[i];
             if (m.bat[b] == VHD_BAT_UNALLOCATED)
                 continue;
-            act(rep, false, "BAT entry %u (sector %u) dropped: it points outside the file or "
-                "overlaps other structures", b, m.bat[b]);
+            act(rep, false,
+                "BAT entry %u (sector %u) dropped: it points outside the file or "
+                "overlaps other structures",
+                b, m.bat[b]);
             m.bat[b] = VHD_BAT_UNALLOCATED;
             op_bat_set(&bat, b, VHD_BAT_UNALLOCATED);
         }
@@ -303,15 +307,17 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
         struct stat st2;
         uint64_t stored2 = fstat(fd, &st2) == 0 ? (uint64_t)st2.st_blocks * 512 : stored;
         if (moved || after < before || (!opt->is_dry_run && stored2 + 4096 <= stored))
-            act(rep, false, "space reclaimed: %u block%s moved into holes, file %" PRIu64
-                " -> %" PRIu64 " bytes", moved, moved == 1 ? "" : "s", before, after);
+            act(rep, false,
+                "space reclaimed: %u block%s moved into holes, file %" PRIu64 " -> %" PRIu64
+                " bytes",
+                moved, moved == 1 ? "" : "s", before, after);
     }
 done:
     ret = rep->unrepaired_count ? 1 : 0;
     if (!opt->is_dry_run && ret == 0) {
         struct vhd_check_report crep;
-        struct hv_err cerr = { 0 };
-        close(fd);                   /* check opens it itself */
+        struct hv_err cerr = {0};
+        close(fd); /* check opens it itself */
         fd = -1;
         int rc = vhd_check(path, &crep, &cerr);
         if (rc < 0) {
@@ -326,7 +332,7 @@ done:
     }
 out:
     if (ret < 0)
-        vhd_repair_report_free(rep);    /* the caller gets the error alone */
+        vhd_repair_report_free(rep); /* the caller gets the error alone */
     free(dropped.v);
     op_bat_free(&bat);
     vhd_meta_free(&m);

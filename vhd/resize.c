@@ -76,8 +76,7 @@ static int first_data(int fd, const char *path, uint64_t from, uint64_t to, uint
         int ret = hv_pread_full(fd, buf, n, pos);
         if (ret < 0) {
             free(buf);
-            return hv_err_set(err, ret, "%s: read at %" PRIu64 ": %s", path, pos,
-                              strerror(-ret));
+            return hv_err_set(err, ret, "%s: read at %" PRIu64 ": %s", path, pos, strerror(-ret));
         }
         for (size_t i = 0; i < n; i += HV_SECTOR_BYTES) {
             if (!hv_buf_is_zero(buf + i, HV_MIN((size_t)HV_SECTOR_BYTES, n - i))) {
@@ -106,9 +105,10 @@ static int resize_fixed(struct op_file *f, struct vhd_meta *m, uint64_t size, bo
         if (ret < 0)
             return ret;
         if (at < old && !is_forced)
-            return hv_err_set(err, -ENOTEMPTY, "%s: data at offset %" PRIu64 " lies beyond "
-                              "the new size %" PRIu64 "; --force cuts it off", f->path, at,
-                              size);
+            return hv_err_set(err, -ENOTEMPTY,
+                              "%s: data at offset %" PRIu64 " lies beyond "
+                              "the new size %" PRIu64 "; --force cuts it off",
+                              f->path, at, size);
         ret = op_write_footer(f, &nf, m->footer_offset, err);
         if (ret == 0)
             ret = op_sync(f, err);
@@ -305,8 +305,10 @@ static int resize_sparse(struct op_file *f, struct vhd_meta *m, uint64_t size, b
 
     footer_for_size(&nf, &m->footer, size);
     if (needed > HV_DIV_ROUND_UP(VHD_MAX_READ_SIZE_BYTES, bs))
-        return hv_err_set(err, -EINVAL, "%s: %" PRIu64 " bytes need more BAT entries than "
-                          "the format allows", f->path, size);
+        return hv_err_set(err, -EINVAL,
+                          "%s: %" PRIu64 " bytes need more BAT entries than "
+                          "the format allows",
+                          f->path, size);
     ret = op_bat_load(&bat, f->fd, h, err, f->path);
     if (ret < 0)
         return ret;
@@ -324,8 +326,10 @@ static int resize_sparse(struct op_file *f, struct vhd_meta *m, uint64_t size, b
             if (ret < 0)
                 goto out;
             if (has) {
-                ret = hv_err_set(err, -ENOTEMPTY, "%s: block %u holds data beyond the new "
-                                 "size %" PRIu64 "; --force cuts it off", f->path, b, size);
+                ret = hv_err_set(err, -ENOTEMPTY,
+                                 "%s: block %u holds data beyond the new "
+                                 "size %" PRIu64 "; --force cuts it off",
+                                 f->path, b, size);
                 goto out;
             }
         }
@@ -341,8 +345,8 @@ static int resize_sparse(struct op_file *f, struct vhd_meta *m, uint64_t size, b
         /* The part of the last block past the end keeps its bytes: zero them
          * now, so that growing again later shows zeroes there. */
         if (size % bs && m->bat[needed - 1] != VHD_BAT_UNALLOCATED) {
-            uint64_t at = (uint64_t)m->bat[needed - 1] * HV_SECTOR_BYTES +
-                          vhd_bitmap_bytes(bs) + size % bs;
+            uint64_t at =
+                (uint64_t)m->bat[needed - 1] * HV_SECTOR_BYTES + vhd_bitmap_bytes(bs) + size % bs;
             uint64_t len = bs - size % bs;
             uint8_t *z = calloc(1, len);
             if (!z) {
@@ -378,29 +382,32 @@ out:
 int vhd_resize(const char *path, uint64_t size, const struct vhd_resize_options *opt,
                struct hv_err *err)
 {
-    static const struct vhd_resize_options defaults = { 0 };
-    struct vhd_meta m = { 0 };
+    static const struct vhd_resize_options defaults = {0};
+    struct vhd_meta m = {0};
     int fd = -1;
     int ret;
 
     if (!opt)
         opt = &defaults;
     if (size == 0 || size % HV_SECTOR_BYTES)
-        return hv_err_set(err, -EINVAL, "%s: size %" PRIu64 " is not a positive multiple of "
-                          "512 bytes", path, size);
+        return hv_err_set(err, -EINVAL,
+                          "%s: size %" PRIu64 " is not a positive multiple of "
+                          "512 bytes",
+                          path, size);
     if (size > VHD_MAX_SIZE_BYTES)
-        return hv_err_set(err, -EINVAL, "%s: size %" PRIu64 " exceeds VHD's 2040 GiB", path,
-                          size);
+        return hv_err_set(err, -EINVAL, "%s: size %" PRIu64 " exceeds VHD's 2040 GiB", path, size);
     ret = op_open(path, false, &fd, err);
     if (ret < 0)
         return ret;
-    struct op_file f = { fd, path, opt->observer, false };
+    struct op_file f = {fd, path, opt->observer, false};
     ret = vhd_meta_load(fd, path, true, &m, err);
     if (ret < 0)
         goto out;
     if (!m.is_footer_copy_ok && m.footer.disk_type != VHD_TYPE_FIXED) {
-        ret = hv_err_set(err, -EINVAL, "%s: the footer copy at offset 0 is damaged or "
-                         "differs from the footer; run vhd repair first", path);
+        ret = hv_err_set(err, -EINVAL,
+                         "%s: the footer copy at offset 0 is damaged or "
+                         "differs from the footer; run vhd repair first",
+                         path);
         goto out;
     }
     if (size == m.footer.current_size)

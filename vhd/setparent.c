@@ -35,13 +35,13 @@
 int vhd_set_parent(const char *child, const char *parent_path,
                    const struct vhd_set_parent_options *opt, struct hv_err *err)
 {
-    static const struct vhd_set_parent_options defaults = { 0 };
+    static const struct vhd_set_parent_options defaults = {0};
     char absolute[PATH_MAX];
     char child_dir[PATH_MAX];
     char copy[PATH_MAX];
     char rel[PATH_MAX];
     struct vhd_info pinfo;
-    struct vhd_meta m = { 0 };
+    struct vhd_meta m = {0};
     uint8_t *payload = NULL;
     struct stat cst, pst;
     int fd = -1;
@@ -65,7 +65,7 @@ int vhd_set_parent(const char *child, const char *parent_path,
     ret = op_open(child, false, &fd, err);
     if (ret < 0)
         return ret;
-    struct op_file f = { fd, child, opt->observer, false };
+    struct op_file f = {fd, child, opt->observer, false};
     ret = vhd_meta_load(fd, child, true, &m, err);
     if (ret < 0)
         goto out;
@@ -78,16 +78,18 @@ int vhd_set_parent(const char *child, const char *parent_path,
         char want[37], got[37];
         hv_uuid_format(m.header.parent_uuid, want);
         hv_uuid_format(pinfo.uuid, got);
-        ret = hv_err_set(err, -EINVAL, "%s: %s has unique id %s, but the child records its "
+        ret = hv_err_set(err, -EINVAL,
+                         "%s: %s has unique id %s, but the child records its "
                          "parent as %s: not the same disk (--force links it anyway; the "
-                         "child then reads its sectors over a different parent)", child,
-                         parent_path, got, want);
+                         "child then reads its sectors over a different parent)",
+                         child, parent_path, got, want);
         goto out;
     }
     if (pinfo.size_bytes != m.footer.current_size && !opt->is_forced) {
-        ret = hv_err_set(err, -EINVAL, "%s: new parent %s is %" PRIu64 " bytes, the child "
-                         "%" PRIu64 " (--force links it anyway)", child, parent_path,
-                         pinfo.size_bytes, m.footer.current_size);
+        ret = hv_err_set(err, -EINVAL,
+                         "%s: new parent %s is %" PRIu64 " bytes, the child "
+                         "%" PRIu64 " (--force links it anyway)",
+                         child, parent_path, pinfo.size_bytes, m.footer.current_size);
         goto out;
     }
 
@@ -97,8 +99,10 @@ int vhd_set_parent(const char *child, const char *parent_path,
     memcpy(h.parent_uuid, pinfo.uuid, 16);
     h.parent_timestamp = pinfo.timestamp;
     if (vhd_parent_name_set(&h, base ? base + 1 : absolute) < 0) {
-        ret = hv_err_set(err, -ENAMETOOLONG, "%s: parent file name is too long for the "
-                         "header (256 UTF-16 units)", child);
+        ret = hv_err_set(err, -ENAMETOOLONG,
+                         "%s: parent file name is too long for the "
+                         "header (256 UTF-16 units)",
+                         child);
         goto out;
     }
     snprintf(copy, sizeof(copy), "%s", child);
@@ -111,7 +115,7 @@ int vhd_set_parent(const char *child, const char *parent_path,
         hv_err_set(err, ret, "%s: relative path to the parent is too long", child);
         goto out;
     }
-    static const uint32_t codes[3] = { VHD_PLAT_W2RU, VHD_PLAT_W2KU, VHD_PLAT_MACX };
+    static const uint32_t codes[3] = {VHD_PLAT_W2RU, VHD_PLAT_W2KU, VHD_PLAT_MACX};
     payload = calloc(3, LOCATOR_MAX_BYTES);
     if (!payload) {
         ret = hv_err_set(err, -ENOMEM, "%s: out of memory", child);
@@ -131,14 +135,13 @@ int vhd_set_parent(const char *child, const char *parent_path,
     memset(h.locators, 0, sizeof(h.locators));
     for (int i = 0; i < 3; i++) {
         const char *text = codes[i] == VHD_PLAT_W2RU ? rel : absolute;
-        int len = vhd_locator_encode_path(codes[i], text, payload + pos,
-                                          LOCATOR_MAX_BYTES);
+        int len = vhd_locator_encode_path(codes[i], text, payload + pos, LOCATOR_MAX_BYTES);
         if (len < 0) {
             ret = hv_err_set(err, len, "%s: parent path does not fit a locator", child);
             goto out;
         }
         uint32_t space = (uint32_t)HV_ALIGN_UP((uint64_t)HV_MAX(len, 1), HV_SECTOR_BYTES);
-        h.locators[i] = (struct vhd_locator){ codes[i], space, (uint32_t)len, at + pos };
+        h.locators[i] = (struct vhd_locator){codes[i], space, (uint32_t)len, at + pos};
         pos += space;
     }
     if (at + pos > m.footer_offset) {

@@ -51,31 +51,38 @@ static const char merge_usage[] =
 int cmd_merge(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "into", required_argument, NULL, 'i' },
-        { "force", no_argument, NULL, 'f' },
-        { "progress", no_argument, NULL, 'p' },
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"into", required_argument, NULL, 'i'}, {"force", no_argument, NULL, 'f'},
+        {"progress", no_argument, NULL, 'p'},   {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},       {0},
     };
-    struct vhd_merge_options o = { 0 };
+    struct vhd_merge_options o = {0};
     bool is_json = false;
     int c;
     while ((c = getopt_long(argc, argv, "i:fph", opts, NULL)) != -1) {
         switch (c) {
-        case 'i': o.into = optarg; break;
-        case 'f': o.is_forced = true; break;
-        case 'p': o.show_progress = true; break;
-        case 'j': is_json = true; break;
-        case 'h': return ops_usage(merge_usage, true);
-        default: return ops_usage(merge_usage, false);
+        case 'i':
+            o.into = optarg;
+            break;
+        case 'f':
+            o.is_forced = true;
+            break;
+        case 'p':
+            o.show_progress = true;
+            break;
+        case 'j':
+            is_json = true;
+            break;
+        case 'h':
+            return ops_usage(merge_usage, true);
+        default:
+            return ops_usage(merge_usage, false);
         }
     }
     if (optind != argc - 1)
         return ops_operands(merge_usage);
     const char *child = argv[optind];
     struct vhd_merge_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_merge(child, &o, &res, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
@@ -99,7 +106,8 @@ int cmd_merge(int argc, char **argv)
                hv_format_size(res.bytes_copied, sz), res.seconds);
         if (res.users[0])
             printf("warning: these images use the ancestor or a merged child and now read "
-                   "changed data or lost their parent: %s\n", res.users);
+                   "changed data or lost their parent: %s\n",
+                   res.users);
     }
     return 0;
 }
@@ -123,29 +131,37 @@ static const char compact_usage[] =
 int cmd_compact(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "dry-run", no_argument, NULL, 'n' },
-        { "progress", no_argument, NULL, 'p' },
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"dry-run", no_argument, NULL, 'n'},
+        {"progress", no_argument, NULL, 'p'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
-    struct vhd_compact_options o = { 0 };
+    struct vhd_compact_options o = {0};
     bool is_json = false;
     int c;
     while ((c = getopt_long(argc, argv, "nph", opts, NULL)) != -1) {
         switch (c) {
-        case 'n': o.is_dry_run = true; break;
-        case 'p': o.show_progress = true; break;
-        case 'j': is_json = true; break;
-        case 'h': return ops_usage(compact_usage, true);
-        default: return ops_usage(compact_usage, false);
+        case 'n':
+            o.is_dry_run = true;
+            break;
+        case 'p':
+            o.show_progress = true;
+            break;
+        case 'j':
+            is_json = true;
+            break;
+        case 'h':
+            return ops_usage(compact_usage, true);
+        default:
+            return ops_usage(compact_usage, false);
         }
     }
     if (optind != argc - 1)
         return ops_operands(compact_usage);
     const char *path = argv[optind];
     struct vhd_compact_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_compact(path, &o, &res, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
@@ -157,7 +173,8 @@ int cmd_compact(int argc, char **argv)
         json_object_set_new(j, "dry-run", json_boolean(o.is_dry_run));
         json_object_set_new(j, "blocks-freed", json_integer(res.blocks_freed));
         json_object_set_new(j, "blocks-moved", json_integer(res.blocks_moved));
-        json_object_set_new(j, "file-bytes-before", json_integer((json_int_t)res.file_bytes_before));
+        json_object_set_new(j, "file-bytes-before",
+                            json_integer((json_int_t)res.file_bytes_before));
         json_object_set_new(j, "file-bytes-after", json_integer((json_int_t)res.file_bytes_after));
         json_object_set_new(j, "stored-bytes-before",
                             json_integer((json_int_t)res.stored_bytes_before));
@@ -168,7 +185,8 @@ int cmd_compact(int argc, char **argv)
     } else {
         char a[32], b[32], s1[32], s2[32];
         printf("%s: %s%u zero block%s freed, %u block%s moved; file %s -> %s, on disk %s -> "
-               "%s\n", path, o.is_dry_run ? "(dry run) " : "", res.blocks_freed,
+               "%s\n",
+               path, o.is_dry_run ? "(dry run) " : "", res.blocks_freed,
                res.blocks_freed == 1 ? "" : "s", res.blocks_moved,
                res.blocks_moved == 1 ? "" : "s", hv_format_size(res.file_bytes_before, a),
                hv_format_size(res.file_bytes_after, b),
@@ -195,18 +213,22 @@ static const char resize_usage[] =
 int cmd_resize(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "force", no_argument, NULL, 'f' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"force", no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
-    struct vhd_resize_options o = { 0 };
+    struct vhd_resize_options o = {0};
     int c;
     /* "+": options end at FILE, so that "-2M" after it is a size. */
     while ((c = getopt_long(argc, argv, "+fh", opts, NULL)) != -1) {
         switch (c) {
-        case 'f': o.is_forced = true; break;
-        case 'h': return ops_usage(resize_usage, true);
-        default: return ops_usage(resize_usage, false);
+        case 'f':
+            o.is_forced = true;
+            break;
+        case 'h':
+            return ops_usage(resize_usage, true);
+        default:
+            return ops_usage(resize_usage, false);
         }
     }
     if (optind != argc - 2)
@@ -217,7 +239,7 @@ int cmd_resize(int argc, char **argv)
     int sign = text[0] == '+' ? 1 : text[0] == '-' ? -1 : 0;
     if (tool_parse_size("SIZE", text + (sign != 0), &size) < 0)
         return 1;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (sign) {
         struct vhd_info info;
         int ret = vhd_inspect(path, &info, &err);
@@ -261,22 +283,26 @@ static const char set_parent_usage[] =
 int cmd_set_parent(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "force", no_argument, NULL, 'f' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"force", no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
-    struct vhd_set_parent_options o = { 0 };
+    struct vhd_set_parent_options o = {0};
     int c;
     while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
         switch (c) {
-        case 'f': o.is_forced = true; break;
-        case 'h': return ops_usage(set_parent_usage, true);
-        default: return ops_usage(set_parent_usage, false);
+        case 'f':
+            o.is_forced = true;
+            break;
+        case 'h':
+            return ops_usage(set_parent_usage, true);
+        default:
+            return ops_usage(set_parent_usage, false);
         }
     }
     if (optind != argc - 2)
         return ops_operands(set_parent_usage);
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_set_parent(argv[optind], argv[optind + 1], &o, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
@@ -306,27 +332,33 @@ static const char repair_usage[] =
 int cmd_repair(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "dry-run", no_argument, NULL, 'n' },
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"dry-run", no_argument, NULL, 'n'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
-    struct vhd_repair_options o = { 0 };
+    struct vhd_repair_options o = {0};
     bool is_json = false;
     int c;
     while ((c = getopt_long(argc, argv, "nh", opts, NULL)) != -1) {
         switch (c) {
-        case 'n': o.is_dry_run = true; break;
-        case 'j': is_json = true; break;
-        case 'h': return ops_usage(repair_usage, true);
-        default: return ops_usage(repair_usage, false);
+        case 'n':
+            o.is_dry_run = true;
+            break;
+        case 'j':
+            is_json = true;
+            break;
+        case 'h':
+            return ops_usage(repair_usage, true);
+        default:
+            return ops_usage(repair_usage, false);
         }
     }
     if (optind != argc - 1)
         return ops_operands(repair_usage);
     const char *path = argv[optind];
     struct vhd_repair_report rep;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_repair(path, &o, &rep, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));

@@ -59,17 +59,17 @@ enum ev_kind { EV_WRITE, EV_SYNC, EV_TRUNCATE, EV_UNLINK };
 struct ev {
     enum ev_kind kind;
     int file;
-    uint64_t offset;            /* write: where; truncate: new length */
+    uint64_t offset; /* write: where; truncate: new length */
     uint32_t length;
     uint8_t *data;
-    int seq;                    /* engine request, -1 for the operation's own */
+    int seq; /* engine request, -1 for the operation's own */
     long submit_ev;
-    long complete_ev;           /* -1: never completed */
+    long complete_ev; /* -1: never completed */
     long res;
 };
 
 struct file {
-    char name[64];              /* base name: the same in the state directory */
+    char name[64]; /* base name: the same in the state directory */
     char path[PATH_MAX];
     uint8_t *initial;
     uint64_t initial_len;
@@ -77,7 +77,7 @@ struct file {
 
 static struct file g_files[MAX_FILES];
 static int g_file_count;
-static int g_engine_file;       /* which file the engine writes (merge: the ancestor) */
+static int g_engine_file; /* which file the engine writes (merge: the ancestor) */
 static struct ev *g_ev;
 static int g_ev_count, g_ev_cap;
 static long g_clock;
@@ -176,10 +176,13 @@ static void op_unlink(void *arg, const char *path)
     e->complete_ev = g_clock++;
 }
 
-static const struct vhd_io_observer g_engine_obs = { eng_submit, eng_complete, NULL };
+static const struct vhd_io_observer g_engine_obs = {eng_submit, eng_complete, NULL};
 static const struct vhd_ops_observer g_ops_obs = {
-    .on_write = op_write, .on_sync = op_sync, .on_truncate = op_truncate,
-    .on_unlink = op_unlink, .engine = &g_engine_obs,
+    .on_write = op_write,
+    .on_sync = op_sync,
+    .on_truncate = op_truncate,
+    .on_unlink = op_unlink,
+    .engine = &g_engine_obs,
 };
 
 /* ------------------------------------------------------------- the files */
@@ -273,7 +276,7 @@ static uint8_t *read_disk(const char *path, uint64_t *size, struct hv_err *err, 
 {
     struct hv_reactor *r;
     struct bdev *bd;
-    struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };
+    struct vhd_open_options o = {.is_read_only = true, .no_direct_io = true};
     if (hv_reactor_create(&r) < 0)
         die("reactor");
     *rc = vhd_open(r, path, &o, &bd, err);
@@ -310,7 +313,7 @@ static int disk_equals(const char *path, const uint8_t *const *wants, const uint
 {
     struct hv_reactor *r;
     struct bdev *bd;
-    struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };
+    struct vhd_open_options o = {.is_read_only = true, .no_direct_io = true};
     if (hv_reactor_create(&r) < 0)
         die("reactor");
     int rc = vhd_open(r, path, &o, &bd, err);
@@ -328,12 +331,12 @@ static int disk_equals(const char *path, const uint8_t *const *wants, const uint
         uint32_t status;
         uint64_t len;
         int depth;
-        if (bdev_block_status_sync(bd, at, HV_MIN(bd->size_bytes - at, 64 * HV_MiB), &status,
-                                   &len, &depth) < 0)
+        if (bdev_block_status_sync(bd, at, HV_MIN(bd->size_bytes - at, 64 * HV_MiB), &status, &len,
+                                   &depth) < 0)
             die("%s: block status", path);
         if (!(status & BDEV_STATUS_ALLOCATED)) {
-            if (at < ends[which] && !hv_buf_is_zero(wants[which] + at,
-                                                    HV_MIN(len, ends[which] - at)))
+            if (at < ends[which] &&
+                !hv_buf_is_zero(wants[which] + at, HV_MIN(len, ends[which] - at)))
                 which = -1;
             at += len;
             continue;
@@ -351,7 +354,7 @@ static int disk_equals(const char *path, const uint8_t *const *wants, const uint
     free(buf);
     bdev_close(bd);
     hv_reactor_destroy(r);
-    return which;               /* index of the expectation it equals, or -1 */
+    return which; /* index of the expectation it equals, or -1 */
 }
 
 /* ------------------------------------------------------------ the states */
@@ -361,13 +364,13 @@ enum op_kind { OP_MERGE, OP_COMPACT, OP_RESIZE };
 struct op_case {
     const char *name;
     enum op_kind kind;
-    int read_file;              /* the image whose chain is read (merge: the top child) */
-    int result_file;            /* merge: the ancestor */
+    int read_file;   /* the image whose chain is read (merge: the top child) */
+    int result_file; /* merge: the ancestor */
     uint8_t *before;
     uint64_t before_size;
     uint8_t *after;
     uint64_t after_size;
-    uint64_t before_end;        /* past the last non-zero byte */
+    uint64_t before_end; /* past the last non-zero byte */
     uint64_t after_end;
 };
 
@@ -405,7 +408,7 @@ static int verify(struct op_case *oc, long point, int state_no, const bool *is_g
             continue;
         state_path(i, path, sizeof(path));
         struct vhd_check_report rep;
-        struct hv_err err = { 0 };
+        struct hv_err err = {0};
         int rc = vhd_check(path, &rep, &err);
         if (rc == VHD_CHECK_CORRUPT && oc->kind == OP_RESIZE && only_copy_differs(&rep)) {
             is_copy_window = true;
@@ -421,11 +424,11 @@ static int verify(struct op_case *oc, long point, int state_no, const bool *is_g
     }
     int which = oc->kind == OP_MERGE && is_gone[oc->read_file] ? oc->result_file : oc->read_file;
     state_path(which, path, sizeof(path));
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     uint64_t size = 0;
-    const uint8_t *wants[2] = { oc->before, oc->after };
-    uint64_t sizes[2] = { oc->before_size, oc->after_size };
-    uint64_t ends[2] = { oc->before_end, oc->after_end };
+    const uint8_t *wants[2] = {oc->before, oc->after};
+    uint64_t sizes[2] = {oc->before_size, oc->after_size};
+    uint64_t ends[2] = {oc->before_end, oc->after_end};
     int rc = disk_equals(path, wants, sizes, ends, 2, &size, &err);
     if (rc < -1)
         die("%s state %d (crash point %ld): open %s: %s (kept in %s)", oc->name, state_no, point,
@@ -434,12 +437,12 @@ static int verify(struct op_case *oc, long point, int state_no, const bool *is_g
     bool is_after = rc == 1 || (rc == 0 && oc->after_size == oc->before_size);
     if (rc < 0)
         die("%s state %d (crash point %ld): %s reads neither as before (%" PRIu64
-            " bytes) nor as after (%" PRIu64 "): %" PRIu64 " bytes (kept in %s)", oc->name,
-            state_no, point, path, oc->before_size, oc->after_size, size, g_state_dir);
+            " bytes) nor as after (%" PRIu64 "): %" PRIu64 " bytes (kept in %s)",
+            oc->name, state_no, point, path, oc->before_size, oc->after_size, size, g_state_dir);
     if (is_copy_window) {
         if (!is_after)
-            die("%s state %d: footer and copy differ, but it does not read as after",
-                oc->name, state_no);
+            die("%s state %d: footer and copy differ, but it does not read as after", oc->name,
+                state_no);
         struct vhd_repair_report rep;
         if (vhd_repair(path, NULL, &rep, &err) != 0)
             die("%s state %d: repair of the footer copy window failed: %s", oc->name, state_no,
@@ -486,13 +489,13 @@ static void crash_states(struct op_case *oc, uint64_t *seed)
     for (int i = 0; i < STATES_PER_OP; i++)
         points[i] = (long)(t_rand(seed) % (uint64_t)(last + 1));
     qsort(points, STATES_PER_OP, sizeof(*points), cmp_long);
-    struct image img = { 0 };
+    struct image img = {0};
     g_seen_count = 0;
     for (int k = 0; k < STATES_PER_OP; k++) {
         uint64_t hash = 0x9e3779b97f4a7c15ull;
         long p = points[k];
-        int mode = (int)(t_rand(seed) % 8);     /* 0: none optional, 1: all, else random */
-        bool is_gone[MAX_FILES] = { false };
+        int mode = (int)(t_rand(seed) % 8); /* 0: none optional, 1: all, else random */
+        bool is_gone[MAX_FILES] = {false};
         for (int f = 0; f < g_file_count; f++) {
             long sync_submit = -1;
             for (int i = 0; i < g_ev_count; i++) {
@@ -551,7 +554,7 @@ static void crash_states(struct op_case *oc, uint64_t *seed)
                 if (!g_seen)
                     die("out of memory");
             }
-            g_seen[g_seen_count++] = (struct seen){ hash, outcome };
+            g_seen[g_seen_count++] = (struct seen){hash, outcome};
             g_unique++;
         }
         count_outcome(outcome);
@@ -565,9 +568,9 @@ static void crash_states(struct op_case *oc, uint64_t *seed)
 static void create(const char *path, enum vhd_type type, uint64_t size, uint32_t block,
                    const char *parent)
 {
-    struct vhd_create_options o = { .type = type, .size_bytes = size, .block_bytes = block,
-                                    .parent_path = parent };
-    struct hv_err err = { 0 };
+    struct vhd_create_options o = {
+        .type = type, .size_bytes = size, .block_bytes = block, .parent_path = parent};
+    struct hv_err err = {0};
     unlink(path);
     if (vhd_create(path, &o, &err) < 0)
         die("create %s: %s", path, err.msg);
@@ -577,8 +580,8 @@ static void fill(const char *path, uint64_t off, uint64_t len, uint64_t seed, bo
 {
     struct hv_reactor *r;
     struct bdev *bd;
-    struct hv_err err = { 0 };
-    struct vhd_open_options o = { .no_direct_io = true };
+    struct hv_err err = {0};
+    struct vhd_open_options o = {.no_direct_io = true};
     if (hv_reactor_create(&r) < 0 || vhd_open(r, path, &o, &bd, &err) < 0)
         die("open %s: %s", path, err.msg);
     if (is_discard) {
@@ -617,8 +620,8 @@ static void finish_case(struct op_case *oc, uint64_t *seed)
     crash_states(oc, seed);
     printf("# %s (%.1f s): %d writes, %d fdatasyncs, %d truncations/deletions recorded; %d crash "
            "states (%d distinct): %d read as before, %d as after%s, none corrupt%s\n",
-           oc->name, (double)(hv_now_ns() - t0) / 1e9, writes, syncs, other,
-           g_states - before, g_unique - unique, g_as_before - b, g_as_after - a,
+           oc->name, (double)(hv_now_ns() - t0) / 1e9, writes, syncs, other, g_states - before,
+           g_unique - unique, g_as_before - b, g_as_after - a,
            oc->kind == OP_COMPACT ? " (compact reads the same before and after)" : "",
            g_copy_window_states - copy
                ? " (some between the footer and its copy: read as after, repaired clean)"
@@ -646,8 +649,8 @@ static void case_merge(const char *dir, uint64_t *seed)
     fill(c2, 3 * HV_MiB, 1 * HV_MiB + 512 * 1024, 5, false);
     fill(c2, 5 * HV_MiB, 64 * 1024, 0, false);
 
-    struct op_case oc = { .name = "merge", .kind = OP_MERGE };
-    struct hv_err err = { 0 };
+    struct op_case oc = {.name = "merge", .kind = OP_MERGE};
+    struct hv_err err = {0};
     int rc;
     oc.before = read_disk(c2, &oc.before_size, &err, &rc);
     if (!oc.before)
@@ -658,8 +661,8 @@ static void case_merge(const char *dir, uint64_t *seed)
     oc.read_file = 0;
     oc.result_file = 2;
     g_engine_file = 2;
-    struct vhd_merge_options o = { .into = base, .observer = &g_ops_obs, .no_direct_io = true,
-                                   .depth = 4 };
+    struct vhd_merge_options o = {
+        .into = base, .observer = &g_ops_obs, .no_direct_io = true, .depth = 4};
     struct vhd_merge_result res;
     if (vhd_merge(c2, &o, &res, &err) < 0)
         die("merge: %s", err.msg);
@@ -680,8 +683,8 @@ static void case_merge_fixed(const char *dir, uint64_t *seed)
     create(child, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, base);
     fill(child, 4096, 1 * HV_MiB, 42, false);
     fill(child, 3 * HV_MiB, 8192, 0, false);
-    struct op_case oc = { .name = "merge-into-fixed", .kind = OP_MERGE };
-    struct hv_err err = { 0 };
+    struct op_case oc = {.name = "merge-into-fixed", .kind = OP_MERGE};
+    struct hv_err err = {0};
     int rc;
     oc.before = read_disk(child, &oc.before_size, &err, &rc);
     track(child);
@@ -689,7 +692,7 @@ static void case_merge_fixed(const char *dir, uint64_t *seed)
     oc.read_file = 0;
     oc.result_file = 1;
     g_engine_file = 1;
-    struct vhd_merge_options o = { .observer = &g_ops_obs, .no_direct_io = true, .depth = 4 };
+    struct vhd_merge_options o = {.observer = &g_ops_obs, .no_direct_io = true, .depth = 4};
     struct vhd_merge_result res;
     if (vhd_merge(child, &o, &res, &err) < 0)
         die("merge: %s", err.msg);
@@ -710,15 +713,15 @@ static void case_resize_differencing(const char *dir, uint64_t *seed)
     fill(parent, 0, 4 * HV_MiB, 51, false);
     create(img, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, parent);
     fill(img, 1 * HV_MiB, 1 * HV_MiB + 4096, 52, false);
-    struct op_case oc = { .name = "resize-differencing", .kind = OP_RESIZE };
-    struct hv_err err = { 0 };
+    struct op_case oc = {.name = "resize-differencing", .kind = OP_RESIZE};
+    struct hv_err err = {0};
     int rc;
     oc.before = read_disk(img, &oc.before_size, &err, &rc);
     track(img);
     track(parent);
     oc.read_file = 0;
     uint64_t to = 600 * HV_MiB + 1536;
-    struct vhd_resize_options o = { .observer = &g_ops_obs };
+    struct vhd_resize_options o = {.observer = &g_ops_obs};
     if (vhd_resize(img, to, &o, &err) < 0)
         die("resize differencing: %s", err.msg);
     oc.after = read_disk(img, &oc.after_size, &err, &rc);
@@ -734,22 +737,22 @@ static void case_compact(const char *dir, uint64_t *seed)
     snprintf(img, sizeof(img), "%s/compact.vhd", dir);
     create(img, VHD_TYPE_DYNAMIC, 8 * HV_MiB, 512 * 1024, NULL);
     fill(img, 0, 8 * HV_MiB, 11, false);
-    fill(img, 512 * 1024, 1 * HV_MiB, 0, false);          /* two zero blocks */
+    fill(img, 512 * 1024, 1 * HV_MiB, 0, false); /* two zero blocks */
     fill(img, 3 * HV_MiB, 512 * 1024, 0, false);
-    fill(img, 5 * HV_MiB, 1 * HV_MiB, 0, true);           /* holes */
-    struct op_case oc = { .name = "compact", .kind = OP_COMPACT };
-    struct hv_err err = { 0 };
+    fill(img, 5 * HV_MiB, 1 * HV_MiB, 0, true); /* holes */
+    struct op_case oc = {.name = "compact", .kind = OP_COMPACT};
+    struct hv_err err = {0};
     int rc;
     oc.before = read_disk(img, &oc.before_size, &err, &rc);
     track(img);
     oc.read_file = 0;
-    struct vhd_compact_options o = { .observer = &g_ops_obs };
+    struct vhd_compact_options o = {.observer = &g_ops_obs};
     struct vhd_compact_result res;
     if (vhd_compact(img, &o, &res, &err) < 0)
         die("compact: %s", err.msg);
     if (res.blocks_freed < 3 || res.blocks_moved == 0)
-        die("compact: freed %u, moved %u: the case does not exercise relocation",
-            res.blocks_freed, res.blocks_moved);
+        die("compact: freed %u, moved %u: the case does not exercise relocation", res.blocks_freed,
+            res.blocks_moved);
     oc.after = read_disk(img, &oc.after_size, &err, &rc);
     finish_case(&oc, seed);
 }
@@ -763,17 +766,17 @@ static void case_compact_differencing(const char *dir, uint64_t *seed)
     fill(parent, 0, 1 * HV_MiB, 31, false);
     create(img, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, parent);
     fill(img, 0, 6 * HV_MiB, 32, false);
-    fill(img, 512 * 1024, 512 * 1024, 0, false);      /* zeroes masking parent data: kept */
-    fill(img, 2 * HV_MiB, 1 * HV_MiB, 0, false);      /* zeroes over zeroes: freed */
-    fill(img, 4 * HV_MiB, 512 * 1024, 0, true);       /* discarded: a hole */
-    struct op_case oc = { .name = "compact-differencing", .kind = OP_COMPACT };
-    struct hv_err err = { 0 };
+    fill(img, 512 * 1024, 512 * 1024, 0, false); /* zeroes masking parent data: kept */
+    fill(img, 2 * HV_MiB, 1 * HV_MiB, 0, false); /* zeroes over zeroes: freed */
+    fill(img, 4 * HV_MiB, 512 * 1024, 0, true);  /* discarded: a hole */
+    struct op_case oc = {.name = "compact-differencing", .kind = OP_COMPACT};
+    struct hv_err err = {0};
     int rc;
     oc.before = read_disk(img, &oc.before_size, &err, &rc);
     track(img);
     track(parent);
     oc.read_file = 0;
-    struct vhd_compact_options o = { .observer = &g_ops_obs };
+    struct vhd_compact_options o = {.observer = &g_ops_obs};
     struct vhd_compact_result res;
     if (vhd_compact(img, &o, &res, &err) < 0)
         die("compact: %s", err.msg);
@@ -793,13 +796,13 @@ static void case_resize(const char *dir, const char *name, enum vhd_type type, u
     create(img, type, from, type == VHD_TYPE_FIXED ? 0 : 512 * 1024, NULL);
     fill(img, 0, HV_MIN(from, to) / 2, 21, false);
     fill(img, from - 4096, 4096, 22, false);
-    struct op_case oc = { .name = name, .kind = OP_RESIZE };
-    struct hv_err err = { 0 };
+    struct op_case oc = {.name = name, .kind = OP_RESIZE};
+    struct hv_err err = {0};
     int rc;
     oc.before = read_disk(img, &oc.before_size, &err, &rc);
     track(img);
     oc.read_file = 0;
-    struct vhd_resize_options o = { .is_forced = true, .observer = &g_ops_obs };
+    struct vhd_resize_options o = {.is_forced = true, .observer = &g_ops_obs};
     if (vhd_resize(img, to, &o, &err) < 0)
         die("resize %s: %s", name, err.msg);
     oc.after = read_disk(img, &oc.after_size, &err, &rc);
@@ -814,11 +817,20 @@ static void remove_state_dir(void)
     char path[PATH_MAX];
     if (!g_state_dir[0])
         return;
-    const char *names[] = { "mbase.vhd", "mc1.vhd", "mc2.vhd", "compact.vhd", "cpar.vhd",
-                            "cchild.vhd", "fbase.vhd", "fchild.vhd", "rpar.vhd",
-                            "resize-diff.vhd", "resize-dyn.vhd",
-                            "resize-fixed-grow.vhd", "resize-fixed-shrink.vhd",
-                            "resize-dyn-shrink.vhd" };
+    const char *names[] = {"mbase.vhd",
+                           "mc1.vhd",
+                           "mc2.vhd",
+                           "compact.vhd",
+                           "cpar.vhd",
+                           "cchild.vhd",
+                           "fbase.vhd",
+                           "fchild.vhd",
+                           "rpar.vhd",
+                           "resize-diff.vhd",
+                           "resize-dyn.vhd",
+                           "resize-fixed-grow.vhd",
+                           "resize-fixed-shrink.vhd",
+                           "resize-dyn-shrink.vhd"};
     for (size_t i = 0; i < HV_ARRAY_SIZE(names); i++) {
         snprintf(path, sizeof(path), "%s/%s", g_state_dir, names[i]);
         unlink(path);

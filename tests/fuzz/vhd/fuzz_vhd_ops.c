@@ -55,7 +55,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     close(fd);
 
-    struct vhd_repair_options dry = { .is_dry_run = true };
+    struct vhd_repair_options dry = {.is_dry_run = true};
     struct vhd_repair_report rep;
     if (vhd_repair(path, &dry, &rep, NULL) >= 0)
         vhd_repair_report_free(&rep);

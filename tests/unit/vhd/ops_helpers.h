@@ -22,11 +22,11 @@
 #define MiB (1024ull * 1024)
 
 static HV_UNUSED void h_create(const char *path, enum vhd_type type, uint64_t size, uint32_t block,
-                     const char *parent)
+                               const char *parent)
 {
-    struct vhd_create_options o = { .type = type, .size_bytes = size, .block_bytes = block,
-                                    .parent_path = parent };
-    struct hv_err err = { 0 };
+    struct vhd_create_options o = {
+        .type = type, .size_bytes = size, .block_bytes = block, .parent_path = parent};
+    struct hv_err err = {0};
     unlink(path);
     if (vhd_create(path, &o, &err) != 0)
         fail_msg("create %s: %s", path, err.msg);
@@ -38,7 +38,7 @@ static HV_UNUSED void h_write(const char *path, uint64_t off, uint64_t len, uint
 {
     struct hv_reactor *r;
     struct bdev *bd;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(hv_reactor_create(&r), 0);
     if (vhd_open(r, path, NULL, &bd, &err) != 0)
         fail_msg("open %s: %s", path, err.msg);
@@ -58,7 +58,7 @@ static HV_UNUSED void h_discard(const char *path, uint64_t off, uint64_t len)
 {
     struct hv_reactor *r;
     struct bdev *bd;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(hv_reactor_create(&r), 0);
     if (vhd_open(r, path, NULL, &bd, &err) != 0)
         fail_msg("open %s: %s", path, err.msg);
@@ -72,8 +72,8 @@ static HV_UNUSED uint8_t *h_read_all(const char *path, uint64_t *size)
 {
     struct hv_reactor *r;
     struct bdev *bd;
-    struct hv_err err = { 0 };
-    struct vhd_open_options o = { .is_read_only = true };
+    struct hv_err err = {0};
+    struct vhd_open_options o = {.is_read_only = true};
     assert_int_equal(hv_reactor_create(&r), 0);
     if (vhd_open(r, path, &o, &bd, &err) != 0)
         fail_msg("open %s: %s", path, err.msg);
@@ -89,8 +89,8 @@ static HV_UNUSED uint8_t *h_read_all(const char *path, uint64_t *size)
 /* Raw snapshot of what `path` reads, by `vhd convert -O raw` (the library). */
 static HV_UNUSED void h_convert_raw(const char *path, const char *raw)
 {
-    struct vhd_convert_options o = { .dst_format = VHD_FORMAT_RAW };
-    struct hv_err err = { 0 };
+    struct vhd_convert_options o = {.dst_format = VHD_FORMAT_RAW};
+    struct hv_err err = {0};
     unlink(raw);
     if (vhd_convert(path, raw, &o, &err) != 0)
         fail_msg("convert %s: %s", path, err.msg);
@@ -100,7 +100,7 @@ static HV_UNUSED void h_convert_raw(const char *path, const char *raw)
 static HV_UNUSED void h_same_as_raw(const char *path, const char *raw)
 {
     struct vhd_compare_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (vhd_compare(path, VHD_FORMAT_VHD, raw, VHD_FORMAT_RAW, true, &res, &err) != 0)
         fail_msg("compare %s %s: %s", path, raw, err.msg);
     if (!res.is_same)
@@ -111,11 +111,13 @@ static HV_UNUSED void h_same_as_raw(const char *path, const char *raw)
 static HV_UNUSED void h_check_clean(const char *path)
 {
     struct vhd_check_report rep;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int rc = vhd_check(path, &rep, &err);
     if (rc != VHD_CHECK_CLEAN)
         fail_msg("%s: check %d: %s", path, rc,
-                 rc < 0 ? err.msg : rep.problem_count ? rep.problems[0].msg : "?");
+                 rc < 0              ? err.msg
+                 : rep.problem_count ? rep.problems[0].msg
+                                     : "?");
     vhd_check_report_free(&rep);
 }
 

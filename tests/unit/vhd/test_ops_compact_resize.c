@@ -7,7 +7,7 @@
 
 static void compact(const char *path, struct vhd_compact_result *res)
 {
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (vhd_compact(path, NULL, res, &err) != 0)
         fail_msg("compact %s: %s", path, err.msg);
 }
@@ -18,10 +18,10 @@ static void test_compact_dynamic_frees_zero_and_discarded_blocks_and_shrinks(voi
     const char *img = t_path("c1.vhd");
     const char *raw = t_path("c1.raw");
     h_create(img, VHD_TYPE_DYNAMIC, 32 * MiB, 0, NULL);
-    h_write(img, 0, 32 * MiB, 61);                   /* 16 blocks */
-    h_write(img, 2 * MiB, 4 * MiB, 0);               /* two blocks of zeroes */
-    h_write(img, 10 * MiB, 2 * MiB - 4096, 0);       /* almost: stays */
-    h_discard(img, 20 * MiB, 4 * MiB);               /* holes in the middle */
+    h_write(img, 0, 32 * MiB, 61);             /* 16 blocks */
+    h_write(img, 2 * MiB, 4 * MiB, 0);         /* two blocks of zeroes */
+    h_write(img, 10 * MiB, 2 * MiB - 4096, 0); /* almost: stays */
+    h_discard(img, 20 * MiB, 4 * MiB);         /* holes in the middle */
     h_convert_raw(img, raw);
     uint64_t before = h_file_bytes(img);
     struct vhd_compact_result res;
@@ -40,8 +40,8 @@ static void test_compact_dynamic_frees_zero_and_discarded_blocks_and_shrinks(voi
     assert_int_equal(res.blocks_moved, 0);
     h_same_as_raw(img, raw);
     if (h_have("qemu-img"))
-        assert_int_equal(t_run(NULL, 0, "qemu-img compare -q -f vpc '%s' -F raw '%s'", img,
-                               raw), 0);
+        assert_int_equal(t_run(NULL, 0, "qemu-img compare -q -f vpc '%s' -F raw '%s'", img, raw),
+                         0);
 }
 
 static void test_compact_differencing_keeps_zeroes_that_mask_the_parent(void **state)
@@ -51,11 +51,11 @@ static void test_compact_differencing_keeps_zeroes_that_mask_the_parent(void **s
     const char *child = t_path("c2-child.vhd");
     const char *raw = t_path("c2.raw");
     h_create(base, VHD_TYPE_DYNAMIC, 16 * MiB, 0, NULL);
-    h_write(base, 0, 4 * MiB, 71);                   /* parent data in blocks 0, 1 */
+    h_write(base, 0, 4 * MiB, 71); /* parent data in blocks 0, 1 */
     h_create(child, VHD_TYPE_DIFFERENCING, 0, 0, base);
-    h_write(child, 0, 2 * MiB, 0);                   /* zeroes masking parent data: data */
-    h_write(child, 8 * MiB, 2 * MiB, 0);             /* zeroes over parent zeroes: free */
-    h_write(child, 12 * MiB, 2 * MiB, 72);           /* data */
+    h_write(child, 0, 2 * MiB, 0);         /* zeroes masking parent data: data */
+    h_write(child, 8 * MiB, 2 * MiB, 0);   /* zeroes over parent zeroes: free */
+    h_write(child, 12 * MiB, 2 * MiB, 72); /* data */
     h_convert_raw(child, raw);
     struct vhd_compact_result res;
     compact(child, &res);
@@ -78,8 +78,8 @@ static void test_compact_fixed_is_a_no_op(void **state)
 
 static void resize(const char *path, uint64_t size, bool force, int want)
 {
-    struct vhd_resize_options o = { .is_forced = force };
-    struct hv_err err = { 0 };
+    struct vhd_resize_options o = {.is_forced = force};
+    struct hv_err err = {0};
     int rc = vhd_resize(path, size, &o, &err);
     if (rc != want)
         fail_msg("resize %s to %" PRIu64 ": %d (%s), wanted %d", path, size, rc, err.msg, want);
@@ -119,26 +119,29 @@ static void test_resize_dynamic_grows_in_place_and_past_its_bat(void **state)
     h_create(img, VHD_TYPE_DYNAMIC, 10 * MiB + 512, 0, NULL);
     h_write(img, 0, 10 * MiB + 512, 81);
     h_convert_raw(img, raw);
-    resize(img, 20 * MiB, false, 0);                 /* fits the 4 KiB BAT area */
+    resize(img, 20 * MiB, false, 0); /* fits the 4 KiB BAT area */
     expect_prefix(img, raw, 20 * MiB);
     h_check_clean(img);
     resize(img, 4 * 1024 * MiB + 3 * 512, false, 0); /* BAT must move */
     expect_prefix(img, raw, 4 * 1024 * MiB + 3 * 512);
     h_check_clean(img);
-    h_write(img, 4 * 1024 * MiB - 2 * MiB, 2 * MiB + 1024, 82);   /* the engine uses it */
+    h_write(img, 4 * 1024 * MiB - 2 * MiB, 2 * MiB + 1024, 82); /* the engine uses it */
     h_check_clean(img);
     struct vhd_info info;
     assert_int_equal(vhd_inspect(img, &info, NULL), 0);
     assert_int_equal(info.size_bytes, 4 * 1024 * MiB + 3 * 512);
     if (h_have("qemu-img")) {
         char out[256];
-        assert_int_equal(t_run(out, sizeof(out), "qemu-img info --output=json -f vpc '%s' | "
-                               "grep -o '\"virtual-size\": [0-9]*'", img), 0);
+        assert_int_equal(t_run(out, sizeof(out),
+                               "qemu-img info --output=json -f vpc '%s' | "
+                               "grep -o '\"virtual-size\": [0-9]*'",
+                               img),
+                         0);
         assert_non_null(strstr(out, "4294968832"));
     }
     if (h_have("vhdiinfo"))
-        assert_int_equal(t_run(NULL, 0, "vhdiinfo '%s' | grep -q 'Media size.*(4294968832 bytes)'",
-                               img), 0);
+        assert_int_equal(
+            t_run(NULL, 0, "vhdiinfo '%s' | grep -q 'Media size.*(4294968832 bytes)'", img), 0);
 }
 
 static void test_resize_shrink_refuses_data_unless_forced(void **state)
@@ -155,8 +158,8 @@ static void test_resize_shrink_refuses_data_unless_forced(void **state)
     resize(img, 8 * MiB, true, 0);
     expect_prefix(img, raw, 8 * MiB);
     h_check_clean(img);
-    resize(img, 5 * MiB - 512, true, 0);             /* inside a block */
-    resize(img, 16 * MiB, false, 0);                 /* grown again: zeroes, not old data */
+    resize(img, 5 * MiB - 512, true, 0); /* inside a block */
+    resize(img, 16 * MiB, false, 0);     /* grown again: zeroes, not old data */
     expect_prefix_n(img, raw, 16 * MiB, 5 * MiB - 512);
     h_check_clean(img);
 }

@@ -14,15 +14,15 @@ static void test_merge_child_into_dynamic_parent_reads_as_the_chain_did(void **s
     h_write(base, 0, 6 * MiB, 11);
     h_write(base, 20 * MiB, 4 * MiB + 4096, 12);
     h_create(child, VHD_TYPE_DIFFERENCING, 0, 0, base);
-    h_write(child, 1 * MiB + 512, 3 * 4096 + 1024, 21);   /* partial sectors in a group */
-    h_write(child, 5 * MiB, 2 * MiB, 22);                 /* straddles a block */
-    h_write(child, 9 * MiB, 512 * 1024, 0);               /* zeroes over parent's nothing */
-    h_write(child, 2 * MiB, 64 * 1024, 0);                /* zeroes masking parent data */
-    h_write(child, 24 * MiB, 4096, 23);                   /* the last, partial block */
+    h_write(child, 1 * MiB + 512, 3 * 4096 + 1024, 21); /* partial sectors in a group */
+    h_write(child, 5 * MiB, 2 * MiB, 22);               /* straddles a block */
+    h_write(child, 9 * MiB, 512 * 1024, 0);             /* zeroes over parent's nothing */
+    h_write(child, 2 * MiB, 64 * 1024, 0);              /* zeroes masking parent data */
+    h_write(child, 24 * MiB, 4096, 23);                 /* the last, partial block */
     h_convert_raw(child, raw);
 
     struct vhd_merge_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int rc = vhd_merge(child, NULL, &res, &err);
     if (rc != 0)
         fail_msg("merge: %s", err.msg);
@@ -31,8 +31,8 @@ static void test_merge_child_into_dynamic_parent_reads_as_the_chain_did(void **s
     h_same_as_raw(base, raw);
     h_check_clean(base);
     if (h_have("qemu-img")) {
-        assert_int_equal(t_run(NULL, 0, "qemu-img compare -q -f vpc '%s' -F raw '%s'", base,
-                               raw), 0);
+        assert_int_equal(t_run(NULL, 0, "qemu-img compare -q -f vpc '%s' -F raw '%s'", base, raw),
+                         0);
     }
     if (h_have("vhdiinfo"))
         assert_int_equal(t_run(NULL, 0, "vhdiinfo '%s' >/dev/null 2>&1", base), 0);
@@ -50,16 +50,16 @@ static void test_merge_run_of_children_into_base_deletes_them_top_first(void **s
     h_write(base, 0, 16 * MiB, 31);
     h_create(c1, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, base);
     h_write(c1, 1 * MiB, 3 * MiB, 32);
-    h_create(c2, VHD_TYPE_DIFFERENCING, 0, 0, c1);        /* another block size */
+    h_create(c2, VHD_TYPE_DIFFERENCING, 0, 0, c1); /* another block size */
     h_write(c2, 2 * MiB + 4096, 5 * MiB, 33);
     h_create(c3, VHD_TYPE_DIFFERENCING, 0, 0, c2);
     h_write(c3, 7 * MiB, 8192, 34);
     h_write(c3, 12 * MiB, 1 * MiB, 0);
     h_convert_raw(c3, raw);
 
-    struct vhd_merge_options o = { .into = base };
+    struct vhd_merge_options o = {.into = base};
     struct vhd_merge_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (vhd_merge(c3, &o, &res, &err) != 0)
         fail_msg("merge: %s", err.msg);
     assert_int_equal(res.merged_count, 3);
@@ -83,10 +83,10 @@ static void test_merge_into_middle_of_chain_keeps_lower_layers(void **state)
     h_write(mid, 3 * MiB, 1 * MiB, 42);
     h_create(top, VHD_TYPE_DIFFERENCING, 0, 0, mid);
     h_write(top, 3 * MiB + 512 * 1024, 2 * MiB, 43);
-    h_write(top, 100 * 512, 3 * 512, 44);                 /* partial group: copy-up below */
+    h_write(top, 100 * 512, 3 * 512, 44); /* partial group: copy-up below */
     h_convert_raw(top, raw);
     struct vhd_merge_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (vhd_merge(top, NULL, &res, &err) != 0)
         fail_msg("merge: %s", err.msg);
     h_same_as_raw(mid, raw);
@@ -107,11 +107,11 @@ static void test_merge_refuses_when_a_sibling_uses_the_parent_unless_forced(void
     h_write(a, 0, 1 * MiB, 51);
     h_convert_raw(a, raw);
     struct vhd_merge_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(vhd_merge(a, NULL, &res, &err), -EBUSY);
     assert_non_null(strstr(err.msg, "m4-b.vhd"));
     assert_true(h_exists(a));
-    struct vhd_merge_options o = { .is_forced = true };
+    struct vhd_merge_options o = {.is_forced = true};
     if (vhd_merge(a, &o, &res, &err) != 0)
         fail_msg("forced merge: %s", err.msg);
     h_same_as_raw(base, raw);
@@ -127,10 +127,10 @@ static void test_merge_refuses_images_without_parent_and_foreign_ancestors(void 
     h_create(other, VHD_TYPE_DYNAMIC, 4 * MiB, 0, NULL);
     h_create(child, VHD_TYPE_DIFFERENCING, 0, 0, base);
     struct vhd_merge_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(vhd_merge(base, NULL, &res, &err), -EINVAL);
     assert_non_null(strstr(err.msg, "not a differencing image"));
-    struct vhd_merge_options o = { .into = other };
+    struct vhd_merge_options o = {.into = other};
     assert_int_equal(vhd_merge(child, &o, &res, &err), -EINVAL);
     assert_non_null(strstr(err.msg, "not an ancestor"));
     assert_true(h_exists(child));
@@ -145,7 +145,7 @@ static void test_merge_grows_the_ancestor_for_a_grown_child(void **state)
     h_create(base, VHD_TYPE_DYNAMIC, 4 * MiB, 0, NULL);
     h_write(base, 0, 4 * MiB, 61);
     h_create(child, VHD_TYPE_DIFFERENCING, 0, 0, base);
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (vhd_resize(child, 10 * MiB + 512, NULL, &err) != 0)
         fail_msg("resize: %s", err.msg);
     h_write(child, 3 * MiB, 3 * MiB, 62);

@@ -30,10 +30,10 @@ static void test_set_parent_relinks_after_the_parent_moved(void **state)
     struct vhd_info info;
     uint64_t size;
     assert_int_equal(vhd_inspect(child, &info, NULL), 0);
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     struct hv_reactor *r;
     struct bdev *bd;
-    struct vhd_open_options ro = { .is_read_only = true };
+    struct vhd_open_options ro = {.is_read_only = true};
     assert_int_equal(hv_reactor_create(&r), 0);
     assert_int_equal(vhd_open(r, child, &ro, &bd, &err), -ENOENT);
     hv_reactor_destroy(r);
@@ -66,22 +66,22 @@ static void test_set_parent_refuses_a_different_disk_unless_forced(void **state)
     h_create(other, VHD_TYPE_DYNAMIC, 4 * MiB, 0, NULL);
     h_write(other, 0, 4 * MiB, 131);
     h_create(child, VHD_TYPE_DIFFERENCING, 0, 0, base);
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(vhd_set_parent(child, other, NULL, &err), -EINVAL);
     assert_non_null(strstr(err.msg, "unique id"));
-    struct vhd_set_parent_options o = { .is_forced = true };
+    struct vhd_set_parent_options o = {.is_forced = true};
     if (vhd_set_parent(child, other, &o, &err) != 0)
         fail_msg("forced: %s", err.msg);
     h_convert_raw(other, t_path("s2-other.raw"));
-    h_same_as_raw(child, t_path("s2-other.raw"));   /* reads the new parent through */
+    h_same_as_raw(child, t_path("s2-other.raw")); /* reads the new parent through */
     h_check_clean(child);
 }
 
 static int repair(const char *path, bool is_dry_run)
 {
-    struct vhd_repair_options o = { .is_dry_run = is_dry_run };
+    struct vhd_repair_options o = {.is_dry_run = is_dry_run};
     struct vhd_repair_report rep;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int rc = vhd_repair(path, &o, &rep, &err);
     if (rc < 0)
         fail_msg("repair %s: %s", path, err.msg);
@@ -115,7 +115,7 @@ static void damaged_case(const char *name, void (*damage)(const char *path))
     assert_true(vhd_check(img, &rep, NULL) != VHD_CHECK_CLEAN);
     vhd_check_report_free(&rep);
     uint64_t len = h_file_bytes(img);
-    repair(img, true);                      /* dry run changes nothing */
+    repair(img, true); /* dry run changes nothing */
     assert_int_equal(h_file_bytes(img), len);
     assert_true(vhd_check(img, &rep, NULL) != VHD_CHECK_CLEAN);
     vhd_check_report_free(&rep);
@@ -133,14 +133,14 @@ static void destroy_footer(const char *p)
 
 static void destroy_copy(const char *p)
 {
-    uint8_t junk[512] = { 0 };
+    uint8_t junk[512] = {0};
     poke(p, 0, junk, sizeof(junk));
 }
 
 static void break_checksum(const char *p)
 {
     uint8_t b = 0x5A;
-    poke(p, h_file_bytes(p) - 512 + 64, &b, 1);     /* checksum field */
+    poke(p, h_file_bytes(p) - 512 + 64, &b, 1); /* checksum field */
 }
 
 static void break_header_checksum(const char *p)
@@ -152,7 +152,7 @@ static void break_header_checksum(const char *p)
 static void bat_out_of_range(const char *p)
 {
     uint8_t e[4];
-    hv_put_be32(e, 0x00FFFFF0u);                     /* entry 3: far past the end */
+    hv_put_be32(e, 0x00FFFFF0u); /* entry 3: far past the end */
     poke(p, 4096 + 3 * 4, e, 4);
 }
 
@@ -160,9 +160,9 @@ static void bat_overlaps(const char *p)
 {
     uint8_t e[4];
     int fd = open(p, O_RDONLY);
-    assert_int_equal(hv_pread_full(fd, e, 4, 4096), 0);     /* entry 0's place */
+    assert_int_equal(hv_pread_full(fd, e, 4, 4096), 0); /* entry 0's place */
     close(fd);
-    poke(p, 4096 + 5 * 4, e, 4);                             /* entry 5: same place */
+    poke(p, 4096 + 5 * 4, e, 4); /* entry 5: same place */
 }
 
 static void leak_blocks(const char *p)
@@ -181,12 +181,36 @@ static void leak_blocks(const char *p)
     free(junk);
 }
 
-static void test_repair_footer_destroyed(void **s) { (void)s; damaged_case("d1.vhd", destroy_footer); }
-static void test_repair_copy_destroyed(void **s) { (void)s; damaged_case("d2.vhd", destroy_copy); }
-static void test_repair_footer_checksum_wrong(void **s) { (void)s; damaged_case("d3.vhd", break_checksum); }
-static void test_repair_header_checksum_wrong(void **s) { (void)s; damaged_case("d4.vhd", break_header_checksum); }
-static void test_repair_bat_entry_out_of_range(void **s) { (void)s; damaged_case("d5.vhd", bat_out_of_range); }
-static void test_repair_leaked_blocks(void **s) { (void)s; damaged_case("d6.vhd", leak_blocks); }
+static void test_repair_footer_destroyed(void **s)
+{
+    (void)s;
+    damaged_case("d1.vhd", destroy_footer);
+}
+static void test_repair_copy_destroyed(void **s)
+{
+    (void)s;
+    damaged_case("d2.vhd", destroy_copy);
+}
+static void test_repair_footer_checksum_wrong(void **s)
+{
+    (void)s;
+    damaged_case("d3.vhd", break_checksum);
+}
+static void test_repair_header_checksum_wrong(void **s)
+{
+    (void)s;
+    damaged_case("d4.vhd", break_header_checksum);
+}
+static void test_repair_bat_entry_out_of_range(void **s)
+{
+    (void)s;
+    damaged_case("d5.vhd", bat_out_of_range);
+}
+static void test_repair_leaked_blocks(void **s)
+{
+    (void)s;
+    damaged_case("d6.vhd", leak_blocks);
+}
 
 static void test_repair_bat_overlap_drops_the_later_entry(void **state)
 {
@@ -201,8 +225,8 @@ static void test_repair_bat_overlap_drops_the_later_entry(void **state)
     uint8_t *got = h_read_all(img, &size);
     uint8_t *want = malloc(2 * MiB);
     t_fill(want, 2 * MiB, 151);
-    assert_memory_equal(got, want, 2 * MiB);                 /* entry 0 kept */
-    assert_true(hv_buf_is_zero(got + 10 * MiB, 2 * MiB));    /* entry 5 dropped */
+    assert_memory_equal(got, want, 2 * MiB);              /* entry 0 kept */
+    assert_true(hv_buf_is_zero(got + 10 * MiB, 2 * MiB)); /* entry 5 dropped */
     free(got);
     free(want);
 }
@@ -218,12 +242,12 @@ static void test_repair_differencing_never_writes_the_parent(void **state)
     h_create(child, VHD_TYPE_DIFFERENCING, 0, 0, base);
     h_write(child, 2 * MiB, 4096, 162);
     h_convert_raw(child, raw);
-    destroy_footer(base);                   /* a damaged parent stays as it is */
+    destroy_footer(base); /* a damaged parent stays as it is */
     struct stat before, after;
     assert_int_equal(stat(base, &before), 0);
     destroy_footer(child);
     struct vhd_repair_report rep;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_true(vhd_repair(child, NULL, &rep, &err) >= 0);
     vhd_repair_report_free(&rep);
     assert_int_equal(stat(base, &after), 0);
