@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #define CMP_DEPTH 8
 #define CMP_CHUNK (2u * 1024 * 1024)
@@ -198,6 +199,19 @@ int vhd_compare(const char *path_a, enum vhd_image_format fmt_a, const char *pat
     ret = vhd_open_image(r, path_b, fmt_b, true, true, &c.bd[1], err);
     if (ret < 0)
         goto out;
+    /* The raw bdev serves whole sectors; a raw file with a partial last
+     * sector would be compared short. Say so instead of ignoring bytes. */
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        const char *p = i ? path_b : path_a;
+        if (!vhd_is_vhd_bdev(c.bd[i]) && stat(p, &st) == 0 && S_ISREG(st.st_mode) &&
+            (uint64_t)st.st_size != c.bd[i]->size_bytes) {
+            ret = hv_err_set(err, -EINVAL, "%s: %" PRIu64 " bytes is not a whole number of "
+                             "512-byte sectors; compare a copy padded with zeroes "
+                             "(truncate -s %%512)", p, (uint64_t)st.st_size);
+            goto out;
+        }
+    }
     res->size_a = c.bd[0]->size_bytes;
     res->size_b = c.bd[1]->size_bytes;
     res->has_size_mismatch = res->size_a != res->size_b;

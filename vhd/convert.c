@@ -13,8 +13,10 @@
 #include "vhd.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CV_DEFAULT_DEPTH 16
@@ -50,6 +52,8 @@ struct cv {
     struct hv_err *err;
     struct hv_progress progress;
     uint64_t bytes_done;
+    int readahead_fd;           /* raw source: page-cache readahead hints, or -1 */
+    uint64_t readahead_bytes;   /* how far ahead of a chunk to prefetch */
 };
 
 static void slot_next(struct cv_slot *s);
@@ -130,6 +134,15 @@ static void slot_read_done(struct bdev_io *io, int status)
 static void slot_read(struct cv_slot *s)
 {
     struct cv *cv = s->cv;
+    /* The source is read through the page cache (as qemu-img does), so a
+     * read that misses would block the loop inside io_submit: ask the kernel
+     * to start reading the data chunks ahead of us asynchronously. */
+    if (cv->readahead_fd >= 0) {
+        uint64_t ahead = s->offset + cv->readahead_bytes;
+        if (ahead < cv->size_bytes)
+            posix_fadvise(cv->readahead_fd, (off_t)ahead,
+                          (off_t)HV_MIN(s->length, cv->size_bytes - ahead), POSIX_FADV_WILLNEED);
+    }
     struct bdev_io *r = s->src_io;
     s->iov.iov_base = s->buf;
     s->iov.iov_len = s->length;
@@ -260,6 +273,51 @@ out:
     return ret;
 }
 
+static int raw_tail_bytes(const char *path, uint64_t sectors_bytes, uint64_t *tail,
+                          struct hv_err *err)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return hv_err_errno(err, path, "stat");
+    *tail = S_ISREG(st.st_mode) && (uint64_t)st.st_size > sectors_bytes
+                ? (uint64_t)st.st_size - sectors_bytes : 0;
+    if (*tail >= HV_SECTOR_BYTES)
+        *tail = 0;                      /* the bdev saw a different length: ignore */
+    return 0;
+}
+
+static int copy_tail(const char *src_path, struct bdev *dst, uint64_t offset, uint64_t tail,
+                     struct hv_err *err)
+{
+    uint8_t *buf = hv_alloc_aligned(HV_SECTOR_BYTES);
+    int fd = -1, ret;
+    if (!buf)
+        return hv_err_set(err, -ENOMEM, "convert: out of memory");
+    memset(buf, 0, HV_SECTOR_BYTES);
+    fd = open(src_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        ret = hv_err_errno(err, src_path, "open");
+        goto out;
+    }
+    ret = hv_pread_full(fd, buf, tail, offset);
+    if (ret < 0) {
+        hv_err_set(err, ret, "%s: read of the last %" PRIu64 " bytes: %s", src_path, tail,
+                   strerror(-ret));
+        goto out;
+    }
+    if (!hv_buf_is_zero(buf, HV_SECTOR_BYTES)) {
+        ret = bdev_write_sync(dst, offset, buf, HV_SECTOR_BYTES, 0);
+        if (ret < 0)
+            hv_err_set(err, ret, "%s: write at offset %" PRIu64 ": %s", dst->name, offset,
+                       strerror(-ret));
+    }
+out:
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    return ret;
+}
+
 int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_convert_options *opt,
                 struct hv_err *err)
 {
@@ -285,19 +343,38 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
     ret = hv_reactor_create(&r);
     if (ret < 0)
         return hv_err_set(err, ret, "convert: cannot create event loop: %s", strerror(-ret));
-    ret = vhd_open_image(r, src_path, o.src_format, true, true, &src, err);
+    /*
+     * Source through the page cache, destination with O_DIRECT. A source
+     * that is in the cache (just written, or read before) is then copied
+     * without touching the disk, and the device's bandwidth goes to the
+     * output; an uncached raw source is prefetched with readahead hints
+     * (slot_read). The output bypasses the cache: it is made durable at the
+     * end anyway, and a many-GiB copy should not evict everything else.
+     */
+    enum vhd_image_format src_fmt = o.src_format;
+    if (src_fmt == VHD_FORMAT_AUTO) {
+        ret = vhd_detect_format(src_path, &src_fmt, err);
+        if (ret < 0)
+            goto out;
+    }
+    ret = vhd_open_image(r, src_path, src_fmt, true, false, &src, err);
     if (ret < 0)
         goto out;
+    /* A raw file whose length is not a whole number of sectors: the bdev
+     * serves the whole sectors, the tail is copied below into a last sector
+     * padded with zeroes (qemu-img does the same), so nothing is lost. */
     uint64_t size = src->size_bytes;
-    if (size % HV_SECTOR_BYTES) {
-        ret = hv_err_set(err, -EINVAL, "%s: size %" PRIu64 " is not a multiple of 512 "
-                         "bytes", src_path, size);
-        goto out;
+    uint64_t tail_bytes = 0;
+    if (src_fmt == VHD_FORMAT_RAW) {
+        ret = raw_tail_bytes(src_path, size, &tail_bytes, err);
+        if (ret < 0)
+            goto out;
     }
+    uint64_t dst_size = size + (tail_bytes ? HV_SECTOR_BYTES : 0);
 
     if (o.dst_format == VHD_FORMAT_VHD) {
         struct vhd_create_options c = {
-            .type = o.dst_type, .size_bytes = size, .block_bytes = o.block_bytes,
+            .type = o.dst_type, .size_bytes = dst_size, .block_bytes = o.block_bytes,
         };
         ret = vhd_create(dst_path, &c, err);
         if (ret < 0)
@@ -310,7 +387,9 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
             ret = vhd_open(r, dst_path, &vo, &dst, err);
         }
     } else {
-        struct bdev_raw_options ro = { .create = true, .size_bytes = size, .use_direct_io = true };
+        struct bdev_raw_options ro = {
+            .create = true, .size_bytes = dst_size, .use_direct_io = true,
+        };
         is_dst_created = true;
         ret = bdev_raw_open(r, dst_path, &ro, &dst, err);
         if (ret == -EINVAL) {
@@ -324,10 +403,21 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
     struct cv cv = {
         .src = src, .dst = dst, .src_path = src_path, .dst_path = dst_path,
         .size_bytes = size, .chunk_bytes = pick_chunk(src, dst), .err = err,
+        .readahead_fd = -1,
     };
+    cv.readahead_bytes = cv.chunk_bytes * o.depth;
+    if (src_fmt == VHD_FORMAT_RAW)
+        cv.readahead_fd = open(src_path, O_RDONLY | O_CLOEXEC);
     ret = run_copy(&cv, o.depth, o.show_progress);
+    if (cv.readahead_fd >= 0)
+        close(cv.readahead_fd);
     if (ret < 0)
         goto out;
+    if (tail_bytes) {
+        ret = copy_tail(src_path, dst, size, tail_bytes, err);
+        if (ret < 0)
+            goto out;
+    }
     ret = bdev_flush_sync(dst);
     if (ret < 0) {
         hv_err_set(err, ret, "%s: flush: %s", dst_path, strerror(-ret));

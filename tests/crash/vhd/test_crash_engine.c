@@ -604,6 +604,12 @@ static void run_case(struct image_case *ic, uint64_t seed)
     crash_states(ic, &s);
     printf("# %s: %d crash states open, check clean of corruption, read back\n", ic->name,
            states_checked - before);
+
+    for (int i = 0; i < ic->run.op_count; i++)
+        free(ic->run.ops[i].data);
+    free(ic->run.ops);
+    free(ic->initial_content);
+    free(ic->initial_file.bytes);
 }
 
 int main(void)
@@ -663,6 +669,11 @@ int main(void)
     if (parent_len != parent_len_after || memcmp(parent_before, parent_after, parent_len))
         die("the parent of the differencing image was modified");
 
+    free(parent_before);
+    free(parent_after);
+    for (int i = 0; i < g_ew_count; i++)
+        free(g_ew[i].data);
+    free(g_ew);
     printf("# %" PRIu64 " sector checks; %d of %d states had acknowledged flushed data\n",
            sectors_verified, states_with_expectations, states_checked);
     if (states_checked < 1000)

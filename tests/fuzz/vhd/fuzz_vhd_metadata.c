@@ -73,7 +73,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(info);
 
     struct vhd_check_report rep;
-    if (vhd_check(path, &rep, &err) >= 0)
+    int check_rc = vhd_check(path, &rep, &err);
+    if (check_rc >= 0)
         vhd_check_report_free(&rep);
 
     /* The engine's open costs an io_setup/io_destroy pair, and io_destroy
@@ -83,9 +84,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * must refuse those cleanly), chosen by content so a run reproduces. */
     struct hv_reactor *r;
     struct bdev *bd;
-    bool is_sound = vhd_check(path, &rep, &err) == VHD_CHECK_CLEAN;
-    if (is_sound)
-        vhd_check_report_free(&rep);
+    bool is_sound = check_rc == VHD_CHECK_CLEAN;
     uint64_t pick = hv_xxh3_64(data, size) % 16;
     if ((is_sound ? pick % 4 == 0 : pick == 0) && hv_reactor_create(&r) == 0) {
         struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };

@@ -31,14 +31,15 @@ need()
 # SIZE random bytes into FILE (content is compared, never hard-coded).
 random_file() { head -c "$2" /dev/urandom >"$1"; }
 
-# A raw image of SIZE bytes (multiple of 1 MiB) where every other MiB holds
-# random data and the rest is zero (sparse): the "half-zero" image.
+# A raw image of SIZE bytes (multiple of 4 MiB) where every other 2 MiB
+# (one VHD block) holds random data and the rest is zero (sparse): the
+# "half-zero" image.
 half_zero_raw()  # FILE SIZE
 {
-    local file=$1 mib=$(($2 / 1048576)) i
+    local file=$1 chunks=$(($2 / 2097152)) i
     truncate -s "$2" "$file"
-    for ((i = 0; i < mib; i += 2)); do
-        head -c 1048576 /dev/urandom | dd of="$file" bs=1M seek="$i" conv=notrunc status=none
+    for ((i = 0; i < chunks; i += 2)); do
+        head -c 2097152 /dev/urandom | dd of="$file" bs=2M seek="$i" conv=notrunc status=none
     done
 }
 

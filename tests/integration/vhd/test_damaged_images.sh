@@ -57,9 +57,21 @@ mkcase bad_disk_type;            both_footers bad_disk_type type_bad
 offset_out() { put_be64 "$1" $(($2 + 16)) $((size * 4)); }
 mkcase header_offset_outside;    both_footers header_offset_outside offset_out
 mkcase bat_entry_outside;        put_be32 "$(img bat_entry_outside)" "$bat" $((0x7FFFFFF0))
-mkcase bat_entries_overlap;      b2=$(get_be32 "$(img bat_entries_overlap)" $((bat + 8)))
-                                 [ "$b2" != 4294967295 ] || fail "block 2 not allocated"
-                                 put_be32 "$(img bat_entries_overlap)" $((bat + 8)) $((b0 + 1))
+# Two allocated entries, the second pointed 8 sectors into the first's block.
+low=-1; other=-1
+for ((i = 0; i < entries; i++)); do
+    e=$(get_be32 "$tmp/good.vhd" $((bat + 4 * i)))
+    [ "$e" = 4294967295 ] && continue
+    if [ "$low" = -1 ] || [ "$e" -lt "$(get_be32 "$tmp/good.vhd" $((bat + 4 * low)))" ]; then
+        [ "$low" != -1 ] && other=$low
+        low=$i
+    else
+        other=$i
+    fi
+done
+[ "$other" != -1 ] || fail "fewer than two allocated blocks in good.vhd"
+mkcase bat_entries_overlap;      put_be32 "$(img bat_entries_overlap)" $((bat + 4 * other)) \
+                                     $(($(get_be32 "$tmp/good.vhd" $((bat + 4 * low))) + 8))
 mkcase bat_overlaps_header;      put_be32 "$(img bat_overlaps_header)" "$bat" $((hdr / 512))
 mkcase bat_overlaps_bat;         put_be32 "$(img bat_overlaps_bat)" "$bat" $((bat / 512))
 mkcase huge_max_table_entries;   put_be32 "$(img huge_max_table_entries)" $((hdr + 28)) $((0xFFFFFFF0))

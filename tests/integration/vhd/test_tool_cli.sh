@@ -92,6 +92,18 @@ grep -q "missing.raw" err.log || fail "convert of a missing file"
 expect_rc 0 "$VHD" convert -p half.raw progress.vhd
 grep -q "100" err.log || fail "convert -p shows no progress: $(cat err.log)"
 
+# A raw file that is not a whole number of sectors loses nothing: the last
+# sector is padded with zeroes, as qemu-img does.
+head -c 1000 /dev/urandom >odd.raw
+expect_rc 0 "$VHD" convert odd.raw odd.vhd
+[ "$("$VHD" info --json odd.vhd | json_field virtual-size)" = 1024 ] || fail "odd raw: size"
+expect_rc 0 "$VHD" convert -O raw odd.vhd odd-back.raw
+cmp -n 1000 odd.raw odd-back.raw || fail "odd raw: the tail was not copied"
+[ "$(tail -c 24 odd-back.raw | od -An -tx1 | tr -d ' \n')" = "$(printf '%048d' 0)" ] ||
+    fail "odd raw: padding is not zero"
+expect_rc 2 "$VHD" compare odd.raw odd.vhd
+grep -q "odd.raw.*512-byte sectors" err.log || fail "compare of an odd raw: $(cat err.log)"
+
 # compare: same, different (first differing byte), sizes, errors.
 expect_rc 0 "$VHD" compare half.vhd half.raw
 cp half.raw diff.raw
