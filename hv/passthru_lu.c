@@ -799,19 +799,22 @@ static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **resul
     dc.kind = HV_DISK_LUN;
     snprintf(dc.path, sizeof(dc.path), "/san/%s/%s/%" PRIu64, san_name, target, lun);
     dc.is_full_scsi = json_is_true(json_object_get(req, "full_scsi"));
-    if (lun_holder(d, NULL, dc.path, who, sizeof(who)))
-        return hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " is held by %s", target, lun, who);
-
+    /* Masking first (the VM's own name must reach the LUN), then who holds
+     * it here, then the host's own use: the refusal names the first problem
+     * in the order an administrator fixes them. */
     san_options(&san, target, id.iqn, &o);
-    copt.is_forced = json_is_true(json_object_get(req, "force"));
+    copt.is_forced = true;
     ret = pt_check_san_lun(&o, lun, &copt, &facts, err);
     if (ret < 0) {
         hv_err_prefix(err, "VM '%s'", vm_name);
         return ret;
     }
-    if (lun_holder(d, facts.info.designator, NULL, who, sizeof(who)))
+    if (lun_holder(d, facts.info.designator, dc.path, who, sizeof(who)))
         return hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is held by %s", target, lun,
                           facts.info.designator, who);
+    if (!json_is_true(json_object_get(req, "force")) &&
+        (ret = pt_facts_refusal(&facts, target, err)) < 0)
+        return ret;
     snprintf(dc.designator, sizeof(dc.designator), "%s", facts.info.designator);
 
     ret = hv_vm_attach(rt, vm, (int)controller, (int)slot, &dc, err);

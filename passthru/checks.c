@@ -161,6 +161,19 @@ out:
 
 /* -------------------------------------------------------------- SAN LUN */
 
+int pt_facts_refusal(const struct pt_lun_facts *facts, const char *target, struct hv_err *err)
+{
+    if (facts->is_used_by_host)
+        return hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is in use on this host: its "
+                          "own iSCSI %s has it (--force to hand it out anyway)", target,
+                          facts->info.lun, facts->info.designator, facts->host_session);
+    if (facts->signature[0])
+        return hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is not blank: libblkid found "
+                          "%s (--force to hand it to the VM anyway)", target, facts->info.lun,
+                          facts->info.designator, facts->signature);
+    return 0;
+}
+
 static int read_range(struct san_sync *ss, uint64_t lun, uint64_t offset, void *buf,
                       uint32_t bytes, uint32_t block_bytes, struct hv_err *err)
 {
@@ -295,23 +308,7 @@ int pt_check_san_lun(const struct san_session_options *opt, uint64_t lun,
             goto out;
     }
 
-    if (copt && copt->is_forced) {
-        ret = 0;
-        goto out;
-    }
-    if (facts->is_used_by_host) {
-        ret = hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is in use on this host: its own "
-                         "iSCSI %s has it (--force to hand it out anyway)", o.target, lun,
-                         facts->info.designator, facts->host_session);
-        goto out;
-    }
-    if (facts->signature[0]) {
-        ret = hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is not blank: libblkid found %s "
-                         "(--force to hand it to the VM anyway)", o.target, lun,
-                         facts->info.designator, facts->signature);
-        goto out;
-    }
-    ret = 0;
+    ret = (copt && copt->is_forced) ? 0 : pt_facts_refusal(facts, o.target, err);
 out:
     free(head);
     free(tail);

@@ -218,8 +218,24 @@ static void fenced_read_done(void *arg, int status, const char *msg,
                              const struct san_pr_status *pr)
 {
     struct pt_lun *pl = arg;
+
+    if (pl->is_closing)
+        return;
     char why[512];
 
+    if (status == 0 && pr->is_reserved && pr->holder_key == pl->host_key) {
+        /* Held by our own key through an earlier I_T nexus (before a restart
+         * of ours, on a target that does not carry the nexus over): under
+         * Write Exclusive - Registrants Only every registrant writes, and the
+         * fence against other hosts stands. */
+        snprintf(why, sizeof(why), "%s LUN %" PRIu64 " (%s): registered; the reservation is "
+                 "still this host's (key 0x%016" PRIx64 ", taken by an earlier session)",
+                 pl->target, pl->lun, pl->designator, pl->host_key);
+        hv_info("%s", why);
+        pl->foreign_key = 0;
+        setup_done(pl, PT_STATE_READY, why);
+        return;
+    }
     pl->foreign_key = (status == 0 && pr->is_reserved) ? pr->holder_key : 0;
     snprintf(why, sizeof(why), "%s LUN %" PRIu64 ": reserved by another host (key 0x%016"
              PRIx64 "): writes get RESERVATION CONFLICT until `hvctl disk takeover`",
@@ -231,6 +247,9 @@ static void fenced_read_done(void *arg, int status, const char *msg,
 static void reserve_done(void *arg, int status, const char *msg)
 {
     struct pt_lun *pl = arg;
+
+    if (pl->is_closing)
+        return;
     char why[512];
 
     if (status == -EACCES) {        /* someone reserved it between our read and now */
@@ -258,6 +277,9 @@ static void reserve_done(void *arg, int status, const char *msg)
 static void register_again_done(void *arg, int status, const char *msg)
 {
     struct pt_lun *pl = arg;
+
+    if (pl->is_closing)
+        return;
     if (status < 0) {
         reserve_done(pl, status == -EACCES ? -EIO : status, msg);
         return;
@@ -269,6 +291,9 @@ static void register_again_done(void *arg, int status, const char *msg)
 static void register_done(void *arg, int status, const char *msg)
 {
     struct pt_lun *pl = arg;
+
+    if (pl->is_closing)
+        return;
     if (status == -EACCES) {
         /* This nexus is registered already (same name and ISID as before a
          * restart of ours, on a target that kept it): REGISTER with our own
@@ -285,6 +310,9 @@ static void setup_read_done(void *arg, int status, const char *msg,
                             const struct san_pr_status *pr)
 {
     struct pt_lun *pl = arg;
+
+    if (pl->is_closing)
+        return;
 
     if (status == 0 && pr->is_reserved && pr->holder_key != pl->host_key) {
         fenced_read_done(pl, status, msg, pr);

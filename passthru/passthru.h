@@ -104,6 +104,10 @@ int pt_check_san_lun(const struct san_session_options *opt, uint64_t lun,
                      const struct pt_check_options *copt, struct pt_lun_facts *facts,
                      struct hv_err *err);
 
+/* The refusal pt_check_san_lun makes without is_forced, from its facts (so a
+ * caller can check other things, e.g. who holds the LUN, in between). */
+int pt_facts_refusal(const struct pt_lun_facts *facts, const char *target, struct hv_err *err);
+
 /* libblkid over a buffer holding the device's first `head_bytes` and last
  * `tail_bytes` of a `size_bytes` device (sparse memfd in between). Fills
  * `found` ("TYPE=ext4", "PTTYPE=gpt", "TYPE=LVM2_member"...), "" when clean. */
