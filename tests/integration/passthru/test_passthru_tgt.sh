@@ -182,7 +182,9 @@ for _ in $(seq 50); do
     [ "$st" = offline ] && break; sleep 0.1
 done
 [ "$st" = offline ] || fail "a swapped LUN is $st"
-grep -i "designator" "$WORK/hvstord1.log" | tail -2
+grep "offline" "$WORK/hvstord1.log" | tail -1 | tee "$out"
+grep -q "is now .*expected $DESIG: a different LUN at the same address is refused" "$out" \
+    || fail "no clear log line naming both designators"
 "$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 -c 28000000000000000100 -r 512 > "$out"
 cat "$out"; grep -q "status 0x02 sense 2/25h/00h" "$out" || fail "read of a swapped LUN"
 echo PASS
