@@ -526,6 +526,10 @@ static void cmd_send_r2ts(struct iscsi_cmd *cmd)
 /* The command's turn has come (CmdSN order): wait for data or run. */
 static void cmd_deliver(struct iscsi_cmd *cmd)
 {
+    if (cmd->is_aborted) {
+        cmd_release(cmd);               /* aborted while waiting for its turn */
+        return;
+    }
     if (!cmd->is_immediate) {
         cmd->is_acked = true;
         cmd->conn->cmds_acked++;
@@ -594,15 +598,19 @@ static void cmd_send_response(struct iscsi_cmd *cmd)
     }
     cmd->state = ISCSI_CMD_SENDING;
 
+    /* Data-In PDUs of at most the initiator's MaxRecvDataSegmentLength,
+     * grouped in sequences of MaxBurstLength, each ending with F. */
     uint32_t seg = HV_MAX(c->params.initiator_mrdsl, 512u);
+    uint32_t burst = HV_MAX(c->params.max_burst, 512u);
     for (uint32_t off = 0; off < in;) {
         uint32_t n = HV_MIN(seg, in - off);
+        n = HV_MIN(n, burst - off % burst);
         bool is_last = off + n == in;
         struct iscsi_tx *tx = iscsi_tx_get(c);
         if (!tx)
             goto oom;
         tx->hdr[0] = ISCSI_OP_DATA_IN;
-        tx->hdr[1] = is_last ? 0x80 : 0;
+        tx->hdr[1] = (is_last || (off + n) % burst == 0) ? 0x80 : 0;
         memcpy(tx->hdr + 8, cmd->lun_raw, 8);
         hv_put_be32(tx->hdr + 16, cmd->itt);
         hv_put_be32(tx->hdr + 20, ISCSI_RSVD_TAG);
@@ -881,8 +889,10 @@ static void handle_nop_out(struct iscsi_conn *c, const uint8_t *data, uint32_t l
 
     sn_consume(c, p);
     if (p->ttt != ISCSI_RSVD_TAG) {
-        if (p->ttt == c->nop_ttt)
+        if (p->ttt == c->nop_ttt && c->nop_outstanding) {
+            hv_debug("iscsi %s: NOP-Out answers ping 0x%x", c->peer, p->ttt);
             c->nop_outstanding = false;
+        }
         return;
     }
     if (p->itt == ISCSI_RSVD_TAG)
@@ -909,6 +919,28 @@ static void handle_nop_out(struct iscsi_conn *c, const uint8_t *data, uint32_t l
     iscsi_tx_queue(c, tx);
 }
 
+/*
+ * Abort one command of this connection. In the controller it finishes
+ * there and its response is dropped; waiting for data it simply goes; but
+ * waiting behind a CmdSN hole it stays in line, marked, so that its CmdSN
+ * still counts when the hole closes (else ExpCmdSN would stop there).
+ */
+static void cmd_abort(struct iscsi_cmd *cmd)
+{
+    switch (cmd->state) {
+    case ISCSI_CMD_EXEC:
+    case ISCSI_CMD_ORDER_WAIT:
+        cmd->is_aborted = true;
+        cmd_hash_del(cmd);
+        break;
+    case ISCSI_CMD_DATA_WAIT:
+        cmd_drop_local(cmd);
+        break;
+    default:
+        break;
+    }
+}
+
 static void abort_local_where(struct iscsi_conn *c, bool all_luns, const uint8_t lun_raw[8])
 {
     for (int i = 0; i < ISCSI_CMD_SLOTS; i++) {
@@ -917,12 +949,7 @@ static void abort_local_where(struct iscsi_conn *c, bool all_luns, const uint8_t
             continue;
         if (!all_luns && memcmp(cmd->lun_raw, lun_raw, 8) != 0)
             continue;
-        if (cmd->state == ISCSI_CMD_EXEC) {
-            cmd->is_aborted = true;     /* its response is dropped at done() */
-            cmd_hash_del(cmd);
-        } else {
-            cmd_drop_local(cmd);
-        }
+        cmd_abort(cmd);
     }
 }
 
@@ -938,13 +965,9 @@ static uint8_t tmf_abort_task(struct iscsi_conn *c)
             return SCSI_TMF_COMPLETE;
         return SCSI_TMF_TASK_NOT_FOUND;
     }
-    if (cmd->state == ISCSI_CMD_EXEC) {
+    if (cmd->state == ISCSI_CMD_EXEC)
         scsi_controller_tmf(c->ctl, &c->nexus, SCSI_TMF_ABORT_TASK, cmd->task.lun, cmd->itt);
-        cmd->is_aborted = true;
-        cmd_hash_del(cmd);
-    } else {
-        cmd_drop_local(cmd);
-    }
+    cmd_abort(cmd);
     return SCSI_TMF_COMPLETE;
 }
 
@@ -1450,6 +1473,15 @@ void iscsi_conn_free_now(struct iscsi_conn *c)
         *s->shutdown_done = true;
 }
 
+/* The connection timer ticks at most once a second, faster when the
+ * keepalive interval is shorter (tests). */
+static uint64_t conn_tick_ms(const struct iscsi_server *s)
+{
+    if (s->nop_interval_ms && s->nop_interval_ms < 2000)
+        return HV_MAX(s->nop_interval_ms / 2, (uint64_t)10);
+    return 1000;
+}
+
 void iscsi_conn_timer(void *arg)
 {
     struct iscsi_conn *c = arg;
@@ -1476,6 +1508,7 @@ void iscsi_conn_timer(void *arg)
                 c->nop_ttt = (c->nop_ttt + 1) & 0x7fffffff;
                 c->nop_outstanding = true;
                 c->nop_sent_ns = now;
+                hv_debug("iscsi %s: idle, NOP-In ping 0x%x", c->peer, c->nop_ttt);
                 tx->hdr[0] = ISCSI_OP_NOP_IN;
                 tx->hdr[1] = 0x80;
                 hv_put_be32(tx->hdr + 16, ISCSI_RSVD_TAG);
@@ -1485,7 +1518,7 @@ void iscsi_conn_timer(void *arg)
             }
         }
     }
-    hv_timer_arm(s->reactor, &c->timer, 1000, iscsi_conn_timer, c);
+    hv_timer_arm(s->reactor, &c->timer, conn_tick_ms(s), iscsi_conn_timer, c);
 }
 
 struct iscsi_conn *iscsi_conn_new(struct iscsi_server *s, int fd)
@@ -1529,7 +1562,7 @@ struct iscsi_conn *iscsi_conn_new(struct iscsi_server *s, int fd)
     }
     c->next = s->conns;
     s->conns = c;
-    hv_timer_arm(s->reactor, &c->timer, 1000, iscsi_conn_timer, c);
+    hv_timer_arm(s->reactor, &c->timer, conn_tick_ms(s), iscsi_conn_timer, c);
     return c;
 }
 

@@ -456,7 +456,5 @@ int iscsi_server_create_detached(struct hv_reactor *r, const struct iscsi_direct
 /* iscsi_login.c */
 void iscsi_login_pdu(struct iscsi_conn *c, const uint8_t *data, uint32_t len);
 void iscsi_text_pdu(struct iscsi_conn *c, const uint8_t *data, uint32_t len);
-/* Enter full feature phase bookkeeping shared with the server. */
-void iscsi_session_end(struct iscsi_conn *c);
 
 #endif

@@ -23,9 +23,17 @@ TGT_PID=
 HV_PID=
 CTL=$((20000 + $$ % 10000))         # tgtd's private management socket
 cleanup() {
-    [ -n "$TGT_PID" ] && { tgtadm -C "$CTL" --op delete --mode system >/dev/null 2>&1 ||
-        kill "$TGT_PID" 2>/dev/null || true; wait "$TGT_PID" 2>/dev/null || true; }
-    [ -n "$HV_PID" ] && { kill "$HV_PID" 2>/dev/null || true; wait "$HV_PID" 2>/dev/null || true; }
+    if [ -n "$TGT_PID" ]; then
+        # tgtd ignores SIGTERM; ask it to go, then make sure it went.
+        tgtadm -C "$CTL" --op delete --mode system >/dev/null 2>&1 || true
+        for _ in $(seq 20); do kill -0 "$TGT_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$TGT_PID" 2>/dev/null || true
+        wait "$TGT_PID" 2>/dev/null || true
+    fi
+    if [ -n "$HV_PID" ]; then
+        kill "$HV_PID" 2>/dev/null || true
+        wait "$HV_PID" 2>/dev/null || true
+    fi
     rm -rf "$DIR"
 }
 trap cleanup EXIT

@@ -155,7 +155,7 @@ static int cmd_create(int argc, char **argv)
 /* ------------------------------------------------------------------ info */
 
 static const char info_usage[] =
-    "Usage: vhd info [--json] FILE\n"
+    "Usage: vhd info [--json] [--chain] FILE\n"
     "\n"
     "Show what a VHD image says about itself: type, exact virtual size, unique\n"
     "id, block size, allocated bytes, creator, geometry, whether the footer,\n"
@@ -163,6 +163,9 @@ static const char info_usage[] =
     "differencing image. Fails with a message naming the damaged structure.\n"
     "\n"
     "  --json       machine-readable output\n"
+    "  --chain      the chain from FILE to its base as a tree: each image's size,\n"
+    "               allocated bytes, how its parent was found and whether its\n"
+    "               identity matches what the child recorded (exit 1 if broken)\n"
     "  -h, --help   this text\n";
 
 static void print_time(const char *label, uint32_t vhd_seconds)
@@ -182,14 +185,17 @@ static int cmd_info(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "json", no_argument, NULL, 'j' },
+        { "chain", no_argument, NULL, 'c' },
         { "help", no_argument, NULL, 'h' },
         { 0 },
     };
     bool is_json = false;
+    bool is_chain = false;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case 'j': is_json = true; break;
+        case 'c': is_chain = true; break;
         case 'h': return usage_exit(info_usage, true, 1);
         default: return usage_exit(info_usage, false, 1);
         }
@@ -197,6 +203,8 @@ static int cmd_info(int argc, char **argv)
     if (optind != argc - 1)
         return missing_operands(info_usage, 1);
     const char *path = argv[optind];
+    if (is_chain)
+        return cmd_info_chain(path, is_json);
     struct vhd_info *info = calloc(1, sizeof(*info));
     struct hv_err err = { 0 };
     if (!info) {
@@ -516,7 +524,8 @@ static int cmd_compare(int argc, char **argv)
         printf("Images are identical.\n");
         return 0;
     }
-    if (is_strict && res.has_size_mismatch && res.first_difference >= HV_MIN(res.size_a, res.size_b))
+    uint64_t common_bytes = HV_MIN(res.size_a, res.size_b);
+    if (is_strict && res.has_size_mismatch && res.first_difference >= common_bytes)
         printf("Strict mode: image size mismatch.\n");
     else
         printf("Content mismatch at offset %" PRIu64 "!\n", res.first_difference);
@@ -537,6 +546,8 @@ static const char main_usage[] =
     "  convert   copy any image (raw, VHD, chain) into a new raw or VHD image\n"
     "  compare   check whether two images read the same\n"
     "  bench     load generator over the VHD engine (flags as qemu-img bench)\n"
+    "  map       which ranges hold data, in which image of the chain\n"
+    "  mount     the virtual disk as a file through FUSE (and unmount)\n"
     "\n"
     "`vhd COMMAND --help` describes each command. Sizes take K, M, G, T suffixes\n"
     "(binary units). Errors name the file and the problem; the exit status is\n"
@@ -550,6 +561,7 @@ int main(int argc, char **argv)
     } cmds[] = {
         { "create", cmd_create },   { "info", cmd_info },       { "check", cmd_check },
         { "convert", cmd_convert }, { "compare", cmd_compare }, { "bench", cmd_bench },
+        { "map", cmd_map },         { "mount", cmd_mount },     { "unmount", cmd_unmount },
     };
     hv_log_set_ident("vhd");
     if (argc < 2) {

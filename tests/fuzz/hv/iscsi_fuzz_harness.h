@@ -125,6 +125,15 @@ static void fuzz_setup(void)
         abort();
 }
 
+static bool fuzz_conn_alive(const struct iscsi_conn *c)
+{
+    for (const struct iscsi_conn *o = fuzz_server->conns; o; o = o->next) {
+        if (o == c)
+            return true;
+    }
+    return false;
+}
+
 /* Feed `data` in pieces whose sizes come from `split` (to exercise partial
  * headers, digests and data), let the tasks finish, then tear down. */
 static void fuzz_run_conn(const uint8_t *data, size_t size, uint8_t split)
@@ -133,13 +142,16 @@ static void fuzz_run_conn(const uint8_t *data, size_t size, uint8_t split)
     if (!c)
         abort();
     size_t step = split ? split : size;
-    for (size_t off = 0; off < size && !c->is_closing; off += step) {
+    /* A connection that closes is freed at a later turn: look it up in the
+     * server's list before touching it again. */
+    for (size_t off = 0; off < size && fuzz_conn_alive(c) && !c->is_closing; off += step) {
         iscsi_conn_rx(c, data + off, HV_MIN(step, size - off));
         hv_reactor_run_once(fuzz_reactor, 0);
     }
     for (int i = 0; i < 8; i++)
         hv_reactor_run_once(fuzz_reactor, 0);
-    iscsi_conn_close(c, "fuzz input done");
+    if (fuzz_conn_alive(c))
+        iscsi_conn_close(c, "fuzz input done");
     for (int i = 0; i < 64 && fuzz_server->conns; i++)
         hv_reactor_run_once(fuzz_reactor, 0);
     if (fuzz_server->conns)

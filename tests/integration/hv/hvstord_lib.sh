@@ -21,6 +21,8 @@ hv_setup()
     HV_PID=
     HV_EXTRA_PIDS=()
     trap hv_cleanup EXIT
+    # A test killed by ctest's timeout still stops its daemon and guests.
+    trap 'exit 143' TERM INT
 }
 
 hv_cleanup()

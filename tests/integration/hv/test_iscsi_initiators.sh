@@ -39,5 +39,31 @@ grep -q "+HeaderDigest" "$WORK/testd.log" || fail "header digest was not negotia
 cmp -n 4096 <(head -c 4096 /dev/zero | tr '\0' '\245') <(tail -c +4097 "$WORK/lun1.img" | head -c 4096) ||
     fail "LUN 1 file does not hold the qemu-io pattern"
 
+# Many sessions at once: eight qemu-io processes, each its own session,
+# write their own pattern to their own 1 MiB, then each region is checked.
+pids=()
+for i in $(seq 0 7); do
+    qemu-io -f raw -c "write -P $((0x40 + i)) $((32 + i))M 1M" -c "read -P $((0x40 + i)) $((32 + i))M 1M" \
+        "$URL/0" >"$WORK/par$i" 2>&1 &
+    pids+=($!)
+done
+for i in $(seq 0 7); do
+    wait "${pids[$i]}" || fail "parallel session $i: $(cat "$WORK/par$i")"
+    ! grep -qi "fail\|mismatch" "$WORK/par$i" || fail "parallel session $i: $(cat "$WORK/par$i")"
+    want=$(printf '%02x' $((0x40 + i)))
+    got=$(od -v -An -tx1 -j $(((32 + i) * 1048576)) -N 1048576 "$WORK/lun0.img" | tr -s ' \n' '\n' | sort -u | grep -v '^$')
+    [ "$got" = "$want" ] || fail "region $i of LUN 0 holds $got, not $want"
+done
+
+stop_testd
+
+# Keepalive: a target with a 100 ms NOP interval pings an idle qemu-io,
+# which answers, and the session is still there for the next read.
+HVSTOR_LOG=debug start_testd --nop-ms 100 --target "$T" --raw "$WORK/lun1.img"
+qemu-io -f raw -c 'read 0 4k' -c 'sleep 1500' -c 'read 0 4k' \
+    "iscsi://127.0.0.1:$PORT/$T/0" >"$WORK/idle" 2>&1 || fail "idle session: $(cat "$WORK/idle")"
+[ "$(grep -c '^read 4096/4096' "$WORK/idle")" = 2 ] || fail "idle session lost a read: $(cat "$WORK/idle")"
+grep -q "NOP-Out answers ping" "$WORK/testd.log" || fail "no NOP-In ping was answered"
+! grep -q "no answer to NOP-In" "$WORK/testd.log" || fail "keepalive dropped a live initiator"
 stop_testd
 echo "ok"

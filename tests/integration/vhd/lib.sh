@@ -52,6 +52,14 @@ put_bytes()  # FILE OFF HEXSTRING (e.g. "ffffffff")
     esc=$(printf '%s' "$3" | sed 's/../\\x&/g')
     printf "$esc" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
 }
+# Flip the top bit of the byte at OFF: the byte sum (and so a VHD checksum)
+# always changes, unlike writing a fixed value that may sum the same.
+flip_byte()  # FILE OFF
+{
+    local b
+    b=$(od -An -v -tu1 -j "$2" -N 1 "$1" | tr -d ' ')
+    put_bytes "$1" "$2" "$(printf '%02x' $((b ^ 0x80)))"
+}
 put_be32() { put_bytes "$1" "$2" "$(printf '%08x' "$3")"; }
 put_be64() { put_bytes "$1" "$2" "$(printf '%016x' "$3")"; }
 get_be32() { od -An -v -tx1 -j "$2" -N 4 "$1" | tr -d ' \n' | sed 's/^/0x/' | xargs printf '%d\n'; }

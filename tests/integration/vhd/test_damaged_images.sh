@@ -36,10 +36,10 @@ both_footers()  # CASE FUNC ARGS...: apply an edit to the footer and its copy
     fix_footer_checksum "$f" "$foot"
 }
 
-mkcase bad_footer_checksum;      put_bytes "$(img bad_footer_checksum)" $((foot + 70)) "5a5a"
-mkcase bad_footer_and_copy;      put_bytes "$(img bad_footer_and_copy)" $((foot + 70)) "5a5a"
-                                 put_bytes "$(img bad_footer_and_copy)" 70 "5a5a"
-mkcase bad_header_checksum;      put_bytes "$(img bad_header_checksum)" $((hdr + 64)) "7777"
+mkcase bad_footer_checksum;      flip_byte "$(img bad_footer_checksum)" $((foot + 70))
+mkcase bad_footer_and_copy;      flip_byte "$(img bad_footer_and_copy)" $((foot + 70))
+                                 flip_byte "$(img bad_footer_and_copy)" 70
+mkcase bad_header_checksum;      flip_byte "$(img bad_header_checksum)" $((hdr + 64))
 mkcase bad_cookie_footer;        put_bytes "$(img bad_cookie_footer)" "$foot" "636f6e6563746979"
                                  fix_footer_checksum "$(img bad_cookie_footer)" "$foot"
 mkcase bad_cookie_header;        put_bytes "$(img bad_cookie_header)" "$hdr" "6378737061727379"
@@ -93,7 +93,7 @@ mkcase truncated_header;         truncate -s $((hdr + 300)) "$(img truncated_hea
 fsize=$(file_size "$tmp/fixed.vhd")
 mkdir -p "$tmp/fixed_bad_checksum" "$tmp/fixed_truncated" "$tmp/fixed_size_larger"
 cp "$tmp/fixed.vhd" "$tmp/fixed_bad_checksum/image.vhd"
-put_bytes "$tmp/fixed_bad_checksum/image.vhd" $((fsize - 512 + 70)) "5a5a"
+flip_byte "$tmp/fixed_bad_checksum/image.vhd" $((fsize - 512 + 70))
 head -c $((fsize - 4096)) "$tmp/fixed.vhd" >"$tmp/fixed_truncated/image.vhd"
 cp "$tmp/fixed.vhd" "$tmp/fixed_size_larger/image.vhd"
 put_be64 "$tmp/fixed_size_larger/image.vhd" $((fsize - 512 + 48)) $((64 * 1048576))

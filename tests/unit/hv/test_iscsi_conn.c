@@ -145,6 +145,17 @@ static int teardown(void **state)
     return 0;
 }
 
+/* Whether the connection under test still exists (closed ones are freed
+ * at the next reactor turn). */
+static bool conn_alive(void)
+{
+    for (struct iscsi_conn *c = fx->s->conns; c; c = c->next) {
+        if (c == fx->c)
+            return true;
+    }
+    return false;
+}
+
 static void turn(void)
 {
     for (int i = 0; i < 6; i++)
@@ -164,7 +175,8 @@ static void send_pdu(uint8_t bhs[48], const void *data, uint32_t len, bool bad_d
         iscsi_digest_put(buf + n, hv_crc32c(bhs, 48));
         n += 4;
     }
-    memcpy(buf + n, data, len);
+    if (len)
+        memcpy(buf + n, data, len);
     n += len;
     while (n % 4)
         buf[n++] = 0;
@@ -356,10 +368,11 @@ static void test_write_with_immediate_data_and_r2t_reads_back(void **state)
 
     const uint8_t rd[10] = { 0x28, 0, 0, 0, 0, 8, 0, 0, 16, 0 };
     itt = scsi_cmd(rd, 10, 8192, true, false, NULL, 0, next_cmdsn());
-    /* MaxRecvDataSegmentLength=4096: two Data-In PDUs, status on the last. */
+    /* MaxRecvDataSegmentLength=4096: two Data-In PDUs, status on the last;
+     * MaxBurstLength=4096 makes each its own sequence, so both carry F. */
     assert_true(recv_pdu(&r));
     assert_int_equal(r.bhs[0], ISCSI_OP_DATA_IN);
-    assert_int_equal(r.bhs[1] & 0x81, 0);
+    assert_int_equal(r.bhs[1] & 0x81, 0x80);
     assert_int_equal(r.len, 4096);
     assert_int_equal(hv_be32(r.bhs + 36), 0);
     assert_memory_equal(r.data, data, 4096);
@@ -439,7 +452,7 @@ static void test_digests_cover_every_pdu_and_bad_data_digest_is_rejected(void **
     assert_true(recv_pdu(&r));
     assert_int_equal(r.bhs[0], ISCSI_OP_REJECT);
     assert_int_equal(r.bhs[2], ISCSI_REJECT_DATA_DIGEST);
-    assert_true(fx->c->is_closing);
+    assert_false(conn_alive());
     assert_int_equal(ram[0], 0);                    /* nothing was written */
 }
 
@@ -449,7 +462,7 @@ static void test_login_refusals_carry_rfc7143_status(void **state)
     login_pdu(1, 3, true, KEYS("InitiatorName=iqn.i:good\0TargetName=iqn.t:none"));
     assert_true(recv_pdu(&r));
     assert_int_equal(login_status(&r), ISCSI_LOGIN_NOT_FOUND);
-    assert_true(fx->c->is_logged_out);
+    assert_false(conn_alive());
 
     fx->c = iscsi_conn_new(fx->s, -1);
     login_pdu(1, 3, true, KEYS("InitiatorName=iqn.i:evil\0TargetName=iqn.t:disk"));
@@ -509,7 +522,7 @@ static void test_chap_sha256_accepts_right_secret(void **state)
 static void test_chap_rejects_wrong_secret(void **state)
 {
     chap_login("not-her-secret", ISCSI_LOGIN_AUTH_FAILED);
-    assert_true(fx->c->is_logged_out);
+    assert_false(conn_alive());
 }
 
 static void test_discovery_lists_only_permitted_targets(void **state)
@@ -600,9 +613,110 @@ static void test_logout_answers_and_ends_the_connection(void **state)
     assert_true(recv_pdu(&r));
     assert_int_equal(r.bhs[0], ISCSI_OP_LOGOUT_RSP);
     assert_int_equal(r.bhs[2], 0);
-    assert_true(fx->c->is_closing);
     turn();
-    assert_null(fx->s->conns);                      /* freed once drained */
+    assert_false(conn_alive());                     /* closed and freed */
+    assert_null(fx->s->conns);
+}
+
+
+static void test_idle_connection_is_pinged_and_dropped_when_silent(void **state)
+{
+    login_plain("HeaderDigest=None", "DataDigest=None");
+    iscsi_server_set_keepalive(fx->s, 1, 1);
+    struct rsp r;
+
+    fx->c->last_rx_ns = hv_now_ns() - 5000000;
+    iscsi_conn_timer(fx->c);
+    turn();
+    assert_true(recv_pdu(&r));
+    assert_int_equal(r.bhs[0], ISCSI_OP_NOP_IN);
+    assert_int_equal(hv_be32(r.bhs + 16), ISCSI_RSVD_TAG);
+    uint32_t ttt = hv_be32(r.bhs + 20);
+    assert_int_not_equal(ttt, ISCSI_RSVD_TAG);
+
+    /* The initiator answers: no reply to the answer, the ping is settled. */
+    uint8_t b[48] = { 0 };
+    b[0] = 0x40 | ISCSI_OP_NOP_OUT;
+    b[1] = 0x80;
+    hv_put_be32(b + 16, ISCSI_RSVD_TAG);
+    hv_put_be32(b + 20, ttt);
+    hv_put_be32(b + 24, fx->cmdsn);
+    send_pdu(b, NULL, 0, false);
+    assert_false(recv_pdu(&r));
+    assert_false(fx->c->nop_outstanding);
+
+    /* Next time it stays silent past the timeout: the connection goes. */
+    fx->c->last_rx_ns = hv_now_ns() - 5000000;
+    iscsi_conn_timer(fx->c);
+    turn();
+    assert_true(recv_pdu(&r));
+    assert_int_equal(r.bhs[0], ISCSI_OP_NOP_IN);
+    fx->c->nop_sent_ns = hv_now_ns() - 5000000;
+    iscsi_conn_timer(fx->c);
+    assert_true(fx->c->is_closing);
+}
+
+static void test_shutdown_finishes_commands_in_flight_first(void **state)
+{
+    login_plain("HeaderDigest=None", "DataDigest=None");
+    memset(ram, 0x6b, 4096);
+    uint8_t b[48] = { 0 };
+    const uint8_t rd[10] = { 0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0 };
+    b[0] = ISCSI_OP_SCSI_CMD;
+    b[1] = 0x80 | 0x40 | 1;
+    hv_put_be32(b + 16, 0x31);
+    hv_put_be32(b + 20, 4096);
+    hv_put_be32(b + 24, fx->cmdsn++);
+    memcpy(b + 32, rd, 10);
+    assert_int_equal(iscsi_conn_rx(fx->c, b, 48), 48);   /* no turn: still reading */
+    assert_int_equal(fx->c->cmds_exec, 1);
+
+    bool done = false;
+    iscsi_server_shutdown(fx->s, &done);
+    assert_false(done);
+    turn();
+    assert_true(done);
+    struct rsp r;
+    assert_true(recv_pdu(&r));
+    assert_int_equal(r.bhs[0], ISCSI_OP_DATA_IN);
+    assert_int_equal(r.bhs[1] & 0x81, 0x81);
+    assert_int_equal(r.len, 4096);
+    assert_int_equal(r.data[4095], 0x6b);
+    assert_null(fx->s->conns);
+}
+
+static void test_abort_of_a_command_behind_a_cmdsn_hole_keeps_the_window_moving(void **state)
+{
+    login_plain("HeaderDigest=None", "DataDigest=None");
+    const uint8_t tur[6] = { 0 };
+    struct rsp r;
+    uint32_t exp = fx->cmdsn;
+
+    uint32_t waiting = scsi_cmd(tur, 6, 0, false, false, NULL, 0, exp + 1);
+    assert_false(recv_pdu(&r));
+    uint8_t b[48] = { 0 };
+    b[0] = 0x40 | ISCSI_OP_TMF_REQ;
+    b[1] = 0x80 | 1;
+    hv_put_be32(b + 16, 0x7001);
+    hv_put_be32(b + 20, waiting);
+    hv_put_be32(b + 24, exp);
+    hv_put_be32(b + 32, exp + 1);
+    send_pdu(b, NULL, 0, false);
+    assert_true(recv_pdu(&r));
+    assert_int_equal(r.bhs[0], ISCSI_OP_TMF_RSP);
+    assert_int_equal(r.bhs[2], SCSI_TMF_COMPLETE);
+
+    /* The hole closes: the aborted command's CmdSN still counts, it gets
+     * no response, and the next command runs. */
+    uint32_t first = scsi_cmd(tur, 6, 0, false, false, NULL, 0, exp);
+    assert_true(recv_pdu(&r));
+    assert_int_equal(hv_be32(r.bhs + 16), first);
+    assert_int_equal(hv_be32(r.bhs + 28), exp + 2);
+    assert_false(recv_pdu(&r));
+    uint32_t next = scsi_cmd(tur, 6, 0, false, false, NULL, 0, exp + 2);
+    assert_true(recv_pdu(&r));
+    assert_int_equal(hv_be32(r.bhs + 16), next);
+    assert_int_equal(r.bhs[3], SCSI_STATUS_GOOD);
 }
 
 int main(void)
@@ -627,6 +741,12 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_logout_answers_and_ends_the_connection, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_idle_connection_is_pinged_and_dropped_when_silent,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_finishes_commands_in_flight_first, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            test_abort_of_a_command_behind_a_cmdsn_hole_keeps_the_window_moving, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

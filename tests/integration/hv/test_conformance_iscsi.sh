@@ -5,7 +5,8 @@
 # otherwise), with both of the suite's initiator names allowed. Prints the
 # pass count and every failing test; fails when a test fails that is not in
 # iscsi_conformance_known_failures.txt (each listed with its reason), so a
-# regression shows while known gaps stay documented. Takes about a minute.
+# regression shows while known gaps stay documented. Takes about a minute
+# (labels integration and slow, from its name).
 . "$(dirname "$0")/iscsi_lib.sh"
 need iscsi-test-cu python3 qemu-img
 
@@ -14,19 +15,21 @@ I1=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test
 I2=iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2
 KNOWN="$(dirname "$0")/iscsi_conformance_known_failures.txt"
 
+# A dynamic VHD when iscsi-testd has the VHD engine; a raw file otherwise.
 LUN=(--raw "$WORK/disk.img")
 truncate -s 256M "$WORK/disk.img"
-if qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "$WORK/disk.vhd" 256M &&
-    "$TESTD" --port 0 --target probe --vhd "$WORK/disk.vhd" --port-file "$WORK/probe" \
+if qemu-img create -q -f vpc -o subformat=dynamic,force_size=on "$WORK/disk.vhd" 256M; then
+    "$TESTD" --port 0 --port-file "$WORK/probe" --target probe --vhd "$WORK/disk.vhd" \
         >/dev/null 2>"$WORK/probe.log" &
-then
     probe=$!
-    for _ in $(seq 50); do [ -s "$WORK/probe" ] && break; kill -0 $probe 2>/dev/null || break; sleep 0.05; done
-    if [ -s "$WORK/probe" ]; then
-        LUN=(--vhd "$WORK/disk.vhd")
-    fi
-    kill $probe 2>/dev/null || true
-    wait $probe 2>/dev/null || true
+    for _ in $(seq 100); do
+        [ -s "$WORK/probe" ] && break
+        kill -0 "$probe" 2>/dev/null || break
+        sleep 0.05
+    done
+    [ -s "$WORK/probe" ] && LUN=(--vhd "$WORK/disk.vhd")
+    kill "$probe" 2>/dev/null || true
+    wait "$probe" 2>/dev/null || true
 fi
 echo "LUN: ${LUN[*]}"
 start_testd --target "$T" --allow "$I1" --allow "$I2" "${LUN[@]}"
