@@ -19,13 +19,16 @@ struct cli {
 
 static const char san_usage[] =
     "usage: hvctl san add NAME --portal ADDR:PORT [--chap USER:SECRET] [--initiator IQN]\n"
+    "                          [--replacement-timeout MS]\n"
     "       hvctl san list\n"
     "       hvctl san luns NAME [--vm VM]\n"
     "\n"
     "A SAN is an iSCSI portal hvstor may hand LUNs from. 'san luns' lists every\n"
     "target and LUN the SAN shows (to the SAN's --initiator, by default the host's\n"
     "own open-iscsi name, or to a VM's own name with --vm): size, VPD 0x83 id,\n"
-    "vendor/product, whether the host itself uses it, which VM holds it.\n";
+    "vendor/product, whether the host itself uses it, which VM holds it.\n"
+    "--replacement-timeout: how long guest commands wait for a lost SAN\n"
+    "connection to come back before they fail (default 30000, as open-iscsi).\n";
 
 static const char lun_usage[] =
     "usage: hvctl disk attach VM --controller N --slot M --lun SAN:TARGET:LUN\n"
@@ -136,6 +139,7 @@ static int cmd_san(const struct cli *cli, int argc, char **argv)
         {"chap", required_argument, NULL, 'c'},
         {"initiator", required_argument, NULL, 'i'},
         {"vm", required_argument, NULL, 'v'},
+        {"replacement-timeout", required_argument, NULL, 'R'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -153,6 +157,16 @@ static int cmd_san(const struct cli *cli, int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         const char *key = c == 'p' ? "portal" : c == 'c' ? "chap" : c == 'i' ? "initiator"
                         : c == 'v' ? "vm" : NULL;
+        if (c == 'R') {
+            uint64_t ms;
+            if (hv_parse_u64(optarg, &ms) < 0 || ms > 3600000) {
+                fprintf(stderr, "hvctl: --replacement-timeout '%s': milliseconds\n", optarg);
+                json_decref(req);
+                return 2;
+            }
+            json_object_set_new(req, "replacement_timeout_ms", json_integer((json_int_t)ms));
+            continue;
+        }
         if (c == 'h') {
             fputs(san_usage, stdout);
             json_decref(req);

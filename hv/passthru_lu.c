@@ -46,6 +46,7 @@ struct san_entry {
     char chap_user[256];
     char chap_secret[256];
     char initiator[SAN_NAME_MAX];       /* for `san luns` (the management name) */
+    uint32_t replacement_timeout_ms;    /* 0: san/'s default, 30 s */
 };
 
 static int san_name_check(const char *name, struct hv_err *err)
@@ -69,6 +70,7 @@ static int san_load(struct hv_passthru *p, const char *name, struct san_entry *o
     const char *user = NULL;
     const char *secret = NULL;
     const char *initiator = NULL;
+    json_int_t replacement_ms = 0;
     int ret = san_name_check(name, err);
 
     if (ret < 0)
@@ -79,8 +81,9 @@ static int san_load(struct hv_passthru *p, const char *name, struct san_entry *o
     ret = hv_json_read_file(path, &obj, err);
     if (ret < 0)
         return ret;
-    if (json_unpack(obj, "{s:s, s?s, s?s, s?s}", "portal", &portal, "chap_user", &user,
-                    "chap_secret", &secret, "initiator", &initiator) != 0) {
+    if (json_unpack(obj, "{s:s, s?s, s?s, s?s, s?I}", "portal", &portal, "chap_user", &user,
+                    "chap_secret", &secret, "initiator", &initiator, "replacement_timeout_ms",
+                    &replacement_ms) != 0 || replacement_ms < 0 || replacement_ms > 3600000) {
         json_decref(obj);
         return hv_err_set(err, -EINVAL, "%s: needs a string 'portal'", path);
     }
@@ -90,6 +93,7 @@ static int san_load(struct hv_passthru *p, const char *name, struct san_entry *o
     snprintf(out->chap_user, sizeof(out->chap_user), "%s", user ? user : "");
     snprintf(out->chap_secret, sizeof(out->chap_secret), "%s", secret ? secret : "");
     snprintf(out->initiator, sizeof(out->initiator), "%s", initiator ? initiator : "");
+    out->replacement_timeout_ms = (uint32_t)replacement_ms;
     json_decref(obj);
     return 0;
 }
@@ -101,6 +105,7 @@ static void san_options(const struct san_entry *san, const char *target, const c
     o->portal = san->portal;
     o->target = target;
     o->initiator = initiator;
+    o->replacement_timeout_ms = san->replacement_timeout_ms;
     if (san->chap_user[0]) {
         o->chap.user = san->chap_user;
         o->chap.secret = san->chap_secret;
@@ -548,6 +553,7 @@ static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
     const char *portal;
     const char *chap;
     const char *initiator;
+    json_int_t replacement_ms = 0;
     char path[8192];
     char host_name[SAN_NAME_MAX] = "";
     struct hv_chap pair = {{0}, {0}};
@@ -564,6 +570,9 @@ static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
         (ret = arg_str(req, "initiator", false, &initiator, err)) < 0 ||
         (ret = san_name_check(name, err)) < 0)
         return ret;
+    if (json_unpack((json_t *)req, "{s?I}", "replacement_timeout_ms", &replacement_ms) != 0 ||
+        replacement_ms < 0 || replacement_ms > 3600000)
+        return hv_err_set(err, -EINVAL, "--replacement-timeout: 0 to 3600000 ms");
     if (strlen(portal) >= SAN_PORTAL_MAX || !strchr(portal, ':'))
         return hv_err_set(err, -EINVAL, "portal '%s' is not ADDR:PORT", portal);
     if (chap && (ret = hv_chap_parse(chap, &pair, err)) < 0)
@@ -598,6 +607,8 @@ static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
         return ret;
     }
     obj = json_pack("{s:s, s:s, s:s}", "name", name, "portal", portal, "initiator", initiator);
+    if (replacement_ms)
+        json_object_set_new(obj, "replacement_timeout_ms", json_integer(replacement_ms));
     if (pair.user[0]) {
         json_object_set_new(obj, "chap_user", json_string(pair.user));
         json_object_set_new(obj, "chap_secret", json_string(pair.secret));

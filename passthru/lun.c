@@ -51,6 +51,7 @@ struct pt_lun {
     san_status_cb takeover_done;
     void *takeover_arg;
     uint64_t victim_key;
+    bool is_abort_preempt;
 };
 
 const char *pt_state_name(enum pt_state state)
@@ -506,8 +507,9 @@ static void takeover_finish(struct pt_lun *pl, int status, const char *msg)
     if (status == 0) {
         char why[512];
         snprintf(why, sizeof(why), "%s LUN %" PRIu64 ": taken over from key 0x%016" PRIx64
-                 " (preempted and aborted); reserved with key 0x%016" PRIx64, pl->target,
-                 pl->lun, pl->victim_key, pl->host_key);
+                 " (%s); reserved with key 0x%016" PRIx64, pl->target, pl->lun,
+                 pl->victim_key, pl->is_abort_preempt ? "PREEMPT AND ABORT" : "PREEMPT",
+                 pl->host_key);
         hv_warn("%s", why);
         pl->foreign_key = 0;
         set_state(pl, PT_STATE_READY, "%s", why);
@@ -517,14 +519,26 @@ static void takeover_finish(struct pt_lun *pl, int status, const char *msg)
     done(pl->takeover_arg, status, msg);
 }
 
+static void takeover_do_preempt(struct pt_lun *pl, bool abort);
+
 static void takeover_preempt_done(void *arg, int status, const char *msg)
 {
-    takeover_finish(arg, status, msg);
+    struct pt_lun *pl = arg;
+    /* tgt (1.0.85) has no PREEMPT AND ABORT: INVALID FIELD IN CDB. A plain
+     * PREEMPT fences as well; the dead host's queued tasks are its own. */
+    if (status == -EIO && pl->is_abort_preempt && msg && strstr(msg, "5h/24h/00h")) {
+        hv_info("%s LUN %" PRIu64 ": the target has no PREEMPT AND ABORT; plain PREEMPT",
+                pl->target, pl->lun);
+        takeover_do_preempt(pl, false);
+        return;
+    }
+    takeover_finish(pl, status, msg);
 }
 
-static void takeover_do_preempt(struct pt_lun *pl)
+static void takeover_do_preempt(struct pt_lun *pl, bool abort)
 {
-    if (san_pr_preempt(pl->s, pl->lun, pl->host_key, pl->victim_key, PT_TYPE, true,
+    pl->is_abort_preempt = abort;
+    if (san_pr_preempt(pl->s, pl->lun, pl->host_key, pl->victim_key, PT_TYPE, abort,
                        takeover_preempt_done, pl) < 0)
         takeover_finish(pl, -ENOMEM, "out of memory");
 }
@@ -536,7 +550,7 @@ static void takeover_register_again(void *arg, int status, const char *msg)
         takeover_finish(pl, status, msg);
         return;
     }
-    takeover_do_preempt(pl);
+    takeover_do_preempt(pl, true);
 }
 
 static void takeover_register_done(void *arg, int status, const char *msg)
