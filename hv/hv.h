@@ -56,6 +56,8 @@ enum hv_disk_kind {
     HV_DISK_RAW,                        /* a raw file or block device */
     HV_DISK_LUN,                        /* a SAN LUN passed through (passthru_lu.c);
                                          * path is "/san/NAME/TARGET/LUN" */
+    HV_DISK_DEV,                        /* a local block device passed through whole:
+                                         * claimed O_EXCL, checked not in use */
 };
 
 const char *hv_disk_kind_name(enum hv_disk_kind kind);          /* "vhd", "raw" */

@@ -33,6 +33,8 @@ static const char san_usage[] =
 static const char lun_usage[] =
     "usage: hvctl disk attach VM --controller N --slot M --lun SAN:TARGET:LUN\n"
     "                            [--full-scsi] [--force]\n"
+    "       hvctl disk attach VM --controller N --slot M --device /dev/X [--force]\n"
+    "                            [--read-only]\n"
     "       hvctl disk takeover VM --controller N --slot M\n"
     "\n"
     "attach --lun hands a whole SAN LUN to the VM, after checking that the VM's\n"
@@ -42,6 +44,9 @@ static const char lun_usage[] =
     "LUN is pinned by its VPD 0x83 id and reserved for this host (SCSI-3 PR,\n"
     "Write Exclusive - Registrants Only). Only the commands a disk needs reach\n"
     "it unless --full-scsi.\n"
+    "--device hands a whole local block device to the VM: refused when mounted or\n"
+    "held (LVM, MD, dm) on the host, or when it carries a signature (unless\n"
+    "--force); claimed O_EXCL for as long as it is attached.\n"
     "takeover preempts another host's reservation (as fence_scsi does): only\n"
     "when that host is dead.\n";
 
@@ -291,6 +296,8 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
         {"controller", required_argument, NULL, 'c'},
         {"slot", required_argument, NULL, 's'},
         {"lun", required_argument, NULL, 'l'},
+        {"device", required_argument, NULL, 'D'},
+        {"read-only", no_argument, NULL, 'o'},
         {"full-scsi", no_argument, NULL, 'F'},
         {"force", no_argument, NULL, 'f'},
         {"help", no_argument, NULL, 'h'},
@@ -300,6 +307,7 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
     json_t *req = json_object();
     json_t *result = NULL;
     const char *lun = NULL;
+    const char *device = NULL;
     int controller = -1;
     int slot = -1;
     int c;
@@ -319,6 +327,12 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
         case 'l':
             lun = optarg;
             break;
+        case 'D':
+            device = optarg;
+            break;
+        case 'o':
+            json_object_set_new(req, "read_only", json_true());
+            break;
         case 'F':
             json_object_set_new(req, "full_scsi", json_true());
             break;
@@ -333,15 +347,32 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
             goto usage;
         }
     }
-    if (optind != argc - 1 || controller < 0 || slot < 0 || (!is_takeover && !lun) ||
-        (is_takeover && lun)) {
+    if (optind != argc - 1 || controller < 0 || slot < 0 ||
+        (!is_takeover && !lun == !device) || (is_takeover && (lun || device))) {
         fprintf(stderr, "hvctl: disk %s needs VM, --controller N, --slot M%s\n", argv[0],
-                is_takeover ? "" : " and --lun SAN:TARGET:LUN");
+                is_takeover ? "" : " and one of --lun SAN:TARGET:LUN or --device PATH");
         goto usage;
     }
     json_object_set_new(req, "vm", json_string(argv[optind]));
     json_object_set_new(req, "controller", json_integer(controller));
     json_object_set_new(req, "slot", json_integer(slot));
+    if (device) {
+        json_object_set_new(req, "op", json_string("disk.attach_dev"));
+        json_object_set_new(req, "path", json_string(device));
+        ret = send_request(cli, req, &result);
+        if (ret)
+            return ret;
+        if (cli->is_json) {
+            hv_json_print(stdout, result);
+        } else {
+            const json_t *a = json_object_get(result, "attached");
+            printf("VM '%s': device %s (%s) attached%s%s\n", str(result, "name"),
+                   str(a, "device"), str(a, "sysfs_name"), str(a, "forced_over")[0]
+                   ? "; forced over: " : "", str(a, "forced_over"));
+        }
+        json_decref(result);
+        return 0;
+    }
     if (!is_takeover) {
         json_object_set_new(req, "op", json_string("disk.attach_lun"));
         json_object_set_new(req, "lun", json_string(lun));
@@ -407,7 +438,7 @@ bool hv_passthru_cli_wants(int argc, char **argv)
         return true;
     if (argc >= 2 && !strcmp(argv[0], "disk") && !strcmp(argv[1], "attach"))
         for (int i = 2; i < argc; i++)
-            if (!strncmp(argv[i], "--lun", 5))
+            if (!strncmp(argv[i], "--lun", 5) || !strncmp(argv[i], "--device", 8))
                 return true;
     return false;
 }

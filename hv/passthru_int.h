@@ -30,6 +30,12 @@ int hv_passthru_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, 
                           int slot, const struct hv_disk_config *dc, struct hv_disk *disk,
                           struct hv_err *err);
 bool hv_lu_is_passthru(const struct scsi_lu *lu);
+/* The disk back end of kind "dev" (vm_runtime.c's table): refuses a device
+ * mounted or held on the host, claims it O_EXCL (the claim is *lock_fd) and
+ * serves it as a raw bdev under the SBC emulation. */
+int hv_passthru_open_device(struct hv_runtime *rt, const struct hv_disk_config *dc,
+                            bool no_direct_io, struct bdev **out, int *lock_fd,
+                            struct hv_err *err);
 /* State, designator, SAN address, counters for `vm show` / `disk stats`. */
 void hv_passthru_describe(struct scsi_lu *lu, json_t *obj);
 

@@ -510,6 +510,104 @@ fail:
     return ret;
 }
 
+/* ------------------------------------------------------- local devices */
+
+static int arg_str(const json_t *req, const char *key, bool is_required, const char **out,
+                   struct hv_err *err);
+
+/*
+ * A whole local block device for one VM. The host-wide claim is the kernel's
+ * own: an O_EXCL open, which fails while the device is mounted, part of an
+ * LVM/MD/dm stack, or claimed by another VM (of this or another hvstord),
+ * and makes a later mount on the host fail in turn. SCSI devices would be
+ * best forwarded with SG_IO (the guest's CDBs as they are); that path is not
+ * written yet, so every device is served through the SBC emulation over a
+ * raw bdev, and a SCSI device says so in the log.
+ */
+int hv_passthru_open_device(struct hv_runtime *rt, const struct hv_disk_config *dc,
+                            bool no_direct_io, struct bdev **out, int *lock_fd,
+                            struct hv_err *err)
+{
+    struct pt_check_options copt = {.is_forced = true};   /* signatures: checked at attach */
+    struct pt_local_facts facts;
+    struct bdev_raw_options opt = {
+        .is_read_only = dc->is_read_only,
+        .use_direct_io = !no_direct_io,
+    };
+    int ret;
+
+    if (*lock_fd < 0) {
+        ret = pt_check_local_device(dc->path, &copt, &facts, err);
+        if (ret < 0)
+            return ret;
+        ret = pt_claim_local_device(dc->path, dc->is_read_only, lock_fd, err);
+        if (ret < 0)
+            return ret;
+        if (facts.is_scsi)
+            hv_warn("%s (%s) is a SCSI device: SG_IO pass-through is not implemented; the "
+                    "guest gets hvstor's SBC emulation over the raw device", dc->path,
+                    facts.sysfs_name);
+    }
+    return bdev_raw_open(rt->reactor, dc->path, &opt, out, err);
+}
+
+static int req_attach_dev(struct hv_daemon *d, const json_t *req, json_t **result,
+                          struct hv_err *err)
+{
+    struct hv_runtime *rt = hv_daemon_runtime(d);
+    struct hv_disk_config dc;
+    struct pt_check_options copt = {0};
+    struct pt_local_facts facts;
+    struct hv_vm *vm;
+    const char *vm_name;
+    const char *path;
+    char who[160];
+    json_int_t controller = -1;
+    json_int_t slot = -1;
+    int ret;
+
+    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = arg_str(req, "path", true, &path, err)) < 0)
+        return ret;
+    if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
+        controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
+        slot >= HV_SLOTS_PER_CONTROLLER)
+        return hv_err_set(err, -EINVAL, "request needs 'controller' and 'slot'");
+    vm = hv_daemon_find_vm(d, vm_name);
+    if (!vm)
+        return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+    if (path[0] != '/' || strlen(path) >= sizeof(dc.path))
+        return hv_err_set(err, -EINVAL, "device path '%s' must be absolute", path);
+    if (hv_vm_path_in_use(hv_daemon_vms(d), path, who, sizeof(who)))
+        return hv_err_set(err, -EBUSY, "%s is held by %s", path, who);
+    copt.is_forced = json_is_true(json_object_get(req, "force"));
+    ret = pt_check_local_device(path, &copt, &facts, err);
+    if (ret < 0)
+        return ret;
+    memset(&dc, 0, sizeof(dc));
+    dc.kind = HV_DISK_DEV;
+    snprintf(dc.path, sizeof(dc.path), "%s", path);
+    dc.is_read_only = json_is_true(json_object_get(req, "read_only"));
+    ret = hv_vm_attach(rt, vm, (int)controller, (int)slot, &dc, err);
+    if (ret < 0)
+        return ret;
+    ret = hv_registry_save(hv_daemon_registry(d), &vm->cfg, err);
+    if (ret < 0) {
+        struct hv_err ignored = {0};
+        hv_vm_detach(rt, vm, (int)controller, (int)slot, &ignored);
+        return ret;
+    }
+    hv_info("VM '%s': device %s (%s, %" PRIu64 " bytes%s) attached at controller %d LUN %d",
+            vm_name, path, facts.sysfs_name, facts.size_bytes,
+            facts.in_use[0] ? ", forced" : "", (int)controller, (int)slot);
+    *result = hv_vm_show_json(vm, hv_daemon_portal(d));
+    json_object_set_new(*result, "attached", json_pack(
+        "{s:s, s:s, s:I, s:b, s:s}", "device", path, "sysfs_name", facts.sysfs_name,
+        "size_bytes", (json_int_t)facts.size_bytes, "is_scsi", facts.is_scsi, "forced_over",
+        facts.in_use));
+    return 0;
+}
+
 /* ------------------------------------------------------------ requests */
 
 static int arg_str(const json_t *req, const char *key, bool is_required, const char **out,
@@ -1004,6 +1102,7 @@ int hv_passthru_request(struct hv_daemon *d, const char *op, const json_t *req,
         {"san.list", req_san_list},
         {"san.luns", req_san_luns},
         {"disk.attach_lun", req_attach_lun},
+        {"disk.attach_dev", req_attach_dev},
         {"disk.takeover", req_takeover},
         {"disk.takeover_status", req_takeover_status},
         {"vm.zoning", req_zoning},

@@ -21,6 +21,8 @@ const char *hv_disk_kind_name(enum hv_disk_kind kind)
         return "raw";
     case HV_DISK_LUN:
         return "lun";
+    case HV_DISK_DEV:
+        return "dev";
     }
     return "?";
 }
@@ -37,6 +39,10 @@ int hv_disk_kind_parse(const char *name, enum hv_disk_kind *kind)
     }
     if (!strcmp(name, "lun")) {
         *kind = HV_DISK_LUN;
+        return 0;
+    }
+    if (!strcmp(name, "dev")) {
+        *kind = HV_DISK_DEV;
         return 0;
     }
     return -EINVAL;

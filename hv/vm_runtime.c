@@ -79,6 +79,7 @@ static int open_raw(struct hv_runtime *rt, const struct hv_disk_config *dc, bool
 static const struct hv_disk_backend backends[] = {
     {HV_DISK_VHD, open_vhd},
     {HV_DISK_RAW, open_raw},
+    {HV_DISK_DEV, hv_passthru_open_device},
 };
 
 static int open_image(struct hv_runtime *rt, const struct hv_disk_config *dc, struct bdev **out,
