@@ -52,6 +52,14 @@ def results(path):
         for bad in suite.iter("CUNIT_RUN_TEST_FAILURE"):
             out[name + "." + bad.find("TEST_NAME").text.strip()] = "FAIL"
     return out
+def summary(path):
+    for rec in ET.parse(path).getroot().iter("CUNIT_RUN_SUMMARY_RECORD"):
+        if rec.find("TYPE").text.strip() == "Test Cases":
+            return int(rec.find("TOTAL").text), int(rec.find("SUCCEEDED").text)
+    return 0, 0
+for who, path in (("tgt", sys.argv[1]), ("hvstor", sys.argv[2])):
+    total, ok = summary(path)
+    print("%s: CUnit summary: %d of %d test cases succeeded" % (who, ok, total))
 tgt, hv = results(sys.argv[1]), results(sys.argv[2])
 known = {l.strip() for l in open(sys.argv[3]) if l.strip() and not l.startswith("#")}
 print("tgt: %d of %d pass; through hvstor: %d of %d pass" % (
