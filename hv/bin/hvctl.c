@@ -159,6 +159,15 @@ static void print_vm(const json_t *vm)
     else
         printf("%s, user %s\n", json_is_true(json_object_get(chap, "mutual")) ? "mutual" :
                "one-way", json_string_value(json_object_get(chap, "user")));
+    if (json_object_get(vm, "identity")) {
+        const json_t *id = json_object_get(vm, "identity");
+        const json_t *fc = json_object_get(id, "fc");
+        printf("  SAN identity: %s\n", json_string_value(json_object_get(id, "iqn")));
+        for (const char *set = "a"; set; set = set[0] == 'a' ? "b" : NULL)
+            printf("  FC set %c: WWPN %s  WWNN %s\n", set[0] - 32,
+                   json_string_value(json_object_get(json_object_get(fc, set), "wwpn")),
+                   json_string_value(json_object_get(json_object_get(fc, set), "wwnn")));
+    }
     json_array_foreach(json_object_get(vm, "controllers"), i, v) {
         const json_t *lun;
         size_t j;
@@ -173,7 +182,15 @@ static void print_vm(const json_t *vm)
                    json_string_value(json_object_get(lun, "kind")),
                    json_string_value(json_object_get(lun, "path")),
                    json_is_true(json_object_get(lun, "read_only")) ? " (read-only)" : "");
-            if (json_object_get(lun, "size_bytes")) {
+            if (json_object_get(lun, "passthru")) {
+                const json_t *pt = json_object_get(lun, "passthru");
+                const char *state = json_string_value(json_object_get(pt, "state"));
+                printf("%s %s%s  %s\n", json_string_value(json_object_get(pt, "designator")),
+                       state, json_is_true(json_object_get(pt, "full_scsi")) ? " full-scsi" : "",
+                       json_string_value(json_object_get(lun, "url")));
+                if (strcmp(state, "ready") != 0)
+                    printf("      %s\n", json_string_value(json_object_get(pt, "why")));
+            } else if (json_object_get(lun, "size_bytes")) {
                 print_size((uint64_t)json_integer_value(json_object_get(lun, "size_bytes")));
                 printf("  %s\n", json_string_value(json_object_get(lun, "url")));
             } else {

@@ -71,6 +71,9 @@ for _ in $(seq 50); do
     [ "$st" = ready ] && break; sleep 0.1
 done
 [ "$st" = ready ] || fail "pass-through state $st"
+hvctl_ 1 vm show alpha | tee "$out"
+grep -q "SAN identity: $IQN_A" "$out" || fail "vm show: no identity"
+grep -q "LUN 0  lun /san/tgt1/$T1/1 *$DESIG ready" "$out" || fail "vm show: LUN line"
 
 step "the host holds the reservation on tgt (Write Exclusive - Registrants Only)"
 "$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN" -l 1 -c 5e010000000000002000 -r 32 > "$out"
