@@ -13,7 +13,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
-#include "vhd.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <libgen.h>
@@ -32,11 +32,6 @@ const char *vhd_parent_source_name(enum vhd_parent_source source)
     default: return "none";
     }
 }
-
-struct candidate {
-    char path[PATH_MAX];
-    enum vhd_parent_source source;
-};
 
 /* "dir/./p.vhd" -> "dir/p.vhd", "a//b" -> "a/b": paths as a person writes them. */
 static void tidy_path(char *path)
@@ -59,29 +54,27 @@ static void tidy_path(char *path)
     *out = '\0';
 }
 
-/* The candidates for the parent of the image at `child` (described by
- * `info`), in the order Windows and Xen try them. A locator holding a
- * Windows drive path ("C:/...") names nothing on this host and is skipped. */
-static int parent_candidates(const char *child, const struct vhd_info *info,
-                             struct candidate cands[4])
+int vhd_parent_candidates(const char *child_path, const char *relative, const char *absolute,
+                          const char *macx, const char *name,
+                          struct vhd_parent_candidate cands[4])
 {
     const struct {
         const char *text;
         enum vhd_parent_source source;
     } locs[3] = {
-        { info->parent_relative, VHD_PARENT_W2RU },
-        { info->parent_absolute, VHD_PARENT_W2KU },
-        { info->parent_macx, VHD_PARENT_MACX },
+        { relative, VHD_PARENT_W2RU },
+        { absolute, VHD_PARENT_W2KU },
+        { macx, VHD_PARENT_MACX },
     };
     char dir_copy[PATH_MAX];
     const char *dir;
     int n = 0;
 
-    snprintf(dir_copy, sizeof(dir_copy), "%s", child);
+    snprintf(dir_copy, sizeof(dir_copy), "%s", child_path);
     dir = dirname(dir_copy);
     for (int i = 0; i < 3; i++) {
         const char *t = locs[i].text;
-        if (!t[0] || t[1] == ':')
+        if (!t || !t[0] || t[1] == ':')
             continue;
         if (t[0] == '/')
             snprintf(cands[n].path, PATH_MAX, "%s", t);
@@ -89,15 +82,15 @@ static int parent_candidates(const char *child, const struct vhd_info *info,
             snprintf(cands[n].path, PATH_MAX, "%s/%s", dir, t);
         cands[n++].source = locs[i].source;
     }
-    if (info->parent_name[0]) {
-        char name[sizeof(info->parent_name)];
+    if (name && name[0]) {
+        char copy[PATH_MAX];
         const char *base;
-        snprintf(name, sizeof(name), "%s", info->parent_name);
-        for (char *c = name; *c; c++)
+        snprintf(copy, sizeof(copy), "%s", name);
+        for (char *c = copy; *c; c++)
             if (*c == '\\')
                 *c = '/';
-        base = strrchr(name, '/');
-        base = base ? base + 1 : name;
+        base = strrchr(copy, '/');
+        base = base ? base + 1 : copy;
         if (*base) {
             snprintf(cands[n].path, PATH_MAX, "%s/%s", dir, base);
             cands[n++].source = VHD_PARENT_NAME;
@@ -140,11 +133,15 @@ static void stop(struct vhd_chain_report *rep, int code, const char *fmt, ...)
 static int next_parent(struct vhd_chain_report *rep, int *cap, struct stat *seen)
 {
     const struct vhd_chain_link *child = &rep->links[rep->count - 1];
-    struct candidate cands[4];
+    struct vhd_parent_candidate cands[4];
     struct vhd_info *mismatch = NULL;
     int mismatch_at = -1;
+    char unreadable[1024] = "";
+    int unreadable_code = 0;
     char tried[2048] = "";
-    int n = parent_candidates(child->path, &child->info, cands);
+    int n = vhd_parent_candidates(child->path, child->info.parent_relative,
+                                  child->info.parent_absolute, child->info.parent_macx,
+                                  child->info.parent_name, cands);
     int ret = 0;
 
     for (int i = 0; i < n; i++) {
@@ -173,11 +170,15 @@ static int next_parent(struct vhd_chain_report *rep, int *cap, struct stat *seen
         if (ret < 0) {
             free(info);
             ret = 0;
-            if (perr.code == -ENOENT)
-                continue;
-            stop(rep, perr.code ? perr.code : -EIO, "%s: parent: %s", child->path,
-                 hv_err_msg(&perr, perr.code));
-            goto out;
+            /* Not a usable VHD here: a later locator may still name the
+             * real parent, as it does for the engine. */
+            if (perr.code != -ENOENT && !unreadable[0]) {
+                snprintf(unreadable, sizeof(unreadable), "%s: parent candidate %s (found by "
+                         "%s): %s", child->path, cands[i].path,
+                         vhd_parent_source_name(cands[i].source), hv_err_msg(&perr, perr.code));
+                unreadable_code = perr.code ? perr.code : -EIO;
+            }
+            continue;
         }
         if (memcmp(info->uuid, child->info.parent_uuid, 16) != 0) {
             if (!mismatch) {
@@ -227,6 +228,10 @@ static int next_parent(struct vhd_chain_report *rep, int *cap, struct stat *seen
         l->found_by = cands[mismatch_at].source;
         l->is_uuid_match = false;
         l->is_timestamp_match = mismatch->timestamp == child->info.parent_timestamp;
+        goto out;
+    }
+    if (unreadable[0]) {
+        stop(rep, unreadable_code, "%s", unreadable);
         goto out;
     }
     stop(rep, -ENOENT, "%s: parent not found (tried %s)", child->path,

@@ -33,12 +33,12 @@ struct cv_slot {
     struct bdev_io *src_io;
     struct bdev_io *dst_io;
     uint8_t *buf;
-    const uint8_t *data;        /* the chunk's bytes: `buf`, or the source's mapping */
+    const uint8_t *data; /* the chunk's bytes: `buf`, or the source's mapping */
     struct iovec iov;
     uint64_t offset;
     uint64_t length;
-    uint64_t probe;             /* block-status scan position inside the chunk */
-    bool is_write_ready;        /* read and trimmed, waiting for its turn */
+    uint64_t probe;      /* block-status scan position inside the chunk */
+    bool is_write_ready; /* read and trimmed, waiting for its turn */
 };
 
 struct cv {
@@ -58,14 +58,14 @@ struct cv {
     /* Writes go out in offset order (see gate_advance): the next chunk to
      * write, which chunks turned out to be zero, and the slots waiting. */
     uint64_t gate_next;
-    uint8_t *is_chunk_skipped;  /* one bit per chunk */
+    uint8_t *is_chunk_skipped; /* one bit per chunk */
     struct cv_slot *slots;
     unsigned depth;
     /* A raw source is also mapped, to take the chunks the page cache holds
      * without reading them (see slot_read). */
     const uint8_t *src_map;
     uint64_t src_map_bytes;
-    unsigned char *residency;   /* mincore vector for one chunk */
+    unsigned char *residency; /* mincore vector for one chunk */
 };
 
 static void slot_next(struct cv_slot *s);
@@ -356,8 +356,10 @@ static int run_copy(struct cv *cv, unsigned depth, bool show_progress)
         s->dst_io = calloc(1, bdev_io_size(cv->dst));
         s->buf = hv_alloc_aligned(cv->chunk_bytes);
         if (!s->src_io || !s->dst_io || !s->buf) {
-            ret = hv_err_set(cv->err, -ENOMEM, "convert: out of memory for %u buffers of "
-                             "%" PRIu64 " bytes", depth, cv->chunk_bytes);
+            ret = hv_err_set(cv->err, -ENOMEM,
+                             "convert: out of memory for %u buffers of "
+                             "%" PRIu64 " bytes",
+                             depth, cv->chunk_bytes);
             made++;
             goto out;
         }
@@ -392,9 +394,10 @@ static int raw_tail_bytes(const char *path, uint64_t sectors_bytes, uint64_t *ta
     if (stat(path, &st) < 0)
         return hv_err_errno(err, path, "stat");
     *tail = S_ISREG(st.st_mode) && (uint64_t)st.st_size > sectors_bytes
-                ? (uint64_t)st.st_size - sectors_bytes : 0;
+                ? (uint64_t)st.st_size - sectors_bytes
+                : 0;
     if (*tail >= HV_SECTOR_BYTES)
-        *tail = 0;                      /* the bdev saw a different length: ignore */
+        *tail = 0; /* the bdev saw a different length: ignore */
     return 0;
 }
 
@@ -446,13 +449,14 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
     if (!o.dst_type)
         o.dst_type = VHD_TYPE_DYNAMIC;
     if (o.dst_format == VHD_FORMAT_VHD && o.dst_type == VHD_TYPE_DIFFERENCING)
-        return hv_err_set(err, -EINVAL, "%s: convert writes fixed or dynamic images, "
-                          "not differencing ones", dst_path);
+        return hv_err_set(err, -EINVAL,
+                          "%s: convert writes fixed or dynamic images, "
+                          "not differencing ones",
+                          dst_path);
     if (!o.depth)
         o.depth = CV_DEFAULT_DEPTH;
     if (access(dst_path, F_OK) == 0)
-        return hv_err_set(err, -EEXIST, "%s: already exists; convert writes a new file",
-                          dst_path);
+        return hv_err_set(err, -EEXIST, "%s: already exists; convert writes a new file", dst_path);
 
     ret = hv_reactor_create(&r);
     if (ret < 0)
@@ -500,13 +504,15 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
 
     if (o.dst_format == VHD_FORMAT_VHD) {
         struct vhd_create_options c = {
-            .type = o.dst_type, .size_bytes = dst_size, .block_bytes = o.block_bytes,
+            .type = o.dst_type,
+            .size_bytes = dst_size,
+            .block_bytes = o.block_bytes,
         };
         ret = vhd_create(dst_path, &c, err);
         if (ret < 0)
             goto out;
         is_dst_created = true;
-        struct vhd_open_options vo = { 0 };
+        struct vhd_open_options vo = {0};
         ret = vhd_open(r, dst_path, &vo, &dst, err);
         if (ret == -EINVAL) {
             vo.no_direct_io = true;
@@ -514,7 +520,9 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
         }
     } else {
         struct bdev_raw_options ro = {
-            .create = true, .size_bytes = dst_size, .use_direct_io = true,
+            .create = true,
+            .size_bytes = dst_size,
+            .use_direct_io = true,
         };
         is_dst_created = true;
         ret = bdev_raw_open(r, dst_path, &ro, &dst, err);
@@ -527,9 +535,15 @@ int vhd_convert(const char *src_path, const char *dst_path, const struct vhd_con
         goto out;
 
     struct cv cv = {
-        .src = src, .dst = dst, .src_path = src_path, .dst_path = dst_path,
-        .size_bytes = size, .chunk_bytes = pick_chunk(src, dst), .err = err,
-        .src_map = src_map, .src_map_bytes = src_map_bytes,
+        .src = src,
+        .dst = dst,
+        .src_path = src_path,
+        .dst_path = dst_path,
+        .size_bytes = size,
+        .chunk_bytes = pick_chunk(src, dst),
+        .err = err,
+        .src_map = src_map,
+        .src_map_bytes = src_map_bytes,
     };
     if (cv.src_map) {
         cv.residency = malloc(cv.chunk_bytes / 4096 + 2);

@@ -1896,78 +1896,30 @@ static int load_bitmaps(struct layer *l, bool is_top, struct hv_err *err)
     return 0;
 }
 
-/* Drop "." components ("dir/./p.vhd" -> "dir/p.vhd"), for readable paths. */
-static void drop_dot_components(char *path)
-{
-    char *out = path;
-    const char *in = path;
-    while (*in) {
-        if (in[0] == '.' && (in[1] == '/' || in[1] == '\0') &&
-            (in == path || in[-1] == '/')) {
-            in += in[1] ? 2 : 1;
-            continue;
-        }
-        if (in[0] == '/' && out > path && out[-1] == '/') {
-            in++;
-            continue;
-        }
-        *out++ = *in++;
-    }
-    if (out > path + 1 && out[-1] == '/')
-        out--;
-    *out = '\0';
-}
-
-/* Candidate paths for the parent of `l`, in the order Windows and Xen try
- * them: W2ru relative to the child, W2ku, MacX, the header's name beside
- * the child. */
-static int parent_candidates(struct layer *l, char cands[4][PATH_MAX], int *count)
+/* The parent candidates of layer `l` (see vhd_parent_candidates). */
+static int parent_candidates(struct layer *l, struct vhd_parent_candidate cands[4])
 {
     static const uint32_t codes[3] = { VHD_PLAT_W2RU, VHD_PLAT_W2KU, VHD_PLAT_MACX };
-    char dir_copy[PATH_MAX];
-    char text[PATH_MAX];
-    const char *dir;
-    int n = 0;
+    char text[3][PATH_MAX];
+    char name[PATH_MAX];
 
-    snprintf(dir_copy, sizeof(dir_copy), "%s", l->path);
-    dir = dirname(dir_copy);
-    for (int i = 0; i < 3; i++) {
-        if (vhd_meta_locator_path(l->fd_buffered, &l->meta, codes[i], text, sizeof(text)) < 0 ||
-            !text[0])
-            continue;
-        /* "C:/..." is a Windows drive: nothing to find on this host. */
-        if (text[0] && text[1] == ':')
-            continue;
-        if (text[0] == '/')
-            snprintf(cands[n++], PATH_MAX, "%s", text);
-        else
-            snprintf(cands[n++], PATH_MAX, "%s/%s", dir, text);
-    }
-    if (vhd_parent_name_get(&l->meta.header, text, sizeof(text)) == 0 && text[0]) {
-        char *base;
-        for (char *c = text; *c; c++)
-            if (*c == '\\')
-                *c = '/';
-        base = strrchr(text, '/');
-        base = base ? base + 1 : text;
-        if (*base)
-            snprintf(cands[n++], PATH_MAX, "%s/%s", dir, base);
-    }
-    for (int i = 0; i < n; i++)
-        drop_dot_components(cands[i]);
-    *count = n;
-    return 0;
+    for (int i = 0; i < 3; i++)
+        if (vhd_meta_locator_path(l->fd_buffered, &l->meta, codes[i], text[i], PATH_MAX) < 0)
+            text[i][0] = '\0';
+    if (vhd_parent_name_get(&l->meta.header, name, sizeof(name)) < 0)
+        name[0] = '\0';
+    return vhd_parent_candidates(l->path, text[0], text[1], text[2], name, cands);
 }
 
 static int open_parent(struct vhd_bdev *v, struct layer *child, bool no_direct,
                        struct layer **out, struct hv_err *err)
 {
-    char cands[4][PATH_MAX];
+    struct vhd_parent_candidate cands[4];
     char mismatch[1024] = "";
+    struct hv_err unreadable = { 0 };
     char tried[2048] = "";
-    int count = 0;
+    int count = parent_candidates(child, cands);
 
-    parent_candidates(child, cands, &count);
     for (int i = 0; i < count; i++) {
         struct layer *p = NULL;
         struct hv_err perr = { 0 };
@@ -1975,21 +1927,25 @@ static int open_parent(struct vhd_bdev *v, struct layer *child, bool no_direct,
         size_t used = strlen(tried);
         int ret;
 
-        snprintf(tried + used, sizeof(tried) - used, "%s%s", used ? ", " : "", cands[i]);
-        if (stat(cands[i], &st) < 0)
+        snprintf(tried + used, sizeof(tried) - used, "%s%s", used ? ", " : "", cands[i].path);
+        if (stat(cands[i].path, &st) < 0)
             continue;
         for (int k = 0; k < v->depth; k++) {
             if (v->layers[k]->dev == st.st_dev && v->layers[k]->ino == st.st_ino)
                 return hv_err_set(err, -ELOOP, "%s: parent %s is already in the chain "
-                                  "(a loop)", child->path, cands[i]);
+                                  "(a loop)", child->path, cands[i].path);
         }
-        ret = layer_open(cands[i], false, false, no_direct, &p, &perr);
+        ret = layer_open(cands[i].path, false, false, no_direct, &p, &perr);
         if (ret < 0) {
-            if (ret == -ENOENT)
-                continue;
-            *err = perr;
-            hv_err_prefix(err, "%s: parent", child->path);
-            return ret;
+            /* A file that is not a usable VHD must not hide a later
+             * locator that names the real parent; say what was wrong with
+             * it only if no candidate fits. */
+            if (ret != -ENOENT && !unreadable.code) {
+                unreadable = perr;
+                unreadable.code = ret;
+                hv_err_prefix(&unreadable, "%s: parent candidate", child->path);
+            }
+            continue;
         }
         if (memcmp(p->meta.footer.uuid, child->meta.header.parent_uuid, 16) != 0) {
             char want[37];
@@ -1998,7 +1954,7 @@ static int open_parent(struct vhd_bdev *v, struct layer *child, bool no_direct,
             hv_uuid_format(p->meta.footer.uuid, got);
             if (!mismatch[0])
                 snprintf(mismatch, sizeof(mismatch), "%s: parent %s has unique id %s, but "
-                         "the child records %s", child->path, cands[i], got, want);
+                         "the child records %s", child->path, cands[i].path, got, want);
             layer_free(p);
             continue;
         }
@@ -2006,12 +1962,17 @@ static int open_parent(struct vhd_bdev *v, struct layer *child, bool no_direct,
          * was only touched, copied or re-footered); the unique id decides. */
         if (p->meta.footer.timestamp != child->meta.header.parent_timestamp)
             hv_debug("%s: parent %s timestamp %u differs from the recorded %u", child->path,
-                     cands[i], p->meta.footer.timestamp, child->meta.header.parent_timestamp);
+                     cands[i].path, p->meta.footer.timestamp, child->meta.header.parent_timestamp);
         *out = p;
         return 0;
     }
     if (mismatch[0])
         return hv_err_set(err, -EINVAL, "%s", mismatch);
+    if (unreadable.code) {
+        if (err)
+            *err = unreadable;
+        return unreadable.code;
+    }
     return hv_err_set(err, -ENOENT, "%s: parent not found (tried %s)", child->path,
                       tried[0] ? tried : "no locator or name");
 }

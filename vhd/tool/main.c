@@ -72,14 +72,11 @@ static const char create_usage[] =
 static int cmd_create(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "type", required_argument, NULL, 't' },
-        { "size", required_argument, NULL, 's' },
-        { "parent", required_argument, NULL, 'b' },
-        { "block-size", required_argument, NULL, 'B' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"type", required_argument, NULL, 't'},   {"size", required_argument, NULL, 's'},
+        {"parent", required_argument, NULL, 'b'}, {"block-size", required_argument, NULL, 'B'},
+        {"help", no_argument, NULL, 'h'},         {0},
     };
-    struct vhd_create_options o = { .type = VHD_TYPE_DYNAMIC };
+    struct vhd_create_options o = {.type = VHD_TYPE_DYNAMIC};
     bool has_type = false, has_size = false;
     uint64_t v;
     int c;
@@ -105,7 +102,8 @@ static int cmd_create(int argc, char **argv)
                 return 1;
             if (v == 0 || v > UINT32_MAX || (v & (v - 1)) || v < HV_SECTOR_BYTES) {
                 tool_error("--block-size '%s': must be a power of two from 512 bytes "
-                           "to 2 GiB", optarg);
+                           "to 2 GiB",
+                           optarg);
                 return 1;
             }
             o.block_bytes = (uint32_t)v;
@@ -137,7 +135,7 @@ static int cmd_create(int argc, char **argv)
         tool_error("%s: fixed images have no blocks; drop --block-size", path);
         return 1;
     }
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_create(path, &o, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
@@ -147,8 +145,7 @@ static int cmd_create(int argc, char **argv)
     char sz[32];
     if (vhd_inspect(path, &info, &err) == 0)
         printf("Created %s: %s, virtual size %s (%" PRIu64 " bytes)\n", path,
-               vhd_type_name(info.type), hv_format_size(info.size_bytes, sz),
-               info.size_bytes);
+               vhd_type_name(info.type), hv_format_size(info.size_bytes, sz), info.size_bytes);
     return 0;
 }
 
@@ -179,25 +176,34 @@ static void print_time(const char *label, uint32_t vhd_seconds)
     printf("%-18s%s\n", label, buf);
 }
 
-static const char *ok_text(bool ok) { return ok ? "ok" : "BAD"; }
+static const char *ok_text(bool ok)
+{
+    return ok ? "ok" : "BAD";
+}
 
 static int cmd_info(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "json", no_argument, NULL, 'j' },
-        { "chain", no_argument, NULL, 'c' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"json", no_argument, NULL, 'j'},
+        {"chain", no_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
     bool is_json = false;
     bool is_chain = false;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'j': is_json = true; break;
-        case 'c': is_chain = true; break;
-        case 'h': return usage_exit(info_usage, true, 1);
-        default: return usage_exit(info_usage, false, 1);
+        case 'j':
+            is_json = true;
+            break;
+        case 'c':
+            is_chain = true;
+            break;
+        case 'h':
+            return usage_exit(info_usage, true, 1);
+        default:
+            return usage_exit(info_usage, false, 1);
         }
     }
     if (optind != argc - 1)
@@ -206,7 +212,7 @@ static int cmd_info(int argc, char **argv)
     if (is_chain)
         return cmd_info_chain(path, is_json);
     struct vhd_info *info = calloc(1, sizeof(*info));
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (!info) {
         tool_error("out of memory");
         return 1;
@@ -237,15 +243,15 @@ static int cmd_info(int argc, char **argv)
     printf("%-18s%s\n", "image:", path);
     printf("%-18s%s\n", "file format:", "vhd");
     printf("%-18s%s\n", "type:", vhd_type_name(info->type));
-    printf("%-18s%s (%" PRIu64 " bytes)\n", "virtual size:",
-           hv_format_size(info->size_bytes, sz), info->size_bytes);
+    printf("%-18s%s (%" PRIu64 " bytes)\n", "virtual size:", hv_format_size(info->size_bytes, sz),
+           info->size_bytes);
     if (info->original_size_bytes != info->size_bytes)
         printf("%-18s%" PRIu64 " bytes\n", "original size:", info->original_size_bytes);
-    printf("%-18s%s (%" PRIu64 " bytes)\n", "file length:",
-           hv_format_size(info->file_bytes, sz), info->file_bytes);
+    printf("%-18s%s (%" PRIu64 " bytes)\n", "file length:", hv_format_size(info->file_bytes, sz),
+           info->file_bytes);
     if (info->type != VHD_TYPE_FIXED) {
-        printf("%-18s%s (%" PRIu64 " bytes)\n", "allocated:",
-               hv_format_size(info->allocated_bytes, sz), info->allocated_bytes);
+        printf("%-18s%s (%" PRIu64 " bytes)\n",
+               "allocated:", hv_format_size(info->allocated_bytes, sz), info->allocated_bytes);
         printf("%-18s%" PRIu32 "\n", "block size:", info->block_bytes);
         printf("%-18s%" PRIu32 "\n", "BAT entries:", info->max_table_entries);
     }
@@ -255,13 +261,13 @@ static int cmd_info(int argc, char **argv)
     printf("%-18s\"%s\" version %u.%u (0x%08x) on \"%s\"\n", "creator:", info->creator_app,
            info->creator_version >> 16, info->creator_version & 0xFFFF, info->creator_version,
            info->creator_os);
-    printf("%-18s%u/%u/%u (cylinders/heads/sectors)\n", "geometry:",
-           info->geometry.cylinders, info->geometry.heads, info->geometry.sectors_per_track);
+    printf("%-18s%u/%u/%u (cylinders/heads/sectors)\n", "geometry:", info->geometry.cylinders,
+           info->geometry.heads, info->geometry.sectors_per_track);
     if (info->type == VHD_TYPE_FIXED)
         printf("%-18sfooter %s\n", "checksums:", ok_text(info->is_footer_ok));
     else
-        printf("%-18sfooter %s, footer copy %s, dynamic header %s\n", "checksums:",
-               ok_text(info->is_footer_ok), ok_text(info->is_footer_copy_ok),
+        printf("%-18sfooter %s, footer copy %s, dynamic header %s\n",
+               "checksums:", ok_text(info->is_footer_ok), ok_text(info->is_footer_copy_ok),
                ok_text(info->is_header_ok));
     if (info->has_parent) {
         hv_uuid_format(info->parent_uuid, uuid);
@@ -298,24 +304,28 @@ static const char check_usage[] =
 static int cmd_check(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
     bool is_json = false;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'j': is_json = true; break;
-        case 'h': return usage_exit(check_usage, true, 1);
-        default: return usage_exit(check_usage, false, 1);
+        case 'j':
+            is_json = true;
+            break;
+        case 'h':
+            return usage_exit(check_usage, true, 1);
+        default:
+            return usage_exit(check_usage, false, 1);
         }
     }
     if (optind != argc - 1)
         return missing_operands(check_usage, 1);
     const char *path = argv[optind];
-    struct vhd_check_report rep = { 0 };
-    struct hv_err err = { 0 };
+    struct vhd_check_report rep = {0};
+    struct hv_err err = {0};
     int ret = vhd_check(path, &rep, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
@@ -330,7 +340,7 @@ static int cmd_check(int argc, char **argv)
         vhd_check_report_free(&rep);
         return 1;
     }
-    const char *result = ret == VHD_CHECK_CLEAN     ? "clean"
+    const char *result = ret == VHD_CHECK_CLEAN    ? "clean"
                          : ret == VHD_CHECK_LEAKED ? "leaked"
                                                    : "corrupt";
     if (is_json) {
@@ -401,14 +411,11 @@ static int parse_format(const char *opt, const char *text, enum vhd_image_format
 static int cmd_convert(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "type", required_argument, NULL, 't' },
-        { "block-size", required_argument, NULL, 'B' },
-        { "depth", required_argument, NULL, 'd' },
-        { "progress", no_argument, NULL, 'p' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"type", required_argument, NULL, 't'},  {"block-size", required_argument, NULL, 'B'},
+        {"depth", required_argument, NULL, 'd'}, {"progress", no_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},        {0},
     };
-    struct vhd_convert_options o = { 0 };
+    struct vhd_convert_options o = {0};
     uint64_t v;
     int c;
     while ((c = getopt_long(argc, argv, "f:O:t:B:d:ph", opts, NULL)) != -1) {
@@ -422,8 +429,7 @@ static int cmd_convert(int argc, char **argv)
                 return 1;
             break;
         case 't':
-            if (vhd_type_parse(optarg, &o.dst_type) < 0 ||
-                o.dst_type == VHD_TYPE_DIFFERENCING) {
+            if (vhd_type_parse(optarg, &o.dst_type) < 0 || o.dst_type == VHD_TYPE_DIFFERENCING) {
                 tool_error("--type '%s': expected fixed or dynamic", optarg);
                 return 1;
             }
@@ -433,7 +439,8 @@ static int cmd_convert(int argc, char **argv)
                 return 1;
             if (v < HV_SECTOR_BYTES || v > UINT32_MAX || (v & (v - 1))) {
                 tool_error("--block-size '%s': must be a power of two from 512 bytes "
-                           "to 2 GiB", optarg);
+                           "to 2 GiB",
+                           optarg);
                 return 1;
             }
             o.block_bytes = (uint32_t)v;
@@ -445,9 +452,13 @@ static int cmd_convert(int argc, char **argv)
             }
             o.depth = (unsigned)v;
             break;
-        case 'p': o.show_progress = true; break;
-        case 'h': return usage_exit(convert_usage, true, 1);
-        default: return usage_exit(convert_usage, false, 1);
+        case 'p':
+            o.show_progress = true;
+            break;
+        case 'h':
+            return usage_exit(convert_usage, true, 1);
+        default:
+            return usage_exit(convert_usage, false, 1);
         }
     }
     if (optind != argc - 2)
@@ -456,7 +467,7 @@ static int cmd_convert(int argc, char **argv)
         tool_error("%s: --type and --block-size apply to VHD output only", argv[optind + 1]);
         return 1;
     }
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_convert(argv[optind], argv[optind + 1], &o, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
@@ -485,9 +496,9 @@ static const char compare_usage[] =
 static int cmd_compare(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "strict", no_argument, NULL, 's' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"strict", no_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
     enum vhd_image_format fa = VHD_FORMAT_AUTO, fb = VHD_FORMAT_AUTO;
     bool is_strict = false;
@@ -502,24 +513,28 @@ static int cmd_compare(int argc, char **argv)
             if (parse_format("-F", optarg, &fb) < 0)
                 return 2;
             break;
-        case 's': is_strict = true; break;
-        case 'h': return usage_exit(compare_usage, true, 2);
-        default: return usage_exit(compare_usage, false, 2);
+        case 's':
+            is_strict = true;
+            break;
+        case 'h':
+            return usage_exit(compare_usage, true, 2);
+        default:
+            return usage_exit(compare_usage, false, 2);
         }
     }
     if (optind != argc - 2)
         return missing_operands(compare_usage, 2);
     const char *a = argv[optind], *b = argv[optind + 1];
     struct vhd_compare_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_compare(a, fa, b, fb, is_strict, &res, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
         return 2;
     }
     if (res.has_size_mismatch)
-        printf("Warning: image sizes differ: %s is %" PRIu64 " bytes, %s is %" PRIu64
-               " bytes\n", a, res.size_a, b, res.size_b);
+        printf("Warning: image sizes differ: %s is %" PRIu64 " bytes, %s is %" PRIu64 " bytes\n",
+               a, res.size_a, b, res.size_b);
     if (res.is_same) {
         printf("Images are identical.\n");
         return 0;
@@ -559,9 +574,9 @@ int main(int argc, char **argv)
         const char *name;
         int (*fn)(int, char **);
     } cmds[] = {
-        { "create", cmd_create },   { "info", cmd_info },       { "check", cmd_check },
-        { "convert", cmd_convert }, { "compare", cmd_compare }, { "bench", cmd_bench },
-        { "map", cmd_map },         { "mount", cmd_mount },     { "unmount", cmd_unmount },
+        {"create", cmd_create},   {"info", cmd_info},       {"check", cmd_check},
+        {"convert", cmd_convert}, {"compare", cmd_compare}, {"bench", cmd_bench},
+        {"map", cmd_map},         {"mount", cmd_mount},     {"unmount", cmd_unmount},
     };
     hv_log_set_ident("vhd");
     if (argc < 2) {

@@ -45,26 +45,26 @@
 
 /* ------------------------------------------------------------ recording */
 
-struct ewrite {                 /* one engine file I/O */
+struct ewrite { /* one engine file I/O */
     bool is_sync;
-    bool is_dsync;              /* write durable when it completes (RWF_DSYNC) */
+    bool is_dsync; /* write durable when it completes (RWF_DSYNC) */
     uint64_t offset;
     uint32_t length;
     uint8_t *data;
     int seq;
     long submit_ev;
-    long complete_ev;           /* -1: never completed */
+    long complete_ev; /* -1: never completed */
     long res;
 };
 
 enum gop_type { G_WRITE, G_ZERO, G_DISCARD, G_FLUSH };
 
-struct gop {                    /* one guest request */
+struct gop { /* one guest request */
     enum gop_type type;
     uint32_t sector;
     uint32_t count;
     uint8_t *data;
-    bool is_fua;                /* write: durable when acknowledged */
+    bool is_fua; /* write: durable when acknowledged */
     long submit_ev;
     long complete_ev;
     int status;
@@ -143,7 +143,8 @@ static void obs_complete(void *arg, int seq, long res)
 }
 
 static const struct vhd_io_observer g_observer = {
-    .on_submit = obs_submit, .on_complete = obs_complete,
+    .on_submit = obs_submit,
+    .on_complete = obs_complete,
 };
 
 /* --------------------------------------------------------------- workload */
@@ -186,7 +187,9 @@ static void gop_done(struct bdev_io *io, int status)
     g->op->status = status;
     if (status < 0)
         die("guest %s at sector %u+%u failed: %s",
-            g->op->type == G_WRITE ? "write" : g->op->type == G_FLUSH ? "flush" : "zero/discard",
+            g->op->type == G_WRITE   ? "write"
+            : g->op->type == G_FLUSH ? "flush"
+                                     : "zero/discard",
             g->op->sector, g->op->count, strerror(-status));
     if (--g->run->pending == 0)
         g->run->is_done = true;
@@ -220,7 +223,7 @@ static void run_workload(struct bdev *bd, struct run *run, uint64_t *seed)
             uint32_t max_count = op->type == G_WRITE ? 256 : 2048;
             for (int tries = 0;; tries++) {
                 op->count = 1 + (uint32_t)(t_rand(seed) % max_count);
-                if (t_rand(seed) % 4 == 0)      /* whole aligned blocks now and then */
+                if (t_rand(seed) % 4 == 0) /* whole aligned blocks now and then */
                     op->count = BLOCK_BYTES / 512 * (1 + (uint32_t)(t_rand(seed) % 2));
                 op->sector = (uint32_t)(t_rand(seed) % (SECTORS - op->count + 1));
                 if (op->count == BLOCK_BYTES / 512 || op->count == 2 * BLOCK_BYTES / 512)
@@ -351,9 +354,9 @@ enum { S_INITIAL = -1, S_AMBIGUOUS = -2, S_UNKNOWN = -3 };
 
 struct image_case {
     const char *name;
-    const char *path;           /* the image the workload ran on */
-    const char *parent_path;    /* differencing: its parent */
-    uint8_t *initial_content;   /* what the disk read before the workload */
+    const char *path;         /* the image the workload ran on */
+    const char *parent_path;  /* differencing: its parent */
+    uint8_t *initial_content; /* what the disk read before the workload */
     struct disk_image initial_file;
     struct run run;
 };
@@ -361,7 +364,7 @@ struct image_case {
 static int states_checked;
 static int states_with_expectations;
 static uint64_t sectors_verified;
-static uint64_t fua_sectors_verified;   /* promised by FUA alone, no flush */
+static uint64_t fua_sectors_verified; /* promised by FUA alone, no flush */
 
 static void verify_state(struct image_case *ic, const char *crash_path, long crash_point,
                          int state_no, int32_t *sector_state, uint8_t *readbuf)
@@ -383,9 +386,9 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
             continue;
         /* Durable: acknowledged before a flush that completed, or a FUA
          * write acknowledged before the crash. */
-        bool is_guaranteed = op->complete_ev >= 0 &&
-                             (op->complete_ev < flush_submit ||
-                              (op->is_fua && op->complete_ev < crash_point));
+        bool is_guaranteed =
+            op->complete_ev >= 0 &&
+            (op->complete_ev < flush_submit || (op->is_fua && op->complete_ev < crash_point));
         int32_t st = !is_guaranteed ? S_AMBIGUOUS : op->type == G_DISCARD ? S_UNKNOWN : i;
         for (uint32_t s = op->sector; s < op->sector + op->count; s++)
             sector_state[s] = st;
@@ -395,7 +398,7 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
      * wrote keep their initial content regardless. */
 
     struct vhd_check_report rep;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int rc = vhd_check(crash_path, &rep, &err);
     if (rc < 0 || rc == VHD_CHECK_CORRUPT) {
         fprintf(stderr, "%s state %d (crash point %ld): vhd_check: %s\n", ic->name, state_no,
@@ -411,7 +414,7 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
     struct bdev *bd;
     if (hv_reactor_create(&r) < 0)
         die("reactor");
-    struct vhd_open_options o = { .no_direct_io = true };
+    struct vhd_open_options o = {.no_direct_io = true};
     rc = vhd_open(r, crash_path, &o, &bd, &err);
     if (rc < 0)
         die("%s state %d (crash point %ld): vhd_open: %s (kept as %s)", ic->name, state_no,
@@ -440,20 +443,25 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
         if (memcmp(readbuf + (size_t)s * 512, want, 512)) {
             if (getenv("HVSTOR_CRASH_DEBUG") && st >= 0) {
                 const struct gop *op = &ic->run.ops[st];
-                fprintf(stderr, "op %d: sectors %u+%u fua %d submit %ld complete %ld; last "
-                        "flush submitted at %ld\n", st, op->sector, op->count, op->is_fua,
-                        op->submit_ev, op->complete_ev, flush_submit);
+                fprintf(stderr,
+                        "op %d: sectors %u+%u fua %d submit %ld complete %ld; last "
+                        "flush submitted at %ld\n",
+                        st, op->sector, op->count, op->is_fua, op->submit_ev, op->complete_ev,
+                        flush_submit);
                 for (int i = 0; i < g_ew_count; i++) {
                     const struct ewrite *w = &g_ew[i];
                     if (w->complete_ev >= op->submit_ev - 120 && w->submit_ev < crash_point)
-                        fprintf(stderr, "  engine %s at %" PRIu64 "+%u dsync %d: %ld..%ld "
-                                "res %ld\n", w->is_sync ? "SYNC " : "write", w->offset,
-                                w->length, w->is_dsync, w->submit_ev, w->complete_ev, w->res);
+                        fprintf(stderr,
+                                "  engine %s at %" PRIu64 "+%u dsync %d: %ld..%ld "
+                                "res %ld\n",
+                                w->is_sync ? "SYNC " : "write", w->offset, w->length, w->is_dsync,
+                                w->submit_ev, w->complete_ev, w->res);
                 }
             }
             die("%s state %d (crash point %ld): sector %u reads wrong data; expected %s "
-                "(kept as %s)", ic->name, state_no, crash_point, s,
-                st == S_INITIAL ? "the initial content"
+                "(kept as %s)",
+                ic->name, state_no, crash_point, s,
+                st == S_INITIAL                  ? "the initial content"
                 : ic->run.ops[st].type == G_ZERO ? "zeroes from an acknowledged write-zeroes"
                 : ic->run.ops[st].is_fua         ? "an acknowledged FUA write"
                                                  : "an acknowledged, flushed write",
@@ -469,7 +477,9 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
     rc = vhd_check(crash_path, &rep, &err);
     if (rc < 0 || rc == VHD_CHECK_CORRUPT)
         die("%s state %d: corrupt after reopening and closing: %s", ic->name, state_no,
-            rc < 0 ? hv_err_msg(&err, rc) : rep.problem_count ? rep.problems[0].msg : "?");
+            rc < 0              ? hv_err_msg(&err, rc)
+            : rep.problem_count ? rep.problems[0].msg
+                                : "?");
     vhd_check_report_free(&rep);
     states_checked++;
     states_with_expectations += has_guarantee;
@@ -525,7 +535,7 @@ static void crash_states(struct image_case *ic, uint64_t *seed)
 
     int32_t *sector_state = calloc(SECTORS, sizeof(*sector_state));
     uint8_t *readbuf = hv_alloc_aligned(DISK_BYTES);
-    struct disk_image crash = { 0 };
+    struct disk_image crash = {0};
     char crash_path[512];
     crash_state_path(ic, crash_path, sizeof(crash_path));
 
@@ -557,9 +567,9 @@ static void crash_states(struct image_case *ic, uint64_t *seed)
             const struct ewrite *w = &g_ew[i];
             if (w->is_sync || w->submit_ev >= p)
                 continue;
-            bool is_durable = w->complete_ev >= 0 && w->res == (long)w->length &&
-                              (w->complete_ev < sync_submit ||
-                               (w->is_dsync && w->complete_ev < p));
+            bool is_durable =
+                w->complete_ev >= 0 && w->res == (long)w->length &&
+                (w->complete_ev < sync_submit || (w->is_dsync && w->complete_ev < p));
             if (!is_durable) {
                 bool take = mode == 1 || (mode > 1 && t_rand(seed) % 2);
                 if (!take)
@@ -590,8 +600,8 @@ static void read_disk(const char *path, uint8_t *out)
 {
     struct hv_reactor *r;
     struct bdev *bd;
-    struct hv_err err = { 0 };
-    struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };
+    struct hv_err err = {0};
+    struct vhd_open_options o = {.is_read_only = true, .no_direct_io = true};
     if (hv_reactor_create(&r) < 0 || vhd_open(r, path, &o, &bd, &err) < 0)
         die("%s: open: %s", path, hv_err_msg(&err, -EIO));
     for (uint64_t at = 0; at < DISK_BYTES; at += HV_MiB)
@@ -615,10 +625,10 @@ static void run_case(struct image_case *ic, uint64_t seed)
 
     struct hv_reactor *r;
     struct bdev *bd;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (hv_reactor_create(&r) < 0)
         die("reactor");
-    struct vhd_open_options o = { .observer = &g_observer };
+    struct vhd_open_options o = {.observer = &g_observer};
     g_recording = true;
     int rc = vhd_open(r, ic->path, &o, &bd, &err);
     if (rc < 0)
@@ -650,9 +660,11 @@ static void run_case(struct image_case *ic, uint64_t seed)
     rc = vhd_check(ic->path, &rep, &err);
     if (rc != VHD_CHECK_CLEAN && rc != VHD_CHECK_LEAKED)
         die("%s: corrupt after a normal close (vhd_check %d: %s)", ic->name, rc,
-            rc < 0 ? hv_err_msg(&err, rc) : rep.problem_count ? rep.problems[0].msg : "");
-    printf("# %s: after a normal close vhd_check says %s (%" PRIu64 " bytes leaked)\n",
-           ic->name, rc == VHD_CHECK_CLEAN ? "clean" : "leaked", rep.leaked_bytes);
+            rc < 0              ? hv_err_msg(&err, rc)
+            : rep.problem_count ? rep.problems[0].msg
+                                : "");
+    printf("# %s: after a normal close vhd_check says %s (%" PRIu64 " bytes leaked)\n", ic->name,
+           rc == VHD_CHECK_CLEAN ? "clean" : "leaked", rep.leaked_bytes);
     vhd_check_report_free(&rep);
 
     int before = states_checked;
@@ -674,13 +686,15 @@ int main(void)
     if (env)
         seed = strtoull(env, NULL, 0);
     printf("# seed %#" PRIx64 " (HVSTOR_CRASH_SEED reproduces)\n", seed);
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     uint64_t t0 = hv_now_ns();
 
     /* Dynamic: starts empty, every early write allocates. */
-    struct image_case dyn = { .name = "dynamic", .path = t_path("dynamic.vhd") };
+    struct image_case dyn = {.name = "dynamic", .path = t_path("dynamic.vhd")};
     struct vhd_create_options c = {
-        .type = VHD_TYPE_DYNAMIC, .size_bytes = DISK_BYTES, .block_bytes = BLOCK_BYTES,
+        .type = VHD_TYPE_DYNAMIC,
+        .size_bytes = DISK_BYTES,
+        .block_bytes = BLOCK_BYTES,
     };
     if (vhd_create(dyn.path, &c, &err) < 0)
         die("create: %s", hv_err_msg(&err, -EIO));
@@ -694,7 +708,7 @@ int main(void)
     {
         struct hv_reactor *r;
         struct bdev *bd;
-        struct vhd_open_options o = { 0 };
+        struct vhd_open_options o = {0};
         if (hv_reactor_create(&r) < 0 || vhd_open(r, parent, &o, &bd, &err) < 0)
             die("open parent: %s", hv_err_msg(&err, -EIO));
         uint8_t *buf = hv_alloc_aligned(BLOCK_BYTES);
@@ -711,10 +725,14 @@ int main(void)
     uint64_t parent_len;
     uint8_t *parent_before = read_whole(parent, &parent_len);
     struct image_case diff = {
-        .name = "differencing", .path = t_path("child.vhd"), .parent_path = parent,
+        .name = "differencing",
+        .path = t_path("child.vhd"),
+        .parent_path = parent,
     };
     struct vhd_create_options dc = {
-        .type = VHD_TYPE_DIFFERENCING, .parent_path = parent, .block_bytes = BLOCK_BYTES,
+        .type = VHD_TYPE_DIFFERENCING,
+        .parent_path = parent,
+        .block_bytes = BLOCK_BYTES,
     };
     if (vhd_create(diff.path, &dc, &err) < 0)
         die("create child: %s", hv_err_msg(&err, -EIO));
@@ -730,11 +748,10 @@ int main(void)
         free(g_ew[i].data);
     free(g_ew);
     printf("# %" PRIu64 " sector checks (%" PRIu64 " promised by FUA writes alone); %d of %d "
-           "states had acknowledged durable data\n", sectors_verified, fua_sectors_verified,
-           states_with_expectations, states_checked);
+           "states had acknowledged durable data\n",
+           sectors_verified, fua_sectors_verified, states_with_expectations, states_checked);
     if (states_checked < 1000)
         die("only %d crash states", states_checked);
-    printf("PASS: %d crash states in %.1f s\n", states_checked,
-           (double)(hv_now_ns() - t0) / 1e9);
+    printf("PASS: %d crash states in %.1f s\n", states_checked, (double)(hv_now_ns() - t0) / 1e9);
     return 0;
 }

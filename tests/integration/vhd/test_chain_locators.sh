@@ -79,6 +79,21 @@ make_pair "$tmp/d" sub/p.vhd
 mv "$tmp/d/sub/p.vhd" "$tmp/d/p.vhd"
 expect_found_by "$tmp/d/child.vhd" name "$tmp/d/ref.raw"
 
+note "W2ku past junk: a file that is not a VHD at the W2ru path does not hide the parent"
+make_pair "$tmp/f" p.vhd
+mkdir "$tmp/f-elsewhere"
+mv "$tmp/f/child.vhd" "$tmp/f-elsewhere/"
+printf 'not a vhd at all' >"$tmp/f-elsewhere/p.vhd"     # where W2ru (./p.vhd) points now
+expect_found_by "$tmp/f-elsewhere/child.vhd" W2ku "$tmp/f/ref.raw"
+
+note "only junk: the error says what was wrong with the candidate"
+make_pair "$tmp/g" p.vhd
+printf 'junk' >"$tmp/g/p.vhd"
+if out=$("$VHD" info --chain "$tmp/g/child.vhd" 2>&1); then fail "junk parent accepted"; fi
+grep -q "parent candidate.*p.vhd" <<<"$out" || fail "walk message: $out"
+if out=$("$VHD" map "$tmp/g/child.vhd" 2>&1); then fail "engine opened a junk parent"; fi
+grep -q "parent candidate.*p.vhd" <<<"$out" || fail "engine message: $out"
+
 note "no candidate at all: a clear error listing what was tried"
 make_pair "$tmp/e" p.vhd
 mv "$tmp/e/p.vhd" "$tmp/e/renamed.vhd"
