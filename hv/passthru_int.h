@@ -30,6 +30,9 @@ int hv_passthru_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, 
                           int slot, const struct hv_disk_config *dc, struct hv_disk *disk,
                           struct hv_err *err);
 bool hv_lu_is_passthru(const struct scsi_lu *lu);
+/* The slot is being detached or its VM deleted (not a daemon shutdown): the
+ * LU releases the host's reservation when it is destroyed. */
+void hv_passthru_leaving(struct scsi_lu *lu);
 /* The disk back end of kind "dev" (vm_runtime.c's table): refuses a device
  * mounted or held on the host, claims it O_EXCL (the claim is *lock_fd) and
  * serves it as a raw bdev under the SBC emulation. */

@@ -241,6 +241,7 @@ struct pt_lu {
     uint64_t commands;
     uint64_t errors;
     bool is_taking_over;
+    bool is_leaving;                    /* detach / VM delete: release on destroy */
     int takeover_status;
     char takeover_msg[512];
     struct lu_cmd pool[PT_POOL];
@@ -373,8 +374,19 @@ static void lu_reset(struct scsi_lu *lu, const struct scsi_nexus *nexus)
 static void lu_destroy(struct scsi_lu *lu)
 {
     struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
-    pt_lun_close(pu->pl);
+    /* Detached or deleted: the LUN leaves this host, release it. Daemon
+     * shutdown: keep the reservation, the restart takes it again. */
+    if (pu->is_leaving)
+        pt_lun_close_and_release(pu->pl);
+    else
+        pt_lun_close(pu->pl);
     free(pu);
+}
+
+void hv_passthru_leaving(struct scsi_lu *lu)
+{
+    if (hv_lu_is_passthru(lu))
+        hv_container_of(lu, struct pt_lu, lu)->is_leaving = true;
 }
 
 static const struct scsi_lu_ops pt_lu_ops = {

@@ -481,6 +481,8 @@ void hv_vm_retire(struct hv_runtime *rt, struct hv_vm *vm)
                 continue;
             if (disk->lu && vm->controllers[c])
                 scsi_controller_detach(vm->controllers[c], (uint64_t)s);
+            if (disk->lu)
+                hv_passthru_leaving(disk->lu);
             retire_disk(rt, disk);
         }
         if (vm->controllers[c]) {
@@ -564,8 +566,10 @@ int hv_vm_detach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int sl
     if (!disk)
         return hv_err_set(err, -ENOENT, "VM '%s': controller %d slot %d is empty", vm->cfg.name,
                           controller, slot);
-    if (disk->lu)
+    if (disk->lu) {
         scsi_controller_detach(vm->controllers[controller], (uint64_t)slot);
+        hv_passthru_leaving(disk->lu);
+    }
     vm->disks[controller][slot] = NULL;
     free(vm->cfg.disks[controller][slot]);
     vm->cfg.disks[controller][slot] = NULL;

@@ -52,6 +52,8 @@ struct pt_lun {
     void *takeover_arg;
     uint64_t victim_key;
     bool is_abort_preempt;
+    bool is_releasing;
+    bool is_finishing;
 };
 
 const char *pt_state_name(enum pt_state state)
@@ -489,6 +491,60 @@ void pt_lun_close(struct pt_lun *pl)
     if (pl->s)
         san_session_close(pl->s);
     free(pl);
+}
+
+static void release_finish(void *arg)
+{
+    struct pt_lun *pl = arg;
+    pl->is_finishing = true;
+    hv_timer_cancel(pl->r, &pl->retry_timer);
+    san_session_close(pl->s);
+    free(pl);
+}
+
+static void release_done(void *arg, int status, const char *msg)
+{
+    struct pt_lun *pl = arg;
+    if (pl->is_finishing)           /* failed by the close in release_finish itself */
+        return;
+    if (status == 0)
+        hv_info("%s LUN %" PRIu64 ": released (key 0x%016" PRIx64 " unregistered)", pl->target,
+                pl->lun, pl->host_key);
+    else
+        hv_warn("%s LUN %" PRIu64 ": release on detach failed (%s); the reservation stays "
+                "until another host takes it over", pl->target, pl->lun, msg);
+    /* not from inside san's completion: the session is closed next turn */
+    hv_timer_arm(pl->r, &pl->retry_timer, 0, release_finish, pl);
+}
+
+static void release_timeout(void *arg)
+{
+    struct pt_lun *pl = arg;
+    hv_warn("%s LUN %" PRIu64 ": no answer to the release in 5 s; closing", pl->target,
+            pl->lun);
+    release_finish(pl);             /* the PR command fails with CLOSED inside */
+}
+
+void pt_lun_close_and_release(struct pt_lun *pl)
+{
+    if (!pl)
+        return;
+    if (pl->state != PT_STATE_READY || !pl->has_logged_in || pl->is_setting_up) {
+        pt_lun_close(pl);
+        return;
+    }
+    pl->is_closing = true;          /* setup callbacks and state changes stop here */
+    pl->on_state = NULL;
+    hv_timer_cancel(pl->r, &pl->retry_timer);
+    /* REGISTER with service action key 0 unregisters this nexus; for the
+     * holder of a Write Exclusive - Registrants Only reservation that also
+     * releases it (SPC-4 5.12.11.2.3). */
+    if (san_pr_register(pl->s, pl->lun, pl->host_key, 0, release_done, pl) < 0) {
+        pt_lun_close(pl);
+        return;
+    }
+    pl->is_releasing = true;
+    hv_timer_arm(pl->r, &pl->retry_timer, 5000, release_timeout, pl);
 }
 
 enum pt_state pt_lun_state(const struct pt_lun *pl) { return pl->state; }

@@ -166,6 +166,10 @@ int pt_lun_open(struct hv_reactor *r, const struct pt_lun_options *opt, struct p
 /* Fail what is still queued (CLOSED sense), close the session, free. The
  * reservation is left on the SAN: a restart takes it again with the same key. */
 void pt_lun_close(struct pt_lun *pl);
+/* The LUN leaves this host (detach): unregister the host's key, which also
+ * releases its reservation, then close and free — asynchronously, within
+ * 5 s even if the SAN does not answer. No command may be in flight. */
+void pt_lun_close_and_release(struct pt_lun *pl);
 enum pt_state pt_lun_state(const struct pt_lun *pl);
 const char *pt_lun_why(const struct pt_lun *pl);     /* last state sentence */
 /* Holder of a foreign reservation (valid in FENCED). */

@@ -3,7 +3,7 @@
 # sharing one tgtd: the second host cannot write to the LUN the first holds
 # (tgt answers RESERVATION CONFLICT: the SAN enforces it, not hvstor), and
 # after the first is killed (kill -9, no clean release) `hvctl disk takeover`
-# preempts its key and the second host's guest writes.
+# preempts its key and the second host's guest writes; a detach releases.
 source "$(dirname "$0")/pt_lib.sh"
 pt_setup
 command -v qemu-io >/dev/null || skip "qemu-io not installed"
@@ -87,5 +87,19 @@ assert sys.argv[3] not in registered, "host 1's key survived the preemption"
 assert sys.argv[4] in registered
 assert resv[8:16].hex() == sys.argv[4] and resv[21] & 0xF == 5
 print("reservation: host 2's key, type 5")
+PY
+step "host 2 detaches: the LUN leaves the host, its key and reservation go with it"
+hvctl_ 2 disk detach web --controller 0 --slot 0 >/dev/null || fail "detach"
+for _ in $(seq 50); do grep -q "released (key 0x$KEY2 unregistered)" "$WORK/hvstord2.log" && break; sleep 0.1; done
+grep "released" "$WORK/hvstord2.log" || fail "no release in the log"
+"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e000000000000004000 -r 64 > "$WORK/keys"
+"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e010000000000002000 -r 32 > "$WORK/resv"
+python3 - "$WORK/keys" "$WORK/resv" <<'PY' || fail "the LUN is still reserved after the detach"
+import sys
+keys = bytes.fromhex(open(sys.argv[1]).read().split("data ")[1].split()[0])
+resv = bytes.fromhex(open(sys.argv[2]).read().split("data ")[1].split()[0])
+assert int.from_bytes(keys[4:8], "big") == 0, "keys left: %s" % keys[8:].hex()
+assert int.from_bytes(resv[4:8], "big") == 0, "still reserved"
+print("no key registered, no reservation: another host can attach it without a takeover")
 PY
 echo PASS
