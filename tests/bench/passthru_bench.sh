@@ -35,7 +35,8 @@ VIA="driver=iscsi,transport=tcp,portal=${HVD_PORTAL[1]},target=$(ctl_target benc
 rate() {   # rate OPTS COUNT DEPTH SIZE [-w]: requests per second
     local opts=$1 count=$2 depth=$3 size=$4 secs
     shift 4
-    secs=$(qemu-img bench --image-opts "$opts" -t none "$@" -c "$count" -d "$depth" -s "$size" 2>&1 |
+    secs=$(qemu-img bench --image-opts "$opts" -t none "$@" \
+               -c "$count" -d "$depth" -s "$size" 2>&1 |
            sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
     [ -n "$secs" ] || fail "qemu-img bench failed on $opts"
     python3 -c "print(f'{$count / $secs:.0f}')"

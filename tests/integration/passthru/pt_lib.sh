@@ -58,7 +58,8 @@ pt_cleanup() {
     rm -f "/var/run/tgtd/socket.$CTL" "/var/run/tgtd/socket.$CTL.lock"
     if [ $rc -ne 0 ] && [ $rc -ne 77 ]; then
         for n in 1 2; do
-            [ -f "$WORK/hvstord$n.log" ] && { echo "---- hvstord $n log (tail)"; tail -25 "$WORK/hvstord$n.log"; }
+            [ -f "$WORK/hvstord$n.log" ] || continue
+            echo "---- hvstord $n log (tail)"; tail -25 "$WORK/hvstord$n.log"
         done
     fi
     if [ -n "${KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
@@ -102,7 +103,8 @@ hvd_start() {   # hvd_start N [extra hvstord args]
     HVD_PID[$n]=$!
     for _ in $(seq 100); do
         [ -S "$st/hvstord.sock" ] && [ -s "$st/portal" ] && break
-        kill -0 "${HVD_PID[$n]}" 2>/dev/null || fail "hvstord $n exited: $(tail -3 "$WORK/hvstord$n.log")"
+        kill -0 "${HVD_PID[$n]}" 2>/dev/null ||
+            fail "hvstord $n exited: $(tail -3 "$WORK/hvstord$n.log")"
         sleep 0.1
     done
     [ -s "$st/portal" ] || fail "hvstord $n did not start"

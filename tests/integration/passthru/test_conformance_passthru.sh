@@ -16,13 +16,16 @@ truncate -s 256M "$WORK/cu.img"
 tgt_start
 tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
 tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 -b "$WORK/cu.img" || fail "lun"
-for i in "$I1" "$I2"; do tgtadm_ --mode target --op bind --tid 1 --initiator-name "$i" || fail "acl"; done
+for i in "$I1" "$I2"; do
+    tgtadm_ --mode target --op bind --tid 1 --initiator-name "$i" || fail "acl"
+done
 
 run_cu() {   # run_cu NAME URL
     mkdir -p "$WORK/$1"
     local start; start=$(date +%s)
     (cd "$WORK/$1" && timeout 900 iscsi-test-cu -d -x "$2" > "$WORK/$1/cu.log" 2>&1) || true
-    [ -s "$WORK/$1/CUnitAutomated-Results.xml" ] || fail "$1: no results: $(tail -5 "$WORK/$1/cu.log")"
+    [ -s "$WORK/$1/CUnitAutomated-Results.xml" ] ||
+        fail "$1: no results: $(tail -5 "$WORK/$1/cu.log")"
     echo "$1: iscsi-test-cu ran $(( $(date +%s) - start )) s"
 }
 
@@ -32,7 +35,8 @@ run_cu tgt "iscsi://$PORTAL/$T1/1"
 step "through a VM's controller, LUN passed through with --full-scsi"
 hvd_start 1
 hvctl_ 1 vm create cu --initiator "$I1" --initiator "$I2" >/dev/null || fail "vm create"
-hvctl_ 1 --json vm zoning cu --target "$T1" --tid 1 | json_get - '"\n".join(j["commands"]["tgtadm"])' > "$WORK/grant"
+hvctl_ 1 --json vm zoning cu --target "$T1" --tid 1 |
+    json_get - '"\n".join(j["commands"]["tgtadm"])' > "$WORK/grant"
 while read -r line; do tgt_run_printed "$line"; done < "$WORK/grant"
 hvctl_ 1 san add tgt1 --portal "$PORTAL" --initiator "$I1" >/dev/null || fail "san add"
 # the suite leaves data behind: the LUN is not blank any more
@@ -41,7 +45,8 @@ hvctl_ 1 disk attach cu --controller 0 --slot 0 --lun "tgt1:$T1:1" --full-scsi -
 sleep 0.5
 run_cu hvstor "iscsi://${HVD_PORTAL[1]}/$(ctl_target cu 0)/0"
 
-python3 - "$WORK/tgt/CUnitAutomated-Results.xml" "$WORK/hvstor/CUnitAutomated-Results.xml" "$KNOWN" <<'PY' || fail "unexplained differences"
+python3 - "$WORK/tgt/CUnitAutomated-Results.xml" "$WORK/hvstor/CUnitAutomated-Results.xml" \
+    "$KNOWN" <<'PY' || fail "unexplained differences"
 import sys, xml.etree.ElementTree as ET
 def results(path):
     # libiscsi runs some suites more than once (once per test family) and

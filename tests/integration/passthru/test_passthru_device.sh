@@ -22,7 +22,8 @@ hvctl_ 1 vm create a >/dev/null && hvctl_ 1 vm create b >/dev/null || fail "vm c
 step "attach the blank loop device to VM a"
 hvctl_ 1 disk attach a --controller 0 --slot 0 --device "$LOOP" | tee "$out" || fail "attach"
 OPTS="driver=iscsi,transport=tcp,portal=${HVD_PORTAL[1]},target=$(ctl_target a 0),lun=0,initiator-name=$(guest_iqn a)"
-qemu-io --image-opts "$OPTS" -c "write -P 0x3c 2M 512k" -c flush -c "read -P 0x3c 2M 512k" > "$out" 2>&1 \
+qemu-io --image-opts "$OPTS" -c "write -P 0x3c 2M 512k" -c flush \
+    -c "read -P 0x3c 2M 512k" > "$out" 2>&1 \
     || { cat "$out"; fail "guest I/O"; }
 grep -q "failed" "$out" && { cat "$out"; fail "guest I/O"; }
 python3 - "$WORK/dev.img" <<'PY' || fail "the write is not on the device"
@@ -42,9 +43,11 @@ hvctl_ 1 disk detach a --controller 0 --slot 0 >/dev/null || fail "detach"
 
 step "a signature is refused without --force, with what libblkid found"
 mkfs.ext4 -q -F -L hostdata "$LOOP" || fail "mkfs"
-hvctl_ 1 disk attach a --controller 0 --slot 0 --device "$LOOP" > "$out" 2>&1 && fail "ext4 device attached"
+hvctl_ 1 disk attach a --controller 0 --slot 0 --device "$LOOP" > "$out" 2>&1 &&
+    fail "ext4 device attached"
 cat "$out"; grep -q "libblkid found TYPE=ext4 LABEL=hostdata" "$out" || fail "no finding"
-hvctl_ 1 disk attach a --controller 0 --slot 0 --device "$LOOP" --force | tee "$out" || fail "--force"
+hvctl_ 1 disk attach a --controller 0 --slot 0 --device "$LOOP" --force | tee "$out" ||
+    fail "--force"
 grep -q "forced over: libblkid found TYPE=ext4" "$out" || fail "no note of the forced signature"
 mkdir -p "$WORK/mnt"
 mount "$LOOP" "$WORK/mnt" 2>"$out" && { umount "$WORK/mnt"; fail "mounted a device a VM holds"; }

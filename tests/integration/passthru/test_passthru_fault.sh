@@ -16,19 +16,24 @@ tgt_config() {
     tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
     tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 -b "$WORK/lun1.img" || fail "lun 1"
     tgtadm_ --mode target --op bind --tid 1 --initiator-name "$ADMIN" || fail "admin acl"
-    [ -s "$WORK/grant" ] && while read -r line; do tgt_run_printed "$line" >/dev/null; done < "$WORK/grant"
+    [ -s "$WORK/grant" ] || return 0
+    while read -r line; do tgt_run_printed "$line" >/dev/null; done < "$WORK/grant"
     return 0
 }
 tgt_start; tgt_config
 hvd_start 1
 hvctl_ 1 vm create db >/dev/null || fail "vm create"
-hvctl_ 1 --json vm zoning db --target "$T1" --tid 1 | json_get - '"\n".join(j["commands"]["tgtadm"])' > "$WORK/grant"
+hvctl_ 1 --json vm zoning db --target "$T1" --tid 1 |
+    json_get - '"\n".join(j["commands"]["tgtadm"])' > "$WORK/grant"
 while read -r line; do tgt_run_printed "$line"; done < "$WORK/grant"
-hvctl_ 1 san add tgt1 --portal "$PORTAL" --initiator "$ADMIN" --replacement-timeout 5000 >/dev/null \
+hvctl_ 1 san add tgt1 --portal "$PORTAL" --initiator "$ADMIN" \
+    --replacement-timeout 5000 >/dev/null \
     || fail "san add"
 hvctl_ 1 disk attach db --controller 0 --slot 0 --lun "tgt1:$T1:1" >/dev/null || fail "attach"
 KEY=$(cat "$WORK/st1/pr_key")
-state() { hvctl_ 1 --json vm show db | json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]'; }
+state() {
+    hvctl_ 1 --json vm show db | json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]'
+}
 wait_state() {
     local s
     for _ in $(seq "${2:-100}"); do s=$(state); [ "$s" = "$1" ] && return 0; sleep 0.1; done
@@ -67,8 +72,11 @@ tgt_start; tgt_config
 echo "tgtd back"
 wait $QIO; rc=$?
 echo "qemu-io exit $rc, $(grep -c '^wrote' "$WORK/qemu-io.log") writes acknowledged"
-[ $rc = 0 ] || { tail "$WORK/qemu-io.log"; fail "guest I/O failed across a restart within the timeout"; }
-grep -qi "failed\|error" "$WORK/qemu-io.log" && { grep -i "failed\|error" "$WORK/qemu-io.log" | head; fail "a write failed"; }
+[ $rc = 0 ] || {
+    tail "$WORK/qemu-io.log"; fail "guest I/O failed across a restart within the timeout"; }
+if grep -qi "failed\|error" "$WORK/qemu-io.log"; then
+    grep -i "failed\|error" "$WORK/qemu-io.log" | head; fail "a write failed"
+fi
 [ "$(grep -c '^wrote' "$WORK/qemu-io.log")" = 200 ] || fail "not every write was acknowledged"
 python3 - "$WORK/lun1.img" <<'PY' || fail "acknowledged writes missing on the LUN"
 import sys
@@ -88,7 +96,8 @@ echo "reservation re-established by hvstor: key $KEY, type 5"
 step "past the timeout: the guest gets NOT READY, hvstord keeps running"
 tgt_stop
 sleep 7
-"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target db 0)" -i "$G" -l 0 -c 28000000000000000100 -r 512 > "$out"
+"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target db 0)" -i "$G" -l 0 -c 28000000000000000100 \
+    -r 512 > "$out"
 cat "$out"; grep -q "status 0x02 sense 2/04h/00h" "$out" || fail "guest did not get NOT READY"
 kill -0 "${HVD_PID[1]}" || fail "hvstord died"
 [ "$(state)" = failed ] || fail "state $(state), expected failed"
@@ -96,7 +105,8 @@ kill -0 "${HVD_PID[1]}" || fail "hvstord died"
 step "tgtd back: the disk comes back by itself"
 tgt_start; tgt_config
 wait_state ready 300
-qemu-io --image-opts "$OPTS" -c "read -P 7 6M 1M" > "$out" 2>&1 || { cat "$out"; fail "read after"; }
+qemu-io --image-opts "$OPTS" -c "read -P 7 6M 1M" > "$out" 2>&1 ||
+    { cat "$out"; fail "read after"; }
 grep -q "Pattern verification failed" "$out" && fail "data after the outage"
 reservation_is_ours || fail "no reservation after the long outage"
 echo PASS

@@ -43,7 +43,8 @@ grep -q "$T1 *1 *64 MiB *naa\.6" "$out" || fail "san luns: LUN 1 missing"
 grep -q "$T1 *2 *32 MiB" "$out" || fail "san luns: LUN 2 missing"
 
 step "attach before tgt lets alpha in: refused, not masked"
-hvctl_ 1 disk attach alpha --controller 0 --slot 0 --lun "tgt1:$T1:1" > "$out" 2>&1 && fail "attached unmasked"
+hvctl_ 1 disk attach alpha --controller 0 --slot 0 --lun "tgt1:$T1:1" > "$out" 2>&1 &&
+    fail "attached unmasked"
 cat "$out"
 grep -q "not masked: target $T1 at $PORTAL did not let $IQN_A in" "$out" || fail "refusal reason"
 
@@ -57,17 +58,21 @@ grep -qF "$(head -1 "$WORK/grant_a")" "$WORK/zoning.txt" || fail "text and JSON 
 while read -r line; do tgt_run_printed "$line"; done < "$WORK/grant_a"
 
 step "a LUN tgt does not report: refused, naming the LUN"
-hvctl_ 1 disk attach alpha --controller 0 --slot 0 --lun "tgt1:$T1:9" > "$out" 2>&1 && fail "attached LUN 9"
+hvctl_ 1 disk attach alpha --controller 0 --slot 0 --lun "tgt1:$T1:9" > "$out" 2>&1 &&
+    fail "attached LUN 9"
 cat "$out"
-grep -q "not masked: LUN 9 is not reported to $IQN_A by $T1 (it reports: 0, 1, 2)" "$out" || fail "reason"
+grep -q "not masked: LUN 9 is not reported to $IQN_A by $T1 (it reports: 0, 1, 2)" "$out" ||
+    fail "reason"
 
 step "attach LUN 1 to alpha"
 hvctl_ 1 disk attach alpha --controller 0 --slot 0 --lun "tgt1:$T1:1" | tee "$out" || fail "attach"
 grep -q "attached" "$out" || fail "attach output"
-DESIG=$(hvctl_ 1 --json vm show alpha | json_get - 'j["controllers"][0]["luns"][0]["passthru"]["designator"]')
+DESIG=$(hvctl_ 1 --json vm show alpha |
+    json_get - 'j["controllers"][0]["luns"][0]["passthru"]["designator"]')
 echo "designator $DESIG"
 for _ in $(seq 50); do
-    st=$(hvctl_ 1 --json vm show alpha | json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]')
+    st=$(hvctl_ 1 --json vm show alpha |
+        json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]')
     [ "$st" = ready ] && break; sleep 0.1
 done
 [ "$st" = ready ] || fail "pass-through state $st"
@@ -117,14 +122,18 @@ PY
 
 step "unlisted CDBs get ILLEGAL REQUEST through the controller, never reach tgt"
 "$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 -c 1d0400000000 > "$out"
-cat "$out"; grep -q "status 0x02 sense 5/20h/00h" "$out" || fail "SEND DIAGNOSTIC passed the filter"
+cat "$out"; grep -q "status 0x02 sense 5/20h/00h" "$out" ||
+    fail "SEND DIAGNOSTIC passed the filter"
 "$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 -c 040000000000 > "$out"
 cat "$out"; grep -q "status 0x02 sense 5/20h/00h" "$out" || fail "FORMAT UNIT passed the filter"
-"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 -c a41f00000000000000000000 > "$out"
+"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 \
+    -c a41f00000000000000000000 > "$out"
 cat "$out"; grep -q "status 0x02 sense 5/20h/00h" "$out" || fail "MAINTENANCE OUT passed"
-"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 -c 9e10000000000000000000000020 -r 32 > "$out"
+"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 \
+    -c 9e10000000000000000000000020 -r 32 > "$out"
 cat "$out"; grep -q "status 0x00" "$out" || fail "READ CAPACITY(16) refused"
-"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 -c 9e11000000000000000000000020 -r 32 > "$out"
+"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 \
+    -c 9e11000000000000000000000020 -r 32 > "$out"
 cat "$out"; grep -q "status 0x02 sense 5/20h/00h" "$out" || fail "9Eh/11h passed"
 echo "tgt answers SEND DIAGNOSTIC itself:"
 "$PT_CDB" -p "$PORTAL" -t "$T1" -i "$IQN_A" -l 1 -c 1d0400000000 | tee "$out"
@@ -135,13 +144,16 @@ step "bravo: tgt refuses bravo's own name directly"
 cat "$out"; [ $rc = 3 ] || fail "tgt let $IQN_B in (exit $rc)"
 
 step "bravo: attach refused, not masked"
-hvctl_ 1 disk attach bravo --controller 0 --slot 0 --lun "tgt1:$T1:1" > "$out" 2>&1 && fail "bravo attached"
+hvctl_ 1 disk attach bravo --controller 0 --slot 0 --lun "tgt1:$T1:1" > "$out" 2>&1 &&
+    fail "bravo attached"
 cat "$out"; grep -q "not masked: target $T1 .* did not let $IQN_B in" "$out" || fail "reason"
 
 step "bravo granted on tgt: attach refused, alpha holds the LUN"
-hvctl_ 1 --json vm zoning bravo --target "$T1" --tid 1 | json_get - '"\n".join(j["commands"]["tgtadm"])' > "$WORK/grant_b"
+hvctl_ 1 --json vm zoning bravo --target "$T1" --tid 1 |
+    json_get - '"\n".join(j["commands"]["tgtadm"])' > "$WORK/grant_b"
 while read -r line; do tgt_run_printed "$line"; done < "$WORK/grant_b"
-hvctl_ 1 disk attach bravo --controller 0 --slot 0 --lun "tgt1:$T1:1" > "$out" 2>&1 && fail "bravo attached"
+hvctl_ 1 disk attach bravo --controller 0 --slot 0 --lun "tgt1:$T1:1" > "$out" 2>&1 &&
+    fail "bravo attached"
 cat "$out"; grep -q "is held by VM 'alpha' (controller 0 slot 0)" "$out" || fail "holder not named"
 hvctl_ 1 san luns tgt1 > "$out"; cat "$out"
 grep -q "$T1 *1 .*VM 'alpha' (controller 0 slot 0)" "$out" || fail "san luns: holder"
@@ -151,9 +163,11 @@ step "bravo's own name on tgt cannot write: the host's reservation (WE-RO) fence
 cat "$out"; grep -q "status 0x18" "$out" || fail "an unregistered nexus wrote to the reserved LUN"
 
 step "ext4 on LUN 2: refused with what libblkid found; --force takes it"
-hvctl_ 1 disk attach alpha --controller 0 --slot 1 --lun "tgt1:$T1:2" > "$out" 2>&1 && fail "ext4 LUN attached"
+hvctl_ 1 disk attach alpha --controller 0 --slot 1 --lun "tgt1:$T1:2" > "$out" 2>&1 &&
+    fail "ext4 LUN attached"
 cat "$out"; grep -q "libblkid found TYPE=ext4" "$out" || fail "no blkid finding"
-hvctl_ 1 disk attach alpha --controller 0 --slot 1 --lun "tgt1:$T1:2" --force | tee "$out" || fail "--force"
+hvctl_ 1 disk attach alpha --controller 0 --slot 1 --lun "tgt1:$T1:2" --force | tee "$out" ||
+    fail "--force"
 grep -q "warning: forced: libblkid found TYPE=ext4" "$out" || fail "no warning"
 hvctl_ 1 disk detach alpha --controller 0 --slot 1 >/dev/null || fail "detach"
 
@@ -161,11 +175,13 @@ step "restart: the LUN comes back pinned to the same designator and reserved aga
 kill -TERM "${HVD_PID[1]}"; wait "${HVD_PID[1]}" || fail "hvstord exit status"
 hvd_start 1
 for _ in $(seq 50); do
-    st=$(hvctl_ 1 --json vm show alpha | json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]')
+    st=$(hvctl_ 1 --json vm show alpha |
+        json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]')
     [ "$st" = ready ] && break; sleep 0.1
 done
 [ "$st" = ready ] || fail "after restart: $st"
-d2=$(hvctl_ 1 --json vm show alpha | json_get - 'j["controllers"][0]["luns"][0]["passthru"]["designator"]')
+d2=$(hvctl_ 1 --json vm show alpha |
+    json_get - 'j["controllers"][0]["luns"][0]["passthru"]["designator"]')
 [ "$d2" = "$DESIG" ] || fail "designator $d2 != $DESIG"
 qemu-io --image-opts "driver=iscsi,transport=tcp,portal=${HVD_PORTAL[1]},target=$(ctl_target alpha 0),lun=0,initiator-name=$G_A" \
     -c "read -P 0x5a 1M 256k" > "$out" 2>&1 || { cat "$out"; fail "read after restart"; }
@@ -181,13 +197,15 @@ tgtadm_ --mode logicalunit --op update --tid 1 --lun 1 \
 kill -TERM "${HVD_PID[1]}"; wait "${HVD_PID[1]}"
 hvd_start 1
 for _ in $(seq 50); do
-    st=$(hvctl_ 1 --json vm show alpha | json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]')
+    st=$(hvctl_ 1 --json vm show alpha |
+        json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]')
     [ "$st" = offline ] && break; sleep 0.1
 done
 [ "$st" = offline ] || fail "a swapped LUN is $st"
 grep "offline" "$WORK/hvstord1.log" | tail -1 | tee "$out"
 grep -q "is now .*expected $DESIG: a different LUN at the same address is refused" "$out" \
     || fail "no clear log line naming both designators"
-"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 -c 28000000000000000100 -r 512 > "$out"
+"$PT_CDB" -p "${HVD_PORTAL[1]}" -t "$(ctl_target alpha 0)" -i "$G_A" -l 0 -c 28000000000000000100 \
+    -r 512 > "$out"
 cat "$out"; grep -q "status 0x02 sense 2/25h/00h" "$out" || fail "read of a swapped LUN"
 echo PASS

@@ -30,7 +30,8 @@ echo "host keys: $KEY1 $KEY2"
 [ "$KEY1" != "$KEY2" ] || fail "two hosts share a PR key"
 
 state() {   # state N
-    hvctl_ "$1" --json vm show web | json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]'
+    hvctl_ "$1" --json vm show web |
+        json_get - 'j["controllers"][0]["luns"][0]["passthru"]["state"]'
 }
 wait_state() {  # wait_state N STATE
     local s
@@ -49,7 +50,8 @@ wait_state 1 ready
 write_via 1 | tee "$out"; grep -q "status 0x00" "$out" || fail "host 1 cannot write"
 
 step "host 2 attaches: told the LUN is reserved by another host; its writes get RESERVATION CONFLICT"
-hvctl_ 2 disk attach web --controller 0 --slot 0 --lun "tgt1:$T1:1" | tee "$out" || fail "attach on 2"
+hvctl_ 2 disk attach web --controller 0 --slot 0 --lun "tgt1:$T1:1" | tee "$out" ||
+    fail "attach on 2"
 grep -q "reserved by another host (key 0x$KEY1)" "$out" || fail "no warning naming host 1's key"
 wait_state 2 fenced
 write_via 2 | tee "$out"; grep -q "status 0x18" "$out" || fail "host 2 wrote to host 1's LUN"
@@ -74,8 +76,10 @@ grep -q "failed" "$out" && { cat "$out"; fail "guest I/O on host 2"; }
 
 step "on tgt: host 2's key holds a type 5 reservation, host 1's key is gone"
 ADMIN_IQN=$(hvctl_ 2 --json vm show web | json_get - 'j["identity"]["iqn"]')
-"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e000000000000004000 -r 64 > "$WORK/keys"
-"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e010000000000002000 -r 32 > "$WORK/resv"
+"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e000000000000004000 -r 64 > \
+    "$WORK/keys"
+"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e010000000000002000 -r 32 > \
+    "$WORK/resv"
 python3 - "$WORK/keys" "$WORK/resv" "$KEY1" "$KEY2" <<'PY' || fail "reservation state"
 import sys
 keys = bytes.fromhex(open(sys.argv[1]).read().split("data ")[1].split()[0])
@@ -90,10 +94,13 @@ print("reservation: host 2's key, type 5")
 PY
 step "host 2 detaches: the LUN leaves the host, its key and reservation go with it"
 hvctl_ 2 disk detach web --controller 0 --slot 0 >/dev/null || fail "detach"
-for _ in $(seq 50); do grep -q "released (key 0x$KEY2 unregistered)" "$WORK/hvstord2.log" && break; sleep 0.1; done
+for _ in $(seq 50); do grep -q "released (key 0x$KEY2 unregistered)" "$WORK/hvstord2.log" &&
+    break; sleep 0.1; done
 grep "released" "$WORK/hvstord2.log" || fail "no release in the log"
-"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e000000000000004000 -r 64 > "$WORK/keys"
-"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e010000000000002000 -r 32 > "$WORK/resv"
+"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e000000000000004000 -r 64 > \
+    "$WORK/keys"
+"$PT_CDB" -p "$PORTAL" -t "$T1" -i "$ADMIN_IQN" -I 0x123456 -l 1 -c 5e010000000000002000 -r 32 > \
+    "$WORK/resv"
 python3 - "$WORK/keys" "$WORK/resv" <<'PY' || fail "the LUN is still reserved after the detach"
 import sys
 keys = bytes.fromhex(open(sys.argv[1]).read().split("data ")[1].split()[0])
