@@ -9,6 +9,7 @@
  * one request.
  */
 #include "hv_internal.h"
+#include "passthru_int.h"
 #include "iscsi.h"
 #include "vhd.h"
 
@@ -68,6 +69,13 @@ static void unlink_vm(struct hv_daemon *d, struct hv_vm *vm)
             return;
         }
 }
+
+/* What passthru_lu.c needs of the daemon. */
+struct hv_vm *hv_daemon_vms(struct hv_daemon *d) { return d->vms; }
+struct hv_vm *hv_daemon_find_vm(struct hv_daemon *d, const char *name) { return find_vm(d, name); }
+struct hv_registry *hv_daemon_registry(struct hv_daemon *d) { return &d->registry; }
+struct hv_runtime *hv_daemon_runtime(struct hv_daemon *d) { return &d->runtime; }
+const char *hv_daemon_portal(const struct hv_daemon *d) { return d->portal; }
 
 /* ------------------------------------------------------- the directory */
 
@@ -247,6 +255,12 @@ static int req_vm_create(struct hv_daemon *d, const json_t *req, json_t **result
     ret = hv_vm_config_validate(&cfg, err);
     if (ret < 0)
         goto out;
+    {
+        const char *iqn = NULL;
+        if ((ret = arg_string(req, "iqn", false, &iqn, err)) < 0 ||
+            (ret = hv_passthru_vm_created(&d->runtime, &cfg, iqn, err)) < 0)
+            goto out;
+    }
     ret = hv_vm_start(&d->runtime, &cfg, &vm, err);
     if (ret < 0)
         goto out;
@@ -587,6 +601,11 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
         }
         return reply_ok(result);
     }
+    {
+        int ret = hv_passthru_request(d, op, request, &result, &err);
+        if (ret != -ENOSYS)
+            return ret < 0 ? reply_error(ret, &err) : reply_ok(result);
+    }
     hv_err_set(&err, -EOPNOTSUPP, "unknown request '%s'", op);
     return reply_error(-EOPNOTSUPP, &err);
 }
@@ -659,6 +678,21 @@ int hv_daemon_create(const struct hv_daemon_options *opt, struct hv_daemon **out
         goto fail;
     }
     hv_runtime_init(&d->runtime, d->reactor, opt->no_direct_io);
+    if ((opt->wwn_oui == NULL) != (opt->iqn_prefix == NULL)) {
+        ret = hv_err_set(err, -EINVAL, "--wwn-oui and --iqn-prefix go together");
+        goto fail;
+    }
+    {
+        struct hv_passthru_options po = {
+            .state_dir = d->registry.dir,
+            .wwn_oui = opt->wwn_oui,
+            .iqn_prefix = opt->iqn_prefix,
+            .host_id = opt->host_id,
+        };
+        ret = hv_passthru_init(&d->runtime, &po, err);
+        if (ret < 0)
+            goto fail;
+    }
 
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
@@ -758,6 +792,7 @@ int hv_daemon_run(struct hv_daemon *d)
             status = ret;
     }
     hv_runtime_fini(&d->runtime);
+    hv_passthru_fini(&d->runtime);
     hv_info("every image flushed and closed%s", status ? " (with errors)" : "");
     return status;
 }
@@ -780,8 +815,10 @@ void hv_daemon_destroy(struct hv_daemon *d)
         d->vms = vm->next;
         hv_vm_stop(&d->runtime, vm);
     }
-    if (d->reactor)
+    if (d->reactor) {
         hv_runtime_fini(&d->runtime);
+        hv_passthru_fini(&d->runtime);
+    }
     if (d->server)
         iscsi_server_destroy(d->server);
     if (d->signal_watch)

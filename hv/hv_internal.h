@@ -46,6 +46,7 @@ struct hv_runtime {
     struct scsi_controller **dead_controllers; /* of deleted VMs; freed at shutdown */
     int dead_count;
     struct hv_timer retire_timer;
+    struct hv_passthru *passthru;       /* SAN LUNs (passthru_lu.c); NULL: off */
 };
 
 void hv_runtime_init(struct hv_runtime *rt, struct hv_reactor *r, bool no_direct_io);

@@ -7,6 +7,7 @@
  * attaches, detaches and reports.
  */
 #include "hv_internal.h"
+#include "passthru_int.h"
 #include "vhd.h"
 
 #include <errno.h>
@@ -78,6 +79,7 @@ static int open_raw(struct hv_runtime *rt, const struct hv_disk_config *dc, bool
 static const struct hv_disk_backend backends[] = {
     {HV_DISK_VHD, open_vhd},
     {HV_DISK_RAW, open_raw},
+    {HV_DISK_DEV, hv_passthru_open_device},
 };
 
 static int open_image(struct hv_runtime *rt, const struct hv_disk_config *dc, struct bdev **out,
@@ -224,6 +226,13 @@ static int disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, int c
     disk->cfg = *dc;
     disk->lock_fd = -1;
     *out = disk;
+    if (dc->kind == HV_DISK_LUN) {
+        /* not a bdev: the LU forwards CDBs (passthru_lu.c) */
+        ret = hv_passthru_disk_open(rt, vm, controller, slot, dc, disk, err);
+        if (ret < 0)
+            goto offline;
+        return 0;
+    }
     ret = open_image(rt, dc, &disk->image, &disk->lock_fd, err);
     if (ret < 0)
         goto offline;
@@ -420,7 +429,8 @@ int hv_vm_start(struct hv_runtime *rt, const struct hv_vm_config *cfg, struct hv
                          strerror(-ret));
                 disk->lu->ops->destroy(disk->lu);
                 disk->lu = NULL;
-                bdev_close(disk->image);
+                if (disk->image)
+                    bdev_close(disk->image);
                 disk->image = NULL;
             }
         }
@@ -471,6 +481,8 @@ void hv_vm_retire(struct hv_runtime *rt, struct hv_vm *vm)
                 continue;
             if (disk->lu && vm->controllers[c])
                 scsi_controller_detach(vm->controllers[c], (uint64_t)s);
+            if (disk->lu)
+                hv_passthru_leaving(disk->lu);
             retire_disk(rt, disk);
         }
         if (vm->controllers[c]) {
@@ -527,7 +539,8 @@ int hv_vm_attach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int sl
         hv_err_set(err, ret, "VM '%s': controller %d refused slot %d: %s", vm->cfg.name,
                    controller, slot, strerror(-ret));
         disk->lu->ops->destroy(disk->lu);
-        bdev_close(disk->image);
+        if (disk->image)
+            bdev_close(disk->image);
         goto fail;
     }
     vm->disks[controller][slot] = disk;
@@ -553,8 +566,10 @@ int hv_vm_detach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int sl
     if (!disk)
         return hv_err_set(err, -ENOENT, "VM '%s': controller %d slot %d is empty", vm->cfg.name,
                           controller, slot);
-    if (disk->lu)
+    if (disk->lu) {
         scsi_controller_detach(vm->controllers[controller], (uint64_t)slot);
+        hv_passthru_leaving(disk->lu);
+    }
     vm->disks[controller][slot] = NULL;
     free(vm->cfg.disks[controller][slot]);
     vm->cfg.disks[controller][slot] = NULL;
@@ -577,6 +592,10 @@ int hv_vm_resize(struct hv_vm *vm, int controller, int slot, uint64_t size_bytes
     if (!disk->lu)
         return hv_err_set(err, -ENODEV, "VM '%s': controller %d slot %d is offline: %s",
                           vm->cfg.name, controller, slot, disk->error);
+    if (disk->cfg.kind == HV_DISK_LUN)
+        return hv_err_set(err, -EOPNOTSUPP, "%s: a pass-through LUN is resized on the SAN; "
+                          "the guest sees the array's CAPACITY DATA HAS CHANGED",
+                          disk->cfg.path);
     if (disk->bd.is_read_only)
         return hv_err_set(err, -EROFS, "%s: attached read-only, not resizing", disk->cfg.path);
     if (size_bytes == 0 || size_bytes % HV_SECTOR_BYTES)
@@ -627,7 +646,9 @@ json_t *hv_vm_show_json(const struct hv_vm *vm, const char *portal)
                           hv_disk_kind_name(disk->cfg.kind), "path", disk->cfg.path,
                           "read_only", disk->cfg.is_read_only, "url", url, "state",
                           disk->lu ? "online" : "offline");
-            if (disk->lu) {
+            if (disk->lu && hv_lu_is_passthru(disk->lu)) {
+                hv_passthru_describe(disk->lu, d);
+            } else if (disk->lu) {
                 char uuid_disk[37];
                 hv_uuid_format(disk->bd.uuid, uuid_disk);
                 json_object_set_new(d, "size_bytes", json_integer((json_int_t)disk->bd.size_bytes));
@@ -654,6 +675,8 @@ json_t *hv_vm_show_json(const struct hv_vm *vm, const char *portal)
                                                "mutual", vm->cfg.mutual_chap.user[0] != '\0'));
     json_object_set_new(obj, "portal", json_string(host));
     json_object_set_new(obj, "controllers", controllers);
+    if (vm->cfg.extra && json_object_get(vm->cfg.extra, "identity"))
+        json_object_set(obj, "identity", json_object_get(vm->cfg.extra, "identity"));
     return obj;
 }
 
@@ -661,7 +684,9 @@ static json_t *disk_stats(const struct hv_disk *disk, int c, int s)
 {
     json_t *obj = json_pack("{s:i, s:i, s:s, s:s}", "controller", c, "lun", s, "path",
                             disk->cfg.path, "state", disk->lu ? "online" : "offline");
-    if (disk->lu) {
+    if (disk->lu && hv_lu_is_passthru(disk->lu)) {
+        hv_passthru_describe(disk->lu, obj);
+    } else if (disk->lu) {
         scsi_disk_stats(disk->lu, obj);
         json_object_set_new(obj, "inflight", json_integer((json_int_t)disk->inflight));
     }
