@@ -6,6 +6,7 @@
  * runs each parser over hostile input. The real fuzzing is the clang build.
  */
 #include <dirent.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +68,12 @@ static int run_file(const char *path, int rounds)
 
 int main(int argc, char **argv)
 {
+    /* Resolve the corpus paths first: a target may change directory. */
+    for (int i = 1; i < argc; i++) {
+        char *abs = realpath(argv[i], NULL);
+        if (abs)
+            argv[i] = abs;
+    }
     int rounds = getenv("FUZZ_ROUNDS") ? atoi(getenv("FUZZ_ROUNDS")) : 2000, files = 0;
     /* Always some unstructured input, corpus or not. */
     uint8_t rnd[4096];
