@@ -9,6 +9,7 @@
  * one request.
  */
 #include "hv_internal.h"
+#include "passthru_int.h"
 #include "iscsi.h"
 #include "vhd.h"
 
@@ -40,6 +41,7 @@ struct hv_daemon {
     int signal_fd;
     struct hv_watch *signal_watch;
     int exit_signal;
+    bool is_abandoned;                  /* drain timed out: leave images to the kernel */
 };
 
 static struct hv_vm *find_vm(struct hv_daemon *d, const char *name)
@@ -67,6 +69,13 @@ static void unlink_vm(struct hv_daemon *d, struct hv_vm *vm)
             return;
         }
 }
+
+/* What passthru_lu.c needs of the daemon. */
+struct hv_vm *hv_daemon_vms(struct hv_daemon *d) { return d->vms; }
+struct hv_vm *hv_daemon_find_vm(struct hv_daemon *d, const char *name) { return find_vm(d, name); }
+struct hv_registry *hv_daemon_registry(struct hv_daemon *d) { return &d->registry; }
+struct hv_runtime *hv_daemon_runtime(struct hv_daemon *d) { return &d->runtime; }
+const char *hv_daemon_portal(const struct hv_daemon *d) { return d->portal; }
 
 /* ------------------------------------------------------- the directory */
 
@@ -246,6 +255,12 @@ static int req_vm_create(struct hv_daemon *d, const json_t *req, json_t **result
     ret = hv_vm_config_validate(&cfg, err);
     if (ret < 0)
         goto out;
+    {
+        const char *iqn = NULL;
+        if ((ret = arg_string(req, "iqn", false, &iqn, err)) < 0 ||
+            (ret = hv_passthru_vm_created(&d->runtime, &cfg, iqn, err)) < 0)
+            goto out;
+    }
     ret = hv_vm_start(&d->runtime, &cfg, &vm, err);
     if (ret < 0)
         goto out;
@@ -413,7 +428,6 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
     char holder[128];
     int controller;
     int slot;
-    int old_count;
     bool is_created = false;
     int ret;
 
@@ -433,6 +447,9 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
     dc.is_read_only = json_is_true(json_object_get(req, "read_only"));
     if (hv_vm_path_in_use(d->vms, dc.path, holder, sizeof(holder)))
         return hv_err_set(err, -EBUSY, "%s: already attached to %s", dc.path, holder);
+    if (hv_runtime_is_retiring(&d->runtime, dc.path))
+        return hv_err_set(err, -EBUSY, "%s: detached a moment ago and still finishing its "
+                          "last commands; try again", dc.path);
     if (create_size) {
         struct vhd_create_options opt = {.type = VHD_TYPE_DYNAMIC};
         if (dc.kind != HV_DISK_VHD)
@@ -444,7 +461,6 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
             return ret;
         is_created = true;
     }
-    old_count = vm->cfg.controller_count;
     ret = hv_vm_attach(&d->runtime, vm, controller, slot, &dc, err);
     if (ret < 0)
         goto fail;
@@ -457,7 +473,6 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
     hv_info("VM '%s': %s %s attached at controller %d LUN %d%s", vm->cfg.name, kind, dc.path,
             controller, slot, dc.is_read_only ? " (read-only)" : "");
     *result = hv_vm_show_json(vm, d->portal);
-    (void)old_count;
     return 0;
 
 fail:
@@ -586,6 +601,11 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
         }
         return reply_ok(result);
     }
+    {
+        int ret = hv_passthru_request(d, op, request, &result, &err);
+        if (ret != -ENOSYS)
+            return ret < 0 ? reply_error(ret, &err) : reply_ok(result);
+    }
     hv_err_set(&err, -EOPNOTSUPP, "unknown request '%s'", op);
     return reply_error(-EOPNOTSUPP, &err);
 }
@@ -658,6 +678,21 @@ int hv_daemon_create(const struct hv_daemon_options *opt, struct hv_daemon **out
         goto fail;
     }
     hv_runtime_init(&d->runtime, d->reactor, opt->no_direct_io);
+    if ((opt->wwn_oui == NULL) != (opt->iqn_prefix == NULL)) {
+        ret = hv_err_set(err, -EINVAL, "--wwn-oui and --iqn-prefix go together");
+        goto fail;
+    }
+    {
+        struct hv_passthru_options po = {
+            .state_dir = d->registry.dir,
+            .wwn_oui = opt->wwn_oui,
+            .iqn_prefix = opt->iqn_prefix,
+            .host_id = opt->host_id,
+        };
+        ret = hv_passthru_init(&d->runtime, &po, err);
+        if (ret < 0)
+            goto fail;
+    }
 
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
@@ -693,8 +728,9 @@ int hv_daemon_create(const struct hv_daemon_options *opt, struct hv_daemon **out
                               &d->server, err);
     if (ret < 0)
         goto fail;
-    snprintf(d->portal, sizeof(d->portal), "%s:%u", opt->portal_addr,
-             iscsi_server_port(d->server));
+    /* IPv6 addresses in brackets, as iscsi:// URLs and libiscsi portals want. */
+    snprintf(d->portal, sizeof(d->portal), strchr(opt->portal_addr, ':') ? "[%s]:%u" : "%s:%u",
+             opt->portal_addr, iscsi_server_port(d->server));
     ret = write_portal_file(d, err);
     if (ret < 0)
         goto fail;
@@ -745,6 +781,7 @@ int hv_daemon_run(struct hv_daemon *d)
          * memory; leave them to the kernel (VHD metadata is crash-safe). */
         hv_error("sessions did not drain in %llu s; exiting without closing images",
                  DRAIN_TIMEOUT_NS / 1000000000);
+        d->is_abandoned = true;
         return -ETIMEDOUT;
     }
     while (d->vms) {
@@ -755,6 +792,7 @@ int hv_daemon_run(struct hv_daemon *d)
             status = ret;
     }
     hv_runtime_fini(&d->runtime);
+    hv_passthru_fini(&d->runtime);
     hv_info("every image flushed and closed%s", status ? " (with errors)" : "");
     return status;
 }
@@ -763,6 +801,13 @@ void hv_daemon_destroy(struct hv_daemon *d)
 {
     if (!d)
         return;
+    if (d->is_abandoned) {
+        /* Requests are still in flight: freeing what they point at would be
+         * worse than the leak of a process about to exit. */
+        if (d->lock_fd >= 0)
+            close(d->lock_fd);
+        return;
+    }
     if (d->control)
         hv_control_close(d->control);
     while (d->vms) {
@@ -770,8 +815,10 @@ void hv_daemon_destroy(struct hv_daemon *d)
         d->vms = vm->next;
         hv_vm_stop(&d->runtime, vm);
     }
-    if (d->reactor)
+    if (d->reactor) {
         hv_runtime_fini(&d->runtime);
+        hv_passthru_fini(&d->runtime);
+    }
     if (d->server)
         iscsi_server_destroy(d->server);
     if (d->signal_watch)

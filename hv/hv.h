@@ -54,6 +54,10 @@
 enum hv_disk_kind {
     HV_DISK_VHD,                        /* a VHD image (chain), opened with vhd_open */
     HV_DISK_RAW,                        /* a raw file or block device */
+    HV_DISK_LUN,                        /* a SAN LUN passed through (passthru_lu.c);
+                                         * path is "/san/NAME/TARGET/LUN" */
+    HV_DISK_DEV,                        /* a local block device passed through whole:
+                                         * claimed O_EXCL, checked not in use */
 };
 
 const char *hv_disk_kind_name(enum hv_disk_kind kind);          /* "vhd", "raw" */
@@ -63,6 +67,8 @@ struct hv_disk_config {
     enum hv_disk_kind kind;
     char path[4096];                    /* absolute */
     bool is_read_only;
+    char designator[80];                /* HV_DISK_LUN: VPD 0x83 id it must carry */
+    bool is_full_scsi;                  /* HV_DISK_LUN: no CDB filter */
 };
 
 struct hv_chap {
@@ -151,6 +157,11 @@ struct hv_daemon_options {
     const char *portal_addr;            /* "127.0.0.1" */
     uint16_t portal_port;               /* 0: any free port (written to DIR/portal) */
     bool no_direct_io;                  /* buffered image I/O (tmpfs) */
+    /* VM identities for SAN LUNs (npiv/): an IEEE OUI for NAA-5 WWNs and an
+     * IQN prefix; both or neither. NULL: VMs get no identity. */
+    const char *wwn_oui;
+    const char *iqn_prefix;
+    unsigned host_id;
 };
 
 /* Open the state dir, bring back every VM and disk, listen on the portal and
@@ -176,5 +187,12 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request);
  * request, wait for its reply (blocking; timeout in ms, 0 = none). */
 int hv_control_call(const char *socket_path, const json_t *request, json_t **reply,
                     int timeout_ms, struct hv_err *err);
+
+/* hvctl's SAN commands (passthru_ctl.c): san add/list/luns, vm zoning,
+ * disk attach --lun, disk takeover. _wants says whether argv (after the
+ * global options) is one of them; _cli runs it and returns the exit code. */
+bool hv_passthru_cli_wants(int argc, char **argv);
+int hv_passthru_cli(const char *socket_path, bool is_json, int timeout_ms, int argc,
+                    char **argv);
 
 #endif /* HVSTOR_HV_H */

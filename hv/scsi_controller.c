@@ -75,6 +75,26 @@ size_t scsi_sense_build(uint8_t *buf, bool is_descriptor, uint8_t key, uint8_t a
     return 18;
 }
 
+void scsi_task_invalid_field(struct scsi_task *t, bool is_cdb, uint16_t field, int bit)
+{
+    uint8_t sks[3];
+    sks[0] = (uint8_t)(0x80 | (is_cdb ? 0x40 : 0) | (bit >= 0 ? 0x08 | (bit & 0x07) : 0));
+    hv_put_be16(sks + 1, field);
+    scsi_task_set_sense(t, SCSI_SENSE_ILLEGAL_REQUEST, is_cdb ? 0x24 : 0x26, 0x00);
+    if (t->is_descriptor_sense) {
+        /* sense key specific descriptor (SPC-4 4.5.2.4) after the header */
+        uint8_t *d = t->sense + t->sense_len;
+        memset(d, 0, 8);
+        d[0] = 0x02;
+        d[1] = 0x06;
+        memcpy(d + 4, sks, 3);
+        t->sense[7] = (uint8_t)(t->sense[7] + 8);
+        t->sense_len = (uint8_t)(t->sense_len + 8);
+    } else {
+        memcpy(t->sense + 15, sks, 3);
+    }
+}
+
 void scsi_task_set_sense_info(struct scsi_task *t, uint8_t key, uint8_t asc, uint8_t ascq,
                               uint64_t information)
 {
@@ -383,11 +403,11 @@ static void report_luns(struct scsi_controller *c, struct scsi_task *t)
 
     if (select != 0x00 && select != 0x01 && select != 0x02 && select != 0x10 &&
         select != 0x11 && select != 0x12) {
-        scsi_task_check(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        scsi_task_invalid_field(t, true, 2, -1);
         return;
     }
     if (alloc < 16) {
-        scsi_task_check(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        scsi_task_invalid_field(t, true, 6, -1);
         return;
     }
     memset(buf, 0, sizeof(buf));

@@ -156,6 +156,11 @@ static inline const char *initiator_of(const struct scsi_task *t)
 void disk_finish(struct scsi_task *t);
 #define disk_fail(t, key, code) \
     do { scsi_task_check((t), (key), (code)); disk_finish(t); } while (0)
+/* INVALID FIELD IN CDB pointing at byte `field`, bit `bit` (-1: whole byte). */
+#define disk_fail_cdb(t, field, bit) \
+    do { scsi_task_invalid_field((t), true, (field), (bit)); disk_finish(t); } while (0)
+#define disk_fail_param(t, field, bit) \
+    do { scsi_task_invalid_field((t), false, (field), (bit)); disk_finish(t); } while (0)
 
 /* scsi_spc.c: the SPC commands that need no bdev I/O */
 void spc_inquiry(struct scsi_disk *d, struct scsi_task *t);

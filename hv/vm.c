@@ -19,6 +19,10 @@ const char *hv_disk_kind_name(enum hv_disk_kind kind)
         return "vhd";
     case HV_DISK_RAW:
         return "raw";
+    case HV_DISK_LUN:
+        return "lun";
+    case HV_DISK_DEV:
+        return "dev";
     }
     return "?";
 }
@@ -31,6 +35,14 @@ int hv_disk_kind_parse(const char *name, enum hv_disk_kind *kind)
     }
     if (!strcmp(name, "raw")) {
         *kind = HV_DISK_RAW;
+        return 0;
+    }
+    if (!strcmp(name, "lun")) {
+        *kind = HV_DISK_LUN;
+        return 0;
+    }
+    if (!strcmp(name, "dev")) {
+        *kind = HV_DISK_DEV;
         return 0;
     }
     return -EINVAL;
@@ -306,9 +318,14 @@ json_t *hv_vm_config_to_json(const struct hv_vm_config *vm)
             const struct hv_disk_config *d = vm->disks[c][s];
             if (!d)
                 continue;
-            json_array_append_new(disks, json_pack("{s:i, s:s, s:s, s:b}", "slot", s, "kind",
-                                                   hv_disk_kind_name(d->kind), "path", d->path,
-                                                   "read_only", d->is_read_only));
+            json_t *disk = json_pack("{s:i, s:s, s:s, s:b}", "slot", s, "kind",
+                                     hv_disk_kind_name(d->kind), "path", d->path, "read_only",
+                                     d->is_read_only);
+            if (d->kind == HV_DISK_LUN) {
+                json_object_set_new(disk, "designator", json_string(d->designator));
+                json_object_set_new(disk, "full_scsi", json_boolean(d->is_full_scsi));
+            }
+            json_array_append_new(disks, disk);
         }
         json_array_append_new(controllers, json_pack("{s:i, s:o}", "index", c, "disks", disks));
     }
@@ -450,6 +467,19 @@ int hv_vm_config_from_json(const json_t *obj, const char *what, struct hv_vm_con
             }
             snprintf(dc->path, sizeof(dc->path), "%s", path);
             dc->is_read_only = is_read_only;
+            if (dc->kind == HV_DISK_LUN) {
+                const char *designator = NULL;
+                int is_full_scsi = 0;
+                if (json_unpack((json_t *)d, "{s:s, s?b}", "designator", &designator,
+                                "full_scsi", &is_full_scsi) != 0 || !designator[0] ||
+                    strlen(designator) >= sizeof(dc->designator)) {
+                    ret = hv_err_set(err, -EINVAL, "%s: controller %zu slot %lld: a LUN disk "
+                                     "needs its 'designator'", what, i, (long long)slot);
+                    goto fail;
+                }
+                snprintf(dc->designator, sizeof(dc->designator), "%s", designator);
+                dc->is_full_scsi = is_full_scsi;
+            }
         }
     }
     /* Keep what a newer version (or a later module: agents, SAN identities)

@@ -37,6 +37,13 @@ static const char main_usage[] =
     "  disk detach VM --controller N --slot M\n"
     "  disk resize VM --controller N --slot M SIZE\n"
     "  disk stats VM [--controller N --slot M]\n"
+    "  san add NAME --portal ADDR:PORT [--chap USER:SECRET] [--initiator IQN]\n"
+    "  san list | san luns NAME [--vm VM]       SANs and their LUNs\n"
+    "  disk attach VM --controller N --slot M --lun SAN:TARGET:LUN\n"
+    "                 [--full-scsi] [--force]   a whole SAN LUN, for this VM only\n"
+    "  disk takeover VM --controller N --slot M preempt a dead host's reservation\n"
+    "  vm zoning VM [--target IQN] [--tid N]    what the SAN admin runs to let it in\n"
+    "  vm create ... [--iqn IQN]                the VM's own SAN initiator name\n"
     "\n"
     "Options (anywhere on the line):\n"
     "  --state-dir DIR   talk to the hvstord of DIR (default " HV_DEFAULT_STATE_DIR ")\n"
@@ -152,6 +159,15 @@ static void print_vm(const json_t *vm)
     else
         printf("%s, user %s\n", json_is_true(json_object_get(chap, "mutual")) ? "mutual" :
                "one-way", json_string_value(json_object_get(chap, "user")));
+    if (json_object_get(vm, "identity")) {
+        const json_t *id = json_object_get(vm, "identity");
+        const json_t *fc = json_object_get(id, "fc");
+        printf("  SAN identity: %s\n", json_string_value(json_object_get(id, "iqn")));
+        for (const char *set = "a"; set; set = set[0] == 'a' ? "b" : NULL)
+            printf("  FC set %c: WWPN %s  WWNN %s\n", set[0] - 32,
+                   json_string_value(json_object_get(json_object_get(fc, set), "wwpn")),
+                   json_string_value(json_object_get(json_object_get(fc, set), "wwnn")));
+    }
     json_array_foreach(json_object_get(vm, "controllers"), i, v) {
         const json_t *lun;
         size_t j;
@@ -166,7 +182,15 @@ static void print_vm(const json_t *vm)
                    json_string_value(json_object_get(lun, "kind")),
                    json_string_value(json_object_get(lun, "path")),
                    json_is_true(json_object_get(lun, "read_only")) ? " (read-only)" : "");
-            if (json_object_get(lun, "size_bytes")) {
+            if (json_object_get(lun, "passthru")) {
+                const json_t *pt = json_object_get(lun, "passthru");
+                const char *state = json_string_value(json_object_get(pt, "state"));
+                printf("%s %s%s  %s\n", json_string_value(json_object_get(pt, "designator")),
+                       state, json_is_true(json_object_get(pt, "full_scsi")) ? " full-scsi" : "",
+                       json_string_value(json_object_get(lun, "url")));
+                if (strcmp(state, "ready") != 0)
+                    printf("      %s\n", json_string_value(json_object_get(pt, "why")));
+            } else if (json_object_get(lun, "size_bytes")) {
                 print_size((uint64_t)json_integer_value(json_object_get(lun, "size_bytes")));
                 printf("  %s\n", json_string_value(json_object_get(lun, "url")));
             } else {
@@ -321,6 +345,7 @@ static int cmd_vm(int argc, char **argv)
             {"mutual-chap", required_argument, NULL, 'm'},
             {"controllers", required_argument, NULL, 'n'},
             {"no-chap", no_argument, NULL, 'N'},
+            {"iqn", required_argument, NULL, 'Q'},
             {"help", no_argument, NULL, 'h'},
             {NULL, 0, NULL, 0},
         };
@@ -337,6 +362,12 @@ static int cmd_vm(int argc, char **argv)
                 break;
             case 'c':
                 json_object_set_new(req, "chap", json_string(optarg));
+                break;
+            case 'Q':
+                if (is_set)
+                    ret = usage_error(help, "%s", "--iqn belongs to 'vm create'");
+                else
+                    json_object_set_new(req, "iqn", json_string(optarg));
                 break;
             case 'm':
                 json_object_set_new(req, "mutual_chap", json_string(optarg));
@@ -606,7 +637,9 @@ int main(int argc, char **argv)
         return n == 0 ? 2 : 0;
     }
     int ret;
-    if (!strcmp(args[0], "vm"))
+    if (hv_passthru_cli_wants(n, args))
+        ret = hv_passthru_cli(socket_path, is_json, timeout_ms, n, args);
+    else if (!strcmp(args[0], "vm"))
         ret = cmd_vm(n - 1, args + 1);
     else if (!strcmp(args[0], "disk"))
         ret = cmd_disk(n - 1, args + 1);

@@ -19,12 +19,20 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: hvstord [--state-dir DIR] [--portal ADDR:PORT] [--no-direct-io]\n"
             "               [--log-level error|warn|info|debug]\n"
+            "               [--wwn-oui XX:XX:XX --iqn-prefix iqn.YYYY-MM.domain [--host-id N]]\n"
             "\n"
             "Serve the VMs defined in DIR (default " HV_DEFAULT_STATE_DIR ") over iSCSI.\n"
             "  --state-dir DIR     VM definitions, control socket DIR/" HV_SOCKET_NAME "\n"
             "  --portal ADDR:PORT  where guests connect (default " HV_DEFAULT_PORTAL ");\n"
             "                      port 0 picks a free port, written to DIR/" HV_PORTAL_FILE "\n"
             "  --no-direct-io      buffered image I/O (file systems without O_DIRECT)\n"
+            "  --wwn-oui OUI       the site's IEEE OUI for the VMs' NAA-5 WWNs, and\n"
+            "  --iqn-prefix IQN    the prefix of the VMs' own initiator names\n"
+            "                      (<prefix>:vm.<name>). No defaults: IEEE reserves no OUI\n"
+            "                      for examples, and a borrowed one could collide in a real\n"
+            "                      fabric. Without both, VMs get no identity and cannot\n"
+            "                      take SAN LUNs (hvctl disk attach --lun).\n"
+            "  --host-id N         distinct per host sharing the OUI (default 0)\n"
             "Stops cleanly on SIGTERM or SIGINT: in-flight I/O drains, images are\n"
             "flushed and closed.\n");
 }
@@ -40,6 +48,14 @@ static int parse_portal(const char *text, char *addr, size_t addr_len, uint16_t 
         return -EINVAL;
     memcpy(addr, text, (size_t)(colon - text));
     addr[colon - text] = '\0';
+    /* "[::1]:3260": the brackets only separate an IPv6 address from the port. */
+    if (addr[0] == '[') {
+        size_t len = strlen(addr);
+        if (len < 3 || addr[len - 1] != ']')
+            return -EINVAL;
+        memmove(addr, addr + 1, len - 2);
+        addr[len - 2] = '\0';
+    }
     *port = (uint16_t)value;
     return 0;
 }
@@ -51,6 +67,9 @@ int main(int argc, char **argv)
         {"portal", required_argument, NULL, 'p'},
         {"no-direct-io", no_argument, NULL, 'n'},
         {"log-level", required_argument, NULL, 'l'},
+        {"wwn-oui", required_argument, NULL, 'O'},
+        {"iqn-prefix", required_argument, NULL, 'I'},
+        {"host-id", required_argument, NULL, 'H'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -80,6 +99,21 @@ int main(int argc, char **argv)
         case 'n':
             opt.no_direct_io = true;
             break;
+        case 'O':
+            opt.wwn_oui = optarg;
+            break;
+        case 'I':
+            opt.iqn_prefix = optarg;
+            break;
+        case 'H': {
+            uint64_t id;
+            if (hv_parse_u64(optarg, &id) < 0 || id > 0xFFFFF) {
+                fprintf(stderr, "hvstord: --host-id '%s': a number below 2^20\n", optarg);
+                return 2;
+            }
+            opt.host_id = (unsigned)id;
+            break;
+        }
         case 'l':
             if (!strcmp(optarg, "error"))
                 hv_log_set_level(HV_LOG_ERROR);
@@ -124,7 +158,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "hvstord: %s\n", hv_err_msg(&err, ret));
         return 1;
     }
-    printf("hvstord: listening on %s:%u\n", addr, hv_daemon_port(d));
+    printf(strchr(addr, ':') ? "hvstord: listening on [%s]:%u\n" : "hvstord: listening on %s:%u\n",
+           addr, hv_daemon_port(d));
     fflush(stdout);
     ret = hv_daemon_run(d);
     hv_daemon_destroy(d);

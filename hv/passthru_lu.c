@@ -1,0 +1,1131 @@
+/*
+ * SAN pass-through LUNs in hvstord: the scsi_lu that hands the guest's CDBs
+ * to passthru/, the SANs the daemon knows, VM identities, and the control
+ * requests (san.add, san.list, san.luns, disk.attach_lun, disk.takeover,
+ * vm.zoning).
+ *
+ * The guest's command reaches the SAN as it came: same CDB, data-out from
+ * the buffer the iSCSI target received, data-in into the buffer it sends;
+ * status, sense and residual come back unchanged. The controller in front
+ * answers REPORT LUNS and unit attentions itself, as for every LU kind.
+ *
+ * Every check of `disk attach --lun` runs before a single guest I/O: the
+ * VM's own IQN logs in and finds the LUN (masking), the LUN is not held by
+ * another VM here (by designator, so two SAN names for one array do not
+ * fool it), not used by the host's open-iscsi, not carrying a signature.
+ * They run synchronously on the daemon's thread (a private reactor, login
+ * timeout 5 s): other VMs' I/O pauses for that long at worst. A worker
+ * thread would remove that pause; not done yet.
+ */
+#include "passthru_int.h"
+#include "passthru.h"
+#include "san.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PT_POOL 128                     /* commands in flight per LUN */
+
+struct hv_passthru {
+    char state_dir[4096];
+    char sans_dir[4096 + 8];
+    uint64_t host_key;
+    struct npiv_allocator *npiv;        /* NULL: identities off (no OUI / prefix) */
+    char npiv_off_reason[256];
+};
+
+/* ------------------------------------------------------------ the SANs */
+
+struct san_entry {
+    char name[64];
+    char portal[SAN_PORTAL_MAX];
+    char chap_user[256];
+    char chap_secret[256];
+    char initiator[SAN_NAME_MAX];       /* for `san luns` (the management name) */
+    uint32_t replacement_timeout_ms;    /* 0: san/'s default, 30 s */
+};
+
+static int san_name_check(const char *name, struct hv_err *err)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > 63)
+        return hv_err_set(err, -EINVAL, "SAN name '%s': 1 to 63 characters", name);
+    for (size_t i = 0; i < len; i++)
+        if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
+              name[i] == '-' || name[i] == '_'))
+            return hv_err_set(err, -EINVAL, "SAN name '%s': only a-z, 0-9, '-' and '_'", name);
+    return 0;
+}
+
+static int san_load(struct hv_passthru *p, const char *name, struct san_entry *out,
+                    struct hv_err *err)
+{
+    char path[8192];
+    json_t *obj;
+    const char *portal = NULL;
+    const char *user = NULL;
+    const char *secret = NULL;
+    const char *initiator = NULL;
+    json_int_t replacement_ms = 0;
+    int ret = san_name_check(name, err);
+
+    if (ret < 0)
+        return ret;
+    snprintf(path, sizeof(path), "%s/%s.json", p->sans_dir, name);
+    if (access(path, F_OK) < 0)
+        return hv_err_set(err, -ENOENT, "no SAN named '%s' (hvctl san add)", name);
+    ret = hv_json_read_file(path, &obj, err);
+    if (ret < 0)
+        return ret;
+    if (json_unpack(obj, "{s:s, s?s, s?s, s?s, s?I}", "portal", &portal, "chap_user", &user,
+                    "chap_secret", &secret, "initiator", &initiator, "replacement_timeout_ms",
+                    &replacement_ms) != 0 || replacement_ms < 0 || replacement_ms > 3600000) {
+        json_decref(obj);
+        return hv_err_set(err, -EINVAL, "%s: needs a string 'portal'", path);
+    }
+    memset(out, 0, sizeof(*out));
+    snprintf(out->name, sizeof(out->name), "%s", name);
+    snprintf(out->portal, sizeof(out->portal), "%s", portal);
+    snprintf(out->chap_user, sizeof(out->chap_user), "%s", user ? user : "");
+    snprintf(out->chap_secret, sizeof(out->chap_secret), "%s", secret ? secret : "");
+    snprintf(out->initiator, sizeof(out->initiator), "%s", initiator ? initiator : "");
+    out->replacement_timeout_ms = (uint32_t)replacement_ms;
+    json_decref(obj);
+    return 0;
+}
+
+static void san_options(const struct san_entry *san, const char *target, const char *initiator,
+                        struct san_session_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->portal = san->portal;
+    o->target = target;
+    o->initiator = initiator;
+    o->replacement_timeout_ms = san->replacement_timeout_ms;
+    if (san->chap_user[0]) {
+        o->chap.user = san->chap_user;
+        o->chap.secret = san->chap_secret;
+    }
+}
+
+/* ------------------------------------------------------------- context */
+
+static int parse_oui(const char *text, uint32_t *oui)
+{
+    uint32_t value = 0;
+    int digits = 0;
+    for (const char *c = text; *c; c++) {
+        if (*c == ':' || *c == '-')
+            continue;
+        int v = (*c >= '0' && *c <= '9') ? *c - '0'
+                : (*c >= 'a' && *c <= 'f') ? *c - 'a' + 10
+                : (*c >= 'A' && *c <= 'F') ? *c - 'A' + 10 : -1;
+        if (v < 0 || ++digits > 6)
+            return -EINVAL;
+        value = value << 4 | (uint32_t)v;
+    }
+    if (digits != 6 || value == 0)
+        return -EINVAL;
+    *oui = value;
+    return 0;
+}
+
+int hv_passthru_init(struct hv_runtime *rt, const struct hv_passthru_options *opt,
+                     struct hv_err *err)
+{
+    struct hv_passthru *p = calloc(1, sizeof(*p));
+    int ret;
+
+    if (!p)
+        return hv_err_set(err, -ENOMEM, "out of memory");
+    snprintf(p->state_dir, sizeof(p->state_dir), "%s", opt->state_dir);
+    snprintf(p->sans_dir, sizeof(p->sans_dir), "%s/sans", opt->state_dir);
+    if (mkdir(p->sans_dir, 0700) < 0 && errno != EEXIST) {
+        ret = hv_err_errno(err, p->sans_dir, "mkdir");
+        goto fail;
+    }
+    ret = pt_host_key_load(opt->state_dir, &p->host_key, err);
+    if (ret < 0)
+        goto fail;
+    if (opt->wwn_oui && opt->iqn_prefix) {
+        struct npiv_config cfg;
+        npiv_config_init(&cfg);
+        if (parse_oui(opt->wwn_oui, &cfg.oui) < 0) {
+            ret = hv_err_set(err, -EINVAL, "--wwn-oui '%s' is not a 24-bit OUI (00:11:22)",
+                             opt->wwn_oui);
+            goto fail;
+        }
+        cfg.host_id = opt->host_id;
+        snprintf(cfg.iqn_prefix, sizeof(cfg.iqn_prefix), "%s", opt->iqn_prefix);
+        ret = npiv_allocator_open(opt->state_dir, &cfg, &p->npiv, err);
+        if (ret < 0)
+            goto fail;
+    } else {
+        snprintf(p->npiv_off_reason, sizeof(p->npiv_off_reason),
+                 "hvstord runs without --wwn-oui and --iqn-prefix: VMs get no initiator "
+                 "identity of their own");
+    }
+    rt->passthru = p;
+    return 0;
+fail:
+    free(p);
+    return ret;
+}
+
+void hv_passthru_fini(struct hv_runtime *rt)
+{
+    if (!rt->passthru)
+        return;
+    if (rt->passthru->npiv)
+        npiv_allocator_close(rt->passthru->npiv);
+    free(rt->passthru);
+    rt->passthru = NULL;
+}
+
+int hv_passthru_vm_created(struct hv_runtime *rt, struct hv_vm_config *cfg,
+                           const char *iqn_override, struct hv_err *err)
+{
+    struct hv_passthru *p = rt->passthru;
+    struct npiv_identity id;
+    int ret;
+
+    if (!p || !p->npiv) {
+        if (iqn_override)
+            return hv_err_set(err, -EINVAL, "--iqn: %s", p ? p->npiv_off_reason : "off");
+        return 0;
+    }
+    ret = npiv_identity_allocate(p->npiv, cfg->name, iqn_override, &id, err);
+    if (ret < 0)
+        return ret;
+    if (!cfg->extra)
+        cfg->extra = json_object();
+    json_object_set_new(cfg->extra, "identity", npiv_identity_to_json(&id));
+    return 0;
+}
+
+static int vm_identity(const struct hv_vm_config *cfg, struct npiv_identity *id,
+                       struct hv_err *err)
+{
+    const json_t *obj = cfg->extra ? json_object_get(cfg->extra, "identity") : NULL;
+    if (!obj)
+        return hv_err_set(err, -ENOENT, "VM '%s' has no initiator identity (it was created "
+                          "while hvstord ran without --wwn-oui and --iqn-prefix)", cfg->name);
+    return npiv_identity_from_json(obj, id, err);
+}
+
+/* ------------------------------------------------------------- the LU */
+
+struct lu_cmd {
+    struct pt_cmd pt;
+    struct scsi_task *task;
+    struct pt_lu *owner;
+    struct lu_cmd *next_free;
+};
+
+struct pt_lu {
+    struct scsi_lu lu;
+    struct pt_lun *pl;
+    char san[64];
+    char target[SAN_NAME_MAX];
+    uint64_t san_lun;
+    char designator[SAN_DESIGNATOR_MAX];
+    char initiator[SAN_NAME_MAX];
+    bool is_full_scsi;
+    struct lu_cmd *free_list;
+    struct scsi_task *wait_head;        /* tasks waiting for a free lu_cmd */
+    struct scsi_task *wait_tail;
+    uint64_t commands;
+    uint64_t errors;
+    bool is_taking_over;
+    bool is_leaving;                    /* detach / VM delete: release on destroy */
+    int takeover_status;
+    char takeover_msg[512];
+    struct lu_cmd pool[PT_POOL];
+};
+
+static void start_task(struct pt_lu *pu, struct scsi_task *task);
+
+static void cmd_done(struct pt_cmd *pc)
+{
+    struct lu_cmd *lc = hv_container_of(pc, struct lu_cmd, pt);
+    struct pt_lu *pu = lc->owner;
+    struct scsi_task *task = lc->task;
+    uint32_t expected = task->dir == SCSI_DIR_OUT ? task->out_bytes : task->expected_bytes;
+
+    task->status = pc->status;
+    task->sense_len = (uint8_t)HV_MIN(pc->sense_len, (uint32_t)SCSI_SENSE_MAX);
+    memcpy(task->sense, pc->sense, task->sense_len);
+    if (pc->status != SAN_STATUS_GOOD)
+        pu->errors++;
+    /* The SAN's residual, unchanged: an overflow stays an overflow. */
+    if (task->dir == SCSI_DIR_IN) {
+        task->in_bytes = pc->is_overflow ? expected
+                         : expected - HV_MIN(pc->residual, expected);
+        task->wanted_bytes = pc->is_overflow ? expected + pc->residual : task->in_bytes;
+    } else if (task->dir == SCSI_DIR_OUT) {
+        task->in_bytes = 0;
+        task->wanted_bytes = pc->is_overflow ? expected + pc->residual
+                             : expected - HV_MIN(pc->residual, expected);
+    } else {
+        task->in_bytes = 0;
+        task->wanted_bytes = 0;
+    }
+    lc->task = NULL;
+    lc->next_free = pu->free_list;
+    pu->free_list = lc;
+    task->done(task);
+    /* A freed slot takes the oldest waiting task. */
+    if (pu->wait_head && pu->free_list) {
+        struct scsi_task *next = pu->wait_head;
+        pu->wait_head = next->next;
+        if (!pu->wait_head)
+            pu->wait_tail = NULL;
+        start_task(pu, next);
+    }
+}
+
+static void start_task(struct pt_lu *pu, struct scsi_task *task)
+{
+    struct lu_cmd *lc = pu->free_list;
+    struct pt_cmd *pc = &lc->pt;
+
+    pu->free_list = lc->next_free;
+    lc->task = task;
+    memset(pc->cdb, 0, sizeof(pc->cdb));
+    memcpy(pc->cdb, task->cdb, HV_MIN(task->cdb_len, (uint8_t)SAN_CDB_MAX));
+    pc->cdb_len = task->cdb_len;
+    switch (task->dir) {
+    case SCSI_DIR_IN:
+        pc->dir = SAN_XFER_READ;
+        pc->iov = task->in_iov;
+        pc->iovcnt = task->in_iovcnt;
+        pc->xfer_bytes = task->expected_bytes;
+        break;
+    case SCSI_DIR_OUT:
+        pc->dir = SAN_XFER_WRITE;
+        pc->iov = task->out_iov;
+        pc->iovcnt = task->out_iovcnt;
+        pc->xfer_bytes = task->out_bytes;
+        break;
+    default:
+        pc->dir = SAN_XFER_NONE;
+        pc->iov = NULL;
+        pc->iovcnt = 0;
+        pc->xfer_bytes = 0;
+        break;
+    }
+    pc->done = cmd_done;
+    pc->cb_arg = lc;
+    pu->commands++;
+    pt_lun_submit(pu->pl, pc);
+}
+
+static void lu_execute(struct scsi_lu *lu, struct scsi_task *task)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+
+    if (!pu->free_list) {
+        task->next = NULL;
+        if (pu->wait_tail)
+            pu->wait_tail->next = task;
+        else
+            pu->wait_head = task;
+        pu->wait_tail = task;
+        return;
+    }
+    start_task(pu, task);
+}
+
+static void abort_deferred(void *arg)
+{
+    struct scsi_task *task = arg;
+    task->done(task);
+}
+
+/* san/ does not forward task management to the SAN: tasks that have not
+ * reached it are aborted here, tasks at the SAN complete with its answer. */
+static void lu_reset(struct scsi_lu *lu, const struct scsi_nexus *nexus)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    struct scsi_task **pp = &pu->wait_head;
+
+    pu->wait_tail = NULL;
+    while (*pp) {
+        struct scsi_task *task = *pp;
+        if (!nexus || task->nexus == nexus) {
+            *pp = task->next;
+            task->status = SCSI_STATUS_TASK_ABORTED;
+            task->sense_len = 0;
+            task->in_bytes = 0;
+            task->wanted_bytes = 0;
+            hv_reactor_defer(lu->reactor, &task->deferred, abort_deferred, task);
+            continue;
+        }
+        pu->wait_tail = task;
+        pp = &task->next;
+    }
+    pt_lun_abort_waiting(pu->pl);
+}
+
+static void lu_destroy(struct scsi_lu *lu)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    /* Detached or deleted: the LUN leaves this host, release it. Daemon
+     * shutdown: keep the reservation, the restart takes it again. */
+    if (pu->is_leaving)
+        pt_lun_close_and_release(pu->pl);
+    else
+        pt_lun_close(pu->pl);
+    free(pu);
+}
+
+void hv_passthru_leaving(struct scsi_lu *lu)
+{
+    if (hv_lu_is_passthru(lu))
+        hv_container_of(lu, struct pt_lu, lu)->is_leaving = true;
+}
+
+static const struct scsi_lu_ops pt_lu_ops = {
+    .name = "passthru",
+    .execute = lu_execute,
+    .reset = lu_reset,
+    .destroy = lu_destroy,
+};
+
+bool hv_lu_is_passthru(const struct scsi_lu *lu)
+{
+    return lu && lu->ops == &pt_lu_ops;
+}
+
+void hv_passthru_describe(struct scsi_lu *lu, json_t *obj)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    json_object_set_new(obj, "passthru", json_pack(
+        "{s:s, s:s, s:I, s:s, s:s, s:b, s:s, s:s, s:I, s:I, s:I, s:I}", "san", pu->san,
+        "target", pu->target, "san_lun", (json_int_t)pu->san_lun, "designator",
+        pu->designator, "initiator", pu->initiator, "full_scsi", pu->is_full_scsi,
+        "state", pt_state_name(pt_lun_state(pu->pl)), "why", pt_lun_why(pu->pl),
+        "commands", (json_int_t)pu->commands, "errors", (json_int_t)pu->errors,
+        "forwarded", (json_int_t)pt_lun_forwarded(pu->pl), "filtered",
+        (json_int_t)pt_lun_filtered(pu->pl)));
+    if (pt_lun_foreign_key(pu->pl)) {
+        char key[24];
+        snprintf(key, sizeof(key), "0x%016" PRIx64, pt_lun_foreign_key(pu->pl));
+        json_object_set_new(json_object_get(obj, "passthru"), "reserved_by", json_string(key));
+    }
+}
+
+/* "/san/NAME/TARGET/LUN": the slot's path, readable in `vm show`. */
+static int lun_path_parse(const char *path, char san[64], char target[SAN_NAME_MAX],
+                          uint64_t *lun)
+{
+    const char *p = path;
+    const char *slash;
+    const char *last;
+    size_t len;
+
+    if (strncmp(p, "/san/", 5) != 0)
+        return -EINVAL;
+    p += 5;
+    slash = strchr(p, '/');
+    last = strrchr(p, '/');
+    if (!slash || slash == last || (size_t)(slash - p) >= 64)
+        return -EINVAL;
+    memcpy(san, p, (size_t)(slash - p));
+    san[slash - p] = 0;
+    len = (size_t)(last - slash - 1);
+    if (len == 0 || len >= SAN_NAME_MAX)
+        return -EINVAL;
+    memcpy(target, slash + 1, len);
+    target[len] = 0;
+    return hv_parse_u64(last + 1, lun);
+}
+
+/* The same I_T nexus (initiator name + ISID) after every restart of ours:
+ * derived from the VM's UUID and the slot, not random. */
+static void derive_isid(const struct hv_vm_config *vm, int controller, int slot,
+                        uint32_t *random, uint16_t *qualifier)
+{
+    uint8_t seed[16 + 2];
+    uint64_t h;
+    memcpy(seed, vm->uuid, 16);
+    seed[16] = (uint8_t)controller;
+    seed[17] = (uint8_t)slot;
+    h = hv_xxh3_64(seed, sizeof(seed));
+    *random = (uint32_t)(h & 0xFFFFFF);
+    *qualifier = (uint16_t)(h >> 24);
+}
+
+static void lun_state_changed(struct pt_lun *pl, enum pt_state state, const char *why,
+                              void *arg)
+{
+    struct pt_lu *pu = arg;
+    (void)pl;
+    hv_debug("%s LUN %" PRIu64 " -> %s: %s", pu->target, pu->san_lun, pt_state_name(state),
+             why);
+}
+
+int hv_passthru_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, int controller,
+                          int slot, const struct hv_disk_config *dc, struct hv_disk *disk,
+                          struct hv_err *err)
+{
+    struct hv_passthru *p = rt->passthru;
+    struct san_entry san;
+    struct npiv_identity id;
+    struct pt_lun_options opt;
+    struct pt_lu *pu;
+    int ret;
+
+    if (!p)
+        return hv_err_set(err, -EOPNOTSUPP, "pass-through LUNs are not enabled");
+    pu = calloc(1, sizeof(*pu));
+    if (!pu)
+        return hv_err_set(err, -ENOMEM, "out of memory");
+    if (lun_path_parse(dc->path, pu->san, pu->target, &pu->san_lun) < 0) {
+        ret = hv_err_set(err, -EINVAL, "'%s' is not /san/NAME/TARGET/LUN", dc->path);
+        goto fail;
+    }
+    if ((ret = san_load(p, pu->san, &san, err)) < 0 || (ret = vm_identity(vm, &id, err)) < 0)
+        goto fail;
+    snprintf(pu->designator, sizeof(pu->designator), "%s", dc->designator);
+    snprintf(pu->initiator, sizeof(pu->initiator), "%s", id.iqn);
+    pu->is_full_scsi = dc->is_full_scsi;
+    pu->lu.ops = &pt_lu_ops;
+    pu->lu.reactor = rt->reactor;
+    for (int i = PT_POOL - 1; i >= 0; i--) {
+        pu->pool[i].owner = pu;
+        pu->pool[i].next_free = pu->free_list;
+        pu->free_list = &pu->pool[i];
+    }
+    memset(&opt, 0, sizeof(opt));
+    san_options(&san, pu->target, pu->initiator, &opt.san);
+    derive_isid(vm, controller, slot, &opt.san.isid_random, &opt.san.isid_qualifier);
+    opt.lun = pu->san_lun;
+    opt.designator = pu->designator;
+    opt.is_full_scsi = pu->is_full_scsi;
+    opt.host_key = p->host_key;
+    opt.on_state = lun_state_changed;
+    opt.cb_arg = pu;
+    ret = pt_lun_open(rt->reactor, &opt, &pu->pl, err);
+    if (ret < 0)
+        goto fail;
+    disk->lu = &pu->lu;
+    disk->image = NULL;
+    snprintf(disk->bd.name, sizeof(disk->bd.name), "%s", dc->path);
+    return 0;
+fail:
+    free(pu);
+    return ret;
+}
+
+/* ------------------------------------------------------- local devices */
+
+static int arg_str(const json_t *req, const char *key, bool is_required, const char **out,
+                   struct hv_err *err);
+
+/*
+ * A whole local block device for one VM. The host-wide claim is the kernel's
+ * own: an O_EXCL open, which fails while the device is mounted, part of an
+ * LVM/MD/dm stack, or claimed by another VM (of this or another hvstord),
+ * and makes a later mount on the host fail in turn. SCSI devices would be
+ * best forwarded with SG_IO (the guest's CDBs as they are); that path is not
+ * written yet, so every device is served through the SBC emulation over a
+ * raw bdev, and a SCSI device says so in the log.
+ */
+int hv_passthru_open_device(struct hv_runtime *rt, const struct hv_disk_config *dc,
+                            bool no_direct_io, struct bdev **out, int *lock_fd,
+                            struct hv_err *err)
+{
+    struct pt_check_options copt = {.is_forced = true};   /* signatures: checked at attach */
+    struct pt_local_facts facts;
+    struct bdev_raw_options opt = {
+        .is_read_only = dc->is_read_only,
+        .use_direct_io = !no_direct_io,
+    };
+    int ret;
+
+    if (*lock_fd < 0) {
+        ret = pt_check_local_device(dc->path, &copt, &facts, err);
+        if (ret < 0)
+            return ret;
+        ret = pt_claim_local_device(dc->path, dc->is_read_only, lock_fd, err);
+        if (ret < 0)
+            return ret;
+        if (facts.is_scsi)
+            hv_warn("%s (%s) is a SCSI device: SG_IO pass-through is not implemented; the "
+                    "guest gets hvstor's SBC emulation over the raw device", dc->path,
+                    facts.sysfs_name);
+    }
+    return bdev_raw_open(rt->reactor, dc->path, &opt, out, err);
+}
+
+static int req_attach_dev(struct hv_daemon *d, const json_t *req, json_t **result,
+                          struct hv_err *err)
+{
+    struct hv_runtime *rt = hv_daemon_runtime(d);
+    struct hv_disk_config dc;
+    struct pt_check_options copt = {0};
+    struct pt_local_facts facts;
+    struct hv_vm *vm;
+    const char *vm_name;
+    const char *path;
+    char who[160];
+    json_int_t controller = -1;
+    json_int_t slot = -1;
+    int ret;
+
+    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = arg_str(req, "path", true, &path, err)) < 0)
+        return ret;
+    if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
+        controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
+        slot >= HV_SLOTS_PER_CONTROLLER)
+        return hv_err_set(err, -EINVAL, "request needs 'controller' and 'slot'");
+    vm = hv_daemon_find_vm(d, vm_name);
+    if (!vm)
+        return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+    if (path[0] != '/' || strlen(path) >= sizeof(dc.path))
+        return hv_err_set(err, -EINVAL, "device path '%s' must be absolute", path);
+    if (hv_vm_path_in_use(hv_daemon_vms(d), path, who, sizeof(who)))
+        return hv_err_set(err, -EBUSY, "%s is held by %s", path, who);
+    copt.is_forced = json_is_true(json_object_get(req, "force"));
+    ret = pt_check_local_device(path, &copt, &facts, err);
+    if (ret < 0)
+        return ret;
+    memset(&dc, 0, sizeof(dc));
+    dc.kind = HV_DISK_DEV;
+    snprintf(dc.path, sizeof(dc.path), "%s", path);
+    dc.is_read_only = json_is_true(json_object_get(req, "read_only"));
+    ret = hv_vm_attach(rt, vm, (int)controller, (int)slot, &dc, err);
+    if (ret < 0)
+        return ret;
+    ret = hv_registry_save(hv_daemon_registry(d), &vm->cfg, err);
+    if (ret < 0) {
+        struct hv_err ignored = {0};
+        hv_vm_detach(rt, vm, (int)controller, (int)slot, &ignored);
+        return ret;
+    }
+    hv_info("VM '%s': device %s (%s, %" PRIu64 " bytes%s) attached at controller %d LUN %d",
+            vm_name, path, facts.sysfs_name, facts.size_bytes,
+            facts.in_use[0] ? ", forced" : "", (int)controller, (int)slot);
+    *result = hv_vm_show_json(vm, hv_daemon_portal(d));
+    json_object_set_new(*result, "attached", json_pack(
+        "{s:s, s:s, s:I, s:b, s:s}", "device", path, "sysfs_name", facts.sysfs_name,
+        "size_bytes", (json_int_t)facts.size_bytes, "is_scsi", facts.is_scsi, "forced_over",
+        facts.in_use));
+    return 0;
+}
+
+/* ------------------------------------------------------------ requests */
+
+static int arg_str(const json_t *req, const char *key, bool is_required, const char **out,
+                   struct hv_err *err)
+{
+    const json_t *v = json_object_get(req, key);
+    *out = NULL;
+    if (!v || json_is_null(v))
+        return is_required ? hv_err_set(err, -EINVAL, "request needs '%s'", key) : 0;
+    if (!json_is_string(v))
+        return hv_err_set(err, -EINVAL, "request: '%s' must be a string", key);
+    *out = json_string_value(v);
+    return 0;
+}
+
+/* Which VM slot holds this LUN (by designator, or by address when a
+ * designator is not known yet). */
+static bool lun_holder(struct hv_daemon *d, const char *designator, const char *path,
+                       char *who, size_t len)
+{
+    for (struct hv_vm *vm = hv_daemon_vms(d); vm; vm = vm->next)
+        for (int c = 0; c < HV_MAX_CONTROLLERS; c++)
+            for (int s = 0; s < HV_SLOTS_PER_CONTROLLER; s++) {
+                const struct hv_disk_config *dc = vm->cfg.disks[c][s];
+                if (!dc || dc->kind != HV_DISK_LUN)
+                    continue;
+                if ((designator && designator[0] && !strcmp(dc->designator, designator)) ||
+                    (path && !strcmp(dc->path, path))) {
+                    snprintf(who, len, "VM '%s' (controller %d slot %d)", vm->cfg.name, c, s);
+                    return true;
+                }
+            }
+    return false;
+}
+
+static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
+                       struct hv_err *err)
+{
+    struct hv_passthru *p = hv_daemon_runtime(d)->passthru;
+    const char *name;
+    const char *portal;
+    const char *chap;
+    const char *initiator;
+    json_int_t replacement_ms = 0;
+    char path[8192];
+    char host_name[SAN_NAME_MAX] = "";
+    struct hv_chap pair = {{0}, {0}};
+    struct san_target *targets = NULL;
+    size_t count = 0;
+    struct san_chap sc = {0};
+    json_t *obj;
+    json_t *list;
+    int ret;
+
+    if ((ret = arg_str(req, "name", true, &name, err)) < 0 ||
+        (ret = arg_str(req, "portal", true, &portal, err)) < 0 ||
+        (ret = arg_str(req, "chap", false, &chap, err)) < 0 ||
+        (ret = arg_str(req, "initiator", false, &initiator, err)) < 0 ||
+        (ret = san_name_check(name, err)) < 0)
+        return ret;
+    if (json_unpack((json_t *)req, "{s?I}", "replacement_timeout_ms", &replacement_ms) != 0 ||
+        replacement_ms < 0 || replacement_ms > 3600000)
+        return hv_err_set(err, -EINVAL, "--replacement-timeout: 0 to 3600000 ms");
+    if (strlen(portal) >= SAN_PORTAL_MAX || !strchr(portal, ':'))
+        return hv_err_set(err, -EINVAL, "portal '%s' is not ADDR:PORT", portal);
+    if (chap && (ret = hv_chap_parse(chap, &pair, err)) < 0)
+        return ret;
+    snprintf(path, sizeof(path), "%s/%s.json", p->sans_dir, name);
+    if (access(path, F_OK) == 0)
+        return hv_err_set(err, -EEXIST, "SAN '%s' exists already", name);
+    if (!initiator) {
+        /* The name the host's own open-iscsi uses, for listing LUNs. */
+        struct san_host_config *host = NULL;
+        if (san_host_config_read("/", &host, NULL) == 0 && host->initiator_name[0])
+            snprintf(host_name, sizeof(host_name), "%s", host->initiator_name);
+        san_host_config_free(host);
+        if (!host_name[0])
+            snprintf(host_name, sizeof(host_name), "%s:san-admin", HV_TARGET_PREFIX);
+        initiator = host_name;
+    } else {
+        char checked[SAN_NAME_MAX];
+        snprintf(checked, sizeof(checked), "%s", initiator);
+        if ((ret = hv_iscsi_name_check(checked, err)) < 0)
+            return ret;
+    }
+    if (pair.user[0]) {
+        sc.user = pair.user;
+        sc.secret = pair.secret;
+    }
+    /* Reach it now: a typo in the portal is better found here than at the
+     * first attach. Zero targets is fine (the ACLs may hide them all). */
+    ret = san_discover_sync(portal, initiator, pair.user[0] ? &sc : NULL, &targets, &count, err);
+    if (ret < 0) {
+        hv_err_prefix(err, "SAN '%s' at %s", name, portal);
+        return ret;
+    }
+    obj = json_pack("{s:s, s:s, s:s}", "name", name, "portal", portal, "initiator", initiator);
+    if (replacement_ms)
+        json_object_set_new(obj, "replacement_timeout_ms", json_integer(replacement_ms));
+    if (pair.user[0]) {
+        json_object_set_new(obj, "chap_user", json_string(pair.user));
+        json_object_set_new(obj, "chap_secret", json_string(pair.secret));
+    }
+    ret = hv_json_write_file(path, obj, err);
+    json_decref(obj);
+    if (ret < 0) {
+        free(targets);
+        return ret;
+    }
+    list = json_array();
+    for (size_t i = 0; i < count; i++)
+        json_array_append_new(list, json_string(targets[i].name));
+    free(targets);
+    hv_info("SAN '%s' added: %s, %zu targets visible to %s", name, portal, count, initiator);
+    *result = json_pack("{s:s, s:s, s:s, s:b, s:o}", "name", name, "portal", portal,
+                        "initiator", initiator, "chap", pair.user[0] != 0, "targets", list);
+    return 0;
+}
+
+static int req_san_list(struct hv_daemon *d, const json_t *req, json_t **result,
+                        struct hv_err *err)
+{
+    struct hv_passthru *p = hv_daemon_runtime(d)->passthru;
+    json_t *list = json_array();
+    char cmd[8192];
+    (void)req;
+    (void)err;
+    /* the directory is ours and small: list it through the loader */
+    snprintf(cmd, sizeof(cmd), "%s", p->sans_dir);
+    {
+        DIR *dir = opendir(cmd);
+        struct dirent *e;
+        while (dir && (e = readdir(dir))) {
+            size_t len = strlen(e->d_name);
+            struct san_entry san;
+            char name[64];
+            if (len < 6 || len > 63 + 5 || strcmp(e->d_name + len - 5, ".json"))
+                continue;
+            memcpy(name, e->d_name, len - 5);
+            name[len - 5] = 0;
+            if (san_load(p, name, &san, NULL) == 0)
+                json_array_append_new(list, json_pack("{s:s, s:s, s:s, s:b}", "name", san.name,
+                                                      "portal", san.portal, "initiator",
+                                                      san.initiator, "chap",
+                                                      san.chap_user[0] != 0));
+        }
+        if (dir)
+            closedir(dir);
+    }
+    *result = list;
+    return 0;
+}
+
+static int req_san_luns(struct hv_daemon *d, const json_t *req, json_t **result,
+                        struct hv_err *err)
+{
+    struct hv_passthru *p = hv_daemon_runtime(d)->passthru;
+    struct san_entry san;
+    struct san_target *targets = NULL;
+    struct san_host_config *host = NULL;
+    struct san_chap sc = {0};
+    const char *name;
+    const char *vm_name;
+    const char *initiator;
+    struct npiv_identity id;
+    size_t count = 0;
+    json_t *list;
+    int ret;
+
+    if ((ret = arg_str(req, "name", true, &name, err)) < 0 ||
+        (ret = arg_str(req, "vm", false, &vm_name, err)) < 0 ||
+        (ret = san_load(p, name, &san, err)) < 0)
+        return ret;
+    initiator = san.initiator;
+    if (vm_name) {
+        struct hv_vm *vm = hv_daemon_find_vm(d, vm_name);
+        if (!vm)
+            return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+        if ((ret = vm_identity(&vm->cfg, &id, err)) < 0)
+            return ret;
+        initiator = id.iqn;
+    }
+    if (san.chap_user[0]) {
+        sc.user = san.chap_user;
+        sc.secret = san.chap_secret;
+    }
+    ret = san_discover_sync(san.portal, initiator, san.chap_user[0] ? &sc : NULL, &targets,
+                            &count, err);
+    if (ret < 0) {
+        hv_err_prefix(err, "SAN '%s'", name);
+        return ret;
+    }
+    if (san_host_config_read("/", &host, NULL) < 0)
+        host = NULL;
+    list = json_array();
+    for (size_t t = 0; t < count; t++) {
+        struct san_session_options o;
+        struct san_lun_info *luns = NULL;
+        size_t n = 0;
+        struct hv_err lerr = {0};
+        san_options(&san, targets[t].name, initiator, &o);
+        o.login_timeout_ms = 5000;
+        if (san_list_luns_sync(&o, &luns, &n, &lerr) < 0) {
+            json_array_append_new(list, json_pack("{s:s, s:s}", "target", targets[t].name,
+                                                  "error", hv_err_msg(&lerr, -EIO)));
+            continue;
+        }
+        for (size_t i = 0; i < n; i++) {
+            char who[160] = "";
+            char path[SAN_NAME_MAX + 128];
+            const struct san_host_session *hs = NULL;
+            bool is_host = host && san_host_uses_lun(host, targets[t].name, luns[i].lun,
+                                                     luns[i].designator, &hs);
+            snprintf(path, sizeof(path), "/san/%s/%s/%" PRIu64, name, targets[t].name,
+                     luns[i].lun);
+            lun_holder(d, luns[i].designator, path, who, sizeof(who));
+            json_array_append_new(list, json_pack(
+                "{s:s, s:I, s:I, s:i, s:s, s:s, s:s, s:i, s:b, s:s?}", "target",
+                targets[t].name, "lun", (json_int_t)luns[i].lun, "size_bytes",
+                (json_int_t)luns[i].size_bytes, "block_bytes", (int)luns[i].block_bytes,
+                "designator", luns[i].designator, "vendor", luns[i].inquiry.vendor, "product",
+                luns[i].inquiry.product, "device_type", luns[i].inquiry.device_type,
+                "used_by_host", is_host, "held_by", who[0] ? who : NULL));
+        }
+        free(luns);
+    }
+    san_host_config_free(host);
+    free(targets);
+    *result = json_pack("{s:s, s:s, s:s, s:o}", "san", name, "portal", san.portal, "initiator",
+                        initiator, "luns", list);
+    return 0;
+}
+
+static int parse_lun_ref(const char *text, char san[64], char target[SAN_NAME_MAX],
+                         uint64_t *lun, struct hv_err *err)
+{
+    const char *first = strchr(text, ':');
+    const char *last = strrchr(text, ':');
+    size_t len;
+
+    if (!first || first == last || (size_t)(first - text) >= 64)
+        return hv_err_set(err, -EINVAL, "--lun '%s' is not SAN:TARGET:LUN", text);
+    memcpy(san, text, (size_t)(first - text));
+    san[first - text] = 0;
+    len = (size_t)(last - first - 1);
+    if (len == 0 || len >= SAN_NAME_MAX)
+        return hv_err_set(err, -EINVAL, "--lun '%s': no target name", text);
+    memcpy(target, first + 1, len);
+    target[len] = 0;
+    if (hv_parse_u64(last + 1, lun) < 0 || *lun >= 16384)
+        return hv_err_set(err, -EINVAL, "--lun '%s': '%s' is not a LUN number", text, last + 1);
+    return 0;
+}
+
+static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **result,
+                          struct hv_err *err)
+{
+    struct hv_runtime *rt = hv_daemon_runtime(d);
+    struct hv_passthru *p = rt->passthru;
+    struct hv_disk_config dc;
+    struct san_entry san;
+    struct npiv_identity id;
+    struct san_session_options o;
+    struct pt_check_options copt = {0};
+    struct pt_lun_facts facts;
+    struct hv_vm *vm;
+    const char *vm_name;
+    const char *ref;
+    char san_name[64];
+    char target[SAN_NAME_MAX];
+    char who[160];
+    uint64_t lun;
+    json_int_t controller = -1;
+    json_int_t slot = -1;
+    json_t *warnings;
+    int ret;
+
+    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = arg_str(req, "lun", true, &ref, err)) < 0)
+        return ret;
+    if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
+        controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
+        slot >= HV_SLOTS_PER_CONTROLLER)
+        return hv_err_set(err, -EINVAL, "request needs 'controller' 0..%d and 'slot' 0..%d",
+                          HV_MAX_CONTROLLERS - 1, HV_SLOTS_PER_CONTROLLER - 1);
+    vm = hv_daemon_find_vm(d, vm_name);
+    if (!vm)
+        return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+    if (vm->disks[controller][slot])
+        return hv_err_set(err, -EBUSY, "VM '%s': controller %d slot %d already holds %s",
+                          vm_name, (int)controller, (int)slot,
+                          vm->disks[controller][slot]->cfg.path);
+    if ((ret = parse_lun_ref(ref, san_name, target, &lun, err)) < 0 ||
+        (ret = san_load(p, san_name, &san, err)) < 0 ||
+        (ret = vm_identity(&vm->cfg, &id, err)) < 0)
+        return ret;
+    memset(&dc, 0, sizeof(dc));
+    dc.kind = HV_DISK_LUN;
+    snprintf(dc.path, sizeof(dc.path), "/san/%s/%s/%" PRIu64, san_name, target, lun);
+    dc.is_full_scsi = json_is_true(json_object_get(req, "full_scsi"));
+    /* Masking first (the VM's own name must reach the LUN), then who holds
+     * it here, then the host's own use: the refusal names the first problem
+     * in the order an administrator fixes them. */
+    san_options(&san, target, id.iqn, &o);
+    copt.is_forced = true;
+    ret = pt_check_san_lun(&o, lun, &copt, &facts, err);
+    if (ret < 0) {
+        hv_err_prefix(err, "VM '%s'", vm_name);
+        return ret;
+    }
+    if (lun_holder(d, facts.info.designator, dc.path, who, sizeof(who)))
+        return hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is held by %s", target, lun,
+                          facts.info.designator, who);
+    if (!json_is_true(json_object_get(req, "force")) &&
+        (ret = pt_facts_refusal(&facts, target, err)) < 0)
+        return ret;
+    snprintf(dc.designator, sizeof(dc.designator), "%s", facts.info.designator);
+
+    ret = hv_vm_attach(rt, vm, (int)controller, (int)slot, &dc, err);
+    if (ret < 0)
+        return ret;
+    ret = hv_registry_save(hv_daemon_registry(d), &vm->cfg, err);
+    if (ret < 0) {
+        struct hv_err ignored = {0};
+        hv_vm_detach(rt, vm, (int)controller, (int)slot, &ignored);
+        return ret;
+    }
+    warnings = json_array();
+    if (facts.signature[0])
+        json_array_append_new(warnings, json_sprintf("forced: libblkid found %s",
+                                                     facts.signature));
+    if (facts.is_used_by_host)
+        json_array_append_new(warnings, json_sprintf("forced: the host's %s uses it",
+                                                     facts.host_session));
+    if (facts.has_pr && facts.pr.is_reserved && facts.pr.holder_key != p->host_key)
+        json_array_append_new(warnings, json_sprintf(
+            "reserved by another host (key 0x%016" PRIx64 "): the guest's writes get "
+            "RESERVATION CONFLICT until `hvctl disk takeover` (only if that host is dead)",
+            facts.pr.holder_key));
+    hv_info("VM '%s': %s LUN %" PRIu64 " (%s, %s %s, %" PRIu64 " bytes) attached at "
+            "controller %d LUN %d as %s%s", vm_name, target, lun, facts.info.designator,
+            facts.info.inquiry.vendor, facts.info.inquiry.product, facts.info.size_bytes,
+            (int)controller, (int)slot, id.iqn, dc.is_full_scsi ? " (full SCSI)" : "");
+    *result = hv_vm_show_json(vm, hv_daemon_portal(d));
+    json_object_set_new(*result, "attached", json_pack(
+        "{s:s, s:s, s:I, s:s, s:I, s:s, s:s, s:o}", "san", san_name, "target", target, "lun",
+        (json_int_t)lun, "designator", facts.info.designator, "size_bytes",
+        (json_int_t)facts.info.size_bytes, "vendor", facts.info.inquiry.vendor, "product",
+        facts.info.inquiry.product, "warnings", warnings));
+    return 0;
+}
+
+/*
+ * Takeover is asynchronous (PR IN, REGISTER, PREEMPT AND ABORT through the
+ * LUN's own session, on the daemon's reactor) while a control request must
+ * answer at once: "disk.takeover" starts it, "disk.takeover_status" tells
+ * how it went; hvctl polls the second.
+ */
+static void takeover_done(void *arg, int status, const char *msg)
+{
+    struct pt_lu *pu = arg;
+    pu->takeover_status = status;
+    snprintf(pu->takeover_msg, sizeof(pu->takeover_msg), "%s", msg ? msg : "");
+    pu->is_taking_over = false;
+}
+
+static int get_pt_lu(struct hv_daemon *d, const json_t *req, struct hv_vm **vm_out,
+                     struct pt_lu **out, struct hv_err *err)
+{
+    struct hv_vm *vm;
+    struct hv_disk *disk;
+    const char *vm_name;
+    json_int_t controller = -1;
+    json_int_t slot = -1;
+    int ret;
+
+    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0)
+        return ret;
+    if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
+        controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
+        slot >= HV_SLOTS_PER_CONTROLLER)
+        return hv_err_set(err, -EINVAL, "request needs 'controller' and 'slot'");
+    vm = hv_daemon_find_vm(d, vm_name);
+    if (!vm)
+        return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+    disk = vm->disks[controller][slot];
+    if (!disk || disk->cfg.kind != HV_DISK_LUN || !hv_lu_is_passthru(disk->lu))
+        return hv_err_set(err, -EINVAL, "VM '%s' controller %d slot %d is not a pass-through "
+                          "LUN", vm_name, (int)controller, (int)slot);
+    *vm_out = vm;
+    *out = hv_container_of(disk->lu, struct pt_lu, lu);
+    return 0;
+}
+
+static int req_takeover(struct hv_daemon *d, const json_t *req, json_t **result,
+                        struct hv_err *err)
+{
+    struct hv_vm *vm;
+    struct pt_lu *pu;
+    int ret = get_pt_lu(d, req, &vm, &pu, err);
+
+    if (ret < 0)
+        return ret;
+    if (pu->is_taking_over)
+        return hv_err_set(err, -EINPROGRESS, "%s LUN %" PRIu64 ": a takeover is running",
+                          pu->target, pu->san_lun);
+    pu->is_taking_over = true;
+    pu->takeover_status = 0;
+    snprintf(pu->takeover_msg, sizeof(pu->takeover_msg), "running");
+    ret = pt_lun_takeover(pu->pl, 0, takeover_done, pu);
+    if (ret < 0) {
+        pu->is_taking_over = false;
+        return hv_err_set(err, ret, "%s LUN %" PRIu64 ": cannot take over now (%s: %s)",
+                          pu->target, pu->san_lun, pt_state_name(pt_lun_state(pu->pl)),
+                          pt_lun_why(pu->pl));
+    }
+    hv_warn("VM '%s': takeover of %s LUN %" PRIu64 " requested", vm->cfg.name, pu->target,
+            pu->san_lun);
+    *result = json_pack("{s:b}", "running", 1);
+    return 0;
+}
+
+static int req_takeover_status(struct hv_daemon *d, const json_t *req, json_t **result,
+                               struct hv_err *err)
+{
+    struct hv_vm *vm;
+    struct pt_lu *pu;
+    int ret = get_pt_lu(d, req, &vm, &pu, err);
+
+    if (ret < 0)
+        return ret;
+    if (pu->is_taking_over) {
+        *result = json_pack("{s:b}", "running", 1);
+        return 0;
+    }
+    if (pu->takeover_status < 0)
+        return hv_err_set(err, pu->takeover_status, "%s", pu->takeover_msg);
+    *result = hv_vm_show_json(vm, hv_daemon_portal(d));
+    json_object_set_new(*result, "running", json_false());
+    json_object_set_new(*result, "takeover", json_string(pu->takeover_msg));
+    return 0;
+}
+
+static int req_zoning(struct hv_daemon *d, const json_t *req, json_t **result,
+                      struct hv_err *err)
+{
+    struct npiv_zoning_options zo = {0};
+    struct npiv_identity id;
+    struct hv_vm *vm;
+    const char *vm_name;
+    const char *target;
+    const char *fc_target;
+    json_int_t tid = 0;
+    int ret;
+
+    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = arg_str(req, "target", false, &target, err)) < 0 ||
+        (ret = arg_str(req, "fc_target", false, &fc_target, err)) < 0)
+        return ret;
+    json_unpack((json_t *)req, "{s?I}", "tid", &tid);
+    vm = hv_daemon_find_vm(d, vm_name);
+    if (!vm)
+        return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+    if ((ret = vm_identity(&vm->cfg, &id, err)) < 0)
+        return ret;
+    zo.iscsi_target = target;
+    zo.tgt_tid = tid > 0 ? (unsigned)tid : 0;
+    if (fc_target && npiv_wwn_parse(fc_target, &zo.fc_target_wwpn) < 0)
+        return hv_err_set(err, -EINVAL, "--fc-target '%s' is not a WWPN", fc_target);
+    *result = npiv_zoning_json(&id, &zo);
+    if (!*result)
+        return hv_err_set(err, -ENOMEM, "out of memory");
+    {
+        char *text = npiv_zoning_text(&id, &zo);
+        if (text) {
+            json_object_set_new(*result, "text", json_string(text));
+            free(text);
+        }
+    }
+    return 0;
+}
+
+int hv_passthru_request(struct hv_daemon *d, const char *op, const json_t *req,
+                        json_t **result, struct hv_err *err)
+{
+    static const struct {
+        const char *op;
+        int (*fn)(struct hv_daemon *d, const json_t *req, json_t **result,
+                  struct hv_err *err);
+    } ops[] = {
+        {"san.add", req_san_add},
+        {"san.list", req_san_list},
+        {"san.luns", req_san_luns},
+        {"disk.attach_lun", req_attach_lun},
+        {"disk.attach_dev", req_attach_dev},
+        {"disk.takeover", req_takeover},
+        {"disk.takeover_status", req_takeover_status},
+        {"vm.zoning", req_zoning},
+    };
+
+    for (size_t i = 0; i < HV_ARRAY_SIZE(ops); i++) {
+        if (strcmp(ops[i].op, op) != 0)
+            continue;
+        if (!hv_daemon_runtime(d)->passthru)
+            return hv_err_set(err, -EOPNOTSUPP, "pass-through LUNs are not enabled");
+        return ops[i].fn(d, req, result, err);
+    }
+    return -ENOSYS;
+}

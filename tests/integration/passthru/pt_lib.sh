@@ -1,0 +1,123 @@
+# Shared by the passthru test_*.sh scripts (sourced, not a test itself): a
+# private tgtd on a free loopback port with its own control socket, and one
+# or two hvstord with private state dirs, all stopped on exit even on failure.
+#
+#   pt_setup                 scratch dir, skip (77) when tools are missing
+#   tgt_start / tgt_stop     tgtd on $PORTAL, control port $CTL (<= 32767)
+#   tgtadm_ ARGS...          tgtadm on that tgtd
+#   hvd_start N              hvstord number N (1 or 2): HVD_PORTAL[N], state $WORK/stN
+#   hvctl_ N ARGS...         hvctl on daemon N
+set -u
+
+skip() { echo "SKIP: $*"; exit 77; }
+fail() { echo "FAIL: $*"; exit 1; }
+step() { echo "--- $*"; }
+
+PT_CDB=${HVSTOR_BUILD:?HVSTOR_BUILD not set}/tests/integration/pt-cdb
+: "${HVSTOR_BIN:?HVSTOR_BIN not set}"
+TEST_OUI=00:11:22            # tests only: any OUI will do in a private tgtd
+T1=iqn.2026-11.org.hvstor.test:pt1
+
+pt_setup() {
+    command -v tgtd >/dev/null && command -v tgtadm >/dev/null || skip "tgtd/tgtadm not installed"
+    [ "$(id -u)" = 0 ] || skip "tgtd needs root for its control socket"
+    for b in hvstord hvctl; do [ -x "$HVSTOR_BIN/$b" ] || skip "$b not built"; done
+    [ -x "$PT_CDB" ] || fail "$PT_CDB not built"
+    WORK=$(mktemp -d /var/tmp/hvstor-pt-XXXXXX)
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    PORTAL=127.0.0.1:$PORT
+    CTL=$(( PORT % 20000 + 10000 ))
+    while [ -e "/var/run/tgtd/socket.$CTL" ]; do CTL=$(( (CTL + 7) % 20000 + 10000 )); done
+    HVD_PID=("" "" "")
+    HVD_PORTAL=("" "" "")
+    EXTRA_PIDS=()
+    trap pt_cleanup EXIT
+}
+
+tgt_stop() {
+    if [ -s "$WORK/tgtd.pid" ]; then
+        local pid; pid=$(cat "$WORK/tgtd.pid")
+        kill -9 "$pid" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        : > "$WORK/tgtd.pid"
+    fi
+}
+
+pt_cleanup() {
+    local rc=$?
+    for p in "${EXTRA_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for n in 1 2; do
+        local pid=${HVD_PID[$n]}
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null
+            for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null
+        fi
+    done
+    tgt_stop
+    rm -f "/var/run/tgtd/socket.$CTL" "/var/run/tgtd/socket.$CTL.lock"
+    if [ $rc -ne 0 ] && [ $rc -ne 77 ]; then
+        for n in 1 2; do
+            [ -f "$WORK/hvstord$n.log" ] || continue
+            echo "---- hvstord $n log (tail)"; tail -25 "$WORK/hvstord$n.log"
+        done
+    fi
+    if [ -n "${KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+    exit $rc
+}
+
+tgtadm_() { tgtadm -C "$CTL" --lld iscsi "$@"; }
+
+tgt_start() {
+    tgtd -f -C "$CTL" --iscsi "portal=127.0.0.1:$PORT" >>"$WORK/tgtd.log" 2>&1 &
+    echo $! > "$WORK/tgtd.pid"
+    disown
+    for _ in $(seq 100); do
+        kill -0 "$(cat "$WORK/tgtd.pid")" 2>/dev/null || break
+        tgtadm_ --mode target --op show >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    fail "tgtd did not come up on $PORTAL (see $WORK/tgtd.log)"
+}
+
+# Run a tgtadm command line as `hvctl vm zoning` printed it, on our tgtd.
+tgt_run_printed() {
+    local line=$1
+    case "$line" in
+        "tgtadm --lld iscsi "*) ;;
+        *) fail "not a tgtadm line: $line" ;;
+    esac
+    echo "+ $line"
+    eval "tgtadm -C $CTL ${line#tgtadm }" || fail "tgtadm failed: $line"
+}
+
+hvd_start() {   # hvd_start N [extra hvstord args]
+    local n=$1; shift
+    local st=$WORK/st$n
+    mkdir -p "$st"
+    rm -f "$st/portal"
+    "$HVSTOR_BIN/hvstord" --state-dir "$st" --portal 127.0.0.1:0 --no-direct-io \
+        --wwn-oui "$TEST_OUI" --iqn-prefix "iqn.2026-11.org.hvstor.test.host$n" \
+        --host-id "$n" --log-level "${PT_LOG_LEVEL:-info}" "$@" \
+        >>"$WORK/hvstord$n.out" 2>>"$WORK/hvstord$n.log" &
+    HVD_PID[$n]=$!
+    for _ in $(seq 100); do
+        [ -S "$st/hvstord.sock" ] && [ -s "$st/portal" ] && break
+        kill -0 "${HVD_PID[$n]}" 2>/dev/null ||
+            fail "hvstord $n exited: $(tail -3 "$WORK/hvstord$n.log")"
+        sleep 0.1
+    done
+    [ -s "$st/portal" ] || fail "hvstord $n did not start"
+    HVD_PORTAL[$n]=$(cat "$st/portal")
+}
+
+hvctl_() { local n=$1; shift; "$HVSTOR_BIN/hvctl" --state-dir "$WORK/st$n" "$@"; }
+
+json_get() {
+    python3 -c 'import json,sys; j=json.load(open(sys.argv[1]) if sys.argv[1]!="-" else sys.stdin); print(eval(sys.argv[2]))' "$@"
+}
+
+# The controller target of VM on daemon N, and QEMU's default guest name for it.
+ctl_target() { echo "iqn.2026-11.org.hvstor:$1.c$2"; }
+guest_iqn() { echo "iqn.2008-11.org.linux-kvm:$1"; }
+guest_url() { echo "iscsi://${HVD_PORTAL[$1]}/$(ctl_target "$2" "$3")/$4"; }
