@@ -7,6 +7,16 @@
  * target, with which CHAP secrets, and which controller serves a target are
  * asked of a directory the daemon supplies. Commands become scsi_tasks for
  * that controller (scsi.h); data-in is read into the buffer that is sent.
+ *
+ * What the target negotiates: ErrorRecoveryLevel=0, MaxConnections=1 (a
+ * session is one connection), CRC32C header and data digests on request,
+ * ImmediateData and InitialR2T as the initiator asks, our
+ * MaxRecvDataSegmentLength 256 KiB, MaxBurstLength up to 1 MiB, up to 8
+ * outstanding R2Ts, queue depth 128 per session (the CmdSN window), CHAP
+ * with MD5, SHA-1 or SHA-256 (CHAP_A 5, 6, 7), one-way or mutual. A new
+ * session's I_T nexus is "InitiatorName,i,0x<ISID>"; it is added to the
+ * controller at login and removed when the connection is gone and its
+ * commands have completed.
  */
 #ifndef HVSTOR_HV_ISCSI_H
 #define HVSTOR_HV_ISCSI_H
@@ -42,7 +52,9 @@ int iscsi_server_create(struct hv_reactor *r, const char *addr, uint16_t port,
                         struct iscsi_server **out, struct hv_err *err);
 uint16_t iscsi_server_port(const struct iscsi_server *s);
 /* Stop accepting; close every session after its in-flight commands finish
- * (done=true set when all are closed). */
+ * (done=true set when all are closed; the caller runs the reactor until
+ * then). Destroy only after that: a command still in a controller would
+ * complete into freed memory. */
 void iscsi_server_shutdown(struct iscsi_server *s, bool *done);
 void iscsi_server_destroy(struct iscsi_server *s);
 /* Drop every session logged in to `target` (VM deleted, ACL changed). The

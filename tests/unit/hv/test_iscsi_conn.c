@@ -719,6 +719,68 @@ static void test_abort_of_a_command_behind_a_cmdsn_hole_keeps_the_window_moving(
     assert_int_equal(r.bhs[3], SCSI_STATUS_GOOD);
 }
 
+static void test_long_text_response_comes_in_pieces_on_request(void **state)
+{
+    struct rsp r;
+    login_pdu(1, 3, true, KEYS("InitiatorName=iqn.i:good\0SessionType=Discovery"));
+    assert_true(recv_pdu(&r));
+    assert_int_equal(login_status(&r), 0);
+    fx->c->params.initiator_mrdsl = 40;             /* force several pieces */
+
+    char all[1024];
+    size_t len = 0;
+    uint32_t ttt = ISCSI_RSVD_TAG;
+    int pieces = 0;
+    for (;;) {
+        uint8_t b[48] = { 0 };
+        b[0] = 0x40 | ISCSI_OP_TEXT_REQ;
+        b[1] = 0x80;
+        hv_put_be32(b + 16, 0x88);
+        hv_put_be32(b + 20, ttt);
+        if (ttt == ISCSI_RSVD_TAG)
+            send_pdu(b, "SendTargets=All", 16, false);
+        else
+            send_pdu(b, NULL, 0, false);
+        assert_true(recv_pdu(&r));
+        assert_int_equal(r.bhs[0], ISCSI_OP_TEXT_RSP);
+        assert_true(r.len <= 40);
+        memcpy(all + len, r.data, r.len);
+        len += r.len;
+        pieces++;
+        if (r.bhs[1] & 0x80) {
+            assert_int_equal(hv_be32(r.bhs + 20), ISCSI_RSVD_TAG);
+            break;
+        }
+        assert_int_equal(r.bhs[1] & 0x40, 0x40);    /* C: more to come */
+        ttt = hv_be32(r.bhs + 20);
+        assert_int_not_equal(ttt, ISCSI_RSVD_TAG);
+        assert_true(pieces < 20);
+    }
+    assert_true(pieces >= 3);
+    struct iscsi_keys k;
+    assert_int_equal(iscsi_keys_parse(all, len, &k), 0);
+    assert_int_equal(k.count, 4);                   /* two targets, two addresses */
+    assert_string_equal(k.key[0].value, "iqn.t:disk");
+    assert_string_equal(k.key[2].value, "iqn.t:chap");
+}
+
+static void test_new_login_with_the_same_isid_reinstates_the_session(void **state)
+{
+    login_plain("HeaderDigest=None", "DataDigest=None");
+    struct iscsi_conn *old = fx->c;
+    assert_int_equal(iscsi_server_sessions(fx->s), 1);
+    fx->c = iscsi_conn_new(fx->s, -1);
+    login_plain("HeaderDigest=None", "DataDigest=None");    /* same initiator, same ISID */
+    turn();
+    for (struct iscsi_conn *c = fx->s->conns; c; c = c->next)
+        assert_ptr_not_equal(c, old);                       /* the old one is gone */
+    assert_int_equal(iscsi_server_sessions(fx->s), 1);
+    assert_true(iscsi_server_target_busy(fx->s, "iqn.t:disk"));
+    iscsi_server_drop_target(fx->s, "iqn.t:disk");
+    turn();
+    assert_false(iscsi_server_target_busy(fx->s, "iqn.t:disk"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -747,6 +809,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(
             test_abort_of_a_command_behind_a_cmdsn_hole_keeps_the_window_moving, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_text_response_comes_in_pieces_on_request,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_login_with_the_same_isid_reinstates_the_session,
+                                        setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
