@@ -194,7 +194,12 @@ struct vhd_bdev {
     bool is_extending;
     uint64_t ext_new_end;
     struct meta_slot ext_slot;
+    /* Requests waiting for the growth, oldest first: resumed in the order
+     * they arrived, so writes submitted in offset order get their blocks
+     * laid out in file order (sequential reads of the image stay
+     * sequential on disk). */
     struct eng_io *ext_waiters;
+    struct eng_io *ext_waiters_tail;
 
     /* Differencing top: a write whose edge 4 KiB groups must be copied up
      * runs alone (see start_write_gate). */
@@ -609,8 +614,12 @@ static void park_for_extension(struct eng_io *e)
 {
     struct vhd_bdev *v = e->v;
     e->is_parked = true;
-    e->next = v->ext_waiters;
-    v->ext_waiters = e;
+    e->next = NULL;
+    if (v->ext_waiters_tail)
+        v->ext_waiters_tail->next = e;
+    else
+        v->ext_waiters = e;
+    v->ext_waiters_tail = e;
     extend_start(v);
 }
 
@@ -1114,6 +1123,7 @@ static void extend_finish(struct vhd_bdev *v, long res)
 
     v->is_extending = false;
     v->ext_waiters = NULL;
+    v->ext_waiters_tail = NULL;
     if (res == 0)
         v->file_end = v->ext_new_end;
     while (list) {

