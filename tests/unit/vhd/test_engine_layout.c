@@ -126,10 +126,80 @@ static void test_parked_allocating_writes_keep_file_order(void **state)
     free(buf);
 }
 
+struct meta_record {
+    uint64_t table_offset;
+    int bat_writes;
+    uint64_t bat_bytes;
+    int syncs;
+};
+
+static void meta_submit(void *arg, int seq, bool is_sync, uint64_t offset,
+                        const struct iovec *iov, int iovcnt)
+{
+    struct meta_record *r = arg;
+    (void)seq;
+    if (is_sync) {
+        r->syncs++;
+        return;
+    }
+    if (offset >= r->table_offset && offset < r->table_offset + 16 * 1024) {
+        r->bat_writes++;
+        r->bat_bytes += hv_iov_length(iov, iovcnt);
+    }
+}
+
+static void meta_complete(void *arg, int seq, long res)
+{
+    (void)arg;
+    (void)seq;
+    if (res < 0)
+        fail_msg("observed request failed: %ld", res);
+}
+
+/* A flush round writes a run of dirty BAT chunks as one write, and the new
+ * BAT is what a reader finds afterwards. */
+static void test_flush_writes_a_run_of_dirty_bat_chunks_once(void **state)
+{
+    (void)state;
+    const char *path = t_path("batrun.vhd");
+    struct meta_record rec = { 0 };
+    struct vhd_io_observer obs = { meta_submit, meta_complete, &rec };
+    struct vhd_open_options o = { .observer = &obs };
+    struct bdev *bd = NULL;
+    struct hv_err err = { 0 };
+    struct vhd_meta m;
+    uint8_t *buf = hv_alloc_aligned(4096);
+
+    t_fill(buf, 4096, 9);
+    /* 4096 entries: a 16 KiB BAT, four 4 KiB chunks. */
+    create(path, VHD_TYPE_DYNAMIC, 4096ull * VHD_DEFAULT_BLOCK_BYTES);
+    load_bat(path, &m);
+    rec.table_offset = m.header.table_offset;
+    vhd_meta_free(&m);
+    if (vhd_open(reactor, path, &o, &bd, &err) != 0)
+        fail_msg("%s", err.msg);
+    for (int c = 0; c < 4; c++)
+        assert_int_equal(bdev_write_sync(bd, (uint64_t)c * 1024 * VHD_DEFAULT_BLOCK_BYTES, buf,
+                                         4096, 0), 0);
+    assert_int_equal(rec.bat_writes, 0);
+    int syncs = rec.syncs;
+    assert_int_equal(bdev_flush_sync(bd), 0);
+    assert_int_equal(rec.bat_writes, 1);
+    assert_int_equal(rec.bat_bytes, 16 * 1024);
+    assert_int_equal(rec.syncs, syncs + 2);       /* data, then metadata */
+    load_bat(path, &m);
+    for (uint32_t b = 0; b < 4096; b++)
+        assert_true((m.bat[b] != VHD_BAT_UNALLOCATED) == (b % 1024 == 0));
+    vhd_meta_free(&m);
+    assert_int_equal(bdev_close(bd), 0);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parked_allocating_writes_keep_file_order),
+        cmocka_unit_test(test_flush_writes_a_run_of_dirty_bat_chunks_once),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
