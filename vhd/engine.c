@@ -31,6 +31,9 @@
 #include <limits.h>
 #include <linux/falloc.h>
 #include <stdlib.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -194,6 +197,22 @@ struct vhd_bdev {
     bool is_extending;
     uint64_t ext_new_end;
     struct meta_slot ext_slot;
+    /* The helper thread that reserves the space of a growth (fallocate
+     * blocks for tens of milliseconds); it reports through ext_efd, a
+     * watch in the reactor. Only the ext_fa_* fields are shared with it,
+     * under ext_lock. */
+    bool has_ext_thread;
+    pthread_t ext_thread;
+    pthread_mutex_t ext_lock;
+    pthread_cond_t ext_cond;
+    bool ext_fa_pending;        /* work handed to the thread, not yet done */
+    bool ext_fa_quit;
+    int ext_fa_fd;
+    uint64_t ext_fa_from;
+    uint64_t ext_fa_len;
+    int ext_fa_errno;
+    int ext_efd;
+    struct hv_watch *ext_watch;
     /* Requests waiting for the growth, oldest first: resumed in the order
      * they arrived, so writes submitted in offset order get their blocks
      * laid out in file order (sequential reads of the image stay
@@ -1203,32 +1222,15 @@ static void extend_write_done(struct hv_aio_req *req, long res)
     sync_submit(v, slot, extend_sync_done);
 }
 
-/*
- * Grow the file: the new footer is written at the new end and made durable
- * before any block is placed in the space between (the reserve). Until then
- * the old footer, untouched, still ends the file, so the file ends in a
- * valid footer at every instant a crash could expose. Blocks then come from
- * the reserve with no fsync of their own.
- */
-static void extend_start(struct vhd_bdev *v)
+/* Second half of a growth, back on the reactor once the space is
+ * reserved: the new footer at the new end, then its fdatasync. Both go
+ * through aio and do not block. */
+static void extend_write_footer(struct vhd_bdev *v)
 {
     struct layer *t = top(v);
-    uint64_t step = extension_step(v);
-    uint64_t new_end;
+    uint64_t new_end = v->ext_new_end;
     struct vhd_footer f;
 
-    if (v->is_extending)
-        return;
-    new_end = HV_ALIGN_UP(HV_MAX(v->file_end, v->next_alloc) + step, PREFIX_ALIGN);
-    if (new_end < v->next_alloc + v->extent_bytes)
-        new_end = HV_ALIGN_UP(v->next_alloc + v->extent_bytes, PREFIX_ALIGN);
-    v->is_extending = true;
-    v->ext_new_end = new_end;
-    /* Reserve the space in one go: fewer, larger extents, and writes into
-     * it allocate nothing. Best effort: without it the writes allocate. */
-    if (fallocate(t->fd, FALLOC_FL_KEEP_SIZE, (off_t)v->file_end,
-                  (off_t)(new_end + VHD_FOOTER_BYTES - v->file_end)) < 0)
-        hv_debug("%s: fallocate: %s", t->path, strerror(errno));
     f = t->meta.footer;
     vhd_footer_encode(&f, v->footer_buf);
     v->ext_slot.v = v;
@@ -1241,6 +1243,151 @@ static void extend_start(struct vhd_bdev *v)
                        v->ext_slot.iov, 1, new_end);
     v->ext_slot.seq = observe_submit(v, false, new_end, v->ext_slot.iov, 1);
     hv_aio_submit(v->aio, &v->ext_slot.req);
+}
+
+/* Reserve the space in one go: fewer, larger extents, and writes into it
+ * allocate nothing. Best effort: without it the writes allocate. */
+static int reserve_space(int fd, uint64_t from, uint64_t len)
+{
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)from, (off_t)len) < 0 ? errno : 0;
+}
+
+static void *ext_thread_main(void *arg)
+{
+    struct vhd_bdev *v = arg;
+    pthread_mutex_lock(&v->ext_lock);
+    for (;;) {
+        while (!v->ext_fa_pending && !v->ext_fa_quit)
+            pthread_cond_wait(&v->ext_cond, &v->ext_lock);
+        if (!v->ext_fa_pending)
+            break;
+        int fd = v->ext_fa_fd;
+        uint64_t from = v->ext_fa_from;
+        uint64_t len = v->ext_fa_len;
+        pthread_mutex_unlock(&v->ext_lock);
+        int error = reserve_space(fd, from, len);
+        uint64_t one = 1;
+        pthread_mutex_lock(&v->ext_lock);
+        v->ext_fa_errno = error;
+        v->ext_fa_pending = false;
+        if (write(v->ext_efd, &one, sizeof(one)) < 0)
+            abort();                /* an eventfd write fails only on overflow */
+    }
+    pthread_mutex_unlock(&v->ext_lock);
+    return NULL;
+}
+
+static void on_ext_reserved(void *arg, uint32_t events)
+{
+    struct vhd_bdev *v = arg;
+    uint64_t count;
+    int error;
+    bool is_pending;
+
+    (void)events;
+    if (read(v->ext_efd, &count, sizeof(count)) < 0)
+        return;
+    pthread_mutex_lock(&v->ext_lock);
+    error = v->ext_fa_errno;
+    is_pending = v->ext_fa_pending;
+    pthread_mutex_unlock(&v->ext_lock);
+    if (is_pending || !v->is_extending)
+        return;
+    if (error)
+        hv_debug("%s: fallocate: %s", top(v)->path, strerror(error));
+    extend_write_footer(v);
+}
+
+/*
+ * Grow the file: the new footer is written at the new end and made durable
+ * before any block is placed in the space between (the reserve). Until then
+ * the old footer, untouched, still ends the file, so the file ends in a
+ * valid footer at every instant a crash could expose. Blocks then come from
+ * the reserve with no fsync of their own.
+ *
+ * The space is reserved first (fallocate) by the engine's helper thread,
+ * because fallocate blocks for 25-50 ms and the reactor serves every other
+ * request meanwhile; writes that need the new space stay parked until the
+ * footer is durable, as before. The footer write and its fdatasync follow
+ * on the reactor through aio. Nothing is written before the reservation
+ * completes, so the crash ordering is the same as when it ran inline.
+ */
+static void extend_start(struct vhd_bdev *v)
+{
+    struct layer *t = top(v);
+    uint64_t step = extension_step(v);
+    uint64_t new_end;
+    uint64_t from;
+    uint64_t len;
+    int error;
+
+    if (v->is_extending)
+        return;
+    new_end = HV_ALIGN_UP(HV_MAX(v->file_end, v->next_alloc) + step, PREFIX_ALIGN);
+    if (new_end < v->next_alloc + v->extent_bytes)
+        new_end = HV_ALIGN_UP(v->next_alloc + v->extent_bytes, PREFIX_ALIGN);
+    v->is_extending = true;
+    v->ext_new_end = new_end;
+    from = v->file_end;
+    len = new_end + VHD_FOOTER_BYTES - v->file_end;
+    if (v->has_ext_thread) {
+        pthread_mutex_lock(&v->ext_lock);
+        v->ext_fa_fd = t->fd;
+        v->ext_fa_from = from;
+        v->ext_fa_len = len;
+        v->ext_fa_errno = 0;
+        v->ext_fa_pending = true;
+        pthread_cond_signal(&v->ext_cond);
+        pthread_mutex_unlock(&v->ext_lock);
+        return;
+    }
+    error = reserve_space(t->fd, from, len);
+    if (error)
+        hv_debug("%s: fallocate: %s", t->path, strerror(error));
+    extend_write_footer(v);
+}
+
+static int ext_thread_start(struct vhd_bdev *v, struct hv_err *err)
+{
+    int ret;
+    v->ext_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (v->ext_efd < 0)
+        return hv_err_errno(err, top(v)->path, "eventfd");
+    v->ext_watch = hv_reactor_add_fd(v->bd.reactor, v->ext_efd, EPOLLIN, on_ext_reserved, v);
+    if (!v->ext_watch)
+        return hv_err_errno(err, top(v)->path, "reactor watch");
+    pthread_mutex_init(&v->ext_lock, NULL);
+    pthread_cond_init(&v->ext_cond, NULL);
+    ret = pthread_create(&v->ext_thread, NULL, ext_thread_main, v);
+    if (ret != 0) {
+        pthread_cond_destroy(&v->ext_cond);
+        pthread_mutex_destroy(&v->ext_lock);
+        return hv_err_set(err, -ret, "%s: starting the file-growth thread: %s", top(v)->path,
+                          strerror(ret));
+    }
+    v->has_ext_thread = true;
+    return 0;
+}
+
+/* The thread finishes the reservation it may be running, then exits. */
+static void ext_thread_stop(struct vhd_bdev *v)
+{
+    if (v->has_ext_thread) {
+        pthread_mutex_lock(&v->ext_lock);
+        v->ext_fa_quit = true;
+        pthread_cond_signal(&v->ext_cond);
+        pthread_mutex_unlock(&v->ext_lock);
+        pthread_join(v->ext_thread, NULL);
+        pthread_cond_destroy(&v->ext_cond);
+        pthread_mutex_destroy(&v->ext_lock);
+        v->has_ext_thread = false;
+    }
+    if (v->ext_watch)
+        hv_reactor_del_fd(v->bd.reactor, v->ext_watch);
+    v->ext_watch = NULL;
+    if (v->ext_efd >= 0)
+        close(v->ext_efd);
+    v->ext_efd = -1;
 }
 
 /* ------------------------------------------------------------- copy-up */
@@ -1565,6 +1712,7 @@ static void layer_free(struct layer *l)
 
 static void vhd_free(struct vhd_bdev *v)
 {
+    ext_thread_stop(v);
     if (v->aio)
         hv_aio_destroy(v->aio);
     for (int i = 0; i < v->depth; i++)
@@ -1749,6 +1897,10 @@ static int vhd_close(struct bdev *bd)
     int ret = 0;
 
     if (v->is_writable) {
+        /* A growth may run with no request waiting for it (started early,
+         * before the reserve ran out): let it finish first. */
+        while (v->is_extending)
+            hv_reactor_run_once(v->bd.reactor, 100);
         ret = run_flush_sync(v);
         if (ret < 0) {
             hv_error("%s: final flush failed: %s", t->path, strerror(-ret));
@@ -2131,6 +2283,7 @@ int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_optio
     v = calloc(1, sizeof(*v));
     if (!v)
         return hv_err_set(err, -ENOMEM, "%s: out of memory", path);
+    v->ext_efd = -1;
     ret = layer_open(path, !opt->is_read_only, true, opt->no_direct_io, &t, err);
     if (ret < 0)
         goto fail;
@@ -2198,6 +2351,11 @@ int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_optio
     v->bd.can_discard = t->type != VHD_TYPE_FIXED;
     v->bd.discard_zeroes = t->type == VHD_TYPE_DYNAMIC;
     memcpy(v->bd.uuid, t->meta.footer.uuid, 16);
+    if (v->bat_disk) {
+        ret = ext_thread_start(v, err);
+        if (ret < 0)
+            goto fail;
+    }
     if (v->is_writable && t->uses_bitmaps) {
         for (int k = 0; k < 2; k++) {
             v->cow_io[k] = calloc(1, bdev_io_size(&v->bd));

@@ -195,11 +195,84 @@ static void test_flush_writes_a_run_of_dirty_bat_chunks_once(void **state)
     free(buf);
 }
 
+struct growth_record {
+    int events;
+    int footer_seen_at;         /* event number of the first footer write, -1 */
+    int read_done_at;
+};
+
+static void growth_submit(void *arg, int seq, bool is_sync, uint64_t offset,
+                          const struct iovec *iov, int iovcnt)
+{
+    struct growth_record *r = arg;
+    (void)seq;
+    (void)offset;
+    if (!is_sync && iovcnt == 1 && iov[0].iov_len == VHD_FOOTER_BYTES &&
+        memcmp(iov[0].iov_base, "conectix", 8) == 0 && r->footer_seen_at < 0)
+        r->footer_seen_at = r->events++;
+}
+
+static void growth_read_done(struct bdev_io *io, int status)
+{
+    struct growth_record *r = io->cb_arg;
+    assert_int_equal(status, 0);
+    r->read_done_at = r->events++;
+}
+
+static void growth_write_done(struct bdev_io *io, int status)
+{
+    bool *done = io->cb_arg;
+    assert_int_equal(status, 0);
+    *done = true;
+}
+
+/* Growing the file (fallocate, tens of milliseconds) does not hold the
+ * reactor: a write that needs new space parks, and a read submitted right
+ * after it completes before the new footer is even written. */
+static void test_file_growth_runs_off_the_reactor(void **state)
+{
+    (void)state;
+    const char *path = t_path("growth.vhd");
+    struct growth_record rec = { 0, -1, -1 };
+    struct vhd_io_observer obs = { growth_submit, meta_complete, &rec };
+    struct vhd_open_options o = { .observer = &obs };
+    struct bdev *bd = NULL;
+    struct hv_err err = { 0 };
+    uint8_t *buf = hv_alloc_aligned(4096);
+    struct iovec wiov = { buf, 4096 };
+    uint8_t *rbuf = hv_alloc_aligned(4096);
+    struct iovec riov = { rbuf, 4096 };
+    bool is_written = false;
+
+    t_fill(buf, 4096, 11);
+    create(path, VHD_TYPE_DYNAMIC, 1 * HV_GiB);
+    if (vhd_open(reactor, path, &o, &bd, &err) != 0)
+        fail_msg("%s", err.msg);
+    struct bdev_io *w = calloc(1, bdev_io_size(bd));
+    struct bdev_io *r = calloc(1, bdev_io_size(bd));
+    *w = (struct bdev_io){ .type = BDEV_IO_WRITE, .offset = 0, .length = 4096, .iov = &wiov,
+                           .iovcnt = 1, .done = growth_write_done, .cb_arg = &is_written };
+    *r = (struct bdev_io){ .type = BDEV_IO_READ, .offset = 64 * HV_MiB, .length = 4096,
+                           .iov = &riov, .iovcnt = 1, .done = growth_read_done, .cb_arg = &rec };
+    assert_int_equal(bdev_submit(bd, w), 0);
+    assert_int_equal(rec.footer_seen_at, -1);     /* nothing written from inside submit */
+    assert_int_equal(bdev_submit(bd, r), 0);
+    assert_int_equal(hv_reactor_run_until(reactor, &is_written), 0);
+    assert_true(rec.read_done_at >= 0);
+    assert_true(rec.footer_seen_at > rec.read_done_at);
+    assert_int_equal(bdev_close(bd), 0);
+    free(w);
+    free(r);
+    free(buf);
+    free(rbuf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parked_allocating_writes_keep_file_order),
         cmocka_unit_test(test_flush_writes_a_run_of_dirty_bat_chunks_once),
+        cmocka_unit_test(test_file_growth_runs_off_the_reactor),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
