@@ -1714,7 +1714,7 @@ static void vhd_free(struct vhd_bdev *v)
 {
     ext_thread_stop(v);
     if (v->aio)
-        hv_aio_destroy(v->aio);
+        hv_aio_put(v->aio);
     for (int i = 0; i < v->depth; i++)
         layer_free(v->layers[i]);
     if (v->staging)
@@ -2328,7 +2328,7 @@ int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_optio
         if (ret < 0)
             goto fail;
     }
-    ret = hv_aio_create(r, v->queue_depth * 2 + META_SLOTS + 4, &v->aio);
+    ret = hv_aio_get(r, v->queue_depth * 2 + META_SLOTS + 4, &v->aio);
     if (ret < 0) {
         hv_err_set(err, ret, "%s: io_setup: %s", path, strerror(-ret));
         goto fail;
