@@ -285,14 +285,20 @@ static int pick_fd(struct layer *l, bool is_write, uint64_t offset, uint64_t len
 
 /* ----------------------------------------------------------- observation */
 
-static int observe_submit(struct vhd_bdev *v, bool is_sync, uint64_t offset,
-                          const struct iovec *iov, int iovcnt)
+static int observe_submit_flags(struct vhd_bdev *v, bool is_sync, bool is_fua, uint64_t offset,
+                                const struct iovec *iov, int iovcnt)
 {
     if (!v->observer)
         return -1;
     int seq = v->seq++;
-    v->observer->on_submit(v->observer->arg, seq, is_sync, offset, iov, iovcnt);
+    v->observer->on_submit(v->observer->arg, seq, is_sync, is_fua, offset, iov, iovcnt);
     return seq;
+}
+
+static int observe_submit(struct vhd_bdev *v, bool is_sync, uint64_t offset,
+                          const struct iovec *iov, int iovcnt)
+{
+    return observe_submit_flags(v, is_sync, false, offset, iov, iovcnt);
 }
 
 static void observe_complete(struct vhd_bdev *v, int seq, long res)
@@ -536,10 +542,11 @@ static void submit_sub(struct eng_io *e, struct sub *s, int layer, bool is_write
     if (is_write) {
         if (s->write_block != UINT32_MAX)
             v->writes_inflight[s->write_block]++;
+        bool is_fua = e->io->flags & BDEV_IO_FUA;
         hv_aio_prep_writev(&s->req, fd, s->iov, s->iovcnt, file_off);
-        if (e->io->flags & BDEV_IO_FUA)
+        if (is_fua)
             hv_aio_set_rw_flags(&s->req, RWF_DSYNC);
-        s->seq = observe_submit(v, false, file_off, s->iov, s->iovcnt);
+        s->seq = observe_submit_flags(v, false, is_fua, file_off, s->iov, s->iovcnt);
     } else {
         hv_aio_prep_readv(&s->req, fd, s->iov, s->iovcnt, file_off);
     }

@@ -133,11 +133,12 @@ struct meta_record {
     int syncs;
 };
 
-static void meta_submit(void *arg, int seq, bool is_sync, uint64_t offset,
+static void meta_submit(void *arg, int seq, bool is_sync, bool is_fua, uint64_t offset,
                         const struct iovec *iov, int iovcnt)
 {
     struct meta_record *r = arg;
     (void)seq;
+    (void)is_fua;
     if (is_sync) {
         r->syncs++;
         return;
@@ -201,11 +202,12 @@ struct growth_record {
     int read_done_at;
 };
 
-static void growth_submit(void *arg, int seq, bool is_sync, uint64_t offset,
+static void growth_submit(void *arg, int seq, bool is_sync, bool is_fua, uint64_t offset,
                           const struct iovec *iov, int iovcnt)
 {
     struct growth_record *r = arg;
     (void)seq;
+    (void)is_fua;
     (void)offset;
     if (!is_sync && iovcnt == 1 && iov[0].iov_len == VHD_FOOTER_BYTES &&
         memcmp(iov[0].iov_base, "conectix", 8) == 0 && r->footer_seen_at < 0)
