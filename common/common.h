@@ -357,7 +357,10 @@ struct bdev_ops {
     /* Make metadata durable and release everything. No request may be in
      * flight. May block (runs at shutdown, not on the I/O path). */
     int (*close)(struct bdev *bd);
-    /* Optional: change the virtual size (online resize). */
+    /* Optional: change the virtual size (online resize). No request may be
+     * in flight (the caller drains and holds I/O around it; -EBUSY
+     * otherwise); bd->size_bytes is the new size on success. May block
+     * briefly to make metadata durable. A back end may refuse to shrink. */
     int (*resize)(struct bdev *bd, uint64_t size_bytes, struct hv_err *err);
     /* Optional: add kind-specific facts to an info object (vhd info, hvctl). */
     void (*describe)(struct bdev *bd, json_t *obj);

@@ -582,6 +582,13 @@ int hv_vm_resize(struct hv_vm *vm, int controller, int slot, uint64_t size_bytes
     if (size_bytes == 0 || size_bytes % HV_SECTOR_BYTES)
         return hv_err_set(err, -EINVAL, "%s: new size %" PRIu64 " is not a positive multiple "
                           "of 512 bytes", disk->cfg.path, size_bytes);
+    /* The image's resize op wants no request in flight. Commands cannot
+     * arrive while this runs (it holds the reactor thread), so only those
+     * already submitted matter; they finish within milliseconds, and the
+     * caller retries. */
+    if (disk->inflight)
+        return hv_err_set(err, -EBUSY, "%s: %" PRIu64 " requests in flight; try the resize "
+                          "again", disk->cfg.path, disk->inflight);
     ret = disk->bd.ops->resize(&disk->bd, size_bytes, err);
     if (ret < 0)
         return ret;

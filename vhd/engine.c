@@ -1925,6 +1925,103 @@ static int vhd_close(struct bdev *bd)
     return ret;
 }
 
+/* Footer `f` (encoded into footer_buf) at `off`, through the page cache. */
+static int resize_write_footer(struct vhd_bdev *v, struct vhd_footer *f, uint64_t off)
+{
+    vhd_footer_encode(f, v->footer_buf);
+    return close_write(v, v->footer_buf, VHD_FOOTER_BYTES, off);
+}
+
+/*
+ * Online growth, with no request in flight (the caller drains). Only sizes
+ * change, never where anything lives:
+ *  - fixed: the space up to the new end is reserved, the new footer is
+ *    written at the new end and made durable (the file then ends in it, and
+ *    until then in the old one), and only then is the old footer, now a
+ *    sector of the disk, zeroed and made durable. A crash between the two
+ *    syncs leaves a valid image of the new size whose sector at the old end
+ *    shows old footer bytes instead of zeroes: nothing written was lost.
+ *  - dynamic/differencing: the BAT already has an entry for every block of
+ *    the new size (unused entries in its last sector included), so the
+ *    footer's size and geometry are all that change: the copy at offset 0
+ *    first, then the footer that ends the file, each made durable. A crash
+ *    in between leaves the footers disagreeing, which open and `vhd check`
+ *    settle from the one at the end (vhd repair rewrites the copy).
+ * A growth the BAT cannot cover needs the BAT moved: offline `vhd resize`.
+ */
+static int vhd_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
+{
+    struct vhd_bdev *v = vhd_of(bd);
+    struct layer *t = top(v);
+    struct vhd_footer f = t->meta.footer;
+    struct vhd_footer geom;
+    int ret;
+
+    if (!v->is_writable)
+        return hv_err_set(err, -EROFS, "%s: opened read-only, cannot resize", t->path);
+    if (size_bytes % HV_SECTOR_BYTES || size_bytes == 0)
+        return hv_err_set(err, -EINVAL, "%s: new size %" PRIu64 " is not a positive multiple "
+                          "of 512 bytes", t->path, size_bytes);
+    if (size_bytes < t->size_bytes)
+        return hv_err_set(err, -EINVAL, "%s: shrinking from %" PRIu64 " to %" PRIu64 " bytes "
+                          "is refused online (data past the new end would be lost); detach "
+                          "the disk and use `vhd resize --shrink`", t->path, t->size_bytes,
+                          size_bytes);
+    if (v->active || v->waitq_head || v->flush_phase || v->flush_next || v->is_extending)
+        return hv_err_set(err, -EBUSY, "%s: requests in flight; resize needs the disk idle",
+                          t->path);
+    if (size_bytes == t->size_bytes)
+        return 0;
+    if (t->type != VHD_TYPE_FIXED &&
+        size_bytes > (uint64_t)t->entries * t->block_bytes)
+        return hv_err_set(err, -ENOSPC, "%s: the BAT has %u entries of %u bytes, room for "
+                          "%" PRIu64 " bytes; growing to %" PRIu64 " needs a larger BAT: detach "
+                          "the disk and run `vhd resize` offline", t->path, t->entries,
+                          t->block_bytes, (uint64_t)t->entries * t->block_bytes, size_bytes);
+    vhd_footer_init(&geom, t->type, size_bytes);
+    f.current_size = size_bytes;
+    f.geometry = geom.geometry;
+
+    if (t->type == VHD_TYPE_FIXED) {
+        uint64_t old_end = t->size_bytes;
+        if (fallocate(t->fd, 0, (off_t)old_end + VHD_FOOTER_BYTES,
+                      (off_t)(size_bytes - old_end)) < 0 && errno != EOPNOTSUPP)
+            return hv_err_errno(err, t->path, "reserving the new space");
+        ret = resize_write_footer(v, &f, size_bytes);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret == 0)
+            ret = close_write(v, v->zero_buf, VHD_FOOTER_BYTES, old_end);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret < 0)
+            return hv_err_set(err, ret, "%s: growing to %" PRIu64 " bytes: %s", t->path,
+                              size_bytes, strerror(-ret));
+        t->meta.footer_offset = size_bytes;
+        t->meta.file_bytes = size_bytes + VHD_FOOTER_BYTES;
+    } else {
+        /* The bitmaps and BAT are made durable first, so that the image on
+         * disk is complete under either footer. */
+        ret = run_flush_sync(v);
+        if (ret == 0)
+            ret = resize_write_footer(v, &f, 0);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret == 0)
+            ret = resize_write_footer(v, &f, v->file_end);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret < 0)
+            return hv_err_set(err, ret, "%s: growing to %" PRIu64 " bytes: %s", t->path,
+                              size_bytes, strerror(-ret));
+        t->meta.footer_copy = f;
+    }
+    t->meta.footer = f;
+    t->size_bytes = size_bytes;
+    bd->size_bytes = size_bytes;
+    return 0;
+}
+
 static void vhd_describe(struct bdev *bd, json_t *obj)
 {
     struct vhd_bdev *v = vhd_of(bd);
@@ -1942,7 +2039,7 @@ static const struct bdev_ops vhd_ops = {
     .name = "vhd",
     .submit = vhd_submit,
     .close = vhd_close,
-    .resize = NULL,
+    .resize = vhd_resize,
     .describe = vhd_describe,
 };
 
