@@ -1932,21 +1932,83 @@ static int resize_write_footer(struct vhd_bdev *v, struct vhd_footer *f, uint64_
     return close_write(v, v->footer_buf, VHD_FOOTER_BYTES, off);
 }
 
+static void *grow_array(void *p, size_t old_bytes, size_t new_bytes)
+{
+    uint8_t *q = realloc(p, new_bytes);
+    if (q && new_bytes > old_bytes)
+        memset(q + old_bytes, 0, new_bytes - old_bytes);
+    return q;
+}
+
+static int grow_map(uint8_t **p, size_t *len, size_t want)
+{
+    void *q;
+    if (want <= *len)
+        return 0;
+    q = mremap(*p, *len, want, MREMAP_MAYMOVE);
+    if (q == MAP_FAILED)
+        return -ENOMEM;
+    *p = q;
+    *len = want;
+    return 0;
+}
+
+/* Use `entries` of the BAT's sectors (the unused ones read 0xFFFFFFFF on
+ * disk already): grow the per-block state, then write the dynamic header
+ * with the new max_table_entries (made durable by the caller). */
+static int grow_entries(struct vhd_bdev *v, uint32_t entries)
+{
+    struct layer *t = top(v);
+    size_t old = t->entries;
+    size_t n = (size_t)entries + 1;
+    uint8_t hdr[VHD_HEADER_BYTES];
+    void *p;
+
+    if (!(p = realloc(t->meta.bat, (size_t)entries * 4)))
+        return -ENOMEM;
+    t->meta.bat = p;
+    for (size_t b = old; b < entries; b++)
+        t->meta.bat[b] = VHD_BAT_UNALLOCATED;
+    if (!(p = grow_array(v->blk, old + 1, n)))
+        return -ENOMEM;
+    v->blk = p;
+    if (!(p = grow_array(v->writes_inflight, (old + 1) * sizeof(uint16_t), n * sizeof(uint16_t))))
+        return -ENOMEM;
+    v->writes_inflight = p;
+    if (!(p = grow_array(v->dirty, (old + 1) * sizeof(uint32_t), n * sizeof(uint32_t))))
+        return -ENOMEM;
+    v->dirty = p;
+    if (!(p = grow_array(v->flushing, (old + 1) * sizeof(uint32_t), n * sizeof(uint32_t))))
+        return -ENOMEM;
+    v->flushing = p;
+    if (t->uses_bitmaps &&
+        (grow_map(&t->bitmaps, &t->bitmaps_len, (size_t)entries * t->bitmap_bytes) < 0 ||
+         grow_map(&v->staging, &v->staging_len, (size_t)entries * t->bitmap_bytes) < 0))
+        return -ENOMEM;
+    t->entries = entries;
+    t->meta.header.max_table_entries = entries;
+    vhd_header_encode(&t->meta.header, hdr);
+    return close_write(v, hdr, sizeof(hdr), t->meta.footer.data_offset);
+}
+
 /*
  * Online growth, with no request in flight (the caller drains). Only sizes
  * change, never where anything lives:
- *  - fixed: the space up to the new end is reserved, the new footer is
- *    written at the new end and made durable (the file then ends in it, and
- *    until then in the old one), and only then is the old footer, now a
- *    sector of the disk, zeroed and made durable. A crash between the two
- *    syncs leaves a valid image of the new size whose sector at the old end
- *    shows old footer bytes instead of zeroes: nothing written was lost.
- *  - dynamic/differencing: the BAT already has an entry for every block of
- *    the new size (unused entries in its last sector included), so the
- *    footer's size and geometry are all that change: the copy at offset 0
- *    first, then the footer that ends the file, each made durable. A crash
- *    in between leaves the footers disagreeing, which open and `vhd check`
- *    settle from the one at the end (vhd repair rewrites the copy).
+ *  - fixed (the order of vhd/resize.c): the space up to the new end is
+ *    reserved; the old footer is written again at the new end, durable (the
+ *    file still says the old size, with unused bytes before its footer);
+ *    the old footer at the old end is zeroed, durable (invisible at the old
+ *    size); then the new footer at the new end, durable: the switch. At no
+ *    instant does the file end in anything but a valid footer, and the new
+ *    space reads zeroes from the moment the new size is visible.
+ *  - dynamic/differencing: the BAT already has room for every block of the
+ *    new size (unused entries in its last sector count: the header's
+ *    max_table_entries grows into them, written and made durable first),
+ *    so otherwise the footer's size and geometry change: the footer that
+ *    ends the file (the switch: the engine and libvhdi read that one), then
+ *    the copy at offset 0, each made durable. A crash in between leaves the
+ *    copy saying the old size: `vhd check` reports it, `vhd repair` copies
+ *    the footer.
  * A growth the BAT cannot cover needs the BAT moved: offline `vhd resize`.
  */
 static int vhd_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
@@ -1973,11 +2035,12 @@ static int vhd_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
     if (size_bytes == t->size_bytes)
         return 0;
     if (t->type != VHD_TYPE_FIXED &&
-        size_bytes > (uint64_t)t->entries * t->block_bytes)
-        return hv_err_set(err, -ENOSPC, "%s: the BAT has %u entries of %u bytes, room for "
-                          "%" PRIu64 " bytes; growing to %" PRIu64 " needs a larger BAT: detach "
-                          "the disk and run `vhd resize` offline", t->path, t->entries,
-                          t->block_bytes, (uint64_t)t->entries * t->block_bytes, size_bytes);
+        HV_DIV_ROUND_UP(size_bytes, t->block_bytes) > v->bat_bytes / 4)
+        return hv_err_set(err, -ENOSPC, "%s: cannot grow online to %" PRIu64 " bytes: the "
+                          "BAT's %" PRIu64 " bytes hold %" PRIu64 " entries of %u bytes, and a "
+                          "larger BAT means moving blocks; detach the disk and run `vhd resize` "
+                          "offline", t->path, size_bytes, v->bat_bytes, v->bat_bytes / 4,
+                          t->block_bytes);
     vhd_footer_init(&geom, t->type, size_bytes);
     f.current_size = size_bytes;
     f.geometry = geom.geometry;
@@ -1987,11 +2050,16 @@ static int vhd_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
         if (fallocate(t->fd, 0, (off_t)old_end + VHD_FOOTER_BYTES,
                       (off_t)(size_bytes - old_end)) < 0 && errno != EOPNOTSUPP)
             return hv_err_errno(err, t->path, "reserving the new space");
-        ret = resize_write_footer(v, &f, size_bytes);
+        struct vhd_footer old_footer = t->meta.footer;
+        ret = resize_write_footer(v, &old_footer, size_bytes);
         if (ret == 0)
             ret = close_sync(v);
         if (ret == 0)
             ret = close_write(v, v->zero_buf, VHD_FOOTER_BYTES, old_end);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret == 0)
+            ret = resize_write_footer(v, &f, size_bytes);
         if (ret == 0)
             ret = close_sync(v);
         if (ret < 0)
@@ -2001,14 +2069,21 @@ static int vhd_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
         t->meta.file_bytes = size_bytes + VHD_FOOTER_BYTES;
     } else {
         /* The bitmaps and BAT are made durable first, so that the image on
-         * disk is complete under either footer. */
+         * disk is complete under either footer. More BAT entries than the
+         * size needs is valid, so the header may grow first. */
+        uint32_t entries = (uint32_t)HV_DIV_ROUND_UP(size_bytes, t->block_bytes);
         ret = run_flush_sync(v);
+        if (ret == 0 && entries > t->entries) {
+            ret = grow_entries(v, entries);
+            if (ret == 0)
+                ret = close_sync(v);
+        }
         if (ret == 0)
-            ret = resize_write_footer(v, &f, 0);
+            ret = resize_write_footer(v, &f, v->file_end);
         if (ret == 0)
             ret = close_sync(v);
         if (ret == 0)
-            ret = resize_write_footer(v, &f, v->file_end);
+            ret = resize_write_footer(v, &f, 0);
         if (ret == 0)
             ret = close_sync(v);
         if (ret < 0)

@@ -125,6 +125,14 @@ static void test_dynamic_grows_within_its_bat(void **state)
     grow_and_check(VHD_TYPE_DYNAMIC, "dyn.vhd", 101 * HV_MiB, 102 * HV_MiB);
 }
 
+/* 64 MiB uses 32 of the 128 entries of its one BAT sector: growing to
+ * 200 MiB takes 100 of them (the header's max_table_entries grows). */
+static void test_dynamic_grows_into_unused_bat_entries(void **state)
+{
+    (void)state;
+    grow_and_check(VHD_TYPE_DYNAMIC, "dyn2.vhd", 64 * HV_MiB, 200 * HV_MiB + 512);
+}
+
 static void test_shrink_and_growth_past_the_bat_are_refused(void **state)
 {
     (void)state;
@@ -146,6 +154,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fixed_grows_online),
         cmocka_unit_test(test_dynamic_grows_within_its_bat),
+        cmocka_unit_test(test_dynamic_grows_into_unused_bat_entries),
         cmocka_unit_test(test_shrink_and_growth_past_the_bat_are_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
