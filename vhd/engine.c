@@ -2027,7 +2027,7 @@ static int vhd_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
     if (size_bytes < t->size_bytes)
         return hv_err_set(err, -EINVAL, "%s: shrinking from %" PRIu64 " to %" PRIu64 " bytes "
                           "is refused online (data past the new end would be lost); detach "
-                          "the disk and use `vhd resize --shrink`", t->path, t->size_bytes,
+                          "the disk and run `vhd resize` offline", t->path, t->size_bytes,
                           size_bytes);
     if (v->active || v->waitq_head || v->flush_phase || v->flush_next || v->is_extending)
         return hv_err_set(err, -EBUSY, "%s: requests in flight; resize needs the disk idle",

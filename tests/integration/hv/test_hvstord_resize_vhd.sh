@@ -3,7 +3,8 @@
 # are written through iSCSI (qemu-io), grown with `hvctl disk resize` while
 # an initiator stays logged in, and then: a fresh READ CAPACITY(16) with the
 # VM's initiator name reports the exact new size, the logged-in client keeps
-# working (it gets CAPACITY DATA HAS CHANGED and carries on), data written
+# working (it gets CAPACITY DATA HAS CHANGED and carries on), writes in
+# flight during the resize complete (held and resumed), data written
 # before is intact, the new space reads zeroes and takes writes, shrinking
 # is refused clearly, and after SIGTERM `vhd check` is clean and qemu's vpc
 # driver reads the new size.
@@ -48,8 +49,18 @@ exec 3>"$HV_TMP/cmd"
 echo "write -P 0xa3 2M 64k" >&3
 sleep 0.5
 
+# A second client keeps writes in flight during the resize (8M-56M, about a
+# second): the daemon holds new ones, drains, resizes, resumes.
+qemu-img bench --image-opts "$(hv_qemu_opts rs 0 0 "$ini")" -w -d 8 -s 4k -c 12288 \
+    -o 8M -S 4k --pattern=0x77 >"$HV_TMP/bench.txt" 2>&1 &
+bench=$!
+HV_EXTRA_PIDS+=("$bench")
+sleep 0.3
+kill -0 "$bench" 2>/dev/null || echo "note: the writer finished before the resize"
 hvctl disk resize rs --controller 0 --slot 0 200M >"$HV_TMP/r0.txt" 2>&1 ||
     hv_fail "resize of the dynamic VHD: $(cat "$HV_TMP/r0.txt")"
+wait "$bench" || hv_fail "writer during the resize failed: $(tail -3 "$HV_TMP/bench.txt")"
+grep -q "Run completed" "$HV_TMP/bench.txt" || hv_fail "writer: $(tail -3 "$HV_TMP/bench.txt")"
 hvctl disk resize rs --controller 0 --slot 1 24M >"$HV_TMP/r1.txt" 2>&1 ||
     hv_fail "resize of the fixed VHD: $(cat "$HV_TMP/r1.txt")"
 if hvctl disk resize rs --controller 0 --slot 0 100M >"$HV_TMP/r2.txt" 2>&1; then
@@ -74,6 +85,7 @@ wait "$live" || hv_fail "the logged-in client failed: $(tail -3 "$HV_TMP/live.tx
 
 # Old data intact, new space zero and writable, through fresh sessions.
 qio 0 -c "read -P 0xa1 0 1M" -c "read -P 0xa2 63M 1M" -c "read -P 0 64M 136M" \
+    -c "read -P 0x77 8M 48M" \
     -c "write -P 0xa5 199M 1M" -c "read -P 0xa5 199M 1M" -c flush
 qio 1 -c "read -P 0xb1 0 1M" -c "read -P 0xb2 15M 1M" -c "read -P 0 16M 8M" \
     -c "write -P 0xb5 23M 1M" -c "read -P 0xb5 23M 1M" -c flush
