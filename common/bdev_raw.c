@@ -186,7 +186,7 @@ static int raw_close(struct bdev *bd)
     int ret = 0;
     if (!bd->is_read_only && fdatasync(r->fd) < 0)
         ret = -errno;
-    hv_aio_destroy(r->aio);
+    hv_aio_put(r->aio);
     close(r->fd);
     free(r);
     return ret;
@@ -276,7 +276,7 @@ int bdev_raw_open(struct hv_reactor *reactor, const char *path,
     }
     /* A file that is not a whole number of sectors serves the whole ones. */
     r->bd.size_bytes = HV_ALIGN_DOWN(r->bd.size_bytes, HV_SECTOR_BYTES);
-    ret = hv_aio_create(reactor, opt->queue_depth ? opt->queue_depth : 128, &r->aio);
+    ret = hv_aio_get(reactor, opt->queue_depth ? opt->queue_depth : 128, &r->aio);
     if (ret < 0) {
         hv_err_set(err, ret, "%s: cannot set up libaio: %s", path, strerror(-ret));
         goto fail;

@@ -274,6 +274,17 @@ struct hv_aio_req {
 int hv_aio_create(struct hv_reactor *r, unsigned depth, struct hv_aio **out);
 /* No request may be in flight. */
 void hv_aio_destroy(struct hv_aio *aio);
+/*
+ * The reactor's shared context, counted: the first get creates it (depth at
+ * least HV_AIO_SHARED_DEPTH), the last put destroys it. io_destroy waits for
+ * an RCU grace period (30-40 ms), so bdevs that open and close often share
+ * one per reactor instead of paying it each. A put with none of the caller's
+ * requests in flight is safe from inside a completion callback. Put a
+ * context from hv_aio_create with hv_aio_destroy, not hv_aio_put.
+ */
+#define HV_AIO_SHARED_DEPTH 1024u
+int hv_aio_get(struct hv_reactor *r, unsigned depth, struct hv_aio **out);
+void hv_aio_put(struct hv_aio *aio);
 void hv_aio_prep_readv(struct hv_aio_req *req, int fd, const struct iovec *iov, int iovcnt,
                        uint64_t offset);
 void hv_aio_prep_writev(struct hv_aio_req *req, int fd, const struct iovec *iov, int iovcnt,
@@ -346,7 +357,10 @@ struct bdev_ops {
     /* Make metadata durable and release everything. No request may be in
      * flight. May block (runs at shutdown, not on the I/O path). */
     int (*close)(struct bdev *bd);
-    /* Optional: change the virtual size (online resize). */
+    /* Optional: change the virtual size (online resize). No request may be
+     * in flight (the caller drains and holds I/O around it; -EBUSY
+     * otherwise); bd->size_bytes is the new size on success. May block
+     * briefly to make metadata durable. A back end may refuse to shrink. */
     int (*resize)(struct bdev *bd, uint64_t size_bytes, struct hv_err *err);
     /* Optional: add kind-specific facts to an info object (vhd info, hvctl). */
     void (*describe)(struct bdev *bd, json_t *obj);

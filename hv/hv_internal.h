@@ -26,6 +26,10 @@ struct hv_disk {
     char error[512];                    /* why the slot is offline ("" = online) */
     struct hv_disk *next_retired;
     bool is_lu_idle;                    /* retired: the LU has no task left */
+    /* Online resize: requests that arrive while it drains wait here. */
+    bool is_held;
+    struct bdev_io *held_head;
+    struct bdev_io *held_tail;
 };
 
 /* A VM brought to life: its definition and what serves it. */

@@ -112,6 +112,7 @@ static int open_image(struct hv_runtime *rt, const struct hv_disk_config *dc, st
 
 struct disk_io_ctx {
     struct hv_disk *disk;
+    struct bdev_io *next_held;          /* while the disk is held for a resize */
     struct bdev_io inner __attribute__((aligned(16)));
 };
 
@@ -146,6 +147,15 @@ static int disk_submit(struct bdev *bd, struct bdev_io *io)
     inner->status = 0;
     inner->status_length = 0;
     inner->status_depth = -1;
+    if (disk->is_held) {
+        ctx->next_held = NULL;
+        if (disk->held_tail)
+            ((struct disk_io_ctx *)bdev_io_ctx(disk->held_tail))->next_held = io;
+        else
+            disk->held_head = io;
+        disk->held_tail = io;
+        return 0;
+    }
     ret = disk->image->ops->submit(disk->image, inner);
     if (ret == 0)
         disk->inflight++;
@@ -566,6 +576,9 @@ int hv_vm_detach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int sl
     if (!disk)
         return hv_err_set(err, -ENOENT, "VM '%s': controller %d slot %d is empty", vm->cfg.name,
                           controller, slot);
+    if (disk->is_held)
+        return hv_err_set(err, -EBUSY, "%s: being resized; detach it afterwards",
+                          disk->cfg.path);
     if (disk->lu) {
         scsi_controller_detach(vm->controllers[controller], (uint64_t)slot);
         hv_passthru_leaving(disk->lu);
@@ -576,6 +589,29 @@ int hv_vm_detach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int sl
     retire_disk(rt, disk);
     return 0;
 }
+
+/* Hand the requests held during a resize to the image, oldest first. One
+ * the image refuses outright (it can only be one that became invalid)
+ * completes with that error. */
+static void disk_release(struct hv_disk *disk)
+{
+    struct bdev_io *io = disk->held_head;
+    disk->is_held = false;
+    disk->held_head = disk->held_tail = NULL;
+    while (io) {
+        struct disk_io_ctx *ctx = bdev_io_ctx(io);
+        struct bdev_io *next = ctx->next_held;
+        int ret = disk->image->ops->submit(disk->image, &ctx->inner);
+        if (ret == 0)
+            disk->inflight++;
+        else
+            io->done(io, ret);
+        io = next;
+    }
+}
+
+/* How long a resize waits for the requests in flight to finish. */
+#define RESIZE_DRAIN_MS 5000
 
 int hv_vm_resize(struct hv_vm *vm, int controller, int slot, uint64_t size_bytes,
                  struct hv_err *err)
@@ -601,7 +637,25 @@ int hv_vm_resize(struct hv_vm *vm, int controller, int slot, uint64_t size_bytes
     if (size_bytes == 0 || size_bytes % HV_SECTOR_BYTES)
         return hv_err_set(err, -EINVAL, "%s: new size %" PRIu64 " is not a positive multiple "
                           "of 512 bytes", disk->cfg.path, size_bytes);
+    if (disk->is_held)
+        return hv_err_set(err, -EBUSY, "%s: a resize is already running", disk->cfg.path);
+    /* The image's resize op wants no request in flight: new requests are
+     * held at this disk, those already with the image finish (the reactor
+     * keeps turning for them, as a detach's close does), then the image
+     * resizes and the held requests go on. Guests see a pause of a few
+     * milliseconds, then CAPACITY DATA HAS CHANGED. */
+    disk->is_held = true;
+    uint64_t deadline = hv_now_ns() + RESIZE_DRAIN_MS * 1000000ull;
+    while (disk->inflight && hv_now_ns() < deadline)
+        hv_reactor_run_once(disk->bd.reactor, 10);
+    if (disk->inflight) {
+        uint64_t left = disk->inflight;
+        disk_release(disk);
+        return hv_err_set(err, -EBUSY, "%s: %" PRIu64 " requests still in flight after %d ms; "
+                          "not resized", disk->cfg.path, left, RESIZE_DRAIN_MS);
+    }
     ret = disk->bd.ops->resize(&disk->bd, size_bytes, err);
+    disk_release(disk);
     if (ret < 0)
         return ret;
     scsi_disk_capacity_changed(disk->lu);

@@ -31,6 +31,9 @@
 #include <limits.h>
 #include <linux/falloc.h>
 #include <stdlib.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -194,7 +197,28 @@ struct vhd_bdev {
     bool is_extending;
     uint64_t ext_new_end;
     struct meta_slot ext_slot;
+    /* The helper thread that reserves the space of a growth (fallocate
+     * blocks for tens of milliseconds); it reports through ext_efd, a
+     * watch in the reactor. Only the ext_fa_* fields are shared with it,
+     * under ext_lock. */
+    bool has_ext_thread;
+    pthread_t ext_thread;
+    pthread_mutex_t ext_lock;
+    pthread_cond_t ext_cond;
+    bool ext_fa_pending;        /* work handed to the thread, not yet done */
+    bool ext_fa_quit;
+    int ext_fa_fd;
+    uint64_t ext_fa_from;
+    uint64_t ext_fa_len;
+    int ext_fa_errno;
+    int ext_efd;
+    struct hv_watch *ext_watch;
+    /* Requests waiting for the growth, oldest first: resumed in the order
+     * they arrived, so writes submitted in offset order get their blocks
+     * laid out in file order (sequential reads of the image stay
+     * sequential on disk). */
     struct eng_io *ext_waiters;
+    struct eng_io *ext_waiters_tail;
 
     /* Differencing top: a write whose edge 4 KiB groups must be copied up
      * runs alone (see start_write_gate). */
@@ -261,14 +285,20 @@ static int pick_fd(struct layer *l, bool is_write, uint64_t offset, uint64_t len
 
 /* ----------------------------------------------------------- observation */
 
-static int observe_submit(struct vhd_bdev *v, bool is_sync, uint64_t offset,
-                          const struct iovec *iov, int iovcnt)
+static int observe_submit_flags(struct vhd_bdev *v, bool is_sync, bool is_fua, uint64_t offset,
+                                const struct iovec *iov, int iovcnt)
 {
     if (!v->observer)
         return -1;
     int seq = v->seq++;
-    v->observer->on_submit(v->observer->arg, seq, is_sync, offset, iov, iovcnt);
+    v->observer->on_submit(v->observer->arg, seq, is_sync, is_fua, offset, iov, iovcnt);
     return seq;
+}
+
+static int observe_submit(struct vhd_bdev *v, bool is_sync, uint64_t offset,
+                          const struct iovec *iov, int iovcnt)
+{
+    return observe_submit_flags(v, is_sync, false, offset, iov, iovcnt);
 }
 
 static void observe_complete(struct vhd_bdev *v, int seq, long res)
@@ -512,10 +542,11 @@ static void submit_sub(struct eng_io *e, struct sub *s, int layer, bool is_write
     if (is_write) {
         if (s->write_block != UINT32_MAX)
             v->writes_inflight[s->write_block]++;
+        bool is_fua = e->io->flags & BDEV_IO_FUA;
         hv_aio_prep_writev(&s->req, fd, s->iov, s->iovcnt, file_off);
-        if (e->io->flags & BDEV_IO_FUA)
+        if (is_fua)
             hv_aio_set_rw_flags(&s->req, RWF_DSYNC);
-        s->seq = observe_submit(v, false, file_off, s->iov, s->iovcnt);
+        s->seq = observe_submit_flags(v, false, is_fua, file_off, s->iov, s->iovcnt);
     } else {
         hv_aio_prep_readv(&s->req, fd, s->iov, s->iovcnt, file_off);
     }
@@ -609,8 +640,12 @@ static void park_for_extension(struct eng_io *e)
 {
     struct vhd_bdev *v = e->v;
     e->is_parked = true;
-    e->next = v->ext_waiters;
-    v->ext_waiters = e;
+    e->next = NULL;
+    if (v->ext_waiters_tail)
+        v->ext_waiters_tail->next = e;
+    else
+        v->ext_waiters = e;
+    v->ext_waiters_tail = e;
     extend_start(v);
 }
 
@@ -978,6 +1013,18 @@ static struct meta_slot *free_slot(struct vhd_bdev *v)
     return NULL;
 }
 
+/*
+ * Metadata goes through the page cache, whether aligned or not. A direct
+ * write of a 4 KiB bitmap prefix lands in space that fallocate reserved
+ * (an unwritten extent), and ext4 converts it inside io_submit: 1-2 ms per
+ * write, so 512 bitmaps after 1 GiB of new blocks held the reactor for
+ * close to a second. Buffered, each write is a copy into a page, and the
+ * round's second fdatasync writes them all out together, which is also
+ * the point where they must be durable (crash ordering unchanged: data
+ * sync, then these writes, then the metadata sync). Aligned metadata
+ * pages (a bitmap prefix the block owns, BAT chunks) are never touched by
+ * a direct data write, so the page cache cannot hold a stale copy of data.
+ */
 static void meta_write(struct vhd_bdev *v, struct meta_slot *slot, int iovcnt, uint64_t off)
 {
     struct layer *t = top(v);
@@ -986,7 +1033,7 @@ static void meta_write(struct vhd_bdev *v, struct meta_slot *slot, int iovcnt, u
     slot->is_busy = true;
     slot->length = hv_iov_length(slot->iov, iovcnt);
     slot->req.done = flush_meta_done;
-    fd = pick_fd(t, true, off, slot->length, slot->iov, iovcnt);
+    fd = t->fd_buffered;
     hv_aio_prep_writev(&slot->req, fd, slot->iov, iovcnt, off);
     slot->seq = observe_submit(v, false, off, slot->iov, iovcnt);
     v->meta_inflight++;
@@ -1031,10 +1078,14 @@ static void flush_meta_issue(struct vhd_bdev *v)
         while (v->flush_chunk_pos < v->bat_chunks && !v->bat_flushing[v->flush_chunk_pos])
             v->flush_chunk_pos++;
         if (v->flush_chunk_pos < v->bat_chunks) {
+            /* A run of dirty BAT chunks is one write. */
             uint32_t c = v->flush_chunk_pos++;
             uint64_t from = (uint64_t)c * PREFIX_ALIGN;
+            while (v->flush_chunk_pos < v->bat_chunks && v->bat_flushing[v->flush_chunk_pos])
+                v->flush_chunk_pos++;
             slot->iov[0].iov_base = v->bat_disk + from;
-            slot->iov[0].iov_len = HV_MIN((uint64_t)PREFIX_ALIGN, v->bat_write_bytes - from);
+            slot->iov[0].iov_len = HV_MIN((uint64_t)v->flush_chunk_pos * PREFIX_ALIGN,
+                                          v->bat_write_bytes) - from;
             meta_write(v, slot, 1, t->meta.header.table_offset + from);
             continue;
         }
@@ -1114,6 +1165,7 @@ static void extend_finish(struct vhd_bdev *v, long res)
 
     v->is_extending = false;
     v->ext_waiters = NULL;
+    v->ext_waiters_tail = NULL;
     if (res == 0)
         v->file_end = v->ext_new_end;
     while (list) {
@@ -1177,32 +1229,15 @@ static void extend_write_done(struct hv_aio_req *req, long res)
     sync_submit(v, slot, extend_sync_done);
 }
 
-/*
- * Grow the file: the new footer is written at the new end and made durable
- * before any block is placed in the space between (the reserve). Until then
- * the old footer, untouched, still ends the file, so the file ends in a
- * valid footer at every instant a crash could expose. Blocks then come from
- * the reserve with no fsync of their own.
- */
-static void extend_start(struct vhd_bdev *v)
+/* Second half of a growth, back on the reactor once the space is
+ * reserved: the new footer at the new end, then its fdatasync. Both go
+ * through aio and do not block. */
+static void extend_write_footer(struct vhd_bdev *v)
 {
     struct layer *t = top(v);
-    uint64_t step = extension_step(v);
-    uint64_t new_end;
+    uint64_t new_end = v->ext_new_end;
     struct vhd_footer f;
 
-    if (v->is_extending)
-        return;
-    new_end = HV_ALIGN_UP(HV_MAX(v->file_end, v->next_alloc) + step, PREFIX_ALIGN);
-    if (new_end < v->next_alloc + v->extent_bytes)
-        new_end = HV_ALIGN_UP(v->next_alloc + v->extent_bytes, PREFIX_ALIGN);
-    v->is_extending = true;
-    v->ext_new_end = new_end;
-    /* Reserve the space in one go: fewer, larger extents, and writes into
-     * it allocate nothing. Best effort: without it the writes allocate. */
-    if (fallocate(t->fd, FALLOC_FL_KEEP_SIZE, (off_t)v->file_end,
-                  (off_t)(new_end + VHD_FOOTER_BYTES - v->file_end)) < 0)
-        hv_debug("%s: fallocate: %s", t->path, strerror(errno));
     f = t->meta.footer;
     vhd_footer_encode(&f, v->footer_buf);
     v->ext_slot.v = v;
@@ -1215,6 +1250,151 @@ static void extend_start(struct vhd_bdev *v)
                        v->ext_slot.iov, 1, new_end);
     v->ext_slot.seq = observe_submit(v, false, new_end, v->ext_slot.iov, 1);
     hv_aio_submit(v->aio, &v->ext_slot.req);
+}
+
+/* Reserve the space in one go: fewer, larger extents, and writes into it
+ * allocate nothing. Best effort: without it the writes allocate. */
+static int reserve_space(int fd, uint64_t from, uint64_t len)
+{
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)from, (off_t)len) < 0 ? errno : 0;
+}
+
+static void *ext_thread_main(void *arg)
+{
+    struct vhd_bdev *v = arg;
+    pthread_mutex_lock(&v->ext_lock);
+    for (;;) {
+        while (!v->ext_fa_pending && !v->ext_fa_quit)
+            pthread_cond_wait(&v->ext_cond, &v->ext_lock);
+        if (!v->ext_fa_pending)
+            break;
+        int fd = v->ext_fa_fd;
+        uint64_t from = v->ext_fa_from;
+        uint64_t len = v->ext_fa_len;
+        pthread_mutex_unlock(&v->ext_lock);
+        int error = reserve_space(fd, from, len);
+        uint64_t one = 1;
+        pthread_mutex_lock(&v->ext_lock);
+        v->ext_fa_errno = error;
+        v->ext_fa_pending = false;
+        if (write(v->ext_efd, &one, sizeof(one)) < 0)
+            abort();                /* an eventfd write fails only on overflow */
+    }
+    pthread_mutex_unlock(&v->ext_lock);
+    return NULL;
+}
+
+static void on_ext_reserved(void *arg, uint32_t events)
+{
+    struct vhd_bdev *v = arg;
+    uint64_t count;
+    int error;
+    bool is_pending;
+
+    (void)events;
+    if (read(v->ext_efd, &count, sizeof(count)) < 0)
+        return;
+    pthread_mutex_lock(&v->ext_lock);
+    error = v->ext_fa_errno;
+    is_pending = v->ext_fa_pending;
+    pthread_mutex_unlock(&v->ext_lock);
+    if (is_pending || !v->is_extending)
+        return;
+    if (error)
+        hv_debug("%s: fallocate: %s", top(v)->path, strerror(error));
+    extend_write_footer(v);
+}
+
+/*
+ * Grow the file: the new footer is written at the new end and made durable
+ * before any block is placed in the space between (the reserve). Until then
+ * the old footer, untouched, still ends the file, so the file ends in a
+ * valid footer at every instant a crash could expose. Blocks then come from
+ * the reserve with no fsync of their own.
+ *
+ * The space is reserved first (fallocate) by the engine's helper thread,
+ * because fallocate blocks for 25-50 ms and the reactor serves every other
+ * request meanwhile; writes that need the new space stay parked until the
+ * footer is durable, as before. The footer write and its fdatasync follow
+ * on the reactor through aio. Nothing is written before the reservation
+ * completes, so the crash ordering is the same as when it ran inline.
+ */
+static void extend_start(struct vhd_bdev *v)
+{
+    struct layer *t = top(v);
+    uint64_t step = extension_step(v);
+    uint64_t new_end;
+    uint64_t from;
+    uint64_t len;
+    int error;
+
+    if (v->is_extending)
+        return;
+    new_end = HV_ALIGN_UP(HV_MAX(v->file_end, v->next_alloc) + step, PREFIX_ALIGN);
+    if (new_end < v->next_alloc + v->extent_bytes)
+        new_end = HV_ALIGN_UP(v->next_alloc + v->extent_bytes, PREFIX_ALIGN);
+    v->is_extending = true;
+    v->ext_new_end = new_end;
+    from = v->file_end;
+    len = new_end + VHD_FOOTER_BYTES - v->file_end;
+    if (v->has_ext_thread) {
+        pthread_mutex_lock(&v->ext_lock);
+        v->ext_fa_fd = t->fd;
+        v->ext_fa_from = from;
+        v->ext_fa_len = len;
+        v->ext_fa_errno = 0;
+        v->ext_fa_pending = true;
+        pthread_cond_signal(&v->ext_cond);
+        pthread_mutex_unlock(&v->ext_lock);
+        return;
+    }
+    error = reserve_space(t->fd, from, len);
+    if (error)
+        hv_debug("%s: fallocate: %s", t->path, strerror(error));
+    extend_write_footer(v);
+}
+
+static int ext_thread_start(struct vhd_bdev *v, struct hv_err *err)
+{
+    int ret;
+    v->ext_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (v->ext_efd < 0)
+        return hv_err_errno(err, top(v)->path, "eventfd");
+    v->ext_watch = hv_reactor_add_fd(v->bd.reactor, v->ext_efd, EPOLLIN, on_ext_reserved, v);
+    if (!v->ext_watch)
+        return hv_err_errno(err, top(v)->path, "reactor watch");
+    pthread_mutex_init(&v->ext_lock, NULL);
+    pthread_cond_init(&v->ext_cond, NULL);
+    ret = pthread_create(&v->ext_thread, NULL, ext_thread_main, v);
+    if (ret != 0) {
+        pthread_cond_destroy(&v->ext_cond);
+        pthread_mutex_destroy(&v->ext_lock);
+        return hv_err_set(err, -ret, "%s: starting the file-growth thread: %s", top(v)->path,
+                          strerror(ret));
+    }
+    v->has_ext_thread = true;
+    return 0;
+}
+
+/* The thread finishes the reservation it may be running, then exits. */
+static void ext_thread_stop(struct vhd_bdev *v)
+{
+    if (v->has_ext_thread) {
+        pthread_mutex_lock(&v->ext_lock);
+        v->ext_fa_quit = true;
+        pthread_cond_signal(&v->ext_cond);
+        pthread_mutex_unlock(&v->ext_lock);
+        pthread_join(v->ext_thread, NULL);
+        pthread_cond_destroy(&v->ext_cond);
+        pthread_mutex_destroy(&v->ext_lock);
+        v->has_ext_thread = false;
+    }
+    if (v->ext_watch)
+        hv_reactor_del_fd(v->bd.reactor, v->ext_watch);
+    v->ext_watch = NULL;
+    if (v->ext_efd >= 0)
+        close(v->ext_efd);
+    v->ext_efd = -1;
 }
 
 /* ------------------------------------------------------------- copy-up */
@@ -1539,8 +1719,9 @@ static void layer_free(struct layer *l)
 
 static void vhd_free(struct vhd_bdev *v)
 {
+    ext_thread_stop(v);
     if (v->aio)
-        hv_aio_destroy(v->aio);
+        hv_aio_put(v->aio);
     for (int i = 0; i < v->depth; i++)
         layer_free(v->layers[i]);
     if (v->staging)
@@ -1590,15 +1771,19 @@ static int close_write_bat(struct vhd_bdev *v)
     struct layer *t = top(v);
     for (uint32_t c = 0; c < v->bat_chunks; c++) {
         uint64_t from = (uint64_t)c * PREFIX_ALIGN;
+        uint32_t end = c + 1;
         int ret;
         if (!v->bat_dirty[c])
             continue;
+        while (end < v->bat_chunks && v->bat_dirty[end])
+            end++;          /* a run of dirty chunks is one write */
         ret = close_write(v, v->bat_disk + from,
-                          HV_MIN((uint64_t)PREFIX_ALIGN, v->bat_write_bytes - from),
+                          HV_MIN((uint64_t)end * PREFIX_ALIGN, v->bat_write_bytes) - from,
                           t->meta.header.table_offset + from);
         if (ret < 0)
             return ret;
-        v->bat_dirty[c] = 0;
+        memset(v->bat_dirty + c, 0, end - c);
+        c = end - 1;
     }
     return 0;
 }
@@ -1719,6 +1904,10 @@ static int vhd_close(struct bdev *bd)
     int ret = 0;
 
     if (v->is_writable) {
+        /* A growth may run with no request waiting for it (started early,
+         * before the reserve ran out): let it finish first. */
+        while (v->is_extending)
+            hv_reactor_run_once(v->bd.reactor, 100);
         ret = run_flush_sync(v);
         if (ret < 0) {
             hv_error("%s: final flush failed: %s", t->path, strerror(-ret));
@@ -1734,6 +1923,178 @@ static int vhd_close(struct bdev *bd)
     }
     vhd_free(v);
     return ret;
+}
+
+/* Footer `f` (encoded into footer_buf) at `off`, through the page cache. */
+static int resize_write_footer(struct vhd_bdev *v, struct vhd_footer *f, uint64_t off)
+{
+    vhd_footer_encode(f, v->footer_buf);
+    return close_write(v, v->footer_buf, VHD_FOOTER_BYTES, off);
+}
+
+static void *grow_array(void *p, size_t old_bytes, size_t new_bytes)
+{
+    uint8_t *q = realloc(p, new_bytes);
+    if (q && new_bytes > old_bytes)
+        memset(q + old_bytes, 0, new_bytes - old_bytes);
+    return q;
+}
+
+static int grow_map(uint8_t **p, size_t *len, size_t want)
+{
+    void *q;
+    if (want <= *len)
+        return 0;
+    q = mremap(*p, *len, want, MREMAP_MAYMOVE);
+    if (q == MAP_FAILED)
+        return -ENOMEM;
+    *p = q;
+    *len = want;
+    return 0;
+}
+
+/* Use `entries` of the BAT's sectors (the unused ones read 0xFFFFFFFF on
+ * disk already): grow the per-block state, then write the dynamic header
+ * with the new max_table_entries (made durable by the caller). */
+static int grow_entries(struct vhd_bdev *v, uint32_t entries)
+{
+    struct layer *t = top(v);
+    size_t old = t->entries;
+    size_t n = (size_t)entries + 1;
+    uint8_t hdr[VHD_HEADER_BYTES];
+    void *p;
+
+    if (!(p = realloc(t->meta.bat, (size_t)entries * 4)))
+        return -ENOMEM;
+    t->meta.bat = p;
+    for (size_t b = old; b < entries; b++)
+        t->meta.bat[b] = VHD_BAT_UNALLOCATED;
+    if (!(p = grow_array(v->blk, old + 1, n)))
+        return -ENOMEM;
+    v->blk = p;
+    if (!(p = grow_array(v->writes_inflight, (old + 1) * sizeof(uint16_t), n * sizeof(uint16_t))))
+        return -ENOMEM;
+    v->writes_inflight = p;
+    if (!(p = grow_array(v->dirty, (old + 1) * sizeof(uint32_t), n * sizeof(uint32_t))))
+        return -ENOMEM;
+    v->dirty = p;
+    if (!(p = grow_array(v->flushing, (old + 1) * sizeof(uint32_t), n * sizeof(uint32_t))))
+        return -ENOMEM;
+    v->flushing = p;
+    if (t->uses_bitmaps &&
+        (grow_map(&t->bitmaps, &t->bitmaps_len, (size_t)entries * t->bitmap_bytes) < 0 ||
+         grow_map(&v->staging, &v->staging_len, (size_t)entries * t->bitmap_bytes) < 0))
+        return -ENOMEM;
+    t->entries = entries;
+    t->meta.header.max_table_entries = entries;
+    vhd_header_encode(&t->meta.header, hdr);
+    return close_write(v, hdr, sizeof(hdr), t->meta.footer.data_offset);
+}
+
+/*
+ * Online growth, with no request in flight (the caller drains). Only sizes
+ * change, never where anything lives:
+ *  - fixed (the order of vhd/resize.c): the space up to the new end is
+ *    reserved; the old footer is written again at the new end, durable (the
+ *    file still says the old size, with unused bytes before its footer);
+ *    the old footer at the old end is zeroed, durable (invisible at the old
+ *    size); then the new footer at the new end, durable: the switch. At no
+ *    instant does the file end in anything but a valid footer, and the new
+ *    space reads zeroes from the moment the new size is visible.
+ *  - dynamic/differencing: the BAT already has room for every block of the
+ *    new size (unused entries in its last sector count: the header's
+ *    max_table_entries grows into them, written and made durable first),
+ *    so otherwise the footer's size and geometry change: the footer that
+ *    ends the file (the switch: the engine and libvhdi read that one), then
+ *    the copy at offset 0, each made durable. A crash in between leaves the
+ *    copy saying the old size: `vhd check` reports it, `vhd repair` copies
+ *    the footer.
+ * A growth the BAT cannot cover needs the BAT moved: offline `vhd resize`.
+ */
+static int vhd_bdev_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
+{
+    struct vhd_bdev *v = vhd_of(bd);
+    struct layer *t = top(v);
+    struct vhd_footer f = t->meta.footer;
+    struct vhd_footer geom;
+    int ret;
+
+    if (!v->is_writable)
+        return hv_err_set(err, -EROFS, "%s: opened read-only, cannot resize", t->path);
+    if (size_bytes % HV_SECTOR_BYTES || size_bytes == 0)
+        return hv_err_set(err, -EINVAL, "%s: new size %" PRIu64 " is not a positive multiple "
+                          "of 512 bytes", t->path, size_bytes);
+    if (size_bytes < t->size_bytes)
+        return hv_err_set(err, -EINVAL, "%s: shrinking from %" PRIu64 " to %" PRIu64 " bytes "
+                          "is refused online (data past the new end would be lost); detach "
+                          "the disk and run `vhd resize` offline", t->path, t->size_bytes,
+                          size_bytes);
+    if (v->active || v->waitq_head || v->flush_phase || v->flush_next || v->is_extending)
+        return hv_err_set(err, -EBUSY, "%s: requests in flight; resize needs the disk idle",
+                          t->path);
+    if (size_bytes == t->size_bytes)
+        return 0;
+    if (t->type != VHD_TYPE_FIXED &&
+        HV_DIV_ROUND_UP(size_bytes, t->block_bytes) > v->bat_bytes / 4)
+        return hv_err_set(err, -ENOSPC, "%s: cannot grow online to %" PRIu64 " bytes: the "
+                          "BAT's %" PRIu64 " bytes hold %" PRIu64 " entries of %u bytes, and a "
+                          "larger BAT means moving blocks; detach the disk and run `vhd resize` "
+                          "offline", t->path, size_bytes, v->bat_bytes, v->bat_bytes / 4,
+                          t->block_bytes);
+    vhd_footer_init(&geom, t->type, size_bytes);
+    f.current_size = size_bytes;
+    f.geometry = geom.geometry;
+
+    if (t->type == VHD_TYPE_FIXED) {
+        uint64_t old_end = t->size_bytes;
+        if (fallocate(t->fd, 0, (off_t)old_end + VHD_FOOTER_BYTES,
+                      (off_t)(size_bytes - old_end)) < 0 && errno != EOPNOTSUPP)
+            return hv_err_errno(err, t->path, "reserving the new space");
+        struct vhd_footer old_footer = t->meta.footer;
+        ret = resize_write_footer(v, &old_footer, size_bytes);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret == 0)
+            ret = close_write(v, v->zero_buf, VHD_FOOTER_BYTES, old_end);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret == 0)
+            ret = resize_write_footer(v, &f, size_bytes);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret < 0)
+            return hv_err_set(err, ret, "%s: growing to %" PRIu64 " bytes: %s", t->path,
+                              size_bytes, strerror(-ret));
+        t->meta.footer_offset = size_bytes;
+        t->meta.file_bytes = size_bytes + VHD_FOOTER_BYTES;
+    } else {
+        /* The bitmaps and BAT are made durable first, so that the image on
+         * disk is complete under either footer. More BAT entries than the
+         * size needs is valid, so the header may grow first. */
+        uint32_t entries = (uint32_t)HV_DIV_ROUND_UP(size_bytes, t->block_bytes);
+        ret = run_flush_sync(v);
+        if (ret == 0 && entries > t->entries) {
+            ret = grow_entries(v, entries);
+            if (ret == 0)
+                ret = close_sync(v);
+        }
+        if (ret == 0)
+            ret = resize_write_footer(v, &f, v->file_end);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret == 0)
+            ret = resize_write_footer(v, &f, 0);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret < 0)
+            return hv_err_set(err, ret, "%s: growing to %" PRIu64 " bytes: %s", t->path,
+                              size_bytes, strerror(-ret));
+        t->meta.footer_copy = f;
+    }
+    t->meta.footer = f;
+    t->size_bytes = size_bytes;
+    bd->size_bytes = size_bytes;
+    return 0;
 }
 
 static void vhd_describe(struct bdev *bd, json_t *obj)
@@ -1753,7 +2114,7 @@ static const struct bdev_ops vhd_ops = {
     .name = "vhd",
     .submit = vhd_submit,
     .close = vhd_close,
-    .resize = NULL,
+    .resize = vhd_bdev_resize,
     .describe = vhd_describe,
 };
 
@@ -2101,6 +2462,7 @@ int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_optio
     v = calloc(1, sizeof(*v));
     if (!v)
         return hv_err_set(err, -ENOMEM, "%s: out of memory", path);
+    v->ext_efd = -1;
     ret = layer_open(path, !opt->is_read_only, true, opt->no_direct_io, &t, err);
     if (ret < 0)
         goto fail;
@@ -2145,7 +2507,7 @@ int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_optio
         if (ret < 0)
             goto fail;
     }
-    ret = hv_aio_create(r, v->queue_depth * 2 + META_SLOTS + 4, &v->aio);
+    ret = hv_aio_get(r, v->queue_depth * 2 + META_SLOTS + 4, &v->aio);
     if (ret < 0) {
         hv_err_set(err, ret, "%s: io_setup: %s", path, strerror(-ret));
         goto fail;
@@ -2168,6 +2530,11 @@ int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_optio
     v->bd.can_discard = t->type != VHD_TYPE_FIXED;
     v->bd.discard_zeroes = t->type == VHD_TYPE_DYNAMIC;
     memcpy(v->bd.uuid, t->meta.footer.uuid, 16);
+    if (v->bat_disk) {
+        ret = ext_thread_start(v, err);
+        if (ret < 0)
+            goto fail;
+    }
     if (v->is_writable && t->uses_bitmaps) {
         for (int k = 0; k < 2; k++) {
             v->cow_io[k] = calloc(1, bdev_io_size(&v->bd));

@@ -93,11 +93,11 @@ json_t *vhd_info_to_json(const struct vhd_info *info);
  * called when a write or fdatasync to the top image file is submitted and
  * when it completes (`seq` pairs them; a fdatasync has no offset or iov). A
  * hole punched by a discard is reported as a write of zeroes that completes
- * at once. The data writes of a FUA request go out with RWF_DSYNC (durable on
- * completion) from the request's own buffers. Closing is reported too except
- * its final ftruncate. Production code passes NULL. */
+ * at once. `is_fua`: the write goes out with RWF_DSYNC (the data writes of a
+ * FUA request), so it is durable once it completes. Closing is reported too
+ * except its final ftruncate. Production code passes NULL. */
 struct vhd_io_observer {
-    void (*on_submit)(void *arg, int seq, bool is_sync, uint64_t offset,
+    void (*on_submit)(void *arg, int seq, bool is_sync, bool is_fua, uint64_t offset,
                       const struct iovec *iov, int iovcnt);
     void (*on_complete)(void *arg, int seq, long res);
     void *arg;

@@ -71,11 +71,6 @@ struct gop { /* one guest request */
 };
 
 static long g_clock;
-/* Guest FUA writes in flight: the engine sends their data with RWF_DSYNC,
- * which the observer does not report (it passes no flags), so a write whose
- * buffer lies inside such a request's data is taken as durable on
- * completion. */
-static const struct gop *g_fua_inflight[8];
 static struct ewrite *g_ew;
 static int g_ew_count, g_ew_cap;
 static bool g_recording;
@@ -92,8 +87,8 @@ static void die(const char *fmt, ...)
     exit(1);
 }
 
-static void obs_submit(void *arg, int seq, bool is_sync, uint64_t offset, const struct iovec *iov,
-                       int iovcnt)
+static void obs_submit(void *arg, int seq, bool is_sync, bool is_fua, uint64_t offset,
+                       const struct iovec *iov, int iovcnt)
 {
     if (!g_recording)
         return;
@@ -111,14 +106,8 @@ static void obs_submit(void *arg, int seq, bool is_sync, uint64_t offset, const 
     w->submit_ev = g_clock++;
     w->complete_ev = -1;
     if (!is_sync) {
-        for (int k = 0; k < iovcnt; k++) {
-            for (size_t f = 0; f < HV_ARRAY_SIZE(g_fua_inflight); f++) {
-                const struct gop *op = g_fua_inflight[f];
-                const uint8_t *b = iov[k].iov_base;
-                if (op && b >= op->data && b < op->data + (size_t)op->count * 512)
-                    w->is_dsync = true;
-            }
-        }
+        /* RWF_DSYNC (a FUA request's data): durable once it completes. */
+        w->is_dsync = is_fua;
         size_t len = hv_iov_length(iov, iovcnt);
         w->length = (uint32_t)len;
         w->data = malloc(len ? len : 1);
@@ -162,27 +151,9 @@ struct gio {
     struct iovec iov;
 };
 
-static void fua_track(const struct gop *op, bool is_inflight)
-{
-    for (size_t f = 0; f < HV_ARRAY_SIZE(g_fua_inflight); f++) {
-        if (is_inflight && !g_fua_inflight[f]) {
-            g_fua_inflight[f] = op;
-            return;
-        }
-        if (!is_inflight && g_fua_inflight[f] == op) {
-            g_fua_inflight[f] = NULL;
-            return;
-        }
-    }
-    if (is_inflight)
-        die("more FUA writes in flight than tracked");
-}
-
 static void gop_done(struct bdev_io *io, int status)
 {
     struct gio *g = io->cb_arg;
-    if (g->op->is_fua)
-        fua_track(g->op, false);
     g->op->complete_ev = g_clock++;
     g->op->status = status;
     if (status < 0)
@@ -278,8 +249,6 @@ static void run_workload(struct bdev *bd, struct run *run, uint64_t *seed)
             io->cb_arg = g;
             op->submit_ev = g_clock++;
             op->complete_ev = -1;
-            if (op->is_fua)
-                fua_track(op, true);
             int ret = bdev_submit(bd, io);
             if (ret < 0)
                 die("guest request refused: %s", strerror(-ret));

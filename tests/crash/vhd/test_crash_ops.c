@@ -110,10 +110,11 @@ static struct ev *ev_new(enum ev_kind kind, int file)
     return e;
 }
 
-static void eng_submit(void *arg, int seq, bool is_sync, uint64_t offset, const struct iovec *iov,
-                       int iovcnt)
+static void eng_submit(void *arg, int seq, bool is_sync, bool is_fua, uint64_t offset,
+                       const struct iovec *iov, int iovcnt)
 {
     (void)arg;
+    (void)is_fua;       /* the operations write no FUA data of their own */
     struct ev *e = ev_new(is_sync ? EV_SYNC : EV_WRITE, g_engine_file);
     e->seq = seq;
     e->offset = offset;

@@ -529,17 +529,20 @@ struct record {
     int syncs;
     int completed;
     int max_seq;
+    int fua_writes;
     uint64_t last_footer_write;
 };
 
-static void rec_submit(void *arg, int seq, bool is_sync, uint64_t offset, const struct iovec *iov,
-                       int iovcnt)
+static void rec_submit(void *arg, int seq, bool is_sync, bool is_fua, uint64_t offset,
+                       const struct iovec *iov, int iovcnt)
 {
     struct record *r = arg;
     if (is_sync)
         r->syncs++;
     else
         r->writes++;
+    if (is_fua)
+        r->fua_writes++;
     r->max_seq = seq;
     if (!is_sync && iovcnt == 1 && iov[0].iov_len == 512 &&
         memcmp(iov[0].iov_base, "conectix", 8) == 0)
@@ -582,7 +585,9 @@ static void test_allocation_costs_no_fsync_and_bat_waits_for_flush(void **state)
     assert_int_equal(bdev_flush_sync(bd), 0);
     assert_int_equal(rec.syncs, syncs_before + 3);
     /* A FUA write that allocates is durable with its metadata on completion. */
+    assert_int_equal(rec.fua_writes, 0);
     assert_int_equal(bdev_write_sync(bd, 200 * HV_MiB, p, 4096, BDEV_IO_FUA), 0);
+    assert_int_equal(rec.fua_writes, 1);      /* its data write, RWF_DSYNC */
     assert_int_equal(vhd_inspect(path, &info, &err), 0);
     assert_int_equal(info.allocated_bytes, 65ull * 2 * HV_MiB);
     /* While open, the file still ends in a valid footer (the reserve's). */
