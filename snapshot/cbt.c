@@ -262,9 +262,14 @@ int snap_cbt_take(struct snap_cbt *c, uint8_t **bits, bool *was_reliable, char *
     return 0;
 }
 
-void snap_cbt_merge_back(struct snap_cbt *c, const uint8_t *bits)
+void snap_cbt_merge_back(struct snap_cbt *c, const uint8_t *bits, bool was_reliable,
+                         const char *why)
 {
     size_t n = bitmap_bytes(c->chunks);
     for (size_t i = 0; i < n; i++)
         c->bits[i] |= bits[i];
+    if (!was_reliable && c->is_reliable) {
+        c->is_reliable = false;
+        snprintf(c->why, sizeof(c->why), "%s", why && *why ? why : "history lost");
+    }
 }

@@ -90,8 +90,10 @@ uint64_t snap_cbt_chunks(const struct snap_cbt *cbt);
  * take the tracker is reliable from here on. -ENOMEM leaves it unchanged. */
 int snap_cbt_take(struct snap_cbt *cbt, uint8_t **bits, bool *was_reliable,
                   char *why, size_t why_cap);
-/* Put taken bits back (OR): a backup that failed must not lose them. */
-void snap_cbt_merge_back(struct snap_cbt *cbt, const uint8_t *bits);
+/* Put taken bits back (OR) and, when they were not reliable, the reason
+ * too: a backup that failed, or a mere checkpoint, must not lose them. */
+void snap_cbt_merge_back(struct snap_cbt *cbt, const uint8_t *bits, bool was_reliable,
+                         const char *why);
 static inline bool snap_bit_test(const uint8_t *bits, uint64_t i)
 {
     return bits[i >> 3] & (1u << (i & 7));
@@ -198,6 +200,15 @@ enum snap_consistency { SNAP_CRASH, SNAP_APP };
 
 struct snap_group {
     struct hv_reactor *reactor;
+    /* Called after a live merge switched disk `i` back to its parent and
+     * before the child file is removed: record `new_top` as the disk's
+     * image (the VM definition). May be NULL. */
+    int (*persist_top)(void *arg, int i, const char *new_top);
+    void *persist_arg;
+    /* Called right after the gate is released at a cut (guest I/O resumed,
+     * agent not yet thawed). May be NULL. */
+    void (*on_cut)(void *arg);
+    void *on_cut_arg;
     struct snap_gate *gate;
     struct snap_disk *disks;
     int disk_count;
@@ -205,18 +216,23 @@ struct snap_group {
     uint32_t thaw_timeout_ms;         /* asked of the agent; 0: 10000 */
 };
 
+struct snap_checkpoint_disk {
+    char child_path[4096];            /* the new top ("" for raw disks) */
+    char parent_path[4096];           /* the checkpoint image (the old top) */
+    uint8_t *cbt_bits;                /* taken at the cut (NULL without cbt) */
+    bool cbt_reliable;
+    char cbt_why[256];
+};
+
 struct snap_checkpoint_result {
     enum snap_consistency consistency;
     char why[512];                    /* why not app-consistent, or "" */
-    uint64_t hold_ns;
+    uint64_t hold_ns;                 /* guest I/O held (gate hold .. release) */
     uint64_t drain_ns;
-    uint64_t frozen_ns;               /* agent freeze until thaw */
+    uint64_t frozen_ns;               /* agent freeze until thaw returned */
     time_t created;                   /* wall clock at the cut */
-    char child_paths[SNAP_MAX_DISKS][4096];  /* new tops (VHD disks) */
-    char parent_paths[SNAP_MAX_DISKS][4096]; /* the checkpoint images */
-    uint8_t *cbt_bits[SNAP_MAX_DISKS];        /* taken at the cut (NULL if no cbt) */
-    bool cbt_reliable[SNAP_MAX_DISKS];
-    char cbt_why[SNAP_MAX_DISKS][256];
+    int disk_count;
+    struct snap_checkpoint_disk *disks;   /* one per group disk, same order */
 };
 
 /*
@@ -253,10 +269,12 @@ int snap_checkpoint_recover(const char *top_path, char *real_top, size_t cap,
                             struct hv_err *err);
 
 /* Revert a disk (offline): discard everything written since the checkpoint
- * whose image is `checkpoint_path` by removing the children above it in the
- * chain whose top is `top_path`. */
-int snap_checkpoint_apply(const char *top_path, const char *checkpoint_path,
-                          struct hv_err *err);
+ * whose image is `checkpoint_path` by removing the images above it in the
+ * chain whose top is `top_path`, then give the checkpoint a fresh empty
+ * child (so it stays intact for another revert) whose path goes to
+ * `new_top`: the image the disk opens from now on. */
+int snap_checkpoint_apply(const char *top_path, const char *checkpoint_path, char *new_top,
+                          size_t cap, struct hv_err *err);
 
 /* ============================================================== backups */
 

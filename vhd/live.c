@@ -118,6 +118,7 @@ struct live {
     int meta_pending;
     int flush_status;
     struct hv_aio_req sync_req;
+    struct bdev_io *parent_flush;   /* a guest flush also covers what the parent got */
 
     unsigned inflight;
     uint64_t blocks_allocated;
@@ -445,6 +446,27 @@ static void flush_round_end(struct live *v, int status)
 
 static void flush_meta_done(struct hv_aio_req *req, long res);
 
+static void parent_flush_done(struct bdev_io *pio, int status)
+{
+    struct live *v = pio->cb_arg;
+    flush_round_end(v, status);
+}
+
+/* Writes acknowledged before the child took over went to the parent and
+ * may not be durable yet; the guest's flush covers them too. */
+static void flush_parent(struct live *v)
+{
+    v->flush_phase = 7;
+    struct bdev_io *pio = v->parent_flush;
+    memset(pio, 0, sizeof(*pio));
+    pio->type = BDEV_IO_FLUSH;
+    pio->done = parent_flush_done;
+    pio->cb_arg = v;
+    int ret = bdev_submit(v->parent, pio);
+    if (ret < 0)
+        flush_round_end(v, ret);
+}
+
 static void flush_issue_sync(struct live *v)
 {
     v->sync_req.done = flush_meta_done;
@@ -503,7 +525,7 @@ static void flush_advance(struct live *v)
             n++;
         }
         if (n == 0) {
-            flush_round_end(v, 0);
+            flush_parent(v);
             return;
         }
         v->meta_pending = (int)n;
@@ -514,6 +536,9 @@ static void flush_advance(struct live *v)
     case 5:
         v->flush_phase = 6;
         flush_issue_sync(v);
+        return;
+    case 6:
+        flush_parent(v);
         return;
     default:
         flush_round_end(v, 0);
@@ -646,6 +671,7 @@ static void live_free(struct live *v)
     free(v->meta_iovs);
     free(v->footer_buf);
     free(v->zero_buf);
+    free(v->parent_flush);
     free(v);
 }
 
@@ -754,7 +780,8 @@ int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *par
     v->bat_buf = hv_alloc_aligned(HV_ALIGN_UP(vhd_bat_bytes(v->entries), 4096));
     v->footer_buf = hv_alloc_aligned(VHD_FOOTER_BYTES);
     v->zero_buf = hv_alloc_aligned(LIVE_ZERO_BYTES);
-    if (!v->merge_dirty || !v->is_dirty || !v->dirty || !v->bat_chunk_dirty ||
+    v->parent_flush = calloc(1, bdev_io_size(parent));
+    if (!v->parent_flush || !v->merge_dirty || !v->is_dirty || !v->dirty || !v->bat_chunk_dirty ||
         !v->bat_flushing || !v->bat_buf || !v->footer_buf || !v->zero_buf) {
         ret = hv_err_set(err, -ENOMEM, "%s: out of memory", path);
         goto fail;

@@ -333,7 +333,7 @@ static void test_cbt_tracks_persists_and_detects_unclean_stop(void **state)
     assert_true(snap_bit_test(bits, 0) && snap_bit_test(bits, 1) && snap_bit_test(bits, 5) &&
                 snap_bit_test(bits, 9) && snap_bit_test(bits, 10));
     /* A failed backup gives its bits back. */
-    snap_cbt_merge_back(cbt, bits);
+    snap_cbt_merge_back(cbt, bits, true, NULL);
     free(bits);
     assert_int_equal(bdev_write_sync(bd, 30 * 64 * 1024, buf, 4096, 0), 0);
     /* Simulate a crash: keep the "in use" state file as it is on disk now. */
