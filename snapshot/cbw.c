@@ -233,6 +233,7 @@ static int cbw_submit(struct bdev *bd, struct bdev_io *io)
     ci->next = NULL;
     ci->spare = -1;
     ci->is_copying = false;
+    memset(&ci->deferred, 0, sizeof(ci->deferred));
     bool modifies = io->type == BDEV_IO_WRITE || io->type == BDEV_IO_DISCARD ||
                     io->type == BDEV_IO_WRITE_ZEROES;
     if (!modifies || !c->is_active)

@@ -239,8 +239,8 @@ static int write_marker(const char *child, const char *parent, struct hv_err *er
     return hv_write_file_atomic(path, parent, strlen(parent), err);
 }
 
-#define MERGE_MAX_PASSES 8
-#define MERGE_FINAL_BLOCKS 16
+#define MERGE_MAX_PASSES 16
+#define MERGE_FINAL_BLOCKS 2
 
 int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, struct hv_err *err)
 {
@@ -261,6 +261,13 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
     for (int pass = 1; ret == 0 && pass < MERGE_MAX_PASSES &&
                        vhd_live_merge_dirty_blocks(child) > MERGE_FINAL_BLOCKS; pass++)
         ret = vhd_live_merge_pass(child, false, NULL, err);
+    /* Most of the parent's new data becomes durable now, while the guest
+     * runs: the flush inside the hold then has little left to do. */
+    if (ret == 0) {
+        ret = bdev_flush_sync(parent);
+        if (ret < 0)
+            hv_err_set(err, ret, "%s: flush: %s", parent_path, strerror(-ret));
+    }
     if (ret < 0)
         return ret;                     /* nothing changed for the guest: still child over parent */
 

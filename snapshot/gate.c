@@ -133,6 +133,7 @@ static int gate_submit(struct bdev *bd, struct bdev_io *io)
     gi->outer = io;
     gi->disk = d;
     gi->next = NULL;
+    memset(&gi->fail_call, 0, sizeof(gi->fail_call));
     if (d->gate->is_held) {
         if (d->queue_tail)
             d->queue_tail->next = gi;

@@ -624,6 +624,9 @@ static int live_submit(struct bdev *bd, struct bdev_io *io)
     e->cursor = 0;
     e->status = 0;
     e->to_parent = false;
+    /* The context may last have held another device's state (the top this
+     * child replaced used the same request memory): nothing in it is ours. */
+    memset(&e->deferred, 0, sizeof(e->deferred));
     e->req.done = child_done;
     e->req.arg = e;
     v->inflight++;
