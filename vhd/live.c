@@ -84,6 +84,7 @@ struct live {
     uint8_t *bitmaps;               /* entries * bitmap_bytes, MAP_NORESERVE */
     size_t bitmaps_len;
     uint8_t *merge_dirty;           /* per block: written since the last merge pass */
+    uint8_t *merge_bits;            /* per sector, same layout as bitmaps: written since */
     uint8_t *is_dirty;              /* per block: bitmap must go to disk */
     uint32_t *dirty;
     uint32_t dirty_count;
@@ -259,6 +260,8 @@ static void child_done(struct hv_aio_req *req, long res)
          * and the next flush records it. */
         vhd_bitmap_set(bitmap_of(v, e->step_block), e->step_sector,
                        (uint32_t)(e->step_len / HV_SECTOR_BYTES));
+        vhd_bitmap_set(v->merge_bits + (size_t)e->step_block * v->bitmap_bytes,
+                       e->step_sector, (uint32_t)(e->step_len / HV_SECTOR_BYTES));
         v->merge_dirty[e->step_block] = 1;
         if (!v->is_dirty[e->step_block]) {
             v->is_dirty[e->step_block] = 1;
@@ -661,6 +664,8 @@ static void live_free(struct live *v)
         close(v->fd);
     if (v->bitmaps)
         munmap(v->bitmaps, v->bitmaps_len);
+    if (v->merge_bits)
+        munmap(v->merge_bits, v->bitmaps_len);
     vhd_meta_free(&v->meta);
     free(v->merge_dirty);
     free(v->is_dirty);
@@ -774,6 +779,13 @@ int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *par
         ret = hv_err_set(err, -ENOMEM, "%s: out of memory for bitmaps", path);
         goto fail;
     }
+    v->merge_bits = mmap(NULL, v->bitmaps_len, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (v->merge_bits == MAP_FAILED) {
+        v->merge_bits = NULL;
+        ret = hv_err_set(err, -ENOMEM, "%s: out of memory for bitmaps", path);
+        goto fail;
+    }
     v->bat_chunks = (uint32_t)HV_DIV_ROUND_UP(vhd_bat_bytes(v->entries), LIVE_BAT_CHUNK);
     v->merge_dirty = calloc(v->entries, 1);
     v->is_dirty = calloc(v->entries, 1);
@@ -848,32 +860,53 @@ struct bdev *vhd_live_child_parent(struct bdev *bd)
 
 /* ------------------------------------------------------------- merge */
 
-struct merge_job {
+#define MERGE_WORKERS 16
+
+struct merge_pass {
     struct live *v;
-    bool is_done;
+    bool is_first;
+    uint32_t next_block;            /* shared cursor: the next block to take */
+    int active;                     /* workers still running */
     int status;
+    bool is_done;
+    uint64_t copied_bytes;
+};
+
+/* One of MERGE_WORKERS copiers: takes a block from the shared cursor,
+ * copies its runs (read from the child file, write into the parent bdev),
+ * takes the next. Several in flight hide the latency of each copy. */
+struct merge_job {
+    struct merge_pass *pass;
     uint32_t block;
     uint32_t sector;
     uint32_t run;
-    uint64_t copied_bytes;
+    bool has_block;
     uint8_t *buf;
     struct iovec iov;
     struct hv_aio_req req;
     struct bdev_io *pio;
-    bool is_final;
+    uint8_t todo[LIVE_PREFIX];      /* sectors of the current block to copy */
 };
 
 static void merge_next(struct merge_job *j);
+
+static void merge_stop(struct merge_job *j, int status)
+{
+    struct merge_pass *p = j->pass;
+    if (status < 0 && p->status == 0)
+        p->status = status;
+    if (--p->active == 0)
+        p->is_done = true;
+}
 
 static void merge_wrote(struct bdev_io *pio, int status)
 {
     struct merge_job *j = pio->cb_arg;
     if (status < 0) {
-        j->status = status;
-        j->is_done = true;
+        merge_stop(j, status);
         return;
     }
-    j->copied_bytes += (uint64_t)j->run * HV_SECTOR_BYTES;
+    j->pass->copied_bytes += (uint64_t)j->run * HV_SECTOR_BYTES;
     j->sector += j->run;
     merge_next(j);
 }
@@ -882,59 +915,65 @@ static void merge_read(struct hv_aio_req *req, long res)
 {
     struct merge_job *j = req->arg;
     if (res < 0 || (uint64_t)res != (uint64_t)j->run * HV_SECTOR_BYTES) {
-        j->status = res < 0 ? (int)res : -EIO;
-        j->is_done = true;
+        merge_stop(j, res < 0 ? (int)res : -EIO);
         return;
     }
+    struct live *v = j->pass->v;
     struct bdev_io *pio = j->pio;
     memset(pio, 0, sizeof(*pio));
     pio->type = BDEV_IO_WRITE;
-    pio->offset = (uint64_t)j->block * j->v->block_bytes + (uint64_t)j->sector * HV_SECTOR_BYTES;
+    pio->offset = (uint64_t)j->block * v->block_bytes + (uint64_t)j->sector * HV_SECTOR_BYTES;
     pio->length = (uint64_t)j->run * HV_SECTOR_BYTES;
     pio->iov = &j->iov;
     pio->iovcnt = 1;
     pio->done = merge_wrote;
     pio->cb_arg = j;
-    int ret = bdev_submit(j->v->parent, pio);
-    if (ret < 0) {
-        j->status = ret;
-        j->is_done = true;
-    }
+    int ret = bdev_submit(v->parent, pio);
+    if (ret < 0)
+        merge_stop(j, ret);
 }
 
-/* Copy the next run of present sectors of a block marked dirty. */
+/* Copy the next run of sectors to copy; take a new block when done. */
 static void merge_next(struct merge_job *j)
 {
-    struct live *v = j->v;
+    struct merge_pass *p = j->pass;
+    struct live *v = p->v;
     uint32_t spb = v->block_bytes / HV_SECTOR_BYTES;
+    if (p->status < 0) {
+        merge_stop(j, 0);
+        return;
+    }
     for (;;) {
-        if (j->block >= v->entries) {
-            j->is_done = true;
-            return;
-        }
-        if (j->sector == 0) {
-            if (v->meta.bat[j->block] == VHD_BAT_UNALLOCATED || !v->merge_dirty[j->block]) {
-                j->block++;
-                continue;
+        if (!j->has_block) {
+            while (p->next_block < v->entries &&
+                   (v->meta.bat[p->next_block] == VHD_BAT_UNALLOCATED ||
+                    !v->merge_dirty[p->next_block]))
+                p->next_block++;
+            if (p->next_block >= v->entries) {
+                merge_stop(j, 0);
+                return;
             }
-            /* Clear before copying: a write landing during the copy marks
-             * the block again and the next pass copies it once more. */
-            v->merge_dirty[j->block] = 0;
-        }
-        if (j->sector >= spb || (uint64_t)j->block * v->block_bytes +
-                                    (uint64_t)j->sector * HV_SECTOR_BYTES >= v->bd.size_bytes) {
-            j->block++;
+            j->block = p->next_block++;
             j->sector = 0;
+            j->has_block = true;
+            /* Take the sectors to copy and clear them first: a write landing
+             * during the copy marks them again and the next pass copies
+             * them once more. The first pass copies every present sector. */
+            v->merge_dirty[j->block] = 0;
+            uint8_t *mb = v->merge_bits + (size_t)j->block * v->bitmap_bytes;
+            memcpy(j->todo, p->is_first ? bitmap_of(v, j->block) : mb, v->bitmap_bytes);
+            memset(mb, 0, v->bitmap_bytes);
+        }
+        uint32_t limit = spb;
+        uint64_t block_start = (uint64_t)j->block * v->block_bytes;
+        if (block_start + v->block_bytes > v->bd.size_bytes)
+            limit = (uint32_t)((v->bd.size_bytes - block_start) / HV_SECTOR_BYTES);
+        if (j->sector >= limit) {
+            j->has_block = false;
             continue;
         }
-        uint8_t *bm = bitmap_of(v, j->block);
-        uint32_t limit = spb;
-        uint64_t block_end = (uint64_t)(j->block + 1) * v->block_bytes;
-        if (block_end > v->bd.size_bytes)
-            limit = (uint32_t)((v->bd.size_bytes - (uint64_t)j->block * v->block_bytes) /
-                               HV_SECTOR_BYTES);
-        uint32_t run = vhd_bitmap_run(bm, j->sector, limit);
-        if (!vhd_bitmap_test(bm, j->sector)) {
+        uint32_t run = vhd_bitmap_run(j->todo, j->sector, limit);
+        if (!vhd_bitmap_test(j->todo, j->sector)) {
             j->sector += run;
             continue;
         }
@@ -956,25 +995,33 @@ int vhd_live_merge_pass(struct bdev *bd, bool is_first, uint64_t *copied_bytes,
     struct live *v = hv_container_of(bd, struct live, bd);
     if (is_first)
         memset(v->merge_dirty, 1, v->entries);
-    struct merge_job j = { .v = v };
-    j.buf = hv_alloc_aligned(v->block_bytes);
-    j.pio = calloc(1, bdev_io_size(v->parent));
-    if (!j.buf || !j.pio) {
-        free(j.buf);
-        free(j.pio);
-        return hv_err_set(err, -ENOMEM, "%s: merge: out of memory", v->path);
+    struct merge_pass p = { .v = v, .is_first = is_first, .active = MERGE_WORKERS };
+    struct merge_job *jobs = calloc(MERGE_WORKERS, sizeof(*jobs));
+    int ret = jobs ? 0 : -ENOMEM;
+    for (int i = 0; ret == 0 && i < MERGE_WORKERS; i++) {
+        jobs[i].pass = &p;
+        jobs[i].buf = hv_alloc_aligned(v->block_bytes);
+        jobs[i].pio = calloc(1, bdev_io_size(v->parent));
+        if (!jobs[i].buf || !jobs[i].pio)
+            ret = -ENOMEM;
     }
-    merge_next(&j);
-    int ret = hv_reactor_run_until(bd->reactor, &j.is_done);
-    if (ret == 0)
-        ret = j.status;
-    free(j.buf);
-    free(j.pio);
+    if (ret == 0) {
+        for (int i = 0; i < MERGE_WORKERS; i++)
+            merge_next(&jobs[i]);
+        ret = hv_reactor_run_until(bd->reactor, &p.is_done);
+        if (ret == 0)
+            ret = p.status;
+    }
+    for (int i = 0; jobs && i < MERGE_WORKERS; i++) {
+        free(jobs[i].buf);
+        free(jobs[i].pio);
+    }
+    free(jobs);
     if (ret < 0)
         return hv_err_set(err, ret, "%s: merge into %s: %s", v->path, v->parent->name,
                           strerror(-ret));
     if (copied_bytes)
-        *copied_bytes = j.copied_bytes;
+        *copied_bytes = p.copied_bytes;
     return 0;
 }
 
