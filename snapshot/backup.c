@@ -222,7 +222,12 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
     ret = vhd_open(grp->reactor, path, &oo, &out, err);
     if (ret < 0)
         return ret;
-    uint8_t *buf = hv_alloc_aligned(j->unit);
+    /* Units are read in runs of up to READ_BATCH bytes (one request each:
+     * the engine and the disk like big sequential reads), then hashed and
+     * written per run of non-zero units. Copy-before-write disks are read a
+     * chunk at a time, the way their filter serves them. */
+    uint32_t batch_units = j->view ? HV_MAX(1u, READ_BATCH / j->unit) : 1;
+    uint8_t *buf = hv_alloc_aligned((size_t)batch_units * j->unit);
     if (!buf) {
         bdev_close(out);
         return hv_err_set(err, -ENOMEM, "%s: out of memory", path);
@@ -230,18 +235,30 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
     uint64_t units = HV_DIV_ROUND_UP(j->size, j->unit);
     struct hv_progress prog;
     hv_progress_begin(&prog, j->file, j->size, opt->show_progress);
-    for (uint64_t u = 0; u < units && ret == 0; u++) {
+    uint64_t u = 0;
+    while (u < units && ret == 0) {
         hv_progress_update(&prog, u * j->unit);
-        if (j->is_incremental && !snap_bit_test(bits, u))
+        if (j->is_incremental && !snap_bit_test(bits, u)) {
+            u++;
             continue;
-        uint64_t off = u * j->unit;
-        uint64_t len = HV_MIN((uint64_t)j->unit, j->size - off);
-        if (j->is_incremental)
-            j->bytes_changed += len;
+        }
         /* A full backup skips what the frozen chain does not hold at all. */
-        if (!j->is_incremental && j->view && view_is_unallocated(j->view, off, len))
+        if (!j->is_incremental && j->view &&
+            view_is_unallocated(j->view, u * j->unit, HV_MIN((uint64_t)j->unit,
+                                                             j->size - u * j->unit))) {
+            u++;
             continue;
-        ret = read_unit(grp, j->d, j->view, u, j->unit, j->size, buf, &len);
+        }
+        uint64_t first = u, n = 1;
+        while (n < batch_units && first + n < units &&
+               (j->is_incremental ? snap_bit_test(bits, first + n) : true))
+            n++;
+        uint64_t off = first * j->unit;
+        uint64_t len = HV_MIN(n * j->unit, j->size - off);
+        if (j->view)
+            ret = bdev_read_sync(j->view, off, buf, len);
+        else
+            ret = read_unit(grp, j->d, NULL, first, j->unit, j->size, buf, &len);
         if (ret < 0) {
             hv_err_set(err, ret, "disk c%d-s%d: reading %" PRIu64 " bytes at %" PRIu64
                        " of the frozen view: %s", j->d->controller, j->d->slot, len, off,
@@ -249,21 +266,35 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
             break;
         }
         j->bytes_read += len;
-        /* A full backup needs no zero blocks (a dynamic VHD reads zero where
+        if (j->is_incremental)
+            j->bytes_changed += len;
+        /* A full backup needs no zero units (a dynamic VHD reads zero where
          * nothing is allocated); an incremental must write them, since its
          * parent may hold older data there. */
-        if (!j->is_incremental && hv_buf_is_zero(buf, len))
-            continue;
-        ret = bdev_write_sync(out, off, buf, len, 0);
-        if (ret < 0) {
-            hv_err_set(err, ret, "%s: writing %" PRIu64 " bytes at %" PRIu64 ": %s", path,
-                       len, off, strerror(-ret));
-            break;
+        uint64_t run_at = 0, run_len = 0;
+        for (uint64_t k = 0; k < n && ret == 0; k++) {
+            uint64_t uo = k * j->unit;
+            uint64_t ul = HV_MIN((uint64_t)j->unit, len - uo);
+            bool keep = j->is_incremental || !hv_buf_is_zero(buf + uo, ul);
+            if (keep) {
+                char hex[33];
+                hv_xxh3_128_hex(buf + uo, ul, hex);
+                json_array_append_new(j->blocks, json_pack("[I,s]", (json_int_t)(off + uo),
+                                                           hex));
+                if (run_len == 0)
+                    run_at = uo;
+                run_len += ul;
+            }
+            if ((!keep || k + 1 == n) && run_len) {
+                ret = bdev_write_sync(out, off + run_at, buf + run_at, run_len, 0);
+                if (ret < 0)
+                    hv_err_set(err, ret, "%s: writing %" PRIu64 " bytes at %" PRIu64 ": %s",
+                               path, run_len, off + run_at, strerror(-ret));
+                j->bytes_written += run_len;
+                run_len = 0;
+            }
         }
-        j->bytes_written += len;
-        char hex[33];
-        hv_xxh3_128_hex(buf, len, hex);
-        json_array_append_new(j->blocks, json_pack("[I,s]", (json_int_t)off, hex));
+        u = first + n;
     }
     /* Raw disks: every chunk not read stays "pending" in copy-before-write
      * until stop; nothing more to do here. */

@@ -823,6 +823,19 @@ int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *par
     }
     v->next_alloc = HV_ALIGN_UP(used_end, LIVE_PREFIX);
     v->file_end = v->meta.footer_offset;
+    /* Grow the file now, while the guest is not held yet: the first writes
+     * after the switch then find room without waiting for a footer sync. */
+    uint64_t reserve_end = HV_ALIGN_UP(v->next_alloc + LIVE_EXTEND_BYTES, 4096);
+    if (reserve_end > v->file_end) {
+        ret = hv_pwrite_full(v->fd_buffered, v->footer_buf, VHD_FOOTER_BYTES, reserve_end);
+        if (ret == 0 && fdatasync(v->fd_buffered) < 0)
+            ret = -errno;
+        if (ret < 0) {
+            ret = hv_err_set(err, ret, "%s: growing the file: %s", path, strerror(-ret));
+            goto fail;
+        }
+        v->file_end = reserve_end;
+    }
     ret = hv_aio_create(r, 128, &v->aio);
     if (ret < 0) {
         ret = hv_err_set(err, ret, "%s: aio: %s", path, strerror(-ret));
