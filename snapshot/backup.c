@@ -60,6 +60,19 @@ static int recover_lock(const char *dir, char *recovered, size_t cap, struct hv_
         return 0;
     }
     json_int_t pid = json_integer_value(json_object_get(lock, "pid"));
+    json_int_t lseq = json_integer_value(json_object_get(lock, "sequence"));
+    char man[PATH_MAX];
+    snprintf(man, sizeof(man), "%s/%" JSON_INTEGER_FORMAT ".manifest.json", dir, lseq);
+    if (access(man, F_OK) == 0) {
+        /* The manifest is written durably before the lock goes: that run
+         * finished its backup and died later (while merging back). */
+        json_decref(lock);
+        unlink(path);
+        if (recovered)
+            snprintf(recovered, cap, "backup #%" JSON_INTEGER_FORMAT " completed but its "
+                     "process died before it released %s: nothing to remove", lseq, path);
+        return 0;
+    }
     if (pid > 0 && pid != getpid() && kill((pid_t)pid, 0) == 0) {
         json_decref(lock);
         return hv_err_set(err, -EBUSY, "%s: another backup (process %" JSON_INTEGER_FORMAT
@@ -488,6 +501,9 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
         ret = hv_json_write_file(man_path, man, err);
         json_decref(man);
         snprintf(res->manifest, sizeof(res->manifest), "%s", man_path);
+        /* The backup exists now; what follows only concerns the VM. */
+        if (ret == 0)
+            unlink(lock_path);
     }
 
     /* Give the guest its disks back as they were, whatever happened. */

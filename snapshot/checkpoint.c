@@ -51,12 +51,16 @@ int snap_hold(struct snap_group *grp, struct hv_err *err)
     return 0;
 }
 
+/* A name nobody uses yet: a child left behind by a killed run keeps its
+ * name (it may be some chain's top) and the new one gets a suffix. */
 void snap_child_path(const char *top, const char *name, char *out, size_t cap)
 {
     size_t len = strlen(top);
     if (len > 4 && strcmp(top + len - 4, ".vhd") == 0)
         len -= 4;
     snprintf(out, cap, "%.*s.%s.vhd", (int)len, top, name);
+    for (int n = 2; access(out, F_OK) == 0 && n < 1000; n++)
+        snprintf(out, cap, "%.*s.%s-%d.vhd", (int)len, top, name, n);
 }
 
 void snap_checkpoint_result_free(struct snap_checkpoint_result *res)
