@@ -243,8 +243,11 @@ static int write_marker(const char *child, const char *parent, struct hv_err *er
     return hv_write_file_atomic(path, parent, strlen(parent), err);
 }
 
+/* Passes while the guest runs until what the final pass (inside the hold)
+ * must copy is small, or stops shrinking because the guest writes as fast
+ * as a pass copies. */
 #define MERGE_MAX_PASSES 16
-#define MERGE_FINAL_BLOCKS 2
+#define MERGE_FINAL_BYTES (1024u * 1024)
 
 int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, struct hv_err *err)
 {
@@ -262,9 +265,14 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
 
     /* Passes while the guest runs, until what is left is small. */
     int ret = vhd_live_merge_pass(child, true, NULL, err);
-    for (int pass = 1; ret == 0 && pass < MERGE_MAX_PASSES &&
-                       vhd_live_merge_dirty_blocks(child) > MERGE_FINAL_BLOCKS; pass++)
+    uint64_t prev = UINT64_MAX;
+    for (int pass = 1; ret == 0 && pass < MERGE_MAX_PASSES; pass++) {
+        uint64_t dirty = vhd_live_merge_dirty_bytes(child);
+        if (dirty <= MERGE_FINAL_BYTES || (pass > 3 && dirty >= prev))
+            break;
+        prev = dirty;
         ret = vhd_live_merge_pass(child, false, NULL, err);
+    }
     /* Most of the parent's new data becomes durable now, while the guest
      * runs: the flush inside the hold then has little left to do. */
     if (ret == 0) {
@@ -276,6 +284,7 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
         return ret;                     /* nothing changed for the guest: still child over parent */
 
     uint32_t left = vhd_live_merge_dirty_blocks(child);
+    uint64_t left_bytes = vhd_live_merge_dirty_bytes(child);
     uint64_t t0 = hv_now_ns();
     ret = snap_hold(grp, err);
     if (ret < 0)
@@ -295,8 +304,8 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
     uint64_t t3 = hv_now_ns();
     if (ret == 0)
         ret = snap_top_switch(d->top, parent);
-    hv_debug("merge c%d-s%d: final hold: %u blocks left, drain %.3f ms, copy %.3f ms, flush "
-             "and marker %.3f ms", d->controller, d->slot, left, (t1 - t0) / 1e6,
+    hv_debug("merge c%d-s%d: final hold: %u blocks (%" PRIu64 " bytes) left, drain %.3f ms, copy %.3f ms, flush "
+             "and marker %.3f ms", d->controller, d->slot, left, left_bytes, (t1 - t0) / 1e6,
              (t2 - t1) / 1e6, (t3 - t2) / 1e6);
     snap_gate_release(grp->gate);
     if (hold_ns) {

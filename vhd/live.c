@@ -1047,6 +1047,20 @@ uint32_t vhd_live_merge_dirty_blocks(struct bdev *bd)
     return n;
 }
 
+uint64_t vhd_live_merge_dirty_bytes(struct bdev *bd)
+{
+    struct live *v = hv_container_of(bd, struct live, bd);
+    uint64_t sectors = 0;
+    for (uint32_t b = 0; b < v->entries; b++) {
+        if (!v->merge_dirty[b] || v->meta.bat[b] == VHD_BAT_UNALLOCATED)
+            continue;
+        const uint8_t *mb = v->merge_bits + (size_t)b * v->bitmap_bytes;
+        for (uint32_t i = 0; i < v->bitmap_bytes; i++)
+            sectors += (unsigned)__builtin_popcount(mb[i]);
+    }
+    return sectors * HV_SECTOR_BYTES;
+}
+
 /* Close the child without touching its parent; the child file is left as
  * it is (durable), the parent bdev stays open and owned by the caller. */
 int vhd_live_child_close(struct bdev *bd)

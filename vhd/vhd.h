@@ -232,7 +232,8 @@ int vhd_live_child_close(struct bdev *bd);
  * Runs the reactor until the pass is done. */
 int vhd_live_merge_pass(struct bdev *bd, bool is_first, uint64_t *copied_bytes,
                         struct hv_err *err);
-/* Allocated blocks written since the last pass began. */
+/* Allocated blocks, and bytes, written since the last pass began. */
 uint32_t vhd_live_merge_dirty_blocks(struct bdev *bd);
+uint64_t vhd_live_merge_dirty_bytes(struct bdev *bd);
 
 #endif /* HVSTOR_VHD_H */

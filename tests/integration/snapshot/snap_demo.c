@@ -214,14 +214,19 @@ static int cmd_backup(int argc, char **argv)
         h_run_ms(&vm, opt_u64(argc, argv, "--fill-ms", 300));
         h_pause(&vm);
     }
-    vm.write_bytes = 4096;
+    vm.write_bytes = (uint32_t)opt_u64(argc, argv, "--write-bytes", 4096);
     vm.write_span_bytes = opt_u64(argc, argv, "--span", 0);
+    bool is_idle = has_flag(argc, argv, "--idle");
+    if (is_idle)
+        vm.grp.on_cut = NULL;           /* no workload during the backup */
     uint64_t kill_ms = opt_u64(argc, argv, "--kill-after-ms", 0);
     for (int k = 0; k <= incrementals; k++) {
         /* Baseline latency: the same workload without a backup. */
         h_start(&vm);
         vm.lat_count = 0;
         h_run_ms(&vm, 300);
+        if (is_idle)
+            h_pause(&vm);
         double base_p99 = p99_ms(&vm);
         uint64_t base_writes = vm.lat_count;
         vm.lat_count = 0;
