@@ -43,14 +43,39 @@ static void join(char *out, size_t cap, const char *dir, const char *name)
 
 /* ------------------------------------------------------------ journal */
 
+/* Temporary files of an atomic write ("<name>.tmp.<pid>") whose writer is
+ * gone: a run killed while writing its lock or manifest leaves one. */
+static void remove_stale_temps(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        const char *t = strstr(de->d_name, ".tmp.");
+        if (!t || (strncmp(de->d_name, LOCK_NAME ".tmp.", strlen(LOCK_NAME) + 5) != 0 &&
+                   !strstr(de->d_name, ".manifest.json.tmp.")))
+            continue;
+        long pid = strtol(t + 5, NULL, 10);
+        if (pid > 0 && pid != getpid() && kill((pid_t)pid, 0) == 0)
+            continue;
+        char p[PATH_MAX];
+        join(p, sizeof(p), dir, de->d_name);
+        unlink(p);
+    }
+    closedir(d);
+}
+
 static int recover_lock(const char *dir, char *recovered, size_t cap, struct hv_err *err)
 {
     char path[PATH_MAX];
     join(path, sizeof(path), dir, LOCK_NAME);
     if (recovered && cap)
         recovered[0] = 0;
-    if (access(path, F_OK) < 0)
+    if (access(path, F_OK) < 0) {
+        remove_stale_temps(dir);
         return 0;
+    }
     json_t *lock = NULL;
     struct hv_err jerr = { 0 };
     if (hv_json_read_file(path, &lock, &jerr) < 0) {
@@ -103,6 +128,7 @@ static int recover_lock(const char *dir, char *recovered, size_t cap, struct hv_
     }
     json_decref(lock);
     unlink(path);
+    remove_stale_temps(dir);
     return 0;
 }
 
