@@ -40,6 +40,7 @@ struct hv_daemon {
     int signal_fd;
     struct hv_watch *signal_watch;
     int exit_signal;
+    bool is_abandoned;                  /* drain timed out: leave images to the kernel */
 };
 
 static struct hv_vm *find_vm(struct hv_daemon *d, const char *name)
@@ -413,7 +414,6 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
     char holder[128];
     int controller;
     int slot;
-    int old_count;
     bool is_created = false;
     int ret;
 
@@ -433,6 +433,9 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
     dc.is_read_only = json_is_true(json_object_get(req, "read_only"));
     if (hv_vm_path_in_use(d->vms, dc.path, holder, sizeof(holder)))
         return hv_err_set(err, -EBUSY, "%s: already attached to %s", dc.path, holder);
+    if (hv_runtime_is_retiring(&d->runtime, dc.path))
+        return hv_err_set(err, -EBUSY, "%s: detached a moment ago and still finishing its "
+                          "last commands; try again", dc.path);
     if (create_size) {
         struct vhd_create_options opt = {.type = VHD_TYPE_DYNAMIC};
         if (dc.kind != HV_DISK_VHD)
@@ -444,7 +447,6 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
             return ret;
         is_created = true;
     }
-    old_count = vm->cfg.controller_count;
     ret = hv_vm_attach(&d->runtime, vm, controller, slot, &dc, err);
     if (ret < 0)
         goto fail;
@@ -457,7 +459,6 @@ static int req_disk_attach(struct hv_daemon *d, const json_t *req, json_t **resu
     hv_info("VM '%s': %s %s attached at controller %d LUN %d%s", vm->cfg.name, kind, dc.path,
             controller, slot, dc.is_read_only ? " (read-only)" : "");
     *result = hv_vm_show_json(vm, d->portal);
-    (void)old_count;
     return 0;
 
 fail:
@@ -693,8 +694,9 @@ int hv_daemon_create(const struct hv_daemon_options *opt, struct hv_daemon **out
                               &d->server, err);
     if (ret < 0)
         goto fail;
-    snprintf(d->portal, sizeof(d->portal), "%s:%u", opt->portal_addr,
-             iscsi_server_port(d->server));
+    /* IPv6 addresses in brackets, as iscsi:// URLs and libiscsi portals want. */
+    snprintf(d->portal, sizeof(d->portal), strchr(opt->portal_addr, ':') ? "[%s]:%u" : "%s:%u",
+             opt->portal_addr, iscsi_server_port(d->server));
     ret = write_portal_file(d, err);
     if (ret < 0)
         goto fail;
@@ -745,6 +747,7 @@ int hv_daemon_run(struct hv_daemon *d)
          * memory; leave them to the kernel (VHD metadata is crash-safe). */
         hv_error("sessions did not drain in %llu s; exiting without closing images",
                  DRAIN_TIMEOUT_NS / 1000000000);
+        d->is_abandoned = true;
         return -ETIMEDOUT;
     }
     while (d->vms) {
@@ -763,6 +766,13 @@ void hv_daemon_destroy(struct hv_daemon *d)
 {
     if (!d)
         return;
+    if (d->is_abandoned) {
+        /* Requests are still in flight: freeing what they point at would be
+         * worse than the leak of a process about to exit. */
+        if (d->lock_fd >= 0)
+            close(d->lock_fd);
+        return;
+    }
     if (d->control)
         hv_control_close(d->control);
     while (d->vms) {

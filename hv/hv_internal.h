@@ -19,6 +19,7 @@ struct hv_runtime;
 struct hv_disk {
     struct bdev bd;                     /* what the LU uses */
     struct bdev *image;                 /* the opened VHD chain or raw file */
+    int lock_fd;                        /* raw files: our OFD lock on it, or -1 */
     struct scsi_lu *lu;
     struct hv_disk_config cfg;
     uint64_t inflight;
@@ -51,6 +52,9 @@ void hv_runtime_init(struct hv_runtime *rt, struct hv_reactor *r, bool no_direct
 /* Close what is retired (waiting at most until no request is in flight) and
  * free dead controllers. Only after the iSCSI server has closed every session. */
 void hv_runtime_fini(struct hv_runtime *rt);
+
+/* A detached disk on `path` is still draining (its image is not closed yet). */
+bool hv_runtime_is_retiring(const struct hv_runtime *rt, const char *path);
 
 /* Bring a definition to life (controllers, disks). A disk that fails to open
  * stays in the definition with its slot offline; the VM still starts. */

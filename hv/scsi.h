@@ -54,7 +54,7 @@ struct scsi_nexus {
 
 struct scsi_task {
     /* set by the transport */
-    uint64_t lun;
+    uint64_t lun;                   /* LUN number: scsi_lun_decode() of the 8-byte field */
     const struct scsi_nexus *nexus;
     uint8_t cdb[SCSI_MAX_CDB];
     uint8_t cdb_len;
@@ -107,6 +107,10 @@ void scsi_task_set_sense_info(struct scsi_task *t, uint8_t key, uint8_t asc, uin
 /* Build sense data into buf (>= SCSI_SENSE_MAX); returns its length. */
 size_t scsi_sense_build(uint8_t *buf, bool is_descriptor, uint8_t key, uint8_t asc,
                         uint8_t ascq, bool has_info, uint64_t information);
+/* ILLEGAL REQUEST, INVALID FIELD IN CDB (is_cdb) or IN PARAMETER LIST, with
+ * the sense-key specific field pointer at byte `field`, bit `bit` (-1: the
+ * whole byte), so the initiator sees which field was refused. */
+void scsi_task_invalid_field(struct scsi_task *t, bool is_cdb, uint16_t field, int bit);
 /* Copy `len` bytes of data-in from `buf` (capped by the expected length and
  * `alloc_len`), set in_bytes and wanted_bytes. */
 void scsi_task_data_in(struct scsi_task *t, const void *buf, size_t len, size_t alloc_len);
@@ -246,6 +250,23 @@ enum scsi_tmf_response scsi_controller_tmf(struct scsi_controller *c, const stru
                                            enum scsi_tmf fn, uint64_t lun, uint32_t ref_tag);
 
 /* ---------------------------------------------------- the emulated disk */
+
+/*
+ * SBC-3/SPC-4 over any bdev: INQUIRY (VPD 00, 80, 83, B0, B1, B2), READ
+ * CAPACITY 10/16, READ/WRITE 6/10/12/16, WRITE AND VERIFY 10/12/16, VERIFY
+ * 10/12/16, PRE-FETCH 10/16, COMPARE AND WRITE, WRITE SAME 10/16 (UNMAP,
+ * NDOB), UNMAP, GET LBA STATUS, SYNCHRONIZE CACHE 10/16, MODE SENSE/SELECT
+ * 6/10 (read-write error recovery, caching, control, informational
+ * exceptions), REPORT LUNS, REPORT SUPPORTED OPERATION CODES, TEST UNIT
+ * READY, REQUEST SENSE, START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL,
+ * RESERVE/RELEASE 6/10 and PERSISTENT RESERVE IN/OUT (every service action
+ * and type). Limits, each reported as the standard says: persistent
+ * reservations live in memory (PTPL_C=0, APTPL refused); mode pages have no
+ * saved values (PC=3 and SP=1 are refused); SYNCHRONIZE CACHE with IMMED
+ * still answers after the flush; START STOP UNIT never stops the unit.
+ * No allocation per command: each disk has a pool of bdev requests and a
+ * scratch buffer, and commands wait in FIFO order when they run out.
+ */
 
 struct scsi_disk_options {
     bool is_read_only;              /* WRITE PROTECT */

@@ -75,6 +75,26 @@ size_t scsi_sense_build(uint8_t *buf, bool is_descriptor, uint8_t key, uint8_t a
     return 18;
 }
 
+void scsi_task_invalid_field(struct scsi_task *t, bool is_cdb, uint16_t field, int bit)
+{
+    uint8_t sks[3];
+    sks[0] = (uint8_t)(0x80 | (is_cdb ? 0x40 : 0) | (bit >= 0 ? 0x08 | (bit & 0x07) : 0));
+    hv_put_be16(sks + 1, field);
+    scsi_task_set_sense(t, SCSI_SENSE_ILLEGAL_REQUEST, is_cdb ? 0x24 : 0x26, 0x00);
+    if (t->is_descriptor_sense) {
+        /* sense key specific descriptor (SPC-4 4.5.2.4) after the header */
+        uint8_t *d = t->sense + t->sense_len;
+        memset(d, 0, 8);
+        d[0] = 0x02;
+        d[1] = 0x06;
+        memcpy(d + 4, sks, 3);
+        t->sense[7] = (uint8_t)(t->sense[7] + 8);
+        t->sense_len = (uint8_t)(t->sense_len + 8);
+    } else {
+        memcpy(t->sense + 15, sks, 3);
+    }
+}
+
 void scsi_task_set_sense_info(struct scsi_task *t, uint8_t key, uint8_t asc, uint8_t ascq,
                               uint64_t information)
 {
@@ -383,11 +403,11 @@ static void report_luns(struct scsi_controller *c, struct scsi_task *t)
 
     if (select != 0x00 && select != 0x01 && select != 0x02 && select != 0x10 &&
         select != 0x11 && select != 0x12) {
-        scsi_task_check(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        scsi_task_invalid_field(t, true, 2, -1);
         return;
     }
     if (alloc < 16) {
-        scsi_task_check(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        scsi_task_invalid_field(t, true, 6, -1);
         return;
     }
     memset(buf, 0, sizeof(buf));
@@ -585,16 +605,19 @@ enum scsi_tmf_response scsi_controller_tmf(struct scsi_controller *c, const stru
         abort_matching(c, lun, NULL, 0, 0);
         lu->ops->reset(lu, NULL);
         return SCSI_TMF_COMPLETE;
+    /* Every reset reports the generic POWER ON, RESET, OR BUS DEVICE RESET
+     * OCCURRED (29/00), which SAM-5 allows for all of them: initiators
+     * (libiscsi among them) retry exactly that one, not the finer 29/01..03. */
     case SCSI_TMF_LOGICAL_UNIT_RESET:
         if (!lu)
             return SCSI_TMF_LUN_NOT_FOUND;
-        lu_reset(c, lun, 0x29, 0x03);
+        lu_reset(c, lun, 0x29, 0x00);
         return SCSI_TMF_COMPLETE;
     case SCSI_TMF_TARGET_WARM_RESET:
     case SCSI_TMF_TARGET_COLD_RESET:
         for (unsigned l = 0; l < SCSI_LUNS_PER_CONTROLLER; l++)
             if (c->slots[l])
-                lu_reset(c, l, 0x29, fn == SCSI_TMF_TARGET_COLD_RESET ? 0x01 : 0x02);
+                lu_reset(c, l, 0x29, 0x00);
         return SCSI_TMF_COMPLETE;
     }
     return SCSI_TMF_NOT_SUPPORTED;

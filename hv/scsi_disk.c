@@ -390,6 +390,17 @@ static bool parse_rw(const struct scsi_task *t, struct rw_cdb *rw)
     return true;
 }
 
+/* Byte of the TRANSFER LENGTH field, for the sense field pointer. */
+static uint16_t transfer_length_field(uint8_t op)
+{
+    switch (op >> 5) {
+    case 0: return 4;               /* 6-byte CDBs */
+    case 5: return 6;               /* 12-byte */
+    case 4: return 10;              /* 16-byte */
+    default: return 7;              /* 10-byte */
+    }
+}
+
 static bool is_range_valid(const struct scsi_disk *d, uint64_t lba, uint64_t blocks)
 {
     return lba <= d->blocks && blocks <= d->blocks - lba;
@@ -421,6 +432,21 @@ static uint32_t write_flags(const struct scsi_disk *d, bool is_fua)
 
 static void rw_step(struct scsi_task *t);
 static void verify_step(struct scsi_task *t);
+
+/* The last block of a READ whose expected length ends inside it went to
+ * the scratch buffer; hand over the part the initiator has room for. */
+static void rw_tail_done(struct scsi_task *t, int status)
+{
+    struct disk_cmd *c = disk_cmd(t);
+    if (status < 0) {
+        fail_errno(t, status, false);
+        return;
+    }
+    hv_iov_from_buf(t->in_iov, t->in_iovcnt, c->pos, c->disk->scratch, c->alloc - c->pos);
+    c->pos = c->len;
+    t->in_bytes = c->alloc;
+    disk_finish(t);
+}
 
 static void rw_done(struct scsi_task *t, int status)
 {
@@ -457,6 +483,16 @@ static void rw_step(struct scsi_task *t)
     const struct iovec *iov = is_read ? t->in_iov : t->out_iov;
     int iovcnt = is_read ? t->in_iovcnt : t->out_iovcnt;
     uint64_t want = c->len - c->pos;
+    if (c->has_partial_tail) {
+        if (want == d->block_bytes) {
+            c->io->iov[0].iov_base = d->scratch;
+            c->io->iov[0].iov_len = d->block_bytes;
+            submit(t, BDEV_IO_READ, c->lba * d->block_bytes + c->pos, d->block_bytes, 1, 0,
+                   rw_tail_done);
+            return;
+        }
+        want -= d->block_bytes;     /* whole blocks first, the tail last */
+    }
     if (d->bd->max_io_bytes)
         want = HV_MIN(want, HV_ALIGN_DOWN(d->bd->max_io_bytes, d->block_bytes));
     int n = 0;
@@ -475,9 +511,11 @@ static void rw_step(struct scsi_task *t)
 
 /*
  * The data length of a READ or WRITE against the initiator's expected
- * transfer length (SAM-5 5.4.3, FCP-4 9.4.2 as libiscsi tests it): less
- * than the CDB asks is done when it is whole blocks (the residual tells the
- * rest); a partial block is refused as INVALID FIELD IN INFORMATION UNIT.
+ * transfer length (FCP-4 9.4.2, as libiscsi's residual tests hold targets
+ * to it): when the CDB asks for more than the initiator expects, only the
+ * expected part moves and the residual reports the rest. A READ may end
+ * inside a block (its last block is read aside and cut); a WRITE that
+ * would end inside a block is refused as INVALID FIELD IN INFORMATION UNIT.
  */
 static bool clip_to_expected(struct scsi_task *t, struct disk_cmd *c, uint64_t bytes,
                              bool is_write)
@@ -489,15 +527,25 @@ static bool clip_to_expected(struct scsi_task *t, struct disk_cmd *c, uint64_t b
         have = HV_MIN(t->expected_bytes, t->out_bytes);
     else if (!is_write && t->dir == SCSI_DIR_IN)
         have = HV_MIN(t->expected_bytes, hv_iov_length(t->in_iov, t->in_iovcnt));
+    uint32_t bs = c->disk->block_bytes;
     if (bytes <= have) {
         c->len = bytes;
         return true;
     }
-    if (is_write || have % c->disk->block_bytes) {
+    if (have % bs == 0) {
+        c->len = have;
+        return true;
+    }
+    if (is_write) {
+        /* Writing part of a block would mean a read-modify-write of data
+         * the initiator never sent; FCP-4 lets us refuse instead. */
         scsi_task_check(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
         return false;
     }
-    c->len = have;
+    c->len = HV_ALIGN_UP(have, bs);
+    c->alloc = (uint32_t)have;
+    c->has_partial_tail = true;
+    c->needs_scratch = true;
     return true;
 }
 
@@ -516,12 +564,12 @@ static void cmd_read_write(struct scsi_disk *d, struct scsi_task *t, bool is_wri
          * what it writes must be on the medium before it is read back. */
         rw.is_fua = true;
         if (bytchk > 1) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+            disk_fail_cdb(t, 1, 1);
             return;
         }
     }
     if (rw.protect) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 1, 7);
         return;
     }
     if (!is_range_valid(d, rw.lba, rw.blocks)) {
@@ -533,7 +581,7 @@ static void cmd_read_write(struct scsi_disk *d, struct scsi_task *t, bool is_wri
         return;
     }
     if (rw.blocks > d->max_transfer_blocks) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, transfer_length_field(op), -1);
         return;
     }
     if (rw.blocks == 0) {           /* SBC-3: not an error, nothing moves */
@@ -669,7 +717,7 @@ static void cmd_verify(struct scsi_disk *d, struct scsi_task *t)
     uint8_t bytchk = (t->cdb[1] >> 1) & 0x03;
 
     if (rw.protect || bytchk == 2) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 1, rw.protect ? 7 : 2);
         return;
     }
     if (!is_range_valid(d, rw.lba, rw.blocks)) {
@@ -677,7 +725,7 @@ static void cmd_verify(struct scsi_disk *d, struct scsi_task *t)
         return;
     }
     if (rw.blocks > d->max_transfer_blocks) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, transfer_length_field(t->cdb[0]), -1);
         return;
     }
     if (rw.blocks == 0) {
@@ -712,12 +760,12 @@ static void cmd_compare_and_write(struct scsi_disk *d, struct scsi_task *t)
     uint32_t blocks = cdb[13];
 
     if (cdb[1] >> 5) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 1, 7);
         return;
     }
     if (blocks > DISK_MAX_CAW_BLOCKS ||
         (uint64_t)blocks * d->block_bytes > DISK_SCRATCH_BYTES) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 13, -1);
         return;
     }
     if (!is_range_valid(d, lba, blocks)) {
@@ -730,15 +778,16 @@ static void cmd_compare_and_write(struct scsi_disk *d, struct scsi_task *t)
     }
     uint64_t bytes = (uint64_t)blocks * d->block_bytes;
     t->wanted_bytes = (uint32_t)(2 * bytes);
-    if (blocks == 0) {
-        disk_finish(t);
-        return;
-    }
     /* The data-out must be exactly the compare and the write halves: a
      * different length means the initiator and the CDB disagree on what is
-     * compared (libiscsi's CompareAndWrite.InvalidDataOutSize). */
+     * compared (libiscsi's CompareAndWrite.InvalidDataOutSize; a count of
+     * 256 truncated to 0 in the CDB byte lands here too). */
     if (t->expected_bytes != 2 * bytes || t->out_bytes < 2 * bytes) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 13, -1);
+        return;
+    }
+    if (blocks == 0) {
+        disk_finish(t);
         return;
     }
     c->lba = lba;
@@ -860,12 +909,12 @@ static void cmd_write_same(struct scsi_disk *d, struct scsi_task *t)
     c->kind = 2;
     /* WRPROTECT, ANCHOR (ANC_SUP=0), PBDATA/LBDATA (obsolete) */
     if ((cdb[1] >> 5) || (cdb[1] & 0x10) || (cdb[1] & 0x06) || (!is16 && (cdb[1] & 0x01))) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 1, -1);
         return;
     }
     /* WSNZ=1: zero blocks is not "to the end of the medium" here. */
     if (blocks == 0 || blocks > DISK_MAX_WRITE_SAME_BLOCKS) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, is16 ? 10 : 7, -1);
         return;
     }
     if (!is_range_valid(d, lba, blocks)) {
@@ -954,7 +1003,7 @@ static void cmd_unmap(struct scsi_disk *d, struct scsi_task *t)
         return;
     }
     if (t->cdb[1] & 0x01) {         /* ANCHOR: ANC_SUP = 0 */
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 1, 0);
         return;
     }
     if (is_write_protected(t, d)) {
@@ -976,11 +1025,13 @@ static void cmd_unmap(struct scsi_disk *d, struct scsi_task *t)
         bd_len = len - 8;
     uint32_t count = bd_len / 16;
     if (count > DISK_MAX_UNMAP_DESCRIPTORS) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+        disk_fail_param(t, 2, -1);
         return;
     }
     /* Check every descriptor before touching the medium: an error must
-     * leave nothing half done. */
+     * leave nothing half done. MAXIMUM UNMAP LBA COUNT bounds the whole
+     * command, not each descriptor. */
+    uint64_t total = 0;
     for (uint32_t i = 0; i < count; i++) {
         uint64_t lba;
         uint32_t blocks;
@@ -989,10 +1040,11 @@ static void cmd_unmap(struct scsi_disk *d, struct scsi_task *t)
             disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_LBA_OUT_OF_RANGE);
             return;
         }
-        if (blocks > DISK_MAX_UNMAP_BLOCKS) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
-            return;
-        }
+        total += blocks;
+    }
+    if (total > DISK_MAX_UNMAP_BLOCKS) {
+        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+        return;
     }
     if (count == 0) {
         disk_finish(t);
@@ -1165,7 +1217,7 @@ static void cmd_read_capacity10(struct scsi_disk *d, struct scsi_task *t)
     uint8_t buf[8];
     /* PMI=0 needs LBA=0 (SBC-3 5.15). */
     if (!(t->cdb[8] & 0x01) && hv_be32(t->cdb + 2) != 0) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 2, -1);
         return;
     }
     uint64_t last = d->blocks ? d->blocks - 1 : 0;
@@ -1227,7 +1279,7 @@ static void dispatch(struct scsi_disk *d, struct scsi_task *t)
 
     if (!spc_command_info(t->cdb, &cls)) {
         if (op == 0x9E || op == 0xA3 || op == 0x5E || op == 0x5F)
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+            disk_fail_cdb(t, 1, 4);
         else
             disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_OPCODE);
         return;

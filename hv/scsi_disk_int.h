@@ -14,7 +14,9 @@
 #define DISK_MAX_CAW_BLOCKS 255u        /* fits in the scratch buffer at 4 KiB blocks */
 #define DISK_MAX_UNMAP_DESCRIPTORS 256u
 #define DISK_MAX_UNMAP_BLOCKS 0x100000u /* 512 MiB at 512-byte blocks; libiscsi wants <= 1M */
-#define DISK_MAX_WRITE_SAME_BLOCKS 0x400000u
+/* 32 MiB - 512 at 512-byte blocks: libiscsi writes 64 Ki blocks in one WRITE(16),
+ * past MAXIMUM TRANSFER LENGTH, whenever MAX WRITE SAME LENGTH allows that many. */
+#define DISK_MAX_WRITE_SAME_BLOCKS 0xFFFFu
 #define DISK_PR_MAX_REGISTRANTS 128
 #define DISK_LATENCY_BUCKETS 24         /* powers of two of microseconds */
 
@@ -128,6 +130,7 @@ struct disk_cmd {
     bool in_execute;
     bool is_zero_pattern;
     bool then_verify;               /* WRITE AND VERIFY: read back after writing */
+    bool has_partial_tail;          /* READ into an EDTL that ends inside a block */
     struct scsi_task *act_prev, *act_next;
 };
 
@@ -153,6 +156,11 @@ static inline const char *initiator_of(const struct scsi_task *t)
 void disk_finish(struct scsi_task *t);
 #define disk_fail(t, key, code) \
     do { scsi_task_check((t), (key), (code)); disk_finish(t); } while (0)
+/* INVALID FIELD IN CDB pointing at byte `field`, bit `bit` (-1: whole byte). */
+#define disk_fail_cdb(t, field, bit) \
+    do { scsi_task_invalid_field((t), true, (field), (bit)); disk_finish(t); } while (0)
+#define disk_fail_param(t, field, bit) \
+    do { scsi_task_invalid_field((t), false, (field), (bit)); disk_finish(t); } while (0)
 
 /* scsi_spc.c: the SPC commands that need no bdev I/O */
 void spc_inquiry(struct scsi_disk *d, struct scsi_task *t);

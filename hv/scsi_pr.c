@@ -230,7 +230,7 @@ void pr_in(struct scsi_disk *d, struct scsi_task *t)
         }
         break;
     default:
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 1, 4);
         return;
     }
     hv_put_be32(hdr + 4, (uint32_t)(len - 8));
@@ -319,7 +319,7 @@ static void do_preempt(struct scsi_disk *d, struct scsi_task *t, int idx, uint64
 
     if (!pr->is_reserved) {
         if (sa_key == 0) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+            disk_fail_param(t, 8, -1);
             return;
         }
         if (!preempt_key(d, t, idx, sa_key, false, is_abort)) {
@@ -358,7 +358,7 @@ static void do_preempt(struct scsi_disk *d, struct scsi_task *t, int idx, uint64
         return;
     }
     if (sa_key == 0) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+        disk_fail_param(t, 8, -1);
         return;
     }
     if (!preempt_key(d, t, idx, sa_key, false, is_abort)) {
@@ -390,7 +390,7 @@ static void do_register_and_move(struct scsi_disk *d, struct scsi_task *t, int i
         return;
     }
     if (p[17] & 0x01) {             /* APTPL: not offered */
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+        disk_fail_param(t, 17, 0);
         return;
     }
     if (tid_len < 8 || tid_len > 4 + 224 || 24 + (uint64_t)tid_len > plen) {
@@ -405,7 +405,7 @@ static void do_register_and_move(struct scsi_disk *d, struct scsi_task *t, int i
      * device, is what a registration belongs to. */
     if ((tid[0] & 0x0F) != 0x05 || (tid[0] >> 6) != 1 || name_len + 4u > tid_len ||
         sa_key == 0 || rel_port != 1) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+        disk_fail_param(t, 24, -1);
         return;
     }
     char name[225];
@@ -413,7 +413,7 @@ static void do_register_and_move(struct scsi_disk *d, struct scsi_task *t, int i
     memcpy(name, tid + 4, n);
     name[n] = '\0';
     if (strcmp(name, initiator_of(t)) == 0 || !strstr(name, ",i,0x")) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+        disk_fail_param(t, 24, -1);
         return;
     }
     int dest = reg_find(pr, name);
@@ -449,7 +449,7 @@ void pr_out(struct scsi_disk *d, struct scsi_task *t)
     if (sa == PR_RESERVE || sa == PR_RELEASE || sa == PR_PREEMPT ||
         sa == PR_PREEMPT_AND_ABORT || sa == PR_REGISTER_AND_MOVE) {
         if (scope != 0 || !is_valid_type(type)) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+            disk_fail_cdb(t, 2, scope ? 7 : 3);
             return;
         }
     }
@@ -461,7 +461,7 @@ void pr_out(struct scsi_disk *d, struct scsi_task *t)
     uint64_t key = hv_be64(p);
     uint64_t sa_key = hv_be64(p + 8);
     if ((p[20] & 0x08) || (p[20] & 0x01)) {     /* SPEC_I_PT, APTPL: not offered */
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+        disk_fail_param(t, 20, (p[20] & 0x08) ? 3 : 0);
         return;
     }
     if (sa == PR_REGISTER || sa == PR_REGISTER_AND_IGNORE) {
@@ -516,7 +516,7 @@ void pr_out(struct scsi_disk *d, struct scsi_task *t)
         do_preempt(d, t, idx, sa_key, type, sa == PR_PREEMPT_AND_ABORT);
         return;
     }
-    disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+    disk_fail_cdb(t, 1, 4);
 }
 
 /* ------------------------------------------------- RESERVE / RELEASE */
@@ -543,7 +543,7 @@ void pr_reserve_spc2(struct scsi_disk *d, struct scsi_task *t)
     struct pr_state *pr = &d->pr;
     /* third-party and extent reservations are not supported */
     if ((t->cdb[0] == 0x56 && (t->cdb[1] & 0x12)) || (t->cdb[0] == 0x16 && (t->cdb[1] & 0x01))) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 1, -1);
         return;
     }
     if (spc2_blocked_by_pr(d, t))
@@ -557,7 +557,7 @@ void pr_release_spc2(struct scsi_disk *d, struct scsi_task *t)
 {
     struct pr_state *pr = &d->pr;
     if ((t->cdb[0] == 0x57 && (t->cdb[1] & 0x12)) || (t->cdb[0] == 0x17 && (t->cdb[1] & 0x01))) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 1, -1);
         return;
     }
     if (spc2_blocked_by_pr(d, t))

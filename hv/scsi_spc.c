@@ -229,13 +229,13 @@ void spc_inquiry(struct scsi_disk *d, struct scsi_task *t)
     uint8_t page = t->cdb[2];
 
     if ((t->cdb[1] & 0x02) || (!is_evpd && page != 0)) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, (t->cdb[1] & 0x02) ? 1 : 2, (t->cdb[1] & 0x02) ? 1 : -1);
         return;
     }
     if (is_evpd) {
         size_t len = vpd_page(d, page, buf);
         if (!len) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+            disk_fail_cdb(t, 2, -1);
             return;
         }
         scsi_task_data_in(t, buf, len, alloc);
@@ -349,7 +349,7 @@ void spc_mode_sense(struct scsi_disk *d, struct scsi_task *t)
         return;
     }
     if (subpage != 0 && !(page == 0x3F && subpage == 0xFF)) {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 3, -1);
         return;
     }
     memset(buf, 0, sizeof(buf));
@@ -372,7 +372,7 @@ void spc_mode_sense(struct scsi_disk *d, struct scsi_task *t)
     } else {
         size_t n = mode_page(d, page, pc, buf + len);
         if (!n) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+            disk_fail_cdb(t, 2, 5);
             return;
         }
         len += n;
@@ -409,7 +409,7 @@ void spc_mode_select(struct scsi_disk *d, struct scsi_task *t)
 
     t->wanted_bytes = len;
     if (!(cdb[1] & 0x10) || (cdb[1] & 0x01)) {      /* PF must be 1; SP unsupported */
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 1, (cdb[1] & 0x10) ? 0 : 4);
         return;
     }
     if (len == 0) {
@@ -427,12 +427,12 @@ void spc_mode_select(struct scsi_disk *d, struct scsi_task *t)
         bool is_long = is10 && (buf[4] & 0x01);
         size_t one = is_long ? 16 : 8;
         if (bd_len != one || at + bd_len > len) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+            disk_fail_param(t, is10 ? 6 : 3, -1);
             return;
         }
         uint32_t block_len = is_long ? hv_be32(buf + at + 12) : (hv_be32(buf + at + 4) & 0xFFFFFF);
         if (block_len != d->block_bytes) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+            disk_fail_param(t, (uint16_t)(at + (is_long ? 12 : 5)), -1);
             return;
         }
         at += bd_len;
@@ -441,21 +441,20 @@ void spc_mode_select(struct scsi_disk *d, struct scsi_task *t)
     while (at < len) {
         uint8_t cur[32], mask[32];
         if (at + 2 > len || (buf[at] & 0x40)) {      /* truncated, or a subpage */
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+            disk_fail_param(t, (uint16_t)at, -1);
             return;
         }
         uint8_t page = buf[at] & 0x3F;
         size_t plen = mode_page(d, page, PC_CURRENT, cur);
         mode_page(d, page, PC_CHANGEABLE, mask);
         if (!plen || buf[at + 1] + 2u != plen || at + plen > len) {
-            disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+            disk_fail_param(t, (uint16_t)(at + 1), -1);
             return;
         }
         const uint8_t *p = buf + at;
         for (size_t i = 2; i < plen; i++) {
             if ((p[i] ^ cur[i]) & ~mask[i]) {
-                disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST,
-                          SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+                disk_fail_param(t, (uint16_t)(at + i), -1);
                 return;
             }
         }
@@ -520,13 +519,13 @@ void spc_report_supported_opcodes(struct scsi_disk *d, struct scsi_task *t)
         const struct cmd_info *ci = NULL;
         if (options == 1) {
             if (is_sa_opcode(req_op)) {
-                disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+                disk_fail_cdb(t, 2, 2);
                 return;
             }
             ci = find_command(req_op, 0);
         } else if (options == 2) {
             if (!is_sa_opcode(req_op)) {
-                disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+                disk_fail_cdb(t, 2, 2);
                 return;
             }
             ci = find_command(req_op, req_sa);
@@ -548,7 +547,7 @@ void spc_report_supported_opcodes(struct scsi_disk *d, struct scsi_task *t)
                 len += timeouts_descriptor(buf + len);
         }
     } else {
-        disk_fail(t, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+        disk_fail_cdb(t, 2, 2);
         return;
     }
     scsi_task_data_in(t, buf, len, alloc);

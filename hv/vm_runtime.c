@@ -10,6 +10,7 @@
 #include "vhd.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -18,12 +19,14 @@
 
 struct hv_disk_backend {
     enum hv_disk_kind kind;
+    /* Open the image; a back end that locks through a descriptor of its own
+     * returns it in *lock_fd (closed after the image), else leaves -1. */
     int (*open)(struct hv_runtime *rt, const struct hv_disk_config *dc, bool no_direct_io,
-                struct bdev **out, struct hv_err *err);
+                struct bdev **out, int *lock_fd, struct hv_err *err);
 };
 
 static int open_vhd(struct hv_runtime *rt, const struct hv_disk_config *dc, bool no_direct_io,
-                    struct bdev **out, struct hv_err *err)
+                    struct bdev **out, int *lock_fd, struct hv_err *err)
 {
     struct vhd_open_options opt = {
         .is_read_only = dc->is_read_only,
@@ -32,13 +35,43 @@ static int open_vhd(struct hv_runtime *rt, const struct hv_disk_config *dc, bool
     return vhd_open(rt->reactor, dc->path, &opt, out, err);
 }
 
+/*
+ * The VHD engine locks its images; a raw file gets the same protection here:
+ * an OFD lock on the whole file, exclusive for a writable disk and shared for
+ * a read-only one. Another hvstord (another state dir) or a QEMU that opened
+ * the file itself (QEMU takes OFD locks on it too) is refused instead of
+ * writing the same blocks.
+ */
+static int lock_raw(const struct hv_disk_config *dc, int *lock_fd, struct hv_err *err)
+{
+    struct flock fl = {.l_type = dc->is_read_only ? F_RDLCK : F_WRLCK, .l_whence = SEEK_SET};
+    int fd = open(dc->path, (dc->is_read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+
+    if (fd < 0)
+        return hv_err_errno(err, dc->path, "open");
+    if (fcntl(fd, F_OFD_SETLK, &fl) < 0) {
+        int ret = -errno;
+        close(fd);
+        if (ret == -EAGAIN || ret == -EACCES)
+            return hv_err_set(err, -EBUSY, "%s: in use by another process (it holds a lock "
+                              "on the file)", dc->path);
+        return hv_err_set(err, ret, "%s: lock: %s", dc->path, strerror(-ret));
+    }
+    *lock_fd = fd;
+    return 0;
+}
+
 static int open_raw(struct hv_runtime *rt, const struct hv_disk_config *dc, bool no_direct_io,
-                    struct bdev **out, struct hv_err *err)
+                    struct bdev **out, int *lock_fd, struct hv_err *err)
 {
     struct bdev_raw_options opt = {
         .is_read_only = dc->is_read_only,
         .use_direct_io = !no_direct_io,
     };
+    int ret = *lock_fd >= 0 ? 0 : lock_raw(dc, lock_fd, err);
+
+    if (ret < 0)
+        return ret;
     return bdev_raw_open(rt->reactor, dc->path, &opt, out, err);
 }
 
@@ -48,20 +81,24 @@ static const struct hv_disk_backend backends[] = {
 };
 
 static int open_image(struct hv_runtime *rt, const struct hv_disk_config *dc, struct bdev **out,
-                      struct hv_err *err)
+                      int *lock_fd, struct hv_err *err)
 {
     for (size_t i = 0; i < HV_ARRAY_SIZE(backends); i++) {
         if (backends[i].kind != dc->kind)
             continue;
-        int ret = backends[i].open(rt, dc, rt->no_direct_io, out, err);
+        int ret = backends[i].open(rt, dc, rt->no_direct_io, out, lock_fd, err);
         /* tmpfs and some FUSE file systems refuse O_DIRECT with EINVAL: serve
          * such a file through the page cache rather than not at all. */
         if (ret == -EINVAL && !rt->no_direct_io && access(dc->path, F_OK) == 0) {
             struct hv_err retry_err = {0};
-            if (backends[i].open(rt, dc, true, out, &retry_err) == 0) {
+            if (backends[i].open(rt, dc, true, out, lock_fd, &retry_err) == 0) {
                 hv_warn("%s: O_DIRECT refused, serving it with buffered I/O", dc->path);
                 return 0;
             }
+        }
+        if (ret < 0 && *lock_fd >= 0) {
+            close(*lock_fd);
+            *lock_fd = -1;
         }
         return ret;
     }
@@ -163,8 +200,11 @@ static void derive_uuid(const struct hv_vm_config *vm, int controller, int slot,
     out[8] = (uint8_t)((out[8] & 0x3F) | 0x80);
 }
 
+/* The image must be closed already: the lock goes last. */
 static void disk_free(struct hv_disk *disk)
 {
+    if (disk->lock_fd >= 0)
+        close(disk->lock_fd);
     free(disk);
 }
 
@@ -182,8 +222,9 @@ static int disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, int c
     if (!disk)
         return hv_err_set(err, -ENOMEM, "out of memory");
     disk->cfg = *dc;
+    disk->lock_fd = -1;
     *out = disk;
-    ret = open_image(rt, dc, &disk->image, err);
+    ret = open_image(rt, dc, &disk->image, &disk->lock_fd, err);
     if (ret < 0)
         goto offline;
     disk->bd = *disk->image;
@@ -222,6 +263,20 @@ offline:
  */
 #define RETIRE_TICK_MS 20
 
+static void close_retired(struct hv_disk *disk)
+{
+    if (disk->lu)
+        disk->lu->ops->destroy(disk->lu);
+    if (disk->image) {
+        int ret = bdev_close(disk->image);
+        if (ret < 0)
+            hv_error("%s: closing after detach: %s", disk->cfg.path, strerror(-ret));
+        else
+            hv_info("%s: closed after detach", disk->cfg.path);
+    }
+    disk_free(disk);
+}
+
 static void retire_tick(void *arg)
 {
     struct hv_runtime *rt = arg;
@@ -234,16 +289,7 @@ static void retire_tick(void *arg)
             continue;
         }
         *pp = disk->next_retired;
-        if (disk->lu)
-            disk->lu->ops->destroy(disk->lu);
-        if (disk->image) {
-            int ret = bdev_close(disk->image);
-            if (ret < 0)
-                hv_error("%s: closing after detach: %s", disk->cfg.path, strerror(-ret));
-            else
-                hv_info("%s: closed after detach", disk->cfg.path);
-        }
-        disk_free(disk);
+        close_retired(disk);
     }
     if (rt->retired)
         hv_timer_arm(rt->reactor, &rt->retire_timer, RETIRE_TICK_MS, retire_tick, rt);
@@ -257,13 +303,26 @@ static void lu_idle(void *arg)
 
 static void retire_disk(struct hv_runtime *rt, struct hv_disk *disk)
 {
-    disk->is_lu_idle = disk->lu == NULL;
-    if (disk->lu)
-        scsi_lu_when_idle(disk->lu, lu_idle, disk);
+    /* The usual case, an idle disk, closes at once: the user may attach the
+     * file again (or elsewhere) right after the detach returns. */
+    if ((!disk->lu || disk->lu->tasks_in_flight == 0) && disk->inflight == 0) {
+        close_retired(disk);
+        return;
+    }
+    disk->is_lu_idle = false;
+    scsi_lu_when_idle(disk->lu, lu_idle, disk);
     disk->next_retired = rt->retired;
     rt->retired = disk;
     if (!rt->retire_timer.is_armed)
         hv_timer_arm(rt->reactor, &rt->retire_timer, RETIRE_TICK_MS, retire_tick, rt);
+}
+
+bool hv_runtime_is_retiring(const struct hv_runtime *rt, const char *path)
+{
+    for (const struct hv_disk *d = rt->retired; d; d = d->next_retired)
+        if (!strcmp(d->cfg.path, path))
+            return true;
+    return false;
 }
 
 void hv_runtime_init(struct hv_runtime *rt, struct hv_reactor *r, bool no_direct_io)
@@ -537,6 +596,8 @@ static void portal_host(const char *portal, char *out, size_t len)
     /* A wildcard listener is reached on loopback from this host. */
     if (!strncmp(portal, "0.0.0.0:", 8))
         snprintf(out, len, "127.0.0.1:%s", portal + 8);
+    else if (!strncmp(portal, "[::]:", 5))
+        snprintf(out, len, "[::1]:%s", portal + 5);
     else
         snprintf(out, len, "%s", portal);
 }

@@ -96,9 +96,11 @@ struct san_session_options {
     /* Called on every state change, on the reactor thread; `why` is a sentence
      * for the log ("connection lost: ...", "LUN 1 designator changed ..."). */
     void (*on_state)(struct san_session *s, enum san_state state, const char *why, void *arg);
-    /* Called when a command replayed after a reconnect met a UNIT ATTENTION
-     * (target restarted, reservations cleared...) and was retried: the UA was
-     * consumed on the caller's behalf, pass-through may want to report it. */
+    /* Called for each UNIT ATTENTION met by the session's own checks after a
+     * login (TEST UNIT READY to every LUN with queued commands, before they
+     * are replayed) or by a replayed command (then retried): the target
+     * restarted, reservations were cleared... The UA was consumed on the
+     * caller's behalf; pass-through may want to report it to the guest. */
     void (*on_unit_attention)(struct san_session *s, uint64_t lun, const uint8_t *sense,
                               size_t sense_len, void *arg);
     void *cb_arg;

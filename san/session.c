@@ -45,7 +45,7 @@ _Static_assert(sizeof(struct iovec) == sizeof(struct scsi_iovec),
                "libiscsi's scsi_iovec must match struct iovec");
 
 #define SAN_MAX_EXPECT 64
-#define SAN_UA_RETRIES 3
+#define SAN_UA_RETRIES 8     /* a target may have queued several */
 #define SAN_VERIFY_BUF 1024
 
 struct cmdq {
@@ -116,12 +116,14 @@ struct san_session {
     size_t prkey_count;
 
     /* post-reconnect verification: one command at a time */
-    size_t verify_step;
+    int verify_phase;
+    size_t verify_index;
+    uint64_t tur_luns[SAN_MAX_EXPECT];
+    size_t tur_count;
     struct san_cmd verify_cmd;
     struct iovec verify_iov;
     uint8_t verify_buf[SAN_VERIFY_BUF] __attribute__((aligned(16)));
     uint8_t verify_param[24];
-    bool verify_key_present;
 };
 
 static void on_fd(void *arg, uint32_t events);
@@ -498,7 +500,7 @@ static void cmd_cb(struct iscsi_context *iscsi, int status, void *command_data, 
         (c->flags & (SAN_CMD_REPLAYED | SAN_CMD_VERIFY)) &&
         san_sense_key(c->sense, c->sense_len) == 0x6 && c->ua_retries < SAN_UA_RETRIES) {
         c->ua_retries++;
-        if ((c->flags & SAN_CMD_REPLAYED) && s->opt.on_unit_attention) {
+        if (s->opt.on_unit_attention) {
             s->opt.on_unit_attention(s, c->lun, c->sense, c->sense_len, s->opt.cb_arg);
         }
         if (start_cmd(s, c) < 0) {
@@ -824,29 +826,63 @@ static void become_online(struct san_session *s)
     replay_pending(s, is_reconnect);
 }
 
-/* ----------------------------------------- checks after every reconnect */
+/* ------------------------------------------------ checks at every login */
 
 /*
- * Steps: for each expected LUN, INQUIRY VPD 0x83 and compare; then for each
- * PR key we registered, READ KEYS and, if the key is still there,
- * REGISTER AND IGNORE EXISTING KEY with it. Only then ONLINE and replay.
+ * One command at a time, before anything queued is sent:
+ *   EXPECT    INQUIRY VPD 0x83 of each expected LUN, compared with the record;
+ *   PR_READ   READ KEYS for each key we registered through this session, and
+ *   PR_REG    if it is still there, REGISTER AND IGNORE EXISTING KEY with it;
+ *   TUR       TEST UNIT READY to each LUN that has commands waiting, so the
+ *             UNIT ATTENTIONs the reconnect raised (power on, nexus loss) are
+ *             met here, not by a replayed command that would then have to be
+ *             sent again behind the ones queued after it: replayed commands
+ *             keep their order. The UAs are handed to on_unit_attention.
+ * Then ONLINE, and the queue goes out oldest first.
  */
+enum verify_phase { VERIFY_EXPECT, VERIFY_PR_READ, VERIFY_PR_REG, VERIFY_TUR, VERIFY_DONE };
+
+static void verify_advance(struct san_session *s)
+{
+    s->verify_index++;
+    for (;;) {
+        size_t n = s->verify_phase == VERIFY_EXPECT ? s->expect_count
+                 : s->verify_phase == VERIFY_TUR ? s->tur_count
+                 : s->verify_phase == VERIFY_DONE ? SIZE_MAX
+                 : s->prkey_count;
+        if (s->verify_index < n) {
+            return;
+        }
+        s->verify_index = 0;
+        switch (s->verify_phase) {
+        case VERIFY_EXPECT:
+            s->verify_phase = VERIFY_PR_READ;
+            break;
+        case VERIFY_PR_READ:
+        case VERIFY_PR_REG:
+            s->verify_phase = VERIFY_TUR;
+            break;
+        default:
+            s->verify_phase = VERIFY_DONE;
+            return;
+        }
+    }
+}
+
 static void verify_done(struct san_cmd *c)
 {
     struct san_session *s = c->cb_arg;
     char desc[128];
-    size_t n_expect = s->expect_count;
+    char why[400];
 
-    if (!s->is_verifying) {
-        return;
-    }
-    if (c->transport != SAN_TRANSPORT_OK) {
+    if (!s->is_verifying || c->transport != SAN_TRANSPORT_OK) {
         return;     /* connection went away again: the next login starts over */
     }
-    if (s->verify_step < n_expect) {
-        const struct san_expect *e = &s->expect[s->verify_step];
+    uint32_t got = c->xfer_bytes - (c->is_overflow ? 0 : c->residual);
+    switch (s->verify_phase) {
+    case VERIFY_EXPECT: {
+        const struct san_expect *e = &s->expect[s->verify_index];
         char found[SAN_DESIGNATOR_MAX] = "";
-        char why[400];
         if (c->status != SAN_STATUS_GOOD) {
             snprintf(why, sizeof(why), "LUN %" PRIu64 " no longer answers INQUIRY VPD 0x83 "
                      "(%s): expected %s", e->lun, san_cmd_describe(c, desc, sizeof(desc)),
@@ -854,7 +890,6 @@ static void verify_done(struct san_cmd *c)
             go_offline(s, why);
             return;
         }
-        uint32_t got = c->xfer_bytes - (c->is_overflow ? 0 : c->residual);
         if (san_vpd83_designator(s->verify_buf, got, found) < 0 ||
             strcmp(found, e->designator) != 0) {
             snprintf(why, sizeof(why), "LUN %" PRIu64 " is now %s, expected %s: a different "
@@ -863,51 +898,56 @@ static void verify_done(struct san_cmd *c)
             go_offline(s, why);
             return;
         }
-        s->verify_step++;
-        verify_next(s);
-        return;
+        verify_advance(s);
+        break;
     }
-    size_t k = (s->verify_step - n_expect) / 2;
-    bool is_read_keys = ((s->verify_step - n_expect) % 2) == 0;
-    const struct san_prkey *pk = &s->prkeys[k];
-    if (is_read_keys) {
+    case VERIFY_PR_READ: {
+        const struct san_prkey *pk = &s->prkeys[s->verify_index];
         struct san_pr_status pr;
+        bool is_present = false;
         memset(&pr, 0, sizeof(pr));
-        uint32_t got = c->xfer_bytes - (c->is_overflow ? 0 : c->residual);
-        s->verify_key_present = false;
         if (c->status == SAN_STATUS_GOOD && san_parse_pr_keys(s->verify_buf, got, &pr) == 0) {
             for (size_t i = 0; i < pr.key_count; i++) {
-                if (pr.keys[i] == pk->key) {
-                    s->verify_key_present = true;
-                }
+                is_present |= pr.keys[i] == pk->key;
             }
         }
-        if (!s->verify_key_present) {
+        if (is_present) {
+            s->verify_phase = VERIFY_PR_REG;    /* same index */
+        } else {
             hv_warn("san: %s LUN %" PRIu64 ": our key 0x%" PRIx64 " is no longer registered "
                     "(preempted?): not registering again", s->target, pk->lun, pk->key);
-            s->verify_step += 2;
-        } else {
-            s->verify_step++;
+            verify_advance(s);
         }
-        verify_next(s);
-        return;
+        break;
     }
-    if (c->status != SAN_STATUS_GOOD) {
-        hv_warn("san: %s LUN %" PRIu64 ": registering key 0x%" PRIx64 " again after the "
-                "reconnect: %s", s->target, pk->lun, pk->key,
-                san_cmd_describe(c, desc, sizeof(desc)));
+    case VERIFY_PR_REG: {
+        const struct san_prkey *pk = &s->prkeys[s->verify_index];
+        if (c->status != SAN_STATUS_GOOD) {
+            hv_warn("san: %s LUN %" PRIu64 ": registering key 0x%" PRIx64 " again after the "
+                    "reconnect: %s", s->target, pk->lun, pk->key,
+                    san_cmd_describe(c, desc, sizeof(desc)));
+        }
+        s->verify_phase = VERIFY_PR_READ;
+        verify_advance(s);
+        break;
     }
-    s->verify_step++;
+    case VERIFY_TUR:
+        /* NOT READY and the like are the replayed commands' business */
+        verify_advance(s);
+        break;
+    case VERIFY_DONE:
+        break;
+    }
     verify_next(s);
 }
 
 static void verify_next(struct san_session *s)
 {
     struct san_cmd *c = &s->verify_cmd;
-    size_t n_expect = s->expect_count;
     uint8_t cdb[16];
+    size_t i = s->verify_index;
 
-    if (s->verify_step >= n_expect + 2 * s->prkey_count) {
+    if (s->verify_phase == VERIFY_DONE) {
         become_online(s);
         return;
     }
@@ -915,24 +955,49 @@ static void verify_next(struct san_session *s)
     c->flags = SAN_CMD_VERIFY;
     c->done = verify_done;
     c->cb_arg = s;
-    if (s->verify_step < n_expect) {
+    switch (s->verify_phase) {
+    case VERIFY_EXPECT:
         san_cdb_inquiry(cdb, true, 0x83, SAN_VERIFY_BUF);
-        san_cmd_prepare(c, s->expect[s->verify_step].lun, cdb, 6, SAN_XFER_READ,
-                        &s->verify_iov, s->verify_buf, SAN_VERIFY_BUF);
-    } else {
-        size_t k = (s->verify_step - n_expect) / 2;
-        if (((s->verify_step - n_expect) % 2) == 0) {
-            san_pr_in_build(cdb, 0, SAN_VERIFY_BUF);
-            san_cmd_prepare(c, s->prkeys[k].lun, cdb, 10, SAN_XFER_READ, &s->verify_iov,
-                            s->verify_buf, SAN_VERIFY_BUF);
-        } else {
-            san_pr_out_build(cdb, s->verify_param, SAN_PR_REGISTER_AND_IGNORE, 0, 0,
-                             s->prkeys[k].key);
-            san_cmd_prepare(c, s->prkeys[k].lun, cdb, 10, SAN_XFER_WRITE, &s->verify_iov,
-                            s->verify_param, 24);
-        }
+        san_cmd_prepare(c, s->expect[i].lun, cdb, 6, SAN_XFER_READ, &s->verify_iov,
+                        s->verify_buf, SAN_VERIFY_BUF);
+        break;
+    case VERIFY_PR_READ:
+        san_pr_in_build(cdb, 0, SAN_VERIFY_BUF);
+        san_cmd_prepare(c, s->prkeys[i].lun, cdb, 10, SAN_XFER_READ, &s->verify_iov,
+                        s->verify_buf, SAN_VERIFY_BUF);
+        break;
+    case VERIFY_PR_REG:
+        san_pr_out_build(cdb, s->verify_param, SAN_PR_REGISTER_AND_IGNORE, 0, 0,
+                         s->prkeys[i].key);
+        san_cmd_prepare(c, s->prkeys[i].lun, cdb, 10, SAN_XFER_WRITE, &s->verify_iov,
+                        s->verify_param, 24);
+        break;
+    default:
+        memset(cdb, 0, 6);  /* TEST UNIT READY */
+        san_cmd_prepare(c, s->tur_luns[i], cdb, 6, SAN_XFER_NONE, &s->verify_iov, NULL, 0);
+        break;
     }
     san_session_submit(s, c);
+}
+
+static void verify_start(struct san_session *s)
+{
+    s->is_verifying = true;
+    s->tur_count = 0;
+    for (struct san_cmd *c = s->pending.head; c && s->tur_count < SAN_MAX_EXPECT;
+         c = c->q_next) {
+        bool is_known = false;
+        for (size_t i = 0; i < s->tur_count; i++) {
+            is_known |= s->tur_luns[i] == c->lun;
+        }
+        if (!is_known) {
+            s->tur_luns[s->tur_count++] = c->lun;
+        }
+    }
+    s->verify_phase = VERIFY_EXPECT;
+    s->verify_index = (size_t)-1;
+    verify_advance(s);
+    verify_next(s);
 }
 
 /* ------------------------------------------------------ connect / login */
@@ -951,9 +1016,7 @@ static void login_cb(struct iscsi_context *iscsi, int status, void *command_data
     /* the login timer keeps running through the checks: a target that hangs
      * now is a failed attempt like any other */
     s->is_logged_in = true;
-    s->is_verifying = true;
-    s->verify_step = 0;
-    verify_next(s);
+    verify_start(s);
 }
 
 static void connect_cb(struct iscsi_context *iscsi, int status, void *command_data, void *private)

@@ -36,7 +36,8 @@ log=$state/hvstord.log
 hvctl() { "$bin/hvctl" --state-dir "$state" "$@"; }
 
 rm -f "$state/portal"
-"$bin/hvstord" --state-dir "$state" --portal "$portal" 2> >(tee -a "$log" >&2) >/dev/null &
+# tee ignores Ctrl-C so that the shutdown lines still reach the terminal and the log.
+"$bin/hvstord" --state-dir "$state" --portal "$portal" 2> >(trap "" INT TERM; exec tee -a "$log" >&2) >/dev/null &
 pid=$!
 stop()
 {

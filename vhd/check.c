@@ -37,7 +37,7 @@ struct check {
     int corrupt_count;
     int dropped;
     bool is_oom;
-    bool is_final;              /* the "... and N more" line may use the last slot */
+    bool is_final; /* the "... and N more" line may use the last slot */
 };
 
 static void HV_PRINTF(3, 4) add_problem(struct check *c, bool is_leak, const char *fmt, ...)
@@ -80,7 +80,7 @@ static const char *strip_path(const struct check *c, const char *msg)
 static void bat_problem(void *arg, uint32_t index, const char *msg)
 {
     struct check *c = arg;
-    (void)index;                /* the sentence names the entry already */
+    (void)index; /* the sentence names the entry already */
     add_problem(c, false, "%s", msg);
 }
 
@@ -89,7 +89,7 @@ struct region {
     uint64_t start;
     uint64_t end;
     const char *what;
-    uint32_t index;             /* BAT entry or locator number */
+    uint32_t index; /* BAT entry or locator number */
 };
 
 static int region_cmp(const void *a, const void *b)
@@ -102,21 +102,36 @@ static int region_cmp(const void *a, const void *b)
 
 static const char *footer_field_diff(const struct vhd_footer *a, const struct vhd_footer *b)
 {
-    if (memcmp(a->cookie, b->cookie, 8)) return "cookie";
-    if (a->features != b->features) return "features";
-    if (a->format_version != b->format_version) return "format version";
-    if (a->data_offset != b->data_offset) return "data offset";
-    if (a->timestamp != b->timestamp) return "timestamp";
-    if (memcmp(a->creator_app, b->creator_app, 4)) return "creator application";
-    if (a->creator_version != b->creator_version) return "creator version";
-    if (a->creator_os != b->creator_os) return "creator host OS";
-    if (a->original_size != b->original_size) return "original size";
-    if (a->current_size != b->current_size) return "current size";
-    if (memcmp(&a->geometry, &b->geometry, sizeof(a->geometry))) return "disk geometry";
-    if (a->disk_type != b->disk_type) return "disk type";
-    if (a->checksum != b->checksum) return "checksum";
-    if (memcmp(a->uuid, b->uuid, 16)) return "unique id";
-    if (a->saved_state != b->saved_state) return "saved state";
+    if (memcmp(a->cookie, b->cookie, 8))
+        return "cookie";
+    if (a->features != b->features)
+        return "features";
+    if (a->format_version != b->format_version)
+        return "format version";
+    if (a->data_offset != b->data_offset)
+        return "data offset";
+    if (a->timestamp != b->timestamp)
+        return "timestamp";
+    if (memcmp(a->creator_app, b->creator_app, 4))
+        return "creator application";
+    if (a->creator_version != b->creator_version)
+        return "creator version";
+    if (a->creator_os != b->creator_os)
+        return "creator host OS";
+    if (a->original_size != b->original_size)
+        return "original size";
+    if (a->current_size != b->current_size)
+        return "current size";
+    if (memcmp(&a->geometry, &b->geometry, sizeof(a->geometry)))
+        return "disk geometry";
+    if (a->disk_type != b->disk_type)
+        return "disk type";
+    if (a->checksum != b->checksum)
+        return "checksum";
+    if (memcmp(a->uuid, b->uuid, 16))
+        return "unique id";
+    if (a->saved_state != b->saved_state)
+        return "saved state";
     return NULL;
 }
 
@@ -138,7 +153,7 @@ static void count_leak(int fd, uint64_t start, uint64_t end, struct leak_sum *su
     while (at < stop) {
         off_t data = lseek(fd, (off_t)at, SEEK_DATA);
         if (data < 0)
-            return;                     /* ENXIO: only a hole remains */
+            return; /* ENXIO: only a hole remains */
         if ((uint64_t)data >= stop)
             return;
         off_t hole = lseek(fd, data, SEEK_HOLE);
@@ -162,23 +177,26 @@ static int check_fixed(struct check *c, const struct vhd_footer *f, uint64_t fil
 {
     uint64_t data_end = file_bytes - VHD_FOOTER_BYTES;
     if (data_end < f->current_size) {
-        add_problem(c, false, "file is %" PRIu64 " bytes, too short for a fixed image of "
-                    "%" PRIu64 " bytes plus its footer (truncated?)", file_bytes,
-                    f->current_size);
+        add_problem(c, false,
+                    "file is %" PRIu64 " bytes, too short for a fixed image of "
+                    "%" PRIu64 " bytes plus its footer (truncated?)",
+                    file_bytes, f->current_size);
     } else if (data_end > f->current_size) {
-        add_problem(c, true, "%" PRIu64 " bytes between the end of the data and the footer "
-                    "belong to nothing", data_end - f->current_size);
+        add_problem(c, true,
+                    "%" PRIu64 " bytes between the end of the data and the footer "
+                    "belong to nothing",
+                    data_end - f->current_size);
         c->rep->leaked_bytes += data_end - f->current_size;
     }
     return 0;
 }
 
-static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f,
-                         bool has_copy_region, uint64_t file_bytes, struct hv_err *err)
+static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f, bool has_copy_region,
+                         uint64_t file_bytes, struct hv_err *err)
 {
     uint8_t hbuf[VHD_HEADER_BYTES];
     struct vhd_header h;
-    struct hv_err herr = { 0 };
+    struct hv_err herr = {0};
     uint32_t *bat = NULL;
     uint8_t *raw = NULL;
     struct region *regions = NULL;
@@ -186,14 +204,16 @@ static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f,
     uint64_t footer_offset = file_bytes - VHD_FOOTER_BYTES;
 
     if (f->data_offset > footer_offset || footer_offset - f->data_offset < VHD_HEADER_BYTES) {
-        add_problem(c, false, "footer: dynamic header offset %" PRIu64 " is outside the "
-                    "%" PRIu64 "-byte file", f->data_offset, file_bytes);
+        add_problem(c, false,
+                    "footer: dynamic header offset %" PRIu64 " is outside the "
+                    "%" PRIu64 "-byte file",
+                    f->data_offset, file_bytes);
         return 0;
     }
     ret = hv_pread_full(fd, hbuf, sizeof(hbuf), f->data_offset);
     if (ret < 0)
-        return hv_err_set(err, ret, "%s: read dynamic header at offset %" PRIu64 ": %s",
-                          c->path, f->data_offset, strerror(-ret));
+        return hv_err_set(err, ret, "%s: read dynamic header at offset %" PRIu64 ": %s", c->path,
+                          f->data_offset, strerror(-ret));
     ret = vhd_header_decode(hbuf, f, &h, c->path, file_bytes, &herr);
     if (ret < 0) {
         add_problem(c, false, "%s", strip_path(c, hv_err_msg(&herr, ret)));
@@ -203,23 +223,25 @@ static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f,
     /* Sizes: the BAT must cover the disk and fit in the file. */
     uint32_t needed = vhd_blocks_for_size(f->current_size, h.block_bytes);
     if (h.max_table_entries < needed) {
-        add_problem(c, false, "dynamic header: %" PRIu32 " BAT entries cannot map a %" PRIu64
+        add_problem(c, false,
+                    "dynamic header: %" PRIu32 " BAT entries cannot map a %" PRIu64
                     "-byte disk of %" PRIu32 "-byte blocks (%" PRIu32 " needed)",
                     h.max_table_entries, f->current_size, h.block_bytes, needed);
         return 0;
     }
     uint64_t bat_bytes = vhd_bat_bytes(h.max_table_entries);
     if (h.table_offset > footer_offset || bat_bytes > footer_offset - h.table_offset) {
-        add_problem(c, false, "dynamic header: BAT of %" PRIu64 " bytes at offset %" PRIu64
-                    " does not fit in the %" PRIu64 "-byte file", bat_bytes, h.table_offset,
-                    file_bytes);
+        add_problem(c, false,
+                    "dynamic header: BAT of %" PRIu64 " bytes at offset %" PRIu64
+                    " does not fit in the %" PRIu64 "-byte file",
+                    bat_bytes, h.table_offset, file_bytes);
         return 0;
     }
     raw = malloc(bat_bytes);
     bat = malloc((size_t)h.max_table_entries * sizeof(*bat) + 1);
     if (!raw || !bat) {
-        ret = hv_err_set(err, -ENOMEM, "%s: no memory for a BAT of %" PRIu32 " entries",
-                         c->path, h.max_table_entries);
+        ret = hv_err_set(err, -ENOMEM, "%s: no memory for a BAT of %" PRIu32 " entries", c->path,
+                         h.max_table_entries);
         goto out;
     }
     ret = hv_pread_full(fd, raw, bat_bytes, h.table_offset);
@@ -240,22 +262,24 @@ static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f,
         goto out;
     }
     if (has_copy_region)
-        regions[nreg++] = (struct region){ 0, VHD_FOOTER_BYTES, "footer copy", 0 };
-    regions[nreg++] = (struct region){ f->data_offset, f->data_offset + VHD_HEADER_BYTES,
-                                       "dynamic header", 0 };
-    regions[nreg++] = (struct region){ h.table_offset, h.table_offset + bat_bytes, "BAT", 0 };
+        regions[nreg++] = (struct region){0, VHD_FOOTER_BYTES, "footer copy", 0};
+    regions[nreg++] =
+        (struct region){f->data_offset, f->data_offset + VHD_HEADER_BYTES, "dynamic header", 0};
+    regions[nreg++] = (struct region){h.table_offset, h.table_offset + bat_bytes, "BAT", 0};
     for (int i = 0; i < VHD_LOCATOR_COUNT; i++) {
         const struct vhd_locator *loc = &h.locators[i];
         uint64_t space = vhd_locator_space_bytes(loc);
         if (loc->code == VHD_PLAT_NONE || space == 0)
             continue;
         if (loc->data_offset > footer_offset || space > footer_offset - loc->data_offset) {
-            add_problem(c, false, "parent locator %d: %" PRIu64 " bytes at offset %" PRIu64
-                        " are outside the file", i, space, loc->data_offset);
+            add_problem(c, false,
+                        "parent locator %d: %" PRIu64 " bytes at offset %" PRIu64
+                        " are outside the file",
+                        i, space, loc->data_offset);
             continue;
         }
-        regions[nreg++] = (struct region){ loc->data_offset, loc->data_offset + space,
-                                           "parent locator", (uint32_t)i };
+        regions[nreg++] = (struct region){loc->data_offset, loc->data_offset + space,
+                                          "parent locator", (uint32_t)i};
     }
     size_t nmeta = nreg;
     qsort(regions, nmeta, sizeof(*regions), region_cmp);
@@ -285,11 +309,11 @@ static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f,
         if (end > footer_offset)
             end = footer_offset;
         if (start < end)
-            regions[nreg++] = (struct region){ start, end, "block", i };
+            regions[nreg++] = (struct region){start, end, "block", i};
     }
     if (nbad == 0 && c->corrupt_count == 0) {
         qsort(regions, nreg, sizeof(*regions), region_cmp);
-        struct leak_sum sum = { .first = UINT64_MAX };
+        struct leak_sum sum = {.first = UINT64_MAX};
         uint64_t covered = 0;
         for (size_t i = 0; i < nreg; i++) {
             if (regions[i].start > covered)
@@ -301,8 +325,10 @@ static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f,
             count_leak(fd, covered, footer_offset, &sum);
         if (sum.bytes) {
             c->rep->leaked_bytes = sum.bytes;
-            add_problem(c, true, "%" PRIu64 " bytes of the file belong to no structure "
-                        "(first at offset %" PRIu64 ")", sum.bytes, sum.first);
+            add_problem(c, true,
+                        "%" PRIu64 " bytes of the file belong to no structure "
+                        "(first at offset %" PRIu64 ")",
+                        sum.bytes, sum.first);
         }
     }
     ret = 0;
@@ -315,10 +341,10 @@ out:
 
 int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *err)
 {
-    struct check c = { .path = path, .rep = report };
+    struct check c = {.path = path, .rep = report};
     uint8_t fbuf[VHD_FOOTER_BYTES], cbuf[VHD_FOOTER_BYTES];
     struct vhd_footer footer, copy;
-    struct hv_err ferr = { 0 }, cerr = { 0 };
+    struct hv_err ferr = {0}, cerr = {0};
     struct stat st;
     int ret;
 
@@ -334,8 +360,8 @@ int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *
         ret = hv_err_set(err, -EINVAL, "%s: not a regular file or block device", path);
         goto out;
     }
-    uint64_t file_bytes = S_ISBLK(st.st_mode) ? (uint64_t)lseek(fd, 0, SEEK_END)
-                                              : (uint64_t)st.st_size;
+    uint64_t file_bytes =
+        S_ISBLK(st.st_mode) ? (uint64_t)lseek(fd, 0, SEEK_END) : (uint64_t)st.st_size;
     if (file_bytes < VHD_FOOTER_BYTES) {
         add_problem(&c, false, "file is %" PRIu64 " bytes, too short to hold a footer",
                     file_bytes);
@@ -355,8 +381,7 @@ int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *
             ret = hv_err_set(err, ret, "%s: read footer copy: %s", path, strerror(-ret));
             goto out;
         }
-        is_copy_ok = vhd_footer_decode(cbuf, &copy, path, "footer copy", file_bytes,
-                                       &cerr) == 0;
+        is_copy_ok = vhd_footer_decode(cbuf, &copy, path, "footer copy", file_bytes, &cerr) == 0;
     }
     /* A fixed image has no copy: its offset 0 is disk data. */
     bool is_fixed = is_footer_ok ? footer.disk_type == VHD_TYPE_FIXED
@@ -373,8 +398,8 @@ int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *
         goto done;
     }
     if (file_bytes < 2 * VHD_FOOTER_BYTES + VHD_HEADER_BYTES) {
-        add_problem(&c, false, "file is %" PRIu64 " bytes, too short for a %s image",
-                    file_bytes, vhd_type_name((enum vhd_type)f->disk_type));
+        add_problem(&c, false, "file is %" PRIu64 " bytes, too short for a %s image", file_bytes,
+                    vhd_type_name((enum vhd_type)f->disk_type));
         goto done;
     }
     if (!is_copy_ok) {
@@ -382,8 +407,10 @@ int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *
     } else if (is_footer_ok) {
         const char *field = footer_field_diff(&footer, &copy);
         if (field)
-            add_problem(&c, false, "footer copy at offset 0 differs from the footer at "
-                        "the end (%s)", field);
+            add_problem(&c, false,
+                        "footer copy at offset 0 differs from the footer at "
+                        "the end (%s)",
+                        field);
     }
     ret = check_dynamic(&c, fd, f, true, file_bytes, err);
     if (ret < 0)
@@ -391,14 +418,14 @@ int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *
 done:
     if (c.dropped) {
         c.is_final = true;
-        c.corrupt_count--;      /* the summary line is not a problem of its own */
+        c.corrupt_count--; /* the summary line is not a problem of its own */
         add_problem(&c, false, "... and %d more problems", c.dropped);
     }
     if (c.is_oom) {
         ret = hv_err_set(err, -ENOMEM, "%s: out of memory listing problems", path);
         goto out;
     }
-    ret = c.corrupt_count ? VHD_CHECK_CORRUPT
+    ret = c.corrupt_count         ? VHD_CHECK_CORRUPT
           : report->problem_count ? VHD_CHECK_LEAKED
                                   : VHD_CHECK_CLEAN;
 out:

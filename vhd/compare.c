@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #define CMP_DEPTH 8
 #define CMP_CHUNK (2u * 1024 * 1024)
@@ -25,7 +26,7 @@ struct cmp_side {
     struct bdev_io *io;
     uint8_t *buf;
     struct iovec iov;
-    bool is_zero_known;          /* block status said the chunk reads zero */
+    bool is_zero_known; /* block status said the chunk reads zero */
 };
 
 struct cmp_slot {
@@ -39,11 +40,11 @@ struct cmp_slot {
 struct cmp {
     struct bdev *bd[2];
     const char *path[2];
-    uint64_t common_bytes;       /* both sides have this much */
-    uint64_t total_bytes;        /* the longer side */
+    uint64_t common_bytes; /* both sides have this much */
+    uint64_t total_bytes;  /* the longer side */
     uint64_t chunk_bytes;
     uint64_t next_offset;
-    uint64_t first_difference;   /* UINT64_MAX: none yet */
+    uint64_t first_difference; /* UINT64_MAX: none yet */
     unsigned active;
     bool is_done;
     int error;
@@ -143,7 +144,7 @@ static void cmp_slot_next(struct cmp_slot *s)
         struct cmp_side *side = &s->side[i];
         side->is_zero_known = false;
         if (s->offset >= side->bd->size_bytes) {
-            side->is_zero_known = true;    /* beyond its end: compared to zero */
+            side->is_zero_known = true; /* beyond its end: compared to zero */
             continue;
         }
         struct bdev_io *io = side->io;
@@ -182,7 +183,7 @@ int vhd_compare(const char *path_a, enum vhd_image_format fmt_a, const char *pat
                 struct hv_err *err)
 {
     struct hv_reactor *r = NULL;
-    struct cmp c = { .path = { path_a, path_b }, .err = err, .first_difference = UINT64_MAX };
+    struct cmp c = {.path = {path_a, path_b}, .err = err, .first_difference = UINT64_MAX};
     struct cmp_slot slots[CMP_DEPTH];
     unsigned made = 0;
     int ret;
@@ -198,6 +199,21 @@ int vhd_compare(const char *path_a, enum vhd_image_format fmt_a, const char *pat
     ret = vhd_open_image(r, path_b, fmt_b, true, true, &c.bd[1], err);
     if (ret < 0)
         goto out;
+    /* The raw bdev serves whole sectors; a raw file with a partial last
+     * sector would be compared short. Say so instead of ignoring bytes. */
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        const char *p = i ? path_b : path_a;
+        if (!vhd_is_vhd_bdev(c.bd[i]) && stat(p, &st) == 0 && S_ISREG(st.st_mode) &&
+            (uint64_t)st.st_size != c.bd[i]->size_bytes) {
+            ret = hv_err_set(err, -EINVAL,
+                             "%s: %" PRIu64 " bytes is not a whole number of "
+                             "512-byte sectors; compare a copy padded with zeroes "
+                             "(truncate -s %%512)",
+                             p, (uint64_t)st.st_size);
+            goto out;
+        }
+    }
     res->size_a = c.bd[0]->size_bytes;
     res->size_b = c.bd[1]->size_bytes;
     res->has_size_mismatch = res->size_a != res->size_b;
@@ -237,8 +253,7 @@ int vhd_compare(const char *path_a, enum vhd_image_format fmt_a, const char *pat
     if (ret < 0)
         goto out;
     res->is_same = c.first_difference == UINT64_MAX && !(is_strict && res->has_size_mismatch);
-    res->first_difference = c.first_difference == UINT64_MAX ? c.common_bytes
-                                                              : c.first_difference;
+    res->first_difference = c.first_difference == UINT64_MAX ? c.common_bytes : c.first_difference;
 out:
     for (unsigned i = 0; i < made; i++) {
         for (int j = 0; j < 2; j++) {

@@ -226,10 +226,10 @@ static int create_sparse(int fd, const char *path, const struct vhd_create_optio
 
         memcpy(h.parent_uuid, parent->uuid, 16);
         h.parent_timestamp = parent->timestamp;
-        /* Hyper-V stores the parent's full path; a path too long for the
-         * field's 256 units is stored as the file name alone. */
-        if (vhd_parent_name_set(&h, parent->absolute) < 0 &&
-            vhd_parent_name_set(&h, base ? base + 1 : parent->absolute) < 0)
+        /* The file name alone, as vhd-util writes it: libvhdi (vhdimount)
+         * looks for the parent under this name beside the child, and the
+         * locators carry the paths. */
+        if (vhd_parent_name_set(&h, base ? base + 1 : parent->absolute) < 0)
             return hv_err_set(err, -ENAMETOOLONG, "%s: parent file name is too long for "
                               "the header (256 UTF-16 units)", path);
         snprintf(copy, sizeof(copy), "%s", path);

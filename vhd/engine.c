@@ -89,20 +89,43 @@ struct sub {
     int seq;                    /* observer sequence, -1 when not observed */
     bool is_busy;
     bool sets_bits;
+    uint32_t write_block;       /* top block a write lands in, UINT32_MAX if none */
     uint32_t block;
     uint32_t first_sector;
     uint32_t sectors;
 };
 
+/* What a request does, in up to three consecutive parts (a write into a
+ * differencing image whose edges need copying up from the parent becomes
+ * head group, middle, tail group). */
+enum part_kind { PART_READ, PART_WRITE, PART_ZEROES, PART_DISCARD };
+
+struct part {
+    enum part_kind kind;
+    uint64_t off;               /* virtual byte offset */
+    uint64_t len;
+    const struct iovec *iov;    /* READ/WRITE */
+    int iovcnt;
+    uint64_t iov_off;           /* where this part starts in iov */
+};
+
 struct eng_io {
     struct bdev_io *io;
     struct vhd_bdev *v;
-    uint64_t cursor;
+    struct part parts[3];
+    int part_count;
+    int part_idx;
+    uint64_t cursor;            /* bytes done of the current part */
     int pending;
     int status;
     bool is_parked;             /* waiting for the file to grow */
     bool has_dirtied_metadata;  /* a FUA write must then wait for a flush round */
     bool is_in_submit;
+    bool is_gated;              /* counted in writes_active (differencing top) */
+    bool needs_copy_up;
+    bool copies_head;
+    bool copies_tail;
+    bool is_internal;           /* a copy-up read: outside the queue depth */
     struct eng_io *next;
     struct hv_deferred deferred;
     struct sub subs[SUBS_PER_IO];
@@ -147,6 +170,7 @@ struct vhd_bdev {
     uint8_t *bat_dirty;
     uint8_t *bat_flushing;
     uint8_t *blk;               /* BLK_* per block */
+    uint16_t *writes_inflight;  /* per block: its place may not be reused meanwhile */
     uint32_t *dirty;            /* blocks whose bitmap is dirty */
     uint32_t dirty_count;
     uint32_t *flushing;         /* the snapshot a flush round writes */
@@ -171,6 +195,18 @@ struct vhd_bdev {
     uint64_t ext_new_end;
     struct meta_slot ext_slot;
     struct eng_io *ext_waiters;
+
+    /* Differencing top: a write whose edge 4 KiB groups must be copied up
+     * runs alone (see start_write_gate). */
+    unsigned writes_active;
+    struct eng_io *excl_owner;
+    struct eng_io *excl_head;
+    struct eng_io *excl_tail;
+    struct bdev_io *cow_io[2];
+    uint8_t *cow_buf[2];
+    struct iovec cow_iov[2];
+    int cow_pending;
+    int cow_status;
 
     int flush_phase;            /* 0 idle, 1 data sync, 2 metadata, 3 metadata sync */
     struct eng_io *flush_current;
@@ -306,12 +342,20 @@ static void deferred_start(void *arg)
     start_io(arg);
 }
 
+static void gate_release(struct eng_io *e);
+
 static void finish_now(struct eng_io *e)
 {
     struct vhd_bdev *v = e->v;
     struct bdev_io *io = e->io;
     int status = e->status;
 
+    if (e->is_gated)
+        gate_release(e);
+    if (e->is_internal) {
+        io->done(io, status);
+        return;
+    }
     v->active--;
     if (v->waitq_head && v->active < v->queue_depth) {
         struct eng_io *next = v->waitq_head;
@@ -342,7 +386,7 @@ static void maybe_finish(struct eng_io *e)
     struct vhd_bdev *v = e->v;
     if (e->pending || e->is_parked)
         return;
-    if (e->status == 0 && e->cursor < e->io->length)
+    if (e->status == 0 && e->part_idx < e->part_count)
         return;
     /* A FUA write that allocated a block or set bitmap bits is durable only
      * once its metadata is: it completes with the next flush round. */
@@ -380,6 +424,8 @@ static void sub_done(struct hv_aio_req *req, long res)
     observe_complete(v, s->seq, res);
     s->is_busy = false;
     e->pending--;
+    if (s->write_block != UINT32_MAX)
+        v->writes_inflight[s->write_block]--;
     if (res < 0 || (uint64_t)res != s->length) {
         if (e->status == 0)
             e->status = res < 0 ? (int)res : -EIO;
@@ -464,6 +510,8 @@ static void submit_sub(struct eng_io *e, struct sub *s, int layer, bool is_write
     s->seq = -1;
     e->pending++;
     if (is_write) {
+        if (s->write_block != UINT32_MAX)
+            v->writes_inflight[s->write_block]++;
         hv_aio_prep_writev(&s->req, fd, s->iov, s->iovcnt, file_off);
         if (e->io->flags & BDEV_IO_FUA)
             hv_aio_set_rw_flags(&s->req, RWF_DSYNC);
@@ -477,6 +525,17 @@ static void submit_sub(struct eng_io *e, struct sub *s, int layer, bool is_write
 /* ------------------------------------------------------------ allocation */
 
 static void extend_start(struct vhd_bdev *v);
+
+/* How much the file grows at a time: an eighth of its size, at least
+ * EXTEND_MIN_BYTES and at most EXTEND_MAX_BYTES, never (much) more than the
+ * blocks still unallocated need. */
+static uint64_t extension_step(struct vhd_bdev *v)
+{
+    struct layer *t = top(v);
+    uint64_t remaining = (uint64_t)(t->entries - v->allocated) * v->extent_bytes;
+    uint64_t step = HV_MIN(HV_MAX(EXTEND_MIN_BYTES, v->file_end / 8), EXTEND_MAX_BYTES);
+    return HV_MAX(HV_MIN(step, remaining), v->extent_bytes);
+}
 
 /* Take the next block from the reserve (space between the last block and the
  * durable footer). False when the reserve is too small: the file must grow. */
@@ -517,6 +576,10 @@ static bool allocate(struct vhd_bdev *v, uint32_t block)
         bitmap_at = data_at - t->bitmap_bytes;
         flags = data_at - v->prefix_bytes >= x ? BLK_PREFIX_OURS : 0;
         v->next_alloc = data_at + t->block_bytes;
+        /* Grow before the reserve runs out, so that writes rarely wait. */
+        if (!v->is_extending && v->file_end - v->next_alloc < extension_step(v) / 2 &&
+            v->allocated + 1 < t->entries)
+            extend_start(v);
     }
     /*
      * Crash ordering of an allocation (no fsync of its own):
@@ -563,7 +626,8 @@ static int punch(struct layer *l, uint64_t offset, uint64_t length)
  * to unallocated (durable at the next flush). Punching first is safe: until
  * the BAT reaches the disk, the old entry points at zeroes and clear bits,
  * which read as zeroes (dynamic) or the parent (differencing): what a
- * discarded block may read. The space is never reused in this session. */
+ * discarded block may read. The place is reused only after a flush round
+ * made the unallocated entry durable (take_free_slot). */
 static void deallocate(struct vhd_bdev *v, uint32_t block)
 {
     struct layer *t = top(v);
@@ -571,7 +635,9 @@ static void deallocate(struct vhd_bdev *v, uint32_t block)
     uint64_t len = (uint64_t)t->bitmap_bytes + t->block_bytes;
 
     bool is_punched = punch(t, at, len) == 0;
-    if (is_punched && v->free_count < v->free_cap) {
+    /* A write still in flight to the old place could land after a new
+     * block took it: such a place is left alone (leaked until close). */
+    if (is_punched && v->free_count < v->free_cap && v->writes_inflight[block] == 0) {
         v->free_slots[v->free_count++] = (struct free_slot){
             .bitmap_at = at,
             .freed_in_round = v->rounds_started,
@@ -580,9 +646,9 @@ static void deallocate(struct vhd_bdev *v, uint32_t block)
     }
     if (is_punched && v->observer) {
         /* The harness sees a punch as the zeroes it leaves behind. */
-        struct iovec iov[8];
+        struct iovec iov[VHD_MAX_BLOCK_BYTES / ZERO_BUF_BYTES + 1];
         int n = 0;
-        for (uint64_t left = len; left && n < 8; n++) {
+        for (uint64_t left = len; left && n < (int)HV_ARRAY_SIZE(iov); n++) {
             uint64_t piece = HV_MIN(left, ZERO_BUF_BYTES);
             iov[n].iov_base = v->zero_buf;
             iov[n].iov_len = piece;
@@ -607,41 +673,43 @@ static void deallocate(struct vhd_bdev *v, uint32_t block)
 static int step_read(struct eng_io *e)
 {
     struct vhd_bdev *v = e->v;
-    struct bdev_io *io = e->io;
-    uint64_t off = io->offset + e->cursor;
+    const struct part *p = &e->parts[e->part_idx];
+    uint64_t off = p->off + e->cursor;
     uint64_t file_off;
     uint64_t run;
     int layer;
     struct sub *s;
 
-    route(v, 0, off, io->length - e->cursor, &layer, &file_off, &run);
+    route(v, 0, off, p->len - e->cursor, &layer, &file_off, &run);
     if (layer < 0) {
-        hv_iov_memset(io->iov, io->iovcnt, e->cursor, 0, run);
+        hv_iov_memset(p->iov, p->iovcnt, p->iov_off + e->cursor, 0, run);
         e->cursor += run;
         return 1;
     }
     s = free_sub(e);
     if (!s)
         return 0;
-    if (slice_into(s, io->iov, io->iovcnt, e->cursor, &run) < 0) {
+    if (slice_into(s, p->iov, p->iovcnt, p->iov_off + e->cursor, &run) < 0) {
         e->status = -EINVAL;
         return 0;
     }
     s->length = run;
     s->sets_bits = false;
+    s->write_block = UINT32_MAX;
     e->cursor += run;
     submit_sub(e, s, layer, false, file_off);
     return 1;
 }
 
-/* Data (or zeroes when `iov` is NULL) into the top image at virtual `off`. */
-static int step_write_top(struct eng_io *e, const struct iovec *iov, int iovcnt)
+/* The part's data (or zeroes when `is_zero`) into the top image. */
+static int step_write_top(struct eng_io *e, bool is_zero)
 {
     struct vhd_bdev *v = e->v;
     struct bdev_io *io = e->io;
+    const struct part *p = &e->parts[e->part_idx];
     struct layer *t = top(v);
-    uint64_t off = io->offset + e->cursor;
-    uint64_t run = io->length - e->cursor;
+    uint64_t off = p->off + e->cursor;
+    uint64_t run = p->len - e->cursor;
     uint64_t file_off;
     uint32_t b = 0;
     struct sub *s = free_sub(e);
@@ -664,8 +732,8 @@ static int step_write_top(struct eng_io *e, const struct iovec *iov, int iovcnt)
         }
         file_off = data_offset(t, b) + within;
     }
-    if (iov) {
-        if (slice_into(s, iov, iovcnt, e->cursor, &run) < 0) {
+    if (!is_zero) {
+        if (slice_into(s, p->iov, p->iovcnt, p->iov_off + e->cursor, &run) < 0) {
             e->status = -EINVAL;
             return 0;
         }
@@ -674,9 +742,23 @@ static int step_write_top(struct eng_io *e, const struct iovec *iov, int iovcnt)
     }
     s->length = run;
     s->sets_bits = false;
+    s->write_block = t->type == VHD_TYPE_FIXED ? UINT32_MAX : b;
+    /* A FUA write is durable only with the metadata that makes it
+     * reachable: if its block's BAT entry or bitmap is not durable yet (or
+     * is being written by a round), it completes with the next round. */
+    if ((io->flags & BDEV_IO_FUA) && t->type != VHD_TYPE_FIXED &&
+        (v->flush_phase != 0 || (v->blk[b] & BLK_DIRTY) ||
+         v->bat_dirty[(4 * (size_t)b) / PREFIX_ALIGN]))
+        e->has_dirtied_metadata = true;
     if (t->uses_bitmaps) {
         uint32_t first = (uint32_t)((off % t->block_bytes) / HV_SECTOR_BYTES);
         uint32_t count = (uint32_t)(run / HV_SECTOR_BYTES);
+        /* The disk's last group may be cut short by its size: its bits past
+         * the end are set too, so bitmap bytes stay whole (no reader looks
+         * beyond the end). */
+        if (off + run == t->size_bytes)
+            count = HV_MIN((uint32_t)HV_ALIGN_UP(first + count, 8),
+                           t->block_bytes / HV_SECTOR_BYTES) - first;
         if (!vhd_bitmap_all_set(bitmap_of(t, b), first, count)) {
             s->sets_bits = true;
             s->block = b;
@@ -710,8 +792,9 @@ static int step_zero_or_discard(struct eng_io *e, bool is_discard)
 {
     struct vhd_bdev *v = e->v;
     struct bdev_io *io = e->io;
+    const struct part *p = &e->parts[e->part_idx];
     struct layer *t = top(v);
-    uint64_t off = io->offset + e->cursor;
+    uint64_t off = p->off + e->cursor;
     uint64_t within;
     uint64_t run;
     uint64_t block_len;
@@ -719,14 +802,14 @@ static int step_zero_or_discard(struct eng_io *e, bool is_discard)
 
     if (t->type == VHD_TYPE_FIXED) {
         if (is_discard) {           /* a fixed disk stays preallocated */
-            e->cursor = io->length;
+            e->cursor = p->len;
             return 1;
         }
-        return step_write_top(e, NULL, 0);
+        return step_write_top(e, true);
     }
     b = (uint32_t)(off / t->block_bytes);
     within = off % t->block_bytes;
-    run = HV_MIN(io->length - e->cursor, t->block_bytes - within);
+    run = HV_MIN(p->len - e->cursor, t->block_bytes - within);
     /* The last block of a disk whose size is not a whole number of blocks
      * is whole when the range reaches the end of the disk. */
     block_len = HV_MIN((uint64_t)t->block_bytes, t->size_bytes - (uint64_t)b * t->block_bytes);
@@ -740,7 +823,7 @@ static int step_zero_or_discard(struct eng_io *e, bool is_discard)
             e->cursor += run;
             return 1;
         }
-        return step_write_top(e, NULL, 0);
+        return step_write_top(e, true);
     }
     if (is_whole && (is_discard || (v->depth == 1 && (io->flags & BDEV_IO_MAY_UNMAP)))) {
         deallocate(v, b);
@@ -755,7 +838,7 @@ static int step_zero_or_discard(struct eng_io *e, bool is_discard)
         return 1;
     }
     /* Part of a dynamic block (discard promises zeroes), or write-zeroes. */
-    return step_write_top(e, NULL, 0);
+    return step_write_top(e, true);
 }
 
 static void block_status(struct vhd_bdev *v, struct bdev_io *io)
@@ -780,25 +863,27 @@ static void block_status(struct vhd_bdev *v, struct bdev_io *io)
 
 static void advance(struct eng_io *e)
 {
-    struct bdev_io *io = e->io;
-    while (e->status == 0 && !e->is_parked && e->cursor < io->length) {
+    while (e->status == 0 && !e->is_parked && e->part_idx < e->part_count) {
+        const struct part *p = &e->parts[e->part_idx];
         int moved;
-        switch (io->type) {
-        case BDEV_IO_READ:
+        if (e->cursor >= p->len) {
+            e->part_idx++;
+            e->cursor = 0;
+            continue;
+        }
+        switch (p->kind) {
+        case PART_READ:
             moved = step_read(e);
             break;
-        case BDEV_IO_WRITE:
-            moved = step_write_top(e, io->iov, io->iovcnt);
+        case PART_WRITE:
+            moved = step_write_top(e, false);
             break;
-        case BDEV_IO_WRITE_ZEROES:
+        case PART_ZEROES:
             moved = step_zero_or_discard(e, false);
             break;
-        case BDEV_IO_DISCARD:
-            moved = step_zero_or_discard(e, true);
-            break;
+        case PART_DISCARD:
         default:
-            moved = 0;
-            e->status = -EOPNOTSUPP;
+            moved = step_zero_or_discard(e, true);
             break;
         }
         if (!moved)
@@ -1102,16 +1187,12 @@ static void extend_write_done(struct hv_aio_req *req, long res)
 static void extend_start(struct vhd_bdev *v)
 {
     struct layer *t = top(v);
-    uint64_t step;
-    uint64_t remaining;
+    uint64_t step = extension_step(v);
     uint64_t new_end;
     struct vhd_footer f;
 
     if (v->is_extending)
         return;
-    remaining = (uint64_t)(t->entries - v->allocated) * v->extent_bytes;
-    step = HV_MIN(HV_MAX(EXTEND_MIN_BYTES, v->file_end / 8), EXTEND_MAX_BYTES);
-    step = HV_MAX(HV_MIN(step, remaining), v->extent_bytes);
     new_end = HV_ALIGN_UP(HV_MAX(v->file_end, v->next_alloc) + step, PREFIX_ALIGN);
     if (new_end < v->next_alloc + v->extent_bytes)
         new_end = HV_ALIGN_UP(v->next_alloc + v->extent_bytes, PREFIX_ALIGN);
@@ -1136,6 +1217,208 @@ static void extend_start(struct vhd_bdev *v)
     hv_aio_submit(v->aio, &v->ext_slot.req);
 }
 
+/* ------------------------------------------------------------- copy-up */
+
+/*
+ * Differencing top: sector bitmaps are kept in whole bytes (4 KiB groups of
+ * eight sectors). A write that covers only part of a group whose bits are
+ * not all set first reads the whole group through the chain and writes it
+ * back merged (copy-up). libvhdi 20210425 (vhdimount) misreads partial
+ * bitmap bytes, and Hyper-V-sized 4 KiB sectors never produce them, so
+ * this keeps every reader agreeing with hvstor.
+ *
+ * A copy-up must not race another write to the same group (its read could
+ * pick up old data that it then writes back over the newer write), so such
+ * a write runs alone: it waits for the writes in flight to drain, and
+ * writes that arrive meanwhile wait for it. Unaligned writes are rare; the
+ * aligned ones never pay for this.
+ */
+#define GROUP_BYTES 4096u
+
+static bool group_needs_copy_up(struct vhd_bdev *v, uint64_t g, uint64_t glen, uint64_t off,
+                                uint64_t len)
+{
+    struct layer *t = top(v);
+    uint32_t b = (uint32_t)(g / t->block_bytes);
+    if (off <= g && off + len >= g + glen)
+        return false;
+    if (t->meta.bat[b] == VHD_BAT_UNALLOCATED)
+        return true;
+    return !vhd_bitmap_all_set(bitmap_of(t, b), (uint32_t)((g % t->block_bytes) / HV_SECTOR_BYTES),
+                               (uint32_t)(glen / HV_SECTOR_BYTES));
+}
+
+static uint64_t group_len(struct vhd_bdev *v, uint64_t g)
+{
+    return HV_MIN((uint64_t)GROUP_BYTES, v->bd.size_bytes - g);
+}
+
+static void plan_copy_up(struct eng_io *e)
+{
+    struct vhd_bdev *v = e->v;
+    struct bdev_io *io = e->io;
+    uint64_t g0 = HV_ALIGN_DOWN(io->offset, GROUP_BYTES);
+    uint64_t g1 = HV_ALIGN_DOWN(io->offset + io->length - 1, GROUP_BYTES);
+
+    e->copies_head = group_needs_copy_up(v, g0, group_len(v, g0), io->offset, io->length);
+    e->copies_tail = g1 != g0 &&
+                     group_needs_copy_up(v, g1, group_len(v, g1), io->offset, io->length);
+    e->needs_copy_up = e->copies_head || e->copies_tail;
+}
+
+static void copy_up_read_done(struct bdev_io *cio, int status)
+{
+    struct vhd_bdev *v = cio->cb_arg;
+    struct eng_io *e = v->excl_owner;
+    struct bdev_io *io;
+    uint64_t g0;
+    uint64_t g1;
+    uint64_t mid_from;
+    uint64_t mid_to;
+    int n = 0;
+
+    if (status < 0 && v->cow_status == 0)
+        v->cow_status = status;
+    if (--v->cow_pending > 0)
+        return;
+    io = e->io;
+    if (v->cow_status < 0) {
+        e->status = v->cow_status;
+        e->part_count = 0;
+        maybe_finish(e);
+        return;
+    }
+    g0 = HV_ALIGN_DOWN(io->offset, GROUP_BYTES);
+    g1 = HV_ALIGN_DOWN(io->offset + io->length - 1, GROUP_BYTES);
+    /* Merge what the request writes into the groups read back. */
+    for (int k = 0; k < 2; k++) {
+        uint64_t g = k ? g1 : g0;
+        uint64_t from;
+        uint64_t to;
+        if (!(k ? e->copies_tail : e->copies_head))
+            continue;
+        from = HV_MAX(io->offset, g);
+        to = HV_MIN(io->offset + io->length, g + group_len(v, g));
+        if (io->type == BDEV_IO_WRITE)
+            hv_iov_to_buf(io->iov, io->iovcnt, from - io->offset, v->cow_buf[k] + (from - g),
+                          to - from);
+        else
+            memset(v->cow_buf[k] + (from - g), 0, to - from);
+    }
+    if (e->copies_head)
+        e->parts[n++] = (struct part){ PART_WRITE, g0, group_len(v, g0), &v->cow_iov[0], 1, 0 };
+    mid_from = e->copies_head ? g0 + group_len(v, g0) : io->offset;
+    mid_to = e->copies_tail ? g1 : io->offset + io->length;
+    if (mid_to > mid_from)
+        e->parts[n++] = (struct part){ io->type == BDEV_IO_WRITE ? PART_WRITE : PART_ZEROES,
+                                       mid_from, mid_to - mid_from, io->iov, io->iovcnt,
+                                       mid_from - io->offset };
+    if (e->copies_tail)
+        e->parts[n++] = (struct part){ PART_WRITE, g1, group_len(v, g1), &v->cow_iov[1], 1, 0 };
+    e->part_count = n;
+    e->part_idx = 0;
+    e->cursor = 0;
+    advance(e);
+}
+
+static void init_io(struct vhd_bdev *v, struct eng_io *e, struct bdev_io *io);
+
+static void start_copy_up(struct eng_io *e)
+{
+    struct vhd_bdev *v = e->v;
+    struct bdev_io *io = e->io;
+    uint64_t groups[2] = { HV_ALIGN_DOWN(io->offset, GROUP_BYTES),
+                           HV_ALIGN_DOWN(io->offset + io->length - 1, GROUP_BYTES) };
+    bool wanted[2] = { e->copies_head, e->copies_tail };
+
+    v->cow_status = 0;
+    v->cow_pending = (int)wanted[0] + (int)wanted[1];
+    for (int k = 0; k < 2; k++) {
+        struct bdev_io *cio = v->cow_io[k];
+        struct eng_io *ce = bdev_io_ctx(cio);
+        if (!wanted[k])
+            continue;
+        memset(cio, 0, sizeof(*cio));
+        cio->type = BDEV_IO_READ;
+        cio->offset = groups[k];
+        cio->length = group_len(v, groups[k]);
+        v->cow_iov[k].iov_base = v->cow_buf[k];
+        v->cow_iov[k].iov_len = cio->length;
+        cio->iov = &v->cow_iov[k];
+        cio->iovcnt = 1;
+        cio->done = copy_up_read_done;
+        cio->cb_arg = v;
+        init_io(v, ce, cio);
+        ce->is_internal = true;
+        advance(ce);
+    }
+}
+
+/* Accounting of a write admitted through the gate. */
+static void gate_admit(struct eng_io *e)
+{
+    struct vhd_bdev *v = e->v;
+    e->is_gated = true;
+    v->writes_active++;
+    if (e->needs_copy_up)
+        v->excl_owner = e;
+}
+
+static void gate_start(struct eng_io *e)
+{
+    if (e->needs_copy_up)
+        start_copy_up(e);
+    else
+        advance(e);
+}
+
+static void deferred_gate_start(void *arg)
+{
+    gate_start(arg);
+}
+
+static void gate_pump(struct vhd_bdev *v)
+{
+    while (v->excl_head && !v->excl_owner) {
+        struct eng_io *e = v->excl_head;
+        if (e->needs_copy_up && v->writes_active > 0)
+            break;
+        v->excl_head = e->next;
+        if (!v->excl_head)
+            v->excl_tail = NULL;
+        gate_admit(e);
+        hv_reactor_defer(v->bd.reactor, &e->deferred, deferred_gate_start, e);
+    }
+}
+
+static void gate_release(struct eng_io *e)
+{
+    struct vhd_bdev *v = e->v;
+    e->is_gated = false;
+    v->writes_active--;
+    if (v->excl_owner == e)
+        v->excl_owner = NULL;
+    gate_pump(v);
+}
+
+static void start_write_gate(struct eng_io *e)
+{
+    struct vhd_bdev *v = e->v;
+    if (e->io->type != BDEV_IO_DISCARD)
+        plan_copy_up(e);
+    if (v->excl_owner || v->excl_head || (e->needs_copy_up && v->writes_active > 0)) {
+        e->next = NULL;
+        if (v->excl_tail)
+            v->excl_tail->next = e;
+        else
+            v->excl_head = e;
+        v->excl_tail = e;
+        return;
+    }
+    gate_admit(e);
+    gate_start(e);
+}
+
 /* ---------------------------------------------------------------- submit */
 
 static void start_io(struct eng_io *e)
@@ -1157,10 +1440,50 @@ static void start_io(struct eng_io *e)
         block_status(v, io);
         finish(e);
         return;
+    case BDEV_IO_WRITE:
+    case BDEV_IO_WRITE_ZEROES:
+    case BDEV_IO_DISCARD:
+        if (top(v)->uses_bitmaps) {
+            start_write_gate(e);
+            return;
+        }
+        advance(e);
+        return;
     default:
         advance(e);
         return;
     }
+}
+
+static void init_io(struct vhd_bdev *v, struct eng_io *e, struct bdev_io *io)
+{
+    static const enum part_kind kinds[] = {
+        [BDEV_IO_READ] = PART_READ,
+        [BDEV_IO_WRITE] = PART_WRITE,
+        [BDEV_IO_FLUSH] = PART_READ,
+        [BDEV_IO_DISCARD] = PART_DISCARD,
+        [BDEV_IO_WRITE_ZEROES] = PART_ZEROES,
+        [BDEV_IO_BLOCK_STATUS] = PART_READ,
+    };
+    e->io = io;
+    e->v = v;
+    e->parts[0] = (struct part){ kinds[io->type], io->offset, io->length, io->iov, io->iovcnt, 0 };
+    e->part_count = io->type == BDEV_IO_FLUSH || io->type == BDEV_IO_BLOCK_STATUS ? 0 : 1;
+    e->part_idx = 0;
+    e->cursor = 0;
+    e->pending = 0;
+    e->status = 0;
+    e->is_parked = false;
+    e->has_dirtied_metadata = false;
+    e->is_in_submit = false;
+    e->is_gated = false;
+    e->needs_copy_up = false;
+    e->copies_head = false;
+    e->copies_tail = false;
+    e->is_internal = false;
+    e->next = NULL;
+    for (int i = 0; i < SUBS_PER_IO; i++)
+        e->subs[i].is_busy = false;
 }
 
 static int vhd_submit(struct bdev *bd, struct bdev_io *io)
@@ -1182,17 +1505,7 @@ static int vhd_submit(struct bdev *bd, struct bdev_io *io)
     default:
         return -EOPNOTSUPP;
     }
-    e->io = io;
-    e->v = v;
-    e->cursor = 0;
-    e->pending = 0;
-    e->status = 0;
-    e->is_parked = false;
-    e->has_dirtied_metadata = false;
-    e->is_in_submit = false;
-    e->next = NULL;
-    for (int i = 0; i < SUBS_PER_IO; i++)
-        e->subs[i].is_busy = false;
+    init_io(v, e, io);
     if (v->active >= v->queue_depth) {
         if (v->waitq_tail)
             v->waitq_tail->next = e;
@@ -1236,9 +1549,14 @@ static void vhd_free(struct vhd_bdev *v)
     free(v->bat_dirty);
     free(v->bat_flushing);
     free(v->blk);
+    free(v->writes_inflight);
     free(v->dirty);
     free(v->flushing);
     free(v->free_slots);
+    for (int k = 0; k < 2; k++) {
+        free(v->cow_io[k]);
+        free(v->cow_buf[k]);
+    }
     free(v->zero_buf);
     free(v->ones_buf);
     free(v->footer_buf);
@@ -1578,78 +1896,30 @@ static int load_bitmaps(struct layer *l, bool is_top, struct hv_err *err)
     return 0;
 }
 
-/* Drop "." components ("dir/./p.vhd" -> "dir/p.vhd"), for readable paths. */
-static void drop_dot_components(char *path)
-{
-    char *out = path;
-    const char *in = path;
-    while (*in) {
-        if (in[0] == '.' && (in[1] == '/' || in[1] == '\0') &&
-            (in == path || in[-1] == '/')) {
-            in += in[1] ? 2 : 1;
-            continue;
-        }
-        if (in[0] == '/' && out > path && out[-1] == '/') {
-            in++;
-            continue;
-        }
-        *out++ = *in++;
-    }
-    if (out > path + 1 && out[-1] == '/')
-        out--;
-    *out = '\0';
-}
-
-/* Candidate paths for the parent of `l`, in the order Windows and Xen try
- * them: W2ru relative to the child, W2ku, MacX, the header's name beside
- * the child. */
-static int parent_candidates(struct layer *l, char cands[4][PATH_MAX], int *count)
+/* The parent candidates of layer `l` (see vhd_parent_candidates). */
+static int parent_candidates(struct layer *l, struct vhd_parent_candidate cands[4])
 {
     static const uint32_t codes[3] = { VHD_PLAT_W2RU, VHD_PLAT_W2KU, VHD_PLAT_MACX };
-    char dir_copy[PATH_MAX];
-    char text[PATH_MAX];
-    const char *dir;
-    int n = 0;
+    char text[3][PATH_MAX];
+    char name[PATH_MAX];
 
-    snprintf(dir_copy, sizeof(dir_copy), "%s", l->path);
-    dir = dirname(dir_copy);
-    for (int i = 0; i < 3; i++) {
-        if (vhd_meta_locator_path(l->fd_buffered, &l->meta, codes[i], text, sizeof(text)) < 0 ||
-            !text[0])
-            continue;
-        /* "C:/..." is a Windows drive: nothing to find on this host. */
-        if (text[0] && text[1] == ':')
-            continue;
-        if (text[0] == '/')
-            snprintf(cands[n++], PATH_MAX, "%s", text);
-        else
-            snprintf(cands[n++], PATH_MAX, "%s/%s", dir, text);
-    }
-    if (vhd_parent_name_get(&l->meta.header, text, sizeof(text)) == 0 && text[0]) {
-        char *base;
-        for (char *c = text; *c; c++)
-            if (*c == '\\')
-                *c = '/';
-        base = strrchr(text, '/');
-        base = base ? base + 1 : text;
-        if (*base)
-            snprintf(cands[n++], PATH_MAX, "%s/%s", dir, base);
-    }
-    for (int i = 0; i < n; i++)
-        drop_dot_components(cands[i]);
-    *count = n;
-    return 0;
+    for (int i = 0; i < 3; i++)
+        if (vhd_meta_locator_path(l->fd_buffered, &l->meta, codes[i], text[i], PATH_MAX) < 0)
+            text[i][0] = '\0';
+    if (vhd_parent_name_get(&l->meta.header, name, sizeof(name)) < 0)
+        name[0] = '\0';
+    return vhd_parent_candidates(l->path, text[0], text[1], text[2], name, cands);
 }
 
 static int open_parent(struct vhd_bdev *v, struct layer *child, bool no_direct,
                        struct layer **out, struct hv_err *err)
 {
-    char cands[4][PATH_MAX];
+    struct vhd_parent_candidate cands[4];
     char mismatch[1024] = "";
+    struct hv_err unreadable = { 0 };
     char tried[2048] = "";
-    int count = 0;
+    int count = parent_candidates(child, cands);
 
-    parent_candidates(child, cands, &count);
     for (int i = 0; i < count; i++) {
         struct layer *p = NULL;
         struct hv_err perr = { 0 };
@@ -1657,21 +1927,25 @@ static int open_parent(struct vhd_bdev *v, struct layer *child, bool no_direct,
         size_t used = strlen(tried);
         int ret;
 
-        snprintf(tried + used, sizeof(tried) - used, "%s%s", used ? ", " : "", cands[i]);
-        if (stat(cands[i], &st) < 0)
+        snprintf(tried + used, sizeof(tried) - used, "%s%s", used ? ", " : "", cands[i].path);
+        if (stat(cands[i].path, &st) < 0)
             continue;
         for (int k = 0; k < v->depth; k++) {
             if (v->layers[k]->dev == st.st_dev && v->layers[k]->ino == st.st_ino)
                 return hv_err_set(err, -ELOOP, "%s: parent %s is already in the chain "
-                                  "(a loop)", child->path, cands[i]);
+                                  "(a loop)", child->path, cands[i].path);
         }
-        ret = layer_open(cands[i], false, false, no_direct, &p, &perr);
+        ret = layer_open(cands[i].path, false, false, no_direct, &p, &perr);
         if (ret < 0) {
-            if (ret == -ENOENT)
-                continue;
-            *err = perr;
-            hv_err_prefix(err, "%s: parent", child->path);
-            return ret;
+            /* A file that is not a usable VHD must not hide a later
+             * locator that names the real parent; say what was wrong with
+             * it only if no candidate fits. */
+            if (ret != -ENOENT && !unreadable.code) {
+                unreadable = perr;
+                unreadable.code = ret;
+                hv_err_prefix(&unreadable, "%s: parent candidate", child->path);
+            }
+            continue;
         }
         if (memcmp(p->meta.footer.uuid, child->meta.header.parent_uuid, 16) != 0) {
             char want[37];
@@ -1680,7 +1954,7 @@ static int open_parent(struct vhd_bdev *v, struct layer *child, bool no_direct,
             hv_uuid_format(p->meta.footer.uuid, got);
             if (!mismatch[0])
                 snprintf(mismatch, sizeof(mismatch), "%s: parent %s has unique id %s, but "
-                         "the child records %s", child->path, cands[i], got, want);
+                         "the child records %s", child->path, cands[i].path, got, want);
             layer_free(p);
             continue;
         }
@@ -1688,12 +1962,17 @@ static int open_parent(struct vhd_bdev *v, struct layer *child, bool no_direct,
          * was only touched, copied or re-footered); the unique id decides. */
         if (p->meta.footer.timestamp != child->meta.header.parent_timestamp)
             hv_debug("%s: parent %s timestamp %u differs from the recorded %u", child->path,
-                     cands[i], p->meta.footer.timestamp, child->meta.header.parent_timestamp);
+                     cands[i].path, p->meta.footer.timestamp, child->meta.header.parent_timestamp);
         *out = p;
         return 0;
     }
     if (mismatch[0])
         return hv_err_set(err, -EINVAL, "%s", mismatch);
+    if (unreadable.code) {
+        if (err)
+            *err = unreadable;
+        return unreadable.code;
+    }
     return hv_err_set(err, -ENOENT, "%s: parent not found (tried %s)", child->path,
                       tried[0] ? tried : "no locator or name");
 }
@@ -1726,13 +2005,14 @@ static int setup_writable(struct vhd_bdev *v, struct hv_err *err)
     v->bat_dirty = calloc(v->bat_chunks + 1, 1);
     v->bat_flushing = calloc(v->bat_chunks + 1, 1);
     v->blk = calloc(t->entries + 1, 1);
+    v->writes_inflight = calloc(t->entries + 1, sizeof(uint16_t));
     v->dirty = calloc(t->entries + 1, sizeof(uint32_t));
     v->flushing = calloc(t->entries + 1, sizeof(uint32_t));
     starts = calloc(t->entries + 1, sizeof(*starts));
     v->free_cap = t->entries + 64;
     v->free_slots = calloc(v->free_cap, sizeof(*v->free_slots));
     if (!v->bat_disk || !v->bat_dirty || !v->bat_flushing || !v->blk || !v->dirty ||
-        !v->flushing || !starts || !v->free_slots) {
+        !v->flushing || !starts || !v->free_slots || !v->writes_inflight) {
         free(starts);
         return hv_err_set(err, -ENOMEM, "%s: out of memory", t->path);
     }
@@ -1790,6 +2070,9 @@ static int setup_writable(struct vhd_bdev *v, struct hv_err *err)
         if (is_free)
             v->bat_write_bytes = pad_to - t->meta.header.table_offset;
     }
+    /* That padding is then the BAT's: no block may be placed in it. */
+    if (v->bat_write_bytes > v->bat_bytes)
+        end = HV_MAX(end, t->meta.header.table_offset + v->bat_write_bytes);
     free(starts);
     v->allocated = n;
     v->next_alloc = end;
@@ -1885,6 +2168,16 @@ int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_optio
     v->bd.can_discard = t->type != VHD_TYPE_FIXED;
     v->bd.discard_zeroes = t->type == VHD_TYPE_DYNAMIC;
     memcpy(v->bd.uuid, t->meta.footer.uuid, 16);
+    if (v->is_writable && t->uses_bitmaps) {
+        for (int k = 0; k < 2; k++) {
+            v->cow_io[k] = calloc(1, bdev_io_size(&v->bd));
+            v->cow_buf[k] = hv_alloc_aligned(GROUP_BYTES);
+            if (!v->cow_io[k] || !v->cow_buf[k]) {
+                ret = hv_err_set(err, -ENOMEM, "%s: out of memory", path);
+                goto fail;
+            }
+        }
+    }
     *out = &v->bd;
     return 0;
 fail:

@@ -33,4 +33,23 @@ void vhd_meta_free(struct vhd_meta *m);
 int vhd_meta_locator_path(int fd, const struct vhd_meta *m, uint32_t code, char *out,
                           size_t cap);
 
+/*
+ * Where to look for the parent of the image at `child_path`, in the order
+ * Windows and Xen try them: W2ru relative to the child, W2ku, MacX, then the
+ * header's parent name beside the child. `relative`, `absolute`, `macx` and
+ * `name` are the decoded locator texts ("" when absent). A Windows drive path
+ * ("C:/...") names nothing on this host and is skipped. The engine's open and
+ * `vhd info --chain` both walk this one list, so they always agree.
+ */
+#include <limits.h>
+#include "vhd.h"
+
+struct vhd_parent_candidate {
+    char path[PATH_MAX];
+    enum vhd_parent_source source;
+};
+int vhd_parent_candidates(const char *child_path, const char *relative, const char *absolute,
+                          const char *macx, const char *name,
+                          struct vhd_parent_candidate cands[4]);
+
 #endif /* HVSTOR_VHD_ENGINE_H */

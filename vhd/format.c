@@ -789,5 +789,6 @@ uint32_t vhd_bitmap_run(const uint8_t *bm, uint32_t first, uint32_t limit)
 
 bool vhd_bitmap_all_set(const uint8_t *bm, uint32_t first, uint32_t count)
 {
-    return count == 0 || (vhd_bitmap_test(bm, first) && vhd_bitmap_run(bm, first, first + count) == count);
+    return count == 0 ||
+           (vhd_bitmap_test(bm, first) && vhd_bitmap_run(bm, first, first + count) == count);
 }

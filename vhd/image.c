@@ -11,14 +11,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char vhd_cookie[8] = { 'c', 'o', 'n', 'e', 'c', 't', 'i', 'x' };
+static const char vhd_cookie[8] = {'c', 'o', 'n', 'e', 'c', 't', 'i', 'x'};
 
 const char *vhd_image_format_name(enum vhd_image_format fmt)
 {
     switch (fmt) {
-    case VHD_FORMAT_RAW: return "raw";
-    case VHD_FORMAT_VHD: return "vhd";
-    case VHD_FORMAT_AUTO: break;
+    case VHD_FORMAT_RAW:
+        return "raw";
+    case VHD_FORMAT_VHD:
+        return "vhd";
+    case VHD_FORMAT_AUTO:
+        break;
     }
     return "auto";
 }
@@ -66,16 +69,15 @@ int vhd_detect_format(const char *path, enum vhd_image_format *fmt, struct hv_er
      * one of the two cookies is a VHD, so it fails loudly in the VHD code
      * instead of being copied as if it were raw data.
      */
-    if (size >= 512 && (has_cookie_at(fd, 0) || has_cookie_at(fd, size - 512) ||
-                        has_cookie_at(fd, size - 511)))
+    if (size >= 512 &&
+        (has_cookie_at(fd, 0) || has_cookie_at(fd, size - 512) || has_cookie_at(fd, size - 511)))
         *fmt = VHD_FORMAT_VHD;
     close(fd);
     return 0;
 }
 
 int vhd_open_image(struct hv_reactor *r, const char *path, enum vhd_image_format fmt,
-                   bool is_read_only, bool use_direct_io, struct bdev **out,
-                   struct hv_err *err)
+                   bool is_read_only, bool use_direct_io, struct bdev **out, struct hv_err *err)
 {
     int ret;
     if (fmt == VHD_FORMAT_AUTO) {
@@ -90,10 +92,10 @@ int vhd_open_image(struct hv_reactor *r, const char *path, enum vhd_image_format
         bool direct = attempt == 0;
         hv_err_clear(err);
         if (fmt == VHD_FORMAT_VHD) {
-            struct vhd_open_options o = { .is_read_only = is_read_only, .no_direct_io = !direct };
+            struct vhd_open_options o = {.is_read_only = is_read_only, .no_direct_io = !direct};
             ret = vhd_open(r, path, &o, out, err);
         } else {
-            struct bdev_raw_options o = { .is_read_only = is_read_only, .use_direct_io = direct };
+            struct bdev_raw_options o = {.is_read_only = is_read_only, .use_direct_io = direct};
             ret = bdev_raw_open(r, path, &o, out, err);
         }
         if (ret != -EINVAL || !direct)

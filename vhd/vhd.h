@@ -90,8 +90,12 @@ json_t *vhd_info_to_json(const struct vhd_info *info);
 /* ------------------------------------------------------------------ open */
 
 /* Observer of the engine's own file I/O, for the crash-consistency harness:
- * called when a write or fdatasync to image file `layer` (0 = top) is
- * submitted and when it completes. Production code passes NULL. */
+ * called when a write or fdatasync to the top image file is submitted and
+ * when it completes (`seq` pairs them; a fdatasync has no offset or iov). A
+ * hole punched by a discard is reported as a write of zeroes that completes
+ * at once. The data writes of a FUA request go out with RWF_DSYNC (durable on
+ * completion) from the request's own buffers. Closing is reported too except
+ * its final ftruncate. Production code passes NULL. */
 struct vhd_io_observer {
     void (*on_submit)(void *arg, int seq, bool is_sync, uint64_t offset,
                       const struct iovec *iov, int iovcnt);
@@ -108,10 +112,28 @@ struct vhd_open_options {
 
 /*
  * Open an image and its parents as one bdev in reactor `r`. The top image is
- * locked exclusively (OFD lock) unless read-only; parents are opened
- * read-only and never written. Fails cleanly on damage, a missing parent, a
- * parent whose identity does not match, a loop, or a chain deeper than
- * VHD_MAX_CHAIN_DEPTH.
+ * locked exclusively (OFD lock) unless read-only; parents (and a read-only
+ * top) take a shared lock and are never written. Fails cleanly on damage, a
+ * missing parent, a parent whose identity does not match, a loop, or a chain
+ * deeper than VHD_MAX_CHAIN_DEPTH (-EBUSY when another open holds the lock).
+ *
+ * Parents are found through the relative locator (W2ru), the absolute one
+ * (W2ku), MacX, then the header's parent name beside the child; a candidate
+ * counts only if its unique id is the one the child recorded (a changed
+ * timestamp alone is tolerated, as Hyper-V and vhd-util do).
+ *
+ * The bdev: size_bytes = current size, granularity_bytes = block size (0 for
+ * fixed), physical_block_bytes 4096, uuid = the VHD unique id,
+ * has_volatile_cache (FLUSH makes writes and their metadata durable; FUA
+ * writes are durable with their metadata on completion). DISCARD frees whole
+ * blocks (BAT entry unallocated, space punched and reused after the next
+ * flush); can_discard for dynamic and differencing images, discard_zeroes
+ * only for dynamic ones (a discarded differencing block shows the parent).
+ * WRITE_ZEROES always reads back zeroes; with MAY_UNMAP it deallocates whole
+ * blocks of a dynamic image. BLOCK_STATUS reports the layer that holds the
+ * data (status_depth, -1 with BDEV_STATUS_ZERO where no layer does).
+ * A clean close also moves up to 256 MiB of trailing blocks into holes left
+ * by discards and cuts the file after its last block.
  */
 int vhd_open(struct hv_reactor *r, const char *path, const struct vhd_open_options *opt,
              struct bdev **out, struct hv_err *err);
@@ -235,5 +257,80 @@ int vhd_live_merge_pass(struct bdev *bd, bool is_first, uint64_t *copied_bytes,
 /* Allocated blocks, and bytes, written since the last pass began. */
 uint32_t vhd_live_merge_dirty_blocks(struct bdev *bd);
 uint64_t vhd_live_merge_dirty_bytes(struct bdev *bd);
+
+/* =====================================================================
+ * Looking into a chain: its tree, its map (vhd-mount section:
+ * chain_info.c, map.c). `vhd mount` lives in the tool (it needs fuse3,
+ * which this library does not).
+ * ===================================================================== */
+
+/* How a parent was found from its child, in the order they are tried. */
+enum vhd_parent_source {
+    VHD_PARENT_NONE = 0,            /* the top image: nobody looked for it */
+    VHD_PARENT_W2RU,                /* relative locator, beside the child */
+    VHD_PARENT_W2KU,                /* absolute locator */
+    VHD_PARENT_MACX,                /* file:// URL locator */
+    VHD_PARENT_NAME,                /* the header's parent name, beside the child */
+};
+const char *vhd_parent_source_name(enum vhd_parent_source source); /* "W2ru", ... "name" */
+
+struct vhd_chain_link {
+    char path[4096];                /* as found (relative to the cwd or absolute) */
+    struct vhd_info info;
+    enum vhd_parent_source found_by;
+    bool is_uuid_match;             /* uuid is what the child recorded (top: true) */
+    bool is_timestamp_match;        /* timestamp too (a difference alone is accepted,
+                                     * as Hyper-V and vhd-util accept it) */
+};
+
+struct vhd_chain_report {
+    struct vhd_chain_link *links;   /* [0] = the image asked about, then its parents */
+    int count;
+    int problem;                    /* 0, or why the walk stopped before a base:
+                                     * -ENOENT parent missing, -EINVAL identity
+                                     * mismatch, -ELOOP loop or chain too deep,
+                                     * other: a parent could not be read */
+    char problem_msg[1024];         /* names the child and the candidate(s) */
+};
+
+/*
+ * Walk the chain from `path` to its base the way vhd_open finds parents
+ * (W2ru, W2ku, MacX, then the name beside the child; a candidate counts only
+ * when its uuid is the one the child recorded), but keep going far enough to
+ * show a broken chain: a parent with the wrong uuid ends the report as a last
+ * link with is_uuid_match false, and `problem` says why the walk stopped.
+ * Returns 0 (report filled, maybe with a problem) or a negative errno when
+ * `path` itself cannot be inspected. Free with vhd_chain_report_free.
+ */
+int vhd_chain_walk(const char *path, struct vhd_chain_report *rep, struct hv_err *err);
+void vhd_chain_report_free(struct vhd_chain_report *rep);
+/* The chain as `vhd info --chain --json` prints it: nested objects, each
+ * image's "parent" inside it. */
+json_t *vhd_chain_to_json(const struct vhd_chain_report *rep);
+
+/* One range of a chain's map, as `qemu-img map --output=json` reports them. */
+struct vhd_map_extent {
+    uint64_t start;                 /* virtual byte offset */
+    uint64_t length;
+    int depth;                      /* layer that holds it (0 = top); for a range no
+                                     * layer holds: the base's depth (qemu's rule) */
+    bool is_present;                /* some layer holds it */
+    bool is_zero;                   /* reads as zeroes */
+    bool is_data;                   /* reads from a file */
+    bool has_offset;
+    uint64_t offset;                /* where the data starts in that layer's file */
+    const char *filename;           /* that layer's path; NULL when !is_present */
+};
+
+typedef int (*vhd_map_fn)(void *arg, const struct vhd_map_extent *ext);
+
+/*
+ * Walk the virtual disk of the image (and chain) at `path` from start to end
+ * with BLOCK_STATUS through the engine, opened read-only, and call `fn` once
+ * per maximal range: adjacent ranges with the same depth and flags and
+ * contiguous file offsets are merged. A non-zero return from `fn` stops the
+ * walk and is returned.
+ */
+int vhd_map(const char *path, vhd_map_fn fn, void *arg, struct hv_err *err);
 
 #endif /* HVSTOR_VHD_H */

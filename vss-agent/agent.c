@@ -345,12 +345,15 @@ static void child_exited(void *arg, uint32_t events)
     child_finished(a, status);
 }
 
+static void child_deadline(void *arg);
+
 static void kill_child(struct vss_agent *a)
 {
     /* The hook leads its own process group: its helpers die with it. */
     kill(-a->child, SIGKILL);
     kill(a->child, SIGKILL);
     a->is_child_killed = true;
+    hv_timer_arm(a->reactor, &a->child_timer, KILL_GRACE_MS, child_deadline, a);
 }
 
 static void child_deadline(void *arg)
@@ -359,7 +362,6 @@ static void child_deadline(void *arg)
     if (!a->is_child_killed) {
         a->is_child_timed_out = true;
         kill_child(a);
-        hv_timer_arm(a->reactor, &a->child_timer, KILL_GRACE_MS, child_deadline, a);
         return;
     }
     for (int i = 0; i < MAX_ABANDONED; i++)

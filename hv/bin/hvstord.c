@@ -40,6 +40,14 @@ static int parse_portal(const char *text, char *addr, size_t addr_len, uint16_t 
         return -EINVAL;
     memcpy(addr, text, (size_t)(colon - text));
     addr[colon - text] = '\0';
+    /* "[::1]:3260": the brackets only separate an IPv6 address from the port. */
+    if (addr[0] == '[') {
+        size_t len = strlen(addr);
+        if (len < 3 || addr[len - 1] != ']')
+            return -EINVAL;
+        memmove(addr, addr + 1, len - 2);
+        addr[len - 2] = '\0';
+    }
     *port = (uint16_t)value;
     return 0;
 }
@@ -124,7 +132,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "hvstord: %s\n", hv_err_msg(&err, ret));
         return 1;
     }
-    printf("hvstord: listening on %s:%u\n", addr, hv_daemon_port(d));
+    printf(strchr(addr, ':') ? "hvstord: listening on [%s]:%u\n" : "hvstord: listening on %s:%u\n",
+           addr, hv_daemon_port(d));
     fflush(stdout);
     ret = hv_daemon_run(d);
     hv_daemon_destroy(d);

@@ -45,8 +45,14 @@ uint16_t iscsi_server_port(const struct iscsi_server *s);
  * (done=true set when all are closed). */
 void iscsi_server_shutdown(struct iscsi_server *s, bool *done);
 void iscsi_server_destroy(struct iscsi_server *s);
-/* Drop every session logged in to `target` (VM deleted, ACL changed). */
+/* Drop every session logged in to `target` (VM deleted, ACL changed). The
+ * sockets close at once; each connection is freed, and its nexus removed
+ * from the controller, once its commands in the controller have completed
+ * (a later reactor turn): keep the controller alive until
+ * iscsi_server_target_busy() says false. */
 void iscsi_server_drop_target(struct iscsi_server *s, const char *target);
+/* True while any connection (open or closing) of `target` exists. */
+bool iscsi_server_target_busy(const struct iscsi_server *s, const char *target);
 /* Target-initiated NOP-In after `interval_ms` without traffic (0 = never);
  * the connection is dropped when no answer comes within `timeout_ms`.
  * Defaults: 10000 and 30000. */

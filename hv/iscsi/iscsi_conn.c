@@ -174,10 +174,18 @@ void iscsi_conn_flush(struct iscsi_conn *c)
 
     while (c->tx_head && !close_now) {
         if (c->fd < 0) {
-            /* Detached (tests, fuzzing) or closed: the bytes go nowhere. */
+            /* Detached (tests, fuzzing): the bytes go to the server's sink,
+             * if any, else nowhere. */
             size_t all = 0;
-            for (struct iscsi_tx *tx = c->tx_head; tx; tx = tx->next)
+            struct iscsi_server *s = c->server;
+            for (struct iscsi_tx *tx = c->tx_head; tx; tx = tx->next) {
                 all += tx_total(tx) - tx->sent;
+                if (s->tx_sink && !c->is_closing) {
+                    s->tx_sink(s->tx_sink_arg, tx->hdr, tx->hdr_bytes);
+                    s->tx_sink(s->tx_sink_arg, tx->data, tx->data_bytes);
+                    s->tx_sink(s->tx_sink_arg, tx->trailer, tx->trailer_bytes);
+                }
+            }
             close_now = tx_consume(c, all);
             break;
         }
@@ -302,6 +310,8 @@ static struct iscsi_cmd *cmd_alloc(struct iscsi_conn *c)
     cmd->has_early_sense = false;
     cmd->received = 0;
     cmd->unsolicited_end = 0;
+    cmd->unsolicited_got = 0;
+    cmd->unsolicited_datasn = 0;
     cmd->r2t_next = 0;
     cmd->r2tsn = 0;
     cmd->datasn = 0;
@@ -310,18 +320,32 @@ static struct iscsi_cmd *cmd_alloc(struct iscsi_conn *c)
     return cmd;
 }
 
+static void cmd_buffer_free(struct iscsi_cmd *cmd)
+{
+    if (cmd->buf_cap > ISCSI_KEEP_BUFFER_BYTES)
+        cmd->conn->big_bytes -= cmd->buf_cap;
+    free(cmd->buf);
+    cmd->buf = NULL;
+    cmd->buf_cap = 0;
+}
+
+/* Buffers up to ISCSI_KEEP_BUFFER_BYTES stay with their slot, so steady
+ * traffic allocates nothing; larger ones are per command and budgeted. */
 static int cmd_buffer(struct iscsi_cmd *cmd, uint32_t bytes)
 {
-    if (bytes == 0)
+    struct iscsi_conn *c = cmd->conn;
+    if (bytes == 0 || cmd->buf_cap >= bytes)
         return 0;
-    if (cmd->buf_cap < bytes) {
-        free(cmd->buf);
-        cmd->buf_cap = 0;
-        cmd->buf = hv_alloc_aligned(HV_ALIGN_UP(bytes, HV_DIO_ALIGN));
-        if (!cmd->buf)
-            return -ENOMEM;
-        cmd->buf_cap = HV_ALIGN_UP(bytes, HV_DIO_ALIGN);
-    }
+    size_t cap = HV_ALIGN_UP(bytes, HV_DIO_ALIGN);
+    if (cap > ISCSI_KEEP_BUFFER_BYTES && c->big_bytes + cap > ISCSI_CONN_BIG_BUDGET)
+        return -EBUSY;
+    cmd_buffer_free(cmd);
+    cmd->buf = hv_alloc_aligned(cap);
+    if (!cmd->buf)
+        return -ENOMEM;
+    cmd->buf_cap = cap;
+    if (cap > ISCSI_KEEP_BUFFER_BYTES)
+        c->big_bytes += cap;
     return 0;
 }
 
@@ -339,11 +363,8 @@ static void cmd_release(struct iscsi_cmd *cmd)
     struct iscsi_conn *c = cmd->conn;
     cmd_hash_del(cmd);
     cmd_finish_window(cmd);
-    if (cmd->buf_cap > ISCSI_KEEP_BUFFER_BYTES) {
-        free(cmd->buf);
-        cmd->buf = NULL;
-        cmd->buf_cap = 0;
-    }
+    if (cmd->buf_cap > ISCSI_KEEP_BUFFER_BYTES)
+        cmd_buffer_free(cmd);
     cmd->state = ISCSI_CMD_FREE;
     cmd->next = c->cmd_free;
     c->cmd_free = cmd;
@@ -487,6 +508,7 @@ static void cmd_send_r2ts(struct iscsi_cmd *cmd)
         slot->offset = cmd->r2t_next;
         slot->length = HV_MIN(c->params.max_burst, cmd->edtl - cmd->r2t_next);
         slot->received = 0;
+        slot->next_datasn = 0;
         cmd->r2t_next += slot->length;
         tx->hdr[0] = ISCSI_OP_R2T;
         tx->hdr[1] = 0x80;
@@ -504,6 +526,10 @@ static void cmd_send_r2ts(struct iscsi_cmd *cmd)
 /* The command's turn has come (CmdSN order): wait for data or run. */
 static void cmd_deliver(struct iscsi_cmd *cmd)
 {
+    if (cmd->is_aborted) {
+        cmd_release(cmd);               /* aborted while waiting for its turn */
+        return;
+    }
     if (!cmd->is_immediate) {
         cmd->is_acked = true;
         cmd->conn->cmds_acked++;
@@ -556,24 +582,35 @@ static void cmd_send_response(struct iscsi_cmd *cmd)
     bool can_collapse = t->status == SCSI_STATUS_GOOD && t->sense_len == 0 && in > 0;
     struct iscsi_tx *last = NULL;
 
-    if (t->dir == SCSI_DIR_IN && in < cmd->edtl) {
-        residual = cmd->edtl - in;
-        rflags = 0x02;                  /* U: underflow */
-    } else if (t->dir == SCSI_DIR_NONE && cmd->edtl > 0 && !cmd->has_early_sense) {
-        residual = cmd->edtl;
-        rflags = 0x02;
+    /* Residuals as scsi.h defines them: the CDB wanted more than the
+     * initiator expected (overflow), or less moved than expected. */
+    if (cmd->has_early_sense)
+        t->wanted_bytes = 0;
+    if (t->wanted_bytes > cmd->edtl) {
+        residual = t->wanted_bytes - cmd->edtl;
+        rflags = 0x04;                  /* O: overflow */
+    } else {
+        uint32_t moved = t->dir == SCSI_DIR_IN ? in : t->wanted_bytes;
+        if (moved < cmd->edtl) {
+            residual = cmd->edtl - moved;
+            rflags = 0x02;              /* U: underflow */
+        }
     }
     cmd->state = ISCSI_CMD_SENDING;
 
+    /* Data-In PDUs of at most the initiator's MaxRecvDataSegmentLength,
+     * grouped in sequences of MaxBurstLength, each ending with F. */
     uint32_t seg = HV_MAX(c->params.initiator_mrdsl, 512u);
+    uint32_t burst = HV_MAX(c->params.max_burst, 512u);
     for (uint32_t off = 0; off < in;) {
         uint32_t n = HV_MIN(seg, in - off);
+        n = HV_MIN(n, burst - off % burst);
         bool is_last = off + n == in;
         struct iscsi_tx *tx = iscsi_tx_get(c);
         if (!tx)
             goto oom;
         tx->hdr[0] = ISCSI_OP_DATA_IN;
-        tx->hdr[1] = is_last ? 0x80 : 0;
+        tx->hdr[1] = (is_last || (off + n) % burst == 0) ? 0x80 : 0;
         memcpy(tx->hdr + 8, cmd->lun_raw, 8);
         hv_put_be32(tx->hdr + 16, cmd->itt);
         hv_put_be32(tx->hdr + 20, ISCSI_RSVD_TAG);
@@ -720,6 +757,7 @@ static void scsi_cmd_complete(struct iscsi_conn *c)
     struct iscsi_cmd *cmd = c->rx_cmd;
 
     cmd->received = p->data_bytes;
+    cmd->unsolicited_got = p->data_bytes;
     if (cmd->task.dir == SCSI_DIR_OUT) {
         if (c->params.initial_r2t || cmd->is_final_seen || cmd->has_early_sense)
             cmd->unsolicited_end = cmd->received;
@@ -789,6 +827,33 @@ static void data_out_header(struct iscsi_conn *c)
         c->rx_reject = ISCSI_REJECT_PROTOCOL;
         return;
     }
+    /* We negotiate DataPDUInOrder=Yes and DataSequenceInOrder=Yes: within
+     * a burst, DataSN counts from 0 and offsets follow each other. At ERL 0
+     * there is no recovering the sequence: the command ends with CHECK
+     * CONDITION (ABORTED COMMAND, DATA PHASE ERROR) and the session lives
+     * on; later Data-Out for it finds no task and is dropped. */
+    uint32_t want_datasn;
+    uint32_t want_offset;
+    if (p->ttt != ISCSI_RSVD_TAG) {
+        struct iscsi_r2t *r2t = data_out_r2t(cmd, p->ttt);
+        want_datasn = r2t->next_datasn++;
+        want_offset = r2t->offset + r2t->received;
+    } else {
+        want_datasn = cmd->unsolicited_datasn++;
+        want_offset = cmd->unsolicited_got;
+        cmd->unsolicited_got += p->data_bytes;
+    }
+    if (p->datasn != want_datasn || p->buffer_offset != want_offset) {
+        hv_warn("iscsi %s: Data-Out of task 0x%x: DataSN %u offset %u, expected %u at %u",
+                c->peer, p->itt, p->datasn, p->buffer_offset, want_datasn, want_offset);
+        c->rx_drop = true;
+        if (!cmd->has_early_sense) {
+            cmd_set_sense(cmd, SCSI_SENSE_ABORTED_COMMAND, 0x4B, 0x00);
+            if (cmd->state == ISCSI_CMD_DATA_WAIT)
+                cmd_execute(cmd);
+        }
+        return;
+    }
     c->rx_cmd = cmd;
     c->rx_dst = cmd->buf + p->buffer_offset;
 }
@@ -824,8 +889,10 @@ static void handle_nop_out(struct iscsi_conn *c, const uint8_t *data, uint32_t l
 
     sn_consume(c, p);
     if (p->ttt != ISCSI_RSVD_TAG) {
-        if (p->ttt == c->nop_ttt)
+        if (p->ttt == c->nop_ttt && c->nop_outstanding) {
+            hv_debug("iscsi %s: NOP-Out answers ping 0x%x", c->peer, p->ttt);
             c->nop_outstanding = false;
+        }
         return;
     }
     if (p->itt == ISCSI_RSVD_TAG)
@@ -852,6 +919,28 @@ static void handle_nop_out(struct iscsi_conn *c, const uint8_t *data, uint32_t l
     iscsi_tx_queue(c, tx);
 }
 
+/*
+ * Abort one command of this connection. In the controller it finishes
+ * there and its response is dropped; waiting for data it simply goes; but
+ * waiting behind a CmdSN hole it stays in line, marked, so that its CmdSN
+ * still counts when the hole closes (else ExpCmdSN would stop there).
+ */
+static void cmd_abort(struct iscsi_cmd *cmd)
+{
+    switch (cmd->state) {
+    case ISCSI_CMD_EXEC:
+    case ISCSI_CMD_ORDER_WAIT:
+        cmd->is_aborted = true;
+        cmd_hash_del(cmd);
+        break;
+    case ISCSI_CMD_DATA_WAIT:
+        cmd_drop_local(cmd);
+        break;
+    default:
+        break;
+    }
+}
+
 static void abort_local_where(struct iscsi_conn *c, bool all_luns, const uint8_t lun_raw[8])
 {
     for (int i = 0; i < ISCSI_CMD_SLOTS; i++) {
@@ -860,12 +949,7 @@ static void abort_local_where(struct iscsi_conn *c, bool all_luns, const uint8_t
             continue;
         if (!all_luns && memcmp(cmd->lun_raw, lun_raw, 8) != 0)
             continue;
-        if (cmd->state == ISCSI_CMD_EXEC) {
-            cmd->is_aborted = true;     /* its response is dropped at done() */
-            cmd_hash_del(cmd);
-        } else {
-            cmd_drop_local(cmd);
-        }
+        cmd_abort(cmd);
     }
 }
 
@@ -881,13 +965,9 @@ static uint8_t tmf_abort_task(struct iscsi_conn *c)
             return SCSI_TMF_COMPLETE;
         return SCSI_TMF_TASK_NOT_FOUND;
     }
-    if (cmd->state == ISCSI_CMD_EXEC) {
+    if (cmd->state == ISCSI_CMD_EXEC)
         scsi_controller_tmf(c->ctl, &c->nexus, SCSI_TMF_ABORT_TASK, cmd->task.lun, cmd->itt);
-        cmd->is_aborted = true;
-        cmd_hash_del(cmd);
-    } else {
-        cmd_drop_local(cmd);
-    }
+    cmd_abort(cmd);
     return SCSI_TMF_COMPLETE;
 }
 
@@ -995,6 +1075,7 @@ static void rx_reset(struct iscsi_conn *c)
     c->rx_reject = 0;
     c->rx_drop = false;
     c->rx_busy = false;
+    c->rx_fatal = false;
     c->rx_data_len = 0;
 }
 
@@ -1043,6 +1124,10 @@ static void pdu_dispatch(struct iscsi_conn *c)
         iscsi_conn_send_reject(c, (uint8_t)c->rx_reject, c->rx_hdr);
         if (c->rx_cmd && p->opcode == ISCSI_OP_SCSI_CMD)
             cmd_release(c->rx_cmd);
+        if (c->rx_fatal) {
+            iscsi_conn_flush(c);
+            iscsi_conn_close(c, "protocol error");
+        }
         return;
     }
     if (c->rx_drop)
@@ -1388,6 +1473,15 @@ void iscsi_conn_free_now(struct iscsi_conn *c)
         *s->shutdown_done = true;
 }
 
+/* The connection timer ticks at most once a second, faster when the
+ * keepalive interval is shorter (tests). */
+static uint64_t conn_tick_ms(const struct iscsi_server *s)
+{
+    if (s->nop_interval_ms && s->nop_interval_ms < 2000)
+        return HV_MAX(s->nop_interval_ms / 2, (uint64_t)10);
+    return 1000;
+}
+
 void iscsi_conn_timer(void *arg)
 {
     struct iscsi_conn *c = arg;
@@ -1414,6 +1508,7 @@ void iscsi_conn_timer(void *arg)
                 c->nop_ttt = (c->nop_ttt + 1) & 0x7fffffff;
                 c->nop_outstanding = true;
                 c->nop_sent_ns = now;
+                hv_debug("iscsi %s: idle, NOP-In ping 0x%x", c->peer, c->nop_ttt);
                 tx->hdr[0] = ISCSI_OP_NOP_IN;
                 tx->hdr[1] = 0x80;
                 hv_put_be32(tx->hdr + 16, ISCSI_RSVD_TAG);
@@ -1423,7 +1518,7 @@ void iscsi_conn_timer(void *arg)
             }
         }
     }
-    hv_timer_arm(s->reactor, &c->timer, 1000, iscsi_conn_timer, c);
+    hv_timer_arm(s->reactor, &c->timer, conn_tick_ms(s), iscsi_conn_timer, c);
 }
 
 struct iscsi_conn *iscsi_conn_new(struct iscsi_server *s, int fd)
@@ -1467,7 +1562,7 @@ struct iscsi_conn *iscsi_conn_new(struct iscsi_server *s, int fd)
     }
     c->next = s->conns;
     s->conns = c;
-    hv_timer_arm(s->reactor, &c->timer, 1000, iscsi_conn_timer, c);
+    hv_timer_arm(s->reactor, &c->timer, conn_tick_ms(s), iscsi_conn_timer, c);
     return c;
 }
 

@@ -222,7 +222,10 @@ void iscsi_hash_parts(int algorithm, const void *const *parts, const size_t *len
 #define ISCSI_OUR_MRDSL (256 * 1024)                /* what we accept per PDU */
 #define ISCSI_OUR_MAX_BURST (1024 * 1024)
 #define ISCSI_OUR_MAX_R2T 8
-#define ISCSI_MAX_XFER_BYTES (32u * 1024 * 1024)
+#define ISCSI_MAX_XFER_BYTES (64u * 1024 * 1024)
+/* Buffers above ISCSI_KEEP_BUFFER_BYTES held by one connection at once; a
+ * command that would exceed it gets TASK SET FULL and is retried. */
+#define ISCSI_CONN_BIG_BUDGET (256u * 1024 * 1024)
 #define ISCSI_KEEP_BUFFER_BYTES (256u * 1024)       /* cmd buffers above are not kept */
 #define ISCSI_STAGING_BYTES (64 * 1024)
 #define ISCSI_ITT_BUCKETS 256
@@ -240,6 +243,7 @@ struct iscsi_r2t {
     uint32_t offset;
     uint32_t length;
     uint32_t received;
+    uint32_t next_datasn;           /* Data-Out PDUs of this burst count from 0 */
     bool is_active;
 };
 
@@ -267,6 +271,8 @@ struct iscsi_cmd {
     struct iovec iov;
     uint32_t received;              /* Data-Out bytes so far (incl. immediate) */
     uint32_t unsolicited_end;
+    uint32_t unsolicited_got;       /* next in-order offset of unsolicited data */
+    uint32_t unsolicited_datasn;
     uint32_t r2t_next;              /* next offset to ask for */
     uint32_t r2tsn;
     uint32_t datasn;                /* Data-In PDUs + R2Ts sent */
@@ -334,6 +340,7 @@ struct iscsi_conn {
     int rx_reject;                  /* reject reason to send after the data, 0 none */
     bool rx_drop;                   /* PDU silently dropped once its data is in */
     bool rx_busy;                   /* no command slot: TASK SET FULL */
+    bool rx_fatal;                  /* close after the reject */
     uint8_t *rx_buf;                /* data of non-SCSI PDUs */
     size_t rx_buf_cap;
     uint8_t discard[4096];
@@ -390,6 +397,7 @@ struct iscsi_conn {
     struct iscsi_cmd *itt_hash[ISCSI_ITT_BUCKETS];
     unsigned cmds_exec;             /* in the controller */
     unsigned cmds_acked;            /* acknowledged, not yet finished */
+    uint64_t big_bytes;             /* sum of large command buffers held */
     uint16_t ttt_gen;
 
     /* keepalive */
@@ -419,6 +427,9 @@ struct iscsi_server {
     uint64_t nop_interval_ms;
     uint64_t nop_timeout_ms;
     uint64_t login_timeout_ms;
+    /* Detached connections (fd < 0) hand what they send here (unit tests). */
+    void (*tx_sink)(void *arg, const uint8_t *buf, size_t len);
+    void *tx_sink_arg;
 };
 
 /* iscsi_conn.c */
@@ -445,7 +456,5 @@ int iscsi_server_create_detached(struct hv_reactor *r, const struct iscsi_direct
 /* iscsi_login.c */
 void iscsi_login_pdu(struct iscsi_conn *c, const uint8_t *data, uint32_t len);
 void iscsi_text_pdu(struct iscsi_conn *c, const uint8_t *data, uint32_t len);
-/* Enter full feature phase bookkeeping shared with the server. */
-void iscsi_session_end(struct iscsi_conn *c);
 
 #endif

@@ -593,8 +593,3 @@ void iscsi_text_pdu(struct iscsi_conn *c, const uint8_t *data, uint32_t len)
     rsp.buf = NULL;
     text_send_piece(c, p->itt);
 }
-
-void iscsi_session_end(struct iscsi_conn *c)
-{
-    iscsi_conn_close(c, "session ended");
-}

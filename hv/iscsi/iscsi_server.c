@@ -240,6 +240,15 @@ void iscsi_server_drop_target(struct iscsi_server *s, const char *target)
     }
 }
 
+bool iscsi_server_target_busy(const struct iscsi_server *s, const char *target)
+{
+    for (const struct iscsi_conn *c = s->conns; c; c = c->next) {
+        if (!c->is_discovery && c->login_started && strcmp(c->target, target) == 0)
+            return true;
+    }
+    return false;
+}
+
 unsigned iscsi_server_sessions(const struct iscsi_server *s)
 {
     unsigned n = 0;

@@ -60,9 +60,9 @@ struct bench {
     bool is_done;
     int error;
     struct bdev_io *flush_io;
-    struct bdev_io **free_ios;        /* stack of idle requests */
+    struct bdev_io **free_ios; /* stack of idle requests */
     unsigned free_count;
-    struct iovec iov;                 /* one buffer shared by all, like qemu */
+    struct iovec iov; /* one buffer shared by all, like qemu */
 };
 
 static void bench_pump(struct bench *b);
@@ -158,22 +158,25 @@ int cmd_bench(int argc, char **argv)
 {
     enum { OPT_PATTERN = 256, OPT_FLUSH, OPT_NO_DRAIN };
     static const struct option opts[] = {
-        { "count", required_argument, NULL, 'c' },
-        { "depth", required_argument, NULL, 'd' },
-        { "size", required_argument, NULL, 's' },
-        { "step", required_argument, NULL, 'S' },
-        { "offset", required_argument, NULL, 'o' },
-        { "write", no_argument, NULL, 'w' },
-        { "cache", required_argument, NULL, 't' },
-        { "quiet", no_argument, NULL, 'q' },
-        { "pattern", required_argument, NULL, OPT_PATTERN },
-        { "flush-interval", required_argument, NULL, OPT_FLUSH },
-        { "no-drain", no_argument, NULL, OPT_NO_DRAIN },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"count", required_argument, NULL, 'c'},
+        {"depth", required_argument, NULL, 'd'},
+        {"size", required_argument, NULL, 's'},
+        {"step", required_argument, NULL, 'S'},
+        {"offset", required_argument, NULL, 'o'},
+        {"write", no_argument, NULL, 'w'},
+        {"cache", required_argument, NULL, 't'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"pattern", required_argument, NULL, OPT_PATTERN},
+        {"flush-interval", required_argument, NULL, OPT_FLUSH},
+        {"no-drain", no_argument, NULL, OPT_NO_DRAIN},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
     struct bench b = {
-        .count = 75000, .depth = 64, .bufsize = 4096, .is_drain_on_flush = true,
+        .count = 75000,
+        .depth = 64,
+        .bufsize = 4096,
+        .is_drain_on_flush = true,
     };
     enum vhd_image_format fmt = VHD_FORMAT_AUTO;
     bool is_direct = false, is_quiet = false, has_step = false;
@@ -219,7 +222,9 @@ int cmd_bench(int argc, char **argv)
                 return 1;
             }
             break;
-        case 'w': b.is_write = true; break;
+        case 'w':
+            b.is_write = true;
+            break;
         case 't':
             if (!strcmp(optarg, "none") || !strcmp(optarg, "directsync")) {
                 is_direct = true;
@@ -236,8 +241,13 @@ int cmd_bench(int argc, char **argv)
                 return 1;
             }
             break;
-        case 'q': is_quiet = true; break;
-        case 'n': case 'i': case 'U': break;
+        case 'q':
+            is_quiet = true;
+            break;
+        case 'n':
+        case 'i':
+        case 'U':
+            break;
         case OPT_PATTERN:
             if (hv_parse_u64(optarg, &pattern) < 0 || pattern > 255) {
                 tool_error("--pattern '%s': expected a byte value 0-255", optarg);
@@ -250,9 +260,15 @@ int cmd_bench(int argc, char **argv)
                 return 1;
             }
             break;
-        case OPT_NO_DRAIN: b.is_drain_on_flush = false; break;
-        case 'h': fputs(bench_usage, stdout); return 0;
-        default: fputs(bench_usage, stderr); return 1;
+        case OPT_NO_DRAIN:
+            b.is_drain_on_flush = false;
+            break;
+        case 'h':
+            fputs(bench_usage, stdout);
+            return 0;
+        default:
+            fputs(bench_usage, stderr);
+            return 1;
         }
     }
     if (optind != argc - 1) {
@@ -273,7 +289,7 @@ int cmd_bench(int argc, char **argv)
     }
 
     struct hv_reactor *r = NULL;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = hv_reactor_create(&r), status = 1;
     void *buf = NULL;
     if (ret < 0) {
@@ -288,7 +304,8 @@ int cmd_bench(int argc, char **argv)
     b.image_size = b.bd->size_bytes;
     if (b.bufsize > b.image_size || b.offset > b.image_size - b.bufsize) {
         tool_error("%s: requests of %" PRIu64 " bytes from offset %" PRIu64 " do not fit "
-                   "the %" PRIu64 "-byte image", b.path, b.bufsize, b.offset, b.image_size);
+                   "the %" PRIu64 "-byte image",
+                   b.path, b.bufsize, b.offset, b.image_size);
         goto out;
     }
     buf = hv_alloc_aligned(b.bufsize);

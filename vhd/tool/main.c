@@ -72,14 +72,11 @@ static const char create_usage[] =
 static int cmd_create(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "type", required_argument, NULL, 't' },
-        { "size", required_argument, NULL, 's' },
-        { "parent", required_argument, NULL, 'b' },
-        { "block-size", required_argument, NULL, 'B' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"type", required_argument, NULL, 't'},   {"size", required_argument, NULL, 's'},
+        {"parent", required_argument, NULL, 'b'}, {"block-size", required_argument, NULL, 'B'},
+        {"help", no_argument, NULL, 'h'},         {0},
     };
-    struct vhd_create_options o = { .type = VHD_TYPE_DYNAMIC };
+    struct vhd_create_options o = {.type = VHD_TYPE_DYNAMIC};
     bool has_type = false, has_size = false;
     uint64_t v;
     int c;
@@ -105,7 +102,8 @@ static int cmd_create(int argc, char **argv)
                 return 1;
             if (v == 0 || v > UINT32_MAX || (v & (v - 1)) || v < HV_SECTOR_BYTES) {
                 tool_error("--block-size '%s': must be a power of two from 512 bytes "
-                           "to 2 GiB", optarg);
+                           "to 2 GiB",
+                           optarg);
                 return 1;
             }
             o.block_bytes = (uint32_t)v;
@@ -137,7 +135,7 @@ static int cmd_create(int argc, char **argv)
         tool_error("%s: fixed images have no blocks; drop --block-size", path);
         return 1;
     }
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_create(path, &o, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
@@ -147,15 +145,14 @@ static int cmd_create(int argc, char **argv)
     char sz[32];
     if (vhd_inspect(path, &info, &err) == 0)
         printf("Created %s: %s, virtual size %s (%" PRIu64 " bytes)\n", path,
-               vhd_type_name(info.type), hv_format_size(info.size_bytes, sz),
-               info.size_bytes);
+               vhd_type_name(info.type), hv_format_size(info.size_bytes, sz), info.size_bytes);
     return 0;
 }
 
 /* ------------------------------------------------------------------ info */
 
 static const char info_usage[] =
-    "Usage: vhd info [--json] FILE\n"
+    "Usage: vhd info [--json] [--chain] FILE\n"
     "\n"
     "Show what a VHD image says about itself: type, exact virtual size, unique\n"
     "id, block size, allocated bytes, creator, geometry, whether the footer,\n"
@@ -163,6 +160,9 @@ static const char info_usage[] =
     "differencing image. Fails with a message naming the damaged structure.\n"
     "\n"
     "  --json       machine-readable output\n"
+    "  --chain      the chain from FILE to its base as a tree: each image's size,\n"
+    "               allocated bytes, how its parent was found and whether its\n"
+    "               identity matches what the child recorded (exit 1 if broken)\n"
     "  -h, --help   this text\n";
 
 static void print_time(const char *label, uint32_t vhd_seconds)
@@ -176,29 +176,43 @@ static void print_time(const char *label, uint32_t vhd_seconds)
     printf("%-18s%s\n", label, buf);
 }
 
-static const char *ok_text(bool ok) { return ok ? "ok" : "BAD"; }
+static const char *ok_text(bool ok)
+{
+    return ok ? "ok" : "BAD";
+}
 
 static int cmd_info(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"json", no_argument, NULL, 'j'},
+        {"chain", no_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
     bool is_json = false;
+    bool is_chain = false;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'j': is_json = true; break;
-        case 'h': return usage_exit(info_usage, true, 1);
-        default: return usage_exit(info_usage, false, 1);
+        case 'j':
+            is_json = true;
+            break;
+        case 'c':
+            is_chain = true;
+            break;
+        case 'h':
+            return usage_exit(info_usage, true, 1);
+        default:
+            return usage_exit(info_usage, false, 1);
         }
     }
     if (optind != argc - 1)
         return missing_operands(info_usage, 1);
     const char *path = argv[optind];
+    if (is_chain)
+        return cmd_info_chain(path, is_json);
     struct vhd_info *info = calloc(1, sizeof(*info));
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (!info) {
         tool_error("out of memory");
         return 1;
@@ -229,15 +243,15 @@ static int cmd_info(int argc, char **argv)
     printf("%-18s%s\n", "image:", path);
     printf("%-18s%s\n", "file format:", "vhd");
     printf("%-18s%s\n", "type:", vhd_type_name(info->type));
-    printf("%-18s%s (%" PRIu64 " bytes)\n", "virtual size:",
-           hv_format_size(info->size_bytes, sz), info->size_bytes);
+    printf("%-18s%s (%" PRIu64 " bytes)\n", "virtual size:", hv_format_size(info->size_bytes, sz),
+           info->size_bytes);
     if (info->original_size_bytes != info->size_bytes)
         printf("%-18s%" PRIu64 " bytes\n", "original size:", info->original_size_bytes);
-    printf("%-18s%s (%" PRIu64 " bytes)\n", "file length:",
-           hv_format_size(info->file_bytes, sz), info->file_bytes);
+    printf("%-18s%s (%" PRIu64 " bytes)\n", "file length:", hv_format_size(info->file_bytes, sz),
+           info->file_bytes);
     if (info->type != VHD_TYPE_FIXED) {
-        printf("%-18s%s (%" PRIu64 " bytes)\n", "allocated:",
-               hv_format_size(info->allocated_bytes, sz), info->allocated_bytes);
+        printf("%-18s%s (%" PRIu64 " bytes)\n",
+               "allocated:", hv_format_size(info->allocated_bytes, sz), info->allocated_bytes);
         printf("%-18s%" PRIu32 "\n", "block size:", info->block_bytes);
         printf("%-18s%" PRIu32 "\n", "BAT entries:", info->max_table_entries);
     }
@@ -247,13 +261,13 @@ static int cmd_info(int argc, char **argv)
     printf("%-18s\"%s\" version %u.%u (0x%08x) on \"%s\"\n", "creator:", info->creator_app,
            info->creator_version >> 16, info->creator_version & 0xFFFF, info->creator_version,
            info->creator_os);
-    printf("%-18s%u/%u/%u (cylinders/heads/sectors)\n", "geometry:",
-           info->geometry.cylinders, info->geometry.heads, info->geometry.sectors_per_track);
+    printf("%-18s%u/%u/%u (cylinders/heads/sectors)\n", "geometry:", info->geometry.cylinders,
+           info->geometry.heads, info->geometry.sectors_per_track);
     if (info->type == VHD_TYPE_FIXED)
         printf("%-18sfooter %s\n", "checksums:", ok_text(info->is_footer_ok));
     else
-        printf("%-18sfooter %s, footer copy %s, dynamic header %s\n", "checksums:",
-               ok_text(info->is_footer_ok), ok_text(info->is_footer_copy_ok),
+        printf("%-18sfooter %s, footer copy %s, dynamic header %s\n",
+               "checksums:", ok_text(info->is_footer_ok), ok_text(info->is_footer_copy_ok),
                ok_text(info->is_header_ok));
     if (info->has_parent) {
         hv_uuid_format(info->parent_uuid, uuid);
@@ -290,24 +304,28 @@ static const char check_usage[] =
 static int cmd_check(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
     bool is_json = false;
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case 'j': is_json = true; break;
-        case 'h': return usage_exit(check_usage, true, 1);
-        default: return usage_exit(check_usage, false, 1);
+        case 'j':
+            is_json = true;
+            break;
+        case 'h':
+            return usage_exit(check_usage, true, 1);
+        default:
+            return usage_exit(check_usage, false, 1);
         }
     }
     if (optind != argc - 1)
         return missing_operands(check_usage, 1);
     const char *path = argv[optind];
-    struct vhd_check_report rep = { 0 };
-    struct hv_err err = { 0 };
+    struct vhd_check_report rep = {0};
+    struct hv_err err = {0};
     int ret = vhd_check(path, &rep, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
@@ -322,7 +340,7 @@ static int cmd_check(int argc, char **argv)
         vhd_check_report_free(&rep);
         return 1;
     }
-    const char *result = ret == VHD_CHECK_CLEAN     ? "clean"
+    const char *result = ret == VHD_CHECK_CLEAN    ? "clean"
                          : ret == VHD_CHECK_LEAKED ? "leaked"
                                                    : "corrupt";
     if (is_json) {
@@ -393,14 +411,11 @@ static int parse_format(const char *opt, const char *text, enum vhd_image_format
 static int cmd_convert(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "type", required_argument, NULL, 't' },
-        { "block-size", required_argument, NULL, 'B' },
-        { "depth", required_argument, NULL, 'd' },
-        { "progress", no_argument, NULL, 'p' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"type", required_argument, NULL, 't'},  {"block-size", required_argument, NULL, 'B'},
+        {"depth", required_argument, NULL, 'd'}, {"progress", no_argument, NULL, 'p'},
+        {"help", no_argument, NULL, 'h'},        {0},
     };
-    struct vhd_convert_options o = { 0 };
+    struct vhd_convert_options o = {0};
     uint64_t v;
     int c;
     while ((c = getopt_long(argc, argv, "f:O:t:B:d:ph", opts, NULL)) != -1) {
@@ -414,8 +429,7 @@ static int cmd_convert(int argc, char **argv)
                 return 1;
             break;
         case 't':
-            if (vhd_type_parse(optarg, &o.dst_type) < 0 ||
-                o.dst_type == VHD_TYPE_DIFFERENCING) {
+            if (vhd_type_parse(optarg, &o.dst_type) < 0 || o.dst_type == VHD_TYPE_DIFFERENCING) {
                 tool_error("--type '%s': expected fixed or dynamic", optarg);
                 return 1;
             }
@@ -425,7 +439,8 @@ static int cmd_convert(int argc, char **argv)
                 return 1;
             if (v < HV_SECTOR_BYTES || v > UINT32_MAX || (v & (v - 1))) {
                 tool_error("--block-size '%s': must be a power of two from 512 bytes "
-                           "to 2 GiB", optarg);
+                           "to 2 GiB",
+                           optarg);
                 return 1;
             }
             o.block_bytes = (uint32_t)v;
@@ -437,9 +452,13 @@ static int cmd_convert(int argc, char **argv)
             }
             o.depth = (unsigned)v;
             break;
-        case 'p': o.show_progress = true; break;
-        case 'h': return usage_exit(convert_usage, true, 1);
-        default: return usage_exit(convert_usage, false, 1);
+        case 'p':
+            o.show_progress = true;
+            break;
+        case 'h':
+            return usage_exit(convert_usage, true, 1);
+        default:
+            return usage_exit(convert_usage, false, 1);
         }
     }
     if (optind != argc - 2)
@@ -448,7 +467,7 @@ static int cmd_convert(int argc, char **argv)
         tool_error("%s: --type and --block-size apply to VHD output only", argv[optind + 1]);
         return 1;
     }
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_convert(argv[optind], argv[optind + 1], &o, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
@@ -477,9 +496,9 @@ static const char compare_usage[] =
 static int cmd_compare(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "strict", no_argument, NULL, 's' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
+        {"strict", no_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {0},
     };
     enum vhd_image_format fa = VHD_FORMAT_AUTO, fb = VHD_FORMAT_AUTO;
     bool is_strict = false;
@@ -494,29 +513,34 @@ static int cmd_compare(int argc, char **argv)
             if (parse_format("-F", optarg, &fb) < 0)
                 return 2;
             break;
-        case 's': is_strict = true; break;
-        case 'h': return usage_exit(compare_usage, true, 2);
-        default: return usage_exit(compare_usage, false, 2);
+        case 's':
+            is_strict = true;
+            break;
+        case 'h':
+            return usage_exit(compare_usage, true, 2);
+        default:
+            return usage_exit(compare_usage, false, 2);
         }
     }
     if (optind != argc - 2)
         return missing_operands(compare_usage, 2);
     const char *a = argv[optind], *b = argv[optind + 1];
     struct vhd_compare_result res;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int ret = vhd_compare(a, fa, b, fb, is_strict, &res, &err);
     if (ret < 0) {
         tool_error("%s", hv_err_msg(&err, ret));
         return 2;
     }
     if (res.has_size_mismatch)
-        printf("Warning: image sizes differ: %s is %" PRIu64 " bytes, %s is %" PRIu64
-               " bytes\n", a, res.size_a, b, res.size_b);
+        printf("Warning: image sizes differ: %s is %" PRIu64 " bytes, %s is %" PRIu64 " bytes\n",
+               a, res.size_a, b, res.size_b);
     if (res.is_same) {
         printf("Images are identical.\n");
         return 0;
     }
-    if (is_strict && res.has_size_mismatch && res.first_difference >= HV_MIN(res.size_a, res.size_b))
+    uint64_t common_bytes = HV_MIN(res.size_a, res.size_b);
+    if (is_strict && res.has_size_mismatch && res.first_difference >= common_bytes)
         printf("Strict mode: image size mismatch.\n");
     else
         printf("Content mismatch at offset %" PRIu64 "!\n", res.first_difference);
@@ -537,6 +561,8 @@ static const char main_usage[] =
     "  convert   copy any image (raw, VHD, chain) into a new raw or VHD image\n"
     "  compare   check whether two images read the same\n"
     "  bench     load generator over the VHD engine (flags as qemu-img bench)\n"
+    "  map       which ranges hold data, in which image of the chain\n"
+    "  mount     the virtual disk as a file through FUSE (and unmount)\n"
     "\n"
     "`vhd COMMAND --help` describes each command. Sizes take K, M, G, T suffixes\n"
     "(binary units). Errors name the file and the problem; the exit status is\n"
@@ -548,8 +574,9 @@ int main(int argc, char **argv)
         const char *name;
         int (*fn)(int, char **);
     } cmds[] = {
-        { "create", cmd_create },   { "info", cmd_info },       { "check", cmd_check },
-        { "convert", cmd_convert }, { "compare", cmd_compare }, { "bench", cmd_bench },
+        {"create", cmd_create},   {"info", cmd_info},       {"check", cmd_check},
+        {"convert", cmd_convert}, {"compare", cmd_compare}, {"bench", cmd_bench},
+        {"map", cmd_map},         {"mount", cmd_mount},     {"unmount", cmd_unmount},
     };
     hv_log_set_ident("vhd");
     if (argc < 2) {

@@ -9,17 +9,18 @@
  * when each was submitted and completed, on one clock shared with the guest's
  * own requests.
  *
- * A crash at instant P leaves on disk: the initial file, every write that
- * completed before an fdatasync that was submitted after it and completed
- * before P (those are durable), and any subset of the other writes
- * submitted before P, in submission order, each possibly torn at sector
- * granularity (a disk cache persists sectors in any order). For each of
+ * A crash at instant P leaves on disk: the initial file with, in submission
+ * order, every durable write (completed before an fdatasync that was
+ * submitted after it and completed before P, or a RWF_DSYNC write completed
+ * before P) and any subset of the other writes submitted before P, each
+ * possibly torn at sector granularity (a disk cache persists sectors in any
+ * order). For each of
  * many such states, materialized as a real file next to the parent:
  *   - vhd_check finds no corruption (leaked space is allowed);
  *   - vhd_open succeeds, and every sector whose last guest write (or
  *     write-zeroes) was acknowledged before the last guest FLUSH that
- *     completed before P, and not touched by anything later, reads back
- *     exactly that data;
+ *     completed before P (or was a FUA write acknowledged before P), and
+ *     not touched by anything later, reads back exactly that data;
  *   - after closing, vhd_check still finds no corruption.
  * Any failure prints the seed and the crash state, which reproduce it.
  */
@@ -44,30 +45,37 @@
 
 /* ------------------------------------------------------------ recording */
 
-struct ewrite {                 /* one engine file I/O */
+struct ewrite { /* one engine file I/O */
     bool is_sync;
+    bool is_dsync; /* write durable when it completes (RWF_DSYNC) */
     uint64_t offset;
     uint32_t length;
     uint8_t *data;
     int seq;
     long submit_ev;
-    long complete_ev;           /* -1: never completed */
+    long complete_ev; /* -1: never completed */
     long res;
 };
 
 enum gop_type { G_WRITE, G_ZERO, G_DISCARD, G_FLUSH };
 
-struct gop {                    /* one guest request */
+struct gop { /* one guest request */
     enum gop_type type;
     uint32_t sector;
     uint32_t count;
     uint8_t *data;
+    bool is_fua; /* write: durable when acknowledged */
     long submit_ev;
     long complete_ev;
     int status;
 };
 
 static long g_clock;
+/* Guest FUA writes in flight: the engine sends their data with RWF_DSYNC,
+ * which the observer does not report (it passes no flags), so a write whose
+ * buffer lies inside such a request's data is taken as durable on
+ * completion. */
+static const struct gop *g_fua_inflight[8];
 static struct ewrite *g_ew;
 static int g_ew_count, g_ew_cap;
 static bool g_recording;
@@ -103,6 +111,14 @@ static void obs_submit(void *arg, int seq, bool is_sync, uint64_t offset, const 
     w->submit_ev = g_clock++;
     w->complete_ev = -1;
     if (!is_sync) {
+        for (int k = 0; k < iovcnt; k++) {
+            for (size_t f = 0; f < HV_ARRAY_SIZE(g_fua_inflight); f++) {
+                const struct gop *op = g_fua_inflight[f];
+                const uint8_t *b = iov[k].iov_base;
+                if (op && b >= op->data && b < op->data + (size_t)op->count * 512)
+                    w->is_dsync = true;
+            }
+        }
         size_t len = hv_iov_length(iov, iovcnt);
         w->length = (uint32_t)len;
         w->data = malloc(len ? len : 1);
@@ -127,7 +143,8 @@ static void obs_complete(void *arg, int seq, long res)
 }
 
 static const struct vhd_io_observer g_observer = {
-    .on_submit = obs_submit, .on_complete = obs_complete,
+    .on_submit = obs_submit,
+    .on_complete = obs_complete,
 };
 
 /* --------------------------------------------------------------- workload */
@@ -145,14 +162,34 @@ struct gio {
     struct iovec iov;
 };
 
+static void fua_track(const struct gop *op, bool is_inflight)
+{
+    for (size_t f = 0; f < HV_ARRAY_SIZE(g_fua_inflight); f++) {
+        if (is_inflight && !g_fua_inflight[f]) {
+            g_fua_inflight[f] = op;
+            return;
+        }
+        if (!is_inflight && g_fua_inflight[f] == op) {
+            g_fua_inflight[f] = NULL;
+            return;
+        }
+    }
+    if (is_inflight)
+        die("more FUA writes in flight than tracked");
+}
+
 static void gop_done(struct bdev_io *io, int status)
 {
     struct gio *g = io->cb_arg;
+    if (g->op->is_fua)
+        fua_track(g->op, false);
     g->op->complete_ev = g_clock++;
     g->op->status = status;
     if (status < 0)
         die("guest %s at sector %u+%u failed: %s",
-            g->op->type == G_WRITE ? "write" : g->op->type == G_FLUSH ? "flush" : "zero/discard",
+            g->op->type == G_WRITE   ? "write"
+            : g->op->type == G_FLUSH ? "flush"
+                                     : "zero/discard",
             g->op->sector, g->op->count, strerror(-status));
     if (--g->run->pending == 0)
         g->run->is_done = true;
@@ -186,7 +223,7 @@ static void run_workload(struct bdev *bd, struct run *run, uint64_t *seed)
             uint32_t max_count = op->type == G_WRITE ? 256 : 2048;
             for (int tries = 0;; tries++) {
                 op->count = 1 + (uint32_t)(t_rand(seed) % max_count);
-                if (t_rand(seed) % 4 == 0)      /* whole aligned blocks now and then */
+                if (t_rand(seed) % 4 == 0) /* whole aligned blocks now and then */
                     op->count = BLOCK_BYTES / 512 * (1 + (uint32_t)(t_rand(seed) % 2));
                 op->sector = (uint32_t)(t_rand(seed) % (SECTORS - op->count + 1));
                 if (op->count == BLOCK_BYTES / 512 || op->count == 2 * BLOCK_BYTES / 512)
@@ -204,6 +241,7 @@ static void run_workload(struct bdev *bd, struct run *run, uint64_t *seed)
                 }
             }
             if (op->type == G_WRITE) {
+                op->is_fua = t_rand(seed) % 10 == 0;
                 op->data = hv_alloc_aligned((size_t)op->count * 512);
                 t_fill(op->data, (size_t)op->count * 512, t_rand(seed));
             }
@@ -224,6 +262,8 @@ static void run_workload(struct bdev *bd, struct run *run, uint64_t *seed)
                                                : BDEV_IO_FLUSH;
             if (op->type == G_ZERO && t_rand(seed) % 2)
                 io->flags = BDEV_IO_MAY_UNMAP;
+            if (op->is_fua)
+                io->flags = BDEV_IO_FUA;
             if (op->type != G_FLUSH) {
                 io->offset = (uint64_t)op->sector * 512;
                 io->length = (uint64_t)op->count * 512;
@@ -238,6 +278,8 @@ static void run_workload(struct bdev *bd, struct run *run, uint64_t *seed)
             io->cb_arg = g;
             op->submit_ev = g_clock++;
             op->complete_ev = -1;
+            if (op->is_fua)
+                fua_track(op, true);
             int ret = bdev_submit(bd, io);
             if (ret < 0)
                 die("guest request refused: %s", strerror(-ret));
@@ -266,8 +308,7 @@ static uint8_t *read_whole(const char *path, uint64_t *len)
     return buf;
 }
 
-/* The file a crash leaves: `base` (initial + durable writes) extended and
- * overwritten by the chosen optional writes. Holes stay holes. */
+/* A file's bytes in memory, grown by the writes applied to it. */
 struct disk_image {
     uint8_t *bytes;
     uint64_t length;
@@ -313,9 +354,9 @@ enum { S_INITIAL = -1, S_AMBIGUOUS = -2, S_UNKNOWN = -3 };
 
 struct image_case {
     const char *name;
-    const char *path;           /* the image the workload ran on */
-    const char *parent_path;    /* differencing: its parent */
-    uint8_t *initial_content;   /* what the disk read before the workload */
+    const char *path;         /* the image the workload ran on */
+    const char *parent_path;  /* differencing: its parent */
+    uint8_t *initial_content; /* what the disk read before the workload */
     struct disk_image initial_file;
     struct run run;
 };
@@ -323,6 +364,7 @@ struct image_case {
 static int states_checked;
 static int states_with_expectations;
 static uint64_t sectors_verified;
+static uint64_t fua_sectors_verified; /* promised by FUA alone, no flush */
 
 static void verify_state(struct image_case *ic, const char *crash_path, long crash_point,
                          int state_no, int32_t *sector_state, uint8_t *readbuf)
@@ -342,7 +384,11 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
         const struct gop *op = &ic->run.ops[i];
         if (op->type == G_FLUSH || op->submit_ev >= crash_point)
             continue;
-        bool is_guaranteed = op->complete_ev >= 0 && op->complete_ev < flush_submit;
+        /* Durable: acknowledged before a flush that completed, or a FUA
+         * write acknowledged before the crash. */
+        bool is_guaranteed =
+            op->complete_ev >= 0 &&
+            (op->complete_ev < flush_submit || (op->is_fua && op->complete_ev < crash_point));
         int32_t st = !is_guaranteed ? S_AMBIGUOUS : op->type == G_DISCARD ? S_UNKNOWN : i;
         for (uint32_t s = op->sector; s < op->sector + op->count; s++)
             sector_state[s] = st;
@@ -352,7 +398,7 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
      * wrote keep their initial content regardless. */
 
     struct vhd_check_report rep;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     int rc = vhd_check(crash_path, &rep, &err);
     if (rc < 0 || rc == VHD_CHECK_CORRUPT) {
         fprintf(stderr, "%s state %d (crash point %ld): vhd_check: %s\n", ic->name, state_no,
@@ -368,7 +414,7 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
     struct bdev *bd;
     if (hv_reactor_create(&r) < 0)
         die("reactor");
-    struct vhd_open_options o = { .no_direct_io = true };
+    struct vhd_open_options o = {.no_direct_io = true};
     rc = vhd_open(r, crash_path, &o, &bd, &err);
     if (rc < 0)
         die("%s state %d (crash point %ld): vhd_open: %s (kept as %s)", ic->name, state_no,
@@ -386,6 +432,8 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
         static const uint8_t zero[512];
         if (st == S_AMBIGUOUS || st == S_UNKNOWN)
             continue;
+        if (st >= 0 && ic->run.ops[st].is_fua && ic->run.ops[st].complete_ev >= flush_submit)
+            fua_sectors_verified++;
         if (st == S_INITIAL) {
             want = ic->initial_content + (size_t)s * 512;
         } else {
@@ -393,10 +441,29 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
             want = op->type == G_ZERO ? zero : op->data + (size_t)(s - op->sector) * 512;
         }
         if (memcmp(readbuf + (size_t)s * 512, want, 512)) {
+            if (getenv("HVSTOR_CRASH_DEBUG") && st >= 0) {
+                const struct gop *op = &ic->run.ops[st];
+                fprintf(stderr,
+                        "op %d: sectors %u+%u fua %d submit %ld complete %ld; last "
+                        "flush submitted at %ld\n",
+                        st, op->sector, op->count, op->is_fua, op->submit_ev, op->complete_ev,
+                        flush_submit);
+                for (int i = 0; i < g_ew_count; i++) {
+                    const struct ewrite *w = &g_ew[i];
+                    if (w->complete_ev >= op->submit_ev - 120 && w->submit_ev < crash_point)
+                        fprintf(stderr,
+                                "  engine %s at %" PRIu64 "+%u dsync %d: %ld..%ld "
+                                "res %ld\n",
+                                w->is_sync ? "SYNC " : "write", w->offset, w->length, w->is_dsync,
+                                w->submit_ev, w->complete_ev, w->res);
+                }
+            }
             die("%s state %d (crash point %ld): sector %u reads wrong data; expected %s "
-                "(kept as %s)", ic->name, state_no, crash_point, s,
-                st == S_INITIAL ? "the initial content"
+                "(kept as %s)",
+                ic->name, state_no, crash_point, s,
+                st == S_INITIAL                  ? "the initial content"
                 : ic->run.ops[st].type == G_ZERO ? "zeroes from an acknowledged write-zeroes"
+                : ic->run.ops[st].is_fua         ? "an acknowledged FUA write"
                                                  : "an acknowledged, flushed write",
                 crash_path);
         }
@@ -410,7 +477,9 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
     rc = vhd_check(crash_path, &rep, &err);
     if (rc < 0 || rc == VHD_CHECK_CORRUPT)
         die("%s state %d: corrupt after reopening and closing: %s", ic->name, state_no,
-            rc < 0 ? hv_err_msg(&err, rc) : rep.problem_count ? rep.problems[0].msg : "?");
+            rc < 0              ? hv_err_msg(&err, rc)
+            : rep.problem_count ? rep.problems[0].msg
+                                : "?");
     vhd_check_report_free(&rep);
     states_checked++;
     states_with_expectations += has_guarantee;
@@ -466,56 +535,54 @@ static void crash_states(struct image_case *ic, uint64_t *seed)
 
     int32_t *sector_state = calloc(SECTORS, sizeof(*sector_state));
     uint8_t *readbuf = hv_alloc_aligned(DISK_BYTES);
-    bool *is_durable = calloc((size_t)g_ew_count + 1, sizeof(bool));
-    struct disk_image base = { 0 };
-    image_apply(&base, 0, ic->initial_file.bytes, ic->initial_file.length);
-    struct disk_image crash = { 0 };
+    struct disk_image crash = {0};
     char crash_path[512];
     crash_state_path(ic, crash_path, sizeof(crash_path));
 
     for (int k = 0; k < STATES_PER_IMAGE; k++) {
         long p = points[k];
         /* Durable: completed before the submission of an fdatasync that
-         * completed before p. */
+         * completed before p, or a RWF_DSYNC write completed before p. */
         long sync_submit = -1;
         for (int i = 0; i < g_ew_count; i++) {
             const struct ewrite *w = &g_ew[i];
             if (w->is_sync && w->res == 0 && w->complete_ev >= 0 && w->complete_ev < p)
                 sync_submit = HV_MAX(sync_submit, w->submit_ev);
         }
-        for (int i = 0; i < g_ew_count; i++) {
-            const struct ewrite *w = &g_ew[i];
-            if (w->is_sync || is_durable[i])
-                continue;
-            if (w->complete_ev >= 0 && w->complete_ev < sync_submit && w->res == (long)w->length) {
-                is_durable[i] = true;
-                image_apply(&base, w->offset, w->data, w->length);
-            }
-        }
-        /* Start from base; bytes a previous state wrote past its end go. */
-        if (crash.length > base.length)
-            memset(crash.bytes + base.length, 0, crash.length - base.length);
+        /*
+         * The file: the initial one, then, in submission order, every
+         * durable write and a random choice of the others (each possibly
+         * torn). Submission order matters: a write that completed before a
+         * later one was submitted cannot land on top of it, even when only
+         * the later one is durable (a RWF_DSYNC write over an unflushed one).
+         * Modes: 0 takes none of the optional writes, 1 all, else random.
+         */
+        if (crash.length > ic->initial_file.length)
+            memset(crash.bytes + ic->initial_file.length, 0,
+                   crash.length - ic->initial_file.length);
         crash.length = 0;
-        image_apply(&crash, 0, base.bytes, base.length);
-        crash.length = base.length;
-        /* Any subset of the rest, in submission order, possibly torn. The
-         * first and last states of every flush interval take none and all. */
-        int mode = (int)(t_rand(seed) % 8);   /* 0: none, 1: all, else random */
+        image_apply(&crash, 0, ic->initial_file.bytes, ic->initial_file.length);
+        int mode = (int)(t_rand(seed) % 8);
         for (int i = 0; i < g_ew_count; i++) {
             const struct ewrite *w = &g_ew[i];
-            if (w->is_sync || is_durable[i] || w->submit_ev >= p)
+            if (w->is_sync || w->submit_ev >= p)
                 continue;
-            bool take = mode == 1 || (mode > 1 && t_rand(seed) % 2);
-            if (!take)
-                continue;
-            if (mode > 1 && w->length > 512 && t_rand(seed) % 4 == 0) {
-                for (uint32_t s = 0; s < w->length; s += 512)
-                    if (t_rand(seed) % 2)
-                        image_apply(&crash, w->offset + s, w->data + s,
-                                    HV_MIN(512, w->length - s));
-            } else {
-                image_apply(&crash, w->offset, w->data, w->length);
+            bool is_durable =
+                w->complete_ev >= 0 && w->res == (long)w->length &&
+                (w->complete_ev < sync_submit || (w->is_dsync && w->complete_ev < p));
+            if (!is_durable) {
+                bool take = mode == 1 || (mode > 1 && t_rand(seed) % 2);
+                if (!take)
+                    continue;
+                if (mode > 1 && w->length > 512 && t_rand(seed) % 4 == 0) {
+                    for (uint32_t o = 0; o < w->length; o += 512)
+                        if (t_rand(seed) % 2)
+                            image_apply(&crash, w->offset + o, w->data + o,
+                                        HV_MIN(512, w->length - o));
+                    continue;
+                }
             }
+            image_apply(&crash, w->offset, w->data, w->length);
         }
         write_sparse(crash_path, &crash);
         verify_state(ic, crash_path, p, k, sector_state, readbuf);
@@ -524,8 +591,6 @@ static void crash_states(struct image_case *ic, uint64_t *seed)
     free(points);
     free(sector_state);
     free(readbuf);
-    free(is_durable);
-    free(base.bytes);
     free(crash.bytes);
 }
 
@@ -535,8 +600,8 @@ static void read_disk(const char *path, uint8_t *out)
 {
     struct hv_reactor *r;
     struct bdev *bd;
-    struct hv_err err = { 0 };
-    struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };
+    struct hv_err err = {0};
+    struct vhd_open_options o = {.is_read_only = true, .no_direct_io = true};
     if (hv_reactor_create(&r) < 0 || vhd_open(r, path, &o, &bd, &err) < 0)
         die("%s: open: %s", path, hv_err_msg(&err, -EIO));
     for (uint64_t at = 0; at < DISK_BYTES; at += HV_MiB)
@@ -560,10 +625,10 @@ static void run_case(struct image_case *ic, uint64_t seed)
 
     struct hv_reactor *r;
     struct bdev *bd;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (hv_reactor_create(&r) < 0)
         die("reactor");
-    struct vhd_open_options o = { .observer = &g_observer };
+    struct vhd_open_options o = {.observer = &g_observer};
     g_recording = true;
     int rc = vhd_open(r, ic->path, &o, &bd, &err);
     if (rc < 0)
@@ -595,15 +660,23 @@ static void run_case(struct image_case *ic, uint64_t seed)
     rc = vhd_check(ic->path, &rep, &err);
     if (rc != VHD_CHECK_CLEAN && rc != VHD_CHECK_LEAKED)
         die("%s: corrupt after a normal close (vhd_check %d: %s)", ic->name, rc,
-            rc < 0 ? hv_err_msg(&err, rc) : rep.problem_count ? rep.problems[0].msg : "");
-    printf("# %s: after a normal close vhd_check says %s (%" PRIu64 " bytes leaked)\n",
-           ic->name, rc == VHD_CHECK_CLEAN ? "clean" : "leaked", rep.leaked_bytes);
+            rc < 0              ? hv_err_msg(&err, rc)
+            : rep.problem_count ? rep.problems[0].msg
+                                : "");
+    printf("# %s: after a normal close vhd_check says %s (%" PRIu64 " bytes leaked)\n", ic->name,
+           rc == VHD_CHECK_CLEAN ? "clean" : "leaked", rep.leaked_bytes);
     vhd_check_report_free(&rep);
 
     int before = states_checked;
     crash_states(ic, &s);
     printf("# %s: %d crash states open, check clean of corruption, read back\n", ic->name,
            states_checked - before);
+
+    for (int i = 0; i < ic->run.op_count; i++)
+        free(ic->run.ops[i].data);
+    free(ic->run.ops);
+    free(ic->initial_content);
+    free(ic->initial_file.bytes);
 }
 
 int main(void)
@@ -613,13 +686,15 @@ int main(void)
     if (env)
         seed = strtoull(env, NULL, 0);
     printf("# seed %#" PRIx64 " (HVSTOR_CRASH_SEED reproduces)\n", seed);
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     uint64_t t0 = hv_now_ns();
 
     /* Dynamic: starts empty, every early write allocates. */
-    struct image_case dyn = { .name = "dynamic", .path = t_path("dynamic.vhd") };
+    struct image_case dyn = {.name = "dynamic", .path = t_path("dynamic.vhd")};
     struct vhd_create_options c = {
-        .type = VHD_TYPE_DYNAMIC, .size_bytes = DISK_BYTES, .block_bytes = BLOCK_BYTES,
+        .type = VHD_TYPE_DYNAMIC,
+        .size_bytes = DISK_BYTES,
+        .block_bytes = BLOCK_BYTES,
     };
     if (vhd_create(dyn.path, &c, &err) < 0)
         die("create: %s", hv_err_msg(&err, -EIO));
@@ -633,7 +708,7 @@ int main(void)
     {
         struct hv_reactor *r;
         struct bdev *bd;
-        struct vhd_open_options o = { 0 };
+        struct vhd_open_options o = {0};
         if (hv_reactor_create(&r) < 0 || vhd_open(r, parent, &o, &bd, &err) < 0)
             die("open parent: %s", hv_err_msg(&err, -EIO));
         uint8_t *buf = hv_alloc_aligned(BLOCK_BYTES);
@@ -650,10 +725,14 @@ int main(void)
     uint64_t parent_len;
     uint8_t *parent_before = read_whole(parent, &parent_len);
     struct image_case diff = {
-        .name = "differencing", .path = t_path("child.vhd"), .parent_path = parent,
+        .name = "differencing",
+        .path = t_path("child.vhd"),
+        .parent_path = parent,
     };
     struct vhd_create_options dc = {
-        .type = VHD_TYPE_DIFFERENCING, .parent_path = parent, .block_bytes = BLOCK_BYTES,
+        .type = VHD_TYPE_DIFFERENCING,
+        .parent_path = parent,
+        .block_bytes = BLOCK_BYTES,
     };
     if (vhd_create(diff.path, &dc, &err) < 0)
         die("create child: %s", hv_err_msg(&err, -EIO));
@@ -663,11 +742,16 @@ int main(void)
     if (parent_len != parent_len_after || memcmp(parent_before, parent_after, parent_len))
         die("the parent of the differencing image was modified");
 
-    printf("# %" PRIu64 " sector checks; %d of %d states had acknowledged flushed data\n",
-           sectors_verified, states_with_expectations, states_checked);
+    free(parent_before);
+    free(parent_after);
+    for (int i = 0; i < g_ew_count; i++)
+        free(g_ew[i].data);
+    free(g_ew);
+    printf("# %" PRIu64 " sector checks (%" PRIu64 " promised by FUA writes alone); %d of %d "
+           "states had acknowledged durable data\n",
+           sectors_verified, fua_sectors_verified, states_with_expectations, states_checked);
     if (states_checked < 1000)
         die("only %d crash states", states_checked);
-    printf("PASS: %d crash states in %.1f s\n", states_checked,
-           (double)(hv_now_ns() - t0) / 1e9);
+    printf("PASS: %d crash states in %.1f s\n", states_checked, (double)(hv_now_ns() - t0) / 1e9);
     return 0;
 }

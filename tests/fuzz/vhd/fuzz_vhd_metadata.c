@@ -65,7 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     close(fd);
 
     struct vhd_info *info = malloc(sizeof(*info));
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (info && vhd_inspect(path, info, &err) == 0) {
         json_t *j = vhd_info_to_json(info);
         json_decref(j);
@@ -73,7 +73,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(info);
 
     struct vhd_check_report rep;
-    if (vhd_check(path, &rep, &err) >= 0)
+    int check_rc = vhd_check(path, &rep, &err);
+    if (check_rc >= 0)
         vhd_check_report_free(&rep);
 
     /* The engine's open costs an io_setup/io_destroy pair, and io_destroy
@@ -83,12 +84,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
      * must refuse those cleanly), chosen by content so a run reproduces. */
     struct hv_reactor *r;
     struct bdev *bd;
-    bool is_sound = vhd_check(path, &rep, &err) == VHD_CHECK_CLEAN;
-    if (is_sound)
-        vhd_check_report_free(&rep);
+    bool is_sound = check_rc == VHD_CHECK_CLEAN;
     uint64_t pick = hv_xxh3_64(data, size) % 16;
     if ((is_sound ? pick % 4 == 0 : pick == 0) && hv_reactor_create(&r) == 0) {
-        struct vhd_open_options o = { .is_read_only = true, .no_direct_io = true };
+        struct vhd_open_options o = {.is_read_only = true, .no_direct_io = true};
         if (vhd_open(r, path, &o, &bd, &err) == 0) {
             /* A little of the start and the end through the engine. */
             uint8_t *buf = hv_alloc_aligned(65536);

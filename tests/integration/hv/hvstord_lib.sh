@@ -21,12 +21,19 @@ hv_setup()
     HV_PID=
     HV_EXTRA_PIDS=()
     trap hv_cleanup EXIT
+    # A test killed by ctest's timeout still stops its daemon and guests.
+    trap 'exit 143' TERM INT
 }
 
 hv_cleanup()
 {
     local rc=$?
     local p
+    # TERM first: `timeout` passes it on to the QEMU it runs, KILL would orphan it.
+    for p in "${HV_EXTRA_PIDS[@]}"; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    [ ${#HV_EXTRA_PIDS[@]} -eq 0 ] || sleep 0.5
     for p in "${HV_EXTRA_PIDS[@]}"; do
         kill -KILL "$p" 2>/dev/null || true
     done
@@ -87,6 +94,17 @@ hvctl()
 json_get()
 {
     python3 -c 'import json,sys; j=json.load(open(sys.argv[1]) if sys.argv[1]!="-" else sys.stdin); print(eval(sys.argv[2]))' "$@"
+}
+
+# `vhd check FILE` when the vhd tool is built: anything but clean (exit 0),
+# leaked space included, fails the test.
+hv_vhd_check()   # hv_vhd_check FILE WHEN
+{
+    local rc=0
+    [ -x "$HVSTOR_BIN/vhd" ] || { echo "vhd check $2: vhd tool not built, skipped"; return 0; }
+    "$HVSTOR_BIN/vhd" check "$1" >"$HV_TMP/check.txt" 2>&1 || rc=$?
+    [ $rc -eq 0 ] || hv_fail "vhd check $2 (exit $rc): $(cat "$HV_TMP/check.txt")"
+    echo "vhd check $2: clean"
 }
 
 # A target URL for a VM controller and LUN on this daemon.

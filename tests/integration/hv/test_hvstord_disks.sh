@@ -106,6 +106,24 @@ s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b"not json\n"
 r=s.makefile().readline(); assert "\"ok\":false" in r.replace(" ","") and "not JSON" in r, r' \
     "$HV_STATE/hvstord.sock" || hv_fail "garbage on the control socket did not get a JSON error"
 
+# Files in use are locked: QEMU opening the raw file itself is refused, and a
+# second hvstord (its own state dir) cannot attach it either.
+qemu-io -f raw -c "write 0 4k" "$HV_TMP/data.raw" >"$HV_TMP/lock.txt" 2>&1 &&
+    hv_fail "QEMU wrote to a raw file hvstord serves"
+grep -qi "lock" "$HV_TMP/lock.txt" || hv_fail "QEMU's refusal does not mention the lock: $(cat "$HV_TMP/lock.txt")"
+"$HVSTOR_BIN/hvstord" --state-dir "$HV_TMP/state2" --portal 127.0.0.1:0 >/dev/null 2>"$HV_TMP/d2.log" &
+d2=$!
+HV_EXTRA_PIDS+=($d2)
+for _ in $(seq 100); do [ -S "$HV_TMP/state2/hvstord.sock" ] && break; sleep 0.1; done
+"$HVSTOR_BIN/hvctl" --state-dir "$HV_TMP/state2" vm create other >/dev/null
+out=$("$HVSTOR_BIN/hvctl" --state-dir "$HV_TMP/state2" disk attach other --controller 0 --slot 0 \
+      --raw "$HV_TMP/data.raw" 2>&1) && hv_fail "a second hvstord attached a raw file in use"
+echo "$out" | grep -q "in use by another process" || hv_fail "second daemon's refusal: $out"
+out=$("$HVSTOR_BIN/hvctl" --state-dir "$HV_TMP/state2" disk attach other --controller 0 --slot 0 \
+      --vhd "$HV_TMP/boot.vhd" 2>&1) && hv_fail "a second hvstord attached a VHD in use"
+kill -TERM $d2
+wait $d2 || hv_fail "second hvstord did not stop cleanly"
+
 # Online resize: grows, or says plainly that this back end cannot.
 if out=$(hvctl disk resize alpha --controller 0 --slot 7 48M 2>&1); then
     [ "$(stat -c %s "$HV_TMP/data.raw")" -eq $((48 << 20)) ] || hv_fail "raw resize did not grow the file"
@@ -127,7 +145,5 @@ fi
 hv_stop
 qemu-img convert -f vpc -O raw "$HV_TMP/boot.vhd" "$HV_TMP/boot.bin"
 cmp -n $((4 << 20)) "$HV_TMP/random.bin" "$HV_TMP/boot.bin" || hv_fail "VHD content differs read by qemu"
-if [ -x "$HVSTOR_BIN/vhd" ]; then
-    "$HVSTOR_BIN/vhd" check "$HV_TMP/boot.vhd" || hv_fail "vhd check not clean after SIGTERM"
-fi
+hv_vhd_check "$HV_TMP/boot.vhd" "after SIGTERM"
 echo "PASS"

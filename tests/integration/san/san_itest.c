@@ -38,6 +38,10 @@ static bool expect_ok = true;
 static bool need_digest;
 static uint32_t nop_ms;
 static unsigned ua_seen;
+/* -O: writes go to 2 slots in turn, so two writes to the same blocks are in
+ * flight at once; after a replay the newest must be what the LUN holds */
+static unsigned overlap_slots;
+static const char *tgtd_pidfile;    /* -P: overlap mode stops tgtd itself */
 static int failures;
 
 #define CHECK(cond, ...)                                                    \
@@ -598,9 +602,23 @@ static void fault_done(struct san_cmd *cmd)
         }
     }
     if (!fr->hook_started && fr->completed >= nwrites / 4) {
+        if (overlap_slots && tgtd_pidfile) {
+            /* freeze tgtd first so the writes issued now are surely in
+             * flight when the hook kills it; they are the last ones */
+            FILE *f = fopen(tgtd_pidfile, "r");
+            int pid = 0;
+            if (!f || fscanf(f, "%d", &pid) != 1 || pid <= 0 || kill(pid, SIGSTOP) != 0) {
+                printf("FAIL: cannot stop tgtd from %s\n", tgtd_pidfile);
+                exit(1);
+            }
+            fclose(f);
+            nwrites = fr->next + 1;
+            printf("tgtd stopped: the last %d writes (2 per slot) are in flight\n",
+                   FAULT_DEPTH);
+        }
         fr->hook = spawn_hook();
         fr->hook_started = true;
-        printf("hook started after %u writes (kills tgtd)\n", fr->completed);
+        printf("hook started after %u writes\n", fr->completed);
         fflush(stdout);
     }
     if (fr->next < nwrites) {
@@ -615,7 +633,8 @@ static void fault_issue(struct fault_run *fr, struct fault_io *io, struct san_se
     io->index = fr->next++;
     fill(io->buf, FAULT_IO_BYTES, 1000 + io->index);
     memset(&io->cmd, 0, sizeof(io->cmd));
-    rw16_cdb(io->cmd.cdb, true, (uint64_t)io->index * (FAULT_IO_BYTES / 512),
+    unsigned slot = overlap_slots ? io->index % overlap_slots : io->index;
+    rw16_cdb(io->cmd.cdb, true, (uint64_t)slot * (FAULT_IO_BYTES / 512),
              FAULT_IO_BYTES / 512);
     io->cmd.cdb_len = 16;
     io->cmd.lun = lun;
@@ -640,7 +659,7 @@ static void note_ua(struct san_session *s, uint64_t l, const uint8_t *sense, siz
     (void)s;
     (void)arg;
     ua_seen++;
-    printf("unit attention on a replayed command to LUN %" PRIu64 ": %xh/%04xh (retried)\n", l,
+    printf("unit attention after the reconnect, LUN %" PRIu64 ": %xh/%04xh (consumed)\n", l,
            san_sense_key(sense, len), san_sense_asc_ascq(sense, len));
     fflush(stdout);
 }
@@ -689,7 +708,7 @@ static int cmd_fault(void)
         CHECK(fr.good == nwrites, "every write succeeded across the target restart");
         CHECK(san_session_reconnects(s) >= 1, "session reconnected %u time(s)",
               san_session_reconnects(s));
-        printf("unit attentions consumed on replay: %u\n", ua_seen);
+        printf("unit attentions consumed after the reconnect: %u\n", ua_seen);
     } else {
         CHECK(fr.failed > 0, "writes past the replacement timeout failed (%u)", fr.failed);
         /* detection (at once for a reset connection, a NOP interval plus
@@ -705,7 +724,7 @@ static int cmd_fault(void)
     unsigned checked = 0, bad = 0;
     uint8_t *want = hv_alloc_aligned(FAULT_IO_BYTES), *got = hv_alloc_aligned(FAULT_IO_BYTES);
     struct san_cmd cmd;
-    for (unsigned i = 0; i < nwrites; i++) {
+    for (unsigned i = 0; i < nwrites && !overlap_slots; i++) {
         if (!fr.is_good[i]) {
             continue;
         }
@@ -716,8 +735,34 @@ static int cmd_fault(void)
         }
         checked++;
     }
-    CHECK(bad == 0 && checked == fr.good, "%u acknowledged writes read back intact (%u bad)",
-          checked, bad);
+    if (!overlap_slots) {
+        CHECK(bad == 0 && checked == fr.good, "%u acknowledged writes read back intact "
+              "(%u bad)", checked, bad);
+    }
+    for (unsigned slot = 0; slot < overlap_slots; slot++) {
+        /* the last write to this slot in submission order */
+        unsigned last = nwrites - 1;
+        while (last % overlap_slots != slot) {
+            last--;
+        }
+        fill(want, FAULT_IO_BYTES, 1000 + last);
+        bool is_same = read_blocks(ss, (uint64_t)slot * (FAULT_IO_BYTES / 512), got,
+                                   FAULT_IO_BYTES, &cmd) == 0 &&
+                       memcmp(want, got, FAULT_IO_BYTES) == 0;
+        unsigned holder = 0;
+        for (unsigned i = slot; !is_same && i < nwrites; i += overlap_slots) {
+            fill(want, FAULT_IO_BYTES, 1000 + i);
+            if (memcmp(want, got, FAULT_IO_BYTES) == 0) {
+                holder = i;
+            }
+        }
+        if (is_same) {
+            CHECK(true, "slot %u holds the newest of its %u overlapping writes (#%u)", slot,
+                  nwrites / overlap_slots, last);
+        } else {
+            CHECK(false, "slot %u holds write #%u, not the newest #%u", slot, holder, last);
+        }
+    }
     CHECK(san_session_outstanding(s) == 0, "nothing left outstanding (%u)",
           san_session_outstanding(s));
     if (!expect_ok) {
@@ -849,7 +894,7 @@ int main(int argc, char **argv)
     uint64_t count = 10000, size = 4096;
     unsigned depth = 32;
     bool is_write = false;
-    while ((opt = getopt(argc, argv, "p:t:i:j:l:H:T:n:e:u:m:DN:c:d:s:w")) != -1) {
+    while ((opt = getopt(argc, argv, "p:t:i:j:l:H:T:n:e:u:m:DN:c:d:s:wOP:")) != -1) {
         switch (opt) {
         case 'p': portal = optarg; break;
         case 't': target = optarg; break;
@@ -868,6 +913,8 @@ int main(int argc, char **argv)
         case 'd': depth = (unsigned)strtoul(optarg, NULL, 0); break;
         case 's': size = strtoull(optarg, NULL, 0); break;
         case 'w': is_write = true; break;
+        case 'O': overlap_slots = 2; break;
+        case 'P': tgtd_pidfile = optarg; break;
         default: return 2;
         }
     }

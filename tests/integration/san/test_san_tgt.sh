@@ -37,10 +37,11 @@ grep -q "^TARGET $T1 127.0.0.1:$PORT" "$out" || fail "discovery misses $T1"
 grep -q "^TARGET $T2 " "$out" || fail "discovery misses $T2"
 
 step "the VM's own name is let in and sees its LUNs"
-"$SAN_ITEST" luns -p "$PORTAL" -t "$T1" -i "$VM_A" > "$out" 2>&1 || { cat "$out"; fail "luns as $VM_A"; }
+"$SAN_ITEST" luns -p "$PORTAL" -t "$T1" -i "$VM_A" > "$out" 2>&1 \
+    || { cat "$out"; fail "luns as $VM_A"; }
 cat "$out"
-grep -q "^LUN 1 type 0 vendor 'IET' product 'VIRTUAL-DISK' size 67108864 block 512 designator naa\.6" "$out" \
-    || fail "LUN 1 not reported as a 64 MiB disk with an NAA-6 designator"
+grep -q "^LUN 1 type 0 vendor 'IET' product 'VIRTUAL-DISK' size 67108864 block 512 designator naa\.6" \
+    "$out" || fail "LUN 1 not reported as a 64 MiB disk with an NAA-6 designator"
 grep -q "^LUN 2 type 0 .* size 33554432 block 512 designator naa\.6" "$out" || fail "LUN 2 wrong"
 d1=$(awk '/^LUN 1 /{print $NF}' "$out"); d2=$(awk '/^LUN 2 /{print $NF}' "$out")
 [ "$d1" != "$d2" ] || fail "LUN 1 and 2 share designator $d1"
@@ -52,21 +53,23 @@ cat "$out"
 grep -q "login as $VM_C" "$out" || fail "refusal does not name the initiator"
 
 step "CRC32C header digest required: negotiated with tgt"
-"$SAN_ITEST" luns -p "$PORTAL" -t "$T1" -i "$VM_A" -D > "$out" 2>&1 || { cat "$out"; fail "digest"; }
+"$SAN_ITEST" luns -p "$PORTAL" -t "$T1" -i "$VM_A" -D > "$out" 2>&1 \
+    || { cat "$out"; fail "digest"; }
 grep -q "^LUN 1 " "$out" || fail "digest session sees no LUN 1"
 
-step "CHAP: no secret refused, wrong secret refused, right secret in, mutual in, wrong target secret refused"
+step "CHAP: refused without or with a wrong secret; one-way and mutual in; wrong target secret refused"
 "$SAN_ITEST" luns -p "$PORTAL" -t "$T2" -i "$VM_A" > "$out" 2>&1; rc=$?
 [ $rc != 0 ] || { cat "$out"; fail "CHAP target let us in without CHAP"; }
-"$SAN_ITEST" luns -p "$PORTAL" -t "$T2" -i "$VM_A" -u vmalpha:wrong-secret-9 > "$out" 2>&1; rc=$?
+"$SAN_ITEST" luns -p "$PORTAL" -t "$T2" -i "$VM_A" -u vmalpha:wrong-secret-9 > "$out" 2>&1
+rc=$?
 [ $rc != 0 ] || { cat "$out"; fail "wrong CHAP secret accepted"; }
 "$SAN_ITEST" luns -p "$PORTAL" -t "$T2" -i "$VM_A" -u vmalpha:alpha-secret-1 > "$out" 2>&1 \
     || { cat "$out"; fail "one-way CHAP"; }
 grep -q "^LUN 1 .* size 16777216" "$out" || fail "one-way CHAP: LUN 1 missing"
-"$SAN_ITEST" luns -p "$PORTAL" -t "$T2" -i "$VM_A" -u vmalpha:alpha-secret-1 -m sanbox:target-secret-2 \
-    > "$out" 2>&1 || { cat "$out"; fail "mutual CHAP"; }
-"$SAN_ITEST" luns -p "$PORTAL" -t "$T2" -i "$VM_A" -u vmalpha:alpha-secret-1 -m sanbox:not-the-secret \
-    > "$out" 2>&1; rc=$?
+"$SAN_ITEST" luns -p "$PORTAL" -t "$T2" -i "$VM_A" -u vmalpha:alpha-secret-1 \
+    -m sanbox:target-secret-2 > "$out" 2>&1 || { cat "$out"; fail "mutual CHAP"; }
+"$SAN_ITEST" luns -p "$PORTAL" -t "$T2" -i "$VM_A" -u vmalpha:alpha-secret-1 \
+    -m sanbox:not-the-secret > "$out" 2>&1; rc=$?
 [ $rc != 0 ] || { cat "$out"; fail "mutual CHAP accepted a target with the wrong secret"; }
 echo "CHAP checks passed"
 
@@ -86,9 +89,11 @@ cat "$out"; [ $rc = 0 ] || fail "isid"
 
 step "a different LUN at the same address: session offline"
 cat > "$WORK/swap.sh" <<HOOK
-tgtadm -C $CTL --lld iscsi --mode logicalunit --op update --tid 1 --lun 1 --params scsi_id=hvstor-other-lun,scsi_sn=OTHER0001
+tgtadm -C $CTL --lld iscsi --mode logicalunit --op update --tid 1 --lun 1 \
+    --params scsi_id=hvstor-other-lun,scsi_sn=OTHER0001
 HOOK
-"$SAN_ITEST" offline -p "$PORTAL" -t "$T1" -i "$VM_A" -l 1 -H "$WORK/swap.sh" > "$out" 2>&1; rc=$?
+"$SAN_ITEST" offline -p "$PORTAL" -t "$T1" -i "$VM_A" -l 1 -H "$WORK/swap.sh" > "$out" 2>&1
+rc=$?
 cat "$out"; [ $rc = 0 ] || fail "offline"
 grep -q "is now naa.*expected $d1: a different LUN at the same address is refused" "$out" \
     || fail "no clear log line for the LUN swap"

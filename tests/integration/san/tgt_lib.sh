@@ -11,7 +11,8 @@ VM_C=iqn.2026-11.org.hvstor:vm.charlie
 skip() { echo "SKIP: $*"; exit 77; }
 fail() { echo "FAIL: $*"; exit 1; }
 
-command -v tgtd >/dev/null && command -v tgtadm >/dev/null || skip "tgtd/tgtadm not installed"
+command -v tgtd >/dev/null && command -v tgtadm >/dev/null \
+    || skip "tgtd/tgtadm not installed"
 [ -x "$SAN_ITEST" ] || fail "$SAN_ITEST not built"
 [ "$(id -u)" = 0 ] || skip "tgtd needs root for its control socket"
 

@@ -31,14 +31,15 @@ need()
 # SIZE random bytes into FILE (content is compared, never hard-coded).
 random_file() { head -c "$2" /dev/urandom >"$1"; }
 
-# A raw image of SIZE bytes (multiple of 1 MiB) where every other MiB holds
-# random data and the rest is zero (sparse): the "half-zero" image.
+# A raw image of SIZE bytes (multiple of 4 MiB) where every other 2 MiB
+# (one VHD block) holds random data and the rest is zero (sparse): the
+# "half-zero" image.
 half_zero_raw()  # FILE SIZE
 {
-    local file=$1 mib=$(($2 / 1048576)) i
+    local file=$1 chunks=$(($2 / 2097152)) i
     truncate -s "$2" "$file"
-    for ((i = 0; i < mib; i += 2)); do
-        head -c 1048576 /dev/urandom | dd of="$file" bs=1M seek="$i" conv=notrunc status=none
+    for ((i = 0; i < chunks; i += 2)); do
+        head -c 2097152 /dev/urandom | dd of="$file" bs=2M seek="$i" conv=notrunc status=none
     done
 }
 
@@ -50,6 +51,14 @@ put_bytes()  # FILE OFF HEXSTRING (e.g. "ffffffff")
     local esc
     esc=$(printf '%s' "$3" | sed 's/../\\x&/g')
     printf "$esc" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+# Flip the top bit of the byte at OFF: the byte sum (and so a VHD checksum)
+# always changes, unlike writing a fixed value that may sum the same.
+flip_byte()  # FILE OFF
+{
+    local b
+    b=$(od -An -v -tu1 -j "$2" -N 1 "$1" | tr -d ' ')
+    put_bytes "$1" "$2" "$(printf '%02x' $((b ^ 0x80)))"
 }
 put_be32() { put_bytes "$1" "$2" "$(printf '%08x' "$3")"; }
 put_be64() { put_bytes "$1" "$2" "$(printf '%016x' "$3")"; }

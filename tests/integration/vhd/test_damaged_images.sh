@@ -36,10 +36,10 @@ both_footers()  # CASE FUNC ARGS...: apply an edit to the footer and its copy
     fix_footer_checksum "$f" "$foot"
 }
 
-mkcase bad_footer_checksum;      put_bytes "$(img bad_footer_checksum)" $((foot + 70)) "5a5a"
-mkcase bad_footer_and_copy;      put_bytes "$(img bad_footer_and_copy)" $((foot + 70)) "5a5a"
-                                 put_bytes "$(img bad_footer_and_copy)" 70 "5a5a"
-mkcase bad_header_checksum;      put_bytes "$(img bad_header_checksum)" $((hdr + 64)) "7777"
+mkcase bad_footer_checksum;      flip_byte "$(img bad_footer_checksum)" $((foot + 70))
+mkcase bad_footer_and_copy;      flip_byte "$(img bad_footer_and_copy)" $((foot + 70))
+                                 flip_byte "$(img bad_footer_and_copy)" 70
+mkcase bad_header_checksum;      flip_byte "$(img bad_header_checksum)" $((hdr + 64))
 mkcase bad_cookie_footer;        put_bytes "$(img bad_cookie_footer)" "$foot" "636f6e6563746979"
                                  fix_footer_checksum "$(img bad_cookie_footer)" "$foot"
 mkcase bad_cookie_header;        put_bytes "$(img bad_cookie_header)" "$hdr" "6378737061727379"
@@ -57,9 +57,21 @@ mkcase bad_disk_type;            both_footers bad_disk_type type_bad
 offset_out() { put_be64 "$1" $(($2 + 16)) $((size * 4)); }
 mkcase header_offset_outside;    both_footers header_offset_outside offset_out
 mkcase bat_entry_outside;        put_be32 "$(img bat_entry_outside)" "$bat" $((0x7FFFFFF0))
-mkcase bat_entries_overlap;      b2=$(get_be32 "$(img bat_entries_overlap)" $((bat + 8)))
-                                 [ "$b2" != 4294967295 ] || fail "block 2 not allocated"
-                                 put_be32 "$(img bat_entries_overlap)" $((bat + 8)) $((b0 + 1))
+# Two allocated entries, the second pointed 8 sectors into the first's block.
+low=-1; other=-1
+for ((i = 0; i < entries; i++)); do
+    e=$(get_be32 "$tmp/good.vhd" $((bat + 4 * i)))
+    [ "$e" = 4294967295 ] && continue
+    if [ "$low" = -1 ] || [ "$e" -lt "$(get_be32 "$tmp/good.vhd" $((bat + 4 * low)))" ]; then
+        [ "$low" != -1 ] && other=$low
+        low=$i
+    else
+        other=$i
+    fi
+done
+[ "$other" != -1 ] || fail "fewer than two allocated blocks in good.vhd"
+mkcase bat_entries_overlap;      put_be32 "$(img bat_entries_overlap)" $((bat + 4 * other)) \
+                                     $(($(get_be32 "$tmp/good.vhd" $((bat + 4 * low))) + 8))
 mkcase bat_overlaps_header;      put_be32 "$(img bat_overlaps_header)" "$bat" $((hdr / 512))
 mkcase bat_overlaps_bat;         put_be32 "$(img bat_overlaps_bat)" "$bat" $((bat / 512))
 mkcase huge_max_table_entries;   put_be32 "$(img huge_max_table_entries)" $((hdr + 28)) $((0xFFFFFFF0))
@@ -81,7 +93,7 @@ mkcase truncated_header;         truncate -s $((hdr + 300)) "$(img truncated_hea
 fsize=$(file_size "$tmp/fixed.vhd")
 mkdir -p "$tmp/fixed_bad_checksum" "$tmp/fixed_truncated" "$tmp/fixed_size_larger"
 cp "$tmp/fixed.vhd" "$tmp/fixed_bad_checksum/image.vhd"
-put_bytes "$tmp/fixed_bad_checksum/image.vhd" $((fsize - 512 + 70)) "5a5a"
+flip_byte "$tmp/fixed_bad_checksum/image.vhd" $((fsize - 512 + 70))
 head -c $((fsize - 4096)) "$tmp/fixed.vhd" >"$tmp/fixed_truncated/image.vhd"
 cp "$tmp/fixed.vhd" "$tmp/fixed_size_larger/image.vhd"
 put_be64 "$tmp/fixed_size_larger/image.vhd" $((fsize - 512 + 48)) $((64 * 1048576))

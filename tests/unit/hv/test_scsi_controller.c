@@ -135,6 +135,59 @@ static void test_lun_encoding_round_trips(void **state)
     assert_int_equal(scsi_lun_decode(odd), UINT64_MAX);
 }
 
+struct idle_probe {
+    struct fx_wait *wait;
+    bool was_task_done_first;
+    bool fired;
+};
+
+static void idle_after_task(void *arg)
+{
+    struct idle_probe *p = arg;
+    p->was_task_done_first = p->wait->done;
+    p->fired = true;
+}
+
+/* Hot detach with a command in flight: the command still completes, and
+ * scsi_lu_when_idle calls back only after it, so the LU can go safely. */
+static void test_detach_with_task_in_flight_waits_for_idle(void **state)
+{
+    struct fx *f = fx_new("detach.img", DISK_BYTES, false);
+    fx_clear_ua(f);
+    static uint8_t block[512];
+    struct iovec iov = { block, sizeof(block) };
+    struct fx_wait w = { 0 };
+    struct scsi_task *t = calloc(1, sizeof(*t));
+    t->nexus = &f->n1;
+    cdb_rw16(t->cdb, 0x93, 0, 8000);
+    t->cdb[1] = 0;
+    memset(block, 0x77, sizeof(block));
+    t->cdb_len = 16;
+    t->dir = SCSI_DIR_OUT;
+    t->expected_bytes = t->out_bytes = 512;
+    t->out_iov = &iov;
+    t->out_iovcnt = 1;
+    t->done = fx_task_done;
+    t->transport_arg = &w;
+    scsi_controller_execute(f->c, t);
+    struct scsi_lu *lu = scsi_controller_detach(f->c, 0);
+    assert_non_null(lu);
+    assert_int_equal(lu->tasks_in_flight, 1);
+    struct idle_probe probe = { .wait = &w };
+    scsi_lu_when_idle(lu, idle_after_task, &probe);
+    assert_false(probe.fired);
+    assert_int_equal(hv_reactor_run_until(f->r, &probe.fired), 0);
+    assert_true(probe.was_task_done_first);
+    assert_int_equal(w.calls, 1);
+    assert_int_equal(t->status, SCSI_STATUS_GOOD);
+    free(t);
+    lu->ops->destroy(lu);
+    /* the slot is empty now */
+    expect_sense(fx_cmd(f, &f->n1, tur, 6, NULL, 0, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
+                 SCSI_ASC_LU_NOT_SUPPORTED);
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -142,6 +195,7 @@ int main(void)
         cmocka_unit_test(test_report_luns_lists_attached_slots_and_attach_raises_ua),
         cmocka_unit_test(test_empty_slot_inquiry_has_qualifier_3),
         cmocka_unit_test(test_lun_encoding_round_trips),
+        cmocka_unit_test(test_detach_with_task_in_flight_waits_for_idle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

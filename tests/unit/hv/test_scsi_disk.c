@@ -255,8 +255,11 @@ static void test_read_write_range_protect_and_zero_length(void **state)
                  SCSI_ASC_LBA_OUT_OF_RANGE);
     cdb_rw10(cdb, 0x28, 0, 1);
     cdb[1] = 0x20;                                      /* RDPROTECT without protection */
-    expect_sense(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 512), SCSI_SENSE_ILLEGAL_REQUEST,
-                 SCSI_ASC_INVALID_FIELD_IN_CDB);
+    struct fx_res bad = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 512);
+    expect_sense(bad, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+    /* the sense-key specific field pointer names CDB byte 1, bit 7 */
+    assert_int_equal(bad.sense[15], 0x80 | 0x40 | 0x08 | 7);
+    assert_int_equal(hv_be16(bad.sense + 16), 1);
     cdb_rw10(cdb, 0x2A, 0, 1);
     cdb[1] = 0x40;
     expect_sense(fx_cmd(f, &f->n1, cdb, 10, buf, 512, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
@@ -294,18 +297,42 @@ static void test_transfer_length_against_expected_length(void **state)
     expect_good(r);
     assert_int_equal(r.in_bytes, 0);
     assert_int_equal(r.wanted_bytes, 2048);
-    /* a partial block: refused */
-    expect_sense(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 200), SCSI_SENSE_ILLEGAL_REQUEST,
-                 SCSI_ASC_INVALID_FIELD_IN_IU);
-    /* WRITE with less data than the CDB: refused, nothing written */
+    /* an EDTL that ends inside a block: the part that fits, GOOD */
+    uint8_t part[1200];
+    memset(part, 0xEE, sizeof(part));
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, part, 700);
+    expect_good(r);
+    assert_int_equal(r.in_bytes, 700);
+    for (int i = 0; i < 700; i++)
+        assert_int_equal(part[i], 'a');
+    assert_int_equal(part[700], 0xEE);                  /* nothing past the EDTL */
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, part, 200);
+    expect_good(r);
+    assert_int_equal(r.in_bytes, 200);
+    /* WRITE with less data than the CDB: the expected part is written */
     memset(buf, 'b', sizeof(buf));
     cdb_rw10(cdb, 0x2A, 0, 2);
     r = fx_cmd(f, &f->n1, cdb, 10, buf, 512, NULL, 0);
-    expect_sense(r, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
+    expect_good(r);
     assert_int_equal(r.wanted_bytes, 1024);
+    cdb_rw10(cdb, 0x28, 0, 2);
+    expect_good(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 1024));
+    assert_int_equal(buf[0], 'b');
+    assert_int_equal(buf[511], 'b');
+    assert_int_equal(buf[512], 'a');                    /* second block untouched */
+    /* a WRITE whose data ends inside a block: refused, nothing written */
+    memset(buf, 'c', sizeof(buf));
+    cdb_rw10(cdb, 0x2A, 0, 1);
+    r = fx_cmd(f, &f->n1, cdb, 10, buf, 200, NULL, 0);
+    expect_sense(r, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_IU);
     cdb_rw10(cdb, 0x28, 0, 1);
     expect_good(fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 512));
-    assert_int_equal(buf[0], 'a');
+    assert_int_equal(buf[0], 'b');
+    /* a WRITE with no data-out at all: nothing written, GOOD (all overflow) */
+    cdb_rw10(cdb, 0x2A, 0, 1);
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, NULL, 0);
+    expect_good(r);
+    assert_int_equal(r.wanted_bytes, 512);
     fx_free(f);
 }
 
@@ -506,6 +533,25 @@ static void test_unmap_deallocates_and_get_lba_status_reports_it(void **state)
     cdb[1] = 1;                                         /* ANCHOR */
     expect_sense(fx_cmd(f, &f->n1, cdb, 10, param, 4, NULL, 0), SCSI_SENSE_ILLEGAL_REQUEST,
                  SCSI_ASC_INVALID_FIELD_IN_CDB);
+    fx_free(f);
+}
+
+/* MAXIMUM UNMAP LBA COUNT bounds a whole UNMAP, not each descriptor. */
+static void test_unmap_limit_counts_all_descriptors(void **state)
+{
+    struct fx *f = fx_new("unmapbig.img", 2 * HV_GiB, false);   /* sparse */
+    fx_clear_ua(f);
+    uint8_t vpd[64];
+    uint8_t inq[6] = { 0x12, 1, 0xB0, 0, 64, 0 };
+    expect_good(fx_cmd(f, &f->n1, inq, 6, NULL, 0, vpd, 64));
+    uint32_t max_unmap = hv_be32(vpd + 20);
+    assert_true((uint64_t)max_unmap + 2 <= 2 * HV_GiB / 512);
+    uint64_t lbas[2] = { 0, max_unmap / 2 + 1 };
+    uint32_t counts[2] = { max_unmap / 2 + 1, max_unmap / 2 + 1 };
+    expect_sense(unmap(f, lbas, counts, 2), SCSI_SENSE_ILLEGAL_REQUEST,
+                 SCSI_ASC_INVALID_FIELD_IN_PARAMETER_LIST);
+    counts[1] = max_unmap - counts[0];
+    expect_good(unmap(f, lbas, counts, 2));
     fx_free(f);
 }
 
@@ -780,6 +826,16 @@ static void test_mode_select_switches_descriptor_sense_and_software_write_protec
     struct fx_res r = fx_cmd(f, &f->n1, bad, 10, NULL, 0, NULL, 0);
     assert_int_equal(r.sense[0], 0x72);
     assert_int_equal(r.key, SCSI_SENSE_ILLEGAL_REQUEST);
+    /* a field pointer travels as a sense key specific descriptor */
+    cdb_rw10(cdb, 0x28, 0, 1);
+    cdb[1] = 0x40;
+    r = fx_cmd(f, &f->n1, cdb, 10, NULL, 0, buf, 512);
+    expect_sense(r, SCSI_SENSE_ILLEGAL_REQUEST, SCSI_ASC_INVALID_FIELD_IN_CDB);
+    assert_int_equal(r.sense_len, 16);
+    assert_int_equal(r.sense[7], 8);
+    assert_int_equal(r.sense[8], 0x02);
+    assert_int_equal(r.sense[12], 0x80 | 0x40 | 0x08 | 7);
+    assert_int_equal(hv_be16(r.sense + 13), 1);
     /* the other nexus learns that the parameters changed */
     uint8_t tur[6] = { 0 };
     r = fx_cmd(f, &f->n2, tur, 6, NULL, 0, NULL, 0);
@@ -1043,11 +1099,17 @@ static void test_ordered_task_waits_for_earlier_and_holds_later(void **state)
 struct plain_bdev {
     struct bdev bd;
     struct bdev *inner;
+    int fail_status;                /* complete every READ/WRITE with this when set */
 };
+
+static struct plain_bdev *plain_of_io;
 
 static void plain_inner_done(struct bdev_io *inner, int status)
 {
     struct bdev_io *outer = inner->cb_arg;
+    if (plain_of_io && plain_of_io->fail_status &&
+        (outer->type == BDEV_IO_READ || outer->type == BDEV_IO_WRITE))
+        status = plain_of_io->fail_status;
     outer->done(outer, status);
 }
 
@@ -1079,7 +1141,7 @@ static int plain_close(struct bdev *bd)
 static const struct bdev_ops plain_ops = { .name = "plain", .submit = plain_submit,
                                            .close = plain_close };
 
-static void test_disk_on_a_bdev_without_discard_zeroes_or_status(void **state)
+static void test_disk_on_a_bdev_without_discard_zeroes_status_and_with_errors(void **state)
 {
     struct fx *f = open_disk("plain.img");
     struct hv_err err = { 0 };
@@ -1145,6 +1207,26 @@ static void test_disk_on_a_bdev_without_discard_zeroes_or_status(void **state)
     assert_int_equal(hv_be32(buf + 16), BLOCKS);
     assert_int_equal(buf[20], 0);
 
+    /* device errors become sense data: -EIO on a read or a write is a
+     * MEDIUM ERROR, a full file system is SPACE ALLOCATION FAILED */
+    plain_of_io = p;
+    p->fail_status = -EIO;
+    cdb_rw10(cdb, 0x28, 0, 8);
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, cdb, 10, NULL, 0, buf, 4096), SCSI_SENSE_MEDIUM_ERROR,
+                 SCSI_ASC_UNRECOVERED_READ_ERROR);
+    cdb_rw10(cdb, 0x2A, 0, 8);
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, cdb, 10, buf, 4096, NULL, 0), SCSI_SENSE_MEDIUM_ERROR,
+                 SCSI_ASC_WRITE_ERROR);
+    p->fail_status = -ENOSPC;
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, cdb, 10, buf, 4096, NULL, 0), SCSI_SENSE_DATA_PROTECT,
+                 SCSI_ASC_SPACE_ALLOCATION_FAILED);
+    p->fail_status = -ENOMEM;
+    expect_sense(fx_cmd_lun(f, &f->n1, 1, cdb, 10, buf, 4096, NULL, 0),
+                 SCSI_SENSE_HARDWARE_ERROR, SCSI_ASC_INTERNAL_TARGET_FAILURE);
+    p->fail_status = 0;
+    plain_of_io = NULL;
+    expect_good(fx_cmd_lun(f, &f->n1, 1, cdb, 10, buf, 4096, NULL, 0));
+
     struct scsi_lu *gone = scsi_controller_detach(f->c, 1);
     gone->ops->destroy(gone);
     bdev_close(&p->bd);
@@ -1164,6 +1246,7 @@ int main(void)
         cmocka_unit_test(test_write_same_with_unmap_punches_holes_that_read_zero),
         cmocka_unit_test(test_write_same_replicates_a_block_beyond_the_scratch_buffer),
         cmocka_unit_test(test_unmap_deallocates_and_get_lba_status_reports_it),
+        cmocka_unit_test(test_unmap_limit_counts_all_descriptors),
         cmocka_unit_test(test_compare_and_write_writes_on_match_and_reports_miscompare),
         cmocka_unit_test(test_compare_and_write_is_atomic_against_overlapping_writes),
         cmocka_unit_test(test_verify_reads_and_compares),
@@ -1176,7 +1259,7 @@ int main(void)
         cmocka_unit_test(test_resize_reports_new_capacity_after_unit_attention),
         cmocka_unit_test(test_write_and_verify_and_prefetch),
         cmocka_unit_test(test_ordered_task_waits_for_earlier_and_holds_later),
-        cmocka_unit_test(test_disk_on_a_bdev_without_discard_zeroes_or_status),
+        cmocka_unit_test(test_disk_on_a_bdev_without_discard_zeroes_status_and_with_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

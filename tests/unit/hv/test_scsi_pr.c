@@ -379,7 +379,7 @@ static void test_reserve6_belongs_to_one_nexus_and_goes_with_it(void **state)
                      SCSI_TMF_COMPLETE);
     uint8_t tur[6] = { 0 };
     expect_sense(fx_cmd(f, &f->n2, tur, 6, NULL, 0, NULL, 0), SCSI_SENSE_UNIT_ATTENTION,
-                 SCSI_ASC_BUS_DEVICE_RESET);
+                 SCSI_ASC_POWER_ON_RESET);
     assert_int_equal(do_write(f, &f->n2), GOOD);
     fx_clear_ua(f);
     /* third-party RESERVE(10) is not supported */
@@ -434,6 +434,40 @@ static void test_abort_task_in_flight_completes_once_marked_aborted(void **state
     fx_free(f);
 }
 
+/* PREEMPT AND ABORT: the preempted initiator's tasks in flight are aborted. */
+static void test_preempt_and_abort_aborts_the_preempted_tasks(void **state)
+{
+    struct fx *f = open_disk("pabort.img");
+    static uint8_t block[512];
+    struct scsi_task *t = calloc(1, sizeof(*t));
+    struct iovec iov = { block, sizeof(block) };
+    struct fx_wait w = { 0 };
+    assert_int_equal(prout(f, &f->n1, REGISTER, 0, 0, 0xA1), GOOD);
+    assert_int_equal(prout(f, &f->n2, REGISTER, 0, 0, 0xB2), GOOD);
+    assert_int_equal(prout(f, &f->n1, RESERVE, WE, 0xA1, 0), GOOD);
+    memset(block, 0x11, sizeof(block));
+    t->nexus = &f->n1;
+    cdb_rw16(t->cdb, 0x93, 0, 8000);
+    t->cdb_len = 16;
+    t->dir = SCSI_DIR_OUT;
+    t->expected_bytes = t->out_bytes = 512;
+    t->out_iov = &iov;
+    t->out_iovcnt = 1;
+    t->done = fx_task_done;
+    t->transport_arg = &w;
+    scsi_controller_execute(f->c, t);
+    assert_int_equal(prout(f, &f->n2, PREEMPT_ABORT, EA, 0xB2, 0xA1), GOOD);
+    assert_int_equal(hv_reactor_run_until(f->r, &w.done), 0);
+    assert_int_equal(w.calls, 1);
+    assert_true(t->is_aborted);
+    free(t);
+    uint8_t tur[6] = { 0 };
+    expect_sense(fx_cmd(f, &f->n1, tur, 6, NULL, 0, NULL, 0), SCSI_SENSE_UNIT_ATTENTION,
+                 SCSI_ASC_REGISTRATIONS_PREEMPTED);
+    assert_int_equal(do_read(f, &f->n1), CONFLICT);
+    fx_free(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -444,6 +478,7 @@ int main(void)
         cmocka_unit_test(test_register_and_move_hands_the_reservation_over),
         cmocka_unit_test(test_reserve6_belongs_to_one_nexus_and_goes_with_it),
         cmocka_unit_test(test_abort_task_in_flight_completes_once_marked_aborted),
+        cmocka_unit_test(test_preempt_and_abort_aborts_the_preempted_tasks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

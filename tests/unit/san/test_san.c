@@ -226,7 +226,8 @@ static void test_node_record_parse_names_file_and_line_on_error(void **state)
 static void test_initiator_name_file_parse(void **state)
 {
     char name[SAN_NAME_MAX];
-    const char *t = "## DO NOT EDIT\n#InitiatorName=iqn.commented\nInitiatorName=iqn.1993-08.org.debian:01:abc  \n";
+    const char *t = "## DO NOT EDIT\n#InitiatorName=iqn.commented\n"
+                    "InitiatorName=iqn.1993-08.org.debian:01:abc  \n";
     assert_int_equal(san_parse_initiator_name(t, strlen(t), name), 0);
     assert_string_equal(name, "iqn.1993-08.org.debian:01:abc");
     assert_int_equal(san_parse_initiator_name("# nothing\n", 10, name), -ENOENT);
@@ -238,8 +239,8 @@ static void test_host_config_finds_what_the_host_uses(void **state)
     char p[4096];
     snprintf(p, sizeof(p), "%s/etc/iscsi/initiatorname.iscsi", root);
     write_text(p, "InitiatorName=iqn.1993-08.org.debian:01:host\n");
-    snprintf(p, sizeof(p), "%s/etc/iscsi/nodes/iqn.2001-04.com.example:a/192.0.2.10,3260,1/default",
-             root);
+    snprintf(p, sizeof(p), "%s/etc/iscsi/nodes/iqn.2001-04.com.example:a/"
+             "192.0.2.10,3260,1/default", root);
     write_text(p, "node.name = iqn.2001-04.com.example:a\nnode.tpgt = 1\n"
                   "node.conn[0].address = 192.0.2.10\nnode.conn[0].port = 3260\n");
     /* old layout: the portal entry is the record itself */
@@ -287,8 +288,8 @@ static void test_host_config_finds_what_the_host_uses(void **state)
     san_host_config_free(cfg);
 
     /* a malformed record is an error naming it */
-    snprintf(p, sizeof(p), "%s/etc/iscsi/nodes/iqn.2001-04.com.example:a/192.0.2.10,3260,1/default",
-             root);
+    snprintf(p, sizeof(p), "%s/etc/iscsi/nodes/iqn.2001-04.com.example:a/"
+             "192.0.2.10,3260,1/default", root);
     write_text(p, "node.name = iqn.2001-04.com.example:a\ngarbage line\n");
     assert_int_equal(san_host_config_read(root, &cfg, &err), -EINVAL);
     assert_non_null(strstr(err.msg, "192.0.2.10,3260,1/default: line 2"));
@@ -417,6 +418,28 @@ static void test_session_options_are_validated(void **state)
     hv_reactor_destroy(r);
 }
 
+static void test_discovery_of_a_dead_portal_fails_with_its_address(void **state)
+{
+    char portal[64];
+    snprintf(portal, sizeof(portal), "127.0.0.1:%d", t_free_port());
+    struct san_target *t = NULL;
+    size_t n = 0;
+    struct hv_err err = {0};
+    int ret = san_discover_sync(portal, "iqn.2026-11.test:vm", NULL, &t, &n, &err);
+    assert_true(ret < 0);
+    assert_non_null(strstr(err.msg, portal));
+    assert_null(t);
+}
+
+static void test_host_config_of_this_machine_reads_without_error(void **state)
+{
+    /* whatever open-iscsi state this machine has, reading it is not an error */
+    struct san_host_config *cfg;
+    struct hv_err err = {0};
+    assert_int_equal(san_host_config_read("/", &cfg, &err), 0);
+    san_host_config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -436,6 +459,8 @@ int main(void)
         cmocka_unit_test(test_first_login_failure_is_reported_and_queued_commands_fail),
         cmocka_unit_test(test_close_fails_queued_commands_with_closed),
         cmocka_unit_test(test_session_options_are_validated),
+        cmocka_unit_test(test_discovery_of_a_dead_portal_fails_with_its_address),
+        cmocka_unit_test(test_host_config_of_this_machine_reads_without_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -416,7 +416,8 @@ static void test_discard_and_write_zeroes_free_and_hide_correctly(void **state)
     expect_at(bd, 8 * HV_MiB, p, 2 * HV_MiB);
     /* Write-zeroes over a range the parent does not hold allocates nothing. */
     assert_int_equal(bdev_request_sync(bd, BDEV_IO_WRITE_ZEROES, 14 * HV_MiB, 2 * HV_MiB, 0), 0);
-    assert_int_equal(bdev_block_status_sync(bd, 14 * HV_MiB, 2 * HV_MiB, &status, &len, &depth), 0);
+    assert_int_equal(
+        bdev_block_status_sync(bd, 14 * HV_MiB, 2 * HV_MiB, &status, &len, &depth), 0);
     assert_int_equal(depth, -1);
     assert_int_equal(bdev_close(bd), 0);
     free(p);
@@ -591,6 +592,83 @@ static void test_allocation_costs_no_fsync_and_bat_waits_for_flush(void **state)
     free(p);
 }
 
+static void test_discarded_space_is_reused_and_close_fills_holes(void **state)
+{
+    const char *path = t_path("reuse.vhd");
+    const uint64_t block = VHD_DEFAULT_BLOCK_BYTES;
+    uint8_t *p = pattern(16 * block, 51);
+    struct bdev *bd;
+    struct stat st_full;
+    struct stat st_after;
+    struct vhd_info info;
+    struct hv_err err = { 0 };
+
+    create(path, VHD_TYPE_DYNAMIC, 64 * HV_MiB, NULL);
+    bd = open_rw(path);
+    write_at(bd, 0, p, 16 * block);
+    assert_int_equal(bdev_flush_sync(bd), 0);
+    assert_int_equal(bdev_request_sync(bd, BDEV_IO_DISCARD, 2 * block, 4 * block, 0), 0);
+    assert_int_equal(bdev_flush_sync(bd), 0);
+    /* Two new blocks after the flush that freed four: they take holes. */
+    write_at(bd, 20 * block, p, 2 * block);
+    assert_int_equal(bdev_close(bd), 0);
+    assert_int_equal(vhd_inspect(path, &info, &err), 0);
+    assert_int_equal(info.allocated_bytes, 14 * block);
+    /* The file holds 14 blocks and nothing more: the two remaining holes
+     * were filled from the end at close. */
+    assert_int_equal(stat(path, &st_after), 0);
+    assert_true((uint64_t)st_after.st_size <= 8192 + 14 * (block + 4096) + 512);
+
+    bd = open_rw(path);
+    expect_at(bd, 0, p, 2 * block);
+    expect_zero(bd, 2 * block, 4 * block);
+    expect_at(bd, 6 * block, p + 6 * block, 10 * block);
+    expect_at(bd, 20 * block, p, 2 * block);
+    /* Discard and rewrite forever does not grow the file forever. */
+    assert_int_equal(stat(path, &st_full), 0);
+    write_at(bd, 30 * block, p, block);         /* the file grows once here */
+    assert_int_equal(bdev_flush_sync(bd), 0);
+    assert_int_equal(stat(path, &st_full), 0);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(bdev_request_sync(bd, BDEV_IO_DISCARD, 8 * block, 4 * block, 0), 0);
+        assert_int_equal(bdev_flush_sync(bd), 0);
+        write_at(bd, 8 * block, p, 4 * block);
+    }
+    /* Still open: without reuse 160 MiB would have gone to new space. */
+    assert_int_equal(stat(path, &st_after), 0);
+    assert_int_equal(st_after.st_size, st_full.st_size);
+    assert_int_equal(bdev_close(bd), 0);
+    assert_int_equal(stat(path, &st_after), 0);
+    assert_true(st_after.st_size <= st_full.st_size);
+    assert_int_equal(vhd_inspect(path, &info, &err), 0);
+    bd = open_rw(path);
+    expect_at(bd, 8 * block, p, 4 * block);
+    expect_at(bd, 6 * block, p + 6 * block, 2 * block);
+    assert_int_equal(bdev_close(bd), 0);
+    free(p);
+}
+
+static void test_fua_write_to_a_block_allocated_unflushed_is_durable(void **state)
+{
+    const char *path = t_path("fua.vhd");
+    uint8_t *p = pattern(8192, 61);
+    struct vhd_info info;
+    struct hv_err err = { 0 };
+    struct bdev *bd;
+
+    create(path, VHD_TYPE_DYNAMIC, 16 * HV_MiB, NULL);
+    bd = open_rw(path);
+    write_at(bd, 0, p, 4096);                           /* allocates, not durable */
+    assert_int_equal(vhd_inspect(path, &info, &err), 0);
+    assert_int_equal(info.allocated_bytes, 0);
+    assert_int_equal(bdev_write_sync(bd, 4096, p + 4096, 4096, BDEV_IO_FUA), 0);
+    /* The FUA write is reachable on disk without any flush. */
+    assert_int_equal(vhd_inspect(path, &info, &err), 0);
+    assert_int_equal(info.allocated_bytes, VHD_DEFAULT_BLOCK_BYTES);
+    assert_int_equal(bdev_close(bd), 0);
+    free(p);
+}
+
 /* ------------------------------------------------------ random workload */
 
 #define RW_SLOTS 16
@@ -613,13 +691,12 @@ static void rw_done(struct bdev_io *io, int status)
 }
 
 static void run_workload(const char *path, uint64_t size, uint8_t *model, uint64_t seed,
-                         int rounds)
+                         int rounds, bool can_discard, uint64_t max_len)
 {
     struct bdev *bd = open_rw(path);
     struct rw_slot slots[RW_SLOTS];
     int outstanding = 0;
     uint64_t rs = seed;
-    const uint64_t max_len = 256 * 1024;
 
     for (int i = 0; i < RW_SLOTS; i++) {
         slots[i].io = calloc(1, bdev_io_size(bd));
@@ -666,7 +743,7 @@ static void run_workload(const char *path, uint64_t size, uint8_t *model, uint64
                 io->type = BDEV_IO_WRITE_ZEROES;
                 io->flags = kind & 1 ? BDEV_IO_MAY_UNMAP : 0;
                 memset(model + off, 0, len);
-            } else if (kind < 55) {
+            } else if (kind < 55 && can_discard) {
                 io->type = BDEV_IO_DISCARD;
                 /* Dynamic: discarded ranges read zero. */
                 memset(model + off, 0, len);
@@ -718,9 +795,9 @@ static void test_random_workload_matches_in_memory_model(void **state)
     struct bdev *bd;
 
     create(path, VHD_TYPE_DYNAMIC, size, NULL);
-    run_workload(path, size, model, 77, 160);
+    run_workload(path, size, model, 77, 160, true, 256 * 1024);
     /* Reopened (metadata from disk), it still matches; then more work. */
-    run_workload(path, size, model, 78, 80);
+    run_workload(path, size, model, 78, 80, true, 256 * 1024);
     bd = open_rw(path);
     assert_int_equal(bdev_read_sync(bd, 0, all, size), 0);
     assert_memory_equal(all, model, size);
@@ -788,6 +865,171 @@ static void test_random_workload_on_differencing_child(void **state)
     free(all);
 }
 
+static void test_chain_deeper_than_the_limit_is_refused(void **state)
+{
+    char prev[600];
+    char cur[600];
+    struct bdev *bd = NULL;
+    struct hv_err err = { 0 };
+    uint8_t *p = pattern(4096, 91);
+
+    snprintf(prev, sizeof(prev), "%s/deep0.vhd", t_tmpdir());
+    create(prev, VHD_TYPE_DYNAMIC, 8 * HV_MiB, NULL);
+    bd = open_rw(prev);
+    write_at(bd, 0, p, 4096);
+    assert_int_equal(bdev_close(bd), 0);
+    for (int i = 1; i < VHD_MAX_CHAIN_DEPTH; i++) {
+        snprintf(cur, sizeof(cur), "%s/deep%d.vhd", t_tmpdir(), i);
+        create(cur, VHD_TYPE_DIFFERENCING, 0, prev);
+        snprintf(prev, sizeof(prev), "%s", cur);
+    }
+    /* Exactly the limit opens, and reads through all of it. */
+    bd = open_rw(prev);
+    assert_int_equal(vhd_chain_depth(bd), VHD_MAX_CHAIN_DEPTH);
+    expect_at(bd, 0, p, 4096);
+    assert_int_equal(bdev_close(bd), 0);
+    snprintf(cur, sizeof(cur), "%s/deep%d.vhd", t_tmpdir(), VHD_MAX_CHAIN_DEPTH);
+    create(cur, VHD_TYPE_DIFFERENCING, 0, prev);
+    assert_int_equal(vhd_open(reactor, cur, NULL, &bd, &err), -ELOOP);
+    assert_non_null(strstr(err.msg, "deeper than"));
+    free(p);
+}
+
+static bool bitmaps_are_whole_bytes(const char *path)
+{
+    struct vhd_footer f;
+    struct vhd_header h;
+    uint8_t fb[512];
+    uint8_t hb[1024];
+    struct hv_err err = { 0 };
+    struct stat st;
+    int fd = open(path, O_RDONLY);
+    bool ok = true;
+    assert_true(fd >= 0);
+    assert_int_equal(fstat(fd, &st), 0);
+    assert_int_equal(hv_pread_full(fd, fb, 512, (uint64_t)st.st_size - 512), 0);
+    assert_int_equal(vhd_footer_decode(fb, &f, path, "footer", (uint64_t)st.st_size, &err), 0);
+    assert_int_equal(hv_pread_full(fd, hb, 1024, f.data_offset), 0);
+    assert_int_equal(vhd_header_decode(hb, &f, &h, path, (uint64_t)st.st_size, &err), 0);
+    uint8_t *raw = malloc(vhd_bat_bytes(h.max_table_entries));
+    uint32_t *bat = malloc(4 * (size_t)h.max_table_entries);
+    assert_int_equal(
+        hv_pread_full(fd, raw, vhd_bat_bytes(h.max_table_entries), h.table_offset), 0);
+    vhd_bat_parse(raw, h.max_table_entries, bat);
+    for (uint32_t b = 0; b < h.max_table_entries && ok; b++) {
+        uint8_t bm[512];
+        if (bat[b] == VHD_BAT_UNALLOCATED)
+            continue;
+        assert_int_equal(hv_pread_full(fd, bm, 512, (uint64_t)bat[b] * 512), 0);
+        for (int i = 0; i < 512; i++)
+            if (bm[i] != 0 && bm[i] != 0xFF)
+                ok = false;
+    }
+    free(raw);
+    free(bat);
+    close(fd);
+    return ok;
+}
+
+static void test_unaligned_child_writes_copy_up_whole_groups_libvhdi_agrees(void **state)
+{
+    const char *base = t_path("cubase.vhd");
+    const char *child = t_path("cuchild.vhd");
+    const uint64_t size = 16 * HV_MiB + 512;
+    uint8_t *model = hv_alloc_aligned(size);
+    uint8_t *all = hv_alloc_aligned(size);
+    uint8_t *q = pattern(8192, 71);
+    struct bdev *bd;
+
+    create(base, VHD_TYPE_DYNAMIC, size, NULL);
+    bd = open_rw(base);
+    t_fill(model, size, 70);
+    write_at(bd, 0, model, size);
+    assert_int_equal(bdev_close(bd), 0);
+    create(child, VHD_TYPE_DIFFERENCING, 0, base);
+    bd = open_rw(child);
+    /* A partition table, a sector inside a group, a range with both edges
+     * inside groups, zeroes with unaligned edges, and the odd last sector. */
+    static const struct { uint64_t off; uint64_t len; bool zero; } w[] = {
+        { 0, 512, false },
+        { 2 * HV_MiB + 1536, 512, false },
+        { 5 * HV_MiB - 1024, 6144, false },
+        { 9 * HV_MiB + 512, 7168, true },
+        { 16 * HV_MiB, 512, false },
+    };
+    for (size_t i = 0; i < HV_ARRAY_SIZE(w); i++) {
+        if (w[i].zero) {
+            assert_int_equal(
+                bdev_request_sync(bd, BDEV_IO_WRITE_ZEROES, w[i].off, w[i].len, 0), 0);
+            memset(model + w[i].off, 0, w[i].len);
+        } else {
+            write_at(bd, w[i].off, q, w[i].len);
+            memcpy(model + w[i].off, q, w[i].len);
+        }
+    }
+    assert_int_equal(bdev_read_sync(bd, 0, all, size), 0);
+    assert_memory_equal(all, model, size);
+    assert_int_equal(bdev_close(bd), 0);
+    assert_true(bitmaps_are_whole_bytes(child));
+
+    /* libvhdi reads the chain the same (when FUSE works here). */
+    char mnt[512];
+    snprintf(mnt, sizeof(mnt), "%s/mnt", t_tmpdir());
+    mkdir(mnt, 0755);
+    if (t_run(NULL, 0, "command -v vhdimount >/dev/null && vhdimount '%s' '%s' >/dev/null 2>&1",
+              child, mnt) == 0) {
+        char img[600];
+        snprintf(img, sizeof(img), "%s/vhdi2", mnt);
+        int fd = open(img, O_RDONLY);
+        if (fd >= 0) {
+            uint8_t *got = malloc(size);
+            assert_int_equal(hv_pread_full(fd, got, size, 0), 0);
+            close(fd);
+            t_run(NULL, 0, "fusermount -u '%s' 2>/dev/null || umount '%s'", mnt, mnt);
+            if (memcmp(got, model, size) != 0) {
+                uint64_t i = 0;
+                while (got[i] == model[i])
+                    i++;
+                fail_msg("vhdimount reads the child differently at %" PRIu64, i);
+            }
+            free(got);
+        } else {
+            t_run(NULL, 0, "fusermount -u '%s' 2>/dev/null || umount '%s'", mnt, mnt);
+        }
+    }
+    free(model);
+    free(all);
+    free(q);
+}
+
+static void test_concurrent_unaligned_writes_in_one_group_all_survive(void **state)
+{
+    const char *base = t_path("ccbase.vhd");
+    const char *child = t_path("ccchild.vhd");
+    const uint64_t size = 4 * HV_MiB;
+    uint8_t *model = calloc(1, size);
+    uint8_t *all = hv_alloc_aligned(size);
+    struct bdev *bd;
+
+    create(base, VHD_TYPE_DYNAMIC, size, NULL);
+    bd = open_rw(base);
+    t_fill(model, size, 80);
+    write_at(bd, 0, model, size);
+    assert_int_equal(bdev_close(bd), 0);
+    create(child, VHD_TYPE_DIFFERENCING, 0, base);
+    /* Small random writes at QD16: many land in the same 4 KiB group at
+     * once, and every one must survive the others' copy-up. */
+    run_workload(child, size, model, 81, 120, false, 8 * 512);
+    run_workload(child, size, model, 82, 60, false, 64 * 1024);
+    bd = open_rw(child);
+    assert_int_equal(bdev_read_sync(bd, 0, all, size), 0);
+    assert_memory_equal(all, model, size);
+    assert_int_equal(bdev_close(bd), 0);
+    assert_true(bitmaps_are_whole_bytes(child));
+    free(model);
+    free(all);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -799,9 +1041,14 @@ int main(void)
         cmocka_unit_test(test_discard_and_write_zeroes_free_and_hide_correctly),
         cmocka_unit_test(test_second_writer_is_refused_by_the_lock),
         cmocka_unit_test(test_parent_lookup_order_mismatch_missing_and_loops),
+        cmocka_unit_test(test_chain_deeper_than_the_limit_is_refused),
         cmocka_unit_test(test_allocation_costs_no_fsync_and_bat_waits_for_flush),
+        cmocka_unit_test(test_discarded_space_is_reused_and_close_fills_holes),
+        cmocka_unit_test(test_fua_write_to_a_block_allocated_unflushed_is_durable),
         cmocka_unit_test(test_random_workload_matches_in_memory_model),
         cmocka_unit_test(test_random_workload_on_differencing_child),
+        cmocka_unit_test(test_unaligned_child_writes_copy_up_whole_groups_libvhdi_agrees),
+        cmocka_unit_test(test_concurrent_unaligned_writes_in_one_group_all_survive),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

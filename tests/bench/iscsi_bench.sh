@@ -1,0 +1,99 @@
+#!/bin/bash
+# iSCSI target benchmark: the same 1 GiB file served by tgt (tgtd, its
+# rdwr back end, on one loopback port) and by hvstor's target (iscsi-testd,
+# raw file LUN, on another), both driven by `qemu-img bench` over iscsi://
+# in the same run: 4 KiB reads and writes at queue depth 32, 64 KiB reads
+# and writes at depth 16. Prints rates and hvstor/tgt ratios.
+#
+#   tests/bench/iscsi_bench.sh [BUILD_DIR]
+# Environment: BENCH_DIR (where the 1 GiB file goes; default /var/tmp),
+# BENCH_DIRECT=1 (hvstor opens the file O_DIRECT; default buffered like
+# tgt's rdwr), COUNT4K (default 200000), COUNT64K (default 20000).
+set -euo pipefail
+
+BUILD=${1:-$(dirname "$0")/../../build}
+TESTD=$BUILD/bin/iscsi-testd
+for tool in tgtd tgtadm qemu-img "$TESTD"; do
+    command -v "$tool" >/dev/null || { echo "iscsi_bench: $tool not found" >&2; exit 2; }
+done
+COUNT4K=${COUNT4K:-200000}
+COUNT64K=${COUNT64K:-20000}
+DIR=$(mktemp -d "${BENCH_DIR:-/var/tmp}/hvstor-iscsi-bench.XXXXXX")
+TGT_PID=
+HV_PID=
+CTL=$((20000 + $$ % 10000))         # tgtd's private management socket
+cleanup() {
+    if [ -n "$TGT_PID" ]; then
+        # tgtd ignores SIGTERM; ask it to go, then make sure it went.
+        tgtadm -C "$CTL" --op delete --mode system >/dev/null 2>&1 || true
+        for _ in $(seq 20); do kill -0 "$TGT_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$TGT_PID" 2>/dev/null || true
+        wait "$TGT_PID" 2>/dev/null || true
+    fi
+    if [ -n "$HV_PID" ]; then
+        kill "$HV_PID" 2>/dev/null || true
+        wait "$HV_PID" 2>/dev/null || true
+    fi
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+echo "preparing a 1 GiB file in $DIR ..."
+dd if=/dev/zero of="$DIR/disk.img" bs=1M count=1024 status=none
+sync
+
+TGT_PORT=$(free_port)
+tgtd -f -C "$CTL" --iscsi portal=127.0.0.1:"$TGT_PORT" >"$DIR/tgtd.log" 2>&1 &
+TGT_PID=$!
+for _ in $(seq 50); do
+    tgtadm -C "$CTL" --lld iscsi --mode target --op show >/dev/null 2>&1 && break
+    sleep 0.1
+done
+TGT_IQN=iqn.2026-01.org.hvstor.bench:tgt
+tgtadm -C "$CTL" --lld iscsi --mode target --op new --tid 1 --targetname "$TGT_IQN"
+tgtadm -C "$CTL" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$DIR/disk.img"
+tgtadm -C "$CTL" --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL
+
+HV_IQN=iqn.2026-01.org.hvstor.bench:hvstor
+DIRECT=()
+[ "${BENCH_DIRECT:-0}" = 1 ] && DIRECT=(--direct)
+"$TESTD" --port 0 --port-file "$DIR/hv.port" --target "$HV_IQN" "${DIRECT[@]}" \
+    --raw "$DIR/disk.img" >/dev/null 2>"$DIR/hv.log" &
+HV_PID=$!
+for _ in $(seq 50); do [ -s "$DIR/hv.port" ] && break; sleep 0.1; done
+HV_PORT=$(cat "$DIR/hv.port")
+
+TGT_URL=iscsi://127.0.0.1:$TGT_PORT/$TGT_IQN/1
+HV_URL=iscsi://127.0.0.1:$HV_PORT/$HV_IQN/0
+
+# rate URL COUNT DEPTH SIZE [-w]: requests per second
+rate() {
+    local url=$1 count=$2 depth=$3 size=$4
+    shift 4
+    local secs
+    secs=$(qemu-img bench -f raw -t none "$@" -c "$count" -d "$depth" -s "$size" "$url" 2>&1 |
+           sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
+    [ -n "$secs" ] || { echo "qemu-img bench failed on $url" >&2; exit 1; }
+    python3 -c "print(f'{$count / $secs:.0f}')"
+}
+
+printf '%-22s %14s %14s %8s\n' "test" "tgt" "hvstor" "ratio"
+for spec in "4k-read 4096 32 $COUNT4K" "4k-write 4096 32 $COUNT4K -w" \
+            "64k-read 65536 16 $COUNT64K" "64k-write 65536 16 $COUNT64K -w"; do
+    set -- $spec
+    name=$1 size=$2 depth=$3 count=$4
+    shift 4
+    t=$(rate "$TGT_URL" "$count" "$depth" "$size" "$@")
+    h=$(rate "$HV_URL" "$count" "$depth" "$size" "$@")
+    unit="IOPS"
+    python3 - "$name" "$t" "$h" "$size" <<'PY'
+import sys
+name, t, h, size = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+fmt = lambda r: f"{r:,.0f}/s" if size <= 4096 else f"{r * size / 1e6:,.0f} MB/s"
+print(f"{name + ' (QD%s)' % ('32' if size <= 4096 else '16'):<22} {fmt(t):>14} {fmt(h):>14} {h / t:7.2f}x")
+PY
+done
