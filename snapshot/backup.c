@@ -277,8 +277,14 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
     struct hv_progress prog;
     hv_progress_begin(&prog, j->file, j->size, opt->show_progress);
     uint64_t u = 0;
+    uint64_t started = hv_now_ns();
     while (u < units && ret == 0) {
         hv_progress_update(&prog, u * j->unit);
+        /* Rate limit: let the guest's I/O have the device meanwhile. */
+        while (opt->max_bytes_per_second &&
+               j->bytes_read * 1000000000.0 / opt->max_bytes_per_second >
+                   (double)(hv_now_ns() - started))
+            hv_reactor_run_once(grp->reactor, 1);
         if (j->is_incremental && !snap_bit_test(bits, u)) {
             u++;
             continue;

@@ -284,6 +284,7 @@ struct snap_backup_options {
     bool is_incremental;              /* parent = the newest backup in dir */
     bool want_app;
     bool show_progress;
+    uint64_t max_bytes_per_second;    /* read rate limit, 0 = none (guest latency vs speed) */
 };
 
 struct snap_backup_result {

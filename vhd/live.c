@@ -221,6 +221,10 @@ static bool allocate(struct live *v, uint32_t block)
     v->bat_chunk_dirty[(size_t)block * 4 / LIVE_BAT_CHUNK] = 1;
     v->next_alloc = end;
     v->blocks_allocated++;
+    /* Grow before the reserve runs out, so that writes rarely wait for the
+     * footer's sync. */
+    if (!v->is_extending && v->file_end - v->next_alloc < LIVE_EXTEND_BYTES / 2)
+        extend(v, v->next_alloc + LIVE_PREFIX + v->block_bytes);
     if (!v->is_dirty[block]) {
         v->is_dirty[block] = 1;
         v->dirty[v->dirty_count++] = block;

@@ -242,7 +242,9 @@ static int cmd_backup(int argc, char **argv)
         struct snap_backup_options bo = { .dir = bdir, .vm_name = "demo",
                                           .is_incremental = k > 0 || has_flag(argc, argv,
                                                                               "--incremental"),
-                                          .want_app = true };
+                                          .want_app = true,
+                                          .max_bytes_per_second =
+                                              opt_u64(argc, argv, "--rate", 0) };
         struct snap_backup_result res;
         char recovered[2048] = "";
         uint64_t t0 = hv_now_ns();
