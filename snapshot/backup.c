@@ -77,7 +77,7 @@ static int recover_lock(const char *dir, char *recovered, size_t cap, struct hv_
         return 0;
     }
     json_t *lock = NULL;
-    struct hv_err jerr = { 0 };
+    struct hv_err jerr = {0};
     if (hv_json_read_file(path, &lock, &jerr) < 0) {
         /* A lock torn by a crash while it was written: nothing was created yet. */
         unlink(path);
@@ -96,31 +96,38 @@ static int recover_lock(const char *dir, char *recovered, size_t cap, struct hv_
         json_decref(lock);
         unlink(path);
         if (recovered)
-            snprintf(recovered, cap, "backup #%" JSON_INTEGER_FORMAT " completed but its "
-                     "process died before it released %s: nothing to remove", lseq, path);
+            snprintf(recovered, cap,
+                     "backup #%" JSON_INTEGER_FORMAT " completed but its "
+                     "process died before it released %s: nothing to remove",
+                     lseq, path);
         return 0;
     }
     if (pid > 0 && pid != getpid() && kill((pid_t)pid, 0) == 0) {
         json_decref(lock);
-        return hv_err_set(err, -EBUSY, "%s: another backup (process %" JSON_INTEGER_FORMAT
-                          ") is running into this directory", dir, pid);
+        return hv_err_set(err, -EBUSY,
+                          "%s: another backup (process %" JSON_INTEGER_FORMAT
+                          ") is running into this directory",
+                          dir, pid);
     }
     size_t off = 0;
     if (recovered)
-        off = (size_t)snprintf(recovered, cap, "backup #%" JSON_INTEGER_FORMAT " started %s "
+        off = (size_t)snprintf(recovered, cap,
+                               "backup #%" JSON_INTEGER_FORMAT " started %s "
                                "did not finish (process %" JSON_INTEGER_FORMAT " is gone); "
                                "removed its partial files:",
                                json_integer_value(json_object_get(lock, "sequence")),
                                json_string_value(json_object_get(lock, "started"))
                                    ? json_string_value(json_object_get(lock, "started"))
-                                   : "?", pid);
+                                   : "?",
+                               pid);
     json_t *files = json_object_get(lock, "files");
     size_t i;
     json_t *f;
-    json_array_foreach(files, i, f) {
+    json_array_foreach(files, i, f)
+    {
         const char *name = json_string_value(f);
         if (!name || strchr(name, '/'))
-            continue;                   /* only plain names inside dir, never elsewhere */
+            continue; /* only plain names inside dir, never elsewhere */
         char fp[PATH_MAX];
         join(fp, sizeof(fp), dir, name);
         if (unlink(fp) == 0 && recovered && off < cap)
@@ -170,7 +177,8 @@ static json_t *manifest_disk(json_t *man, int controller, int slot)
 {
     size_t i;
     json_t *d;
-    json_array_foreach(json_object_get(man, "disks"), i, d) {
+    json_array_foreach(json_object_get(man, "disks"), i, d)
+    {
         if (json_integer_value(json_object_get(d, "controller")) == controller &&
             json_integer_value(json_object_get(d, "slot")) == slot)
             return d;
@@ -193,14 +201,14 @@ static void cbw_done(void *arg, int status)
 }
 
 /* Read unit `u` of disk d's frozen view into buf. */
-static int read_unit(struct snap_group *grp, struct snap_disk *d, struct bdev *view,
-                     uint64_t u, uint32_t unit, uint64_t size, uint8_t *buf, uint64_t *len)
+static int read_unit(struct snap_group *grp, struct snap_disk *d, struct bdev *view, uint64_t u,
+                     uint32_t unit, uint64_t size, uint8_t *buf, uint64_t *len)
 {
     uint64_t off = u * unit;
     *len = HV_MIN((uint64_t)unit, size - off);
     if (view)
         return bdev_read_sync(view, off, buf, *len);
-    struct cbw_wait w = { 0 };
+    struct cbw_wait w = {0};
     int ret = snap_cbw_read(d->cbw, u, buf, cbw_done, &w);
     if (ret < 0)
         return ret;
@@ -230,12 +238,12 @@ static bool view_is_unallocated(struct bdev *view, uint64_t off, uint64_t len)
 
 struct disk_job {
     struct snap_disk *d;
-    struct bdev *view;              /* the VHD disk's frozen chain, NULL for cbw */
+    struct bdev *view; /* the VHD disk's frozen chain, NULL for cbw */
     uint32_t unit;
     uint64_t size;
     bool is_incremental;
     char why_full[256];
-    char file[128];                 /* name inside dir */
+    char file[128]; /* name inside dir */
     char parent_file[128];
     json_t *blocks;
     uint64_t bytes_read;
@@ -248,7 +256,7 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
 {
     char path[PATH_MAX], parent[PATH_MAX];
     join(path, sizeof(path), opt->dir, j->file);
-    struct vhd_create_options co = { .type = VHD_TYPE_DYNAMIC, .size_bytes = j->size };
+    struct vhd_create_options co = {.type = VHD_TYPE_DYNAMIC, .size_bytes = j->size};
     if (j->is_incremental) {
         join(parent, sizeof(parent), opt->dir, j->parent_file);
         co.type = VHD_TYPE_DIFFERENCING;
@@ -259,7 +267,7 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
     if (ret < 0)
         return ret;
     struct bdev *out = NULL;
-    struct vhd_open_options oo = { 0 };
+    struct vhd_open_options oo = {0};
     ret = vhd_open(grp->reactor, path, &oo, &out, err);
     if (ret < 0)
         return ret;
@@ -291,8 +299,8 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
         }
         /* A full backup skips what the frozen chain does not hold at all. */
         if (!j->is_incremental && j->view &&
-            view_is_unallocated(j->view, u * j->unit, HV_MIN((uint64_t)j->unit,
-                                                             j->size - u * j->unit))) {
+            view_is_unallocated(j->view, u * j->unit,
+                                HV_MIN((uint64_t)j->unit, j->size - u * j->unit))) {
             u++;
             continue;
         }
@@ -307,9 +315,10 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
         else
             ret = read_unit(grp, j->d, NULL, first, j->unit, j->size, buf, &len);
         if (ret < 0) {
-            hv_err_set(err, ret, "disk c%d-s%d: reading %" PRIu64 " bytes at %" PRIu64
-                       " of the frozen view: %s", j->d->controller, j->d->slot, len, off,
-                       strerror(-ret));
+            hv_err_set(err, ret,
+                       "disk c%d-s%d: reading %" PRIu64 " bytes at %" PRIu64
+                       " of the frozen view: %s",
+                       j->d->controller, j->d->slot, len, off, strerror(-ret));
             break;
         }
         j->bytes_read += len;
@@ -326,8 +335,7 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
             if (keep) {
                 char hex[33];
                 hv_xxh3_128_hex(buf + uo, ul, hex);
-                json_array_append_new(j->blocks, json_pack("[I,s]", (json_int_t)(off + uo),
-                                                           hex));
+                json_array_append_new(j->blocks, json_pack("[I,s]", (json_int_t)(off + uo), hex));
                 if (run_len == 0)
                     run_at = uo;
                 run_len += ul;
@@ -335,8 +343,8 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
             if ((!keep || k + 1 == n) && run_len) {
                 ret = bdev_write_sync(out, off + run_at, buf + run_at, run_len, 0);
                 if (ret < 0)
-                    hv_err_set(err, ret, "%s: writing %" PRIu64 " bytes at %" PRIu64 ": %s",
-                               path, run_len, off + run_at, strerror(-ret));
+                    hv_err_set(err, ret, "%s: writing %" PRIu64 " bytes at %" PRIu64 ": %s", path,
+                               run_len, off + run_at, strerror(-ret));
                 j->bytes_written += run_len;
                 run_len = 0;
             }
@@ -387,11 +395,13 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
         want_incr = false;
         snprintf(res->why_full, sizeof(res->why_full), "no earlier backup in %s", opt->dir);
     } else if (want_incr) {
-        struct hv_err merr = { 0 };
+        struct hv_err merr = {0};
         if (load_manifest(opt->dir, prev_seq, &prev, &merr) < 0) {
             want_incr = false;
-            snprintf(res->why_full, sizeof(res->why_full), "the previous manifest is "
-                     "unreadable: %.200s", hv_err_msg(&merr, -EINVAL));
+            snprintf(res->why_full, sizeof(res->why_full),
+                     "the previous manifest is "
+                     "unreadable: %.200s",
+                     hv_err_msg(&merr, -EINVAL));
         }
     }
 
@@ -410,14 +420,14 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
         j->d = &grp->disks[i];
         j->size = j->d->top_bdev->size_bytes;
         j->unit = j->d->cbw && !j->d->top ? snap_cbw_chunk_bytes(j->d->cbw)
-                  : j->d->cbt                ? snap_cbt_granularity(j->d->cbt)
-                                             : DEFAULT_UNIT;
+                  : j->d->cbt             ? snap_cbt_granularity(j->d->cbt)
+                                          : DEFAULT_UNIT;
         j->blocks = json_array();
-        snprintf(j->file, sizeof(j->file), "%d-c%d-s%d.vhd", seq, j->d->controller,
-                 j->d->slot);
+        snprintf(j->file, sizeof(j->file), "%d-c%d-s%d.vhd", seq, j->d->controller, j->d->slot);
         json_array_append_new(files, json_string(j->file));
         if (!j->d->top && !j->d->cbw) {
-            ret = hv_err_set(err, -EINVAL, "disk c%d-s%d: neither a VHD chain nor "
+            ret = hv_err_set(err, -EINVAL,
+                             "disk c%d-s%d: neither a VHD chain nor "
                              "copy-before-write: it cannot be backed up live",
                              j->d->controller, j->d->slot);
         }
@@ -474,14 +484,13 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
         else if (!cd->cbt_bits)
             why = "the disk has no changed-block tracking";
         else if (!cd->cbt_reliable) {
-            snprintf(buf, sizeof(buf), "changed-block tracking is not reliable: %s",
-                     cd->cbt_why);
+            snprintf(buf, sizeof(buf), "changed-block tracking is not reliable: %s", cd->cbt_why);
             why = buf;
         }
         if (why) {
             want_incr = false;
-            snprintf(res->why_full, sizeof(res->why_full), "disk c%d-s%d: %s",
-                     j->d->controller, j->d->slot, why);
+            snprintf(res->why_full, sizeof(res->why_full), "disk c%d-s%d: %s", j->d->controller,
+                     j->d->slot, why);
         } else {
             snprintf(j->parent_file, sizeof(j->parent_file), "%s",
                      json_string_value(json_object_get(pd, "file")));
@@ -511,26 +520,22 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
         json_t *disks = json_array();
         for (int i = 0; i < grp->disk_count; i++) {
             struct disk_job *j = &jobs[i];
-            json_t *d = json_pack("{s:i,s:i,s:s,s:I,s:I,s:I,s:I}", "controller",
-                                  j->d->controller, "slot", j->d->slot, "file", j->file,
-                                  "size_bytes", (json_int_t)j->size, "unit_bytes",
-                                  (json_int_t)j->unit, "bytes_read",
-                                  (json_int_t)j->bytes_read, "bytes_written",
+            json_t *d = json_pack("{s:i,s:i,s:s,s:I,s:I,s:I,s:I}", "controller", j->d->controller,
+                                  "slot", j->d->slot, "file", j->file, "size_bytes",
+                                  (json_int_t)j->size, "unit_bytes", (json_int_t)j->unit,
+                                  "bytes_read", (json_int_t)j->bytes_read, "bytes_written",
                                   (json_int_t)j->bytes_written);
-            json_object_set_new(d, "parent_file", j->is_incremental
-                                                      ? json_string(j->parent_file)
-                                                      : json_null());
+            json_object_set_new(d, "parent_file",
+                                j->is_incremental ? json_string(j->parent_file) : json_null());
             json_object_set_new(d, "blocks", j->blocks);
             j->blocks = NULL;
             json_array_append_new(disks, d);
         }
-        json_t *man = json_pack("{s:s,s:i,s:s,s:s,s:s,s:s,s:s,s:I,s:o}", "vm",
-                                opt->vm_name ? opt->vm_name : "", "sequence", seq, "type",
-                                want_incr ? "incremental" : "full", "why_full",
-                                res->why_full, "checkpoint_time", when, "consistency",
-                                cut.consistency == SNAP_APP ? "app" : "crash",
-                                "consistency_why", cut.why, "hold_ns",
-                                (json_int_t)cut.hold_ns, "disks", disks);
+        json_t *man = json_pack(
+            "{s:s,s:i,s:s,s:s,s:s,s:s,s:s,s:I,s:o}", "vm", opt->vm_name ? opt->vm_name : "",
+            "sequence", seq, "type", want_incr ? "incremental" : "full", "why_full", res->why_full,
+            "checkpoint_time", when, "consistency", cut.consistency == SNAP_APP ? "app" : "crash",
+            "consistency_why", cut.why, "hold_ns", (json_int_t)cut.hold_ns, "disks", disks);
         json_object_set_new(man, "hash", json_string("xxh3-128"));
         ret = hv_json_write_file(man_path, man, err);
         json_decref(man);
@@ -546,11 +551,11 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
         if (d->cbw && !d->top)
             snap_cbw_stop(d->cbw);
         if (d->top && cut.disks[i].child_path[0]) {
-            struct hv_err merr = { 0 };
+            struct hv_err merr = {0};
             int m = snap_checkpoint_merge(grp, i, NULL, &merr);
             if (m < 0) {
-                hv_warn("backup #%d: disk c%d-s%d: the backup child stays in the chain: %s",
-                        seq, d->controller, d->slot, hv_err_msg(&merr, m));
+                hv_warn("backup #%d: disk c%d-s%d: the backup child stays in the chain: %s", seq,
+                        d->controller, d->slot, hv_err_msg(&merr, m));
                 if (ret == 0)
                     ret = hv_err_set(err, m, "%s", hv_err_msg(&merr, m));
             }
@@ -588,16 +593,17 @@ static int verify_disk(struct hv_reactor *r, const char *dir, json_t *d, json_t 
     char path[PATH_MAX];
     join(path, sizeof(path), dir, file);
     json_object_set_new(rep, "file", json_string(file));
-    struct vhd_check_report cr = { 0 };
+    struct vhd_check_report cr = {0};
     int c = vhd_check(path, &cr, err);
     if (c < 0)
         return c;
-    json_object_set_new(rep, "check", json_string(c == VHD_CHECK_CLEAN     ? "clean"
-                                                  : c == VHD_CHECK_LEAKED ? "leaked"
-                                                                          : "corrupt"));
+    json_object_set_new(rep, "check",
+                        json_string(c == VHD_CHECK_CLEAN    ? "clean"
+                                    : c == VHD_CHECK_LEAKED ? "leaked"
+                                                            : "corrupt"));
     vhd_check_report_free(&cr);
     struct bdev *bd;
-    struct vhd_open_options oo = { .is_read_only = true };
+    struct vhd_open_options oo = {.is_read_only = true};
     int ret = vhd_open(r, path, &oo, &bd, err);
     if (ret < 0)
         return ret;
@@ -605,7 +611,8 @@ static int verify_disk(struct hv_reactor *r, const char *dir, json_t *d, json_t 
     uint64_t good = 0, bad = 0;
     size_t i;
     json_t *b;
-    json_array_foreach(json_object_get(d, "blocks"), i, b) {
+    json_array_foreach(json_object_get(d, "blocks"), i, b)
+    {
         json_int_t off = json_integer_value(json_array_get(b, 0));
         const char *want = json_string_value(json_array_get(b, 1));
         if (off < 0 || (uint64_t)off >= bd->size_bytes || !want || !buf) {
@@ -661,7 +668,8 @@ int snap_backup_verify(const char *dir, json_t **report, struct hv_err *err)
             break;
         size_t i;
         json_t *d;
-        json_array_foreach(json_object_get(man, "disks"), i, d) {
+        json_array_foreach(json_object_get(man, "disks"), i, d)
+        {
             json_t *dr = json_object();
             json_object_set_new(dr, "sequence", json_integer(s));
             int v = verify_disk(r, dir, d, dr, err);
@@ -681,8 +689,11 @@ int snap_backup_verify(const char *dir, json_t **report, struct hv_err *err)
     *report = rep;
     if (ret < 0)
         return ret;
-    return ok ? 0 : hv_err_set(err, -EBADMSG, "%s: some blocks do not match their hashes, "
-                               "or a file is corrupt", dir);
+    return ok ? 0
+              : hv_err_set(err, -EBADMSG,
+                           "%s: some blocks do not match their hashes, "
+                           "or a file is corrupt",
+                           dir);
 }
 
 /* --------------------------------------------------------------- restore */
@@ -706,7 +717,8 @@ int snap_backup_restore(const char *dir, int sequence, const char *to_dir, struc
     }
     size_t i;
     json_t *d;
-    json_array_foreach(json_object_get(man, "disks"), i, d) {
+    json_array_foreach(json_object_get(man, "disks"), i, d)
+    {
         const char *file = json_string_value(json_object_get(d, "file"));
         if (!file || strchr(file, '/')) {
             ret = hv_err_set(err, -EINVAL, "%s: manifest %d names a bad file", dir, sequence);
@@ -718,8 +730,8 @@ int snap_backup_restore(const char *dir, int sequence, const char *to_dir, struc
                  (int)json_integer_value(json_object_get(d, "controller")),
                  (int)json_integer_value(json_object_get(d, "slot")));
         join(dst, sizeof(dst), to_dir, name);
-        struct vhd_convert_options co = { .dst_format = VHD_FORMAT_VHD,
-                                          .dst_type = VHD_TYPE_DYNAMIC };
+        struct vhd_convert_options co = {.dst_format = VHD_FORMAT_VHD,
+                                         .dst_type = VHD_TYPE_DYNAMIC};
         ret = vhd_convert(src, dst, &co, err);
         if (ret < 0)
             break;

@@ -72,7 +72,8 @@ static int cbt_submit(struct bdev *bd, struct bdev_io *io)
     struct cbt_io *ci = bdev_io_ctx(io);
     struct bdev_io *in = snap_inner_io(ci, CBT_HEAD);
     if ((io->type == BDEV_IO_WRITE || io->type == BDEV_IO_DISCARD ||
-         io->type == BDEV_IO_WRITE_ZEROES) && io->length)
+         io->type == BDEV_IO_WRITE_ZEROES) &&
+        io->length)
         mark(c, io->offset, io->length);
     ci->outer = io;
     snap_inner_prep(in, io, cbt_inner_done, ci);
@@ -116,8 +117,10 @@ static void load_state(struct snap_cbt *c)
 {
     FILE *f = fopen(c->state_path, "rb");
     if (!f) {
-        snprintf(c->why, sizeof(c->why), "%s: no tracking history (first use of this disk's "
-                 "changed-block tracking)", c->state_path);
+        snprintf(c->why, sizeof(c->why),
+                 "%s: no tracking history (first use of this disk's "
+                 "changed-block tracking)",
+                 c->state_path);
         return;
     }
     size_t bytes = bitmap_bytes(c->chunks);
@@ -130,14 +133,19 @@ static void load_state(struct snap_cbt *c)
     }
     if (got < CBT_HEADER_BYTES || memcmp(buf, CBT_MAGIC, 8) ||
         hv_le32(buf + 36) != hv_crc32c(buf, 36)) {
-        snprintf(c->why, sizeof(c->why), "%s: not a changed-block tracking file, or its "
-                 "header is damaged", c->state_path);
+        snprintf(c->why, sizeof(c->why),
+                 "%s: not a changed-block tracking file, or its "
+                 "header is damaged",
+                 c->state_path);
     } else if (!(hv_le32(buf + 8) & CBT_FLAG_CLEAN)) {
-        snprintf(c->why, sizeof(c->why), "%s: the previous run did not close the disk cleanly "
-                 "(hvstord stopped uncleanly): changes made then are unknown", c->state_path);
+        snprintf(c->why, sizeof(c->why),
+                 "%s: the previous run did not close the disk cleanly "
+                 "(hvstord stopped uncleanly): changes made then are unknown",
+                 c->state_path);
     } else if (hv_le32(buf + 12) != c->granularity || le64(buf + 16) != c->bd.size_bytes ||
                le64(buf + 24) != c->chunks) {
-        snprintf(c->why, sizeof(c->why), "%s: tracked at %u bytes per chunk for a %" PRIu64
+        snprintf(c->why, sizeof(c->why),
+                 "%s: tracked at %u bytes per chunk for a %" PRIu64
                  "-byte disk, now %u for %" PRIu64 " (the disk was resized or reconfigured)",
                  c->state_path, hv_le32(buf + 12), le64(buf + 16), c->granularity,
                  c->bd.size_bytes);
@@ -158,7 +166,7 @@ static int cbt_close(struct bdev *bd)
     struct snap_cbt *c = hv_container_of(bd, struct snap_cbt, bd);
     int ret = bdev_close(c->inner);
     if (c->state_path) {
-        struct hv_err err = { 0 };
+        struct hv_err err = {0};
         /* Only a disk whose inner close succeeded is "clean". */
         int wr = ret == 0 ? write_state(c, true, &err) : 0;
         if (wr < 0) {
@@ -191,8 +199,10 @@ int snap_cbt_wrap(struct bdev *inner, uint32_t granularity_bytes, const char *st
                   struct bdev **out, struct snap_cbt **cbt, struct hv_err *err)
 {
     if (granularity_bytes < 4096 || (granularity_bytes & (granularity_bytes - 1)))
-        return hv_err_set(err, -EINVAL, "%s: changed-block tracking granularity %u is not a "
-                          "power of two of at least 4096", inner->name, granularity_bytes);
+        return hv_err_set(err, -EINVAL,
+                          "%s: changed-block tracking granularity %u is not a "
+                          "power of two of at least 4096",
+                          inner->name, granularity_bytes);
     struct snap_cbt *c = calloc(1, sizeof(*c));
     if (!c)
         return hv_err_set(err, -ENOMEM, "%s: out of memory", inner->name);

@@ -37,7 +37,7 @@ struct cbw_reader {
     snap_done_fn done;
     void *arg;
     bool is_used;
-    bool is_waiting;            /* the chunk was BUSY with a guest copy */
+    bool is_waiting; /* the chunk was BUSY with a guest copy */
     int status;
     struct hv_deferred deferred;
     struct iovec iov;
@@ -65,8 +65,8 @@ struct cbw_io {
     struct bdev_io *outer;
     struct snap_cbw *cbw;
     struct cbw_io *next;
-    uint64_t cursor;            /* next chunk to look at */
-    int spare;                  /* spare being filled, -1 none */
+    uint64_t cursor; /* next chunk to look at */
+    int spare;       /* spare being filled, -1 none */
     bool is_copying;
     bool in_submit;
     int status;
@@ -274,8 +274,10 @@ int snap_cbw_wrap(struct bdev *inner, uint32_t chunk_bytes, unsigned spare_chunk
                   struct bdev **out, struct snap_cbw **cbw, struct hv_err *err)
 {
     if (chunk_bytes < 4096 || (chunk_bytes & (chunk_bytes - 1)) || spare_chunks == 0)
-        return hv_err_set(err, -EINVAL, "%s: copy-before-write chunk %u is not a power of two "
-                          "of at least 4096 (or no spare chunks)", inner->name, chunk_bytes);
+        return hv_err_set(err, -EINVAL,
+                          "%s: copy-before-write chunk %u is not a power of two "
+                          "of at least 4096 (or no spare chunks)",
+                          inner->name, chunk_bytes);
     struct snap_cbw *c = calloc(1, sizeof(*c));
     if (!c)
         return hv_err_set(err, -ENOMEM, "%s: out of memory", inner->name);

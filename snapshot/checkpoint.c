@@ -15,6 +15,7 @@
 #include "snapshot_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
@@ -39,7 +40,7 @@ static void on_drained(void *arg, int status)
 
 int snap_hold(struct snap_group *grp, struct hv_err *err)
 {
-    struct wait_flag w = { 0 };
+    struct wait_flag w = {0};
     int ret = snap_gate_hold(grp->gate, on_drained, &w);
     if (ret < 0)
         return hv_err_set(err, ret, "quiesce gate: a hold is already running");
@@ -80,6 +81,31 @@ static void set_crash(struct snap_checkpoint_result *res, const char *what, cons
         snprintf(res->why, sizeof(res->why), "%s: %s", what, msg);
 }
 
+/* vhd_create under a temporary name, then rename: a process killed while
+ * creating leaves "<child>.creating", never a torn file with a .vhd name
+ * that could be mistaken for part of a chain. */
+static int create_child(const char *path, const struct vhd_create_options *co, struct hv_err *err)
+{
+    char tmp[PATH_MAX + 16], dir[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s.creating", path);
+    unlink(tmp);
+    int ret = vhd_create(tmp, co, err);
+    if (ret < 0)
+        return ret;
+    if (rename(tmp, path) < 0) {
+        ret = hv_err_errno(err, path, "rename");
+        unlink(tmp);
+        return ret;
+    }
+    snprintf(dir, sizeof(dir), "%s", path);
+    int fd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+    return 0;
+}
+
 int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start_cbw,
              struct snap_checkpoint_result *res, struct hv_err *err)
 {
@@ -105,9 +131,8 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
             continue;
         snprintf(cd->parent_path, sizeof(cd->parent_path), "%s", d->vhd_path);
         snap_child_path(d->vhd_path, name, cd->child_path, sizeof(cd->child_path));
-        struct vhd_create_options co = { .type = VHD_TYPE_DIFFERENCING,
-                                         .parent_path = d->vhd_path };
-        ret = vhd_create(cd->child_path, &co, err);
+        struct vhd_create_options co = {.type = VHD_TYPE_DIFFERENCING, .parent_path = d->vhd_path};
+        ret = create_child(cd->child_path, &co, err);
         if (ret < 0) {
             cd->child_path[0] = 0;
             hv_err_prefix(err, "checkpoint '%s': disk c%d-s%d", name, d->controller, d->slot);
@@ -130,18 +155,18 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
     } else if (!grp->agent) {
         snprintf(res->why, sizeof(res->why), "the VM has no guest agent");
     } else {
-        struct hv_err aerr = { 0 };
+        struct hv_err aerr = {0};
         int a = snap_agent_prepare(grp->agent, &aerr);
         if (a == 0)
-            a = snap_agent_freeze(grp->agent, grp->thaw_timeout_ms ? grp->thaw_timeout_ms
-                                                                   : 10000, &aerr);
+            a = snap_agent_freeze(grp->agent, grp->thaw_timeout_ms ? grp->thaw_timeout_ms : 10000,
+                                  &aerr);
         if (a == 0) {
             is_frozen = true;
             frozen_at = hv_now_ns();
             res->consistency = SNAP_APP;
         } else {
             set_crash(res, "the guest agent could not freeze", hv_err_msg(&aerr, a));
-            struct hv_err ignore = { 0 };
+            struct hv_err ignore = {0};
             snap_agent_abort(grp->agent, &ignore);
         }
     }
@@ -158,11 +183,12 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
                 /* Undo the disks already switched: the cut is all or nothing. */
                 for (int k = 0; k < i; k++)
                     if (children[k])
-                        snap_top_switch(grp->disks[k].top,
-                                        vhd_live_child_parent(children[k]));
+                        snap_top_switch(grp->disks[k].top, vhd_live_child_parent(children[k]));
                 snap_gate_release(grp->gate);
-                ret = hv_err_set(err, sw, "checkpoint '%s': disk c%d-s%d: cannot switch to "
-                                 "the new child", name, d->controller, d->slot);
+                ret = hv_err_set(err, sw,
+                                 "checkpoint '%s': disk c%d-s%d: cannot switch to "
+                                 "the new child",
+                                 name, d->controller, d->slot);
                 goto thaw;
             }
         }
@@ -172,7 +198,7 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
         struct snap_checkpoint_disk *cd = &res->disks[i];
         if (d->cbt && snap_cbt_take(d->cbt, &cd->cbt_bits, &cd->cbt_reliable, cd->cbt_why,
                                     sizeof(cd->cbt_why)) < 0)
-            cd->cbt_bits = NULL;        /* no bits: the next incremental is a full */
+            cd->cbt_bits = NULL; /* no bits: the next incremental is a full */
         if (start_cbw && d->cbw && !d->top)
             snap_cbw_start(d->cbw);
     }
@@ -195,12 +221,14 @@ thaw:
     /* 4. Thaw. A thaw refused as "auto-thawed" means the guest ran on
      * before the cut: the cut is only crash-consistent, and we say so. */
     if (is_frozen) {
-        struct hv_err aerr = { 0 };
+        struct hv_err aerr = {0};
         int a = snap_agent_thaw(grp->agent, &aerr);
         res->frozen_ns = hv_now_ns() - frozen_at;
         if (a < 0)
-            set_crash(res, "the guest agent's thaw failed, the guest may have thawed before "
-                      "the cut", hv_err_msg(&aerr, a));
+            set_crash(res,
+                      "the guest agent's thaw failed, the guest may have thawed before "
+                      "the cut",
+                      hv_err_msg(&aerr, a));
     }
     if (ret < 0)
         goto fail;
@@ -261,7 +289,8 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
     snprintf(child_path, sizeof(child_path), "%s", d->vhd_path);
     snprintf(parent_path, sizeof(parent_path), "%s",
              vhd_is_live_child(parent) ? parent->name
-             : vhd_is_vhd_bdev(parent) ? vhd_chain_path(parent, 0) : parent->name);
+             : vhd_is_vhd_bdev(parent) ? vhd_chain_path(parent, 0)
+                                       : parent->name);
 
     /* Passes while the guest runs, until what is left is small. */
     int ret = vhd_live_merge_pass(child, true, NULL, err);
@@ -281,7 +310,7 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
             hv_err_set(err, ret, "%s: flush: %s", parent_path, strerror(-ret));
     }
     if (ret < 0)
-        return ret;                     /* nothing changed for the guest: still child over parent */
+        return ret; /* nothing changed for the guest: still child over parent */
 
     uint32_t left = vhd_live_merge_dirty_blocks(child);
     uint64_t left_bytes = vhd_live_merge_dirty_bytes(child);
@@ -304,9 +333,11 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
     uint64_t t3 = hv_now_ns();
     if (ret == 0)
         ret = snap_top_switch(d->top, parent);
-    hv_debug("merge c%d-s%d: final hold: %u blocks (%" PRIu64 " bytes) left, drain %.3f ms, copy %.3f ms, flush "
-             "and marker %.3f ms", d->controller, d->slot, left, left_bytes, (t1 - t0) / 1e6,
-             (t2 - t1) / 1e6, (t3 - t2) / 1e6);
+    hv_debug("merge c%d-s%d: final hold: %u blocks (%" PRIu64
+             " bytes) left, drain %.3f ms, copy %.3f ms, flush "
+             "and marker %.3f ms",
+             d->controller, d->slot, left, left_bytes, (t1 - t0) / 1e6, (t2 - t1) / 1e6,
+             (t3 - t2) / 1e6);
     snap_gate_release(grp->gate);
     if (hold_ns) {
         struct snap_gate_stats st;
@@ -322,9 +353,10 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
     if (grp->persist_top) {
         ret = grp->persist_top(grp->persist_arg, i, parent_path);
         if (ret < 0)
-            return hv_err_set(err, ret, "disk c%d-s%d: merged into %s, but recording the new "
-                              "top failed; %s.merged tells the next start", d->controller,
-                              d->slot, parent_path, child_path);
+            return hv_err_set(err, ret,
+                              "disk c%d-s%d: merged into %s, but recording the new "
+                              "top failed; %s.merged tells the next start",
+                              d->controller, d->slot, parent_path, child_path);
     }
     unlink(child_path);
     char marker[PATH_MAX + 16];
@@ -333,8 +365,7 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
     return 0;
 }
 
-int snap_checkpoint_recover(const char *top_path, char *real_top, size_t cap,
-                            struct hv_err *err)
+int snap_checkpoint_recover(const char *top_path, char *real_top, size_t cap, struct hv_err *err)
 {
     char marker[PATH_MAX + 16];
     snprintf(marker, sizeof(marker), "%s.merged", top_path);
@@ -350,8 +381,8 @@ int snap_checkpoint_recover(const char *top_path, char *real_top, size_t cap,
     fclose(f);
     buf[n] = 0;
     if (n == 0 || access(buf, F_OK) < 0)
-        return hv_err_set(err, -EINVAL, "%s: names a parent that does not exist ('%s')",
-                          marker, buf);
+        return hv_err_set(err, -EINVAL, "%s: names a parent that does not exist ('%s')", marker,
+                          buf);
     snprintf(real_top, cap, "%s", buf);
     unlink(top_path);
     unlink(marker);
@@ -412,8 +443,10 @@ int snap_checkpoint_apply(const char *top_path, const char *checkpoint_path, cha
         depth++;
     }
     if (depth == 0)
-        return hv_err_set(err, -EINVAL, "%s: is the top itself: it has no child to discard "
-                          "(take a checkpoint first)", checkpoint_path);
+        return hv_err_set(err, -EINVAL,
+                          "%s: is the top itself: it has no child to discard "
+                          "(take a checkpoint first)",
+                          checkpoint_path);
     /* The image right above the checkpoint keeps its name for the new child,
      * so whatever refers to the disk by that path finds the reverted disk. */
     char keep[PATH_MAX];
@@ -421,8 +454,7 @@ int snap_checkpoint_apply(const char *top_path, const char *checkpoint_path, cha
     for (int k = 0; k < depth; k++)
         if (unlink(chain[k]) < 0 && errno != ENOENT)
             return hv_err_errno(err, chain[k], "remove");
-    struct vhd_create_options co = { .type = VHD_TYPE_DIFFERENCING,
-                                     .parent_path = checkpoint_path };
+    struct vhd_create_options co = {.type = VHD_TYPE_DIFFERENCING, .parent_path = checkpoint_path};
     int ret = vhd_create(keep, &co, err);
     if (ret < 0)
         return ret;

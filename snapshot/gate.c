@@ -200,8 +200,7 @@ void snap_gate_destroy(struct snap_gate *g)
     free(g);
 }
 
-int snap_gate_wrap(struct snap_gate *g, struct bdev *inner, struct bdev **out,
-                   struct hv_err *err)
+int snap_gate_wrap(struct snap_gate *g, struct bdev *inner, struct bdev **out, struct hv_err *err)
 {
     struct gate_disk *d = calloc(1, sizeof(*d));
     if (!d)
@@ -333,8 +332,7 @@ static const struct bdev_ops top_ops = {
  * needs more is refused. */
 #define TOP_CTX_RESERVE (16u * 1024)
 
-int snap_top_wrap(struct bdev *inner, struct bdev **out, struct snap_top **top,
-                  struct hv_err *err)
+int snap_top_wrap(struct bdev *inner, struct bdev **out, struct snap_top **top, struct hv_err *err)
 {
     struct snap_top *t = calloc(1, sizeof(*t));
     if (!t)

@@ -33,8 +33,8 @@ struct snap_agent {
     struct snap_agent_info info;
 };
 
-int snap_agent_parse_spec(const char *spec, enum snap_agent_kind *kind, char *path,
-                          size_t cap, struct hv_err *err)
+int snap_agent_parse_spec(const char *spec, enum snap_agent_kind *kind, char *path, size_t cap,
+                          struct hv_err *err)
 {
     const char *rest;
     if (strncmp(spec, "hvstor-vss:", 11) == 0) {
@@ -48,8 +48,7 @@ int snap_agent_parse_spec(const char *spec, enum snap_agent_kind *kind, char *pa
                           spec);
     }
     if (!*rest || strlen(rest) >= HV_MIN(cap, sizeof(((struct sockaddr_un *)0)->sun_path)))
-        return hv_err_set(err, -EINVAL, "agent '%s': the socket path is empty or too long",
-                          spec);
+        return hv_err_set(err, -EINVAL, "agent '%s': the socket path is empty or too long", spec);
     snprintf(path, cap, "%s", rest);
     return 0;
 }
@@ -65,7 +64,7 @@ static int wait_fd(int fd, short events, uint64_t deadline)
         uint64_t now = hv_now_ns();
         if (now >= deadline)
             return -ETIMEDOUT;
-        struct pollfd p = { .fd = fd, .events = events };
+        struct pollfd p = {.fd = fd, .events = events};
         int n = poll(&p, 1, (int)HV_DIV_ROUND_UP(deadline - now, 1000000ull));
         if (n < 0 && errno == EINTR)
             continue;
@@ -104,8 +103,10 @@ static int recv_line(struct snap_agent *a, const char **line, size_t *len, uint6
         bool is_overlong = false;
         if (vss_linebuf_next(&a->lb, line, len, &is_overlong) == 1) {
             if (is_overlong)
-                return hv_err_set(err, -EMSGSIZE, "agent %s: sent a line longer than %d "
-                                  "bytes", a->path, VSS_MAX_LINE_BYTES);
+                return hv_err_set(err, -EMSGSIZE,
+                                  "agent %s: sent a line longer than %d "
+                                  "bytes",
+                                  a->path, VSS_MAX_LINE_BYTES);
             return 0;
         }
         int ret = wait_fd(a->fd, POLLIN, deadline);
@@ -154,8 +155,7 @@ static int vss_call(struct snap_agent *a, struct vss_request *req, struct vss_re
     req->id = a->next_id++;
     int ret = vss_request_encode(req, &line, &len);
     if (ret < 0)
-        return hv_err_set(err, ret, "agent %s: cannot encode %s", a->path,
-                          vss_cmd_name(req->cmd));
+        return hv_err_set(err, ret, "agent %s: cannot encode %s", a->path, vss_cmd_name(req->cmd));
     uint64_t deadline = deadline_after(timeout_ms);
     ret = send_all(a, line, len, deadline, err);
     free(line);
@@ -167,13 +167,13 @@ static int vss_call(struct snap_agent *a, struct vss_request *req, struct vss_re
         ret = recv_line(a, &l, &n, deadline, err);
         if (ret < 0)
             return ret;
-        struct hv_err derr = { 0 };
+        struct hv_err derr = {0};
         vss_reply_clear(rep);
         if (vss_reply_decode(l, n, rep, &derr) < 0)
             return hv_err_set(err, -EPROTO, "agent %s: malformed reply to %s: %s", a->path,
                               vss_cmd_name(req->cmd), hv_err_msg(&derr, -EPROTO));
         if (!rep->has_id || rep->id != req->id)
-            continue;                   /* an answer to an earlier, timed-out request */
+            continue; /* an answer to an earlier, timed-out request */
         if (!rep->is_ok)
             return hv_err_set(err, map_vss_error(rep->error), "agent %s: %s failed: %s: %s",
                               a->path, vss_cmd_name(req->cmd), vss_error_name(rep->error),
@@ -185,7 +185,7 @@ static int vss_call(struct snap_agent *a, struct vss_request *req, struct vss_re
 static int vss_simple(struct snap_agent *a, enum vss_cmd cmd, uint32_t thaw_ms,
                       uint32_t timeout_ms, struct hv_err *err)
 {
-    struct vss_request req = { .cmd = cmd, .thaw_timeout_ms = thaw_ms };
+    struct vss_request req = {.cmd = cmd, .thaw_timeout_ms = thaw_ms};
     struct vss_reply rep;
     vss_reply_init(&rep);
     int ret = vss_call(a, &req, &rep, timeout_ms, err);
@@ -197,14 +197,16 @@ static int vss_simple(struct snap_agent *a, enum vss_cmd cmd, uint32_t thaw_ms,
 
 static int vss_hello(struct snap_agent *a, struct hv_err *err)
 {
-    struct vss_request req = { .cmd = VSS_CMD_HELLO, .versions_mask = 1u << 1 };
+    struct vss_request req = {.cmd = VSS_CMD_HELLO, .versions_mask = 1u << 1};
     snprintf(req.requestor, sizeof(req.requestor), "hvstord snapshot");
     struct vss_reply rep;
     vss_reply_init(&rep);
     int ret = vss_call(a, &req, &rep, a->timeout_ms, err);
     if (ret == 0 && rep.version != VSS_PROTOCOL_VERSION)
-        ret = hv_err_set(err, -EPROTONOSUPPORT, "agent %s: speaks protocol version %u, we "
-                         "speak %u", a->path, rep.version, VSS_PROTOCOL_VERSION);
+        ret = hv_err_set(err, -EPROTONOSUPPORT,
+                         "agent %s: speaks protocol version %u, we "
+                         "speak %u",
+                         a->path, rep.version, VSS_PROTOCOL_VERSION);
     if (ret == 0) {
         snprintf(a->info.name, sizeof(a->info.name), "%s", rep.agent);
         a->info.version = rep.version;
@@ -250,7 +252,8 @@ int snap_qga_decode(const char *line, size_t len, long long *ret_int, json_t **r
         rc = hv_err_set(err, -EPROTO, "qemu-ga: %s: %.300s", cls ? cls : "error",
                         desc ? desc : "(no description)");
     } else {
-        rc = hv_err_set(err, -EINVAL, "qemu-ga reply has neither a return value nor an "
+        rc = hv_err_set(err, -EINVAL,
+                        "qemu-ga reply has neither a return value nor an "
                         "error object");
     }
     json_decref(obj);
@@ -285,7 +288,7 @@ static int qga_call(struct snap_agent *a, const char *cmd, json_t *args, uint32_
     ret_code = recv_line(a, &l, &n, deadline, err);
     if (ret_code < 0)
         return ret_code;
-    struct hv_err derr = { 0 };
+    struct hv_err derr = {0};
     ret_code = snap_qga_decode(l, n, ret_int, ret, &derr);
     if (ret_code < 0)
         return hv_err_set(err, ret_code, "agent %s: %s: %s", a->path, cmd,
@@ -299,8 +302,10 @@ static int qga_sync(struct snap_agent *a, struct hv_err *err)
 {
     long long id = (long long)(a->next_id++ & 0x7fffffff);
     char line[128];
-    int len = snprintf(line, sizeof(line), "\xff{\"execute\":\"guest-sync-delimited\","
-                       "\"arguments\":{\"id\":%lld}}\n", id);
+    int len = snprintf(line, sizeof(line),
+                       "\xff{\"execute\":\"guest-sync-delimited\","
+                       "\"arguments\":{\"id\":%lld}}\n",
+                       id);
     uint64_t deadline = deadline_after(a->timeout_ms);
     int ret = send_all(a, line, (size_t)len, deadline, err);
     if (ret < 0)
@@ -312,7 +317,7 @@ static int qga_sync(struct snap_agent *a, struct hv_err *err)
         if (ret < 0)
             return ret;
         long long got = -1;
-        struct hv_err derr = { 0 };
+        struct hv_err derr = {0};
         if (snap_qga_decode(l, n, &got, NULL, &derr) == 0 && got == id)
             return 0;
     }
@@ -343,7 +348,7 @@ static int qga_hello(struct snap_agent *a, struct hv_err *err)
 int snap_agent_open(enum snap_agent_kind kind, const char *socket_path, uint32_t timeout_ms,
                     struct snap_agent **out, struct hv_err *err)
 {
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(socket_path) >= sizeof(sa.sun_path))
         return hv_err_set(err, -ENAMETOOLONG, "agent %s: socket path too long", socket_path);
     struct snap_agent *a = calloc(1, sizeof(*a));
@@ -353,8 +358,8 @@ int snap_agent_open(enum snap_agent_kind kind, const char *socket_path, uint32_t
     a->timeout_ms = timeout_ms ? timeout_ms : 5000;
     a->next_id = 1;
     snprintf(a->path, sizeof(a->path), "%s", socket_path);
-    int ret = vss_linebuf_init(&a->lb, kind == SNAP_AGENT_QEMU_GA ? QGA_MAX_LINE
-                                                                   : VSS_MAX_LINE_BYTES);
+    int ret =
+        vss_linebuf_init(&a->lb, kind == SNAP_AGENT_QEMU_GA ? QGA_MAX_LINE : VSS_MAX_LINE_BYTES);
     if (ret < 0) {
         free(a);
         return hv_err_set(err, ret, "agent %s: out of memory", socket_path);
@@ -409,7 +414,7 @@ int snap_agent_info(struct snap_agent *a, struct snap_agent_info *info, struct h
 int snap_agent_prepare(struct snap_agent *a, struct hv_err *err)
 {
     if (a->kind == SNAP_AGENT_QEMU_GA)
-        return 0;                       /* qemu-ga has no writers to prepare */
+        return 0; /* qemu-ga has no writers to prepare */
     /* Writers may take their whole time limit: allow it. */
     return vss_simple(a, VSS_CMD_PREPARE, 0, a->timeout_ms + 30000, err);
 }
@@ -418,8 +423,7 @@ int snap_agent_freeze(struct snap_agent *a, uint32_t thaw_timeout_ms, struct hv_
 {
     if (a->kind == SNAP_AGENT_QEMU_GA) {
         long long n = -1;
-        int ret = qga_call(a, "guest-fsfreeze-freeze", NULL, a->timeout_ms + 30000, &n, NULL,
-                           err);
+        int ret = qga_call(a, "guest-fsfreeze-freeze", NULL, a->timeout_ms + 30000, &n, NULL, err);
         if (ret == 0)
             a->info.is_frozen = true;
         return ret;
@@ -445,8 +449,8 @@ int snap_agent_abort(struct snap_agent *a, struct hv_err *err)
         /* Nothing frozen is not an error for an abort. */
         json_t *st = NULL;
         int ret = qga_call(a, "guest-fsfreeze-status", NULL, a->timeout_ms, NULL, &st, err);
-        bool is_frozen = ret == 0 && json_is_string(st) &&
-                         !strcmp(json_string_value(st), "frozen");
+        bool is_frozen =
+            ret == 0 && json_is_string(st) && !strcmp(json_string_value(st), "frozen");
         json_decref(st);
         if (ret < 0 || !is_frozen)
             return ret;

@@ -48,18 +48,17 @@ int snap_gate_create(struct hv_reactor *r, struct snap_gate **out);
 /* Every wrapped disk must be closed. */
 void snap_gate_destroy(struct snap_gate *g);
 /* A filter bdev over `inner` (which it owns) that obeys the gate. */
-int snap_gate_wrap(struct snap_gate *g, struct bdev *inner, struct bdev **out,
-                   struct hv_err *err);
+int snap_gate_wrap(struct snap_gate *g, struct bdev *inner, struct bdev **out, struct hv_err *err);
 /* -EBUSY when a hold is already running. `drained` runs from the reactor. */
 int snap_gate_hold(struct snap_gate *g, snap_done_fn drained, void *arg);
 void snap_gate_release(struct snap_gate *g);
 bool snap_gate_is_held(const struct snap_gate *g);
 
 struct snap_gate_stats {
-    uint64_t last_drain_ns;           /* hold() until nothing in flight */
-    uint64_t last_hold_ns;            /* hold() until release(): what the guest waited */
-    uint64_t held_requests;           /* requests queued during the last hold */
-    uint64_t passed_during_hold;      /* requests that went down while held: always 0 */
+    uint64_t last_drain_ns;      /* hold() until nothing in flight */
+    uint64_t last_hold_ns;       /* hold() until release(): what the guest waited */
+    uint64_t held_requests;      /* requests queued during the last hold */
+    uint64_t passed_during_hold; /* requests that went down while held: always 0 */
     uint64_t holds;
 };
 void snap_gate_get_stats(const struct snap_gate *g, struct snap_gate_stats *st);
@@ -88,8 +87,8 @@ uint64_t snap_cbt_chunks(const struct snap_cbt *cbt);
 /* Hand over the current bitmap (malloc'ed, chunks bits, LSB first) and start
  * a fresh one: called inside a gate hold, so that the cut is exact. After a
  * take the tracker is reliable from here on. -ENOMEM leaves it unchanged. */
-int snap_cbt_take(struct snap_cbt *cbt, uint8_t **bits, bool *was_reliable,
-                  char *why, size_t why_cap);
+int snap_cbt_take(struct snap_cbt *cbt, uint8_t **bits, bool *was_reliable, char *why,
+                  size_t why_cap);
 /* Put taken bits back (OR) and, when they were not reliable, the reason
  * too: a backup that failed, or a mere checkpoint, must not lose them. */
 void snap_cbt_merge_back(struct snap_cbt *cbt, const uint8_t *bits, bool was_reliable,
@@ -119,8 +118,7 @@ void snap_cbw_stop(struct snap_cbw *cbw);
 /* Read chunk `index` as it was at start() into `buf` (chunk_bytes, aligned;
  * the last chunk may be shorter). Completes through `done` from the reactor.
  * Each chunk is read at most once per start(). */
-int snap_cbw_read(struct snap_cbw *cbw, uint64_t index, void *buf, snap_done_fn done,
-                  void *arg);
+int snap_cbw_read(struct snap_cbw *cbw, uint64_t index, void *buf, snap_done_fn done, void *arg);
 uint64_t snap_cbw_chunks(const struct snap_cbw *cbw);
 uint32_t snap_cbw_chunk_bytes(const struct snap_cbw *cbw);
 /* Chunks saved because the guest wrote them first (statistics). */
@@ -151,16 +149,16 @@ enum snap_agent_kind { SNAP_AGENT_HVSTOR_VSS, SNAP_AGENT_QEMU_GA };
 
 struct snap_agent;
 struct snap_agent_info {
-    char name[64];                    /* "hvstor-vss 0.1.0", "qemu-ga 7.2.0" */
-    uint32_t version;                 /* protocol version (hvstor-vss) */
-    uint32_t thaw_timeout_ms;         /* agent's auto-thaw limit, 0 if unknown */
-    unsigned filesystems;             /* what a freeze would cover, if known */
+    char name[64];            /* "hvstor-vss 0.1.0", "qemu-ga 7.2.0" */
+    uint32_t version;         /* protocol version (hvstor-vss) */
+    uint32_t thaw_timeout_ms; /* agent's auto-thaw limit, 0 if unknown */
+    unsigned filesystems;     /* what a freeze would cover, if known */
     bool is_frozen;
 };
 
 /* "hvstor-vss:PATH" or "qemu-ga:PATH" (as hvctl takes it). */
-int snap_agent_parse_spec(const char *spec, enum snap_agent_kind *kind, char *path,
-                          size_t cap, struct hv_err *err);
+int snap_agent_parse_spec(const char *spec, enum snap_agent_kind *kind, char *path, size_t cap,
+                          struct hv_err *err);
 /* Connect and say hello (version check) / guest-sync. */
 int snap_agent_open(enum snap_agent_kind kind, const char *socket_path, uint32_t timeout_ms,
                     struct snap_agent **out, struct hv_err *err);
@@ -187,13 +185,13 @@ int snap_qga_decode(const char *line, size_t len, long long *ret_int, json_t **r
 
 /* One disk of a consistency group, as hv/ sets it up. */
 struct snap_disk {
-    int controller;                   /* for names and the manifest: c<N>-s<M> */
+    int controller; /* for names and the manifest: c<N>-s<M> */
     int slot;
-    struct bdev *top_bdev;            /* the snap_top filter's bdev */
-    struct snap_top *top;             /* NULL for a raw/pass-through disk */
-    struct snap_cbt *cbt;             /* may be NULL (no incremental backups) */
-    struct snap_cbw *cbw;             /* raw disks that can be backed up */
-    char vhd_path[4096];              /* top image of the chain now ("" for raw) */
+    struct bdev *top_bdev; /* the snap_top filter's bdev */
+    struct snap_top *top;  /* NULL for a raw/pass-through disk */
+    struct snap_cbt *cbt;  /* may be NULL (no incremental backups) */
+    struct snap_cbw *cbw;  /* raw disks that can be backed up */
+    char vhd_path[4096];   /* top image of the chain now ("" for raw) */
 };
 
 enum snap_consistency { SNAP_CRASH, SNAP_APP };
@@ -212,27 +210,27 @@ struct snap_group {
     struct snap_gate *gate;
     struct snap_disk *disks;
     int disk_count;
-    struct snap_agent *agent;         /* NULL: crash-consistent */
-    uint32_t thaw_timeout_ms;         /* asked of the agent; 0: 10000 */
+    struct snap_agent *agent; /* NULL: crash-consistent */
+    uint32_t thaw_timeout_ms; /* asked of the agent; 0: 10000 */
 };
 
 struct snap_checkpoint_disk {
-    char child_path[4096];            /* the new top ("" for raw disks) */
-    char parent_path[4096];           /* the checkpoint image (the old top) */
-    uint8_t *cbt_bits;                /* taken at the cut (NULL without cbt) */
+    char child_path[4096];  /* the new top ("" for raw disks) */
+    char parent_path[4096]; /* the checkpoint image (the old top) */
+    uint8_t *cbt_bits;      /* taken at the cut (NULL without cbt) */
     bool cbt_reliable;
     char cbt_why[256];
 };
 
 struct snap_checkpoint_result {
     enum snap_consistency consistency;
-    char why[512];                    /* why not app-consistent, or "" */
-    uint64_t hold_ns;                 /* guest I/O held (gate hold .. release) */
+    char why[512];    /* why not app-consistent, or "" */
+    uint64_t hold_ns; /* guest I/O held (gate hold .. release) */
     uint64_t drain_ns;
-    uint64_t frozen_ns;               /* agent freeze until thaw returned */
-    time_t created;                   /* wall clock at the cut */
+    uint64_t frozen_ns; /* agent freeze until thaw returned */
+    time_t created;     /* wall clock at the cut */
     int disk_count;
-    struct snap_checkpoint_disk *disks;   /* one per group disk, same order */
+    struct snap_checkpoint_disk *disks; /* one per group disk, same order */
 };
 
 /*
@@ -257,16 +255,14 @@ void snap_checkpoint_result_free(struct snap_checkpoint_result *res);
  * reads the same whatever was copied; the switch is recorded in
  * `<child>.merged` before I/O resumes. Runs the reactor.
  */
-int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns,
-                          struct hv_err *err);
+int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, struct hv_err *err);
 
 /*
  * After a crash during snap_checkpoint_merge: given the chain top the
  * caller had persisted, say which image is the top now (the parent when
  * `<top>.merged` exists: the child is then removed). Offline.
  */
-int snap_checkpoint_recover(const char *top_path, char *real_top, size_t cap,
-                            struct hv_err *err);
+int snap_checkpoint_recover(const char *top_path, char *real_top, size_t cap, struct hv_err *err);
 
 /* Revert a disk (offline): discard everything written since the checkpoint
  * whose image is `checkpoint_path` by removing the images above it in the
@@ -279,25 +275,25 @@ int snap_checkpoint_apply(const char *top_path, const char *checkpoint_path, cha
 /* ============================================================== backups */
 
 struct snap_backup_options {
-    const char *dir;                  /* destination */
+    const char *dir; /* destination */
     const char *vm_name;
-    bool is_incremental;              /* parent = the newest backup in dir */
+    bool is_incremental; /* parent = the newest backup in dir */
     bool want_app;
     bool show_progress;
-    uint64_t max_bytes_per_second;    /* read rate limit, 0 = none (guest latency vs speed) */
+    uint64_t max_bytes_per_second; /* read rate limit, 0 = none (guest latency vs speed) */
 };
 
 struct snap_backup_result {
-    bool is_incremental;              /* false when an incremental fell back to full */
+    bool is_incremental; /* false when an incremental fell back to full */
     char why_full[256];
     enum snap_consistency consistency;
     char why_crash[512];
     uint64_t hold_ns;
-    uint64_t bytes_read;              /* from the point-in-time chain */
-    uint64_t bytes_written;           /* data into the backup files */
-    uint64_t bytes_changed;           /* CBT chunks marked, in bytes */
+    uint64_t bytes_read;    /* from the point-in-time chain */
+    uint64_t bytes_written; /* data into the backup files */
+    uint64_t bytes_changed; /* CBT chunks marked, in bytes */
     char manifest[4096];
-    int sequence;                     /* 0 = full, 1.. = incrementals */
+    int sequence; /* 0 = full, 1.. = incrementals */
 };
 
 /*
@@ -318,7 +314,6 @@ int snap_backup_verify(const char *dir, json_t **report, struct hv_err *err);
 
 /* Write one flattened VHD per disk (`c<N>-s<M>.vhd`) of backup `sequence`
  * (-1: the newest) into `to_dir`. */
-int snap_backup_restore(const char *dir, int sequence, const char *to_dir,
-                        struct hv_err *err);
+int snap_backup_restore(const char *dir, int sequence, const char *to_dir, struct hv_err *err);
 
 #endif /* HVSTOR_SNAPSHOT_H */

@@ -55,8 +55,8 @@ struct live;
 struct live_io {
     struct bdev_io *outer;
     struct live *v;
-    struct live_io *next;           /* wait lists (growth, flush) */
-    uint64_t cursor;                /* bytes of the request done */
+    struct live_io *next; /* wait lists (growth, flush) */
+    uint64_t cursor;      /* bytes of the request done */
     uint64_t step_len;
     uint32_t step_block;
     uint32_t step_sector;
@@ -75,23 +75,23 @@ struct live {
     struct bdev *parent;
     struct hv_aio *aio;
     char path[4096];
-    int fd;                         /* O_DIRECT when possible */
+    int fd; /* O_DIRECT when possible */
     int fd_buffered;
     struct vhd_meta meta;
     uint32_t block_bytes;
     uint32_t bitmap_bytes;
     uint32_t entries;
-    uint8_t *bitmaps;               /* entries * bitmap_bytes, MAP_NORESERVE */
+    uint8_t *bitmaps; /* entries * bitmap_bytes, MAP_NORESERVE */
     size_t bitmaps_len;
-    uint8_t *merge_dirty;           /* per block: written since the last merge pass */
-    uint8_t *merge_bits;            /* per sector, same layout as bitmaps: written since */
-    uint8_t *is_dirty;              /* per block: bitmap must go to disk */
+    uint8_t *merge_dirty; /* per block: written since the last merge pass */
+    uint8_t *merge_bits;  /* per sector, same layout as bitmaps: written since */
+    uint8_t *is_dirty;    /* per block: bitmap must go to disk */
     uint32_t *dirty;
     uint32_t dirty_count;
     uint8_t *bat_chunk_dirty;
     uint32_t bat_chunks;
-    uint64_t next_alloc;            /* where the next block's prefix starts */
-    uint64_t file_end;              /* where the durable footer is */
+    uint64_t next_alloc; /* where the next block's prefix starts */
+    uint64_t file_end;   /* where the durable footer is */
     uint8_t *footer_buf;
     uint8_t *zero_buf;
 
@@ -104,14 +104,14 @@ struct live {
     struct live_io *ext_wait;
 
     /* flush rounds */
-    int flush_phase;                /* 0 idle, 1 data sync, 2 bitmaps, 3 sync, 4 BAT, 5 sync */
-    struct live_io *flush_now;      /* flushes this round completes */
+    int flush_phase;           /* 0 idle, 1 data sync, 2 bitmaps, 3 sync, 4 BAT, 5 sync */
+    struct live_io *flush_now; /* flushes this round completes */
     struct live_io *flush_next;
-    uint32_t *staged;               /* blocks of the round */
-    uint8_t *staging;               /* their bitmaps */
+    uint32_t *staged; /* blocks of the round */
+    uint8_t *staging; /* their bitmaps */
     uint32_t staged_count;
     uint32_t staging_cap;
-    uint8_t *bat_buf;               /* BAT as it goes to disk */
+    uint8_t *bat_buf; /* BAT as it goes to disk */
     uint8_t *bat_flushing;
     struct hv_aio_req *meta_reqs;
     struct iovec *meta_iovs;
@@ -119,7 +119,7 @@ struct live {
     int meta_pending;
     int flush_status;
     struct hv_aio_req sync_req;
-    struct bdev_io *parent_flush;   /* a guest flush also covers what the parent got */
+    struct bdev_io *parent_flush; /* a guest flush also covers what the parent got */
 
     unsigned inflight;
     uint64_t blocks_allocated;
@@ -264,8 +264,8 @@ static void child_done(struct hv_aio_req *req, long res)
          * and the next flush records it. */
         vhd_bitmap_set(bitmap_of(v, e->step_block), e->step_sector,
                        (uint32_t)(e->step_len / HV_SECTOR_BYTES));
-        vhd_bitmap_set(v->merge_bits + (size_t)e->step_block * v->bitmap_bytes,
-                       e->step_sector, (uint32_t)(e->step_len / HV_SECTOR_BYTES));
+        vhd_bitmap_set(v->merge_bits + (size_t)e->step_block * v->bitmap_bytes, e->step_sector,
+                       (uint32_t)(e->step_len / HV_SECTOR_BYTES));
         v->merge_dirty[e->step_block] = 1;
         if (!v->is_dirty[e->step_block]) {
             v->is_dirty[e->step_block] = 1;
@@ -305,8 +305,8 @@ static void step(struct live_io *e)
     if (io->type == BDEV_IO_BLOCK_STATUS) {
         uint32_t sectors = (uint32_t)(len / HV_SECTOR_BYTES);
         bool in_child = is_allocated && vhd_bitmap_test(bitmap_of(v, block), sector);
-        uint32_t run = is_allocated ? vhd_bitmap_run(bitmap_of(v, block), sector,
-                                                     sector + sectors) : sectors;
+        uint32_t run =
+            is_allocated ? vhd_bitmap_run(bitmap_of(v, block), sector, sector + sectors) : sectors;
         if (in_child) {
             io->status = BDEV_STATUS_ALLOCATED;
             io->status_length = (uint64_t)run * HV_SECTOR_BYTES;
@@ -322,7 +322,7 @@ static void step(struct live_io *e)
         pio->length = (uint64_t)run * HV_SECTOR_BYTES;
         pio->done = parent_done;
         pio->cb_arg = e;
-        e->step_len = io->length;        /* one step: the answer is the parent's */
+        e->step_len = io->length; /* one step: the answer is the parent's */
         e->to_parent = true;
         int ret = bdev_submit(v->parent, pio);
         if (ret < 0) {
@@ -399,7 +399,7 @@ static void step(struct live_io *e)
     if (io->type == BDEV_IO_WRITE) {
         n = hv_iov_slice(io->iov, io->iovcnt, e->cursor, len, e->iov, LIVE_IOV_MAX);
         if (n < 0) {
-            len = HV_SECTOR_BYTES;      /* pathological iovec: a sector at a time */
+            len = HV_SECTOR_BYTES; /* pathological iovec: a sector at a time */
             n = hv_iov_slice(io->iov, io->iovcnt, e->cursor, len, e->iov, LIVE_IOV_MAX);
         }
         if (n < 0) {
@@ -490,7 +490,7 @@ static void flush_advance(struct live *v)
         return;
     }
     switch (v->flush_phase) {
-    case 1:                                 /* data durable: write the bitmaps */
+    case 1: /* data durable: write the bitmaps */
         v->flush_phase = 2;
         if (v->staged_count == 0) {
             v->flush_phase = 4;
@@ -514,15 +514,14 @@ static void flush_advance(struct live *v)
         flush_issue_sync(v);
         return;
     case 3:
-    case 4: {                               /* bitmaps durable: the BAT */
+    case 4: { /* bitmaps durable: the BAT */
         v->flush_phase = 5;
         uint32_t n = 0;
         for (uint32_t c = 0; c < v->bat_chunks; c++) {
             if (!v->bat_flushing[c])
                 continue;
             uint64_t from = (uint64_t)c * LIVE_BAT_CHUNK;
-            uint64_t bytes = HV_MIN((uint64_t)LIVE_BAT_CHUNK,
-                                    vhd_bat_bytes(v->entries) - from);
+            uint64_t bytes = HV_MIN((uint64_t)LIVE_BAT_CHUNK, vhd_bat_bytes(v->entries) - from);
             v->meta_iovs[n].iov_base = v->bat_buf + from;
             v->meta_iovs[n].iov_len = bytes;
             v->meta_reqs[n].done = flush_meta_done;
@@ -738,10 +737,12 @@ int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *par
         ret = hv_err_errno(err, path, "open");
         goto fail;
     }
-    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
     if (fcntl(v->fd_buffered, F_OFD_SETLK, &fl) < 0) {
-        ret = hv_err_set(err, -EBUSY, "%s: in use: another open of this image holds a lock "
-                         "on it", path);
+        ret = hv_err_set(err, -EBUSY,
+                         "%s: in use: another open of this image holds a lock "
+                         "on it",
+                         path);
         goto fail;
     }
     v->fd = open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
@@ -751,28 +752,35 @@ int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *par
     if (ret < 0)
         goto fail;
     if (v->meta.footer.disk_type != VHD_TYPE_DIFFERENCING) {
-        ret = hv_err_set(err, -EINVAL, "%s: footer: a live child must be a differencing "
-                         "image", path);
+        ret = hv_err_set(err, -EINVAL,
+                         "%s: footer: a live child must be a differencing "
+                         "image",
+                         path);
         goto fail;
     }
     if (v->meta.footer.current_size != parent->size_bytes) {
-        ret = hv_err_set(err, -EINVAL, "%s: footer: size %" PRIu64 " differs from the open "
-                         "parent %s (%" PRIu64 " bytes)", path, v->meta.footer.current_size,
-                         parent->name, parent->size_bytes);
+        ret = hv_err_set(err, -EINVAL,
+                         "%s: footer: size %" PRIu64 " differs from the open "
+                         "parent %s (%" PRIu64 " bytes)",
+                         path, v->meta.footer.current_size, parent->name, parent->size_bytes);
         goto fail;
     }
     if (!hv_uuid_is_nil(parent->uuid) &&
         memcmp(v->meta.header.parent_uuid, parent->uuid, 16) != 0) {
-        ret = hv_err_set(err, -EINVAL, "%s: dynamic header: parent unique id does not match "
-                         "the open chain %s", path, parent->name);
+        ret = hv_err_set(err, -EINVAL,
+                         "%s: dynamic header: parent unique id does not match "
+                         "the open chain %s",
+                         path, parent->name);
         goto fail;
     }
     v->block_bytes = v->meta.header.block_bytes;
     v->bitmap_bytes = vhd_bitmap_bytes(v->block_bytes);
     v->entries = v->meta.header.max_table_entries;
     if (v->bitmap_bytes > LIVE_PREFIX) {
-        ret = hv_err_set(err, -EINVAL, "%s: dynamic header: block size %u is too large for "
-                         "a live child", path, v->block_bytes);
+        ret = hv_err_set(err, -EINVAL,
+                         "%s: dynamic header: block size %u is too large for "
+                         "a live child",
+                         path, v->block_bytes);
         goto fail;
     }
     v->bitmaps_len = HV_ALIGN_UP((size_t)v->entries * v->bitmap_bytes, 4096);
@@ -818,8 +826,7 @@ int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *par
         uint64_t at = (uint64_t)v->meta.bat[b] * HV_SECTOR_BYTES;
         ret = hv_pread_full(v->fd_buffered, bitmap_of(v, b), v->bitmap_bytes, at);
         if (ret < 0) {
-            ret = hv_err_set(err, ret, "%s: block %u bitmap: read: %s", path, b,
-                             strerror(-ret));
+            ret = hv_err_set(err, ret, "%s: block %u bitmap: read: %s", path, b, strerror(-ret));
             goto fail;
         }
         used_end = HV_MAX(used_end, at + v->bitmap_bytes + v->block_bytes);
@@ -882,8 +889,8 @@ struct bdev *vhd_live_child_parent(struct bdev *bd)
 struct merge_pass {
     struct live *v;
     bool is_first;
-    uint32_t next_block;            /* shared cursor: the next block to take */
-    int active;                     /* workers still running */
+    uint32_t next_block; /* shared cursor: the next block to take */
+    int active;          /* workers still running */
     int status;
     bool is_done;
     uint64_t copied_bytes;
@@ -902,7 +909,7 @@ struct merge_job {
     struct iovec iov;
     struct hv_aio_req req;
     struct bdev_io *pio;
-    uint8_t todo[LIVE_PREFIX];      /* sectors of the current block to copy */
+    uint8_t todo[LIVE_PREFIX]; /* sectors of the current block to copy */
 };
 
 static void merge_next(struct merge_job *j);
@@ -1006,13 +1013,12 @@ static void merge_next(struct merge_job *j)
     }
 }
 
-int vhd_live_merge_pass(struct bdev *bd, bool is_first, uint64_t *copied_bytes,
-                        struct hv_err *err)
+int vhd_live_merge_pass(struct bdev *bd, bool is_first, uint64_t *copied_bytes, struct hv_err *err)
 {
     struct live *v = hv_container_of(bd, struct live, bd);
     if (is_first)
         memset(v->merge_dirty, 1, v->entries);
-    struct merge_pass p = { .v = v, .is_first = is_first, .active = MERGE_WORKERS };
+    struct merge_pass p = {.v = v, .is_first = is_first, .active = MERGE_WORKERS};
     struct merge_job *jobs = calloc(MERGE_WORKERS, sizeof(*jobs));
     int ret = jobs ? 0 : -ENOMEM;
     for (int i = 0; ret == 0 && i < MERGE_WORKERS; i++) {

@@ -22,7 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t room;
         char *space = vss_linebuf_space(&lb, &room);
         size_t n = HV_MIN(room, size - at);
-        n = HV_MIN(n, (size_t)97);          /* odd pieces: lines split across reads */
+        n = HV_MIN(n, (size_t)97); /* odd pieces: lines split across reads */
         memcpy(space, data + at, n);
         vss_linebuf_commit(&lb, n);
         at += n;
@@ -32,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         while (vss_linebuf_next(&lb, &line, &len, &is_overlong) == 1) {
             if (is_overlong)
                 continue;
-            struct hv_err err = { 0 };
+            struct hv_err err = {0};
             long long v = 0;
             json_t *ret = NULL;
             int rc = snap_qga_decode(line, len, &v, &ret, &err);

@@ -75,7 +75,7 @@ static int open_agent(const char *spec, struct snap_agent **out, struct hv_err *
 
 static int cmd_agent(int argc, char **argv)
 {
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     struct snap_agent *a;
     int ret = open_agent(argv[2], &a, &err);
     if (ret < 0)
@@ -84,14 +84,14 @@ static int cmd_agent(int argc, char **argv)
     ret = snap_agent_info(a, &info, &err);
     if (ret < 0)
         return die("status", &err, ret);
-    json_t *out = json_pack("{s:s,s:i,s:i,s:b}", "name", info.name, "filesystems",
-                            (int)info.filesystems, "thaw_timeout_ms", (int)info.thaw_timeout_ms,
-                            "was_frozen", info.is_frozen);
+    json_t *out =
+        json_pack("{s:s,s:i,s:i,s:b}", "name", info.name, "filesystems", (int)info.filesystems,
+                  "thaw_timeout_ms", (int)info.thaw_timeout_ms, "was_frozen", info.is_frozen);
     if (!has_flag(argc, argv, "--info-only")) {
         ret = snap_agent_prepare(a, &err);
         if (ret == 0)
-            ret = snap_agent_freeze(a, (uint32_t)opt_u64(argc, argv, "--thaw-timeout-ms", 0),
-                                    &err);
+            ret =
+                snap_agent_freeze(a, (uint32_t)opt_u64(argc, argv, "--thaw-timeout-ms", 0), &err);
         json_object_set_new(out, "freeze", json_string(ret == 0 ? "ok" : hv_err_msg(&err, ret)));
         if (ret == 0) {
             snap_agent_info(a, &info, &err);
@@ -99,8 +99,7 @@ static int cmd_agent(int argc, char **argv)
             usleep((useconds_t)opt_u64(argc, argv, "--sleep-ms", 0) * 1000);
             hv_err_clear(&err);
             ret = snap_agent_thaw(a, &err);
-            json_object_set_new(out, "thaw", json_string(ret == 0 ? "ok"
-                                                         : hv_err_msg(&err, ret)));
+            json_object_set_new(out, "thaw", json_string(ret == 0 ? "ok" : hv_err_msg(&err, ret)));
             json_object_set_new(out, "thaw_errno", json_integer(-ret));
         }
     }
@@ -126,7 +125,7 @@ static double p99_ms(struct h_vm *vm)
 
 static int cmd_checkpoint(int argc, char **argv)
 {
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     struct h_vm vm;
     const char *dir = argv[2];
     int disks = (int)opt_u64(argc, argv, "--disks", 4);
@@ -160,12 +159,11 @@ static int cmd_checkpoint(int argc, char **argv)
         if (ret < 0)
             return die("merge", &err, ret);
         json_t *o = json_pack("{s:i,s:i,s:s,s:s,s:f,s:f,s:I,s:I,s:f}", "run", k, "disks", vm.n,
-                              "consistency", res.consistency == SNAP_APP ? "app" : "crash",
-                              "why", res.why, "hold_ms", res.hold_ns / 1e6, "drain_ms",
-                              res.drain_ns / 1e6, "held_requests",
-                              (json_int_t)st.held_requests, "writes_during",
-                              (json_int_t)(vm.writes - writes_before), "last_merge_hold_ms",
-                              merge_hold / 1e6);
+                              "consistency", res.consistency == SNAP_APP ? "app" : "crash", "why",
+                              res.why, "hold_ms", res.hold_ns / 1e6, "drain_ms",
+                              res.drain_ns / 1e6, "held_requests", (json_int_t)st.held_requests,
+                              "writes_during", (json_int_t)(vm.writes - writes_before),
+                              "last_merge_hold_ms", merge_hold / 1e6);
         char *line = json_dumps(o, JSON_COMPACT);
         printf("%s\n", line);
         fflush(stdout);
@@ -189,7 +187,7 @@ static void *killer(void *arg)
 
 static int cmd_backup(int argc, char **argv)
 {
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     struct h_vm vm;
     const char *dir = argv[2];
     const char *bdir = argv[3];
@@ -198,8 +196,7 @@ static int cmd_backup(int argc, char **argv)
     uint64_t size = opt_u64(argc, argv, "--size", 64 << 20);
     bool create = access(dir, F_OK) < 0 || has_flag(argc, argv, "--create");
     mkdir(dir, 0700);
-    int ret = h_open(&vm, dir, disks, (int)opt_u64(argc, argv, "--raw", 0), size, create,
-                     &err);
+    int ret = h_open(&vm, dir, disks, (int)opt_u64(argc, argv, "--raw", 0), size, create, &err);
     if (ret < 0)
         return die("open", &err, ret);
     const char *spec = opt_str(argc, argv, "--agent", NULL);
@@ -218,7 +215,7 @@ static int cmd_backup(int argc, char **argv)
     vm.write_span_bytes = opt_u64(argc, argv, "--span", 0);
     bool is_idle = has_flag(argc, argv, "--idle");
     if (is_idle)
-        vm.grp.on_cut = NULL;           /* no workload during the backup */
+        vm.grp.on_cut = NULL; /* no workload during the backup */
     uint64_t kill_ms = opt_u64(argc, argv, "--kill-after-ms", 0);
     for (int k = 0; k <= incrementals; k++) {
         /* Baseline latency: the same workload without a backup. */
@@ -239,12 +236,12 @@ static int cmd_backup(int argc, char **argv)
         }
         /* The workload continues through the cut (on_cut resets the record
          * of changed units, so `changed` is what this backup must read). */
-        struct snap_backup_options bo = { .dir = bdir, .vm_name = "demo",
-                                          .is_incremental = k > 0 || has_flag(argc, argv,
-                                                                              "--incremental"),
-                                          .want_app = true,
-                                          .max_bytes_per_second =
-                                              opt_u64(argc, argv, "--rate", 0) };
+        struct snap_backup_options bo = {.dir = bdir,
+                                         .vm_name = "demo",
+                                         .is_incremental =
+                                             k > 0 || has_flag(argc, argv, "--incremental"),
+                                         .want_app = true,
+                                         .max_bytes_per_second = opt_u64(argc, argv, "--rate", 0)};
         struct snap_backup_result res;
         char recovered[2048] = "";
         uint64_t t0 = hv_now_ns();
@@ -253,20 +250,17 @@ static int cmd_backup(int argc, char **argv)
         if (ret < 0)
             return die("backup", &err, ret);
         double dur_p99 = p99_ms(&vm);
-        json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:I,s:I,s:f,s:f,s:f,"
-                              "s:I,s:I}",
-                              "sequence", res.sequence, "type",
-                              res.is_incremental ? "incremental" : "full", "why_full",
-                              res.why_full, "consistency",
-                              res.consistency == SNAP_APP ? "app" : "crash", "why",
-                              res.why_crash, "recovered", recovered, "hold_ms",
-                              res.hold_ns / 1e6, "bytes_read", (json_int_t)res.bytes_read,
-                              "bytes_changed", (json_int_t)res.bytes_changed,
-                              "guest_changed_before_cut", (json_int_t)changed,
-                              "bytes_written", (json_int_t)res.bytes_written, "seconds",
-                              (t1 - t0) / 1e9, "p99_ms_during", dur_p99, "p99_ms_before",
-                              base_p99, "writes_during", (json_int_t)vm.lat_count,
-                              "writes_before_300ms", (json_int_t)base_writes);
+        json_t *o = json_pack(
+            "{s:i,s:s,s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:I,s:I,s:f,s:f,s:f,"
+            "s:I,s:I}",
+            "sequence", res.sequence, "type", res.is_incremental ? "incremental" : "full",
+            "why_full", res.why_full, "consistency", res.consistency == SNAP_APP ? "app" : "crash",
+            "why", res.why_crash, "recovered", recovered, "hold_ms", res.hold_ns / 1e6,
+            "bytes_read", (json_int_t)res.bytes_read, "bytes_changed",
+            (json_int_t)res.bytes_changed, "guest_changed_before_cut", (json_int_t)changed,
+            "bytes_written", (json_int_t)res.bytes_written, "seconds", (t1 - t0) / 1e9,
+            "p99_ms_during", dur_p99, "p99_ms_before", base_p99, "writes_during",
+            (json_int_t)vm.lat_count, "writes_before_300ms", (json_int_t)base_writes);
         char *line = json_dumps(o, JSON_COMPACT);
         printf("%s\n", line);
         fflush(stdout);
@@ -287,7 +281,7 @@ static int cmd_backup(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     if (argc < 3) {
         fprintf(stderr, "usage: snap-demo agent|checkpoint|backup|verify|restore ...\n");
         return 2;

@@ -37,17 +37,17 @@ struct h_vm {
     struct snap_gate *gate;
     int n;
     struct snap_disk disks[H_MAX_DISKS];
-    struct bdev *bd[H_MAX_DISKS];          /* what the guest uses (gate level) */
-    struct bdev *chain[H_MAX_DISKS];       /* the original chain (VHD disks) */
+    struct bdev *bd[H_MAX_DISKS];    /* what the guest uses (gate level) */
+    struct bdev *chain[H_MAX_DISKS]; /* the original chain (VHD disks) */
     char base[H_MAX_DISKS][4096];
     struct snap_group grp;
     struct h_writer w[H_MAX_DISKS][H_WRITERS];
     bool is_running;
     uint64_t writes;
     uint32_t write_bytes;
-    uint64_t write_span_bytes;             /* writers stay below this offset (0: all) */
-    uint8_t *changed[H_MAX_DISKS];         /* units written since reset */
-    uint64_t *lat_ns;                      /* write latencies, when recording */
+    uint64_t write_span_bytes;     /* writers stay below this offset (0: all) */
+    uint8_t *changed[H_MAX_DISKS]; /* units written since reset */
+    uint64_t *lat_ns;              /* write latencies, when recording */
     uint64_t lat_count, lat_cap;
     int status;
 };
@@ -73,8 +73,8 @@ static inline void h_writer_go(struct h_writer *w)
     struct h_vm *vm = w->vm;
     struct bdev *bd = vm->bd[w->disk];
     uint32_t len = vm->write_bytes;
-    uint64_t span = vm->write_span_bytes ? HV_MIN(vm->write_span_bytes, bd->size_bytes)
-                                         : bd->size_bytes;
+    uint64_t span =
+        vm->write_span_bytes ? HV_MIN(vm->write_span_bytes, bd->size_bytes) : bd->size_bytes;
     uint64_t slots = span / len;
     w->rng ^= w->rng << 13;
     w->rng ^= w->rng >> 7;
@@ -159,20 +159,19 @@ static inline int h_open(struct h_vm *vm, const char *dir, int nvhd, int nraw, u
         bool is_vhd = i < nvhd;
         d->controller = i / 2;
         d->slot = i % 2;
-        snprintf(vm->base[i], sizeof(vm->base[i]), "%s/disk%d.%s", dir, i,
-                 is_vhd ? "vhd" : "raw");
+        snprintf(vm->base[i], sizeof(vm->base[i]), "%s/disk%d.%s", dir, i, is_vhd ? "vhd" : "raw");
         char state[4200];
         snprintf(state, sizeof(state), "%s/disk%d.cbt", dir, i);
         struct bdev *low, *mid, *cbt_bd;
         if (is_vhd) {
             if (create) {
-                struct vhd_create_options co = { .type = VHD_TYPE_DYNAMIC, .size_bytes = size,
-                                                 .block_bytes = 512 * 1024 };
+                struct vhd_create_options co = {
+                    .type = VHD_TYPE_DYNAMIC, .size_bytes = size, .block_bytes = 512 * 1024};
                 ret = vhd_create(vm->base[i], &co, err);
                 if (ret < 0)
                     return ret;
             }
-            struct vhd_open_options oo = { 0 };
+            struct vhd_open_options oo = {0};
             ret = vhd_open(vm->r, vm->base[i], &oo, &low, err);
             if (ret < 0)
                 return ret;
@@ -182,7 +181,7 @@ static inline int h_open(struct h_vm *vm, const char *dir, int nvhd, int nraw, u
                 return ret;
             snprintf(d->vhd_path, sizeof(d->vhd_path), "%s", vm->base[i]);
         } else {
-            struct bdev_raw_options ro = { .create = create, .size_bytes = size };
+            struct bdev_raw_options ro = {.create = create, .size_bytes = size};
             ret = bdev_raw_open(vm->r, vm->base[i], &ro, &low, err);
             if (ret < 0)
                 return ret;

@@ -15,14 +15,14 @@
 static void compare_restore(const char *restore_dir, struct h_vm *vm, uint8_t **refs)
 {
     struct hv_reactor *r;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(hv_reactor_create(&r), 0);
     for (int i = 0; i < vm->n; i++) {
         char p[4200];
         snprintf(p, sizeof(p), "%s/c%d-s%d.vhd", restore_dir, vm->disks[i].controller,
                  vm->disks[i].slot);
         struct bdev *bd;
-        struct vhd_open_options oo = { .is_read_only = true };
+        struct vhd_open_options oo = {.is_read_only = true};
         assert_int_equal(vhd_open(r, p, &oo, &bd, &err), 0);
         assert_int_equal(bd->size_bytes, SIZE);
         uint8_t *buf = hv_alloc_aligned(SIZE);
@@ -38,7 +38,7 @@ static void test_full_then_three_incrementals_restore_exactly(void **state)
 {
     (void)state;
     struct h_vm vm;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     char dir[4096], bdir[4096];
     snprintf(dir, sizeof(dir), "%s/vm", t_tmpdir());
     snprintf(bdir, sizeof(bdir), "%s/backups", t_tmpdir());
@@ -64,8 +64,8 @@ static void test_full_then_three_incrementals_restore_exactly(void **state)
             assert_non_null(refs[i]);
             changed += h_changed_bytes(&vm, i);
         }
-        struct snap_backup_options bo = { .dir = bdir, .vm_name = "vm1",
-                                          .is_incremental = seq > 0, .want_app = true };
+        struct snap_backup_options bo = {
+            .dir = bdir, .vm_name = "vm1", .is_incremental = seq > 0, .want_app = true};
         struct snap_backup_result res;
         char recovered[1024];
         int rc = snap_backup_create(&vm.grp, &bo, &res, recovered, sizeof(recovered), &err);
@@ -77,10 +77,11 @@ static void test_full_then_three_incrementals_restore_exactly(void **state)
         assert_int_equal(res.consistency, SNAP_CRASH);
         assert_non_null(strstr(res.why_crash, "no guest agent"));
         print_message("backup #%d: %s%s%s, hold %.3f ms, read %llu, changed %llu (guest "
-                      "wrote %llu)\n", seq, res.is_incremental ? "incremental" : "full",
+                      "wrote %llu)\n",
+                      seq, res.is_incremental ? "incremental" : "full",
                       res.why_full[0] ? ": " : "", res.why_full, res.hold_ns / 1e6,
-                      (unsigned long long)res.bytes_read,
-                      (unsigned long long)res.bytes_changed, (unsigned long long)changed);
+                      (unsigned long long)res.bytes_read, (unsigned long long)res.bytes_changed,
+                      (unsigned long long)changed);
         if (seq == 0) {
             assert_false(res.is_incremental);
         } else if (seq == 1) {
@@ -121,13 +122,13 @@ static void test_full_then_three_incrementals_restore_exactly(void **state)
     char conv[4200], newest[4200];
     snprintf(newest, sizeof(newest), "%s/3-c0-s0.vhd", bdir);
     snprintf(conv, sizeof(conv), "%s/conv.vhd", t_tmpdir());
-    struct vhd_convert_options co = { 0 };
+    struct vhd_convert_options co = {0};
     assert_int_equal(vhd_convert(newest, conv, &co, &err), 0);
     char restored[4200];
     snprintf(restored, sizeof(restored), "%s/restore3/c0-s0.vhd", t_tmpdir());
     struct vhd_compare_result cr;
-    assert_int_equal(vhd_compare(conv, VHD_FORMAT_VHD, restored, VHD_FORMAT_VHD, true, &cr,
-                                 &err), 0);
+    assert_int_equal(vhd_compare(conv, VHD_FORMAT_VHD, restored, VHD_FORMAT_VHD, true, &cr, &err),
+                     0);
     assert_true(cr.is_same);
 
     /* A backup block changed behind the manifest's back is found by verify. */
@@ -136,7 +137,7 @@ static void test_full_then_three_incrementals_restore_exactly(void **state)
     {
         struct hv_reactor *r2;
         struct bdev *bd;
-        struct vhd_open_options oo = { 0 };
+        struct vhd_open_options oo = {0};
         assert_int_equal(hv_reactor_create(&r2), 0);
         assert_int_equal(vhd_open(r2, victim, &oo, &bd, &err), 0);
         uint8_t *junk = hv_alloc_aligned(4096);
@@ -152,7 +153,7 @@ static void test_full_then_three_incrementals_restore_exactly(void **state)
     json_decref(report);
 
     assert_int_equal(h_close(&vm), 0);
-    struct vhd_check_report rep = { 0 };
+    struct vhd_check_report rep = {0};
     for (int i = 0; i < 2; i++) {
         assert_int_equal(vhd_check(vm.base[i], &rep, &err), VHD_CHECK_CLEAN);
         vhd_check_report_free(&rep);
@@ -165,7 +166,7 @@ static void test_checkpoint_create_merge_and_apply(void **state)
 {
     (void)state;
     struct h_vm vm;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     char dir[4096];
     snprintf(dir, sizeof(dir), "%s/vm2", t_tmpdir());
     assert_int_equal(t_run(NULL, 0, "mkdir -p '%s'", dir), 0);
@@ -222,7 +223,7 @@ static void test_checkpoint_create_merge_and_apply(void **state)
     struct hv_reactor *r;
     assert_int_equal(hv_reactor_create(&r), 0);
     struct bdev *bd;
-    struct vhd_open_options oo = { .is_read_only = true };
+    struct vhd_open_options oo = {.is_read_only = true};
     uint8_t *buf = hv_alloc_aligned(SIZE);
     assert_int_equal(vhd_open(r, vm.base[0], &oo, &bd, &err), 0);
     assert_int_equal(bdev_read_sync(bd, 0, buf, SIZE), 0);
@@ -232,19 +233,18 @@ static void test_checkpoint_create_merge_and_apply(void **state)
     assert_int_equal(bdev_read_sync(bd, 0, buf, SIZE), 0);
     assert_memory_equal(buf, now1, SIZE);
     bdev_close(bd);
-    struct vhd_check_report rep = { 0 };
+    struct vhd_check_report rep = {0};
     assert_int_equal(vhd_check(child1, &rep, &err), VHD_CHECK_CLEAN);
     vhd_check_report_free(&rep);
     char new_top[4096];
-    assert_int_equal(snap_checkpoint_apply(child1, vm.base[1], new_top, sizeof(new_top), &err),
-                     0);
+    assert_int_equal(snap_checkpoint_apply(child1, vm.base[1], new_top, sizeof(new_top), &err), 0);
     assert_string_equal(new_top, child1);
     assert_int_equal(vhd_open(r, new_top, &oo, &bd, &err), 0);
     assert_int_equal(bdev_read_sync(bd, 0, buf, SIZE), 0);
     assert_memory_equal(buf, refs[1], SIZE);
     bdev_close(bd);
-    assert_int_equal(snap_checkpoint_apply(vm.base[2], vm.base[2], new_top, sizeof(new_top),
-                                           &err), -EINVAL);
+    assert_int_equal(snap_checkpoint_apply(vm.base[2], vm.base[2], new_top, sizeof(new_top), &err),
+                     -EINVAL);
     hv_reactor_destroy(r);
     free(buf);
     free(now0);

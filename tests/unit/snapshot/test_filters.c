@@ -18,9 +18,9 @@
 
 static struct bdev *open_raw(struct hv_reactor *r, const char *name, uint64_t size)
 {
-    struct bdev_raw_options o = { .create = true, .size_bytes = size };
+    struct bdev_raw_options o = {.create = true, .size_bytes = size};
     struct bdev *bd = NULL;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     unlink(t_path(name));
     assert_int_equal(bdev_raw_open(r, t_path(name), &o, &bd, &err), 0);
     return bd;
@@ -35,19 +35,19 @@ struct writer {
     uint8_t *buf;
     struct iovec iov;
     uint64_t next_gen;
-    uint64_t *last_gen;         /* per block, shared by the disk's writers */
+    uint64_t *last_gen; /* per block, shared by the disk's writers */
     uint64_t completed;
     uint64_t submitted;
     int disk;
     int index;
     bool is_stopping;
     bool is_idle;
-    const bool *gate_held;      /* a completion while held is a gate leak */
+    const bool *gate_held; /* a completion while held is a gate leak */
     uint64_t completed_while_held_submit;
     int status;
 };
 
-static uint64_t g_held_submit_gen;   /* completions that entered after hold began */
+static uint64_t g_held_submit_gen; /* completions that entered after hold began */
 static bool g_is_held;
 static uint64_t g_hold_started_count;
 
@@ -109,7 +109,7 @@ static void writer_go(struct writer *w)
 static void writers_init(struct writer *ws, int n, struct bdev *bd, int disk, uint64_t *last)
 {
     for (int i = 0; i < n; i++) {
-        ws[i] = (struct writer){ .bd = bd, .disk = disk, .index = i, .last_gen = last };
+        ws[i] = (struct writer){.bd = bd, .disk = disk, .index = i, .last_gen = last};
         ws[i].io = calloc(1, bdev_io_size(bd));
         ws[i].buf = hv_alloc_aligned(BLOCK);
         assert_non_null(ws[i].io);
@@ -168,7 +168,7 @@ static void test_gate_holds_every_disk_and_loses_nothing(void **state)
     (void)state;
     struct hv_reactor *r;
     struct snap_gate *g;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(hv_reactor_create(&r), 0);
     assert_int_equal(snap_gate_create(r, &g), 0);
     struct bdev *disks[2];
@@ -184,7 +184,7 @@ static void test_gate_holds_every_disk_and_loses_nothing(void **state)
             writer_go(&ws[d][i]);
     for (int round = 0; round < 5; round++) {
         run_for_ms(r, 20);
-        struct drain_wait dw = { .gate = g };
+        struct drain_wait dw = {.gate = g};
         uint64_t before = 0;
         for (int d = 0; d < 2; d++)
             for (int i = 0; i < WRITERS; i++)
@@ -246,7 +246,7 @@ static void test_top_switches_only_when_idle(void **state)
     (void)state;
     struct hv_reactor *r;
     struct snap_gate *g;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(hv_reactor_create(&r), 0);
     assert_int_equal(snap_gate_create(r, &g), 0);
     struct bdev *a = open_raw(r, "topa.raw", DISK_BYTES);
@@ -262,7 +262,7 @@ static void test_top_switches_only_when_idle(void **state)
         writer_go(&ws[i]);
     run_for_ms(r, 10);
     assert_int_equal(snap_top_switch(top, b), -EBUSY);
-    struct drain_wait dw = { .gate = g };
+    struct drain_wait dw = {.gate = g};
     assert_int_equal(snap_gate_hold(g, on_drained, &dw), 0);
     assert_int_equal(hv_reactor_run_until(r, &dw.is_drained), 0);
     assert_int_equal(snap_top_switch(top, b), 0);
@@ -292,7 +292,7 @@ static void test_cbt_tracks_persists_and_detects_unclean_stop(void **state)
 {
     (void)state;
     struct hv_reactor *r;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(hv_reactor_create(&r), 0);
     char st_path[4096];
     snprintf(st_path, sizeof(st_path), "%s", t_path("cbt.state"));
@@ -313,11 +313,11 @@ static void test_cbt_tracks_persists_and_detects_unclean_stop(void **state)
     assert_true(snap_cbt_is_reliable(cbt, NULL));
     uint8_t *buf = hv_alloc_aligned(8192);
     memset(buf, 0xab, 8192);
-    assert_int_equal(bdev_write_sync(bd, 64 * 1024 - 4096, buf, 8192, 0), 0);  /* chunks 0,1 */
+    assert_int_equal(bdev_write_sync(bd, 64 * 1024 - 4096, buf, 8192, 0), 0); /* chunks 0,1 */
     assert_int_equal(bdev_request_sync(bd, BDEV_IO_DISCARD, 5 * 64 * 1024, 4096, 0), 0);
     assert_int_equal(bdev_request_sync(bd, BDEV_IO_WRITE_ZEROES, 9 * 64 * 1024, 128 * 1024, 0),
-                     0);                                                  /* chunks 9,10 */
-    assert_int_equal(bdev_read_sync(bd, 20 * 64 * 1024, buf, 4096), 0);   /* no mark */
+                     0);                                                /* chunks 9,10 */
+    assert_int_equal(bdev_read_sync(bd, 20 * 64 * 1024, buf, 4096), 0); /* no mark */
     assert_int_equal(bdev_close(bd), 0);
 
     /* Clean restart: same bits, reliable. */
@@ -347,8 +347,11 @@ static void test_cbt_tracks_persists_and_detects_unclean_stop(void **state)
     assert_int_equal(bdev_close(bd), 0);
 
     /* A damaged file is not trusted either; a granularity change neither. */
-    assert_int_equal(t_run(NULL, 0, "printf 'garbage' | dd of='%s' bs=1 seek=50 conv=notrunc "
-                           "status=none", st_path), 0);
+    assert_int_equal(t_run(NULL, 0,
+                           "printf 'garbage' | dd of='%s' bs=1 seek=50 conv=notrunc "
+                           "status=none",
+                           st_path),
+                     0);
     raw = open_raw(r, "cbt.raw", DISK_BYTES);
     assert_int_equal(snap_cbt_wrap(raw, 64 * 1024, st_path, &bd, &cbt, &err), 0);
     assert_false(snap_cbt_is_reliable(cbt, &why));
@@ -359,7 +362,7 @@ static void test_cbt_tracks_persists_and_detects_unclean_stop(void **state)
     assert_false(snap_cbt_is_reliable(cbt, &why));
     assert_int_equal(snap_cbt_take(cbt, &bits, &was, NULL, 0), 0);
     free(bits);
-    assert_int_equal(bdev_close(bd), 0);   /* clean and reliable now */
+    assert_int_equal(bdev_close(bd), 0); /* clean and reliable now */
     raw = open_raw(r, "cbt.raw", DISK_BYTES);
     assert_int_equal(snap_cbt_wrap(raw, 128 * 1024, st_path, &bd, &cbt, &err), 0);
     assert_false(snap_cbt_is_reliable(cbt, &why));
@@ -376,7 +379,7 @@ static void test_cbt_tracks_persists_and_detects_unclean_stop(void **state)
  * read yet, still reads exactly the disk as it was at start. */
 struct cbw_backup {
     struct snap_cbw *cbw;
-    uint8_t *image;             /* what the backup got */
+    uint8_t *image; /* what the backup got */
     uint64_t next;
     int inflight;
     int status;
@@ -412,9 +415,9 @@ static void cbw_backup_kick(struct cbw_backup *b)
         if (b->chunk_of[s] != UINT64_MAX || b->next >= snap_cbw_chunks(b->cbw))
             continue;
         b->chunk_of[s] = b->next;
-        g_slot_args[s] = (struct cbw_slot_arg){ b, s };
-        assert_int_equal(snap_cbw_read(b->cbw, b->next, b->bufs[s], cbw_backup_done,
-                                       &g_slot_args[s]), 0);
+        g_slot_args[s] = (struct cbw_slot_arg){b, s};
+        assert_int_equal(
+            snap_cbw_read(b->cbw, b->next, b->bufs[s], cbw_backup_done, &g_slot_args[s]), 0);
         b->next++;
         b->inflight++;
     }
@@ -426,7 +429,7 @@ static void test_cbw_backup_sees_the_disk_as_it_was(void **state)
 {
     (void)state;
     struct hv_reactor *r;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     assert_int_equal(hv_reactor_create(&r), 0);
     struct bdev *raw = open_raw(r, "cbw.raw", DISK_BYTES);
     uint8_t *orig = malloc(DISK_BYTES);
@@ -442,7 +445,7 @@ static void test_cbw_backup_sees_the_disk_as_it_was(void **state)
     for (int i = 0; i < WRITERS; i++)
         writer_go(&ws[i]);
     run_for_ms(r, 5);
-    struct cbw_backup b = { .cbw = cbw, .image = malloc(DISK_BYTES) };
+    struct cbw_backup b = {.cbw = cbw, .image = malloc(DISK_BYTES)};
     for (int s = 0; s < 4; s++) {
         b.bufs[s] = hv_alloc_aligned(64 * 1024);
         b.chunk_of[s] = UINT64_MAX;
@@ -450,7 +453,7 @@ static void test_cbw_backup_sees_the_disk_as_it_was(void **state)
     cbw_backup_kick(&b);
     assert_int_equal(hv_reactor_run_until(r, &b.is_done), 0);
     assert_int_equal(b.status, 0);
-    assert_true(snap_cbw_saved(cbw) > 0);     /* the race really happened */
+    assert_true(snap_cbw_saved(cbw) > 0); /* the race really happened */
     assert_memory_equal(b.image, orig, DISK_BYTES);
     snap_cbw_stop(cbw);
     run_for_ms(r, 5);

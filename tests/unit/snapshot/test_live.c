@@ -55,17 +55,17 @@ static void test_live_child_reads_writes_and_is_a_real_vhd(void **state)
 {
     (void)state;
     struct hv_reactor *r;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     char base[4096], child[4096], raw[4096];
     snprintf(base, sizeof(base), "%s", t_path("live-base.vhd"));
     snprintf(child, sizeof(child), "%s", t_path("live-child.vhd"));
     snprintf(raw, sizeof(raw), "%s", t_path("live-ref.raw"));
     assert_int_equal(hv_reactor_create(&r), 0);
-    struct vhd_create_options co = { .type = VHD_TYPE_DYNAMIC, .size_bytes = DISK,
-                                     .block_bytes = BLK };
+    struct vhd_create_options co = {
+        .type = VHD_TYPE_DYNAMIC, .size_bytes = DISK, .block_bytes = BLK};
     assert_int_equal(vhd_create(base, &co, &err), 0);
     struct bdev *pb;
-    struct vhd_open_options oo = { 0 };
+    struct vhd_open_options oo = {0};
     assert_int_equal(vhd_open(r, base, &oo, &pb, &err), 0);
     uint8_t *ref = calloc(1, DISK);
     uint8_t *buf = hv_alloc_aligned(512 * 512);
@@ -75,7 +75,7 @@ static void test_live_child_reads_writes_and_is_a_real_vhd(void **state)
     memcpy(at_checkpoint, ref, DISK);
     assert_int_equal(bdev_flush_sync(pb), 0);
 
-    struct vhd_create_options cc = { .type = VHD_TYPE_DIFFERENCING, .parent_path = base };
+    struct vhd_create_options cc = {.type = VHD_TYPE_DIFFERENCING, .parent_path = base};
     assert_int_equal(vhd_create(child, &cc, &err), 0);
     struct bdev *cb;
     assert_int_equal(vhd_live_child_open(r, child, pb, &cb, &err), 0);
@@ -93,7 +93,7 @@ static void test_live_child_reads_writes_and_is_a_real_vhd(void **state)
     assert_int_equal(bdev_close(pb), 0);
 
     /* The child is an ordinary VHD: vhd check, the engine and qemu-img agree. */
-    struct vhd_check_report rep = { 0 };
+    struct vhd_check_report rep = {0};
     int rc = vhd_check(child, &rep, &err);
     for (int i = 0; i < rep.problem_count; i++)
         print_message("check: %s\n", rep.problems[i].msg);
@@ -109,11 +109,11 @@ static void test_live_child_reads_writes_and_is_a_real_vhd(void **state)
      * convert and let qemu-img compare the result. */
     char flat[4096];
     snprintf(flat, sizeof(flat), "%s", t_path("live-flat.vhd"));
-    struct vhd_convert_options cvo = { 0 };
+    struct vhd_convert_options cvo = {0};
     assert_int_equal(vhd_convert(child, flat, &cvo, &err), 0);
     if (t_run(NULL, 0, "command -v qemu-img >/dev/null") == 0)
-        assert_int_equal(t_run(NULL, 0, "qemu-img compare -q -f vpc -F raw '%s' '%s'", flat,
-                               raw), 0);
+        assert_int_equal(t_run(NULL, 0, "qemu-img compare -q -f vpc -F raw '%s' '%s'", flat, raw),
+                         0);
     if (t_run(NULL, 0, "command -v vhdiinfo >/dev/null") == 0)
         assert_int_equal(t_run(NULL, 0, "vhdiinfo '%s' | grep -qi 'Differential'", child), 0);
 
@@ -150,19 +150,19 @@ static void test_live_child_refuses_a_foreign_parent(void **state)
 {
     (void)state;
     struct hv_reactor *r;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     char a[4096], b[4096], child[4096];
     snprintf(a, sizeof(a), "%s", t_path("foreign-a.vhd"));
     snprintf(b, sizeof(b), "%s", t_path("foreign-b.vhd"));
     snprintf(child, sizeof(child), "%s", t_path("foreign-child.vhd"));
     assert_int_equal(hv_reactor_create(&r), 0);
-    struct vhd_create_options co = { .type = VHD_TYPE_DYNAMIC, .size_bytes = DISK };
+    struct vhd_create_options co = {.type = VHD_TYPE_DYNAMIC, .size_bytes = DISK};
     assert_int_equal(vhd_create(a, &co, &err), 0);
     assert_int_equal(vhd_create(b, &co, &err), 0);
-    struct vhd_create_options cc = { .type = VHD_TYPE_DIFFERENCING, .parent_path = a };
+    struct vhd_create_options cc = {.type = VHD_TYPE_DIFFERENCING, .parent_path = a};
     assert_int_equal(vhd_create(child, &cc, &err), 0);
     struct bdev *pb, *cb;
-    struct vhd_open_options oo = { 0 };
+    struct vhd_open_options oo = {0};
     assert_int_equal(vhd_open(r, b, &oo, &pb, &err), 0);
     assert_int_equal(vhd_live_child_open(r, child, pb, &cb, &err), -EINVAL);
     assert_non_null(strstr(err.msg, "parent unique id"));

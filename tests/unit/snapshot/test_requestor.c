@@ -50,7 +50,7 @@ static void *fake_main(void *arg)
         have -= line;
         const char *r = f->script[i];
         if (!r)
-            continue;                   /* say nothing: the requestor times out */
+            continue; /* say nothing: the requestor times out */
         char out[150000];
         size_t o = 0;
         for (const char *s = r; *s && o < sizeof(out) - 32; s++) {
@@ -67,7 +67,7 @@ static void *fake_main(void *arg)
         if (write(fd, out, o) < 0)
             break;
     }
-    usleep(800000);             /* outlive the requestor's 500 ms timeout */
+    usleep(800000); /* outlive the requestor's 500 ms timeout */
 out:
     close(fd);
     return NULL;
@@ -78,9 +78,9 @@ static int run(const char *const *script, int count, enum snap_agent_kind kind,
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s/fake%d.sock", t_tmpdir(), rand());
-    struct fake f = { .script = script, .count = count };
+    struct fake f = {.script = script, .count = count};
     f.listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
     assert_int_equal(bind(f.listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
     assert_int_equal(listen(f.listen_fd, 1), 0);
@@ -97,10 +97,11 @@ static int run(const char *const *script, int count, enum snap_agent_kind kind,
     return ret;
 }
 
-#define HELLO_OK "{\"id\":%ID%,\"ok\":true,\"cmd\":\"hello\",\"state\":\"idle\",\"version\":1," \
-                 "\"versions\":[1],\"agent\":\"fake 1\",\"thaw_timeout_ms\":10000," \
-                 "\"writer_timeout_ms\":30000,\"writers\":[],\"filesystems\":[]," \
-                 "\"timings\":{\"total_us\":1}}\n"
+#define HELLO_OK                                                                                  \
+    "{\"id\":%ID%,\"ok\":true,\"cmd\":\"hello\",\"state\":\"idle\",\"version\":1,"                \
+    "\"versions\":[1],\"agent\":\"fake 1\",\"thaw_timeout_ms\":10000,"                            \
+    "\"writer_timeout_ms\":30000,\"writers\":[],\"filesystems\":[],"                              \
+    "\"timings\":{\"total_us\":1}}\n"
 
 static int do_thaw(struct snap_agent *a, struct hv_err *err)
 {
@@ -115,7 +116,7 @@ static int do_freeze(struct snap_agent *a, struct hv_err *err)
 static void test_vss_stale_answers_are_skipped_and_auto_thaw_is_etimedout(void **state)
 {
     (void)state;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     const char *script[] = {
         HELLO_OK,
         /* an answer to an older request first, then ours: auto-thawed */
@@ -133,24 +134,24 @@ static void test_vss_stale_answers_are_skipped_and_auto_thaw_is_etimedout(void *
 static void test_vss_garbage_overlong_silence_and_versions(void **state)
 {
     (void)state;
-    struct hv_err err = { 0 };
-    const char *garbage[] = { HELLO_OK, "this is not json\n" };
+    struct hv_err err = {0};
+    const char *garbage[] = {HELLO_OK, "this is not json\n"};
     assert_int_equal(run(garbage, 2, SNAP_AGENT_HVSTOR_VSS, do_freeze, &err), -EPROTO);
     assert_non_null(strstr(err.msg, "malformed reply to freeze"));
 
     static char longline[100000];
     memset(longline, 'x', sizeof(longline) - 2);
     longline[sizeof(longline) - 2] = '\n';
-    const char *overlong[] = { HELLO_OK, longline };
+    const char *overlong[] = {HELLO_OK, longline};
     assert_int_equal(run(overlong, 2, SNAP_AGENT_HVSTOR_VSS, do_freeze, &err), -EMSGSIZE);
 
-    const char *silent[] = { HELLO_OK, NULL };
+    const char *silent[] = {HELLO_OK, NULL};
     assert_int_equal(run(silent, 2, SNAP_AGENT_HVSTOR_VSS, do_thaw, &err), -ETIMEDOUT);
     assert_non_null(strstr(err.msg, "no answer"));
 
-    const char *v2[] = { "{\"id\":%ID%,\"ok\":false,\"cmd\":\"hello\",\"state\":\"idle\","
-                         "\"error\":{\"code\":\"unsupported-version\",\"message\":\"I speak "
-                         "2\"},\"timings\":{\"total_us\":1}}\n" };
+    const char *v2[] = {"{\"id\":%ID%,\"ok\":false,\"cmd\":\"hello\",\"state\":\"idle\","
+                        "\"error\":{\"code\":\"unsupported-version\",\"message\":\"I speak "
+                        "2\"},\"timings\":{\"total_us\":1}}\n"};
     assert_int_equal(run(v2, 1, SNAP_AGENT_HVSTOR_VSS, NULL, &err), -EPROTONOSUPPORT);
 }
 
@@ -166,7 +167,7 @@ static int do_info(struct snap_agent *a, struct hv_err *err)
 static void test_qga_sync_skips_stale_output_and_errors_carry_desc(void **state)
 {
     (void)state;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     const char *ok[] = {
         /* stale output from before, then the delimiter and our sync id */
         "{\"return\": 77}\n\xff{\"return\": %ID%}\n",
@@ -188,11 +189,10 @@ static void test_qga_sync_skips_stale_output_and_errors_carry_desc(void **state)
 static void test_agent_spec_parsing(void **state)
 {
     (void)state;
-    struct hv_err err = { 0 };
+    struct hv_err err = {0};
     enum snap_agent_kind k;
     char p[256];
-    assert_int_equal(snap_agent_parse_spec("hvstor-vss:/run/vm1.sock", &k, p, sizeof(p), &err),
-                     0);
+    assert_int_equal(snap_agent_parse_spec("hvstor-vss:/run/vm1.sock", &k, p, sizeof(p), &err), 0);
     assert_int_equal(k, SNAP_AGENT_HVSTOR_VSS);
     assert_string_equal(p, "/run/vm1.sock");
     assert_int_equal(snap_agent_parse_spec("qemu-ga:/x", &k, p, sizeof(p), &err), 0);
