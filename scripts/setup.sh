@@ -16,7 +16,7 @@ packages=(
     libaio-dev libblkid-dev libxxhash-dev libjansson-dev libcmocka-dev
     libiscsi-dev libfuse3-dev
     # run and test: real peers, not mocks
-    fuse3 tgt qemu-utils libvhdi-utils libiscsi-bin qemu-system-x86
+    fuse3 tgt qemu-utils libvhdi-utils libiscsi-bin qemu-system-x86 qemu-guest-agent
     linux-image-amd64 busybox-static e2fsprogs util-linux kmod cpio
     iproute2 procps psmisc python3
 )

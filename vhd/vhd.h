@@ -229,6 +229,36 @@ int vhd_compare(const char *path_a, enum vhd_image_format fmt_a, const char *pat
                 struct hv_err *err);
 
 /* =====================================================================
+ * Live operations (snapshot/ section: live.c)
+ *
+ * A running disk gets a differencing child without closing its chain: the
+ * child file (made with vhd_create beforehand) is served over the chain's
+ * open bdev, which becomes its read-only parent as far as the guest is
+ * concerned. A live merge later copies the child's sectors back into that
+ * same open chain while the guest keeps writing to the child.
+ * ===================================================================== */
+
+/* Serve the differencing image `path` over `parent` (an open, writable
+ * chain whose top is the image's parent: same size, same unique id). The
+ * child does not own the parent: close it yourself after the child. Reads
+ * only the child's metadata (a few KiB for a new child). */
+int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *parent,
+                        struct bdev **out, struct hv_err *err);
+bool vhd_is_live_child(const struct bdev *bd);
+struct bdev *vhd_live_child_parent(struct bdev *bd);
+/* Flush and close the child only (the file stays, valid and durable). */
+int vhd_live_child_close(struct bdev *bd);
+/* Copy the child's present sectors of every block written since the last
+ * pass (every block with `is_first`) into the parent. The guest may keep
+ * writing meanwhile; a block it touches is copied again by the next pass.
+ * Runs the reactor until the pass is done. */
+int vhd_live_merge_pass(struct bdev *bd, bool is_first, uint64_t *copied_bytes,
+                        struct hv_err *err);
+/* Allocated blocks, and bytes, written since the last pass began. */
+uint32_t vhd_live_merge_dirty_blocks(struct bdev *bd);
+uint64_t vhd_live_merge_dirty_bytes(struct bdev *bd);
+
+/* =====================================================================
  * Looking into a chain: its tree, its map (vhd-mount section:
  * chain_info.c, map.c). `vhd mount` lives in the tool (it needs fuse3,
  * which this library does not).
