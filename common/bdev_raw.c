@@ -4,32 +4,68 @@
  * no extra round trip. Discard, write-zeroes and block status are single
  * fallocate/lseek calls on the file's extent map: they do not wait on data
  * I/O, so they run inline and complete through a deferred call.
+ *
+ * Buffered writes (a file not opened O_DIRECT) are the exception to "libaio
+ * does not block": io_submit runs the filesystem's buffered write path
+ * synchronously, on the reactor thread. So they go with RWF_NOWAIT first
+ * (served from the page cache when that needs no waiting); when the kernel
+ * says -EAGAIN, or does not do NOWAIT buffered writes at all (ext4 answers
+ * -EOPNOTSUPP, and then we stop asking), the rest of the write goes to two
+ * worker threads that pwritev2 it and complete back through an eventfd. The
+ * raw_io carries everything a worker needs; the queues are intrusive lists
+ * under one mutex: no allocation per I/O.
  */
 #include "common.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <pthread.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define RAW_WORKERS 2
+
+struct raw_io;
+
+/* The buffered-write workers. */
+struct raw_pool {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct raw_io *todo_head, *todo_tail;   /* for the workers */
+    struct raw_io *done_head, *done_tail;   /* for the reactor */
+    bool is_stopping;
+    int efd;                                /* workers -> reactor */
+    struct hv_watch *watch;
+    pthread_t threads[RAW_WORKERS];
+    int thread_count;
+};
 
 struct raw_bdev {
     struct bdev bd;
     int fd;
     bool is_direct;
     bool is_blockdev;
+    bool is_nowait_unsupported;         /* buffered writes: straight to the pool */
     struct hv_aio *aio;
+    struct raw_pool *pool;              /* only without O_DIRECT, when writable */
 };
 
 struct raw_io {
     struct hv_aio_req req;
     struct hv_deferred deferred;
     struct bdev_io *io;
+    struct raw_bdev *r;
+    struct raw_io *next;                /* on a pool queue */
     struct iovec bounce_iov;
     void *bounce;
+    uint64_t written;                   /* bytes the NOWAIT attempt managed */
     int status;
+    bool is_nowait;                     /* submitted with RWF_NOWAIT */
     bool is_fua_pending;
 };
 
@@ -50,11 +86,195 @@ static void finish(struct raw_io *rio, int status)
     io->done(io, status);
 }
 
+/* ------------------------------------------------ buffered-write workers */
+
+/* Write what is left of the request (after `rio->written` bytes). */
+static int pool_write(struct raw_io *rio)
+{
+    struct bdev_io *io = rio->io;
+    int rwf = (io->flags & BDEV_IO_FUA) ? RWF_DSYNC : 0;
+    uint64_t skip = rio->written;
+
+    if (skip == 0) {
+        ssize_t n;
+        do
+            n = pwritev2(rio->r->fd, io->iov, io->iovcnt, (off_t)io->offset, rwf);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            return -errno;
+        skip = (uint64_t)n;
+    }
+    /* Short (rare): finish segment by segment rather than copy the iovec. */
+    uint64_t pos = 0;
+    for (int i = 0; i < io->iovcnt && skip < io->length; i++) {
+        uint64_t len = io->iov[i].iov_len;
+        if (pos + len <= skip) {
+            pos += len;
+            continue;
+        }
+        uint64_t in = skip - pos;
+        while (in < len) {
+            const char *base = (const char *)io->iov[i].iov_base + in;
+            ssize_t n = pwritev2(rio->r->fd, &(struct iovec){ (void *)base, len - in }, 1,
+                                 (off_t)(io->offset + pos + in), rwf);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                return -errno;
+            if (n == 0)
+                return -EIO;
+            in += (uint64_t)n;
+        }
+        pos += len;
+        skip = pos;
+    }
+    return skip == io->length ? 0 : -EIO;
+}
+
+static void *pool_main(void *arg)
+{
+    struct raw_pool *p = arg;
+
+    pthread_mutex_lock(&p->lock);
+    for (;;) {
+        while (!p->todo_head && !p->is_stopping)
+            pthread_cond_wait(&p->cond, &p->lock);
+        struct raw_io *rio = p->todo_head;
+        if (!rio)
+            break;                          /* stopping, nothing left */
+        p->todo_head = rio->next;
+        if (!p->todo_head)
+            p->todo_tail = NULL;
+        pthread_mutex_unlock(&p->lock);
+
+        rio->status = pool_write(rio);
+
+        pthread_mutex_lock(&p->lock);
+        rio->next = NULL;
+        bool was_empty = !p->done_head;
+        if (p->done_tail)
+            p->done_tail->next = rio;
+        else
+            p->done_head = rio;
+        p->done_tail = rio;
+        if (was_empty) {
+            /* One wake-up per batch; the reactor takes the whole list. */
+            uint64_t one = 1;
+            if (write(p->efd, &one, sizeof(one)) < 0) {
+                /* The counter cannot overflow at one per batch; nothing to do. */
+            }
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+static void finish(struct raw_io *rio, int status);
+
+/* Reactor side: complete what the workers finished, in their order. */
+static void pool_ready(void *arg, uint32_t events)
+{
+    struct raw_pool *p = arg;
+    uint64_t n;
+    (void)events;
+
+    if (read(p->efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+        hv_warn("raw bdev: reading the worker eventfd: %s", strerror(errno));
+    pthread_mutex_lock(&p->lock);
+    struct raw_io *rio = p->done_head;
+    p->done_head = p->done_tail = NULL;
+    pthread_mutex_unlock(&p->lock);
+    while (rio) {
+        struct raw_io *next = rio->next;
+        finish(rio, rio->status);
+        rio = next;
+    }
+}
+
+static void pool_queue(struct raw_pool *p, struct raw_io *rio)
+{
+    rio->next = NULL;
+    pthread_mutex_lock(&p->lock);
+    if (p->todo_tail)
+        p->todo_tail->next = rio;
+    else
+        p->todo_head = rio;
+    p->todo_tail = rio;
+    pthread_cond_signal(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void pool_destroy(struct raw_pool *p, struct hv_reactor *reactor)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->is_stopping = true;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; i < p->thread_count; i++)
+        pthread_join(p->threads[i], NULL);
+    if (p->watch)
+        hv_reactor_del_fd(reactor, p->watch);
+    if (p->efd >= 0)
+        close(p->efd);
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+static int pool_create(struct hv_reactor *reactor, const char *path, struct raw_pool **out,
+                       struct hv_err *err)
+{
+    struct raw_pool *p = calloc(1, sizeof(*p));
+    int ret;
+
+    if (!p)
+        return hv_err_set(err, -ENOMEM, "%s: out of memory", path);
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->efd < 0) {
+        ret = hv_err_errno(err, path, "eventfd");
+        goto fail;
+    }
+    p->watch = hv_reactor_add_fd(reactor, p->efd, EPOLLIN, pool_ready, p);
+    if (!p->watch) {
+        ret = hv_err_errno(err, path, "watching the write workers' eventfd");
+        goto fail;
+    }
+    for (; p->thread_count < RAW_WORKERS; p->thread_count++) {
+        ret = pthread_create(&p->threads[p->thread_count], NULL, pool_main, p);
+        if (ret) {
+            ret = hv_err_set(err, -ret, "%s: cannot start a write worker: %s", path,
+                             strerror(ret));
+            goto fail;
+        }
+    }
+    *out = p;
+    return 0;
+fail:
+    pool_destroy(p, reactor);
+    return ret;
+}
+
+/* ---------------------------------------------------------------- I/O */
+
 static void aio_done(struct hv_aio_req *req, long res)
 {
     struct raw_io *rio = hv_container_of(req, struct raw_io, req);
     struct bdev_io *io = rio->io;
     int status = 0;
+
+    if (rio->is_nowait && (res == -EAGAIN || res == -EOPNOTSUPP || res == -EINVAL ||
+                           (res >= 0 && (uint64_t)res < io->length))) {
+        /* NOWAIT could not (or could only partly) do it without blocking. */
+        if (res == -EOPNOTSUPP || res == -EINVAL)
+            rio->r->is_nowait_unsupported = true;
+        rio->written = res > 0 ? (uint64_t)res : 0;
+        pool_queue(rio->r->pool, rio);
+        return;
+    }
     if (res < 0)
         status = (int)res;
     else if ((io->type == BDEV_IO_READ || io->type == BDEV_IO_WRITE) &&
@@ -124,7 +344,10 @@ static int raw_submit(struct bdev *bd, struct bdev_io *io)
     struct raw_bdev *r = raw_of(bd);
     struct raw_io *rio = bdev_io_ctx(io);
     rio->io = io;
+    rio->r = r;
     rio->bounce = NULL;
+    rio->is_nowait = false;
+    rio->written = 0;
 
     switch (io->type) {
     case BDEV_IO_READ:
@@ -147,9 +370,19 @@ static int raw_submit(struct bdev *bd, struct bdev_io *io)
         if (io->type == BDEV_IO_READ) {
             hv_aio_prep_readv(&rio->req, r->fd, iov, iovcnt, io->offset);
         } else {
+            int rwf = (io->flags & BDEV_IO_FUA) ? RWF_DSYNC : 0;
+            if (r->pool && r->is_nowait_unsupported) {
+                /* Completes on the worker's eventfd: never inside submit. */
+                pool_queue(r->pool, rio);
+                return 0;
+            }
             hv_aio_prep_writev(&rio->req, r->fd, iov, iovcnt, io->offset);
-            if (io->flags & BDEV_IO_FUA)
-                hv_aio_set_rw_flags(&rio->req, RWF_DSYNC);
+            if (r->pool) {
+                rwf |= RWF_NOWAIT;
+                rio->is_nowait = true;
+            }
+            if (rwf)
+                hv_aio_set_rw_flags(&rio->req, rwf);
         }
         break;
     }
@@ -184,6 +417,7 @@ static int raw_close(struct bdev *bd)
 {
     struct raw_bdev *r = raw_of(bd);
     int ret = 0;
+    pool_destroy(r->pool, bd->reactor);
     if (!bd->is_read_only && fdatasync(r->fd) < 0)
         ret = -errno;
     hv_aio_put(r->aio);
@@ -281,12 +515,19 @@ int bdev_raw_open(struct hv_reactor *reactor, const char *path,
         hv_err_set(err, ret, "%s: cannot set up libaio: %s", path, strerror(-ret));
         goto fail;
     }
+    if (!r->is_direct && !opt->is_read_only) {
+        ret = pool_create(reactor, path, &r->pool, err);
+        if (ret < 0)
+            goto fail;
+    }
     r->bd.ops = &raw_ops;
     r->bd.reactor = reactor;
     snprintf(r->bd.name, sizeof(r->bd.name), "%s", path);
     r->bd.block_bytes = HV_SECTOR_BYTES;
     r->bd.physical_block_bytes = 4096;
-    r->bd.io_ctx_bytes = sizeof(struct raw_io);
+    /* Whole 16-byte units: callers lay bdev_ios (16-aligned) out in arrays
+     * of bdev_io_size() strides. */
+    r->bd.io_ctx_bytes = HV_ALIGN_UP(sizeof(struct raw_io), 16);
     r->bd.is_read_only = opt->is_read_only;
     r->bd.has_volatile_cache = true;
     r->bd.can_discard = true;
@@ -298,6 +539,9 @@ int bdev_raw_open(struct hv_reactor *reactor, const char *path,
     *out = &r->bd;
     return 0;
 fail:
+    pool_destroy(r->pool, reactor);
+    if (r->aio)
+        hv_aio_destroy(r->aio);
     if (r->fd >= 0)
         close(r->fd);
     free(r);

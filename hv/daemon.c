@@ -127,9 +127,39 @@ static void dir_list(void *arg, const char *initiator,
     }
 }
 
+/* One credential set per VM that allows `initiator` and has CHAP on, in VM
+ * name order; a target's own lookup() then decides whether the one proved
+ * opens it (iscsi_login.c). */
+static int dir_discovery_auth(void *arg, const char *initiator, unsigned index,
+                              struct iscsi_auth *auth)
+{
+    struct hv_daemon *d = arg;
+
+    for (struct hv_vm *vm = d->vms; vm; vm = vm->next) {
+        if (!vm->cfg.chap.user[0] || !hv_vm_config_allows(&vm->cfg, initiator))
+            continue;
+        if (index-- > 0)
+            continue;
+        memset(auth, 0, sizeof(*auth));
+        auth->is_chap_required = true;
+        snprintf(auth->chap_user, sizeof(auth->chap_user), "%s", vm->cfg.chap.user);
+        snprintf(auth->chap_secret, sizeof(auth->chap_secret), "%s", vm->cfg.chap.secret);
+        if (vm->cfg.mutual_chap.user[0]) {
+            auth->is_mutual = true;
+            snprintf(auth->mutual_user, sizeof(auth->mutual_user), "%s",
+                     vm->cfg.mutual_chap.user);
+            snprintf(auth->mutual_secret, sizeof(auth->mutual_secret), "%s",
+                     vm->cfg.mutual_chap.secret);
+        }
+        return 0;
+    }
+    return -ENOENT;
+}
+
 static const struct iscsi_directory_ops directory_ops = {
     .lookup = dir_lookup,
     .list = dir_list,
+    .discovery_auth = dir_discovery_auth,
 };
 
 /* ---------------------------------------------------------- requests */

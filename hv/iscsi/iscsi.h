@@ -44,6 +44,15 @@ struct iscsi_directory_ops {
     /* SendTargets: emit each target `initiator` may use, and no other. */
     void (*list)(void *arg, const char *initiator,
                  void (*emit)(void *ctx, const char *target), void *ctx);
+    /* The CHAP a discovery session of `initiator` must pass: the index-th
+     * set of credentials (0, 1, ...) among the VMs that allow `initiator`
+     * and require CHAP; -ENOENT past the last. Discovery requires CHAP when
+     * there is at least one; the initiator proves any one of them, and
+     * SendTargets then lists the targets that need no CHAP or exactly the
+     * credentials it proved (lookup() is asked per target). NULL: discovery
+     * needs no CHAP, and lists only the targets that need none. */
+    int (*discovery_auth)(void *arg, const char *initiator, unsigned index,
+                          struct iscsi_auth *auth);
 };
 
 /* Listen on addr:port (port 0 = any; see iscsi_server_port). */

@@ -150,16 +150,42 @@ static int chap_verify(struct iscsi_conn *c, const struct iscsi_keys *k, struct 
         *why = "CHAP_N or CHAP_R missing";
         return -EACCES;
     }
-    if (strcmp(name, c->auth.chap_user) != 0) {
-        *why = "unknown CHAP user";
-        return -EACCES;
-    }
     int n = iscsi_parse_binary(resp, got, sizeof(got));
-    iscsi_chap_response(c->chap_algorithm, c->chap_id, c->auth.chap_secret, c->chap_challenge,
-                        dlen, want);
-    if (n != (int)dlen || !same_bytes(got, want, dlen)) {
-        *why = "wrong CHAP response";
-        return -EACCES;
+    if (c->is_discovery) {
+        /* Discovery: any of the credentials the directory names will do;
+         * the one proved decides what SendTargets shows. */
+        struct iscsi_server *s = c->server;
+        struct iscsi_auth a;
+        bool is_proved = false;
+        for (unsigned i = 0; !is_proved && s->ops->discovery_auth; i++) {
+            memset(&a, 0, sizeof(a));
+            if (s->ops->discovery_auth(s->arg, c->initiator, i, &a) < 0)
+                break;
+            if (!a.is_chap_required || strcmp(name, a.chap_user) != 0)
+                continue;
+            iscsi_chap_response(c->chap_algorithm, c->chap_id, a.chap_secret,
+                                c->chap_challenge, dlen, want);
+            is_proved = n == (int)dlen && same_bytes(got, want, dlen);
+        }
+        explicit_bzero(want, sizeof(want));
+        if (!is_proved) {
+            explicit_bzero(&a, sizeof(a));
+            *why = "unknown CHAP user or wrong CHAP response";
+            return -EACCES;
+        }
+        c->auth = a;
+        explicit_bzero(&a, sizeof(a));
+    } else {
+        if (strcmp(name, c->auth.chap_user) != 0) {
+            *why = "unknown CHAP user";
+            return -EACCES;
+        }
+        iscsi_chap_response(c->chap_algorithm, c->chap_id, c->auth.chap_secret,
+                            c->chap_challenge, dlen, want);
+        if (n != (int)dlen || !same_bytes(got, want, dlen)) {
+            *why = "wrong CHAP response";
+            return -EACCES;
+        }
     }
     if (!ci && !cc) {
         c->auth_state = AUTH_DONE;
@@ -218,8 +244,14 @@ static int login_identify(struct iscsi_conn *c, const struct iscsi_keys *k, uint
     }
     snprintf(c->initiator, sizeof(c->initiator), "%s", initiator);
     if (type && strcmp(type, "Discovery") == 0) {
+        /* Which credentials is decided when CHAP_N arrives (chap_verify);
+         * here only whether the security stage is required. */
+        struct iscsi_auth a = { 0 };
         c->is_discovery = true;
         memset(&c->auth, 0, sizeof(c->auth));
+        if (s->ops->discovery_auth && s->ops->discovery_auth(s->arg, c->initiator, 0, &a) == 0)
+            c->auth.is_chap_required = a.is_chap_required;
+        explicit_bzero(&a, sizeof(a));
         return 0;
     }
     if (type && strcmp(type, "Normal") != 0) {
@@ -470,6 +502,25 @@ struct send_targets_ctx {
     const char *filter;                 /* "All", a name, or "" (this session's) */
 };
 
+/* A target is shown to a session that is allowed to log in to it AND has
+ * proved the CHAP it requires: the same user and secret (a discovery
+ * session proved the ones it chose, a normal session its own target's). */
+static bool may_show_target(struct iscsi_conn *c, const char *target)
+{
+    struct iscsi_server *s = c->server;
+    struct iscsi_auth a = { 0 };
+    struct scsi_controller *ctl = NULL;
+    bool ok;
+
+    if (s->ops->lookup(s->arg, target, c->initiator, &a, &ctl) < 0)
+        return false;
+    ok = !a.is_chap_required ||
+         (c->auth.is_chap_required && strcmp(a.chap_user, c->auth.chap_user) == 0 &&
+          strcmp(a.chap_secret, c->auth.chap_secret) == 0);
+    explicit_bzero(&a, sizeof(a));
+    return ok;
+}
+
 static void send_targets_emit(void *arg, const char *target)
 {
     struct send_targets_ctx *ctx = arg;
@@ -480,6 +531,8 @@ static void send_targets_emit(void *arg, const char *target)
         if (strcmp(want, target) != 0)
             return;
     }
+    if (!may_show_target(c, target))
+        return;
     iscsi_text_add(ctx->rsp, "TargetName", "%s", target);
     if (strchr(c->local_addr, ':'))
         iscsi_text_add(ctx->rsp, "TargetAddress", "[%s]:%u,1", c->local_addr, c->local_port);

@@ -85,9 +85,25 @@ static void dir_list(void *arg, const char *initiator, void (*emit)(void *ctx, c
     }
 }
 
+/* Discovery needs the CHAP of any one target the initiator may use. */
+static int dir_discovery_auth(void *arg, const char *initiator, unsigned index,
+                              struct iscsi_auth *auth)
+{
+    for (int i = 0; i < target_count; i++) {
+        if (!targets[i].auth.is_chap_required || !target_allows(&targets[i], initiator))
+            continue;
+        if (index-- == 0) {
+            *auth = targets[i].auth;
+            return 0;
+        }
+    }
+    return -ENOENT;
+}
+
 static const struct iscsi_directory_ops dir_ops = {
     .lookup = dir_lookup,
     .list = dir_list,
+    .discovery_auth = dir_discovery_auth,
 };
 
 static void on_signal(int sig)

@@ -66,8 +66,21 @@ discover()   # discover INITIATOR [URL-CREDENTIALS]
 }
 [ "$(discover "$a" | tr '\n' ' ')" = "iqn.2026-11.org.hvstor:alpha.c0 iqn.2026-11.org.hvstor:alpha.c1 " ] ||
     hv_fail "alpha's discovery: $(discover "$a")"
-[ "$(discover "$b" | tr '\n' ' ')" = "iqn.2026-11.org.hvstor:beta.c0 " ] ||
-    hv_fail "beta's discovery: $(discover "$b")"
+# beta requires CHAP, so its discovery does too: with the right secret it
+# lists beta's target; with a wrong or no secret the discovery login itself
+# is refused (authentication failure), so nothing is listed.
+[ "$(discover "$b" beta-user%beta-secret-123@ | tr '\n' ' ')" = "iqn.2026-11.org.hvstor:beta.c0 " ] ||
+    hv_fail "beta's discovery: $(discover "$b" beta-user%beta-secret-123@)"
+[ -z "$(discover "$b")" ] || hv_fail "beta discovers without CHAP: $(discover "$b")"
+[ -z "$(discover "$b" beta-user%wrong-secret-99@)" ] ||
+    hv_fail "beta discovers with a wrong secret: $(discover "$b" beta-user%wrong-secret-99@)"
+iscsi-ls -i "$b" "iscsi://beta-user%wrong-secret-99@$HV_PORTAL" >"$HV_TMP/ls.txt" 2>&1 &&
+    hv_fail "discovery login with a wrong secret succeeded: $(cat "$HV_TMP/ls.txt")"
+# Another VM's credentials never show beta's target, nor alpha's to beta.
+[ -z "$(discover "$b" mu-user%mu-initiator-secret@)" ] ||
+    hv_fail "beta's name with mu's CHAP discovers: $(discover "$b" mu-user%mu-initiator-secret@)"
+[ "$(discover "$m" mu-user%mu-initiator-secret@ | tr '\n' ' ')" = "iqn.2026-11.org.hvstor:mu.c0 " ] ||
+    hv_fail "mu's discovery: $(discover "$m" mu-user%mu-initiator-secret@)"
 [ -z "$(discover "$stranger")" ] || hv_fail "a stranger discovers: $(discover "$stranger")"
 out=$(iscsi-ls -s -i "$stranger" "iscsi://$HV_PORTAL" 2>&1 || true)
 echo "$out" | grep -q "hvstor:" && hv_fail "iscsi-ls -s shows a stranger targets: $out"

@@ -41,7 +41,10 @@ grep -q "Invalid CHAP_R response from the target" "$WORK/expect_fail.out" ||
     fail "initiator did not catch the target's wrong answer: $(cat "$WORK/expect_fail.out")"
 
 # Discovery: each guest sees its own target only; a stranger sees none.
-iscsi-ls -i "$IA" "iscsi://$H" >"$WORK/ls-a" || fail "discovery for A"
+iscsi-ls -i "$IA" "iscsi://alice%alice-secret-1@$H" >"$WORK/ls-a" || fail "discovery for A"
+# A needs CHAP, so its discovery does too: no or a wrong secret is refused.
+expect_fail "discovery for A without CHAP" iscsi-ls -i "$IA" "iscsi://$H"
+expect_fail "discovery for A, wrong secret" iscsi-ls -i "$IA" "iscsi://alice%wrong@$H"
 iscsi-ls -i "$IB" "iscsi://$H" >"$WORK/ls-b" || fail "discovery for B"
 iscsi-ls -i iqn.2026-01.org.hvstor.test:stranger "iscsi://$H" >"$WORK/ls-x" || fail "discovery for a stranger"
 grep -q "Target:$A " "$WORK/ls-a" && ! grep -q "$B" "$WORK/ls-a" || fail "A's discovery: $(cat "$WORK/ls-a")"

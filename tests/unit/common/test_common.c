@@ -5,6 +5,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -198,6 +199,68 @@ static void test_raw_bdev_many_direct_writes_in_flight_read_back(void **state)
     hv_reactor_destroy(r);
 }
 
+/* Without O_DIRECT, writes go RWF_NOWAIT or to the worker threads (on ext4
+ * always the workers: it does no NOWAIT buffered writes); either way they
+ * complete through the reactor, never inside submit, and land where asked. */
+static void test_raw_bdev_buffered_writes_in_flight_read_back(void **state)
+{
+    struct hv_reactor *r;
+    struct bdev *bd;
+    struct hv_err err = { 0 };
+    struct bdev_raw_options o = { .create = true, .size_bytes = 4 * HV_MiB, .queue_depth = 16 };
+    assert_int_equal(hv_reactor_create(&r), 0);
+    assert_int_equal(bdev_raw_open(r, t_path("buffered.img"), &o, &bd, &err), 0);
+
+    /* 64 writes of 12 KiB, each in two pieces, every other one FUA, in an
+     * order that is not the file's. */
+    enum { N = 64, BYTES = 12288 };
+    uint8_t *data = malloc(N * BYTES);
+    t_fill(data, N * BYTES, 7);
+    struct bdev_io *ios = calloc(N, bdev_io_size(bd));
+    struct iovec iov[N][2];
+    struct counter c = { 0 };
+    for (int k = 0; k < N; k++) {
+        int i = (k * 37) % N;
+        struct bdev_io *io = (struct bdev_io *)((char *)ios + (size_t)k * bdev_io_size(bd));
+        iov[k][0] = (struct iovec){ data + (size_t)i * BYTES, 4096 };
+        iov[k][1] = (struct iovec){ data + (size_t)i * BYTES + 4096, BYTES - 4096 };
+        *io = (struct bdev_io){ .type = BDEV_IO_WRITE, .offset = (uint64_t)i * BYTES,
+                                .length = BYTES, .iov = iov[k], .iovcnt = 2,
+                                .flags = (k & 1) ? BDEV_IO_FUA : 0,
+                                .done = on_done_io, .cb_arg = &c };
+        assert_int_equal(bdev_submit(bd, io), 0);
+        assert_int_equal(c.calls, 0);        /* nothing completes inside submit */
+    }
+    assert_int_equal(hv_reactor_run_until(r, &c.done), 0);
+    assert_int_equal(c.calls, N);
+
+    uint8_t *back = malloc(N * BYTES);
+    assert_int_equal(bdev_read_sync(bd, 0, back, N * BYTES), 0);
+    assert_memory_equal(back, data, N * BYTES);
+    /* A second round, now that the first settled which path writes take. */
+    t_fill(data, N * BYTES, 8);
+    c = (struct counter){ 0 };
+    for (int k = 0; k < N; k++) {
+        struct bdev_io *io = (struct bdev_io *)((char *)ios + (size_t)k * bdev_io_size(bd));
+        io->done = on_done_io;
+        assert_int_equal(bdev_submit(bd, io), 0);
+        assert_int_equal(c.calls, 0);
+    }
+    assert_int_equal(hv_reactor_run_until(r, &c.done), 0);
+    assert_int_equal(bdev_close(bd), 0);
+
+    /* What the file holds, read past the bdev. */
+    int fd = open(t_path("buffered.img"), O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pread(fd, back, N * BYTES, 0), N * BYTES);
+    close(fd);
+    assert_memory_equal(back, data, N * BYTES);
+    free(ios);
+    free(data);
+    free(back);
+    hv_reactor_destroy(r);
+}
+
 static void test_raw_bdev_discard_and_block_status_see_holes(void **state)
 {
     struct hv_reactor *r;
@@ -311,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_buf_is_zero_finds_a_single_set_byte),
         cmocka_unit_test(test_reactor_runs_deferred_before_timers_and_timers_in_order),
         cmocka_unit_test(test_raw_bdev_many_direct_writes_in_flight_read_back),
+        cmocka_unit_test(test_raw_bdev_buffered_writes_in_flight_read_back),
         cmocka_unit_test(test_raw_bdev_discard_and_block_status_see_holes),
         cmocka_unit_test(test_raw_open_names_the_file_in_errors),
         cmocka_unit_test(test_json_write_is_atomic_and_reads_back),
