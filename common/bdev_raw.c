@@ -527,7 +527,7 @@ int bdev_raw_open(struct hv_reactor *reactor, const char *path,
     r->bd.physical_block_bytes = 4096;
     /* Whole 16-byte units: callers lay bdev_ios (16-aligned) out in arrays
      * of bdev_io_size() strides. */
-    r->bd.io_ctx_bytes = HV_ALIGN_UP(sizeof(struct raw_io), 16);
+    r->bd.io_ctx_bytes = sizeof(struct raw_io);
     r->bd.is_read_only = opt->is_read_only;
     r->bd.has_volatile_cache = true;
     r->bd.can_discard = true;
@@ -541,7 +541,7 @@ int bdev_raw_open(struct hv_reactor *reactor, const char *path,
 fail:
     pool_destroy(r->pool, reactor);
     if (r->aio)
-        hv_aio_destroy(r->aio);
+        hv_aio_put(r->aio);
     if (r->fd >= 0)
         close(r->fd);
     free(r);

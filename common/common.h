@@ -383,9 +383,12 @@ struct bdev {
     uint8_t uuid[16];                   /* stable identity (VHD unique id), 0 if none */
 };
 
+/* Rounded to the struct's alignment, so that requests laid out in an array
+ * (a pool) keep their ctx[] 16-byte aligned whatever io_ctx_bytes is. */
 static inline size_t bdev_io_size(const struct bdev *bd)
 {
-    return sizeof(struct bdev_io) + bd->io_ctx_bytes;
+    return HV_ALIGN_UP(sizeof(struct bdev_io) + bd->io_ctx_bytes,
+                       _Alignof(struct bdev_io));
 }
 static inline void *bdev_io_ctx(struct bdev_io *io) { return io->ctx; }
 
