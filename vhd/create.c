@@ -15,6 +15,7 @@
 #define _GNU_SOURCE
 #endif
 #include "engine.h"
+#include "ops.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -40,50 +41,6 @@ static int sync_directory_of(const char *path)
         ret = -errno;
     close(fd);
     return ret;
-}
-
-/* `to` relative to directory `from_dir` (both absolute and canonical):
- * "./p.vhd", "../base/p.vhd". */
-static int relative_path(const char *from_dir, const char *to, char *out, size_t cap)
-{
-    char dir[PATH_MAX];
-    size_t len;
-    size_t n = 0;
-    int ups = 0;
-
-    if (strlen(from_dir) + 2 > sizeof(dir))
-        return -ENAMETOOLONG;
-    strcpy(dir, from_dir);
-    len = strlen(dir);
-    if (len == 0 || dir[len - 1] != '/') {
-        dir[len++] = '/';
-        dir[len] = '\0';
-    }
-    /* Climb until the directory (with its trailing slash) prefixes `to`;
-     * "/" always does. */
-    while (strncmp(to, dir, len) != 0) {
-        len--;
-        while (len > 0 && dir[len - 1] != '/')
-            len--;
-        dir[len] = '\0';
-        ups++;
-    }
-    if (ups == 0) {
-        if (cap < 3)
-            return -ENAMETOOLONG;
-        memcpy(out, "./", 2);
-        n = 2;
-    }
-    for (int i = 0; i < ups; i++) {
-        if (n + 4 > cap)
-            return -ENAMETOOLONG;
-        memcpy(out + n, "../", 3);
-        n += 3;
-    }
-    if (n + strlen(to + len) + 1 > cap)
-        return -ENAMETOOLONG;
-    strcpy(out + n, to + len);
-    return 0;
 }
 
 static int validate_options(const char *path, const struct vhd_create_options *opt,
@@ -235,7 +192,7 @@ static int create_sparse(int fd, const char *path, const struct vhd_create_optio
         snprintf(copy, sizeof(copy), "%s", path);
         if (!realpath(dirname(copy), child_dir))
             return hv_err_errno(err, path, "directory");
-        ret = relative_path(child_dir, parent->absolute, rel, sizeof(rel));
+        ret = op_relative_path(child_dir, parent->absolute, rel, sizeof(rel));
         if (ret < 0)
             return hv_err_set(err, ret, "%s: relative path to the parent is too long", path);
         locs[0].code = VHD_PLAT_W2RU;
