@@ -643,6 +643,7 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt, struct vhd
         ret = m.error;
         goto out;
     }
+    op_kill_point("merge-copied");
     /* Step 2: the ancestor's data and metadata durable before any child goes. */
     ret = bdev_flush_sync(m.dst);
     if (ret < 0) {
@@ -671,9 +672,12 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt, struct vhd
         if (ret < 0)
             goto out;
     }
+    op_kill_point("merge-durable");
     /* Step 3: top first. */
     if (!opt->keep_children) {
         for (int i = 0; i < m.count; i++) {
+            if (i == 1)
+                op_kill_point("merge-deleting");
             ret = op_unlink(paths[i], opt->observer, err);
             if (ret < 0) {
                 hv_err_prefix(err,
