@@ -144,10 +144,20 @@ static const char *footer_field_diff(const struct vhd_footer *a, const struct vh
  * the engine, libvhdi and vhd-util read) says the new size, the copy at
  * offset 0 still the old one. Both valid, equal but for what a resize
  * writes (sizes, geometry, creator fields, hence the checksum): the image
- * reads at the footer's size; `vhd repair` rewrites the copy.
+ * reads at the footer's size; `vhd repair` rewrites the copy. The footer
+ * must be one resize writes (original size = current size, geometry for
+ * that size, our creator), and the BAT must cover both sizes (a grow makes
+ * it cover the new size first; a shrink never cuts it).
  */
-static bool is_resize_window(const struct vhd_footer *footer, const struct vhd_footer *copy)
+static bool is_resize_window(const struct vhd_footer *footer, const struct vhd_footer *copy,
+                             uint64_t bat_covers)
 {
+    struct vhd_geometry g;
+    vhd_geometry_for_size(footer->current_size, &g);
+    if (footer->original_size != footer->current_size ||
+        memcmp(&g, &footer->geometry, sizeof(g)) || memcmp(footer->creator_app, VHD_CREATOR_APP, 4) ||
+        bat_covers < HV_MAX(footer->current_size, copy->current_size))
+        return false;
     struct vhd_footer a = *footer, b = *copy;
     b.current_size = a.current_size;
     b.original_size = a.original_size;
@@ -289,7 +299,7 @@ static int check_fixed(struct check *c, const struct vhd_footer *f, uint64_t fil
 }
 
 static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f, bool has_copy_region,
-                         uint64_t file_bytes, struct hv_err *err)
+                         uint64_t file_bytes, uint64_t *bat_covers, struct hv_err *err)
 {
     uint8_t hbuf[VHD_HEADER_BYTES];
     struct vhd_header h;
@@ -318,6 +328,7 @@ static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f, bo
     }
 
     /* Sizes: the BAT must cover the disk and fit in the file. */
+    *bat_covers = (uint64_t)h.max_table_entries * h.block_bytes;
     uint32_t needed = vhd_blocks_for_size(f->current_size, h.block_bytes);
     if (h.max_table_entries < needed) {
         add_problem(c, false,
@@ -500,11 +511,16 @@ int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *
                     vhd_type_name((enum vhd_type)f->disk_type));
         goto done;
     }
+    is_diff = f->disk_type == VHD_TYPE_DIFFERENCING;
+    uint64_t bat_covers = 0;
+    ret = check_dynamic(&c, fd, f, true, file_bytes, &bat_covers, err);
+    if (ret < 0)
+        goto out;
     if (!is_copy_ok) {
         add_problem(&c, false, "%s", strip_path(&c, hv_err_msg(&cerr, -EINVAL)));
     } else if (is_footer_ok) {
         const char *field = footer_field_diff(&footer, &copy);
-        if (field && is_resize_window(&footer, &copy)) {
+        if (field && is_resize_window(&footer, &copy, bat_covers)) {
             report->interrupted = VHD_INTERRUPTED_RESIZE;
             add_problem(&c, true,
                         "interrupted resize: reads at the new size %" PRIu64
@@ -518,10 +534,6 @@ int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *
                         "the end (%s)",
                         field);
     }
-    is_diff = f->disk_type == VHD_TYPE_DIFFERENCING;
-    ret = check_dynamic(&c, fd, f, true, file_bytes, err);
-    if (ret < 0)
-        goto out;
 done:
     /* An interrupted merge into this image, or of this image (the markers
      * beside the ancestors in its chain). */
