@@ -64,6 +64,7 @@ static void HV_PRINTF(3, 4) add_problem(struct check *c, bool is_leak, const cha
     }
     struct vhd_check_problem *p = &rep->problems[rep->problem_count++];
     p->is_leak = is_leak;
+    p->is_interrupted = false;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(p->msg, sizeof(p->msg), fmt, ap);

@@ -278,7 +278,8 @@ static void image_apply(struct image *img, uint64_t offset, const uint8_t *data,
         memset(img->bytes + img->cap, 0, cap - img->cap);
         img->cap = cap;
     }
-    memcpy(img->bytes + offset, data, len);
+    if (len)
+        memcpy(img->bytes + offset, data, len);
     if (offset + len > img->length)
         img->length = offset + len;
 }
