@@ -9,7 +9,10 @@
  * where it must not, a checksum or a size is wrong: data may be lost or read
  * wrongly) and leaks (space that no structure uses: harmless, what a crash
  * between growing the file and using the growth leaves behind, and what
- * `vhd repair` reclaims).
+ * `vhd repair` reclaims). A third, not corruption either: an interrupted
+ * operation whose state is recognised exactly (a resize between the footer
+ * and its copy; a merge by its ANCESTOR.merging marker), reported with what
+ * the image reads as and how to finish; exit 3 like a leak.
  */
 #include "vhd.h"
 #include "format.h"
