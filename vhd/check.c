@@ -9,7 +9,10 @@
  * where it must not, a checksum or a size is wrong: data may be lost or read
  * wrongly) and leaks (space that no structure uses: harmless, what a crash
  * between growing the file and using the growth leaves behind, and what
- * `vhd repair` reclaims).
+ * `vhd repair` reclaims). A third, not corruption either: an interrupted
+ * operation whose state is recognised exactly (a resize between the footer
+ * and its copy; a merge by its ANCESTOR.merging marker), reported with what
+ * the image reads as and how to finish; exit 3 like a leak.
  */
 #include "vhd.h"
 #include "format.h"
@@ -17,7 +20,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,6 +67,7 @@ static void HV_PRINTF(3, 4) add_problem(struct check *c, bool is_leak, const cha
     }
     struct vhd_check_problem *p = &rep->problems[rep->problem_count++];
     p->is_leak = is_leak;
+    p->is_interrupted = false;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(p->msg, sizeof(p->msg), fmt, ap);
@@ -135,6 +142,110 @@ static const char *footer_field_diff(const struct vhd_footer *a, const struct vh
     return NULL;
 }
 
+/*
+ * The one state an interrupted `vhd resize` of a dynamic or differencing
+ * image leaves that is not already sound: the footer at the end (the switch
+ * the engine, libvhdi and vhd-util read) says the new size, the copy at
+ * offset 0 still the old one. Both valid, equal but for what a resize
+ * writes (sizes, geometry, creator fields, hence the checksum): the image
+ * reads at the footer's size; `vhd repair` rewrites the copy. The footer
+ * must be one resize writes (original size = current size, geometry for
+ * that size, our creator), and the BAT must cover both sizes (a grow makes
+ * it cover the new size first; a shrink never cuts it).
+ */
+static bool is_resize_window(const struct vhd_footer *footer, const struct vhd_footer *copy,
+                             uint64_t bat_covers)
+{
+    struct vhd_geometry g;
+    vhd_geometry_for_size(footer->current_size, &g);
+    if (footer->original_size != footer->current_size ||
+        memcmp(&g, &footer->geometry, sizeof(g)) || memcmp(footer->creator_app, VHD_CREATOR_APP, 4) ||
+        bat_covers < HV_MAX(footer->current_size, copy->current_size))
+        return false;
+    struct vhd_footer a = *footer, b = *copy;
+    b.current_size = a.current_size;
+    b.original_size = a.original_size;
+    b.geometry = a.geometry;
+    memcpy(b.creator_app, a.creator_app, sizeof(a.creator_app));
+    b.creator_version = a.creator_version;
+    b.creator_os = a.creator_os;
+    b.checksum = a.checksum;
+    return footer->current_size != copy->current_size && footer_field_diff(&a, &b) == NULL;
+}
+
+/*
+ * An interrupted merge into `ancestor` (its marker, see merge.c): when
+ * `self` is NULL the image checked is the ancestor, else the marker must
+ * list `self` (stat identity) among the merged children.
+ */
+static void check_merge_marker(struct check *c, const char *ancestor, const struct stat *self)
+{
+    char mpath[PATH_MAX], line[PATH_MAX + 16], names[1024] = "";
+    int ret = snprintf(mpath, sizeof(mpath), "%s%s", ancestor, VHD_MERGE_MARKER_SUFFIX);
+    if (ret < 0 || (size_t)ret >= sizeof(mpath))
+        return;
+    FILE *fp = fopen(mpath, "re");
+    if (!fp)
+        return;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", ancestor);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        slash[1] = '\0';
+    else
+        dir[0] = '\0';
+    bool is_durable = false, is_valid = false, is_mine = self == NULL;
+    char top[PATH_MAX] = "";
+    bool top_exists = false;
+    while (fgets(line, sizeof(line), fp)) {
+        line[strcspn(line, "\n")] = '\0';
+        if (!strcmp(line, "hvstor merge 1"))
+            is_valid = true;
+        else if (!strcmp(line, "state durable"))
+            is_durable = true;
+        else if (!strncmp(line, "child ", 6)) {
+            char cp[PATH_MAX * 2];
+            struct stat st;
+            snprintf(cp, sizeof(cp), "%s%s", line[6] == '/' ? "" : dir, line + 6);
+            bool exists = stat(cp, &st) == 0;
+            if (!top[0]) {
+                snprintf(top, sizeof(top), "%s", line + 6);
+                top_exists = exists;
+            }
+            if (exists) {
+                size_t n = strlen(names);
+                snprintf(names + n, sizeof(names) - n, "%s%s", n ? ", " : "", cp);
+            }
+            if (self && exists && st.st_dev == self->st_dev && st.st_ino == self->st_ino)
+                is_mine = true;
+        }
+    }
+    fclose(fp);
+    if (!is_valid || !is_mine || !top[0])
+        return;
+    char topp[PATH_MAX * 2];
+    snprintf(topp, sizeof(topp), "%s%s", top[0] == '/' ? "" : dir, top);
+    c->rep->interrupted = is_durable ? VHD_INTERRUPTED_MERGE_AFTER : VHD_INTERRUPTED_MERGE_BEFORE;
+    size_t before = (size_t)c->rep->problem_count;
+    if (!is_durable)
+        add_problem(c, true,
+                    "merge of %s into %s interrupted: the chain reads as before; run `vhd "
+                    "merge %s` again to finish",
+                    topp, ancestor, topp);
+    else if (top_exists)
+        add_problem(c, true,
+                    "merge of %s into %s interrupted: the data is durable, %s reads as after; "
+                    "run `vhd merge %s` again to finish",
+                    topp, ancestor, ancestor, topp);
+    else
+        add_problem(c, true,
+                    "merge of %s into %s interrupted: the data is durable, %s reads as after; "
+                    "the merged children left (%s) are no longer needed: delete them, then %s",
+                    topp, ancestor, ancestor, names[0] ? names : "none", mpath);
+    if ((size_t)c->rep->problem_count > before)
+        c->rep->problems[before].is_interrupted = true;
+}
+
 struct leak_sum {
     uint64_t bytes;
     uint64_t first;
@@ -192,7 +303,7 @@ static int check_fixed(struct check *c, const struct vhd_footer *f, uint64_t fil
 }
 
 static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f, bool has_copy_region,
-                         uint64_t file_bytes, struct hv_err *err)
+                         uint64_t file_bytes, uint64_t *bat_covers, struct hv_err *err)
 {
     uint8_t hbuf[VHD_HEADER_BYTES];
     struct vhd_header h;
@@ -221,6 +332,7 @@ static int check_dynamic(struct check *c, int fd, const struct vhd_footer *f, bo
     }
 
     /* Sizes: the BAT must cover the disk and fit in the file. */
+    *bat_covers = (uint64_t)h.max_table_entries * h.block_bytes;
     uint32_t needed = vhd_blocks_for_size(f->current_size, h.block_bytes);
     if (h.max_table_entries < needed) {
         add_problem(c, false,
@@ -346,6 +458,7 @@ int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *
     struct vhd_footer footer, copy;
     struct hv_err ferr = {0}, cerr = {0};
     struct stat st;
+    bool is_diff = false;
     int ret;
 
     memset(report, 0, sizeof(*report));
@@ -402,20 +515,42 @@ int vhd_check(const char *path, struct vhd_check_report *report, struct hv_err *
                     vhd_type_name((enum vhd_type)f->disk_type));
         goto done;
     }
+    is_diff = f->disk_type == VHD_TYPE_DIFFERENCING;
+    uint64_t bat_covers = 0;
+    ret = check_dynamic(&c, fd, f, true, file_bytes, &bat_covers, err);
+    if (ret < 0)
+        goto out;
     if (!is_copy_ok) {
         add_problem(&c, false, "%s", strip_path(&c, hv_err_msg(&cerr, -EINVAL)));
     } else if (is_footer_ok) {
         const char *field = footer_field_diff(&footer, &copy);
-        if (field)
+        if (field && is_resize_window(&footer, &copy, bat_covers)) {
+            report->interrupted = VHD_INTERRUPTED_RESIZE;
+            add_problem(&c, true,
+                        "interrupted resize: reads at the new size %" PRIu64
+                        " (the footer copy at offset 0 still says %" PRIu64
+                        "); `vhd repair` rewrites the copy",
+                        footer.current_size, copy.current_size);
+            report->problems[report->problem_count - 1].is_interrupted = true;
+        } else if (field)
             add_problem(&c, false,
                         "footer copy at offset 0 differs from the footer at "
                         "the end (%s)",
                         field);
     }
-    ret = check_dynamic(&c, fd, f, true, file_bytes, err);
-    if (ret < 0)
-        goto out;
 done:
+    /* An interrupted merge into this image, or of this image (the markers
+     * beside the ancestors in its chain). */
+    check_merge_marker(&c, path, NULL);
+    if (is_diff) {
+        struct vhd_chain_report chain = {0};
+        struct hv_err werr = {0};
+        if (vhd_chain_walk(path, &chain, &werr) == 0) {
+            for (int i = 1; i < chain.count; i++)
+                check_merge_marker(&c, chain.links[i].path, &st);
+        }
+        vhd_chain_report_free(&chain);
+    }
     if (c.dropped) {
         c.is_final = true;
         c.corrupt_count--; /* the summary line is not a problem of its own */

@@ -25,6 +25,16 @@
  * A crash anywhere leaves CHILD readable as before, or (after 3 began) the
  * ancestor holding the result; running the same `vhd merge` again finishes
  * the job (copying the same data again is harmless).
+ *
+ * So that `vhd check` can say which, a marker ANCESTOR.merging (text: the
+ * merged children relative to the ancestor's directory, top first, and a
+ * state) is written atomically (temporary file, fsync, rename, directory
+ * fsync) before step 1 touches the ancestor (even before growing it) with
+ * "state copying", rewritten the same way with "state durable" between 2
+ * and 3, and deleted after the last child. A sidecar, not a header field:
+ * other tools (qemu, libvhdi, Hyper-V) must keep opening the files. A
+ * marker saying "copying" means CHILD still exists and reads as before; one
+ * saying "durable" means the ancestor alone reads as after.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -451,6 +461,44 @@ out:
     return ret;
 }
 
+/* Write (or rewrite) ANCESTOR.merging atomically; see the top comment. */
+static int marker_write(const char *ancestor, char paths[][PATH_MAX], int children,
+                        bool is_durable, const struct vhd_ops_observer *obs, struct hv_err *err)
+{
+    char mpath[PATH_MAX], copy[PATH_MAX], dir[PATH_MAX], abs_child[PATH_MAX], rel[PATH_MAX];
+    size_t cap = 64 + (size_t)children * (PATH_MAX + 8);
+    char *text = malloc(cap);
+    int ret;
+    if (!text)
+        return hv_err_set(err, -ENOMEM, "%s: out of memory", ancestor);
+    snprintf(mpath, sizeof(mpath), "%s%s", ancestor, VHD_MERGE_MARKER_SUFFIX);
+    snprintf(copy, sizeof(copy), "%s", ancestor);
+    if (!realpath(dirname(copy), dir)) {
+        ret = hv_err_errno(err, ancestor, "directory");
+        goto out;
+    }
+    size_t n = (size_t)snprintf(text, cap, "hvstor merge 1\nstate %s\n",
+                                is_durable ? "durable" : "copying");
+    for (int i = 0; i < children; i++) {
+        if (!realpath(paths[i], abs_child)) {
+            ret = hv_err_errno(err, paths[i], "resolve");
+            goto out;
+        }
+        ret = op_relative_path(dir, abs_child, rel, sizeof(rel));
+        if (ret < 0) {
+            hv_err_set(err, ret, "%s: path relative to %s is too long", paths[i], ancestor);
+            goto out;
+        }
+        n += (size_t)snprintf(text + n, cap - n, "child %s\n", rel);
+    }
+    ret = hv_write_file_atomic(mpath, text, n, err);
+    if (ret == 0 && obs && obs->on_replace)
+        obs->on_replace(obs->arg, mpath, text, n);
+out:
+    free(text);
+    return ret;
+}
+
 int vhd_merge(const char *child, const struct vhd_merge_options *opt, struct vhd_merge_result *res,
               struct hv_err *err)
 {
@@ -518,6 +566,9 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt, struct vhd
         goto out;
     }
 
+    ret = marker_write(ancestor, paths, count - 1, false, opt->observer, err);
+    if (ret < 0)
+        goto out;
     if (top_info.size_bytes > anc_info.size_bytes) {
         /* Growing the ancestor does not change what CHILD's chain reads: the
          * engine reads zeroes past a smaller parent, and the grown range
@@ -592,6 +643,7 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt, struct vhd
         ret = m.error;
         goto out;
     }
+    op_kill_point("merge-copied");
     /* Step 2: the ancestor's data and metadata durable before any child goes. */
     ret = bdev_flush_sync(m.dst);
     if (ret < 0) {
@@ -608,9 +660,24 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt, struct vhd
     }
     for (int i = 0; i < m.count; i++)
         child_close(&m.children[i]);
+    if (opt->keep_children) {
+        /* Nothing is left to finish: the children still read as before. */
+        char mpath[PATH_MAX];
+        snprintf(mpath, sizeof(mpath), "%s%s", ancestor, VHD_MERGE_MARKER_SUFFIX);
+        ret = op_unlink(mpath, opt->observer, err);
+        if (ret < 0)
+            goto out;
+    } else {
+        ret = marker_write(ancestor, paths, m.count, true, opt->observer, err);
+        if (ret < 0)
+            goto out;
+    }
+    op_kill_point("merge-durable");
     /* Step 3: top first. */
     if (!opt->keep_children) {
         for (int i = 0; i < m.count; i++) {
+            if (i == 1)
+                op_kill_point("merge-deleting");
             ret = op_unlink(paths[i], opt->observer, err);
             if (ret < 0) {
                 hv_err_prefix(err,
@@ -619,6 +686,14 @@ int vhd_merge(const char *child, const struct vhd_merge_options *opt, struct vhd
                               ancestor);
                 goto out;
             }
+        }
+        char mpath[PATH_MAX];
+        snprintf(mpath, sizeof(mpath), "%s%s", ancestor, VHD_MERGE_MARKER_SUFFIX);
+        ret = op_unlink(mpath, opt->observer, err);
+        if (ret < 0) {
+            hv_err_prefix(err, "the merge into %s is complete, but removing its marker failed",
+                          ancestor);
+            goto out;
         }
     }
     res->merged_count = m.count;

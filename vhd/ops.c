@@ -8,6 +8,7 @@
 #include "ops.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
@@ -240,4 +241,11 @@ int op_relative_path(const char *from_dir, const char *to, char *out, size_t cap
         return -ENAMETOOLONG;
     strcpy(out + n, to + len);
     return 0;
+}
+
+void op_kill_point(const char *point)
+{
+    const char *want = getenv("HVSTOR_TEST_KILL_AT");
+    if (want && !strcmp(want, point))
+        raise(SIGKILL);
 }

@@ -73,6 +73,11 @@ int op_reclaim(struct op_file *f, struct vhd_meta *m, struct op_bat *bat,
 
 /* Path of `to` relative to directory `from_dir` (both absolute): "./p.vhd",
  * "../base/p.vhd". */
+/* Tests only: when HVSTOR_TEST_KILL_AT names `point`, the process kills
+ * itself with SIGKILL there (what an interrupted operation leaves is then
+ * the real thing). */
+void op_kill_point(const char *point);
+
 int op_relative_path(const char *from_dir, const char *to, char *out, size_t cap);
 
 #endif /* HVSTOR_VHD_OPS_H */

@@ -324,7 +324,10 @@ done:
             act(rep, true, "after repair the check failed: %s", hv_err_msg(&cerr, rc));
         } else {
             for (int i = 0; i < crep.problem_count; i++)
-                act(rep, true, "still %s: %s", crep.problems[i].is_leak ? "leaked" : "wrong",
+                act(rep, true, "still %s: %s",
+                    crep.problems[i].is_interrupted ? "unfinished"
+                    : crep.problems[i].is_leak      ? "leaked"
+                                                    : "wrong",
                     crep.problems[i].msg);
             vhd_check_report_free(&crep);
         }

@@ -27,8 +27,18 @@
  * the header points at it. Both header changes touch only its first sector
  * (table offset, entry count, checksum), so a torn header write cannot mix
  * them. Then the footer at the end, fdatasync, then its copy, fdatasync: in
- * between the copy still says the old size (vhd check reports the copy as
- * different, vhd repair copies the footer); the image reads as after.
+ * between the copy still says the old size; the image reads as after.
+ * `vhd check` recognises exactly that state (both valid, differing only in
+ * the fields footer_for_size sets) as an interrupted resize, not
+ * corruption (exit 3), and `vhd repair` copies the footer.
+ * Why the end first: the footer at the end is the one the VHD spec calls
+ * authoritative and the one the engine, libvhdi, vhd-util and repair read;
+ * only qemu (block/vpc.c) takes the copy at 0 when its cookie is valid.
+ * Copy first would leave every reader but qemu on the old size in the
+ * window, and check would have to trust the copy over the footer. End
+ * first, only qemu sees the old size, and that view is sound: growing, a
+ * prefix of the new disk; shrinking, the old disk, whose blocks past the
+ * new end are freed only after both footers are switched.
  * Shrinking switches the footers first, then frees the blocks past the end
  * (invisible by then) and reclaims their space.
  */
@@ -148,6 +158,8 @@ static int switch_footers(struct op_file *f, struct vhd_meta *m, const struct vh
     int ret = op_write_footer(f, nf, m->footer_offset, err);
     if (ret == 0)
         ret = op_sync(f, err);
+    if (ret == 0)
+        op_kill_point("resize-footer");
     if (ret == 0)
         ret = op_write_footer(f, nf, 0, err);
     if (ret == 0)

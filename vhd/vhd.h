@@ -149,11 +149,22 @@ const char *vhd_chain_path(const struct bdev *bd, int layer);
 enum vhd_check_result {
     VHD_CHECK_CLEAN = 0,
     VHD_CHECK_CORRUPT = 2,          /* exit codes of `vhd check` */
-    VHD_CHECK_LEAKED = 3,
+    VHD_CHECK_LEAKED = 3,           /* no corruption: leaked space and/or an
+                                     * interrupted operation to finish */
+};
+
+/* An interrupted operation check recognises (not corruption: the image reads
+ * consistently; the message says as what and how to finish). */
+enum vhd_check_interrupted {
+    VHD_INTERRUPTED_NONE = 0,
+    VHD_INTERRUPTED_RESIZE,         /* footer switched, copy at 0 not yet: reads as after */
+    VHD_INTERRUPTED_MERGE_BEFORE,   /* merge copying: the chain reads as before */
+    VHD_INTERRUPTED_MERGE_AFTER,    /* merge data durable: the ancestor reads as after */
 };
 
 struct vhd_check_problem {
-    bool is_leak;                   /* only leaked space, not corruption */
+    bool is_leak;                   /* not corruption (leaked space or is_interrupted) */
+    bool is_interrupted;            /* an interrupted operation (see report.interrupted) */
     char msg[512];
 };
 
@@ -161,7 +172,12 @@ struct vhd_check_report {
     struct vhd_check_problem *problems;   /* malloc'd; vhd_check_report_free */
     int problem_count;
     uint64_t leaked_bytes;
+    enum vhd_check_interrupted interrupted;
 };
+
+/* The marker a merge keeps beside the ancestor while it runs: ANCESTOR plus
+ * this suffix (see merge.c). */
+#define VHD_MERGE_MARKER_SUFFIX ".merging"
 
 /* Check one image (not its parents). Returns a vhd_check_result, or a
  * negative errno (with err set) when the file could not be checked at all. */
@@ -358,6 +374,9 @@ struct vhd_ops_observer {
     void (*on_sync)(void *arg, const char *path);
     void (*on_truncate)(void *arg, const char *path, uint64_t length);
     void (*on_unlink)(void *arg, const char *path);
+    /* `path` atomically replaced by `buf` (written, synced, renamed, directory
+     * synced: durable once reported). NULL: not observed. */
+    void (*on_replace)(void *arg, const char *path, const void *buf, size_t len);
     const struct vhd_io_observer *engine;
     void *arg;
 };

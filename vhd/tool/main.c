@@ -295,8 +295,16 @@ static const char check_usage[] =
     "or the metadata, sizes that make sense, and space no structure uses.\n"
     "Every problem is listed.\n"
     "\n"
-    "Exit status: 0 clean, 2 corruption, 3 only leaked space (safe; `vhd\n"
-    "repair` reclaims it), 1 the file could not be checked.\n"
+    "An interrupted operation is recognised and named with what the image\n"
+    "reads as: a resize stopped between the footer and its copy at offset 0\n"
+    "(reads at the new size; `vhd repair` rewrites the copy), a merge stopped\n"
+    "while copying (FILE or ANCESTOR.merging present: the chain reads as\n"
+    "before; run the merge again) or after its data was durable (the\n"
+    "ancestor reads as after; run it again or delete the children left).\n"
+    "\n"
+    "Exit status: 0 clean, 2 corruption, 3 no corruption but leaked space or\n"
+    "an interrupted operation (safe; `vhd repair` or the named command\n"
+    "finishes it), 1 the file could not be checked.\n"
     "\n"
     "  --json       machine-readable output\n"
     "  -h, --help   this text\n";
@@ -340,9 +348,10 @@ static int cmd_check(int argc, char **argv)
         vhd_check_report_free(&rep);
         return 1;
     }
-    const char *result = ret == VHD_CHECK_CLEAN    ? "clean"
-                         : ret == VHD_CHECK_LEAKED ? "leaked"
-                                                   : "corrupt";
+    const char *result = ret == VHD_CHECK_CLEAN ? "clean"
+                         : ret == VHD_CHECK_CORRUPT ? "corrupt"
+                         : rep.interrupted          ? "interrupted"
+                                                    : "leaked";
     if (is_json) {
         json_t *o = json_object();
         json_t *list = json_array();
@@ -352,7 +361,9 @@ static int cmd_check(int argc, char **argv)
         for (int i = 0; i < rep.problem_count; i++) {
             json_t *p = json_object();
             json_object_set_new(p, "kind",
-                                json_string(rep.problems[i].is_leak ? "leak" : "corruption"));
+                                json_string(rep.problems[i].is_interrupted ? "interrupted"
+                                            : rep.problems[i].is_leak      ? "leak"
+                                                                           : "corruption"));
             json_object_set_new(p, "message", json_string(rep.problems[i].msg));
             json_array_append_new(list, p);
         }
@@ -364,10 +375,15 @@ static int cmd_check(int argc, char **argv)
         for (int i = 0; i < rep.problem_count; i++)
             corrupt += !rep.problems[i].is_leak;
         for (int i = 0; i < rep.problem_count; i++)
-            printf("%s: %s: %s\n", path, rep.problems[i].is_leak ? "leak" : "ERROR",
+            printf("%s: %s: %s\n", path,
+                   rep.problems[i].is_interrupted ? "interrupted"
+                   : rep.problems[i].is_leak      ? "leak"
+                                                  : "ERROR",
                    rep.problems[i].msg);
         if (ret == VHD_CHECK_CLEAN) {
             printf("%s: no errors found\n", path);
+        } else if (ret == VHD_CHECK_LEAKED && !rep.leaked_bytes) {
+            printf("%s: no corruption; an interrupted operation to finish\n", path);
         } else if (ret == VHD_CHECK_LEAKED) {
             char sz[32];
             printf("%s: no corruption; %s (%" PRIu64 " bytes) leaked\n", path,

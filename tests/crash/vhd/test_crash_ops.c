@@ -15,10 +15,16 @@
  * first). For at least 1,000 such states per operation, materialized as real
  * files side by side (the locators' relative paths find the state's own
  * parent):
- *   - vhd_check finds no corruption in any file (leaks allowed). The one
- *     window that resize cannot close, between the footer at the end and
- *     its copy at offset 0, is counted, must read as after, and must be
- *     made clean by vhd_repair;
+ *   - vhd_check finds no corruption in any file (leaks and interrupted
+ *     operations allowed). A resize stopped between the footer at the end
+ *     and its copy at offset 0 must be reported as interrupted, read as
+ *     after, and be made clean by vhd_repair;
+ *   - merge: the marker ANCESTOR.merging is replayed like the images (an
+ *     atomic replacement is in effect once reported); vhd_check's verdict
+ *     on the ancestor (and on CHILD while it exists, which must agree) is
+ *     what the state is: "reads as before" only while CHILD exists, "reads
+ *     as after" only when the ancestor alone reads as after, no verdict
+ *     only before the merge began or after it ended;
  *   - the image reads exactly as before the operation or exactly as after
  *     it, byte for byte (merge: CHILD's chain while CHILD exists, the
  *     ancestor once it is gone; resize: the size says which).
@@ -38,7 +44,7 @@
 #include <unistd.h>
 
 #define STATES_PER_OP 1000
-#define MAX_FILES 4
+#define MAX_FILES 6
 
 static void die(const char *fmt, ...) HV_PRINTF(1, 2) __attribute__((noreturn));
 static void die(const char *fmt, ...)
@@ -54,7 +60,7 @@ static void die(const char *fmt, ...)
 
 /* ------------------------------------------------------------ recording */
 
-enum ev_kind { EV_WRITE, EV_SYNC, EV_TRUNCATE, EV_UNLINK };
+enum ev_kind { EV_WRITE, EV_SYNC, EV_TRUNCATE, EV_UNLINK, EV_REPLACE };
 
 struct ev {
     enum ev_kind kind;
@@ -73,6 +79,7 @@ struct file {
     char path[PATH_MAX];
     uint8_t *initial;
     uint64_t initial_len;
+    bool is_marker; /* not an image: absent at first, replaced atomically */
 };
 
 static struct file g_files[MAX_FILES];
@@ -177,12 +184,25 @@ static void op_unlink(void *arg, const char *path)
     e->complete_ev = g_clock++;
 }
 
+static void op_replace(void *arg, const char *path, const void *buf, size_t len)
+{
+    (void)arg;
+    struct ev *e = ev_new(EV_REPLACE, file_of(path));
+    e->length = (uint32_t)len;
+    e->data = malloc(len + 1);
+    if (!e->data)
+        die("out of memory");
+    memcpy(e->data, buf, len);
+    e->complete_ev = g_clock++;
+}
+
 static const struct vhd_io_observer g_engine_obs = {eng_submit, eng_complete, NULL};
 static const struct vhd_ops_observer g_ops_obs = {
     .on_write = op_write,
     .on_sync = op_sync,
     .on_truncate = op_truncate,
     .on_unlink = op_unlink,
+    .on_replace = op_replace,
     .engine = &g_engine_obs,
 };
 
@@ -213,6 +233,22 @@ static void track(const char *path)
     f->initial = read_file(path, &f->initial_len);
 }
 
+/* A merge marker: absent until the operation writes it. */
+static int track_marker(const char *image_path)
+{
+    if (g_file_count == MAX_FILES)
+        die("too many files");
+    struct file *f = &g_files[g_file_count++];
+    const char *base = strrchr(image_path, '/');
+    snprintf(f->name, sizeof(f->name), "%s%s", base ? base + 1 : image_path,
+             VHD_MERGE_MARKER_SUFFIX);
+    snprintf(f->path, sizeof(f->path), "%s%s", image_path, VHD_MERGE_MARKER_SUFFIX);
+    f->initial = NULL;
+    f->initial_len = 0;
+    f->is_marker = true;
+    return g_file_count - 1;
+}
+
 static void reset_recording(void)
 {
     for (int i = 0; i < g_ev_count; i++)
@@ -221,6 +257,7 @@ static void reset_recording(void)
     g_clock = 0;
     for (int i = 0; i < g_file_count; i++)
         free(g_files[i].initial);
+    memset(g_files, 0, sizeof(g_files));
     g_file_count = 0;
     g_engine_file = -1;
 }
@@ -241,7 +278,8 @@ static void image_apply(struct image *img, uint64_t offset, const uint8_t *data,
         memset(img->bytes + img->cap, 0, cap - img->cap);
         img->cap = cap;
     }
-    memcpy(img->bytes + offset, data, len);
+    if (len)
+        memcpy(img->bytes + offset, data, len);
     if (offset + len > img->length)
         img->length = offset + len;
 }
@@ -378,24 +416,12 @@ struct op_case {
 static char g_state_dir[PATH_MAX];
 static int g_states;
 static int g_copy_window_states;
+static int g_merge_verdicts[4]; /* by enum vhd_check_interrupted */
 static int g_as_before, g_as_after;
 
 static void state_path(int file, char *out, size_t cap)
 {
     snprintf(out, cap, "%s/%s", g_state_dir, g_files[file].name);
-}
-
-static bool only_copy_differs(const struct vhd_check_report *rep)
-{
-    int corrupt = 0;
-    bool is_copy = false;
-    for (int i = 0; i < rep->problem_count; i++) {
-        if (rep->problems[i].is_leak)
-            continue;
-        corrupt++;
-        is_copy |= strstr(rep->problems[i].msg, "footer copy at offset 0 differs") != NULL;
-    }
-    return corrupt == 1 && is_copy;
 }
 
 /* Returns what the state read as: 0 before, 1 after, 2 after in the window
@@ -404,16 +430,23 @@ static int verify(struct op_case *oc, long point, int state_no, const bool *is_g
 {
     char path[PATH_MAX];
     bool is_copy_window = false;
+    enum vhd_check_interrupted verdict[MAX_FILES] = {0};
     for (int i = 0; i < g_file_count; i++) {
-        if (is_gone[i])
+        if (is_gone[i] || g_files[i].is_marker)
             continue;
         state_path(i, path, sizeof(path));
         struct vhd_check_report rep;
         struct hv_err err = {0};
         int rc = vhd_check(path, &rep, &err);
-        if (rc == VHD_CHECK_CORRUPT && oc->kind == OP_RESIZE && only_copy_differs(&rep)) {
+        if (rc >= 0)
+            verdict[i] = rep.interrupted;
+        if (rc >= 0 && rep.interrupted == VHD_INTERRUPTED_RESIZE) {
+            if (oc->kind != OP_RESIZE || rc != VHD_CHECK_LEAKED)
+                die("%s state %d: an interrupted resize reported (exit %d)", oc->name, state_no,
+                    rc);
             is_copy_window = true;
-        } else if (rc < 0 || rc == VHD_CHECK_CORRUPT) {
+        }
+        if (rc < 0 || rc == VHD_CHECK_CORRUPT) {
             fprintf(stderr, "%s state %d (crash point %ld): %s\n", oc->name, state_no, point,
                     rc < 0 ? hv_err_msg(&err, rc) : "corrupt");
             for (int k = 0; rc >= 0 && k < rep.problem_count; k++)
@@ -451,10 +484,38 @@ static int verify(struct op_case *oc, long point, int state_no, const bool *is_g
         vhd_repair_report_free(&rep);
         return 2;
     }
-    /* A merge reads the same before and after; once CHILD is gone it is the
-     * ancestor that reads it: that is "after". */
-    if (oc->kind == OP_MERGE)
-        return is_gone[oc->read_file] ? 1 : 0;
+    /* A merge reads the same before and after; what check says about the
+     * ancestor decides which it is, and must be true. */
+    if (oc->kind == OP_MERGE) {
+        enum vhd_check_interrupted v = verdict[oc->result_file];
+        bool child_exists = !is_gone[oc->read_file];
+        if (child_exists && verdict[oc->read_file] != v)
+            die("%s state %d (crash point %ld): check says %d of CHILD but %d of the ancestor "
+                "(kept in %s)",
+                oc->name, state_no, point, verdict[oc->read_file], v, g_state_dir);
+        if (v == VHD_INTERRUPTED_MERGE_BEFORE && !child_exists)
+            die("%s state %d (crash point %ld): check says \"reads as before\" but CHILD is "
+                "gone (kept in %s)",
+                oc->name, state_no, point, g_state_dir);
+        if (v == VHD_INTERRUPTED_MERGE_AFTER || (v == VHD_INTERRUPTED_NONE && !child_exists)) {
+            state_path(oc->result_file, path, sizeof(path));
+            if (disk_equals(path, wants + 1, sizes + 1, ends + 1, 1, &size, &err) != 0)
+                die("%s state %d (crash point %ld): check says \"reads as after\" but the "
+                    "ancestor alone does not (kept in %s)",
+                    oc->name, state_no, point, g_state_dir);
+        }
+        if (v == VHD_INTERRUPTED_NONE && child_exists) {
+            /* Not begun: the ancestor is untouched by the copy. */
+            for (int i = 0; i < g_ev_count; i++)
+                if (g_ev[i].file == oc->result_file && g_ev[i].kind == EV_WRITE &&
+                    g_ev[i].submit_ev < point && g_ev[i].seq >= 0)
+                    die("%s state %d (crash point %ld): no verdict, yet the copy had begun "
+                        "(kept in %s)",
+                        oc->name, state_no, point, g_state_dir);
+        }
+        g_merge_verdicts[v]++;
+        return v == VHD_INTERRUPTED_MERGE_AFTER || !child_exists ? 1 : 0;
+    }
     return is_before ? 0 : 1;
 }
 
@@ -508,12 +569,20 @@ static void crash_states(struct op_case *oc, uint64_t *seed)
             img.length = 0;
             image_apply(&img, 0, g_files[f].initial, g_files[f].initial_len);
             img.length = g_files[f].initial_len;
+            is_gone[f] = g_files[f].is_marker;
             for (int i = 0; i < g_ev_count; i++) {
                 const struct ev *e = &g_ev[i];
                 if (e->file != f || e->submit_ev >= p)
                     continue;
                 if (e->kind == EV_UNLINK) {
                     is_gone[f] = true;
+                    continue;
+                }
+                if (e->kind == EV_REPLACE) { /* atomic and durable once reported */
+                    is_gone[f] = false;
+                    img.length = 0;
+                    image_apply(&img, 0, e->data, e->length);
+                    img.length = e->length;
                     continue;
                 }
                 if (e->kind == EV_SYNC)
@@ -609,7 +678,8 @@ static void finish_case(struct op_case *oc, uint64_t *seed)
     for (int i = 0; i < g_ev_count; i++) {
         writes += g_ev[i].kind == EV_WRITE;
         syncs += g_ev[i].kind == EV_SYNC;
-        other += g_ev[i].kind == EV_TRUNCATE || g_ev[i].kind == EV_UNLINK;
+        other += g_ev[i].kind == EV_TRUNCATE || g_ev[i].kind == EV_UNLINK ||
+                 g_ev[i].kind == EV_REPLACE;
     }
     if (!writes || !syncs)
         die("%s: recorded %d writes and %d syncs", oc->name, writes, syncs);
@@ -619,7 +689,7 @@ static void finish_case(struct op_case *oc, uint64_t *seed)
     int unique = g_unique;
     uint64_t t0 = hv_now_ns();
     crash_states(oc, seed);
-    printf("# %s (%.1f s): %d writes, %d fdatasyncs, %d truncations/deletions recorded; %d crash "
+    printf("# %s (%.1f s): %d writes, %d fdatasyncs, %d truncations/deletions/replacements recorded; %d crash "
            "states (%d distinct): %d read as before, %d as after%s, none corrupt%s\n",
            oc->name, (double)(hv_now_ns() - t0) / 1e9, writes, syncs, other, g_states - before,
            g_unique - unique, g_as_before - b, g_as_after - a,
@@ -628,7 +698,16 @@ static void finish_case(struct op_case *oc, uint64_t *seed)
                ? " (some between the footer and its copy: read as after, repaired clean)"
                : "");
     if (g_copy_window_states > copy)
-        printf("#   %d of them between the footer and its copy\n", g_copy_window_states - copy);
+        printf("#   %d of them between the footer and its copy: check says \"interrupted "
+               "resize\" (exit 3), all repaired clean\n",
+               g_copy_window_states - copy);
+    if (oc->kind == OP_MERGE)
+        printf("#   check's verdict: %d \"reads as before\", %d \"reads as after\", %d none "
+               "(not begun or finished) among the distinct states, each confirmed\n",
+               g_merge_verdicts[VHD_INTERRUPTED_MERGE_BEFORE],
+               g_merge_verdicts[VHD_INTERRUPTED_MERGE_AFTER],
+               g_merge_verdicts[VHD_INTERRUPTED_NONE]);
+    memset(g_merge_verdicts, 0, sizeof(g_merge_verdicts));
     free(oc->before);
     free(oc->after);
     reset_recording();
@@ -659,6 +738,7 @@ static void case_merge(const char *dir, uint64_t *seed)
     track(c2);
     track(c1);
     track(base);
+    track_marker(base);
     oc.read_file = 0;
     oc.result_file = 2;
     g_engine_file = 2;
@@ -690,6 +770,7 @@ static void case_merge_fixed(const char *dir, uint64_t *seed)
     oc.before = read_disk(child, &oc.before_size, &err, &rc);
     track(child);
     track(base);
+    track_marker(base);
     oc.read_file = 0;
     oc.result_file = 1;
     g_engine_file = 1;
