@@ -7,6 +7,8 @@
 #
 #   tests/bench/iscsi_bench.sh [BUILD_DIR]
 # Environment: BENCH_DIR (where the 1 GiB file goes; default /var/tmp),
+# BENCH_VHD=1 (hvstor serves the same data as a fully allocated dynamic VHD,
+# the "VHD-backed LUN"; tgt keeps the raw file),
 # BENCH_DIRECT=1 (hvstor opens the file O_DIRECT; default buffered like
 # tgt's rdwr), COUNT4K (default 200000), COUNT64K (default 20000).
 set -euo pipefail
@@ -43,7 +45,14 @@ free_port() {
 }
 
 echo "preparing a 1 GiB file in $DIR ..."
-dd if=/dev/zero of="$DIR/disk.img" bs=1M count=1024 status=none
+if [ "${BENCH_VHD:-0}" = 1 ]; then
+    # Data everywhere, so that no read of the VHD is an unallocated block
+    # answered with zeroes; hvstor serves the same bytes as a dynamic VHD.
+    dd if=/dev/urandom of="$DIR/disk.img" bs=1M count=1024 status=none
+    "$BUILD/bin/vhd" convert -O vhd --type dynamic "$DIR/disk.img" "$DIR/disk.vhd" >/dev/null
+else
+    dd if=/dev/zero of="$DIR/disk.img" bs=1M count=1024 status=none
+fi
 sync
 
 TGT_PORT=$(free_port)
@@ -61,8 +70,10 @@ tgtadm -C "$CTL" --lld iscsi --mode target --op bind --tid 1 --initiator-address
 HV_IQN=iqn.2026-01.org.hvstor.bench:hvstor
 DIRECT=()
 [ "${BENCH_DIRECT:-0}" = 1 ] && DIRECT=(--direct)
+BACKING=(--raw "$DIR/disk.img")
+[ "${BENCH_VHD:-0}" = 1 ] && BACKING=(--vhd "$DIR/disk.vhd")
 "$TESTD" --port 0 --port-file "$DIR/hv.port" --target "$HV_IQN" "${DIRECT[@]}" \
-    --raw "$DIR/disk.img" >/dev/null 2>"$DIR/hv.log" &
+    "${BACKING[@]}" >/dev/null 2>"$DIR/hv.log" &
 HV_PID=$!
 for _ in $(seq 50); do [ -s "$DIR/hv.port" ] && break; sleep 0.1; done
 HV_PORT=$(cat "$DIR/hv.port")
