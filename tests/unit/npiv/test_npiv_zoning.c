@@ -159,13 +159,16 @@ static void test_printed_tgtadm_line_lets_exactly_that_vm_in(void **state)
         skip();
     }
     control_port = 10000 + port % 20000;  /* tgtd takes at most 32767 */
+    /* Named before the fork: a first t_path() in the child would make the
+     * child its own scratch dir, which exec leaves behind. */
+    const char *log_path = t_path("tgtd.log");
     tgtd_pid = fork();
     if (tgtd_pid == 0) {
         char portal[64], cp[16];
         snprintf(portal, sizeof(portal), "portal=127.0.0.1:%d", port);
         snprintf(cp, sizeof(cp), "%d", control_port);
         freopen("/dev/null", "w", stdout);
-        freopen(t_path("tgtd.log"), "w", stderr);
+        freopen(log_path, "w", stderr);
         execlp("tgtd", "tgtd", "-f", "-C", cp, "--iscsi", portal, (char *)NULL);
         _exit(127);
     }
