@@ -241,6 +241,23 @@ static int hba_read(const char *root, const char *name, struct npiv_hba *h, int 
     return 0;
 }
 
+/* Room for one more element in a growing array (`*listp` points to the
+ * array, `elem` is one element's size): the directory scans below collect
+ * entries this way. -ENOMEM leaves the array as it was. */
+static int array_make_room(void *listp, size_t *cap, size_t n, size_t elem)
+{
+    void **list = listp;
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 8;
+    void *grown = realloc(*list, ncap * elem);
+    if (!grown)
+        return -ENOMEM;
+    *list = grown;
+    *cap = ncap;
+    return 0;
+}
+
 static int hba_cmp(const void *a, const void *b)
 {
     const struct npiv_hba *x = a, *y = b;
@@ -278,16 +295,10 @@ int npiv_hba_list(const char *root, struct npiv_hba **out, size_t *count, struct
             hv_debug("%s/%s: unreadable (%s), skipped", dir_path, de->d_name, strerror(-ret));
             continue;
         }
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            struct npiv_hba *nl = realloc(list, ncap * sizeof(*nl));
-            if (!nl) {
-                closedir(dir);
-                free(list);
-                return hv_err_set(err, -ENOMEM, "npiv: out of memory");
-            }
-            list = nl;
-            cap = ncap;
+        if (array_make_room(&list, &cap, n, sizeof(*list)) < 0) {
+            closedir(dir);
+            free(list);
+            return hv_err_set(err, -ENOMEM, "npiv: out of memory");
         }
         list[n++] = h;
     }
@@ -617,16 +628,10 @@ int npiv_rport_list(const char *root, unsigned host_no, struct npiv_rport **out,
         if (npiv_sysfs_read(path, id_text, sizeof(id_text)) >= 0 &&
             hv_parse_u64(id_text, &id) == 0 && id <= INT_MAX)
             r.scsi_target_id = (int)id;
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            struct npiv_rport *nl = realloc(list, ncap * sizeof(*nl));
-            if (!nl) {
-                closedir(dir);
-                free(list);
-                return hv_err_set(err, -ENOMEM, "npiv: out of memory");
-            }
-            list = nl;
-            cap = ncap;
+        if (array_make_room(&list, &cap, n, sizeof(*list)) < 0) {
+            closedir(dir);
+            free(list);
+            return hv_err_set(err, -ENOMEM, "npiv: out of memory");
         }
         list[n++] = r;
     }
@@ -672,16 +677,10 @@ int npiv_lun_list(const char *root, unsigned host_no, unsigned target_id, uint64
         if (npiv_parse_hctl(de->d_name, &h, &c, &t, &l) < 0 || h != host_no || c != 0 ||
             t != target_id)
             continue;
-        if (n == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            uint64_t *nl = realloc(list, ncap * sizeof(*nl));
-            if (!nl) {
-                closedir(dir);
-                free(list);
-                return hv_err_set(err, -ENOMEM, "npiv: out of memory");
-            }
-            list = nl;
-            cap = ncap;
+        if (array_make_room(&list, &cap, n, sizeof(*list)) < 0) {
+            closedir(dir);
+            free(list);
+            return hv_err_set(err, -ENOMEM, "npiv: out of memory");
         }
         list[n++] = l;
     }
