@@ -6,14 +6,34 @@
 # (hvtest=ext4-trim), prints "HVSTOR-GUEST-RESULT: PASS|FAIL <why>" and
 # powers off.
 #
-#   tests/guest/build-initramfs.sh OUT.cpio.gz [KERNEL_VERSION]
+#   tests/guest/build-initramfs.sh [OPTIONS] OUT.cpio.gz [KERNEL_VERSION]
 #
+#   --module NAME     load this kernel module too (its dependencies first)
+#   --bin PATH        copy this program to /sbin, with every library it needs
+#   --file SRC:DST    copy one file (mode kept) to DST inside the guest
+#   --init PATH       use this /init instead of tests/guest/init
+#
+# Every guest test builds its guest here, so the module, library and loader
+# handling lives in one place; a test adds only what its guest runs.
 # Uses the newest /boot/vmlinuz-* when KERNEL_VERSION is not given; prints the
 # kernel image path on stdout so the caller boots the matching kernel.
 set -euo pipefail
 
-out=${1:?usage: build-initramfs.sh OUT.cpio.gz [KERNEL_VERSION]}
 here=$(cd "$(dirname "$0")" && pwd)
+usage="usage: build-initramfs.sh [--module NAME]... [--bin PATH]... [--file SRC:DST]... [--init PATH] OUT.cpio.gz [KERNEL_VERSION]"
+extra_modules=() extra_bins=() extra_files=() init_script=$here/init
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --module) extra_modules+=("${2:?$usage}"); shift 2 ;;
+    --bin) extra_bins+=("${2:?$usage}"); shift 2 ;;
+    --file) extra_files+=("${2:?$usage}"); shift 2 ;;
+    --init) init_script=${2:?$usage}; shift 2 ;;
+    --) shift; break ;;
+    -*) echo "build-initramfs: unknown option $1" >&2; echo "$usage" >&2; exit 2 ;;
+    *) break ;;
+    esac
+done
+out=${1:?$usage}
 kver=${2:-}
 if [ -z "$kver" ]; then
     kernel=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1 || true)
@@ -42,7 +62,7 @@ done
 
 # Modules in load order: each one's dependencies (modules.dep lists them
 # deepest last) before it, each file once.
-wanted=(virtio_pci virtio_scsi sd_mod crc32c_generic ext4)
+wanted=(virtio_pci virtio_scsi sd_mod crc32c_generic ext4 ${extra_modules[@]+"${extra_modules[@]}"})
 declare -A seen=()
 order=()
 add_module()   # add_module RELATIVE_PATH
@@ -96,6 +116,16 @@ for tool in mke2fs e2fsck fstrim; do
     [ -n "$path" ] || { echo "build-initramfs: $tool not found (e2fsprogs, util-linux)" >&2; exit 77; }
     copy_with_libs "$path"
 done
+for bin in ${extra_bins[@]+"${extra_bins[@]}"}; do
+    [ -x "$bin" ] || { echo "build-initramfs: $bin is not an executable" >&2; exit 1; }
+    copy_with_libs "$bin"
+done
+for spec in ${extra_files[@]+"${extra_files[@]}"}; do
+    src=${spec%%:*} dst=${spec#*:}
+    [ -f "$src" ] && [ "$dst" != "$spec" ] || { echo "build-initramfs: --file $spec: need SRC:DST with SRC a file" >&2; exit 1; }
+    mkdir -p "$root$(dirname "$dst")"
+    cp -p "$src" "$root$dst"
+done
 # The dynamic loader at the path the binaries ask for.
 interp=$(readelf -l "$(command -v mke2fs || echo /sbin/mke2fs)" | sed -n 's/.*interpreter: \(.*\)]/\1/p')
 mkdir -p "$root$(dirname "$interp")"
@@ -103,6 +133,6 @@ cp -L "$interp" "$root$interp"
 ln -sf /sbin/mke2fs "$root/sbin/mkfs.ext4"
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"
 
-install -m 0755 "$here/init" "$root/init"
+install -m 0755 "$init_script" "$root/init"
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$out"
 echo "$kernel"

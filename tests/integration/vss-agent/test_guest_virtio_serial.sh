@@ -26,51 +26,20 @@ busybox=/bin/busybox
 [ -x "$busybox" ] && ldd "$busybox" 2>&1 | grep -q "not a dynamic" ||
     skip "a static /bin/busybox is needed (busybox-static)"
 
-# ---- the initramfs
-root=$WORK/initramfs
-mkdir -p "$root"/{bin,sbin,etc/hvstor-vss/writers.d,proc,sys,dev,mnt/data,run,tmp,lib/modules}
-cp "$busybox" "$root/bin/busybox"
-for applet in $("$busybox" --list); do
-    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
-done
-declare -A seen=()
-: >"$root/etc/modules"
-add_module() {   # add_module RELATIVE_PATH: its dependencies first, each once
-    local rel=$1 dep line name
-    [ -n "${seen[$rel]:-}" ] && return 0
-    seen[$rel]=1
-    line=$(grep -m1 "^$rel:" "$moddir/modules.dep" || true)
-    for dep in ${line#*:}; do add_module "$dep"; done
-    name=$(basename "$rel")
-    case "$name" in
-    *.ko.xz) xz -dc "$moddir/$rel" >"$root/lib/modules/${name%.xz}"; name=${name%.xz} ;;
-    *.ko.zst) zstd -qdc "$moddir/$rel" >"$root/lib/modules/${name%.zst}"; name=${name%.zst} ;;
-    *.ko.gz) gzip -dc "$moddir/$rel" >"$root/lib/modules/${name%.gz}"; name=${name%.gz} ;;
-    *) cp "$moddir/$rel" "$root/lib/modules/$name" ;;
-    esac
-    echo "$name" >>"$root/etc/modules"
-}
-for m in virtio_pci virtio_blk virtio_console crc32c_generic ext4; do
-    rel=$(grep -oE "^[^:]*/$m\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -1 | tr -d :)
-    [ -n "$rel" ] && add_module "$rel"
-done
-cp "$AGENT_BIN" "$root/sbin/hvstor-vss"
-for lib in $(ldd "$AGENT_BIN" | awk '/=>/ { print $3 } /^\t\/lib/ { print $1 }'); do
-    [ -f "$lib" ] || continue
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-done
-cat >"$root/etc/hvstor-vss/writers.d/10-app" <<'EOF'
+# ---- the initramfs: the shared guest builder, plus the agent, a writer hook
+# and this test's own /init
+cat >"$WORK/10-app" <<'EOF'
 #!/bin/sh
 echo "HVSTOR-GUEST-WRITER $1" >/dev/console
 EOF
-chmod +x "$root/etc/hvstor-vss/writers.d/10-app"
-cat >"$root/init" <<'EOF'
+chmod +x "$WORK/10-app"
+cat >"$WORK/init" <<'EOF'
 #!/bin/sh
 export PATH=/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+mkdir -p /mnt/data
 for m in $(cat /etc/modules); do insmod /lib/modules/$m 2>/dev/null; done
 i=0
 while [ ! -b /dev/vda ] || ! ls /sys/class/virtio-ports/vport* >/dev/null 2>&1; do
@@ -93,9 +62,9 @@ while true; do
     usleep 20000
 done
 EOF
-chmod +x "$root/init"
-(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$WORK/guest.cpio.gz" ||
-    fail "cpio"
+"$HVSTOR_SRC/tests/guest/build-initramfs.sh" --module virtio_blk --module virtio_console \
+    --bin "$AGENT_BIN" --file "$WORK/10-app:/etc/hvstor-vss/writers.d/10-app" \
+    --init "$WORK/init" "$WORK/guest.cpio.gz" "$kver" >/dev/null || fail "building the initramfs"
 
 # ---- the guest's disk, made on the host (a plain file: no loop device)
 dd if=/dev/zero of="$WORK/guest.img" bs=1M count=64 status=none
