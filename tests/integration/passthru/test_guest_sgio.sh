@@ -1,0 +1,248 @@
+#!/usr/bin/env bash
+# SG_IO pass-through of a local SCSI disk, on a real SCSI disk: this machine
+# has none, so the test runs inside a guest (Debian's kernel under
+# qemu-system-x86_64, TCG, busybox initramfs) whose kernel has scsi_debug.
+# The guest carries hvstord, hvctl, pt-cdb and libiscsi's tools, brings up
+# loopback, starts hvstord on 127.0.0.1, hands /dev/sda (scsi_debug) to a VM
+# with `hvctl disk attach --device`, and through the VM's iSCSI target:
+#   - INQUIRY shows scsi_debug's own vendor/product (the CDB reached the
+#     device, not hvstor's emulation), READ CAPACITY(16) matches sysfs
+#   - data written on the host before the attach reads back through the
+#     target; data written through the target is on the disk after the
+#     detach (read with O_DIRECT), both compared byte for byte
+#   - a CDB the filter does not list gets ILLEGAL REQUEST / INVALID COMMAND
+#     OPERATION CODE, and reaches the device (GOOD) with --full-scsi
+#   - the device's own sense comes back: READ(16) past the end gets
+#     scsi_debug's LBA OUT OF RANGE, a write under its software write
+#     protect (iscsi-swp: MODE SELECT to the device) its DATA PROTECT
+#   - a second VM attaching the same disk is refused, naming the holder
+#   - iscsi-perf with 32 requests in flight: more than one command was in
+#     the device at once (queue depth > 1, `disk stats` max_in_device)
+#   - an hvstord restart finds the disk again by its designator
+# The guest prints "HVSTOR-GUEST-RESULT: PASS|FAIL why" and powers off.
+# Label: slow (about a minute under TCG here).
+set -u
+skip() { echo "SKIP: $*"; exit 77; }
+fail() { echo "FAIL: $*"; exit 1; }
+
+: "${HVSTOR_BIN:?HVSTOR_BIN not set}" "${HVSTOR_BUILD:?HVSTOR_BUILD not set}"
+: "${HVSTOR_SRC:?HVSTOR_SRC not set}"
+[ "${HVSTOR_SANITIZE:-0}" = 1 ] || [ "${HVSTOR_SANITIZE:-}" = ON ] &&
+    skip "sanitizer build: the guest has no sanitizer runtime"
+command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not installed"
+for tool in cpio gzip ldd readelf; do command -v $tool >/dev/null || skip "$tool is not installed"; done
+PT_CDB=$HVSTOR_BUILD/tests/integration/pt-cdb
+for b in "$HVSTOR_BIN/hvstord" "$HVSTOR_BIN/hvctl" "$PT_CDB"; do
+    [ -x "$b" ] || skip "$b is not built"
+done
+tools=()
+for t in iscsi-inq iscsi-readcapacity16 iscsi-swp iscsi-perf; do
+    p=$(command -v $t) || skip "$t is not installed (libiscsi-bin)"
+    tools+=(--bin "$p")
+done
+kernel=$(ls -1 /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1)
+[ -n "$kernel" ] && [ -r "$kernel" ] || skip "no readable /boot/vmlinuz-* (linux-image-amd64)"
+kver=${kernel#/boot/vmlinuz-}
+ls /lib/modules/"$kver"/kernel/drivers/scsi/scsi_debug.ko* >/dev/null 2>&1 ||
+    skip "the guest kernel $kver has no scsi_debug module"
+
+WORK=$(mktemp -d /var/tmp/hvstor-sgio-XXXXXX)
+QEMU_PID=
+cleanup() {
+    local rc=$?
+    [ -n "$QEMU_PID" ] && kill -9 "$QEMU_PID" 2>/dev/null
+    if [ $rc -ne 0 ] && [ $rc -ne 77 ] && [ -f "$WORK/console.log" ]; then
+        echo "---- guest console (tail)"; tail -60 "$WORK/console.log"
+    fi
+    if [ -n "${KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+    exit $rc
+}
+trap cleanup EXIT
+
+cat >"$WORK/init" <<'EOF'
+#!/bin/sh
+export PATH=/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /tmp /var/hv
+finish() {
+    echo "HVSTOR-GUEST-RESULT: $*"
+    [ -n "${HVD:-}" ] && kill -TERM $HVD 2>/dev/null
+    case "$*" in PASS*) ;; *) echo "---- hvstord log"; tail -30 /tmp/hvstord.log ;; esac
+    sync
+    reboot -f
+    sleep 5
+}
+step() { echo "HVSTOR-GUEST-STEP: $*"; }
+for m in $(cat /etc/modules); do
+    case $m in scsi_debug.ko) continue ;; esac
+    insmod /lib/modules/$m 2>/dev/null
+done
+# 64 MiB, and 2 ms per command: long enough that commands sent together
+# are in the device together, which is what the queue-depth check looks at.
+insmod /lib/modules/scsi_debug.ko dev_size_mb=64 ndelay=2000000 ||
+    finish "FAIL insmod scsi_debug"
+i=0
+while [ ! -b /dev/sda ]; do
+    i=$((i + 1)); [ $i -gt 300 ] && finish "FAIL no /dev/sda from scsi_debug"
+    sleep 0.1
+done
+DEV=/dev/sda
+VENDOR=$(cat /sys/block/sda/device/vendor | sed 's/ *$//')
+MODEL=$(cat /sys/block/sda/device/model | sed 's/ *$//')
+SECTORS=$(cat /sys/block/sda/size)
+step "scsi_debug: $DEV '$VENDOR' '$MODEL' $SECTORS sectors"
+
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up || finish "FAIL loopback"
+ST=/var/hv
+hvstord --state-dir $ST --portal 127.0.0.1:3260 --log-level info 2>>/tmp/hvstord.log &
+HVD=$!
+i=0
+while [ ! -S $ST/hvstord.sock ]; do
+    i=$((i + 1)); [ $i -gt 200 ] && finish "FAIL hvstord did not start: $(tail -3 /tmp/hvstord.log)"
+    sleep 0.1
+done
+hv() { hvctl --state-dir $ST "$@"; }
+hv vm create a >/dev/null && hv vm create b >/dev/null || finish "FAIL vm create"
+IQN=iqn.2008-11.org.linux-kvm:a
+URL=iscsi://127.0.0.1:3260/iqn.2026-11.org.hvstor:a.c0/0
+cdb() { pt-cdb -p 127.0.0.1:3260 -t iqn.2026-11.org.hvstor:a.c0 -i $IQN -l 0 "$@"; }
+
+# Data the host puts on the disk before the attach, for the guest to read.
+dd if=/dev/urandom of=/tmp/host.bin bs=4096 count=16 2>/dev/null
+dd if=/tmp/host.bin of=$DEV bs=4096 seek=1024 conv=fsync 2>/dev/null || finish "FAIL host write"
+
+hv disk attach a --controller 0 --slot 0 --device $DEV >/tmp/attach.txt 2>&1 ||
+    finish "FAIL attach: $(cat /tmp/attach.txt)"
+grep -q "SCSI pass-through (SG_IO): $VENDOR $MODEL, naa\." /tmp/attach.txt ||
+    finish "FAIL not passed through with SG_IO: $(cat /tmp/attach.txt)"
+step "$(tail -1 /tmp/attach.txt)"
+
+iscsi-inq -i $IQN $URL >/tmp/inq.txt 2>&1 || finish "FAIL iscsi-inq: $(cat /tmp/inq.txt)"
+grep -q "Vendor:$VENDOR" /tmp/inq.txt && grep -q "Product:$MODEL" /tmp/inq.txt ||
+    finish "FAIL INQUIRY is not the device's: $(cat /tmp/inq.txt)"
+step "INQUIRY through the target: $(grep -E 'Vendor|Product' /tmp/inq.txt | tr '\n' ' ')"
+
+iscsi-readcapacity16 -i $IQN $URL >/tmp/rc.txt 2>&1 || finish "FAIL readcapacity16: $(cat /tmp/rc.txt)"
+BLOCK=$(sed -n 's/^LOGICAL BLOCK LENGTH IN BYTES:\([0-9]*\).*/\1/p' /tmp/rc.txt)
+LBA_MAX=$(sed -n 's/^RETURNED LOGICAL BLOCK ADDRESS:\([0-9]*\).*/\1/p' /tmp/rc.txt)
+[ -n "$BLOCK" ] && [ -n "$LBA_MAX" ] || finish "FAIL READ CAPACITY(16) output: $(cat /tmp/rc.txt)"
+[ $(( (LBA_MAX + 1) * BLOCK )) = $((SECTORS * 512)) ] ||
+    finish "FAIL READ CAPACITY: $((LBA_MAX + 1)) x $BLOCK bytes, sysfs says $SECTORS sectors"
+step "READ CAPACITY(16): $((LBA_MAX + 1)) blocks of $BLOCK bytes, as sysfs"
+
+# read what the host wrote: 64 KiB at byte 4 MiB
+LBA=$((4194304 / BLOCK)); N=$((65536 / BLOCK))
+hex() { printf "%0${2}x" "$1"; }
+READ10="28 00 $(hex $LBA 8) 00 $(hex $N 4) 00"
+READ10=$(echo "$READ10" | tr -d ' ')
+cdb -c "$READ10" -r 65536 -o /tmp/got.bin >/tmp/r.txt || finish "FAIL READ(10): $(cat /tmp/r.txt)"
+grep -q "status 0x00 residual 0" /tmp/r.txt || finish "FAIL READ(10): $(cat /tmp/r.txt)"
+cmp -s /tmp/got.bin /tmp/host.bin || finish "FAIL the guest does not read what the host wrote"
+step "READ(10) of 64 KiB the host wrote before the attach: identical"
+
+# write a pattern through the target: 64 KiB at byte 8 MiB, read it back
+dd if=/dev/urandom of=/tmp/guest.bin bs=4096 count=16 2>/dev/null
+WLBA=$((8388608 / BLOCK))
+WRITE10=$(echo "2a 00 $(hex $WLBA 8) 00 $(hex $N 4) 00" | tr -d ' ')
+READ10W=$(echo "28 00 $(hex $WLBA 8) 00 $(hex $N 4) 00" | tr -d ' ')
+cdb -c "$WRITE10" -w 65536 -f /tmp/guest.bin >/tmp/w.txt || finish "FAIL WRITE(10): $(cat /tmp/w.txt)"
+grep -q "status 0x00" /tmp/w.txt || finish "FAIL WRITE(10): $(cat /tmp/w.txt)"
+cdb -c "$READ10W" -r 65536 -o /tmp/back.bin >/tmp/r.txt || finish "FAIL READ(10) back"
+cmp -s /tmp/back.bin /tmp/guest.bin || finish "FAIL written data does not read back"
+step "WRITE(10) + READ(10) of 64 KiB through the target: identical"
+
+# the filter: SEND DIAGNOSTIC (self-test) is not on the list
+cdb -c 1d0400000000 >/tmp/sd.txt
+grep -q "status 0x02 sense 5/20h/00h" /tmp/sd.txt || finish "FAIL SEND DIAGNOSTIC: $(cat /tmp/sd.txt)"
+step "SEND DIAGNOSTIC filtered: $(cat /tmp/sd.txt)"
+
+# the device's own sense: READ(16) one block past the end
+READ16=$(echo "88 00 $(hex $((LBA_MAX + 1)) 16) $(hex 1 8) 00 00" | tr -d ' ')
+cdb -c "$READ16" -r $BLOCK >/tmp/oor.txt
+grep -q "status 0x02 sense 5/21h/00h" /tmp/oor.txt ||
+    finish "FAIL READ(16) past the end: $(cat /tmp/oor.txt)"
+step "READ(16) past the end: scsi_debug's own LBA OUT OF RANGE ($(cat /tmp/oor.txt))"
+
+# MODE SELECT reaches the device: its software write protect, then its
+# DATA PROTECT on a write
+iscsi-swp -i $IQN -s on $URL >/tmp/swp.txt 2>&1 || finish "FAIL iscsi-swp on: $(cat /tmp/swp.txt)"
+cdb -c "$WRITE10" -w 65536 -f /tmp/guest.bin >/tmp/wp.txt
+iscsi-swp -i $IQN -s off $URL >>/tmp/swp.txt 2>&1 || finish "FAIL iscsi-swp off: $(cat /tmp/swp.txt)"
+grep -q "status 0x02 sense 7/27h/" /tmp/wp.txt ||
+    finish "FAIL write under the device's SWP: $(cat /tmp/wp.txt) / $(cat /tmp/swp.txt)"
+cdb -c "$WRITE10" -w 65536 -f /tmp/guest.bin >/tmp/w.txt
+grep -q "status 0x00" /tmp/w.txt || finish "FAIL WRITE after SWP off: $(cat /tmp/w.txt)"
+step "software write protect set through the target: $(cat /tmp/wp.txt)"
+
+# another VM cannot have it
+hv disk attach b --controller 0 --slot 0 --device $DEV >/tmp/b.txt 2>&1 &&
+    finish "FAIL VM b got the disk VM a holds"
+grep -q "held by VM 'a' controller 0 slot 0" /tmp/b.txt || finish "FAIL holder not named: $(cat /tmp/b.txt)"
+step "second VM refused: $(cat /tmp/b.txt)"
+
+# queue depth: 32 reads in flight, 2 ms each in the device
+# (iscsi-perf reads until it is stopped)
+timeout -s INT 4 iscsi-perf -i $IQN -m 32 -b 16 $URL >/tmp/perf.txt 2>&1
+grep -qi "error\|failed" /tmp/perf.txt && finish "FAIL iscsi-perf: $(tail -3 /tmp/perf.txt)"
+hv --json disk stats a --controller 0 --slot 0 >/tmp/stats.json 2>&1 || finish "FAIL disk stats"
+MAXQ=$(tr -d ' \n' </tmp/stats.json | sed -n 's/.*"max_in_device":\([0-9]*\).*/\1/p')
+[ -n "$MAXQ" ] && [ "$MAXQ" -gt 1 ] || finish "FAIL max_in_device '$MAXQ': $(cat /tmp/stats.json)"
+step "iscsi-perf -m 32: $(tr '\r' '\n' </tmp/perf.txt | grep 'iops average' | tail -1 | sed 's/.*\(iops average [^,]*\).*/\1/'); at most $MAXQ commands in the device at once"
+
+# restart: the slot finds its disk by designator and serves it again
+kill -TERM $HVD; wait $HVD
+hvstord --state-dir $ST --portal 127.0.0.1:3260 --log-level info 2>>/tmp/hvstord.log &
+HVD=$!
+i=0
+while ! hv vm show a >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -gt 200 ] && finish "FAIL hvstord did not restart"
+    sleep 0.1
+done
+iscsi-inq -i $IQN $URL >/tmp/inq2.txt 2>&1 && grep -q "Product:$MODEL" /tmp/inq2.txt ||
+    finish "FAIL after restart: $(cat /tmp/inq2.txt) $(hv vm show a)"
+step "after an hvstord restart the disk is passed through again"
+
+# --full-scsi lets SEND DIAGNOSTIC reach the device
+hv disk detach a --controller 0 --slot 0 >/dev/null || finish "FAIL detach"
+hv disk attach a --controller 0 --slot 0 --device $DEV --full-scsi >/tmp/attach.txt 2>&1 ||
+    finish "FAIL attach --full-scsi: $(cat /tmp/attach.txt)"
+cdb -c 1d0400000000 >/tmp/sd.txt
+grep -q "status 0x00" /tmp/sd.txt || finish "FAIL SEND DIAGNOSTIC with --full-scsi: $(cat /tmp/sd.txt)"
+step "SEND DIAGNOSTIC with --full-scsi: $(cat /tmp/sd.txt)"
+hv disk detach a --controller 0 --slot 0 >/dev/null || finish "FAIL detach"
+
+# after the detach, the host reads the guest's write from the disk itself
+dd if=$DEV of=/tmp/disk.bin bs=4096 skip=2048 count=16 iflag=direct 2>/dev/null ||
+    { echo 3 >/proc/sys/vm/drop_caches; dd if=$DEV of=/tmp/disk.bin bs=4096 skip=2048 count=16 2>/dev/null; }
+cmp -s /tmp/disk.bin /tmp/guest.bin || finish "FAIL the disk does not hold what the guest wrote"
+step "after the detach /dev/sda holds the guest's 64 KiB"
+grep -q "AddressSanitizer\|runtime error" /tmp/hvstord.log && finish "FAIL sanitizer report"
+finish PASS
+EOF
+
+"$HVSTOR_SRC/tests/guest/build-initramfs.sh" --module scsi_debug \
+    --bin "$HVSTOR_BIN/hvstord" --bin "$HVSTOR_BIN/hvctl" --bin "$PT_CDB" "${tools[@]}" \
+    --init "$WORK/init" "$WORK/guest.cpio.gz" "$kver" >/dev/null 2>"$WORK/initramfs.err"
+rc=$?
+[ $rc -eq 77 ] && { cat "$WORK/initramfs.err"; exit 77; }
+[ $rc -eq 0 ] || fail "building the initramfs: $(cat "$WORK/initramfs.err")"
+
+# TCG: KVM under this machine's nesting hangs in the BIOS; HVSTOR_GUEST_KVM=1 opts in.
+accel=tcg
+[ -w /dev/kvm ] && [ -n "${HVSTOR_GUEST_KVM:-}" ] && accel=kvm:tcg
+t0=$SECONDS
+timeout 240 qemu-system-x86_64 -machine accel=$accel -m 768 -smp 1 -nographic -no-reboot \
+    -kernel "$kernel" -initrd "$WORK/guest.cpio.gz" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1" -nic none \
+    >"$WORK/console.log" 2>&1 </dev/null &
+QEMU_PID=$!
+wait "$QEMU_PID"
+QEMU_PID=
+tr -d '\r' <"$WORK/console.log" >"$WORK/console.txt"
+grep -a "HVSTOR-GUEST-STEP" "$WORK/console.txt" | sed 's/^.*HVSTOR-GUEST-STEP: /  /'
+result=$(grep -a "HVSTOR-GUEST-RESULT" "$WORK/console.txt" | tail -1 | sed 's/^.*HVSTOR-GUEST-RESULT: //')
+[ -n "$result" ] || fail "no result from the guest in $((SECONDS - t0)) s"
+[ "$result" = PASS ] || fail "guest: $result"
+echo "PASS (guest ran $((SECONDS - t0)) s, $accel)"
