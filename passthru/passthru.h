@@ -5,8 +5,10 @@
  * as the guest sent it, its data-out iovec or the data-in iovec the answer
  * lands in. pt_lun_submit() forwards it to the LUN through a san_session that
  * logged in with the VM's own initiator name, and hands back the SAN's status,
- * sense and residual unchanged. This module knows nothing of controllers or
- * the iSCSI target; it decides only what may reach the LUN:
+ * sense and residual unchanged. A local SCSI disk is the same pt_lun with a
+ * second transport, SG_IO on its device node (pt_lun_open_local, below).
+ * This module knows nothing of controllers or the iSCSI target; it decides
+ * only what may reach the LUN:
  *
  *  - the filter: by default only what a disk needs (pt_cdb_is_allowed); the
  *    rest gets ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE without
