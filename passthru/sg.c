@@ -331,7 +331,7 @@ static void efd_ready(void *arg, uint32_t events)
     take_done(sg);
 }
 
-static void refuse_deferred(void *arg)
+static void complete_deferred(void *arg)
 {
     struct pt_cmd *cmd = arg;
     cmd->done(cmd);
@@ -345,7 +345,7 @@ void pt_sg_submit(struct pt_sg *sg, struct pt_cmd *cmd)
         set_check(cmd, 0x5, 0x24, 0x00);
         cmd->residual = cmd->xfer_bytes;
         cmd->is_overflow = false;
-        hv_reactor_defer(sg->r, &cmd->deferred, refuse_deferred, cmd);
+        hv_reactor_defer(sg->r, &cmd->deferred, complete_deferred, cmd);
         return;
     }
     sg->inflight++;
@@ -361,9 +361,10 @@ void pt_sg_submit(struct pt_sg *sg, struct pt_cmd *cmd)
 }
 
 /* Take the commands no worker started, completing each with `status` (and
- * NOT READY sense for CHECK CONDITION). */
+ * sense for CHECK CONDITION): at once when closing, else on the next reactor
+ * turn (a task-management call must not see its tasks complete inside it). */
 static void drain_todo(struct pt_sg *sg, uint8_t status, uint8_t key, uint8_t asc,
-                       uint8_t ascq)
+                       uint8_t ascq, bool is_deferred)
 {
     pthread_mutex_lock(&sg->lock);
     struct pt_cmd *cmd = sg->todo_head;
@@ -377,12 +378,21 @@ static void drain_todo(struct pt_sg *sg, uint8_t status, uint8_t key, uint8_t as
         else
             set_status(c, status);
     }
-    complete_list(sg, cmd);
+    if (!is_deferred) {
+        complete_list(sg, cmd);
+        return;
+    }
+    while (cmd) {
+        struct pt_cmd *next = cmd->next;
+        sg->inflight--;
+        hv_reactor_defer(sg->r, &cmd->deferred, complete_deferred, cmd);
+        cmd = next;
+    }
 }
 
 void pt_sg_abort_queued(struct pt_sg *sg)
 {
-    drain_todo(sg, SAN_STATUS_TASK_ABORTED, 0, 0, 0);
+    drain_todo(sg, SAN_STATUS_TASK_ABORTED, 0, 0, 0, true);
 }
 
 uint64_t pt_sg_inflight(const struct pt_sg *sg)
@@ -402,7 +412,7 @@ void pt_sg_destroy(struct pt_sg *sg)
 {
     if (!sg)
         return;
-    drain_todo(sg, SAN_STATUS_CHECK_CONDITION, 0x2, 0x04, 0x03);
+    drain_todo(sg, SAN_STATUS_CHECK_CONDITION, 0x2, 0x04, 0x03, false);
     pthread_mutex_lock(&sg->lock);
     sg->is_stopping = true;
     pthread_cond_broadcast(&sg->cond);

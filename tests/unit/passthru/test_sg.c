@@ -401,8 +401,14 @@ static void test_destroy_completes_what_is_still_queued(void **state)
         prepare(rd, i, 512, 512);
         pt_sg_submit(sg, &rd->cmds[i]);
     }
-    /* no reactor turn: the worker may have finished some, the rest wait */
+    /* no reactor turn yet: the worker may have finished some, the rest
+     * wait; the aborted ones complete on the next turn, not inside */
+    rd->is_submitting = true;
     pt_sg_abort_queued(sg);
+    rd->is_submitting = false;
+    assert_false(rd->was_inside_submit);
+    for (int i = 0; i < 4; i++)
+        hv_reactor_run_once(r, 0);
     pt_sg_destroy(sg);
     assert_true(rd->is_all_done);
     for (int i = 0; i < N_CMDS; i++) {
