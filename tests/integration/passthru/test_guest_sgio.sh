@@ -18,7 +18,11 @@
 #   - a second VM attaching the same disk is refused, naming the holder
 #   - iscsi-perf with 32 requests in flight: more than one command was in
 #     the device at once (queue depth > 1, `disk stats` max_in_device)
+#   - a raw disk on the same VM answers while a command is held in
+#     scsi_debug (SG_IO runs off the reactor)
 #   - an hvstord restart finds the disk again by its designator
+#   - the disk removed under the guest: NOT READY / LOGICAL UNIT NOT
+#     SUPPORTED, and `vm show` says why
 # The guest prints "HVSTOR-GUEST-RESULT: PASS|FAIL why" and powers off.
 # Label: slow (about a minute under TCG here).
 set -u
@@ -191,6 +195,30 @@ MAXQ=$(tr -d ' \n' </tmp/stats.json | sed -n 's/.*"max_in_device":\([0-9]*\).*/\
 [ -n "$MAXQ" ] && [ "$MAXQ" -gt 1 ] || finish "FAIL max_in_device '$MAXQ': $(cat /tmp/stats.json)"
 step "iscsi-perf -m 32: $(tr '\r' '\n' </tmp/perf.txt | grep 'iops average' | tail -1 | sed 's/.*\(iops average [^,]*\).*/\1/'); at most $MAXQ commands in the device at once"
 
+# other disks do not wait on this one: with scsi_debug answering after
+# 1250 jiffies (1.25 s at HZ=1000, 5 s at 250), a raw disk on the same VM
+# answers while a command is still in scsi_debug
+truncate -s 16M /tmp/other.img
+hv disk attach a --controller 0 --slot 1 --raw /tmp/other.img >/dev/null || finish "FAIL attach raw"
+echo 1250 >/sys/bus/pseudo/drivers/scsi_debug/delay || finish "FAIL scsi_debug delay"
+cdb -c "$READ10W" -r 65536 -o /tmp/slow.bin >/tmp/slow.txt &
+SLOW=$!
+i=0
+until tr -d ' \n' </tmp/stats.json | grep -q '"inflight":[1-9]'; do
+    i=$((i + 1)); [ $i -gt 100 ] && finish "FAIL no command reached scsi_debug"
+    hv --json disk stats a --controller 0 --slot 0 >/tmp/stats.json 2>&1
+done
+pt-cdb -p 127.0.0.1:3260 -t iqn.2026-11.org.hvstor:a.c0 -i $IQN -l 1 -c 28000000000000000800 \
+    -r 4096 >/tmp/fast.txt
+grep -q "status 0x00" /tmp/fast.txt || finish "FAIL raw disk read: $(cat /tmp/fast.txt)"
+kill -0 $SLOW 2>/dev/null || finish "FAIL the slow command finished before the other disk answered"
+wait $SLOW
+grep -q "status 0x00" /tmp/slow.txt && cmp -s /tmp/slow.bin /tmp/guest.bin ||
+    finish "FAIL the slow read: $(cat /tmp/slow.txt)"
+echo 1 >/sys/bus/pseudo/drivers/scsi_debug/delay
+hv disk detach a --controller 0 --slot 1 >/dev/null || finish "FAIL detach raw"
+step "a raw disk on the same VM answered while scsi_debug held a command"
+
 # restart: the slot finds its disk by designator and serves it again
 kill -TERM $HVD; wait $HVD
 hvstord --state-dir $ST --portal 127.0.0.1:3260 --log-level info 2>>/tmp/hvstord.log &
@@ -218,6 +246,17 @@ dd if=$DEV of=/tmp/disk.bin bs=4096 skip=2048 count=16 iflag=direct 2>/dev/null 
     { echo 3 >/proc/sys/vm/drop_caches; dd if=$DEV of=/tmp/disk.bin bs=4096 skip=2048 count=16 2>/dev/null; }
 cmp -s /tmp/disk.bin /tmp/guest.bin || finish "FAIL the disk does not hold what the guest wrote"
 step "after the detach /dev/sda holds the guest's 64 KiB"
+
+# the disk goes away under the guest: the device's removal becomes NOT
+# READY / LOGICAL UNIT NOT SUPPORTED and the slot says why
+hv disk attach a --controller 0 --slot 0 --device $DEV >/dev/null || finish "FAIL re-attach"
+echo 1 >/sys/block/sda/device/delete || finish "FAIL deleting sda"
+cdb -c "$READ10W" -r 65536 >/tmp/gone.txt
+grep -q "status 0x02 sense 2/25h/00h" /tmp/gone.txt || finish "FAIL read after removal: $(cat /tmp/gone.txt)"
+hv vm show a >/tmp/show.txt 2>&1
+grep -q "offline" /tmp/show.txt || finish "FAIL vm show after removal: $(cat /tmp/show.txt)"
+step "removed under the guest: $(cat /tmp/gone.txt); $(grep -A1 offline /tmp/show.txt | tail -1 | sed 's/^ *//')"
+hv disk detach a --controller 0 --slot 0 >/dev/null || finish "FAIL detach after removal"
 grep -q "AddressSanitizer\|runtime error" /tmp/hvstord.log && finish "FAIL sanitizer report"
 finish PASS
 EOF
