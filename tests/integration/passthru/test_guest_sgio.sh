@@ -20,7 +20,8 @@
 #     the device at once (queue depth > 1, `disk stats` max_in_device)
 #   - a raw disk on the same VM answers while a command is held in
 #     scsi_debug (SG_IO runs off the reactor)
-#   - an hvstord restart finds the disk again by its designator
+#   - an hvstord restart finds the disk again by its designator after
+#     sda and sdb swapped names
 #   - the disk removed under the guest: NOT READY / LOGICAL UNIT NOT
 #     SUPPORTED, and `vm show` says why
 # The guest prints "HVSTOR-GUEST-RESULT: PASS|FAIL why" and powers off.
@@ -85,14 +86,21 @@ for m in $(cat /etc/modules); do
 done
 # 64 MiB, and 2 ms per command: long enough that commands sent together
 # are in the device together, which is what the queue-depth check looks at.
-insmod /lib/modules/scsi_debug.ko dev_size_mb=64 ndelay=2000000 ||
+# Two targets (sda, sdb: distinct designators, one shared store) so that a
+# restart can find them renamed.
+insmod /lib/modules/scsi_debug.ko dev_size_mb=64 ndelay=2000000 num_tgts=2 ||
     finish "FAIL insmod scsi_debug"
-i=0
-while [ ! -b /dev/sda ]; do
-    i=$((i + 1)); [ $i -gt 300 ] && finish "FAIL no /dev/sda from scsi_debug"
-    sleep 0.1
-done
+wait_dev() {
+    i=0
+    while [ ! -b $1 ]; do
+        i=$((i + 1)); [ $i -gt 300 ] && finish "FAIL no $1 from scsi_debug"
+        sleep 0.1
+    done
+}
+wait_dev /dev/sda
+wait_dev /dev/sdb
 DEV=/dev/sda
+WWID=$(cat /sys/block/sda/device/wwid)
 VENDOR=$(cat /sys/block/sda/device/vendor | sed 's/ *$//')
 MODEL=$(cat /sys/block/sda/device/model | sed 's/ *$//')
 SECTORS=$(cat /sys/block/sda/size)
@@ -219,8 +227,22 @@ echo 1 >/sys/bus/pseudo/drivers/scsi_debug/delay
 hv disk detach a --controller 0 --slot 1 >/dev/null || finish "FAIL detach raw"
 step "a raw disk on the same VM answered while scsi_debug held a command"
 
-# restart: the slot finds its disk by designator and serves it again
+# restart with the disks renamed (remove both, rescan target 1 first: it
+# becomes sda, the attached disk sdb): the slot finds its disk by designator
 kill -TERM $HVD; wait $HVD
+HOST=
+for h in /sys/class/scsi_host/host*; do
+    [ "$(cat $h/proc_name)" = scsi_debug ] && HOST=$h
+done
+[ -n "$HOST" ] || finish "FAIL no scsi_debug host"
+echo 1 >/sys/block/sdb/device/delete && echo 1 >/sys/block/sda/device/delete ||
+    finish "FAIL removing the disks"
+while [ -b /dev/sda ] || [ -b /dev/sdb ]; do sleep 0.1; done
+echo "0 1 0" >$HOST/scan && wait_dev /dev/sda
+echo "0 0 0" >$HOST/scan && wait_dev /dev/sdb
+[ "$(cat /sys/block/sda/device/wwid)" != "$WWID" ] && [ "$(cat /sys/block/sdb/device/wwid)" = "$WWID" ] ||
+    finish "FAIL the disks were not renamed: sda $(cat /sys/block/sda/device/wwid), sdb $(cat /sys/block/sdb/device/wwid)"
+DEV=/dev/sdb
 hvstord --state-dir $ST --portal 127.0.0.1:3260 --log-level info 2>>/tmp/hvstord.log &
 HVD=$!
 i=0
@@ -230,7 +252,17 @@ while ! hv vm show a >/dev/null 2>&1; do
 done
 iscsi-inq -i $IQN $URL >/tmp/inq2.txt 2>&1 && grep -q "Product:$MODEL" /tmp/inq2.txt ||
     finish "FAIL after restart: $(cat /tmp/inq2.txt) $(hv vm show a)"
-step "after an hvstord restart the disk is passed through again"
+hv vm show a >/tmp/show.txt
+grep -q "SG_IO /dev/sdb" /tmp/show.txt || finish "FAIL not found as sdb: $(cat /tmp/show.txt)"
+cdb -c "$READ10W" -r 65536 -o /tmp/back.bin >/tmp/r.txt
+cmp -s /tmp/back.bin /tmp/guest.bin || finish "FAIL the renamed disk does not hold the guest's data"
+step "restart after sda became sdb: $(grep 'SG_IO' /tmp/show.txt | sed 's/^ *//')"
+# the slot still says /dev/sda; the disk is known by its designator
+hv disk attach b --controller 0 --slot 0 --device /dev/sdb >/tmp/b.txt 2>&1 &&
+    finish "FAIL VM b got the renamed disk"
+grep -q "/dev/sdb (naa\.[0-9a-f]*) is held by VM 'a' controller 0 slot 0" /tmp/b.txt ||
+    finish "FAIL renamed disk: holder not named: $(cat /tmp/b.txt)"
+step "second VM refused by designator: $(cat /tmp/b.txt)"
 
 # --full-scsi lets SEND DIAGNOSTIC reach the device
 hv disk detach a --controller 0 --slot 0 >/dev/null || finish "FAIL detach"
@@ -245,12 +277,12 @@ hv disk detach a --controller 0 --slot 0 >/dev/null || finish "FAIL detach"
 dd if=$DEV of=/tmp/disk.bin bs=4096 skip=2048 count=16 iflag=direct 2>/dev/null ||
     { echo 3 >/proc/sys/vm/drop_caches; dd if=$DEV of=/tmp/disk.bin bs=4096 skip=2048 count=16 2>/dev/null; }
 cmp -s /tmp/disk.bin /tmp/guest.bin || finish "FAIL the disk does not hold what the guest wrote"
-step "after the detach /dev/sda holds the guest's 64 KiB"
+step "after the detach $DEV holds the guest's 64 KiB"
 
 # the disk goes away under the guest: the device's removal becomes NOT
 # READY / LOGICAL UNIT NOT SUPPORTED and the slot says why
 hv disk attach a --controller 0 --slot 0 --device $DEV >/dev/null || finish "FAIL re-attach"
-echo 1 >/sys/block/sda/device/delete || finish "FAIL deleting sda"
+echo 1 >/sys/block/${DEV#/dev/}/device/delete || finish "FAIL deleting $DEV"
 cdb -c "$READ10W" -r 65536 >/tmp/gone.txt
 grep -q "status 0x02 sense 2/25h/00h" /tmp/gone.txt || finish "FAIL read after removal: $(cat /tmp/gone.txt)"
 hv vm show a >/tmp/show.txt 2>&1
