@@ -132,6 +132,14 @@ int hv_passthru_sg_prepare(struct hv_daemon *d, const char *path,
                       id.inquiry.product, "device_type", (int)id.inquiry.device_type,
                       "device_size_bytes", (json_int_t)id.size_bytes, "full_scsi",
                       is_full_scsi);
+    {
+        struct pt_scsi_sysfs sys;
+        if (pt_scsi_sysfs_read(SYSFS, facts->sysfs_name, &sys) == 0 && sys.is_scsi) {
+            json_object_set_new(*info, "hctl", json_string(sys.hctl));
+            if (sys.sg_name[0])
+                json_object_set_new(*info, "sg", json_string(sys.sg_name));
+        }
+    }
     return 0;
 }
 

@@ -732,6 +732,7 @@ int pt_lun_open_local(struct hv_reactor *r, const struct pt_local_options *opt,
     snprintf(pl->why, sizeof(pl->why), "SG_IO to %s (%s %s, %s)", opt->path, id.inquiry.vendor,
              id.inquiry.product, id.designator);
     so.arg = pl;
+    so.block_bytes = id.block_bytes;
     ret = pt_sg_create(r, &so, &pl->sg, err);
     if (ret < 0) {
         free(pl);

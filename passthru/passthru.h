@@ -60,6 +60,13 @@
 
 /* May a guest send this CDB to the LUN? Always true with is_full_scsi. */
 bool pt_cdb_is_allowed(const uint8_t *cdb, size_t cdb_len, bool is_full_scsi);
+/* The data phase a block command's CDB itself defines (READ/WRITE 6-16, WRITE
+ * AND VERIFY, VERIFY with BYTCHK, WRITE SAME, COMPARE AND WRITE), with the
+ * device's block size: *bytes and the direction (SAN_XFER_NONE when the CDB
+ * moves no data). False for any other command, or a CDB too short to say:
+ * then the device alone decides. The guest's bytes: untrusted. */
+bool pt_cdb_data_bytes(const uint8_t *cdb, size_t cdb_len, uint32_t block_bytes,
+                       enum san_xfer *dir, uint64_t *bytes);
 /* Name of the command for logs ("READ(10)", "MAINTENANCE IN/0x0c", "opcode 0x1d"). */
 const char *pt_cdb_name(const uint8_t *cdb, size_t cdb_len, char *buf, size_t len);
 /* Fixed-format sense: 70h, key, ASC, ASCQ; returns its length (18). */
@@ -258,9 +265,15 @@ int pt_lun_takeover(struct pt_lun *pl, uint64_t victim_key, san_status_cb done, 
  * never waits on this device. There is no host fence (no PR key): the
  * O_EXCL claim is the exclusivity on this host.
  *
- * Limits: the kernel caps one command at the queue's max_hw_sectors (the
- * device's VPD 0xB0 tells the guest its own limit) and cannot report a
- * data-in overflow (the HBA stops at the buffer): is_overflow is never set.
+ * Lengths: for the block commands (pt_cdb_data_bytes) the device gets
+ * exactly what the CDB moves and the iSCSI residual is computed against the
+ * initiator's expected length (the kernel reports neither overflow nor a
+ * write's underflow): a read overflow lands in a worker's buffer first
+ * (up to PT_SG_BOUNCE_BYTES), a data-out the initiator did not send, or a
+ * data phase the wrong way round, gets ILLEGAL REQUEST / INVALID FIELD IN CDB
+ * without reaching the device. Other commands move the initiator's buffer and
+ * report the kernel's residual. The kernel caps one command at the queue's
+ * max_hw_sectors (the device's VPD 0xB0 tells the guest its own limit).
  * Task management is not forwarded (as for SAN LUNs): an abort completes the
  * commands no worker has taken yet; those in the device run to completion.
  */

@@ -56,6 +56,7 @@ struct pt_sg {
     int fd;
     char path[256];
     unsigned timeout_ms;
+    uint32_t block_bytes;
     void (*on_gone)(void *arg, const char *why);
     void *arg;
 
@@ -199,11 +200,52 @@ bool pt_sg_result(const struct pt_sg_answer *a, struct pt_cmd *cmd)
 
 /* ------------------------------------------------------------- workers */
 
-static bool run_sg_io(struct pt_sg *sg, struct pt_cmd *cmd, char *gone_why, size_t why_len)
+/*
+ * What the CDB itself moves, when pt_cdb_data_bytes knows the command:
+ * the device then gets exactly that, and the residual against the
+ * initiator's expected length is computed here (the kernel reports only
+ * what the device did not move of the buffer it was given, and cannot
+ * report an overflow at all).
+ */
+struct cdb_data {
+    bool is_known;
+    enum san_xfer dir;
+    uint64_t bytes;
+};
+
+static struct cdb_data cdb_data(const struct pt_sg *sg, const struct pt_cmd *cmd)
+{
+    struct cdb_data d = {0};
+    d.is_known = pt_cdb_data_bytes(cmd->cdb, cmd->cdb_len, sg->block_bytes, &d.dir, &d.bytes);
+    return d;
+}
+
+/* Refused before SG_IO (the caller answers ILLEGAL REQUEST / INVALID FIELD
+ * IN CDB): data-out the initiator did not send (the device would write
+ * what is not there), a data phase the other way round, a read overflow
+ * larger than a worker's buffer. */
+static bool is_unsafe(const struct cdb_data *d, const struct pt_cmd *cmd)
+{
+    uint32_t xfer = cmd->dir == SAN_XFER_NONE ? 0 : cmd->xfer_bytes;
+
+    if (!d->is_known || d->dir == SAN_XFER_NONE)
+        return false;
+    if (cmd->dir != SAN_XFER_NONE && cmd->xfer_bytes && cmd->dir != d->dir)
+        return true;
+    if (d->dir == SAN_XFER_WRITE)
+        return d->bytes > xfer;
+    return d->bytes > xfer && d->bytes > PT_SG_BOUNCE_BYTES;
+}
+
+static bool run_sg_io(struct pt_sg *sg, struct pt_cmd *cmd, uint8_t **bounce, char *gone_why,
+                      size_t why_len)
 {
     struct sg_io_hdr h;
     uint8_t sense[PT_SENSE_MAX];
     struct pt_sg_answer a = {0};
+    struct cdb_data d = cdb_data(sg, cmd);
+    uint32_t xfer = cmd->dir == SAN_XFER_NONE ? 0 : cmd->xfer_bytes;
+    bool is_bounced = false;
     int ret;
 
     memset(&h, 0, sizeof(h));
@@ -214,7 +256,31 @@ static bool run_sg_io(struct pt_sg *sg, struct pt_cmd *cmd, char *gone_why, size
     h.mx_sb_len = sizeof(sense);
     h.timeout = sg->timeout_ms;
     h.dxfer_direction = SG_DXFER_NONE;
-    if (cmd->xfer_bytes && cmd->dir != SAN_XFER_NONE) {
+    if (d.is_known && d.dir == SAN_XFER_READ && d.bytes > xfer) {
+        /* overflow: the device reads all its CDB asks into our buffer */
+        if (!*bounce)
+            *bounce = malloc(PT_SG_BOUNCE_BYTES);
+        if (!*bounce) {
+            pt_sg_result(&(struct pt_sg_answer){.error = -ENOMEM}, cmd);
+            return false;
+        }
+        h.dxfer_direction = SG_DXFER_FROM_DEV;
+        h.dxferp = *bounce;
+        h.dxfer_len = (unsigned)d.bytes;
+        is_bounced = true;
+    } else if (d.is_known) {
+        /* exactly what the CDB moves, from or into the initiator's buffer */
+        if (d.dir != SAN_XFER_NONE) {
+            h.dxfer_direction = d.dir == SAN_XFER_READ ? SG_DXFER_FROM_DEV : SG_DXFER_TO_DEV;
+            h.dxfer_len = (unsigned)d.bytes;
+            if (cmd->iovcnt == 1) {
+                h.dxferp = cmd->iov[0].iov_base;
+            } else {
+                h.iovec_count = (unsigned short)cmd->iovcnt;
+                h.dxferp = cmd->iov;
+            }
+        }
+    } else if (cmd->xfer_bytes && cmd->dir != SAN_XFER_NONE) {
         h.dxfer_direction = cmd->dir == SAN_XFER_READ ? SG_DXFER_FROM_DEV : SG_DXFER_TO_DEV;
         h.dxfer_len = cmd->xfer_bytes;
         if (cmd->iovcnt == 1) {
@@ -244,12 +310,24 @@ static bool run_sg_io(struct pt_sg *sg, struct pt_cmd *cmd, char *gone_why, size
                      sg->path, a.host_status);
         return true;
     }
+    if (d.is_known && !a.error && a.host_status == 0) {
+        uint64_t moved = d.bytes - HV_MIN((uint64_t)(a.resid > 0 ? a.resid : 0), d.bytes);
+        if (is_bounced) {
+            hv_iov_from_buf(cmd->iov, cmd->iovcnt, 0, *bounce, (size_t)HV_MIN(moved, xfer));
+            cmd->is_overflow = cmd->status == SAN_STATUS_GOOD;
+            cmd->residual = cmd->is_overflow ? (uint32_t)(d.bytes - xfer) : xfer;
+        } else {
+            /* underflow: what the initiator expected beyond what moved */
+            cmd->residual = xfer - (uint32_t)HV_MIN(moved, xfer);
+        }
+    }
     return false;
 }
 
 static void *worker_main(void *arg)
 {
     struct pt_sg *sg = arg;
+    uint8_t *bounce = NULL;             /* this worker's, allocated on first overflow */
     char why[256];
 
     pthread_mutex_lock(&sg->lock);
@@ -266,7 +344,7 @@ static void *worker_main(void *arg)
             sg->max_busy = sg->busy;
         pthread_mutex_unlock(&sg->lock);
 
-        bool is_gone = run_sg_io(sg, cmd, why, sizeof(why));
+        bool is_gone = run_sg_io(sg, cmd, &bounce, why, sizeof(why));
 
         pthread_mutex_lock(&sg->lock);
         sg->busy--;
@@ -288,6 +366,7 @@ static void *worker_main(void *arg)
         }
     }
     pthread_mutex_unlock(&sg->lock);
+    free(bounce);
     return NULL;
 }
 
@@ -339,9 +418,13 @@ static void complete_deferred(void *arg)
 
 void pt_sg_submit(struct pt_sg *sg, struct pt_cmd *cmd)
 {
-    if (cmd->dir != SAN_XFER_NONE &&
-        (hv_iov_length(cmd->iov, cmd->iovcnt) < cmd->xfer_bytes || cmd->iovcnt > UINT16_MAX)) {
-        /* the buffers cannot hold what the initiator announced */
+    struct cdb_data d = cdb_data(sg, cmd);
+
+    if ((cmd->dir != SAN_XFER_NONE &&
+         (hv_iov_length(cmd->iov, cmd->iovcnt) < cmd->xfer_bytes ||
+          cmd->iovcnt > UINT16_MAX)) || is_unsafe(&d, cmd)) {
+        /* the buffers cannot hold what the initiator announced, or the CDB
+         * would move data the initiator did not give or expect */
         set_check(cmd, 0x5, 0x24, 0x00);
         cmd->residual = cmd->xfer_bytes;
         cmd->is_overflow = false;
@@ -454,6 +537,7 @@ int pt_sg_create(struct hv_reactor *r, const struct pt_sg_options *opt, struct p
     sg->efd = -1;
     snprintf(sg->path, sizeof(sg->path), "%s", opt->path);
     sg->timeout_ms = opt->timeout_ms ? opt->timeout_ms : PT_SG_TIMEOUT_MS_DEFAULT;
+    sg->block_bytes = opt->block_bytes;
     sg->on_gone = opt->on_gone;
     sg->arg = opt->arg;
     pthread_mutex_init(&sg->lock, NULL);

@@ -14,6 +14,9 @@
 #define PT_SG_DEPTH_DEFAULT 16
 #define PT_SG_DEPTH_MAX 64
 #define PT_SG_TIMEOUT_MS_DEFAULT 60000
+/* A read whose CDB asks for more than the initiator's buffer (an iSCSI
+ * overflow) lands in a worker's own buffer first: at most this much. */
+#define PT_SG_BOUNCE_BYTES (1024 * 1024)
 
 struct pt_sg;
 
@@ -22,6 +25,7 @@ struct pt_sg_options {
     const char *path;
     unsigned depth;                 /* worker threads */
     unsigned timeout_ms;
+    uint32_t block_bytes;           /* the device's, for CDB transfer lengths; 0: unknown */
     /* The device is gone (removed, offline): called once, on the reactor. */
     void (*on_gone)(void *arg, const char *why);
     void *arg;

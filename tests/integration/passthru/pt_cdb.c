@@ -8,6 +8,7 @@
  * BYTES of data-out (a pattern, or the first BYTES of -f IN_FILE); -o writes
  * the data-in that came back to OUT_FILE instead of printing it. Prints one line:
  *   "status 0x02 sense 5/20h/00h residual N" or "status 0x00 residual N"
+ * (" overflow" after N when the target flagged the residual as an overflow)
  * or "login refused: ..." (exit 3). Exit 0 whenever the target answered.
  */
 #include <errno.h>
@@ -101,22 +102,26 @@ int main(int argc, char **argv)
     if (cmd.transport != SAN_TRANSPORT_OK)
         printf("transport %d ", (int)cmd.transport);
     if (cmd.status == SAN_STATUS_CHECK_CONDITION)
-        printf("status 0x%02x sense %x/%02xh/%02xh residual %u\n", cmd.status,
+        printf("status 0x%02x sense %x/%02xh/%02xh residual %u%s\n", cmd.status,
                san_sense_key(cmd.sense, cmd.sense_len),
                san_sense_asc_ascq(cmd.sense, cmd.sense_len) >> 8,
-               san_sense_asc_ascq(cmd.sense, cmd.sense_len) & 0xFF, cmd.residual);
+               san_sense_asc_ascq(cmd.sense, cmd.sense_len) & 0xFF, cmd.residual,
+               cmd.is_overflow ? " overflow" : "");
     else
-        printf("status 0x%02x residual %u\n", cmd.status, cmd.residual);
+        printf("status 0x%02x residual %u%s\n", cmd.status, cmd.residual,
+               cmd.is_overflow ? " overflow" : "");
+    /* an overflow residual is what did not fit: the buffer is full */
+    uint32_t got = cmd.is_overflow ? rbytes : rbytes - HV_MIN(cmd.residual, rbytes);
     if (rbytes && cmd.status == SAN_STATUS_GOOD && out_file) {
         FILE *f = fopen(out_file, "wb");
-        if (!f || fwrite(buf, 1, rbytes - cmd.residual, f) != rbytes - cmd.residual) {
+        if (!f || fwrite(buf, 1, got, f) != got) {
             fprintf(stderr, "pt-cdb: %s: cannot write\n", out_file);
             return 2;
         }
         fclose(f);
     } else if (rbytes && cmd.status == SAN_STATUS_GOOD) {
         printf("data ");
-        for (uint32_t i = 0; i < rbytes - cmd.residual; i++)
+        for (uint32_t i = 0; i < got; i++)
             printf("%02x", buf[i]);
         printf("\n");
     }

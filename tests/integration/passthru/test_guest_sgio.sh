@@ -10,6 +10,8 @@
 #   - data written on the host before the attach reads back through the
 #     target; data written through the target is on the disk after the
 #     detach (read with O_DIRECT), both compared byte for byte
+#   - residuals SG_IO cannot report: read underflow and overflow computed
+#     from the CDB, a write asking for more than was sent refused untouched
 #   - a CDB the filter does not list gets ILLEGAL REQUEST / INVALID COMMAND
 #     OPERATION CODE, and reaches the device (GOOD) with --full-scsi
 #   - the device's own sense comes back: READ(16) past the end gets
@@ -164,6 +166,24 @@ grep -q "status 0x00" /tmp/w.txt || finish "FAIL WRITE(10): $(cat /tmp/w.txt)"
 cdb -c "$READ10W" -r 65536 -o /tmp/back.bin >/tmp/r.txt || finish "FAIL READ(10) back"
 cmp -s /tmp/back.bin /tmp/guest.bin || finish "FAIL written data does not read back"
 step "WRITE(10) + READ(10) of 64 KiB through the target: identical"
+
+# residuals against the initiator's expected length, which SG_IO cannot
+# tell: computed from the CDB. Underflow, read overflow (the initiator gets
+# its part), and a write asking for more data than was sent is refused.
+R1=$(echo "28 00 $(hex $WLBA 8) 00 $(hex 1 4) 00" | tr -d ' ')
+R2=$(echo "28 00 $(hex $WLBA 8) 00 $(hex 2 4) 00" | tr -d ' ')
+W2=$(echo "2a 00 $(hex $WLBA 8) 00 $(hex 2 4) 00" | tr -d ' ')
+cdb -c "$R1" -r $((2 * BLOCK)) >/tmp/u.txt
+grep -q "status 0x00 residual $BLOCK\$" /tmp/u.txt || finish "FAIL read underflow: $(head -1 /tmp/u.txt)"
+cdb -c "$R2" -r $BLOCK -o /tmp/o.bin >/tmp/o.txt
+grep -q "status 0x00 residual $BLOCK overflow" /tmp/o.txt || finish "FAIL read overflow: $(cat /tmp/o.txt)"
+head -c $BLOCK /tmp/guest.bin | cmp -s - /tmp/o.bin || finish "FAIL read overflow data"
+cdb -c "$W2" -w $BLOCK >/tmp/wo.txt
+grep -q "status 0x02 sense 5/24h/00h" /tmp/wo.txt || finish "FAIL write overflow: $(cat /tmp/wo.txt)"
+cdb -c "$R2" -r $((2 * BLOCK)) -o /tmp/o2.bin >/dev/null
+head -c $((2 * BLOCK)) /tmp/guest.bin | cmp -s - /tmp/o2.bin ||
+    finish "FAIL the refused write changed the disk"
+step "residuals: underflow '$(head -1 /tmp/u.txt)', read overflow '$(cat /tmp/o.txt)', write overflow refused '$(cat /tmp/wo.txt)'"
 
 # the filter: SEND DIAGNOSTIC (self-test) is not on the list
 cdb -c 1d0400000000 >/tmp/sd.txt

@@ -424,6 +424,113 @@ static void test_destroy_completes_what_is_still_queued(void **state)
     free(rd);
 }
 
+/* --------------------------------------------------- CDB transfer length */
+
+static bool data_of(const char *hex, uint32_t block_bytes, enum san_xfer *dir, uint64_t *bytes)
+{
+    uint8_t cdb[16] = {0};
+    size_t len = strlen(hex) / 2;
+    for (size_t i = 0; i < len; i++) {
+        unsigned v;
+        sscanf(hex + 2 * i, "%2x", &v);
+        cdb[i] = (uint8_t)v;
+    }
+    return pt_cdb_data_bytes(cdb, len, block_bytes, dir, bytes);
+}
+
+static void test_block_commands_say_what_they_move(void **state)
+{
+    enum san_xfer dir;
+    uint64_t bytes;
+    (void)state;
+
+    assert_true(data_of("28000000000000000800", 512, &dir, &bytes));        /* READ(10) 8 */
+    assert_int_equal(dir, SAN_XFER_READ);
+    assert_int_equal(bytes, 4096);
+    assert_true(data_of("0a0000000000", 4096, &dir, &bytes));               /* WRITE(6) 0 = 256 */
+    assert_int_equal(dir, SAN_XFER_WRITE);
+    assert_int_equal(bytes, 256 * 4096);
+    assert_true(data_of("8a000000000000000000000100000000", 512, &dir, &bytes)); /* WRITE(16) */
+    assert_int_equal(bytes, 65536 * 512);
+    assert_true(data_of("a80000000000000000020000", 512, &dir, &bytes));    /* READ(12) 2 */
+    assert_int_equal(bytes, 1024);
+    assert_true(data_of("2a000000000000000000", 512, &dir, &bytes));        /* 0 blocks */
+    assert_int_equal(dir, SAN_XFER_NONE);
+    assert_int_equal(bytes, 0);
+    /* VERIFY: BYTCHK 0 no data, 1 the blocks, 3 one block, 2 reserved */
+    assert_true(data_of("2f000000000000000800", 512, &dir, &bytes));
+    assert_int_equal(dir, SAN_XFER_NONE);
+    assert_true(data_of("2f020000000000000800", 512, &dir, &bytes));
+    assert_int_equal(bytes, 4096);
+    assert_int_equal(dir, SAN_XFER_WRITE);
+    assert_true(data_of("2f060000000000000800", 512, &dir, &bytes));
+    assert_int_equal(bytes, 512);
+    assert_false(data_of("2f040000000000000800", 512, &dir, &bytes));
+    /* WRITE SAME: one block, none with NDOB; COMPARE AND WRITE: twice NLB */
+    assert_true(data_of("41000000000000000800", 512, &dir, &bytes));
+    assert_int_equal(bytes, 512);
+    assert_true(data_of("93010000000000000000000000080000", 512, &dir, &bytes));
+    assert_int_equal(bytes, 0);
+    assert_true(data_of("89000000000000000000000000040000", 512, &dir, &bytes));
+    assert_int_equal(bytes, 4096);
+    assert_int_equal(dir, SAN_XFER_WRITE);
+    /* not a block command, too short, no block size: the device decides */
+    assert_false(data_of("120000006000", 512, &dir, &bytes));               /* INQUIRY */
+    assert_false(data_of("280000000000000008", 512, &dir, &bytes));         /* 9 bytes */
+    assert_false(data_of("28000000000000000800", 0, &dir, &bytes));
+    assert_false(data_of("", 512, &dir, &bytes));
+}
+
+static void test_data_the_initiator_did_not_send_never_reaches_the_device(void **state)
+{
+    struct hv_reactor *r = NULL;
+    struct round *rd = calloc(1, sizeof(*rd));
+    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    struct pt_sg_options o = {.fd = fd, .path = "/dev/null", .depth = 2, .block_bytes = 512};
+    struct hv_err err = {0};
+    struct pt_sg *sg = NULL;
+    (void)state;
+
+    assert_non_null(rd);
+    the_round = rd;
+    assert_int_equal(hv_reactor_create(&r), 0);
+    assert_int_equal(pt_sg_create(r, &o, &sg, &err), 0);
+    close(fd);
+    for (int i = 0; i < N_CMDS; i++) {
+        prepare(rd, i, 512, 512);
+        switch (i % 4) {
+        case 0:                         /* WRITE(10) of 2 blocks, 512 bytes sent */
+            memcpy(rd->cmds[i].cdb, "\x2a\0\0\0\0\0\0\0\x02\0", 10);
+            rd->cmds[i].dir = SAN_XFER_WRITE;
+            break;
+        case 1:                         /* READ(10) flagged as data-out */
+            memcpy(rd->cmds[i].cdb, "\x28\0\0\0\0\0\0\0\x01\0", 10);
+            rd->cmds[i].dir = SAN_XFER_WRITE;
+            break;
+        case 2:                         /* READ(16) of 4096 blocks into 512 bytes: */
+            memcpy(rd->cmds[i].cdb,     /* 2 MiB, above a worker's buffer */
+                   "\x88\0\0\0\0\0\0\0\0\0\0\0\x10\0\0\0", 16);
+            rd->cmds[i].cdb_len = 16;
+            break;
+        default:                        /* READ(10) of 1 block: reaches SG_IO */
+            memcpy(rd->cmds[i].cdb, "\x28\0\0\0\0\0\0\0\x01\0", 10);
+            break;
+        }
+        pt_sg_submit(sg, &rd->cmds[i]);
+    }
+    assert_int_equal(hv_reactor_run_until(r, &rd->is_all_done), 0);
+    for (int i = 0; i < N_CMDS; i++) {
+        assert_int_equal(rd->done_count[i], 1);
+        if (i % 4 == 3)
+            assert_sense(&rd->cmds[i], 0xB, 0x44, 0x00);        /* ENOTTY from /dev/null */
+        else
+            assert_sense(&rd->cmds[i], 0x5, 0x24, 0x00);
+    }
+    pt_sg_destroy(sg);
+    hv_reactor_destroy(r);
+    free(rd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -433,6 +540,8 @@ int main(void)
         cmocka_unit_test(test_transport_failures_become_what_an_initiator_acts_on),
         cmocka_unit_test(test_every_command_completes_once_on_the_reactor),
         cmocka_unit_test(test_destroy_completes_what_is_still_queued),
+        cmocka_unit_test(test_block_commands_say_what_they_move),
+        cmocka_unit_test(test_data_the_initiator_did_not_send_never_reaches_the_device),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
