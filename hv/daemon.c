@@ -718,6 +718,8 @@ int hv_daemon_create(const struct hv_daemon_options *opt, struct hv_daemon **out
             .wwn_oui = opt->wwn_oui,
             .iqn_prefix = opt->iqn_prefix,
             .host_id = opt->host_id,
+            .sysfs_root = opt->sysfs_root,
+            .dev_root = opt->dev_root,
         };
         ret = hv_passthru_init(&d->runtime, &po, err);
         if (ret < 0)

@@ -58,6 +58,9 @@ enum hv_disk_kind {
                                          * path is "/san/NAME/TARGET/LUN" */
     HV_DISK_DEV,                        /* a local block device passed through whole:
                                          * claimed O_EXCL, checked not in use */
+    HV_DISK_FC,                         /* a Fibre Channel LUN through the VM's own
+                                         * NPIV vport (passthru_fc.c); path is
+                                         * "/fc/TARGET_WWPN/LUN", served like DEV */
 };
 
 const char *hv_disk_kind_name(enum hv_disk_kind kind);          /* "vhd", "raw" */
@@ -67,7 +70,7 @@ struct hv_disk_config {
     enum hv_disk_kind kind;
     char path[4096];                    /* absolute */
     bool is_read_only;
-    char designator[80];                /* HV_DISK_LUN: VPD 0x83 id it must carry */
+    char designator[80];                /* HV_DISK_LUN, _FC: VPD 0x83 id it must carry */
     bool is_full_scsi;                  /* HV_DISK_LUN: no CDB filter */
 };
 
@@ -162,6 +165,10 @@ struct hv_daemon_options {
     const char *wwn_oui;
     const char *iqn_prefix;
     unsigned host_id;
+    /* Fibre Channel: where the kernel's sysfs and the device nodes are.
+     * NULL: "/sys" and "/dev"; only tests point them elsewhere. */
+    const char *sysfs_root;
+    const char *dev_root;
 };
 
 /* Open the state dir, bring back every VM and disk, listen on the portal and

@@ -13,9 +13,9 @@
  * VM's own IQN logs in and finds the LUN (masking), the LUN is not held by
  * another VM here (by designator, so two SAN names for one array do not
  * fool it), not used by the host's open-iscsi, not carrying a signature.
- * They run synchronously on the daemon's thread (a private reactor, login
- * timeout 5 s): other VMs' I/O pauses for that long at worst. A worker
- * thread would remove that pause; not done yet.
+ * They run on a worker thread (passthru_job.c: a private reactor there, login
+ * timeout 5 s), so other VMs' I/O never waits for a SAN that is slow to
+ * answer; the attach itself then runs on the daemon's reactor.
  */
 #include "passthru_int.h"
 #include "passthru.h"
@@ -29,14 +29,6 @@
 #include <unistd.h>
 
 #define PT_POOL 128                     /* commands in flight per LUN */
-
-struct hv_passthru {
-    char state_dir[4096];
-    char sans_dir[4096 + 8];
-    uint64_t host_key;
-    struct npiv_allocator *npiv;        /* NULL: identities off (no OUI / prefix) */
-    char npiv_off_reason[256];
-};
 
 /* ------------------------------------------------------------ the SANs */
 
@@ -144,6 +136,11 @@ int hv_passthru_init(struct hv_runtime *rt, const struct hv_passthru_options *op
         return hv_err_set(err, -ENOMEM, "out of memory");
     snprintf(p->state_dir, sizeof(p->state_dir), "%s", opt->state_dir);
     snprintf(p->sans_dir, sizeof(p->sans_dir), "%s/sans", opt->state_dir);
+    snprintf(p->sysfs_root, sizeof(p->sysfs_root), "%s",
+             opt->sysfs_root ? opt->sysfs_root : NPIV_SYSFS_ROOT);
+    snprintf(p->dev_root, sizeof(p->dev_root), "%s", opt->dev_root ? opt->dev_root : "/dev");
+    p->job_efd = -1;
+    p->reactor = rt->reactor;
     if (mkdir(p->sans_dir, 0700) < 0 && errno != EEXIST) {
         ret = hv_err_errno(err, p->sans_dir, "mkdir");
         goto fail;
@@ -180,6 +177,8 @@ void hv_passthru_fini(struct hv_runtime *rt)
 {
     if (!rt->passthru)
         return;
+    hv_pt_jobs_fini(rt->passthru);
+    hv_passthru_fc_fini(rt->passthru);
     if (rt->passthru->npiv)
         npiv_allocator_close(rt->passthru->npiv);
     free(rt->passthru);
@@ -207,8 +206,8 @@ int hv_passthru_vm_created(struct hv_runtime *rt, struct hv_vm_config *cfg,
     return 0;
 }
 
-static int vm_identity(const struct hv_vm_config *cfg, struct npiv_identity *id,
-                       struct hv_err *err)
+int hv_passthru_vm_identity(const struct hv_vm_config *cfg, struct npiv_identity *id,
+                            struct hv_err *err)
 {
     const json_t *obj = cfg->extra ? json_object_get(cfg->extra, "identity") : NULL;
     if (!obj)
@@ -489,7 +488,7 @@ int hv_passthru_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, 
         ret = hv_err_set(err, -EINVAL, "'%s' is not /san/NAME/TARGET/LUN", dc->path);
         goto fail;
     }
-    if ((ret = san_load(p, pu->san, &san, err)) < 0 || (ret = vm_identity(vm, &id, err)) < 0)
+    if ((ret = san_load(p, pu->san, &san, err)) < 0 || (ret = hv_passthru_vm_identity(vm, &id, err)) < 0)
         goto fail;
     snprintf(pu->designator, sizeof(pu->designator), "%s", dc->designator);
     snprintf(pu->initiator, sizeof(pu->initiator), "%s", id.iqn);
@@ -524,8 +523,6 @@ fail:
 
 /* ------------------------------------------------------- local devices */
 
-static int arg_str(const json_t *req, const char *key, bool is_required, const char **out,
-                   struct hv_err *err);
 
 /*
  * A whole local block device for one VM. The host-wide claim is the kernel's
@@ -578,8 +575,8 @@ static int req_attach_dev(struct hv_daemon *d, const json_t *req, json_t **resul
     json_int_t slot = -1;
     int ret;
 
-    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
-        (ret = arg_str(req, "path", true, &path, err)) < 0)
+    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "path", true, &path, err)) < 0)
         return ret;
     if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
         controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
@@ -622,8 +619,8 @@ static int req_attach_dev(struct hv_daemon *d, const json_t *req, json_t **resul
 
 /* ------------------------------------------------------------ requests */
 
-static int arg_str(const json_t *req, const char *key, bool is_required, const char **out,
-                   struct hv_err *err)
+int hv_passthru_arg_str(const json_t *req, const char *key, bool is_required,
+                        const char **out, struct hv_err *err)
 {
     const json_t *v = json_object_get(req, key);
     *out = NULL;
@@ -636,15 +633,16 @@ static int arg_str(const json_t *req, const char *key, bool is_required, const c
 }
 
 /* Which VM slot holds this LUN (by designator, or by address when a
- * designator is not known yet). */
-static bool lun_holder(struct hv_daemon *d, const char *designator, const char *path,
-                       char *who, size_t len)
+ * designator is not known yet). A LUN reached both over iSCSI and over FC
+ * carries one designator: either way it is one LUN. */
+bool hv_passthru_lun_holder(struct hv_daemon *d, const char *designator, const char *path,
+                            char *who, size_t len)
 {
     for (struct hv_vm *vm = hv_daemon_vms(d); vm; vm = vm->next)
         for (int c = 0; c < HV_MAX_CONTROLLERS; c++)
             for (int s = 0; s < HV_SLOTS_PER_CONTROLLER; s++) {
                 const struct hv_disk_config *dc = vm->cfg.disks[c][s];
-                if (!dc || dc->kind != HV_DISK_LUN)
+                if (!dc || (dc->kind != HV_DISK_LUN && dc->kind != HV_DISK_FC))
                     continue;
                 if ((designator && designator[0] && !strcmp(dc->designator, designator)) ||
                     (path && !strcmp(dc->path, path))) {
@@ -674,10 +672,10 @@ static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
     json_t *list;
     int ret;
 
-    if ((ret = arg_str(req, "name", true, &name, err)) < 0 ||
-        (ret = arg_str(req, "portal", true, &portal, err)) < 0 ||
-        (ret = arg_str(req, "chap", false, &chap, err)) < 0 ||
-        (ret = arg_str(req, "initiator", false, &initiator, err)) < 0 ||
+    if ((ret = hv_passthru_arg_str(req, "name", true, &name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "portal", true, &portal, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "chap", false, &chap, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "initiator", false, &initiator, err)) < 0 ||
         (ret = san_name_check(name, err)) < 0)
         return ret;
     if (json_unpack((json_t *)req, "{s?I}", "replacement_timeout_ms", &replacement_ms) != 0 ||
@@ -789,8 +787,8 @@ static int req_san_luns(struct hv_daemon *d, const json_t *req, json_t **result,
     json_t *list;
     int ret;
 
-    if ((ret = arg_str(req, "name", true, &name, err)) < 0 ||
-        (ret = arg_str(req, "vm", false, &vm_name, err)) < 0 ||
+    if ((ret = hv_passthru_arg_str(req, "name", true, &name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "vm", false, &vm_name, err)) < 0 ||
         (ret = san_load(p, name, &san, err)) < 0)
         return ret;
     initiator = san.initiator;
@@ -798,7 +796,7 @@ static int req_san_luns(struct hv_daemon *d, const json_t *req, json_t **result,
         struct hv_vm *vm = hv_daemon_find_vm(d, vm_name);
         if (!vm)
             return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
-        if ((ret = vm_identity(&vm->cfg, &id, err)) < 0)
+        if ((ret = hv_passthru_vm_identity(&vm->cfg, &id, err)) < 0)
             return ret;
         initiator = id.iqn;
     }
@@ -835,7 +833,7 @@ static int req_san_luns(struct hv_daemon *d, const json_t *req, json_t **result,
                                                      luns[i].designator, &hs);
             snprintf(path, sizeof(path), "/san/%s/%s/%" PRIu64, name, targets[t].name,
                      luns[i].lun);
-            lun_holder(d, luns[i].designator, path, who, sizeof(who));
+            hv_passthru_lun_holder(d, luns[i].designator, path, who, sizeof(who));
             json_array_append_new(list, json_pack(
                 "{s:s, s:I, s:I, s:i, s:s, s:s, s:s, s:i, s:b, s:s?}", "target",
                 targets[t].name, "lun", (json_int_t)luns[i].lun, "size_bytes",
@@ -874,31 +872,117 @@ static int parse_lun_ref(const char *text, char san[64], char target[SAN_NAME_MA
     return 0;
 }
 
-static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **result,
-                          struct hv_err *err)
-{
-    struct hv_runtime *rt = hv_daemon_runtime(d);
-    struct hv_passthru *p = rt->passthru;
-    struct hv_disk_config dc;
+/* What the SAN attach's worker needs, copied: it may touch nothing else. */
+struct san_job {
     struct san_entry san;
-    struct npiv_identity id;
-    struct san_session_options o;
-    struct pt_check_options copt = {0};
-    struct pt_lun_facts facts;
-    struct hv_vm *vm;
-    const char *vm_name;
-    const char *ref;
     char san_name[64];
     char target[SAN_NAME_MAX];
-    char who[160];
     uint64_t lun;
-    json_int_t controller = -1;
-    json_int_t slot = -1;
+    struct npiv_identity id;
+    struct hv_disk_config dc;
+    bool is_forced;
+    struct pt_lun_facts facts;
+};
+
+static void san_job_work(struct hv_pt_job *job)
+{
+    struct san_job *sj = job->priv;
+    struct san_session_options o;
+    struct pt_check_options copt = {.is_forced = true};    /* refusal decided in finish */
+
+    san_options(&sj->san, sj->target, sj->id.iqn, &o);
+    job->status = pt_check_san_lun(&o, sj->lun, &copt, &sj->facts, &job->err);
+    if (job->status < 0)
+        hv_err_prefix(&job->err, "VM '%s'", job->vm);
+}
+
+static int san_job_finish(struct hv_pt_job *job, json_t **result, struct hv_err *err)
+{
+    struct san_job *sj = job->priv;
+    struct hv_daemon *d = job->d;
+    struct hv_runtime *rt = hv_daemon_runtime(d);
+    struct hv_passthru *p = rt->passthru;
+    struct pt_lun_facts *facts = &sj->facts;
+    struct hv_disk_config *dc = &sj->dc;
+    struct hv_vm *vm;
+    char who[160];
     json_t *warnings;
     int ret;
 
-    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
-        (ret = arg_str(req, "lun", true, &ref, err)) < 0)
+    if (job->status < 0) {
+        *err = job->err;
+        return job->status;
+    }
+    vm = hv_daemon_find_vm(d, job->vm);
+    if (!vm)
+        return hv_err_set(err, -ENOENT, "VM '%s' was deleted while its LUN was checked",
+                          job->vm);
+    /* Masking first (the VM's own name must reach the LUN), then who holds
+     * it here, then the host's own use: the refusal names the first problem
+     * in the order an administrator fixes them. */
+    if (hv_passthru_lun_holder(d, facts->info.designator, dc->path, who, sizeof(who)))
+        return hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is held by %s", sj->target,
+                          sj->lun, facts->info.designator, who);
+    if (!sj->is_forced && (ret = pt_facts_refusal(facts, sj->target, err)) < 0)
+        return ret;
+    snprintf(dc->designator, sizeof(dc->designator), "%s", facts->info.designator);
+
+    ret = hv_vm_attach(rt, vm, job->controller, job->slot, dc, err);
+    if (ret < 0)
+        return ret;
+    ret = hv_registry_save(hv_daemon_registry(d), &vm->cfg, err);
+    if (ret < 0) {
+        struct hv_err ignored = {0};
+        hv_vm_detach(rt, vm, job->controller, job->slot, &ignored);
+        return ret;
+    }
+    warnings = json_array();
+    if (facts->signature[0])
+        json_array_append_new(warnings, json_sprintf("forced: libblkid found %s",
+                                                     facts->signature));
+    if (facts->is_used_by_host)
+        json_array_append_new(warnings, json_sprintf("forced: the host's %s uses it",
+                                                     facts->host_session));
+    if (facts->has_pr && facts->pr.is_reserved && facts->pr.holder_key != p->host_key)
+        json_array_append_new(warnings, json_sprintf(
+            "reserved by another host (key 0x%016" PRIx64 "): the guest's writes get "
+            "RESERVATION CONFLICT until `hvctl disk takeover` (only if that host is dead)",
+            facts->pr.holder_key));
+    hv_info("VM '%s': %s LUN %" PRIu64 " (%s, %s %s, %" PRIu64 " bytes) attached at "
+            "controller %d LUN %d as %s%s", job->vm, sj->target, sj->lun,
+            facts->info.designator, facts->info.inquiry.vendor, facts->info.inquiry.product,
+            facts->info.size_bytes, job->controller, job->slot, sj->id.iqn,
+            dc->is_full_scsi ? " (full SCSI)" : "");
+    *result = hv_vm_show_json(vm, hv_daemon_portal(d));
+    json_object_set_new(*result, "attached", json_pack(
+        "{s:s, s:s, s:I, s:s, s:I, s:s, s:s, s:o}", "san", sj->san_name, "target", sj->target,
+        "lun", (json_int_t)sj->lun, "designator", facts->info.designator, "size_bytes",
+        (json_int_t)facts->info.size_bytes, "vendor", facts->info.inquiry.vendor, "product",
+        facts->info.inquiry.product, "warnings", warnings));
+    return 0;
+}
+
+static void san_job_cleanup(struct hv_pt_job *job)
+{
+    free(job->priv);
+}
+
+static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **result,
+                          struct hv_err *err)
+{
+    struct hv_passthru *p = hv_daemon_runtime(d)->passthru;
+    struct hv_pt_job *job;
+    struct san_job *sj;
+    struct hv_vm *vm;
+    const char *vm_name;
+    const char *ref;
+    char who[160];
+    json_int_t controller = -1;
+    json_int_t slot = -1;
+    int ret;
+
+    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "lun", true, &ref, err)) < 0)
         return ret;
     if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
         controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
@@ -912,64 +996,41 @@ static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **resul
         return hv_err_set(err, -EBUSY, "VM '%s': controller %d slot %d already holds %s",
                           vm_name, (int)controller, (int)slot,
                           vm->disks[controller][slot]->cfg.path);
-    if ((ret = parse_lun_ref(ref, san_name, target, &lun, err)) < 0 ||
-        (ret = san_load(p, san_name, &san, err)) < 0 ||
-        (ret = vm_identity(&vm->cfg, &id, err)) < 0)
-        return ret;
-    memset(&dc, 0, sizeof(dc));
-    dc.kind = HV_DISK_LUN;
-    snprintf(dc.path, sizeof(dc.path), "/san/%s/%s/%" PRIu64, san_name, target, lun);
-    dc.is_full_scsi = json_is_true(json_object_get(req, "full_scsi"));
-    /* Masking first (the VM's own name must reach the LUN), then who holds
-     * it here, then the host's own use: the refusal names the first problem
-     * in the order an administrator fixes them. */
-    san_options(&san, target, id.iqn, &o);
-    copt.is_forced = true;
-    ret = pt_check_san_lun(&o, lun, &copt, &facts, err);
-    if (ret < 0) {
-        hv_err_prefix(err, "VM '%s'", vm_name);
-        return ret;
+    sj = calloc(1, sizeof(*sj));
+    job = calloc(1, sizeof(*job));
+    if (!sj || !job) {
+        free(sj);
+        free(job);
+        return hv_err_set(err, -ENOMEM, "out of memory");
     }
-    if (lun_holder(d, facts.info.designator, dc.path, who, sizeof(who)))
-        return hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is held by %s", target, lun,
-                          facts.info.designator, who);
-    if (!json_is_true(json_object_get(req, "force")) &&
-        (ret = pt_facts_refusal(&facts, target, err)) < 0)
-        return ret;
-    snprintf(dc.designator, sizeof(dc.designator), "%s", facts.info.designator);
-
-    ret = hv_vm_attach(rt, vm, (int)controller, (int)slot, &dc, err);
-    if (ret < 0)
-        return ret;
-    ret = hv_registry_save(hv_daemon_registry(d), &vm->cfg, err);
-    if (ret < 0) {
-        struct hv_err ignored = {0};
-        hv_vm_detach(rt, vm, (int)controller, (int)slot, &ignored);
-        return ret;
+    if ((ret = parse_lun_ref(ref, sj->san_name, sj->target, &sj->lun, err)) < 0 ||
+        (ret = san_load(p, sj->san_name, &sj->san, err)) < 0 ||
+        (ret = hv_passthru_vm_identity(&vm->cfg, &sj->id, err)) < 0)
+        goto fail;
+    sj->dc.kind = HV_DISK_LUN;
+    snprintf(sj->dc.path, sizeof(sj->dc.path), "/san/%s/%s/%" PRIu64, sj->san_name, sj->target,
+             sj->lun);
+    sj->dc.is_full_scsi = json_is_true(json_object_get(req, "full_scsi"));
+    sj->is_forced = json_is_true(json_object_get(req, "force"));
+    /* Held under the same address already: no need to ask the SAN. */
+    if (hv_passthru_lun_holder(d, NULL, sj->dc.path, who, sizeof(who))) {
+        ret = hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " is held by %s", sj->target, sj->lun,
+                         who);
+        goto fail;
     }
-    warnings = json_array();
-    if (facts.signature[0])
-        json_array_append_new(warnings, json_sprintf("forced: libblkid found %s",
-                                                     facts.signature));
-    if (facts.is_used_by_host)
-        json_array_append_new(warnings, json_sprintf("forced: the host's %s uses it",
-                                                     facts.host_session));
-    if (facts.has_pr && facts.pr.is_reserved && facts.pr.holder_key != p->host_key)
-        json_array_append_new(warnings, json_sprintf(
-            "reserved by another host (key 0x%016" PRIx64 "): the guest's writes get "
-            "RESERVATION CONFLICT until `hvctl disk takeover` (only if that host is dead)",
-            facts.pr.holder_key));
-    hv_info("VM '%s': %s LUN %" PRIu64 " (%s, %s %s, %" PRIu64 " bytes) attached at "
-            "controller %d LUN %d as %s%s", vm_name, target, lun, facts.info.designator,
-            facts.info.inquiry.vendor, facts.info.inquiry.product, facts.info.size_bytes,
-            (int)controller, (int)slot, id.iqn, dc.is_full_scsi ? " (full SCSI)" : "");
-    *result = hv_vm_show_json(vm, hv_daemon_portal(d));
-    json_object_set_new(*result, "attached", json_pack(
-        "{s:s, s:s, s:I, s:s, s:I, s:s, s:s, s:o}", "san", san_name, "target", target, "lun",
-        (json_int_t)lun, "designator", facts.info.designator, "size_bytes",
-        (json_int_t)facts.info.size_bytes, "vendor", facts.info.inquiry.vendor, "product",
-        facts.info.inquiry.product, "warnings", warnings));
-    return 0;
+    snprintf(job->vm, sizeof(job->vm), "%s", vm_name);
+    job->controller = (int)controller;
+    job->slot = (int)slot;
+    snprintf(job->key, sizeof(job->key), "%s", sj->dc.path);
+    job->work = san_job_work;
+    job->finish = san_job_finish;
+    job->cleanup = san_job_cleanup;
+    job->priv = sj;
+    return hv_pt_job_start(d, job, result, err);
+fail:
+    free(sj);
+    free(job);
+    return ret;
 }
 
 /*
@@ -996,7 +1057,7 @@ static int get_pt_lu(struct hv_daemon *d, const json_t *req, struct hv_vm **vm_o
     json_int_t slot = -1;
     int ret;
 
-    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0)
+    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0)
         return ret;
     if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
         controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
@@ -1075,15 +1136,15 @@ static int req_zoning(struct hv_daemon *d, const json_t *req, json_t **result,
     json_int_t tid = 0;
     int ret;
 
-    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
-        (ret = arg_str(req, "target", false, &target, err)) < 0 ||
-        (ret = arg_str(req, "fc_target", false, &fc_target, err)) < 0)
+    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "target", false, &target, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "fc_target", false, &fc_target, err)) < 0)
         return ret;
     json_unpack((json_t *)req, "{s?I}", "tid", &tid);
     vm = hv_daemon_find_vm(d, vm_name);
     if (!vm)
         return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
-    if ((ret = vm_identity(&vm->cfg, &id, err)) < 0)
+    if ((ret = hv_passthru_vm_identity(&vm->cfg, &id, err)) < 0)
         return ret;
     zo.iscsi_target = target;
     zo.tgt_tid = tid > 0 ? (unsigned)tid : 0;
@@ -1115,6 +1176,8 @@ int hv_passthru_request(struct hv_daemon *d, const char *op, const json_t *req,
         {"san.luns", req_san_luns},
         {"disk.attach_lun", req_attach_lun},
         {"disk.attach_dev", req_attach_dev},
+        {"disk.attach_fc", hv_passthru_req_attach_fc},
+        {"disk.attach_status", hv_pt_job_status},
         {"disk.takeover", req_takeover},
         {"disk.takeover_status", req_takeover_status},
         {"vm.zoning", req_zoning},

@@ -243,7 +243,10 @@ static int disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, int c
             goto offline;
         return 0;
     }
-    ret = open_image(rt, dc, &disk->image, &disk->lock_fd, err);
+    if (dc->kind == HV_DISK_FC)         /* the VM's vport first (passthru_fc.c) */
+        ret = hv_passthru_open_fc(rt, vm, dc, &disk->image, &disk->lock_fd, err);
+    else
+        ret = open_image(rt, dc, &disk->image, &disk->lock_fd, err);
     if (ret < 0)
         goto offline;
     disk->bd = *disk->image;

@@ -96,7 +96,9 @@ static const char disk_attach_usage[] =
     "\n"
     "Attach an image to a slot while the guest runs (the guest gets REPORTED\n"
     "LUNS DATA HAS CHANGED). --create SIZE makes a new dynamic VHD at PATH first.\n"
-    "--read-only: the guest sees a write-protected disk.\n";
+    "--read-only: the guest sees a write-protected disk.\n"
+    "Whole LUNs and devices: --lun SAN:TARGET:LUN, --fc-lun TARGET_WWPN:LUN,\n"
+    "--device PATH (hvctl disk attach --fc-lun x --help tells more).\n";
 
 static const char disk_detach_usage[] =
     "usage: hvctl disk detach VM --controller N --slot M\n"
