@@ -461,7 +461,6 @@ int hv_passthru_req_attach_fc(struct hv_daemon *d, const json_t *req, json_t **r
     const char *vm_name;
     const char *ref;
     char target[NPIV_WWN_COLON_LEN + 1];
-    char who[160];
     json_int_t controller = -1;
     json_int_t slot = -1;
     size_t cap = 0;
@@ -500,11 +499,10 @@ int hv_passthru_req_attach_fc(struct hv_daemon *d, const json_t *req, json_t **r
     fj->is_forced = json_is_true(json_object_get(req, "force"));
     snprintf(fj->sysfs_root, sizeof(fj->sysfs_root), "%s", p->sysfs_root);
     snprintf(fj->dev_root, sizeof(fj->dev_root), "%s", p->dev_root);
-    if (hv_passthru_lun_holder(d, NULL, fj->dc.path, who, sizeof(who))) {
-        ret = hv_err_set(err, -EBUSY, "FC LUN %s is held by %s", fj->dc.path, who);
-        goto fail;
-    }
-    /* What the others hold, for the worker to refuse by designator as soon
+    /* Zoning and masking are refused first, then who holds it (by
+     * designator, so another LUN number or another path to the same LUN does
+     * not fool it), then the host's own use: the order an administrator
+     * fixes them in. What the others hold, for the worker to refuse by designator as soon
      * as it knows it (before it looks at a device node of its own). */
     for (struct hv_vm *o = hv_daemon_vms(d); o; o = o->next)
         for (int c = 0; c < HV_MAX_CONTROLLERS; c++)

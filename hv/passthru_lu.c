@@ -976,7 +976,6 @@ static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **resul
     struct hv_vm *vm;
     const char *vm_name;
     const char *ref;
-    char who[160];
     json_int_t controller = -1;
     json_int_t slot = -1;
     int ret;
@@ -1012,12 +1011,6 @@ static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **resul
              sj->lun);
     sj->dc.is_full_scsi = json_is_true(json_object_get(req, "full_scsi"));
     sj->is_forced = json_is_true(json_object_get(req, "force"));
-    /* Held under the same address already: no need to ask the SAN. */
-    if (hv_passthru_lun_holder(d, NULL, sj->dc.path, who, sizeof(who))) {
-        ret = hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " is held by %s", sj->target, sj->lun,
-                         who);
-        goto fail;
-    }
     snprintf(job->vm, sizeof(job->vm), "%s", vm_name);
     job->controller = (int)controller;
     job->slot = (int)slot;

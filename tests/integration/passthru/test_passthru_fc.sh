@@ -137,7 +137,7 @@ step "a second VM is refused, the holder named: at the same address, and at anot
 hvctl_ 1 disk attach b --controller 0 --slot 0 --fc-lun "$T1C:1" > "$out" 2>&1 &&
     fail "b got a's LUN"
 cat "$out"
-grep -q "is held by VM 'a' (controller 0 slot 0)" "$out" || fail "holder not named"
+grep -q "(naa.$NAA) is held by VM 'a' (controller 0 slot 0)" "$out" || fail "holder not named"
 hvctl_ 1 disk attach b --controller 0 --slot 0 --fc-lun "$T1C:3" > "$out" 2>&1 &&
     fail "b got a's LUN under another number"
 cat "$out"
