@@ -247,6 +247,35 @@ struct pt_lu {
 };
 
 static void start_task(struct pt_lu *pu, struct scsi_task *task);
+static void lu_reset_waiting(struct pt_lu *pu, struct scsi_task *only,
+                             const struct scsi_nexus *nexus);
+
+/*
+ * The SAN keeps a unit attention for our one I_T nexus; the guest may have
+ * several (its initiators, multipath). The nexus whose command met it has
+ * it in that command's answer; the others get it from the controller, as
+ * if the SAN had queued it for each of them.
+ */
+static void ua_to_other_nexuses(struct pt_lu *pu, const struct scsi_nexus *except,
+                                const uint8_t *sense, size_t len)
+{
+    uint16_t aa = san_sense_asc_ascq(sense, len);
+    if (!pu->lu.controller)
+        return;
+    scsi_controller_raise_ua_for(pu->lu.controller, pu->lu.lun, NULL, except ? except->id : 0,
+                                 (uint8_t)(aa >> 8), (uint8_t)aa);
+}
+
+/* A UA no guest command carried back (met by our own checks): all of them. */
+static void lun_unit_attention(struct pt_lun *pl, const uint8_t *sense, size_t len, void *arg)
+{
+    struct pt_lu *pu = arg;
+    uint16_t aa = san_sense_asc_ascq(sense, len);
+    (void)pl;
+    hv_info("%s LUN %" PRIu64 ": the SAN reports a unit attention (%02xh/%02xh): passed to "
+            "the guest", pu->target, pu->san_lun, aa >> 8, aa & 0xff);
+    ua_to_other_nexuses(pu, NULL, sense, len);
+}
 
 static void cmd_done(struct pt_cmd *pc)
 {
@@ -260,6 +289,9 @@ static void cmd_done(struct pt_cmd *pc)
     memcpy(task->sense, pc->sense, task->sense_len);
     if (pc->status != SAN_STATUS_GOOD)
         pu->errors++;
+    if (pc->status == SAN_STATUS_CHECK_CONDITION && !pc->is_filtered &&
+        san_sense_key(pc->sense, pc->sense_len) == SCSI_SENSE_UNIT_ATTENTION)
+        ua_to_other_nexuses(pu, task->nexus, pc->sense, pc->sense_len);
     /* The SAN's residual, unchanged: an overflow stays an overflow. */
     if (task->dir == SCSI_DIR_IN) {
         task->in_bytes = pc->is_overflow ? expected
@@ -345,17 +377,55 @@ static void abort_deferred(void *arg)
     task->done(task);
 }
 
-/* san/ does not forward task management to the SAN: tasks that have not
- * reached it are aborted here, tasks at the SAN complete with its answer. */
+/* ABORT TASK: passthru/ aborts it here or at the SAN (an ABORT TASK there). */
+static void lu_abort_task(struct scsi_lu *lu, struct scsi_task *task)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    for (int i = 0; i < PT_POOL; i++)
+        if (pu->pool[i].task == task) {
+            pt_lun_abort(pu->pl, &pu->pool[i].pt);
+            return;
+        }
+    lu_reset_waiting(pu, task, NULL);
+}
+
+/*
+ * ABORT TASK SET, CLEAR TASK SET (nexus NULL), and the first step of a
+ * reset: the tasks waiting for a command slot end here; those in passthru/
+ * are aborted one by one (an ABORT TASK each at the SAN: an ABORT TASK SET
+ * there would take the other guest nexuses' commands too, which share our
+ * one nexus at the SAN).
+ */
 static void lu_reset(struct scsi_lu *lu, const struct scsi_nexus *nexus)
 {
     struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    lu_reset_waiting(pu, NULL, nexus);
+    for (int i = 0; i < PT_POOL; i++) {
+        struct lu_cmd *lc = &pu->pool[i];
+        if (lc->task && (!nexus || lc->task->nexus == nexus))
+            pt_lun_abort(pu->pl, &lc->pt);
+    }
+}
+
+/* LOGICAL UNIT RESET, or a target reset of the guest's controller (its LUNs
+ * one by one): a LUN RESET of the SAN LUN, never a target reset there. */
+static void lu_lu_reset(struct scsi_lu *lu)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    pt_lun_reset(pu->pl);
+}
+
+/* Waiting tasks of `nexus` (all when NULL), or just `only`, end TASK ABORTED. */
+static void lu_reset_waiting(struct pt_lu *pu, struct scsi_task *only,
+                             const struct scsi_nexus *nexus)
+{
+    struct scsi_lu *lu = &pu->lu;
     struct scsi_task **pp = &pu->wait_head;
 
     pu->wait_tail = NULL;
     while (*pp) {
         struct scsi_task *task = *pp;
-        if (!nexus || task->nexus == nexus) {
+        if (only ? task == only : (!nexus || task->nexus == nexus)) {
             *pp = task->next;
             task->status = SCSI_STATUS_TASK_ABORTED;
             task->sense_len = 0;
@@ -367,7 +437,6 @@ static void lu_reset(struct scsi_lu *lu, const struct scsi_nexus *nexus)
         pu->wait_tail = task;
         pp = &task->next;
     }
-    pt_lun_abort_waiting(pu->pl);
 }
 
 static void lu_destroy(struct scsi_lu *lu)
@@ -393,6 +462,8 @@ static const struct scsi_lu_ops pt_lu_ops = {
     .execute = lu_execute,
     .reset = lu_reset,
     .destroy = lu_destroy,
+    .lu_reset = lu_lu_reset,
+    .abort_task = lu_abort_task,
 };
 
 bool hv_lu_is_passthru(const struct scsi_lu *lu)
@@ -411,6 +482,10 @@ void hv_passthru_describe(struct scsi_lu *lu, json_t *obj)
         "commands", (json_int_t)pu->commands, "errors", (json_int_t)pu->errors,
         "forwarded", (json_int_t)pt_lun_forwarded(pu->pl), "filtered",
         (json_int_t)pt_lun_filtered(pu->pl)));
+    json_object_set_new(json_object_get(obj, "passthru"), "task_management", json_pack(
+        "{s:I, s:I, s:I}", "aborts_forwarded", (json_int_t)pt_lun_aborts_forwarded(pu->pl),
+        "lun_resets_forwarded", (json_int_t)pt_lun_resets_forwarded(pu->pl),
+        "san_unit_attentions", (json_int_t)pt_lun_uas_reported(pu->pl)));
     if (pt_lun_foreign_key(pu->pl)) {
         char key[24];
         snprintf(key, sizeof(key), "0x%016" PRIx64, pt_lun_foreign_key(pu->pl));
@@ -508,6 +583,7 @@ int hv_passthru_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, 
     opt.is_full_scsi = pu->is_full_scsi;
     opt.host_key = p->host_key;
     opt.on_state = lun_state_changed;
+    opt.on_unit_attention = lun_unit_attention;
     opt.cb_arg = pu;
     ret = pt_lun_open(rt->reactor, &opt, &pu->pl, err);
     if (ret < 0)
