@@ -735,7 +735,8 @@ int pt_lun_takeover(struct pt_lun *pl, uint64_t victim_key, san_status_cb done, 
 
 static void hold_end(struct pt_lun *pl)
 {
-    if (pl->holds && --pl->holds == 0 && !pl->is_closing)
+    /* Still logging in: the setup releases them, after the reservation. */
+    if (pl->holds && --pl->holds == 0 && !pl->is_closing && pl->state != PT_STATE_CONNECTING)
         release_waiting(pl);
 }
 
