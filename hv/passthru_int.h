@@ -12,9 +12,6 @@
 #include "hv_internal.h"
 #include "npiv.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
-
 struct hv_passthru_options {
     const char *state_dir;
     const char *sysfs_root;             /* FC transport; NULL: "/sys" */
@@ -79,10 +76,9 @@ struct hv_passthru {
     struct npiv_allocator *npiv;        /* NULL: identities off (no OUI / prefix) */
     char npiv_off_reason[256];
     /* attach checks on worker threads (passthru_job.c) */
+    struct hv_workers *workers;         /* created at the first attach */
     struct hv_pt_job *jobs;
     uint64_t next_job_id;
-    int job_efd;                        /* eventfd: a worker finished */
-    struct hv_watch *job_watch;
     /* the VMs' FC vports that are up, shared by their FC disks */
     struct fc_vport_ref *vports;
 };
@@ -110,8 +106,7 @@ struct hv_pt_job {
     int status;
     struct hv_err err;
     /* private to passthru_job.c */
-    pthread_t thread;
-    _Atomic bool is_worked;
+    struct hv_work worker_item;
     bool is_finished;
     json_t *result;
     struct hv_pt_job *next;

@@ -5,21 +5,21 @@
  * this host: a SAN login with the VM's name (5 s to give up on a SAN that
  * does not answer), an FC vport coming Online and the kernel scanning what
  * it sees (seconds), libblkid reading the LUN. Done on the daemon's reactor,
- * every other VM's I/O would stand still meanwhile. So each attach gets a
- * thread for its checks, which works only on copies; it signals an eventfd
- * in the reactor when done, and the attach itself (which touches VMs and
- * controllers) runs there. hvctl polls "disk.attach_status" for the answer,
- * as it does for a takeover.
+ * every other VM's I/O would stand still meanwhile. So each attach's checks
+ * run on a worker (common/'s hv_workers), on copies; the attach itself
+ * (which touches VMs and controllers) runs on the reactor when they are
+ * done. hvctl polls "disk.attach_status" for the answer, as it does for a
+ * takeover.
  */
 #include "passthru_int.h"
 
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
+/* Checks of different attaches wait on different SANs and fabrics: a few at
+ * once, so one that waits out its timeouts does not hold up the others. */
+#define JOB_THREADS 4
 /* Finished jobs nobody asked about (hvctl killed) are kept this many. */
 #define JOBS_FINISHED_KEPT 32
 
@@ -54,46 +54,30 @@ static void trim_finished(struct hv_passthru *p)
     }
 }
 
-static void on_job_event(void *arg, uint32_t events)
+static void job_run(struct hv_work *w)
 {
-    struct hv_passthru *p = arg;
-    uint64_t count;
-    (void)events;
-
-    if (read(p->job_efd, &count, sizeof(count)) < 0 && errno != EAGAIN)
-        hv_warn("attach jobs: eventfd read: %s", strerror(errno));
-    for (struct hv_pt_job *job = p->jobs; job; job = job->next) {
-        if (job->is_finished || !atomic_load(&job->is_worked))
-            continue;
-        pthread_join(job->thread, NULL);
-        struct hv_err err = {0};
-        json_t *result = NULL;
-        int ret = job->finish(job, &result, &err);
-        job->is_finished = true;
-        job->status = ret;
-        if (ret < 0) {
-            job->err = err;
-            hv_info("VM '%s': attach at controller %d slot %d refused: %s", job->vm,
-                    job->controller, job->slot, hv_err_msg(&err, ret));
-            json_decref(result);
-        } else {
-            job->result = result;
-        }
-    }
-    trim_finished(p);
+    struct hv_pt_job *job = hv_container_of(w, struct hv_pt_job, worker_item);
+    job->work(job);
 }
 
-static void *job_thread(void *arg)
+static void job_done(struct hv_work *w)
 {
-    struct hv_pt_job *job = arg;
-    struct hv_passthru *p = hv_daemon_runtime(job->d)->passthru;
-    uint64_t one = 1;
+    struct hv_pt_job *job = hv_container_of(w, struct hv_pt_job, worker_item);
+    struct hv_err err = {0};
+    json_t *result = NULL;
+    int ret = job->finish(job, &result, &err);
 
-    job->work(job);
-    atomic_store(&job->is_worked, true);
-    if (write(p->job_efd, &one, sizeof(one)) < 0)
-        hv_warn("attach jobs: eventfd write: %s", strerror(errno));
-    return NULL;
+    job->is_finished = true;
+    job->status = ret;
+    if (ret < 0) {
+        job->err = err;
+        hv_info("VM '%s': attach at controller %d slot %d refused: %s", job->vm,
+                job->controller, job->slot, hv_err_msg(&err, ret));
+        json_decref(result);
+    } else {
+        job->result = result;
+    }
+    trim_finished(hv_daemon_runtime(job->d)->passthru);
 }
 
 int hv_pt_job_start(struct hv_daemon *d, struct hv_pt_job *job, json_t **result,
@@ -121,31 +105,19 @@ int hv_pt_job_start(struct hv_daemon *d, struct hv_pt_job *job, json_t **result,
         job_free(job);
         return ret;
     }
-    if (p->job_efd < 0) {
-        p->job_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (p->job_efd < 0) {
-            ret = hv_err_errno(err, "eventfd", "attach jobs");
-            job_free(job);
-            return ret;
-        }
-        p->job_watch = hv_reactor_add_fd(rt->reactor, p->job_efd, EPOLLIN, on_job_event, p);
-        if (!p->job_watch) {
-            close(p->job_efd);
-            p->job_efd = -1;
-            job_free(job);
-            return hv_err_set(err, -ENOMEM, "attach jobs: cannot watch the eventfd");
-        }
+    if (!p->workers &&
+        (ret = hv_workers_create(rt->reactor, JOB_THREADS, "attach checks", &p->workers,
+                                 err)) < 0) {
+        job_free(job);
+        return ret;
     }
     job->id = ++p->next_job_id;
     job->d = d;
-    atomic_store(&job->is_worked, false);
-    ret = -pthread_create(&job->thread, NULL, job_thread, job);
-    if (ret < 0) {
-        job_free(job);
-        return hv_err_set(err, ret, "cannot start the attach checks: %s", strerror(-ret));
-    }
+    job->worker_item.run = job_run;
+    job->worker_item.done = job_done;
     job->next = p->jobs;
     p->jobs = job;
+    hv_workers_queue(p->workers, &job->worker_item);
     *result = json_pack("{s:b, s:I}", "running", 1, "job", (json_int_t)job->id);
     return 0;
 }
@@ -181,19 +153,14 @@ int hv_pt_job_status(struct hv_daemon *d, const json_t *req, json_t **result,
 
 void hv_pt_jobs_fini(struct hv_passthru *p)
 {
-    /* A worker may still be waiting on a SAN or a vport: wait for it (its
-     * own timeouts bound that), then drop what it found unattached. */
+    /* Checks still running (a SAN or a vport they wait on) end within their
+     * own timeouts; destroy waits for them and reports none, so what they
+     * found is dropped unattached (cleanup deletes a vport they brought up). */
+    hv_workers_destroy(p->workers);
+    p->workers = NULL;
     while (p->jobs) {
         struct hv_pt_job *job = p->jobs;
         p->jobs = job->next;
-        if (!job->is_finished)
-            pthread_join(job->thread, NULL);
         job_free(job);
     }
-    if (p->job_watch)
-        hv_reactor_del_fd(p->reactor, p->job_watch);
-    p->job_watch = NULL;
-    if (p->job_efd >= 0)
-        close(p->job_efd);
-    p->job_efd = -1;
 }

@@ -139,7 +139,6 @@ int hv_passthru_init(struct hv_runtime *rt, const struct hv_passthru_options *op
     snprintf(p->sysfs_root, sizeof(p->sysfs_root), "%s",
              opt->sysfs_root ? opt->sysfs_root : NPIV_SYSFS_ROOT);
     snprintf(p->dev_root, sizeof(p->dev_root), "%s", opt->dev_root ? opt->dev_root : "/dev");
-    p->job_efd = -1;
     p->reactor = rt->reactor;
     if (mkdir(p->sans_dir, 0700) < 0 && errno != EEXIST) {
         ret = hv_err_errno(err, p->sans_dir, "mkdir");
