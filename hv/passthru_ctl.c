@@ -168,7 +168,8 @@ static int send_and_wait(const struct cli *cli, json_t *req, json_t **result)
         *result = NULL;
         if (cli->timeout_ms > 0 && hv_now_ns() > deadline) {
             fprintf(stderr, "hvctl: the attach checks are still running after %d ms (job "
-                    "%" JSON_INTEGER_FORMAT ")\n", cli->timeout_ms, job);
+                    "%" JSON_INTEGER_FORMAT "); they go on, and `hvctl vm show` shows the "
+                    "disk if they pass\n", cli->timeout_ms, job);
             return 1;
         }
         usleep(50 * 1000);
