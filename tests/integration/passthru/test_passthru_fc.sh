@@ -7,7 +7,8 @@
 # its controller. Shown: no NPIV vport left, not zoned, not masked, each
 # refused with its reason; the attach (vport up with set A, set B checked,
 # LUN pinned by VPD 0x83); a second VM refused with the holder named; the
-# vport deleted on stop and brought back on restart; deleted on detach.
+# vport deleted on stop and brought back on restart; a swapped LUN at the
+# same address left offline; the vport deleted on detach.
 source "$(dirname "$0")/pt_lib.sh"
 pt_setup
 AGENT=$HVSTOR_BUILD/tests/integration/fake-fc-agent
@@ -155,9 +156,27 @@ hvctl_ 1 --json vm show a | json_get - 'j["controllers"][0]["luns"][0]["state"]'
 qemu-io --image-opts "$OPTS" -c "read -P 0x5a 1M 256k" > "$out" 2>&1 || { cat "$out"; fail "read"; }
 grep -q "failed" "$out" && { cat "$out"; fail "read after restart"; }
 
+step "the array maps another LUN at that address: the restart leaves the slot offline, never serves it"
+kill -TERM "${HVD_PID[1]}"; wait "${HVD_PID[1]}" || fail "hvstord exit"
+NAA2=600a0980383030523424457a4f6e6b32
+sed "s/^mask $T1 $A_A 1 sdb $NAA\$/mask $T1 $A_A 1 sdb $NAA2/" "$WORK/fabric.cfg" > "$WORK/swapped.cfg"
+grep -q "$NAA2" "$WORK/swapped.cfg" || fail "test setup: no swap"
+start_agent "$WORK/swapped.cfg"
+hvd_start 1 --sysfs-root "$SYS" --dev-root "$WORK/dev"
+hvctl_ 1 --json vm show a > "$out"
+json_get "$out" 'j["controllers"][0]["luns"][0]["state"]' | grep -qx offline || fail "served a swapped LUN"
+json_get "$out" 'j["controllers"][0]["luns"][0]["error"]' | tee "$WORK/why"
+grep -q "is now naa.$NAA2, expected naa.$NAA" "$WORK/why" || fail "the reason"
+[ "$(fc_hosts_with "$A_A")" = 0 ] || fail "the vport stayed up for an offline slot"
+kill -TERM "${HVD_PID[1]}"; wait "${HVD_PID[1]}" || fail "hvstord exit"
+start_agent "$WORK/fabric.cfg"
+hvd_start 1 --sysfs-root "$SYS" --dev-root "$WORK/dev"
+hvctl_ 1 --json vm show a | json_get - 'j["controllers"][0]["luns"][0]["state"]' |
+    grep -qx online || fail "not back online with the right LUN"
+
 step "detach: the VM's last FC disk goes, its vport is deleted"
 hvctl_ 1 disk detach a --controller 0 --slot 0 >/dev/null || fail "detach"
 [ "$(fc_hosts_with "$A_A")" = 0 ] || fail "vport still up after detach"
 [ "$(in_use)" = 0 ] || fail "npiv_vports_inuse is $(in_use)"
-grep -c "vport_delete $A_A:" "$WORK/agent.log"
+grep -q "vport_delete $A_A:" "$WORK/agent.log" || fail "no vport_delete was written"
 echo PASS
