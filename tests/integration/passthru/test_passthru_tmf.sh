@@ -13,7 +13,9 @@
 #    hosts' LUNs);
 #  - ABORT TASK of a READ that is at the SAN (tgtd stopped meanwhile) is
 #    forwarded, the aborted READ is never answered, and a WRITE the guest
-#    sends next completes after tgt answered, with the data in place.
+#    sends next completes after tgt answered, with the data in place;
+#  - after tgtd restarts, the power-on UA that hvstord's own reconnect
+#    checks meet (no guest command carries it) reaches both guest nexuses.
 source "$(dirname "$0")/pt_lib.sh"
 pt_setup
 PT_TMF=$HVSTOR_BUILD/tests/integration/pt-tmf
@@ -113,5 +115,23 @@ grep -qx "write ok" "$out" || fail "the write after the abort"
 say G1 "read 5a"; grep -qx "read ok" "$out" || fail "the data"
 [ "$(tm aborts_forwarded)" -ge 1 ] || fail "no ABORT TASK reached the SAN"
 say G2 "read 5a"; grep -qx "read ok" "$out" || fail "G2's read"
-echo "aborts forwarded: $(tm aborts_forwarded), LUN resets forwarded: $(tm lun_resets_forwarded)"
+step "tgtd restarts: the power-on UA that hvstord's own reconnect checks meet reaches both guest nexuses"
+say G1 tur; say G2 tur
+setups=$(grep -c "registered and reserved" "$WORK/hvstord1.log")
+tgt_stop
+tgt_start
+tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
+tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 -b "$WORK/lun1.img" || fail "lun 1"
+for i in "$ADMIN" "$IQN_A"; do tgtadm_ --mode target --op bind --tid 1 --initiator-name "$i"; done
+for _ in $(seq 300); do
+    [ "$(grep -c "registered and reserved" "$WORK/hvstord1.log")" -gt "$setups" ] && break
+    sleep 0.1
+done
+[ "$(grep -c "registered and reserved" "$WORK/hvstord1.log")" -gt "$setups" ] ||
+    fail "hvstord did not log in to the restarted tgt"
+[ "$(tm san_unit_attentions)" -ge 1 ] || fail "the reconnect's UA was not reported"
+say G1 tur; [ "$(count_ua)" -ge 1 ] || fail "G1 did not hear of the SAN's power-on"
+say G2 tur; [ "$(count_ua)" -ge 1 ] || fail "G2 did not hear of the SAN's power-on"
+say G1 "read 5a"; grep -qx "read ok" "$out" || fail "the data after the SAN's restart"
+echo "aborts forwarded: $(tm aborts_forwarded), LUN resets forwarded: $(tm lun_resets_forwarded), SAN UAs reported: $(tm san_unit_attentions)"
 echo PASS
