@@ -152,8 +152,9 @@ static void print_attached_fc(const json_t *r)
            str(a, "forced_over"));
 }
 
-/* An attach answers {"running": true, "job": N} at once (its checks run
- * beside the VMs' I/O); ask for the job's answer until it is there. */
+/* An attach, `san add` and `san luns` answer {"running": true, "job": N} at
+ * once (they wait on the SAN beside the VMs' I/O); ask for the job's answer
+ * until it is there. */
 static int send_and_wait(const struct cli *cli, json_t *req, json_t **result)
 {
     uint64_t deadline = hv_now_ns() + (uint64_t)cli->timeout_ms * 1000000;
@@ -167,13 +168,13 @@ static int send_and_wait(const struct cli *cli, json_t *req, json_t **result)
         json_decref(*result);
         *result = NULL;
         if (cli->timeout_ms > 0 && hv_now_ns() > deadline) {
-            fprintf(stderr, "hvctl: the attach checks are still running after %d ms (job "
-                    "%" JSON_INTEGER_FORMAT "); they go on, and `hvctl vm show` shows the "
-                    "disk if they pass\n", cli->timeout_ms, job);
+            fprintf(stderr, "hvctl: still waiting on the SAN after %d ms (job %"
+                    JSON_INTEGER_FORMAT "); it goes on: an attach that passes its checks "
+                    "shows in `hvctl vm show`\n", cli->timeout_ms, job);
             return 1;
         }
         usleep(50 * 1000);
-        ret = send_request(cli, json_pack("{s:s, s:I}", "op", "disk.attach_status", "job", job),
+        ret = send_request(cli, json_pack("{s:s, s:I}", "op", "job.status", "job", job),
                            result);
         if (ret)
             return ret;
@@ -191,6 +192,8 @@ static int parse_slot(const char *opt, const char *text, int max, int *out)
     *out = (int)v;
     return 0;
 }
+
+static int send_and_wait(const struct cli *cli, json_t *req, json_t **result);
 
 static int cmd_san(const struct cli *cli, int argc, char **argv)
 {
@@ -263,7 +266,8 @@ static int cmd_san(const struct cli *cli, int argc, char **argv)
             return 2;
         }
     }
-    ret = send_request(cli, req, &result);
+    ret = strcmp(argv[0], "list") ? send_and_wait(cli, req, &result)
+                                   : send_request(cli, req, &result);
     if (ret)
         return ret;
     if (cli->is_json) {

@@ -97,6 +97,7 @@ struct hv_pt_job {
     int controller;
     int slot;
     char key[4200];                     /* the LUN's path: no two jobs for one LUN */
+    char what[160];                     /* for the log: "attach ...", "san luns X" */
     bool is_fc;
     void (*work)(struct hv_pt_job *job);
     int (*finish)(struct hv_pt_job *job, json_t **result, struct hv_err *err);
@@ -112,7 +113,7 @@ struct hv_pt_job {
     struct hv_pt_job *next;
 };
 /* Refuses (-EBUSY, named) a job for a slot or LUN that one running already
- * has. The job (calloc'ed) belongs to the runner either way: on a refusal it
+ * has (controller < 0 / key "": no slot / no LUN, as for `san luns`). The job (calloc'ed) belongs to the runner either way: on a refusal it
  * is cleaned up and freed here. */
 int hv_pt_job_start(struct hv_daemon *d, struct hv_pt_job *job, json_t **result,
                     struct hv_err *err);

@@ -8,8 +8,9 @@
  * every other VM's I/O would stand still meanwhile. So each attach's checks
  * run on a worker (common/'s hv_workers), on copies; the attach itself
  * (which touches VMs and controllers) runs on the reactor when they are
- * done. hvctl polls "disk.attach_status" for the answer, as it does for a
- * takeover.
+ * done. hvctl polls "disk.attach_status" (or its other name "job.status")
+ * for the answer, as it does for a takeover. `san add` and `san luns` talk
+ * to the SAN the same way.
  */
 #include "passthru_int.h"
 
@@ -71,8 +72,11 @@ static void job_done(struct hv_work *w)
     job->status = ret;
     if (ret < 0) {
         job->err = err;
-        hv_info("VM '%s': attach at controller %d slot %d refused: %s", job->vm,
-                job->controller, job->slot, hv_err_msg(&err, ret));
+        if (job->controller >= 0)
+            hv_info("VM '%s': attach at controller %d slot %d refused: %s", job->vm,
+                    job->controller, job->slot, hv_err_msg(&err, ret));
+        else
+            hv_info("%s: %s", job->what, hv_err_msg(&err, ret));
         json_decref(result);
     } else {
         job->result = result;
@@ -90,11 +94,11 @@ int hv_pt_job_start(struct hv_daemon *d, struct hv_pt_job *job, json_t **result,
     for (struct hv_pt_job *o = p->jobs; o; o = o->next) {
         if (o->is_finished)
             continue;
-        if (!strcmp(o->vm, job->vm) && o->controller == job->controller &&
-            o->slot == job->slot)
+        if (job->controller >= 0 && !strcmp(o->vm, job->vm) &&
+            o->controller == job->controller && o->slot == job->slot)
             ret = hv_err_set(err, -EBUSY, "VM '%s': an attach to controller %d slot %d is "
                              "being checked already", job->vm, job->controller, job->slot);
-        else if (!strcmp(o->key, job->key))
+        else if (job->key[0] && !strcmp(o->key, job->key))
             ret = hv_err_set(err, -EBUSY, "%s is being attached to VM '%s' (controller %d "
                              "slot %d) right now", job->key, o->vm, o->controller, o->slot);
         else if (job->is_fc && o->is_fc && !strcmp(o->vm, job->vm))

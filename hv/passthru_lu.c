@@ -728,6 +728,78 @@ bool hv_passthru_lun_holder(struct hv_daemon *d, const char *designator, const c
     return false;
 }
 
+/* `san add`: the discovery that proves the portal is reached runs on a
+ * worker; the SAN's file is written when it answered. */
+struct san_add_job {
+    struct san_entry san;
+    json_int_t replacement_ms;
+    struct san_target *targets;
+    size_t count;
+};
+
+static void san_add_work(struct hv_pt_job *job)
+{
+    struct san_add_job *a = job->priv;
+    struct san_chap sc = {0};
+
+    if (a->san.chap_user[0]) {
+        sc.user = a->san.chap_user;
+        sc.secret = a->san.chap_secret;
+    }
+    job->status = san_discover_sync(a->san.portal, a->san.initiator,
+                                    a->san.chap_user[0] ? &sc : NULL, &a->targets, &a->count,
+                                    &job->err);
+    if (job->status < 0)
+        hv_err_prefix(&job->err, "SAN '%s' at %s", a->san.name, a->san.portal);
+}
+
+static int san_add_finish(struct hv_pt_job *job, json_t **result, struct hv_err *err)
+{
+    struct san_add_job *a = job->priv;
+    struct hv_passthru *p = hv_daemon_runtime(job->d)->passthru;
+    char path[8192];
+    json_t *obj;
+    json_t *list;
+    int ret;
+
+    if (job->status < 0) {
+        *err = job->err;
+        return job->status;
+    }
+    snprintf(path, sizeof(path), "%s/%s.json", p->sans_dir, a->san.name);
+    if (access(path, F_OK) == 0)
+        return hv_err_set(err, -EEXIST, "SAN '%s' exists already", a->san.name);
+    obj = json_pack("{s:s, s:s, s:s}", "name", a->san.name, "portal", a->san.portal,
+                    "initiator", a->san.initiator);
+    if (a->replacement_ms)
+        json_object_set_new(obj, "replacement_timeout_ms", json_integer(a->replacement_ms));
+    if (a->san.chap_user[0]) {
+        json_object_set_new(obj, "chap_user", json_string(a->san.chap_user));
+        json_object_set_new(obj, "chap_secret", json_string(a->san.chap_secret));
+    }
+    ret = hv_json_write_file(path, obj, err);
+    json_decref(obj);
+    if (ret < 0)
+        return ret;
+    list = json_array();
+    for (size_t i = 0; i < a->count; i++)
+        json_array_append_new(list, json_string(a->targets[i].name));
+    hv_info("SAN '%s' added: %s, %zu targets visible to %s", a->san.name, a->san.portal,
+            a->count, a->san.initiator);
+    *result = json_pack("{s:s, s:s, s:s, s:b, s:o}", "name", a->san.name, "portal",
+                        a->san.portal, "initiator", a->san.initiator, "chap",
+                        a->san.chap_user[0] != 0, "targets", list);
+    return 0;
+}
+
+static void san_add_cleanup(struct hv_pt_job *job)
+{
+    struct san_add_job *a = job->priv;
+    if (a)
+        free(a->targets);
+    free(a);
+}
+
 static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
                        struct hv_err *err)
 {
@@ -740,11 +812,8 @@ static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
     char path[8192];
     char host_name[SAN_NAME_MAX] = "";
     struct hv_chap pair = {{0}, {0}};
-    struct san_target *targets = NULL;
-    size_t count = 0;
-    struct san_chap sc = {0};
-    json_t *obj;
-    json_t *list;
+    struct san_add_job *a;
+    struct hv_pt_job *job;
     int ret;
 
     if ((ret = hv_passthru_arg_str(req, "name", true, &name, err)) < 0 ||
@@ -778,38 +847,30 @@ static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
         if ((ret = hv_iscsi_name_check(checked, err)) < 0)
             return ret;
     }
-    if (pair.user[0]) {
-        sc.user = pair.user;
-        sc.secret = pair.secret;
+    a = calloc(1, sizeof(*a));
+    job = calloc(1, sizeof(*job));
+    if (!a || !job) {
+        free(a);
+        free(job);
+        return hv_err_set(err, -ENOMEM, "out of memory");
     }
-    /* Reach it now: a typo in the portal is better found here than at the
-     * first attach. Zero targets is fine (the ACLs may hide them all). */
-    ret = san_discover_sync(portal, initiator, pair.user[0] ? &sc : NULL, &targets, &count, err);
-    if (ret < 0) {
-        hv_err_prefix(err, "SAN '%s' at %s", name, portal);
-        return ret;
-    }
-    obj = json_pack("{s:s, s:s, s:s}", "name", name, "portal", portal, "initiator", initiator);
-    if (replacement_ms)
-        json_object_set_new(obj, "replacement_timeout_ms", json_integer(replacement_ms));
-    if (pair.user[0]) {
-        json_object_set_new(obj, "chap_user", json_string(pair.user));
-        json_object_set_new(obj, "chap_secret", json_string(pair.secret));
-    }
-    ret = hv_json_write_file(path, obj, err);
-    json_decref(obj);
-    if (ret < 0) {
-        free(targets);
-        return ret;
-    }
-    list = json_array();
-    for (size_t i = 0; i < count; i++)
-        json_array_append_new(list, json_string(targets[i].name));
-    free(targets);
-    hv_info("SAN '%s' added: %s, %zu targets visible to %s", name, portal, count, initiator);
-    *result = json_pack("{s:s, s:s, s:s, s:b, s:o}", "name", name, "portal", portal,
-                        "initiator", initiator, "chap", pair.user[0] != 0, "targets", list);
-    return 0;
+    snprintf(a->san.name, sizeof(a->san.name), "%s", name);
+    snprintf(a->san.portal, sizeof(a->san.portal), "%s", portal);
+    snprintf(a->san.initiator, sizeof(a->san.initiator), "%s", initiator);
+    snprintf(a->san.chap_user, sizeof(a->san.chap_user), "%s", pair.user);
+    snprintf(a->san.chap_secret, sizeof(a->san.chap_secret), "%s", pair.secret);
+    a->replacement_ms = replacement_ms;
+    /* Reach it now (on a worker): a typo in the portal is better found here
+     * than at the first attach. Zero targets is fine (the ACLs may hide
+     * them all). Two adds of one name at once: the second is refused. */
+    job->controller = job->slot = -1;
+    snprintf(job->key, sizeof(job->key), "san add %s", name);
+    snprintf(job->what, sizeof(job->what), "san add %s", name);
+    job->work = san_add_work;
+    job->finish = san_add_finish;
+    job->cleanup = san_add_cleanup;
+    job->priv = a;
+    return hv_pt_job_start(d, job, result, err);
 }
 
 static int req_san_list(struct hv_daemon *d, const json_t *req, json_t **result,
@@ -846,84 +907,157 @@ static int req_san_list(struct hv_daemon *d, const json_t *req, json_t **result,
     return 0;
 }
 
+/* `san luns`: discovery and one login per target on a worker; who holds
+ * each LUN is looked up on the reactor when they are done. */
+struct target_luns {
+    struct san_lun_info *luns;
+    size_t n;
+    int status;
+    char error[512];
+};
+
+struct san_luns_job {
+    struct san_entry san;
+    char initiator[SAN_NAME_MAX];
+    struct san_target *targets;
+    size_t count;
+    struct target_luns *per;
+    struct san_host_config *host;
+};
+
+static void san_luns_work(struct hv_pt_job *job)
+{
+    struct san_luns_job *l = job->priv;
+    struct san_chap sc = {0};
+
+    if (l->san.chap_user[0]) {
+        sc.user = l->san.chap_user;
+        sc.secret = l->san.chap_secret;
+    }
+    job->status = san_discover_sync(l->san.portal, l->initiator,
+                                    l->san.chap_user[0] ? &sc : NULL, &l->targets, &l->count,
+                                    &job->err);
+    if (job->status < 0) {
+        hv_err_prefix(&job->err, "SAN '%s'", l->san.name);
+        return;
+    }
+    if (san_host_config_read("/", &l->host, NULL) < 0)
+        l->host = NULL;
+    l->per = calloc(l->count ? l->count : 1, sizeof(*l->per));
+    if (!l->per) {
+        job->status = hv_err_set(&job->err, -ENOMEM, "out of memory");
+        return;
+    }
+    for (size_t t = 0; t < l->count; t++) {
+        struct san_session_options o;
+        struct hv_err lerr = {0};
+        san_options(&l->san, l->targets[t].name, l->initiator, &o);
+        o.login_timeout_ms = 5000;
+        l->per[t].status = san_list_luns_sync(&o, &l->per[t].luns, &l->per[t].n, &lerr);
+        if (l->per[t].status < 0)
+            snprintf(l->per[t].error, sizeof(l->per[t].error), "%s",
+                     hv_err_msg(&lerr, l->per[t].status));
+    }
+}
+
+static int san_luns_finish(struct hv_pt_job *job, json_t **result, struct hv_err *err)
+{
+    struct san_luns_job *l = job->priv;
+    json_t *list;
+
+    if (job->status < 0) {
+        *err = job->err;
+        return job->status;
+    }
+    list = json_array();
+    for (size_t t = 0; t < l->count; t++) {
+        const char *target = l->targets[t].name;
+        if (l->per[t].status < 0) {
+            json_array_append_new(list, json_pack("{s:s, s:s}", "target", target, "error",
+                                                  l->per[t].error));
+            continue;
+        }
+        for (size_t i = 0; i < l->per[t].n; i++) {
+            const struct san_lun_info *li = &l->per[t].luns[i];
+            char who[160] = "";
+            char path[SAN_NAME_MAX + 128];
+            const struct san_host_session *hs = NULL;
+            bool is_host = l->host && san_host_uses_lun(l->host, target, li->lun,
+                                                        li->designator, &hs);
+            snprintf(path, sizeof(path), "/san/%s/%s/%" PRIu64, l->san.name, target, li->lun);
+            hv_passthru_lun_holder(job->d, li->designator, path, who, sizeof(who));
+            json_array_append_new(list, json_pack(
+                "{s:s, s:I, s:I, s:i, s:s, s:s, s:s, s:i, s:b, s:s?}", "target", target, "lun",
+                (json_int_t)li->lun, "size_bytes", (json_int_t)li->size_bytes, "block_bytes",
+                (int)li->block_bytes, "designator", li->designator, "vendor",
+                li->inquiry.vendor, "product", li->inquiry.product, "device_type",
+                li->inquiry.device_type, "used_by_host", is_host, "held_by",
+                who[0] ? who : NULL));
+        }
+    }
+    *result = json_pack("{s:s, s:s, s:s, s:o}", "san", l->san.name, "portal", l->san.portal,
+                        "initiator", l->initiator, "luns", list);
+    return 0;
+}
+
+static void san_luns_cleanup(struct hv_pt_job *job)
+{
+    struct san_luns_job *l = job->priv;
+    if (!l)
+        return;
+    for (size_t t = 0; l->per && t < l->count; t++)
+        free(l->per[t].luns);
+    free(l->per);
+    free(l->targets);
+    san_host_config_free(l->host);
+    free(l);
+}
+
 static int req_san_luns(struct hv_daemon *d, const json_t *req, json_t **result,
                         struct hv_err *err)
 {
     struct hv_passthru *p = hv_daemon_runtime(d)->passthru;
-    struct san_entry san;
-    struct san_target *targets = NULL;
-    struct san_host_config *host = NULL;
-    struct san_chap sc = {0};
+    struct san_luns_job *l;
+    struct hv_pt_job *job;
     const char *name;
     const char *vm_name;
-    const char *initiator;
     struct npiv_identity id;
-    size_t count = 0;
-    json_t *list;
     int ret;
 
     if ((ret = hv_passthru_arg_str(req, "name", true, &name, err)) < 0 ||
-        (ret = hv_passthru_arg_str(req, "vm", false, &vm_name, err)) < 0 ||
-        (ret = san_load(p, name, &san, err)) < 0)
+        (ret = hv_passthru_arg_str(req, "vm", false, &vm_name, err)) < 0)
         return ret;
-    initiator = san.initiator;
+    l = calloc(1, sizeof(*l));
+    job = calloc(1, sizeof(*job));
+    if (!l || !job) {
+        free(l);
+        free(job);
+        return hv_err_set(err, -ENOMEM, "out of memory");
+    }
+    if ((ret = san_load(p, name, &l->san, err)) < 0)
+        goto fail;
+    snprintf(l->initiator, sizeof(l->initiator), "%s", l->san.initiator);
     if (vm_name) {
         struct hv_vm *vm = hv_daemon_find_vm(d, vm_name);
-        if (!vm)
-            return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+        if (!vm) {
+            ret = hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+            goto fail;
+        }
         if ((ret = hv_passthru_vm_identity(&vm->cfg, &id, err)) < 0)
-            return ret;
-        initiator = id.iqn;
+            goto fail;
+        snprintf(l->initiator, sizeof(l->initiator), "%s", id.iqn);
     }
-    if (san.chap_user[0]) {
-        sc.user = san.chap_user;
-        sc.secret = san.chap_secret;
-    }
-    ret = san_discover_sync(san.portal, initiator, san.chap_user[0] ? &sc : NULL, &targets,
-                            &count, err);
-    if (ret < 0) {
-        hv_err_prefix(err, "SAN '%s'", name);
-        return ret;
-    }
-    if (san_host_config_read("/", &host, NULL) < 0)
-        host = NULL;
-    list = json_array();
-    for (size_t t = 0; t < count; t++) {
-        struct san_session_options o;
-        struct san_lun_info *luns = NULL;
-        size_t n = 0;
-        struct hv_err lerr = {0};
-        san_options(&san, targets[t].name, initiator, &o);
-        o.login_timeout_ms = 5000;
-        if (san_list_luns_sync(&o, &luns, &n, &lerr) < 0) {
-            json_array_append_new(list, json_pack("{s:s, s:s}", "target", targets[t].name,
-                                                  "error", hv_err_msg(&lerr, -EIO)));
-            continue;
-        }
-        for (size_t i = 0; i < n; i++) {
-            char who[160] = "";
-            char path[SAN_NAME_MAX + 128];
-            const struct san_host_session *hs = NULL;
-            bool is_host = host && san_host_uses_lun(host, targets[t].name, luns[i].lun,
-                                                     luns[i].designator, &hs);
-            snprintf(path, sizeof(path), "/san/%s/%s/%" PRIu64, name, targets[t].name,
-                     luns[i].lun);
-            hv_passthru_lun_holder(d, luns[i].designator, path, who, sizeof(who));
-            json_array_append_new(list, json_pack(
-                "{s:s, s:I, s:I, s:i, s:s, s:s, s:s, s:i, s:b, s:s?}", "target",
-                targets[t].name, "lun", (json_int_t)luns[i].lun, "size_bytes",
-                (json_int_t)luns[i].size_bytes, "block_bytes", (int)luns[i].block_bytes,
-                "designator", luns[i].designator, "vendor", luns[i].inquiry.vendor, "product",
-                luns[i].inquiry.product, "device_type", luns[i].inquiry.device_type,
-                "used_by_host", is_host, "held_by", who[0] ? who : NULL));
-        }
-        free(luns);
-    }
-    san_host_config_free(host);
-    free(targets);
-    *result = json_pack("{s:s, s:s, s:s, s:o}", "san", name, "portal", san.portal, "initiator",
-                        initiator, "luns", list);
-    return 0;
+    job->controller = job->slot = -1;
+    snprintf(job->what, sizeof(job->what), "san luns %s", name);
+    job->work = san_luns_work;
+    job->finish = san_luns_finish;
+    job->cleanup = san_luns_cleanup;
+    job->priv = l;
+    return hv_pt_job_start(d, job, result, err);
+fail:
+    free(l);
+    free(job);
+    return ret;
 }
 
 static int parse_lun_ref(const char *text, char san[64], char target[SAN_NAME_MAX],
@@ -1246,6 +1380,7 @@ int hv_passthru_request(struct hv_daemon *d, const char *op, const json_t *req,
         {"disk.attach_dev", req_attach_dev},
         {"disk.attach_fc", hv_passthru_req_attach_fc},
         {"disk.attach_status", hv_pt_job_status},
+        {"job.status", hv_pt_job_status},
         {"disk.takeover", req_takeover},
         {"disk.takeover_status", req_takeover_status},
         {"vm.zoning", req_zoning},

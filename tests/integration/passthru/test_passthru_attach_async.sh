@@ -1,7 +1,7 @@
 #!/bin/bash
 # The checks of `disk attach --lun` (the SAN login with the VM's name, REPORT
-# LUNS, INQUIRY, libblkid) wait on the SAN; they run beside the daemon's
-# reactor, not on it. Shown with a SAN that accepts the connection and never
+# LUNS, INQUIRY, libblkid) and `san luns` wait on the SAN; they run beside
+# the daemon's reactor, not on it. Shown with a SAN that accepts the connection and never
 # answers (tgtd stopped, a silent listener on its port): while VM a's attach
 # waits on it, VM b's guest writes and reads its own disk through hvstord and
 # hvctl keeps answering; then a's attach fails with the login timeout, and a
@@ -44,6 +44,8 @@ for _ in $(seq 100); do [ -s "$WORK/accepted.listening" ] && break; sleep 0.05; 
 step "VM a's attach waits on the silent SAN..."
 hvctl_ 1 disk attach a --controller 0 --slot 0 --lun "tgt1:$T1:1" > "$WORK/attach.out" 2>&1 &
 ATTACH=$!
+hvctl_ 1 san luns tgt1 > "$WORK/luns.out" 2>&1 &
+LUNS=$!
 for _ in $(seq 100); do [ -s "$WORK/accepted" ] && break; sleep 0.05; done
 [ -s "$WORK/accepted" ] || fail "the attach never reached the SAN"
 kill -0 $ATTACH 2>/dev/null || { cat "$WORK/attach.out"; fail "the attach did not wait"; }
@@ -58,6 +60,9 @@ hvctl_ 1 vm list > "$out" || fail "hvctl did not answer"
 # a's check still waited (it gives up only after the 5 s login timeout).
 kill -0 $ATTACH 2>/dev/null || fail "a's attach finished before b's I/O did: it was in the way"
 echo "b's guest wrote and read 1 MiB while a's attach was waiting on the SAN"
+wait $LUNS && fail "san luns listed a SAN that does not answer"
+cat "$WORK/luns.out"
+grep -q "SAN 'tgt1'" "$WORK/luns.out" || fail "san luns: the SAN is not named"
 
 step "a's attach then fails with the SAN's silence named, and the slot stays empty"
 wait $ATTACH && fail "attached through a SAN that does not answer"
