@@ -131,8 +131,9 @@ int hv_snap_close_image(struct hv_disk *disk);
 void hv_snap_slot_attached(struct hv_runtime *rt, struct hv_vm *vm, int controller, int slot);
 /* The slot's disk leaves the definition: drop its layers, checkpoints. */
 void hv_snap_slot_removed(json_t *extra, int controller, int slot);
-/* `vm show` additions: per LUN (top, layers, tracking) and per VM. */
-void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj);
+/* Per LUN: `vm show` (top, layers) or `disk stats` (changed-block tracking). */
+void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj,
+                           bool is_stats);
 /* The gate outlives the VM's retired disks: destroyed by hv_runtime_fini. */
 void hv_snap_retire_gate(struct hv_runtime *rt, struct hv_vm *vm);
 /* vm.create / vm.set: "agent" (SPEC) or "no_agent" into extra["agent"]. */

@@ -29,6 +29,7 @@
 #include "passthru_int.h"
 #include "vhd.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -381,17 +382,21 @@ void hv_snap_retire_gate(struct hv_runtime *rt, struct hv_vm *vm)
     vm->gate = NULL;
 }
 
-void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj)
+void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj,
+                           bool is_stats)
 {
     const struct hv_disk *disk = vm->disks[controller][slot];
     json_t *layers = layers_get(vm->cfg.extra, controller, slot);
 
     if (!disk || disk->cfg.kind == HV_DISK_LUN)
         return;
-    json_object_set_new(obj, "top", json_string(top_of(vm->cfg.extra, controller, slot,
-                                                       disk->cfg.path)));
-    if (layers)
-        json_object_set(obj, "layers", layers);
+    if (!is_stats) {
+        json_object_set_new(obj, "top", json_string(top_of(vm->cfg.extra, controller, slot,
+                                                           disk->cfg.path)));
+        if (layers)
+            json_object_set(obj, "layers", layers);
+        return;
+    }
     if (disk->cbt) {
         const char *why = NULL;
         bool ok = snap_cbt_is_reliable(disk->cbt, &why);
@@ -1163,6 +1168,60 @@ out:
 
 /* ------------------------------------------------------------ backups */
 
+static int newest_backup(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int best = -1;
+    struct dirent *de;
+    if (!d)
+        return -1;
+    while ((de = readdir(d))) {
+        int n;
+        int len = 0;
+        if (sscanf(de->d_name, "%d.manifest.json%n", &n, &len) == 1 &&
+            (size_t)len == strlen(de->d_name) && n > best)
+            best = n;
+    }
+    closedir(d);
+    return best;
+}
+
+/* Changed-block tracking counts since the VM's last backup, wherever it
+ * went. An incremental on top of another directory's newest backup (or of
+ * one that is not the last) would miss what went elsewhere: make the
+ * trackers unreliable, with the reason, so that snapshot/ makes it full. */
+static void check_incremental_base(struct snap_run *run, const char *dir)
+{
+    const json_t *last = json_object_get(run->vm->cfg.extra, "last_backup");
+    const char *last_dir = json_string_value(json_object_get(last, "dir"));
+    int last_seq = (int)json_integer_value(json_object_get(last, "seq"));
+    int newest = newest_backup(dir);
+    char why[600];
+
+    if (newest < 0)
+        return; /* nothing to build on: snapshot/ says so */
+    if (!last_dir)
+        snprintf(why, sizeof(why), "hvstord has no record of backup #%d of %s being this VM's "
+                 "last backup", newest, dir);
+    else if (strcmp(last_dir, dir) != 0)
+        snprintf(why, sizeof(why), "the VM's last backup went to %.250s (#%d), not to %.250s",
+                 last_dir, last_seq, dir);
+    else if (last_seq != newest)
+        snprintf(why, sizeof(why), "the newest backup in %.250s is #%d, the VM's last one "
+                 "was #%d", dir, newest, last_seq);
+    else
+        return;
+    for (int i = 0; i < run->count; i++) {
+        struct snap_cbt *cbt = run->disks[i].cbt;
+        if (!cbt)
+            continue;
+        uint8_t *zero = calloc(1, HV_DIV_ROUND_UP(snap_cbt_chunks(cbt), 8) + 1);
+        if (zero)
+            snap_cbt_merge_back(cbt, zero, false, why);
+        free(zero);
+    }
+}
+
 static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **result,
                              struct hv_err *err)
 {
@@ -1193,9 +1252,29 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
         .vm_name = vm->cfg.name,
         .is_incremental = json_is_true(json_object_get(req, "incremental")),
         .want_app = want_app,
-        .show_progress = json_is_true(json_object_get(req, "progress")),
+        /* hvctl -p shows progress from the files themselves; the daemon's
+         * log gets no progress lines. */
+        .show_progress = false,
+        .max_bytes_per_second = json_is_integer(json_object_get(req, "max_rate")) &&
+                                        json_integer_value(json_object_get(req, "max_rate")) > 0
+                                    ? (uint64_t)json_integer_value(json_object_get(req,
+                                                                                   "max_rate"))
+                                    : 0,
     };
+    if (opt.is_incremental)
+        check_incremental_base(&run, dir);
     ret = snap_backup_create(&run.grp, &opt, &res, lib_recovered, sizeof(lib_recovered), err);
+    if (ret == 0) {
+        /* What the trackers count from now on. */
+        struct hv_err lerr = {0};
+        json_t *extra = json_deep_copy(vm->cfg.extra);
+        json_object_set_new(extra, "last_backup", json_pack("{s:s, s:i}", "dir", dir, "seq",
+                                                            res.sequence));
+        int lr = persist_extra(d, vm, extra, &lerr);
+        if (lr < 0)
+            hv_warn("VM '%s': %s (the next incremental backup will be a full one)",
+                    vm->cfg.name, hv_err_msg(&lerr, lr));
+    }
     if (lib_recovered[0]) {
         size_t off = strlen(recovered);
         snprintf(recovered + off, sizeof(recovered) - off, "%s%s", off ? "; " : "",
