@@ -771,16 +771,21 @@ bad:
 }
 
 /* app or crash, from the request and whether the VM has an agent; with app
- * the agent must answer now, or nothing is done. */
+ * the agent must answer now, or nothing is done. *want_app is what to ask
+ * of snapshot/ (true without an agent: it then says "no guest agent");
+ * *must_be_app whether a crash-consistent result is a failure. */
 static int consistency_arg(struct hv_daemon *d, const json_t *req, struct snap_run *run,
-                           bool *want_app, struct hv_err *err)
+                           bool *want_app, bool *must_be_app, struct hv_err *err)
 {
     const char *asked = json_string_value(json_object_get(req, "consistency"));
     const char *spec = agent_spec(run->vm);
 
     if (asked && strcmp(asked, "app") != 0 && strcmp(asked, "crash") != 0)
         return hv_err_set(err, -EINVAL, "consistency '%s': app or crash", asked);
-    *want_app = asked ? !strcmp(asked, "app") : spec != NULL;
+    *want_app = asked ? !strcmp(asked, "app") : true;
+    *must_be_app = *want_app && spec;
+    if (!asked && !spec)
+        return 0; /* crash by default; snapshot/ says "the VM has no guest agent" */
     if (!*want_app)
         return 0;
     if (!spec)
@@ -809,6 +814,7 @@ static int req_checkpoint_create(struct hv_daemon *d, const json_t *req, json_t 
     char name[80];
     char recovered[2048] = "";
     bool want_app = false;
+    bool must_be_app = false;
     int ret = get_vm_arg(d, req, &vm, err);
 
     if (ret < 0)
@@ -833,7 +839,7 @@ static int req_checkpoint_create(struct hv_daemon *d, const json_t *req, json_t 
     ret = run_build(d, vm, RUN_CHECKPOINT, &run, err);
     if (ret < 0)
         return ret;
-    ret = consistency_arg(d, req, &run, &want_app, err);
+    ret = consistency_arg(d, req, &run, &want_app, &must_be_app, err);
     if (ret == 0)
         ret = run_merge_leftovers(&run, recovered, sizeof(recovered), err);
     if (ret < 0)
@@ -841,7 +847,7 @@ static int req_checkpoint_create(struct hv_daemon *d, const json_t *req, json_t 
     ret = snap_checkpoint_create(&run.grp, name, want_app, &res, err);
     if (ret < 0)
         goto out;
-    if (want_app && res.consistency != SNAP_APP) {
+    if (must_be_app && res.consistency != SNAP_APP) {
         /* Asked for app and got crash: the checkpoint goes, as promised. */
         char why[600];
         snprintf(why, sizeof(why), "%s", res.why);
@@ -1232,6 +1238,7 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
     char recovered[4096] = "";
     char lib_recovered[2048] = "";
     bool want_app = false;
+    bool must_be_app = false;
     uint64_t t0 = hv_now_ns();
     int ret = get_vm_arg(d, req, &vm, err);
 
@@ -1242,7 +1249,7 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
     ret = run_build(d, vm, RUN_BACKUP, &run, err);
     if (ret < 0)
         return ret;
-    ret = consistency_arg(d, req, &run, &want_app, err);
+    ret = consistency_arg(d, req, &run, &want_app, &must_be_app, err);
     if (ret == 0)
         ret = run_merge_leftovers(&run, recovered, sizeof(recovered), err);
     if (ret < 0)
