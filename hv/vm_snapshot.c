@@ -35,6 +35,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1290,6 +1291,17 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
     if (recovered[0])
         hv_warn("VM '%s': backup into %s: %s", vm->cfg.name, dir, recovered);
     if (ret < 0) {
+        /* The engine reports a failed write as an I/O error: say when the
+         * destination is the likely reason. */
+        struct statvfs sv;
+        if (statvfs(dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < 64ull << 20) {
+            char left[32];
+            char msg[sizeof(err->msg)];
+            snprintf(msg, sizeof(msg), "%s", hv_err_msg(err, ret));
+            hv_err_set(err, ret, "%s (%s has only %s of space left; its partial files were "
+                       "removed)", msg, dir,
+                       hv_format_size((uint64_t)sv.f_bavail * sv.f_frsize, left));
+        }
         if (recovered[0])
             hv_err_prefix(err, "(%s)", recovered);
         goto out;
