@@ -79,7 +79,8 @@ echo "incrementals 1-3 read exactly what was written (1 MiB+128 KiB, 256+64 KiB,
 restore_and_compare()   # restore_and_compare SEQ
 {
     rm -rf "$HV_TMP/rs"
-    hvctl --json backup restore "$BK" --to "$HV_TMP/rs" --seq "$1" >/dev/null || hv_fail "restore #$1"
+    hvctl --json backup restore "$BK" --to "$HV_TMP/rs" --seq "$1" >/dev/null 2>"$HV_TMP/rs.err" ||
+        hv_fail "restore #$1: $(cat "$HV_TMP/rs.err")"
     for k in 0 1; do
         qemu-img convert -f vpc -O raw "$HV_TMP/rs/c0-s$k.vhd" "$HV_TMP/rs/c0-s$k.raw"
         local m=$M0
@@ -161,6 +162,28 @@ if mount -t tmpfs -o size=1m tmpfs "$HV_TMP/small" 2>/dev/null; then
 else
     echo "destination full: skipped (cannot mount a tmpfs here)"
 fi
+
+# ---- SIGTERM during a backup: the backup finishes, then hvstord exits 0
+wr bk 0 0 0x71 40M 4M "$M0"
+hvctl --json backup create bk --to "$BK" --incremental --max-rate 2M >"$HV_TMP/b6.json" 2>"$HV_TMP/b6.err" &
+client=$!
+for _ in $(seq 100); do [ -e "$BK/backup.lock" ] && break; sleep 0.05; done
+sleep 0.5
+kill -TERM "$HV_PID"
+wait "$client" || hv_fail "the backup interrupted by SIGTERM failed: $(cat "$HV_TMP/b6.err")"
+rc=0
+wait "$HV_PID" || rc=$?
+HV_PID=
+[ $rc = 0 ] || hv_fail "hvstord exited $rc after SIGTERM during a backup"
+grep -q "stopping once backup.create is done" "$HV_LOG" || hv_fail "the deferred stop is not logged"
+[ "$(json_get "$HV_TMP/b6.json" 'j["incremental"]')" = True ] || hv_fail "b6: $(cat "$HV_TMP/b6.json")"
+# 4 MiB, and the 64 KiB written after the failed backup into the full destination
+check_bytes "$HV_TMP/b6.json" $(((4096 + 64) * 1024)) 0
+hv_start
+seq=$(json_get "$HV_TMP/b6.json" 'j["seq"]')
+snapshot_models "$seq"
+restore_and_compare "$seq"
+echo "SIGTERM during a backup: it completed (incremental, 4 MiB), then hvstord exited 0"
 
 # ---- a dead agent: app refused, crash works
 snap_agent_kill
