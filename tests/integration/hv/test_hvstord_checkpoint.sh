@@ -66,6 +66,10 @@ done
 rd app 0 0 0x7a 32M 64k
 echo "checkpoint one: app-consistent, held $(json_get "$HV_TMP/cp1.json" 'j["hold_ms"]') ms; hooks: prepare freeze thaw"
 
+hvctl disk resize app --controller 0 --slot 0 128M 2>"$HV_TMP/resize.err" &&
+    hv_fail "resize of a disk with a checkpoint succeeded"
+grep -q "checkpoints" "$HV_TMP/resize.err" || hv_fail "resize refusal: $(cat "$HV_TMP/resize.err")"
+
 wr app 0 0 0x12 0 1M
 wr app 0 1 0x22 0 1M
 hvctl --json checkpoint create app >"$HV_TMP/cp2.json" || hv_fail "checkpoint create (default name)"
