@@ -148,6 +148,19 @@ static void layer_gone(json_t *extra, int c, int s, const char *path)
         json_object_del(extra, "backup_children");
 }
 
+int hv_snap_may_detach(const struct hv_vm *vm, int controller, int slot, struct hv_err *err)
+{
+    json_t *layers = layers_get(vm->cfg.extra, controller, slot);
+    if (!layers)
+        return 0;
+    return hv_err_set(err, -EBUSY, "VM '%s': controller %d slot %d has checkpoints: its data "
+                      "is now in %s over %s; delete them first (checkpoint delete, newest "
+                      "first), so that the attached image holds everything again",
+                      vm->cfg.name, controller, slot,
+                      json_string_value(json_array_get(layers, json_array_size(layers) - 1)),
+                      json_string_value(json_array_get(layers, 0)));
+}
+
 void hv_snap_slot_removed(json_t *extra, int controller, int slot)
 {
     json_t *a = layers_get(extra, controller, slot);

@@ -69,6 +69,9 @@ echo "checkpoint one: app-consistent, held $(json_get "$HV_TMP/cp1.json" 'j["hol
 hvctl disk resize app --controller 0 --slot 0 128M 2>"$HV_TMP/resize.err" &&
     hv_fail "resize of a disk with a checkpoint succeeded"
 grep -q "checkpoints" "$HV_TMP/resize.err" || hv_fail "resize refusal: $(cat "$HV_TMP/resize.err")"
+hvctl disk detach app --controller 0 --slot 1 2>"$HV_TMP/detach.err" &&
+    hv_fail "detach of a disk whose data is in a checkpoint child succeeded"
+grep -q "has checkpoints" "$HV_TMP/detach.err" || hv_fail "detach refusal: $(cat "$HV_TMP/detach.err")"
 
 wr app 0 0 0x12 0 1M
 wr app 0 1 0x22 0 1M
