@@ -691,41 +691,86 @@ static int run_index(const struct snap_run *run, int c, int s)
     return -1;
 }
 
-/* A backup cut left by a killed hvstord: merge it now, and say so. */
-static int run_merge_leftovers(struct snap_run *run, char *said, size_t cap, struct hv_err *err)
+static bool is_checkpoint_child(const json_t *extra, int c, int s, const char *path)
 {
-    json_t *bc = json_deep_copy(json_object_get(run->vm->cfg.extra, "backup_children"));
-    size_t off = strlen(said);
+    size_t i;
+    size_t k;
+    json_t *cp;
+    json_t *dk;
+    json_array_foreach(json_object_get(extra, "checkpoints"), i, cp)
+        json_array_foreach(json_object_get(cp, "disks"), k, dk) {
+            const char *child = json_string_value(json_object_get(dk, "child"));
+            if (json_integer_value(json_object_get(dk, "controller")) == c &&
+                json_integer_value(json_object_get(dk, "slot")) == s && child &&
+                !strcmp(child, path))
+                return true;
+        }
+    return false;
+}
+
+static bool is_backup_child(const json_t *extra, const char *path)
+{
     size_t i;
     json_t *v;
+    json_array_foreach(json_object_get(extra, "backup_children"), i, v) {
+        const char *p = json_string_value(json_object_get(v, "path"));
+        if (p && !strcmp(p, path))
+            return true;
+    }
+    return false;
+}
+
+/* Layers on top that no checkpoint owns: the cut of a backup, or of a
+ * checkpoint, whose hvstord was killed before it finished. Merge them now
+ * (newest first: only the top merges live) and say so. */
+static int run_merge_leftovers(struct snap_run *run, char *said, size_t cap, struct hv_err *err)
+{
+    size_t off = strlen(said);
     int ret = 0;
 
-    json_array_foreach(bc, i, v) {
-        int c = (int)json_integer_value(json_object_get(v, "controller"));
-        int s = (int)json_integer_value(json_object_get(v, "slot"));
-        const char *path = json_string_value(json_object_get(v, "path"));
-        int k = run_index(run, c, s);
-        if (k < 0 || !path || strcmp(run->disks[k].vhd_path, path) != 0) {
-            /* Not the top any more (an apply removed it): only forget it. */
-            json_t *extra = json_deep_copy(run->vm->cfg.extra);
-            layer_gone(extra, c, s, path ? path : "");
-            ret = persist_extra(run->d, run->vm, extra, err);
-            if (ret < 0)
+    for (int k = 0; k < run->count && ret == 0; k++) {
+        int c = run->ctl[k];
+        int s = run->slot[k];
+        while (run->disks[k].top) {
+            json_t *layers = layers_get(run->vm->cfg.extra, c, s);
+            if (!layers)
                 break;
-            continue;
+            char top[4096];
+            snprintf(top, sizeof(top), "%s",
+                     json_string_value(json_array_get(layers, json_array_size(layers) - 1)));
+            if (is_checkpoint_child(run->vm->cfg.extra, c, s, top))
+                break;
+            bool was_backup = is_backup_child(run->vm->cfg.extra, top);
+            ret = snap_checkpoint_merge(&run->grp, k, NULL, err);
+            if (ret < 0) {
+                hv_err_prefix(err, "merging %s, left by an interrupted %s", top,
+                              was_backup ? "backup" : "checkpoint");
+                break;
+            }
+            if (off < cap)
+                off += (size_t)snprintf(said + off, cap - off, "%san interrupted %s had left "
+                                        "its checkpoint child %s on disk c%d-s%d: merged it "
+                                        "back", off ? "; " : "",
+                                        was_backup ? "backup" : "checkpoint", top, c, s);
         }
-        ret = snap_checkpoint_merge(&run->grp, k, NULL, err);
-        if (ret < 0) {
-            hv_err_prefix(err, "merging the checkpoint child %s left by an interrupted backup",
-                          path);
-            break;
-        }
-        if (off < cap)
-            off += (size_t)snprintf(said + off, cap - off, "%san interrupted backup had left "
-                                    "its checkpoint child %s on disk c%d-s%d: merged it back",
-                                    off ? "; " : "", path, c, s);
     }
-    json_decref(bc);
+    /* Backup children that are no layer any more (an apply removed them). */
+    json_t *bc = json_object_get(run->vm->cfg.extra, "backup_children");
+    if (ret == 0 && json_array_size(bc)) {
+        json_t *extra = json_deep_copy(run->vm->cfg.extra);
+        json_t *copy = json_deep_copy(bc);
+        size_t i;
+        json_t *v;
+        json_array_foreach(copy, i, v) {
+            int c = (int)json_integer_value(json_object_get(v, "controller"));
+            int s = (int)json_integer_value(json_object_get(v, "slot"));
+            const char *p = json_string_value(json_object_get(v, "path"));
+            if (p && strcmp(top_of(extra, c, s, ""), p) != 0)
+                layer_gone(extra, c, s, p);
+        }
+        json_decref(copy);
+        ret = persist_extra(run->d, run->vm, extra, err);
+    }
     return ret;
 }
 

@@ -152,6 +152,31 @@ hvctl checkpoint delete app merging >/dev/null || hv_fail "delete the rest of 'm
 rd app 0 1 0x21 0 1M
 echo "restart after a merge finished but unrecorded: top fixed, child removed, the checkpoint keeps disk 1 only"
 
+# ---- killed between the cut and recording the checkpoint: the definition
+# names the child as the top but no checkpoint owns it (staged by removing
+# the record). The next checkpoint operation merges it back and says so.
+hvctl checkpoint create app --name orphan --consistency crash >/dev/null
+wr app 0 0 0x16 3M 64k
+hv_stop
+python3 - "$HV_STATE/vms/app.json" <<'PY'
+import json, sys
+p = sys.argv[1]
+j = json.load(open(p))
+j["checkpoints"] = [c for c in j["checkpoints"] if c["name"] != "orphan"]
+if not j["checkpoints"]:
+    del j["checkpoints"]
+json.dump(j, open(p, "w"))
+PY
+hv_start
+hvctl --json checkpoint create app --name after --consistency crash >"$HV_TMP/after.json" ||
+    hv_fail "checkpoint after an unrecorded one"
+json_get "$HV_TMP/after.json" 'j["recovered"]' | grep -q "interrupted checkpoint had left" ||
+    hv_fail "the leftover was not reported: $(cat "$HV_TMP/after.json")"
+rd app 0 0 0x16 3M 64k
+hvctl checkpoint delete app after >/dev/null || hv_fail "delete after"
+[ "$(ls "$HV_TMP"/d0*.vhd | wc -l)" = 1 ] || hv_fail "files left: $(ls "$HV_TMP")"
+echo "an unrecorded checkpoint child: merged back by the next operation, which says so"
+
 # ---- a dead agent: app fails and changes nothing, crash works
 snap_agent_kill
 start_ns=$(date +%s%N)
