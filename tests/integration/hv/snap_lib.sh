@@ -28,6 +28,8 @@ snap_agent_start()
     cat >"$HOOKS/10-app" <<EOF
 #!/bin/sh
 echo "\$1" >>"$CALLS"
+# The agent dying in the middle of a freeze.
+[ "\$1" = freeze ] && [ -e "$HV_TMP/hook-kill" ] && kill -9 "\$(cat "$HV_TMP/agent.pid")"
 [ -e "$HV_TMP/hook-writes" ] || exit 0
 opts=\$(cat "$HV_TMP/hook-opts")
 case "\$1" in
@@ -41,6 +43,7 @@ EOF
         --state "$HV_TMP/agent-frozen" --thaw-timeout 30 --writer-timeout 20 \
         >>"$HV_TMP/agent.log" 2>&1 &
     AGENT_PID=$!
+    echo "$AGENT_PID" >"$HV_TMP/agent.pid"
     HV_EXTRA_PIDS+=("$AGENT_PID")
     for _ in $(seq 100); do
         [ -S "$AGENT_SOCK" ] && return 0

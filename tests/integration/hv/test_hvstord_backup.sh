@@ -9,7 +9,8 @@
 # naming the file after one byte of a copy is changed. hvstord killed (-9)
 # in the middle of a rate-limited backup: the VM comes back whole, the next
 # run cleans up, says what it removed and why it is full. A destination that
-# fills up and a dead agent fail cleanly, the VM unchanged.
+# fills up and a dead agent fail cleanly, the VM unchanged; an agent that
+# dies during the freeze leaves a crash-consistent backup that says why.
 source "$(dirname "$0")/hvstord_lib.sh"
 source "$(dirname "$0")/snap_lib.sh"
 hv_setup
@@ -184,6 +185,20 @@ seq=$(json_get "$HV_TMP/b6.json" 'j["seq"]')
 snapshot_models "$seq"
 restore_and_compare "$seq"
 echo "SIGTERM during a backup: it completed (incremental, 4 MiB), then hvstord exited 0"
+
+# ---- the agent dies during the freeze: the backup goes on, crash-consistent,
+# and says why; the VM is untouched
+touch "$HV_TMP/hook-kill"
+hvctl --json backup create bk --to "$HV_TMP/b7" >"$HV_TMP/b7.json" 2>"$HV_TMP/b7.err" ||
+    hv_fail "backup whose agent died during the freeze: $(cat "$HV_TMP/b7.err")"
+rm "$HV_TMP/hook-kill"
+[ "$(json_get "$HV_TMP/b7.json" 'j["checkpoint"]["consistency"]')" = crash ] || hv_fail "b7: $(cat "$HV_TMP/b7.json")"
+json_get "$HV_TMP/b7.json" 'j["checkpoint"]["why"]' | grep -q "agent" || hv_fail "b7 why: $(cat "$HV_TMP/b7.json")"
+kill -0 "$AGENT_PID" 2>/dev/null && hv_fail "the hook did not kill the agent"
+hvctl backup verify "$HV_TMP/b7" >/dev/null || hv_fail "verify b7"
+lun_image bk 0 0 "$HV_TMP/now0.raw"
+cmp "$HV_TMP/now0.raw" "$M0" || hv_fail "disk 0 after the agent died mid-freeze"
+echo "agent killed during the freeze: crash-consistent backup, why: $(json_get "$HV_TMP/b7.json" 'j["checkpoint"]["why"]' | cut -c1-120)"
 
 # ---- a dead agent: app refused, crash works
 snap_agent_kill
