@@ -8,8 +8,9 @@
  * is a control-path cost, not an I/O-path one). A long request (a backup)
  * runs reactor turns while it waits, so guest I/O and other connections go
  * on; its own connection is taken out of the reactor meanwhile, so that
- * nothing re-enters it (more input, the peer hanging up) until it is done. The socket is 0600 in the
- * private state directory: whoever can reach it administers the VMs.
+ * nothing re-enters it (more input, the peer hanging up) until it is done.
+ * The socket is 0600 in the private state directory: whoever can reach it
+ * administers the VMs.
  */
 #include "hv_internal.h"
 
