@@ -156,8 +156,7 @@ static int cmd_checkpoint(const struct cli *cli, int argc, char **argv)
             break;
         case 'c':
             if (strcmp(optarg, "app") && strcmp(optarg, "crash"))
-                return usage_error(checkpoint_usage, "--consistency '%s': app or crash",
-                                   optarg);
+                return usage_error(checkpoint_usage, "--consistency '%s': app or crash", optarg);
             consistency = optarg;
             break;
         case 'h':
@@ -172,9 +171,8 @@ static int cmd_checkpoint(const struct cli *cli, int argc, char **argv)
     char **args = argv + optind;
     if (strcmp(verb, "create") != 0 && (name || consistency))
         return usage_error(checkpoint_usage, "--name/--consistency belong to 'checkpoint "
-                           "create'");
-    bool wants_name = !strcmp(verb, "show") || !strcmp(verb, "delete") ||
-                      !strcmp(verb, "apply");
+                                             "create'");
+    bool wants_name = !strcmp(verb, "show") || !strcmp(verb, "delete") || !strcmp(verb, "apply");
     if (left != (wants_name ? 2 : 1))
         return usage_error(checkpoint_usage, "checkpoint %s needs %s", verb,
                            wants_name ? "VM and NAME" : "exactly one VM");
@@ -189,7 +187,10 @@ static int cmd_checkpoint(const struct cli *cli, int argc, char **argv)
         json_object_set_new(req, "consistency", json_string(consistency));
     /* A merge or an agent's freeze may take long: no limit unless asked. */
     bool is_quick = !strcmp(verb, "list") || !strcmp(verb, "show");
-    int ret = call(cli, req, cli->timeout_ms >= 0 ? cli->timeout_ms : is_quick ? 60000 : 0,
+    int ret = call(cli, req,
+                   cli->timeout_ms >= 0 ? cli->timeout_ms
+                   : is_quick           ? 60000
+                                        : 0,
                    &result);
     if (ret)
         return ret;
@@ -198,8 +199,7 @@ static int cmd_checkpoint(const struct cli *cli, int argc, char **argv)
     } else if (!strcmp(verb, "list")) {
         size_t i;
         json_t *cp;
-        printf("%-28s %-21s %-6s %5s  %s\n", "NAME", "CREATED (UTC)", "KIND", "DISKS",
-               "HOLD ms");
+        printf("%-28s %-21s %-6s %5s  %s\n", "NAME", "CREATED (UTC)", "KIND", "DISKS", "HOLD ms");
         json_array_foreach(result, i, cp)
             printf("%-28s %-21s %-6s %5zu  %.3f\n", str(cp, "name"), str(cp, "created"),
                    str(cp, "consistency"), json_array_size(json_object_get(cp, "disks")),
@@ -244,7 +244,8 @@ static uint64_t written_so_far(const char *dir)
     snprintf(path, sizeof(path), "%s/backup.lock", dir);
     if (hv_json_read_file(path, &lock, &err) < 0)
         return 0;
-    json_array_foreach(json_object_get(lock, "files"), i, f) {
+    json_array_foreach(json_object_get(lock, "files"), i, f)
+    {
         struct stat st;
         const char *name = json_string_value(f);
         snprintf(path, sizeof(path), "%s/%s", dir, name ? name : "");
@@ -268,8 +269,7 @@ static void *progress_main(void *arg)
             break;
         char size[32];
         fprintf(stderr, "\rbackup: %s written, %.0f s ",
-                hv_format_size(written_so_far(p->dir), size),
-                (hv_now_ns() - p->started_ns) / 1e9);
+                hv_format_size(written_so_far(p->dir), size), (hv_now_ns() - p->started_ns) / 1e9);
         fflush(stderr);
     }
     pthread_mutex_unlock(&p->lock);
@@ -313,9 +313,9 @@ static void print_backup(const json_t *r)
     json_t *dk;
     const json_t *cp = json_object_get(r, "checkpoint");
     printf("backup #%lld of VM %s into %s: %s, %s-consistent, %.1f s\n", num(r, "seq"),
-           str(r, "vm"), str(r, "dir"), json_is_true(json_object_get(r, "incremental")) ?
-           "incremental" : "full", str(cp, "consistency"),
-           json_number_value(json_object_get(r, "seconds")));
+           str(r, "vm"), str(r, "dir"),
+           json_is_true(json_object_get(r, "incremental")) ? "incremental" : "full",
+           str(cp, "consistency"), json_number_value(json_object_get(r, "seconds")));
     if (str(r, "why_full")[0])
         printf("  full because: %s\n", str(r, "why_full"));
     if (str(cp, "why")[0] && strcmp(str(cp, "consistency"), "app") != 0)
@@ -323,9 +323,8 @@ static void print_backup(const json_t *r)
     if (str(r, "recovered")[0])
         printf("  recovered: %s\n", str(r, "recovered"));
     json_array_foreach(json_object_get(r, "disks"), i, dk)
-        printf("  c%lld-s%lld: %s  read %s, written %s\n", num(dk, "controller"),
-               num(dk, "slot"), str(dk, "file"),
-               hv_format_size((uint64_t)num(dk, "bytes_read"), rd),
+        printf("  c%lld-s%lld: %s  read %s, written %s\n", num(dk, "controller"), num(dk, "slot"),
+               str(dk, "file"), hv_format_size((uint64_t)num(dk, "bytes_read"), rd),
                hv_format_size((uint64_t)num(dk, "bytes_written"), wr));
 }
 
@@ -386,7 +385,8 @@ static int backup_verify(const struct cli *cli, const char *dir)
     if (cli->is_json && report)
         hv_json_print(stdout, report);
     else if (report)
-        json_array_foreach(json_object_get(report, "disks"), i, dk) {
+        json_array_foreach(json_object_get(report, "disks"), i, dk)
+        {
             bool is_ok = num(dk, "blocks_bad") == 0 && !strcmp(str(dk, "check"), "clean");
             printf("%s/%s: %s (%lld blocks match, %lld do not; vhd check: %s)\n", dir,
                    str(dk, "file"), is_ok ? "ok" : "BAD", num(dk, "blocks_ok"),
@@ -394,16 +394,18 @@ static int backup_verify(const struct cli *cli, const char *dir)
         }
     if (ret < 0) {
         /* Name the files that failed, not only the directory. */
-        json_array_foreach(json_object_get(report, "disks"), i, dk)
-            if (num(dk, "blocks_bad") || strcmp(str(dk, "check"), "clean") != 0) {
-                if (json_object_get(dk, "first_bad_offset"))
-                    fprintf(stderr, "hvctl: %s/%s: %lld blocks do not match the manifest "
-                            "(first at offset %lld)\n", dir, str(dk, "file"),
-                            num(dk, "blocks_bad"), num(dk, "first_bad_offset"));
-                else
-                    fprintf(stderr, "hvctl: %s/%s: vhd check says %s\n", dir, str(dk, "file"),
-                            str(dk, "check"));
-            }
+        json_array_foreach(json_object_get(report, "disks"), i,
+                           dk) if (num(dk, "blocks_bad") || strcmp(str(dk, "check"), "clean") != 0)
+        {
+            if (json_object_get(dk, "first_bad_offset"))
+                fprintf(stderr,
+                        "hvctl: %s/%s: %lld blocks do not match the manifest "
+                        "(first at offset %lld)\n",
+                        dir, str(dk, "file"), num(dk, "blocks_bad"), num(dk, "first_bad_offset"));
+            else
+                fprintf(stderr, "hvctl: %s/%s: vhd check says %s\n", dir, str(dk, "file"),
+                        str(dk, "check"));
+        }
         fprintf(stderr, "hvctl: %s\n", hv_err_msg(&err, ret));
     }
     json_decref(report);
@@ -445,7 +447,8 @@ static int backup_restore(const struct cli *cli, const char *dir, const char *to
     if (hv_json_read_file(path, &man, &err) == 0) {
         size_t i;
         json_t *dk;
-        json_array_foreach(json_object_get(man, "disks"), i, dk) {
+        json_array_foreach(json_object_get(man, "disks"), i, dk)
+        {
             char name[64];
             snprintf(name, sizeof(name), "c%lld-s%lld.vhd", num(dk, "controller"),
                      num(dk, "slot"));
@@ -461,8 +464,7 @@ static int backup_restore(const struct cli *cli, const char *dir, const char *to
         json_t *f;
         printf("backup #%d of %s (checkpoint %s) restored into %s:\n", used, dir,
                str(man, "checkpoint_time"), to);
-        json_array_foreach(files, i, f)
-            printf("  %s/%s\n", to, json_string_value(f));
+        json_array_foreach(files, i, f) printf("  %s/%s\n", to, json_string_value(f));
     }
     json_decref(out);
     json_decref(man);
@@ -548,7 +550,7 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
     }
     if (is_incremental || consistency || is_progress_shown || max_rate)
         return usage_error(backup_usage, "--incremental/--consistency/-p belong to 'backup "
-                           "create'");
+                                         "create'");
     if (!strcmp(verb, "verify")) {
         if (to || seq >= 0)
             return usage_error(backup_usage, "backup verify takes only DIR");

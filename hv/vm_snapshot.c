@@ -39,11 +39,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#define TRACK_BYTES (64u * 1024)        /* CBT and copy-before-write granularity */
+#define TRACK_BYTES (64u * 1024) /* CBT and copy-before-write granularity */
 #define CBW_SPARES 16
-#define AGENT_PROBE_MS 1500             /* vm show: a dead agent costs at most this */
-#define AGENT_OPEN_MS 3000              /* before a checkpoint: hello */
-#define AGENT_CALL_MS 10000             /* freeze, thaw */
+#define AGENT_PROBE_MS 1500 /* vm show: a dead agent costs at most this */
+#define AGENT_OPEN_MS 3000  /* before a checkpoint: hello */
+#define AGENT_CALL_MS 10000 /* freeze, thaw */
 #define QUIESCE_MS 5000
 
 /* -------------------------------------------------------- definition keys */
@@ -153,7 +153,8 @@ int hv_snap_may_detach(const struct hv_vm *vm, int controller, int slot, struct 
     json_t *layers = layers_get(vm->cfg.extra, controller, slot);
     if (!layers)
         return 0;
-    return hv_err_set(err, -EBUSY, "VM '%s': controller %d slot %d has checkpoints: its data "
+    return hv_err_set(err, -EBUSY,
+                      "VM '%s': controller %d slot %d has checkpoints: its data "
                       "is now in %s over %s; delete them first (checkpoint delete, newest "
                       "first), so that the attached image holds everything again",
                       vm->cfg.name, controller, slot,
@@ -168,8 +169,7 @@ void hv_snap_slot_removed(json_t *extra, int controller, int slot)
         json_t *copy = json_deep_copy(a);
         size_t i;
         json_t *v;
-        json_array_foreach(copy, i, v)
-            layer_gone(extra, controller, slot, json_string_value(v));
+        json_array_foreach(copy, i, v) layer_gone(extra, controller, slot, json_string_value(v));
         json_decref(copy);
     }
     layers_set(extra, controller, slot, json_array());
@@ -299,12 +299,15 @@ static int recover_layers(struct hv_vm *vm, int c, int s, const struct hv_disk_c
 
     if (ret < 0 || !strcmp(real, top))
         return ret;
-    if (!layers || strcmp(real, json_string_value(json_array_get(layers,
-                                                                 json_array_size(layers) - 2))))
-        return hv_err_set(err, -EINVAL, "%s: a finished merge names %s as the top, which is "
-                          "not the layer below it in the definition", top, real);
+    if (!layers ||
+        strcmp(real, json_string_value(json_array_get(layers, json_array_size(layers) - 2))))
+        return hv_err_set(err, -EINVAL,
+                          "%s: a finished merge names %s as the top, which is "
+                          "not the layer below it in the definition",
+                          top, real);
     hv_warn("VM '%s' c%d-s%d: a live merge of %s had finished when hvstord stopped; the top "
-            "is %s again", vm->cfg.name, c, s, top, real);
+            "is %s again",
+            vm->cfg.name, c, s, top, real);
     char gone[4096];
     snprintf(gone, sizeof(gone), "%s", top);
     json_t *copy = json_deep_copy(layers);
@@ -331,8 +334,8 @@ int hv_snap_open_disk(struct hv_runtime *rt, struct hv_vm *vm, int controller, i
     if (dc->is_read_only) {
         /* Nothing changes it: no gate, no tracking, opened as is. */
         struct hv_disk_config ro = *dc;
-        snprintf(ro.path, sizeof(ro.path), "%s", top_of(vm->cfg.extra, controller, slot,
-                                                        dc->path));
+        snprintf(ro.path, sizeof(ro.path), "%s",
+                 top_of(vm->cfg.extra, controller, slot, dc->path));
         return hv_open_image(rt, &ro, &disk->image, &disk->lock_fd, err);
     }
     if (dc->kind == HV_DISK_VHD) {
@@ -405,8 +408,8 @@ void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, jso
     if (!disk || disk->cfg.kind == HV_DISK_LUN)
         return;
     if (!is_stats) {
-        json_object_set_new(obj, "top", json_string(top_of(vm->cfg.extra, controller, slot,
-                                                           disk->cfg.path)));
+        json_object_set_new(obj, "top",
+                            json_string(top_of(vm->cfg.extra, controller, slot, disk->cfg.path)));
         if (layers)
             json_object_set(obj, "layers", layers);
         return;
@@ -414,8 +417,9 @@ void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, jso
     if (disk->cbt) {
         const char *why = NULL;
         bool is_reliable = snap_cbt_is_reliable(disk->cbt, &why);
-        json_object_set_new(obj, "tracking", json_pack("{s:b, s:s}", "reliable", is_reliable,
-                                                       "why", is_reliable ? "" : why));
+        json_object_set_new(
+            obj, "tracking",
+            json_pack("{s:b, s:s}", "reliable", is_reliable, "why", is_reliable ? "" : why));
     }
 }
 
@@ -476,8 +480,8 @@ json_t *hv_snap_agent_json(struct hv_runtime *rt, const struct hv_vm *vm, bool m
     if (!spec)
         return json_null();
     if (!may_probe)
-        return json_pack("{s:s, s:n, s:s, s:s}", "spec", spec, "answers", "version", "",
-                         "error", "not asked: another request is running");
+        return json_pack("{s:s, s:n, s:s, s:s}", "spec", spec, "answers", "version", "", "error",
+                         "not asked: another request is running");
     ret = agent_open(rt, spec, AGENT_PROBE_MS, &a, &err);
     if (ret == 0)
         ret = snap_agent_info(a, &info, &err);
@@ -485,8 +489,8 @@ json_t *hv_snap_agent_json(struct hv_runtime *rt, const struct hv_vm *vm, bool m
     if (ret < 0)
         return json_pack("{s:s, s:b, s:s, s:s}", "spec", spec, "answers", 0, "version", "",
                          "error", hv_err_msg(&err, ret));
-    json_t *o = json_pack("{s:s, s:b, s:s, s:s}", "spec", spec, "answers", 1, "version",
-                          info.name, "error", "");
+    json_t *o = json_pack("{s:s, s:b, s:s, s:s}", "spec", spec, "answers", 1, "version", info.name,
+                          "error", "");
     if (info.version)
         json_object_set_new(o, "protocol", json_integer(info.version));
     if (info.filesystems)
@@ -525,8 +529,7 @@ static void run_free(struct snap_run *run)
 
 /* Write `extra` (a copy the caller built) with the rest of the definition;
  * on success it becomes the live one. */
-static int persist_extra(struct hv_daemon *d, struct hv_vm *vm, json_t *extra,
-                         struct hv_err *err)
+static int persist_extra(struct hv_daemon *d, struct hv_vm *vm, json_t *extra, struct hv_err *err)
 {
     struct hv_vm_config next;
     int ret = hv_vm_config_copy(&next, &vm->cfg);
@@ -595,9 +598,9 @@ static void run_on_cut(void *arg)
         json_array_append_new(layers, json_string(sd->vhd_path));
         layers_set(extra, c, s, layers);
         if (run->kind == RUN_BACKUP)
-            json_array_append_new(extra_array(extra, "backup_children"),
-                                  json_pack("{s:i, s:i, s:s}", "controller", c, "slot", s,
-                                            "path", sd->vhd_path));
+            json_array_append_new(
+                extra_array(extra, "backup_children"),
+                json_pack("{s:i, s:i, s:s}", "controller", c, "slot", s, "path", sd->vhd_path));
     }
     int ret = persist_extra(run->d, run->vm, extra, &err);
     if (ret < 0) {
@@ -633,17 +636,23 @@ static int run_build(struct hv_daemon *d, struct hv_vm *vm, enum run_kind kind,
                 continue;
             int ret = 0;
             if (disk->cfg.kind == HV_DISK_LUN)
-                ret = hv_err_set(err, -EOPNOTSUPP, "VM '%s': controller %d slot %d is a SAN "
+                ret = hv_err_set(err, -EOPNOTSUPP,
+                                 "VM '%s': controller %d slot %d is a SAN "
                                  "LUN: its array takes its snapshots and backups, hvstord "
-                                 "cannot", vm->cfg.name, c, s);
+                                 "cannot",
+                                 vm->cfg.name, c, s);
             else if (!disk->lu || !disk->image)
-                ret = hv_err_set(err, -ENODEV, "VM '%s': controller %d slot %d is offline (%s): "
-                                 "it would be missing", vm->cfg.name, c, s, disk->error);
+                ret = hv_err_set(err, -ENODEV,
+                                 "VM '%s': controller %d slot %d is offline (%s): "
+                                 "it would be missing",
+                                 vm->cfg.name, c, s, disk->error);
             else if (kind == RUN_CHECKPOINT && !disk->top)
-                ret = hv_err_set(err, -EOPNOTSUPP, "VM '%s': controller %d slot %d is a %s "
+                ret = hv_err_set(err, -EOPNOTSUPP,
+                                 "VM '%s': controller %d slot %d is a %s "
                                  "disk (%s): checkpoints need VHD disks (a backup can read "
-                                 "it; attach it read-only to leave it out)", vm->cfg.name, c,
-                                 s, hv_disk_kind_name(disk->cfg.kind), disk->cfg.path);
+                                 "it; attach it read-only to leave it out)",
+                                 vm->cfg.name, c, s, hv_disk_kind_name(disk->cfg.kind),
+                                 disk->cfg.path);
             else if (disk->is_held)
                 ret = hv_err_set(err, -EBUSY, "%s: being resized", disk->cfg.path);
             if (ret < 0) {
@@ -667,8 +676,8 @@ static int run_build(struct hv_daemon *d, struct hv_vm *vm, enum run_kind kind,
         }
     if (n == 0) {
         run_free(run);
-        return hv_err_set(err, -ENOENT, "VM '%s' has no writable disk online to %s",
-                          vm->cfg.name, kind == RUN_BACKUP ? "back up" : "checkpoint");
+        return hv_err_set(err, -ENOENT, "VM '%s' has no writable disk online to %s", vm->cfg.name,
+                          kind == RUN_BACKUP ? "back up" : "checkpoint");
     }
     run->count = n;
     run->grp.reactor = hv_daemon_runtime(d)->reactor;
@@ -698,13 +707,13 @@ static bool is_checkpoint_child(const json_t *extra, int c, int s, const char *p
     json_t *cp;
     json_t *dk;
     json_array_foreach(json_object_get(extra, "checkpoints"), i, cp)
-        json_array_foreach(json_object_get(cp, "disks"), k, dk) {
-            const char *child = json_string_value(json_object_get(dk, "child"));
-            if (json_integer_value(json_object_get(dk, "controller")) == c &&
-                json_integer_value(json_object_get(dk, "slot")) == s && child &&
-                !strcmp(child, path))
-                return true;
-        }
+        json_array_foreach(json_object_get(cp, "disks"), k, dk)
+    {
+        const char *child = json_string_value(json_object_get(dk, "child"));
+        if (json_integer_value(json_object_get(dk, "controller")) == c &&
+            json_integer_value(json_object_get(dk, "slot")) == s && child && !strcmp(child, path))
+            return true;
+    }
     return false;
 }
 
@@ -712,7 +721,8 @@ static bool is_backup_child(const json_t *extra, const char *path)
 {
     size_t i;
     json_t *v;
-    json_array_foreach(json_object_get(extra, "backup_children"), i, v) {
+    json_array_foreach(json_object_get(extra, "backup_children"), i, v)
+    {
         const char *p = json_string_value(json_object_get(v, "path"));
         if (p && !strcmp(p, path))
             return true;
@@ -748,10 +758,12 @@ static int run_merge_leftovers(struct snap_run *run, char *said, size_t cap, str
                 break;
             }
             if (off < cap)
-                off += (size_t)snprintf(said + off, cap - off, "%san interrupted %s had left "
+                off += (size_t)snprintf(said + off, cap - off,
+                                        "%san interrupted %s had left "
                                         "its checkpoint child %s on disk c%d-s%d: merged it "
-                                        "back", off ? "; " : "",
-                                        was_backup ? "backup" : "checkpoint", top, c, s);
+                                        "back",
+                                        off ? "; " : "", was_backup ? "backup" : "checkpoint", top,
+                                        c, s);
         }
     }
     /* Backup children that are no layer any more (an apply removed them). */
@@ -761,7 +773,8 @@ static int run_merge_leftovers(struct snap_run *run, char *said, size_t cap, str
         json_t *copy = json_deep_copy(bc);
         size_t i;
         json_t *v;
-        json_array_foreach(copy, i, v) {
+        json_array_foreach(copy, i, v)
+        {
             int c = (int)json_integer_value(json_object_get(v, "controller"));
             int s = (int)json_integer_value(json_object_get(v, "slot"));
             const char *p = json_string_value(json_object_get(v, "path"));
@@ -800,7 +813,8 @@ static json_t *find_checkpoint(const struct hv_vm *vm, const char *name, size_t 
     json_t *cps = json_object_get(vm->cfg.extra, "checkpoints");
     size_t i;
     json_t *v;
-    json_array_foreach(cps, i, v) {
+    json_array_foreach(cps, i, v)
+    {
         const char *n = json_string_value(json_object_get(v, "name"));
         if (n && !strcmp(n, name)) {
             if (index)
@@ -825,8 +839,10 @@ static int name_check(const char *name, struct hv_err *err)
     }
     return 0;
 bad:
-    return hv_err_set(err, -EINVAL, "checkpoint name '%s': 1 to 64 of A-Z a-z 0-9 . _ -, not "
-                      "starting with '.' or '-'", name);
+    return hv_err_set(err, -EINVAL,
+                      "checkpoint name '%s': 1 to 64 of A-Z a-z 0-9 . _ -, not "
+                      "starting with '.' or '-'",
+                      name);
 }
 
 /* app or crash, from the request and whether the VM has an agent; with app
@@ -848,14 +864,17 @@ static int consistency_arg(struct hv_daemon *d, const json_t *req, struct snap_r
     if (!*want_app)
         return 0;
     if (!spec)
-        return hv_err_set(err, -EINVAL, "VM '%s' has no guest agent: app consistency needs one "
+        return hv_err_set(err, -EINVAL,
+                          "VM '%s' has no guest agent: app consistency needs one "
                           "(hvctl vm set %s --agent ...), or ask for --consistency crash",
                           run->vm->cfg.name, run->vm->cfg.name);
     int ret = agent_open(hv_daemon_runtime(d), spec, AGENT_OPEN_MS, &run->grp.agent, err);
     if (ret < 0) {
         run->grp.agent = NULL;
-        hv_err_prefix(err, "VM '%s': the guest agent does not answer, nothing was done "
-                      "(--consistency crash does without it)", run->vm->cfg.name);
+        hv_err_prefix(err,
+                      "VM '%s': the guest agent does not answer, nothing was done "
+                      "(--consistency crash does without it)",
+                      run->vm->cfg.name);
         return ret;
     }
     return 0;
@@ -919,9 +938,11 @@ static int req_checkpoint_create(struct hv_daemon *d, const json_t *req, json_t 
                              vm->cfg.name, hv_err_msg(&merr, m));
             }
         snap_checkpoint_result_free(&res);
-        ret = hv_err_set(err, -EAGAIN, "VM '%s': checkpoint '%s' would only be "
+        ret = hv_err_set(err, -EAGAIN,
+                         "VM '%s': checkpoint '%s' would only be "
                          "crash-consistent (%s); it was removed again (--consistency crash "
-                         "keeps such a checkpoint)", vm->cfg.name, name, why);
+                         "keeps such a checkpoint)",
+                         vm->cfg.name, name, why);
         goto out;
     }
     {
@@ -929,14 +950,13 @@ static int req_checkpoint_create(struct hv_daemon *d, const json_t *req, json_t 
         json_t *disks = json_array();
         iso_time(res.created, when);
         for (int i = 0; i < run.count; i++)
-            json_array_append_new(disks, json_pack("{s:i, s:i, s:s, s:s}", "controller",
-                                                   run.ctl[i], "slot", run.slot[i], "path",
-                                                   res.disks[i].parent_path, "child",
-                                                   res.disks[i].child_path));
-        json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:f, s:o}", "name", name, "created",
-                                when, "consistency",
-                                res.consistency == SNAP_APP ? "app" : "crash", "why", res.why,
-                                "hold_ms", res.hold_ns / 1e6, "disks", disks);
+            json_array_append_new(disks,
+                                  json_pack("{s:i, s:i, s:s, s:s}", "controller", run.ctl[i],
+                                            "slot", run.slot[i], "path", res.disks[i].parent_path,
+                                            "child", res.disks[i].child_path));
+        json_t *rec = json_pack("{s:s, s:s, s:s, s:s, s:f, s:o}", "name", name, "created", when,
+                                "consistency", res.consistency == SNAP_APP ? "app" : "crash",
+                                "why", res.why, "hold_ms", res.hold_ns / 1e6, "disks", disks);
         json_t *extra = json_deep_copy(vm->cfg.extra);
         json_array_append(extra_array(extra, "checkpoints"), rec);
         ret = persist_extra(d, vm, extra, err);
@@ -951,8 +971,8 @@ static int req_checkpoint_create(struct hv_daemon *d, const json_t *req, json_t 
         json_object_set_new(*result, "recovered", json_string(recovered));
         json_decref(rec);
         hv_info("VM '%s': checkpoint '%s' (%s%s%s)", vm->cfg.name, name,
-                json_string_value(json_object_get(*result, "consistency")),
-                res.why[0] ? ": " : "", res.why);
+                json_string_value(json_object_get(*result, "consistency")), res.why[0] ? ": " : "",
+                res.why);
     }
 out:
     run_free(&run);
@@ -1026,9 +1046,12 @@ static int req_checkpoint_delete(struct hv_daemon *d, const json_t *req, json_t 
                           name);
     json_t *cps = json_object_get(vm->cfg.extra, "checkpoints");
     if (index + 1 != json_array_size(cps))
-        return hv_err_set(err, -EOPNOTSUPP, "VM '%s': checkpoint '%s' is not the newest "
+        return hv_err_set(err, -EOPNOTSUPP,
+                          "VM '%s': checkpoint '%s' is not the newest "
                           "('%s' is): only the newest merges live; delete the newer ones "
-                          "first", vm->cfg.name, name, json_string_value(json_object_get(
+                          "first",
+                          vm->cfg.name, name,
+                          json_string_value(json_object_get(
                               json_array_get(cps, json_array_size(cps) - 1), "name")));
     cp = json_deep_copy(cp);
     ret = run_build(d, vm, RUN_MERGE, &run, err);
@@ -1039,7 +1062,8 @@ static int req_checkpoint_delete(struct hv_daemon *d, const json_t *req, json_t 
     ret = run_merge_leftovers(&run, recovered, sizeof(recovered), err);
     size_t i;
     json_t *dk;
-    json_array_foreach(json_object_get(cp, "disks"), i, dk) {
+    json_array_foreach(json_object_get(cp, "disks"), i, dk)
+    {
         if (ret < 0)
             break;
         int c = (int)json_integer_value(json_object_get(dk, "controller"));
@@ -1047,15 +1071,17 @@ static int req_checkpoint_delete(struct hv_daemon *d, const json_t *req, json_t 
         const char *child = json_string_value(json_object_get(dk, "child"));
         int k = run_index(&run, c, s);
         if (k < 0) {
-            ret = hv_err_set(err, -ENODEV, "VM '%s': checkpoint '%s' covers controller %d "
-                             "slot %d, which is not online and writable now", vm->cfg.name,
-                             name, c, s);
+            ret = hv_err_set(err, -ENODEV,
+                             "VM '%s': checkpoint '%s' covers controller %d "
+                             "slot %d, which is not online and writable now",
+                             vm->cfg.name, name, c, s);
             break;
         }
         if (!child || strcmp(run.disks[k].vhd_path, child) != 0) {
-            ret = hv_err_set(err, -EINVAL, "VM '%s' c%d-s%d: the top is %s, not the child %s "
-                             "of checkpoint '%s'", vm->cfg.name, c, s, run.disks[k].vhd_path,
-                             child ? child : "?", name);
+            ret = hv_err_set(err, -EINVAL,
+                             "VM '%s' c%d-s%d: the top is %s, not the child %s "
+                             "of checkpoint '%s'",
+                             vm->cfg.name, c, s, run.disks[k].vhd_path, child ? child : "?", name);
             break;
         }
         uint64_t hold = 0;
@@ -1119,16 +1145,21 @@ static int req_checkpoint_apply(struct hv_daemon *d, const json_t *req, json_t *
     }
     size_t i;
     json_t *dk;
-    json_array_foreach(json_object_get(cp, "disks"), i, dk) {
+    json_array_foreach(json_object_get(cp, "disks"), i, dk)
+    {
         int c = (int)json_integer_value(json_object_get(dk, "controller"));
         int s = (int)json_integer_value(json_object_get(dk, "slot"));
         const char *image = json_string_value(json_object_get(dk, "path"));
         const char *child = json_string_value(json_object_get(dk, "child"));
-        struct hv_disk *disk = c >= 0 && c < HV_MAX_CONTROLLERS && s >= 0 &&
-                                       s < HV_SLOTS_PER_CONTROLLER ? vm->disks[c][s] : NULL;
+        struct hv_disk *disk =
+            c >= 0 && c < HV_MAX_CONTROLLERS && s >= 0 && s < HV_SLOTS_PER_CONTROLLER
+                ? vm->disks[c][s]
+                : NULL;
         if (!disk || !disk->top || !image || !child) {
-            ret = hv_err_set(err, -ENODEV, "VM '%s': checkpoint '%s' covers controller %d slot "
-                             "%d, which has no online VHD disk now", vm->cfg.name, name, c, s);
+            ret = hv_err_set(err, -ENODEV,
+                             "VM '%s': checkpoint '%s' covers controller %d slot "
+                             "%d, which has no online VHD disk now",
+                             vm->cfg.name, name, c, s);
             goto out;
         }
         json_t *layers = layers_copy(extra, c, s, disk->cfg.path);
@@ -1138,9 +1169,10 @@ static int req_checkpoint_apply(struct hv_daemon *d, const json_t *req, json_t *
                 at = k;
         if (at + 1 >= json_array_size(layers)) {
             json_decref(layers);
-            ret = hv_err_set(err, -EINVAL, "VM '%s' c%d-s%d: %s (checkpoint '%s') is not "
-                             "below the top in the disk's layers", vm->cfg.name, c, s, image,
-                             name);
+            ret = hv_err_set(err, -EINVAL,
+                             "VM '%s' c%d-s%d: %s (checkpoint '%s') is not "
+                             "below the top in the disk's layers",
+                             vm->cfg.name, c, s, image, name);
             goto out;
         }
         /* Everything above the checkpoint's child goes; the child itself is
@@ -1177,8 +1209,8 @@ static int req_checkpoint_apply(struct hv_daemon *d, const json_t *req, json_t *
             int s = held_s[k];
             const char *old_top = top_of(old_extra, c, s, disk->cfg.path);
             json_t *layers = layers_get(vm->cfg.extra, c, s);
-            const char *image = json_string_value(json_array_get(layers,
-                                                                 json_array_size(layers) - 2));
+            const char *image =
+                json_string_value(json_array_get(layers, json_array_size(layers) - 2));
             char new_top[4096];
             size_t io_ctx = disk->image->io_ctx_bytes;
             hv_snap_close_image(disk);
@@ -1191,8 +1223,8 @@ static int req_checkpoint_apply(struct hv_daemon *d, const json_t *req, json_t *
             }
             if (op < 0) {
                 snprintf(disk->error, sizeof(disk->error), "%s", hv_err_msg(err, op));
-                hv_error("VM '%s' c%d-s%d: does not reopen after the apply: %s", vm->cfg.name,
-                         c, s, disk->error);
+                hv_error("VM '%s' c%d-s%d: does not reopen after the apply: %s", vm->cfg.name, c,
+                         s, disk->error);
                 ret = ret < 0 ? ret : op;
                 continue;
             }
@@ -1201,15 +1233,16 @@ static int req_checkpoint_apply(struct hv_daemon *d, const json_t *req, json_t *
                  * are no longer what the bitmap says. */
                 uint8_t *zero = calloc(1, HV_DIV_ROUND_UP(snap_cbt_chunks(disk->cbt), 8) + 1);
                 char why[200];
-                snprintf(why, sizeof(why), "checkpoint '%s' was applied: the disk went back "
-                         "in time", name);
+                snprintf(why, sizeof(why),
+                         "checkpoint '%s' was applied: the disk went back "
+                         "in time",
+                         name);
                 if (zero)
                     snap_cbt_merge_back(disk->cbt, zero, false, why);
                 free(zero);
             }
             if (ret < 0)
-                hv_error("VM '%s' c%d-s%d: apply: %s", vm->cfg.name, c, s,
-                         hv_err_msg(err, ret));
+                hv_error("VM '%s' c%d-s%d: apply: %s", vm->cfg.name, c, s, hv_err_msg(err, ret));
         }
         json_decref(old_extra);
     }
@@ -1220,8 +1253,8 @@ release:
             scsi_controller_raise_ua(held[k]->lu->controller, held[k]->lu->lun, 0x28, 0x00);
     }
     if (ret == 0) {
-        *result = checkpoint_out(vm, find_checkpoint(vm, name, NULL) ?
-                                 find_checkpoint(vm, name, NULL) : cp);
+        *result = checkpoint_out(
+            vm, find_checkpoint(vm, name, NULL) ? find_checkpoint(vm, name, NULL) : cp);
         json_object_set_new(*result, "applied", json_true());
         hv_info("VM '%s': checkpoint '%s' applied to %d disks", vm->cfg.name, name, nheld);
     }
@@ -1266,14 +1299,18 @@ static void check_incremental_base(struct snap_run *run, const char *dir)
     if (newest < 0)
         return; /* nothing to build on: snapshot/ says so */
     if (!last_dir)
-        snprintf(why, sizeof(why), "hvstord has no record of backup #%d of %s being this VM's "
-                 "last backup", newest, dir);
+        snprintf(why, sizeof(why),
+                 "hvstord has no record of backup #%d of %s being this VM's "
+                 "last backup",
+                 newest, dir);
     else if (strcmp(last_dir, dir) != 0)
         snprintf(why, sizeof(why), "the VM's last backup went to %.250s (#%d), not to %.250s",
                  last_dir, last_seq, dir);
     else if (last_seq != newest)
-        snprintf(why, sizeof(why), "the newest backup in %.250s is #%d, the VM's last one "
-                 "was #%d", dir, newest, last_seq);
+        snprintf(why, sizeof(why),
+                 "the newest backup in %.250s is #%d, the VM's last one "
+                 "was #%d",
+                 dir, newest, last_seq);
     else
         return;
     for (int i = 0; i < run->count; i++) {
@@ -1321,11 +1358,11 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
         /* hvctl -p shows progress from the files themselves; the daemon's
          * log gets no progress lines. */
         .show_progress = false,
-        .max_bytes_per_second = json_is_integer(json_object_get(req, "max_rate")) &&
-                                        json_integer_value(json_object_get(req, "max_rate")) > 0
-                                    ? (uint64_t)json_integer_value(json_object_get(req,
-                                                                                   "max_rate"))
-                                    : 0,
+        .max_bytes_per_second =
+            json_is_integer(json_object_get(req, "max_rate")) &&
+                    json_integer_value(json_object_get(req, "max_rate")) > 0
+                ? (uint64_t)json_integer_value(json_object_get(req, "max_rate"))
+                : 0,
     };
     if (opt.is_incremental)
         check_incremental_base(&run, dir);
@@ -1334,17 +1371,16 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
         /* What the trackers count from now on. */
         struct hv_err lerr = {0};
         json_t *extra = json_deep_copy(vm->cfg.extra);
-        json_object_set_new(extra, "last_backup", json_pack("{s:s, s:i}", "dir", dir, "seq",
-                                                            res.sequence));
+        json_object_set_new(extra, "last_backup",
+                            json_pack("{s:s, s:i}", "dir", dir, "seq", res.sequence));
         int lr = persist_extra(d, vm, extra, &lerr);
         if (lr < 0)
-            hv_warn("VM '%s': %s (the next incremental backup will be a full one)",
-                    vm->cfg.name, hv_err_msg(&lerr, lr));
+            hv_warn("VM '%s': %s (the next incremental backup will be a full one)", vm->cfg.name,
+                    hv_err_msg(&lerr, lr));
     }
     if (lib_recovered[0]) {
         size_t off = strlen(recovered);
-        snprintf(recovered + off, sizeof(recovered) - off, "%s%s", off ? "; " : "",
-                 lib_recovered);
+        snprintf(recovered + off, sizeof(recovered) - off, "%s%s", off ? "; " : "", lib_recovered);
     }
     if (recovered[0])
         hv_warn("VM '%s': backup into %s: %s", vm->cfg.name, dir, recovered);
@@ -1356,9 +1392,10 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
             char left[32];
             char msg[sizeof(err->msg)];
             snprintf(msg, sizeof(msg), "%s", hv_err_msg(err, ret));
-            hv_err_set(err, ret, "%s (%s has only %s of space left; its partial files were "
-                       "removed)", msg, dir,
-                       hv_format_size((uint64_t)sv.f_bavail * sv.f_frsize, left));
+            hv_err_set(err, ret,
+                       "%s (%s has only %s of space left; its partial files were "
+                       "removed)",
+                       msg, dir, hv_format_size((uint64_t)sv.f_bavail * sv.f_frsize, left));
         }
         if (recovered[0])
             hv_err_prefix(err, "(%s)", recovered);
@@ -1373,46 +1410,48 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
             hv_warn("%s", hv_err_msg(&merr, -EIO));
         size_t i;
         json_t *dk;
-        json_array_foreach(json_object_get(man, "disks"), i, dk) {
-            json_array_append_new(disks, json_pack(
-                "{s:O, s:O, s:O, s:O, s:O}", "controller", json_object_get(dk, "controller"),
-                "slot", json_object_get(dk, "slot"), "file", json_object_get(dk, "file"),
-                "bytes_read", json_object_get(dk, "bytes_read"), "bytes_written",
-                json_object_get(dk, "bytes_written")));
+        json_array_foreach(json_object_get(man, "disks"), i, dk)
+        {
+            json_array_append_new(
+                disks, json_pack("{s:O, s:O, s:O, s:O, s:O}", "controller",
+                                 json_object_get(dk, "controller"), "slot",
+                                 json_object_get(dk, "slot"), "file", json_object_get(dk, "file"),
+                                 "bytes_read", json_object_get(dk, "bytes_read"), "bytes_written",
+                                 json_object_get(dk, "bytes_written")));
             json_array_append_new(cpdisks, json_pack("{s:O, s:O, s:s}", "controller",
-                                                     json_object_get(dk, "controller"),
-                                                     "slot", json_object_get(dk, "slot"),
-                                                     "path", ""));
+                                                     json_object_get(dk, "controller"), "slot",
+                                                     json_object_get(dk, "slot"), "path", ""));
         }
         for (size_t k = 0; k < json_array_size(cpdisks); k++) {
             json_t *o = json_array_get(cpdisks, k);
             int idx = run_index(&run, (int)json_integer_value(json_object_get(o, "controller")),
                                 (int)json_integer_value(json_object_get(o, "slot")));
             if (idx >= 0)
-                json_object_set_new(o, "path", json_string(run.disks[idx].vhd_path[0] ?
-                                                           run.disks[idx].vhd_path :
-                                                           run.hd[idx]->cfg.path));
+                json_object_set_new(o, "path",
+                                    json_string(run.disks[idx].vhd_path[0]
+                                                    ? run.disks[idx].vhd_path
+                                                    : run.hd[idx]->cfg.path));
         }
         const char *when = json_string_value(json_object_get(man, "checkpoint_time"));
         char cut_name[32];
         snprintf(cut_name, sizeof(cut_name), "backup%d", res.sequence);
-        json_t *cpo = json_pack("{s:s, s:s, s:s, s:s, s:s, s:f, s:o}", "vm", vm->cfg.name,
-                                "name", cut_name, "created", when ? when : "", "consistency",
+        json_t *cpo = json_pack("{s:s, s:s, s:s, s:s, s:s, s:f, s:o}", "vm", vm->cfg.name, "name",
+                                cut_name, "created", when ? when : "", "consistency",
                                 res.consistency == SNAP_APP ? "app" : "crash", "why",
                                 res.why_crash, "hold_ms", res.hold_ns / 1e6, "disks", cpdisks);
-        *result = json_pack("{s:s, s:s, s:i, s:o, s:b, s:s, s:s, s:o, s:f, s:I, s:I, s:I, "
-                            "s:s}", "vm", vm->cfg.name, "dir", dir, "seq", res.sequence,
-                            "checkpoint", cpo, "incremental", res.is_incremental, "why_full",
-                            res.why_full, "recovered", recovered, "disks", disks, "seconds",
-                            (hv_now_ns() - t0) / 1e9, "bytes_read",
-                            (json_int_t)res.bytes_read, "bytes_written",
-                            (json_int_t)res.bytes_written, "bytes_changed",
-                            (json_int_t)res.bytes_changed, "manifest", res.manifest);
+        *result =
+            json_pack("{s:s, s:s, s:i, s:o, s:b, s:s, s:s, s:o, s:f, s:I, s:I, s:I, "
+                      "s:s}",
+                      "vm", vm->cfg.name, "dir", dir, "seq", res.sequence, "checkpoint", cpo,
+                      "incremental", res.is_incremental, "why_full", res.why_full, "recovered",
+                      recovered, "disks", disks, "seconds", (hv_now_ns() - t0) / 1e9, "bytes_read",
+                      (json_int_t)res.bytes_read, "bytes_written", (json_int_t)res.bytes_written,
+                      "bytes_changed", (json_int_t)res.bytes_changed, "manifest", res.manifest);
         json_decref(man);
         hv_info("VM '%s': backup #%d into %s (%s%s%s), %" PRIu64 " bytes read, %" PRIu64
-                " written", vm->cfg.name, res.sequence, dir,
-                res.is_incremental ? "incremental" : "full", res.why_full[0] ? ": " : "",
-                res.why_full, res.bytes_read, res.bytes_written);
+                " written",
+                vm->cfg.name, res.sequence, dir, res.is_incremental ? "incremental" : "full",
+                res.why_full[0] ? ": " : "", res.why_full, res.bytes_read, res.bytes_written);
     }
 out:
     run_free(&run);
@@ -1426,12 +1465,9 @@ int hv_snap_request(struct hv_daemon *d, const char *op, const json_t *req, json
         const char *op;
         int (*fn)(struct hv_daemon *d, const json_t *req, json_t **result, struct hv_err *err);
     } ops[] = {
-        {"checkpoint.create", req_checkpoint_create},
-        {"checkpoint.list", req_checkpoint_list},
-        {"checkpoint.show", req_checkpoint_show},
-        {"checkpoint.delete", req_checkpoint_delete},
-        {"checkpoint.apply", req_checkpoint_apply},
-        {"backup.create", req_backup_create},
+        {"checkpoint.create", req_checkpoint_create}, {"checkpoint.list", req_checkpoint_list},
+        {"checkpoint.show", req_checkpoint_show},     {"checkpoint.delete", req_checkpoint_delete},
+        {"checkpoint.apply", req_checkpoint_apply},   {"backup.create", req_backup_create},
     };
     for (size_t i = 0; i < HV_ARRAY_SIZE(ops); i++)
         if (!strcmp(ops[i].op, op))

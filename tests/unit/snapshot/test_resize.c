@@ -108,7 +108,7 @@ static void test_vhd_top_resizes_but_not_under_a_live_child(void **state)
     if (!child->ops->resize)
         assert_non_null(strstr(err.msg, "checkpoints"));
     assert_int_equal(bd->size_bytes, size);
-    assert_int_equal(bdev_close(bd), 0);     /* closes the child */
+    assert_int_equal(bdev_close(bd), 0); /* closes the child */
     assert_int_equal(bdev_close(chain), 0);
     hv_reactor_destroy(r);
     unlink(child_path);
