@@ -56,7 +56,8 @@ static const char main_usage[] =
     "  --state-dir DIR   talk to the hvstord of DIR (default " HV_DEFAULT_STATE_DIR ")\n"
     "  --socket PATH     talk to this control socket instead\n"
     "  --json            print JSON (the daemon's reply) instead of text\n"
-    "  --timeout MS      wait at most MS for an answer (default 60000)\n"
+    "  --timeout MS      wait at most MS for an answer (default 60000; checkpoint\n"
+    "                    create/delete/apply and backup create: no limit)\n"
     "'hvctl vm --help', 'hvctl disk attach --help' ... explain each command.\n";
 
 static const char vm_usage[] =
