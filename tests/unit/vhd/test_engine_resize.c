@@ -182,6 +182,36 @@ static void test_dynamic_grows_past_a_full_bat(void **state)
     struct vhd_info info;
     assert_int_equal(vhd_inspect(path, &info, &err), 0);
     assert_int_equal(info.max_table_entries, 2049);     /* 128 fit where it was */
+
+    /* The old table's place is a hole: compact keeps the image clean and
+     * what it reads; offline resize grows the moved BAT in place (nothing
+     * lies after it once the file is trimmed), online moves it again. */
+    uint8_t *a = hv_alloc_aligned(64 * 1024);
+    uint8_t *got = hv_alloc_aligned(64 * 1024);
+    struct vhd_compact_options co = { 0 };
+    struct vhd_compact_result cr;
+    struct vhd_open_options o = { .queue_depth = 16 };
+    struct bdev *bd;
+    assert_int_equal(vhd_compact(path, &co, &cr, &err), 0);
+    assert_int_equal(check_status(path), VHD_CHECK_CLEAN);
+    assert_int_equal(vhd_resize(path, 2 * HV_GiB, NULL, &err), 0);
+    assert_int_equal(check_status(path), VHD_CHECK_CLEAN);
+    assert_int_equal(vhd_open(reactor, path, &o, &bd, &err), 0);
+    if (bd->ops->resize(bd, 64 * HV_GiB, &err) != 0)
+        fail_msg("resize: %s", err.msg);
+    t_fill(a, 64 * 1024, 64 * HV_MiB);
+    expect(bd, 0, a, 64 * 1024);
+    expect(bd, 64 * HV_MiB - 64 * 1024, a, 64 * 1024);
+    assert_int_equal(bdev_write_sync(bd, 64 * HV_GiB - 4096, a, 4096, 0), 0);
+    assert_int_equal(bdev_close(bd), 0);
+    expect_clean_and_qemu_size(path, 64 * HV_GiB);
+    assert_int_equal(vhd_open(reactor, path, &o, &bd, &err), 0);
+    assert_int_equal(bdev_read_sync(bd, 64 * HV_GiB - 4096, got, 4096), 0);
+    assert_memory_equal(got, a, 4096);
+    expect(bd, 0, a, 64 * 1024);
+    assert_int_equal(bdev_close(bd), 0);
+    free(a);
+    free(got);
 }
 
 /* 10 GiB with 2 MiB blocks: 5,120 entries fill 40 sectors exactly, so any
