@@ -2037,7 +2037,8 @@ static int grow_entries(struct vhd_bdev *v, uint32_t entries)
  * at the old size at every instant:
  *  1. if the new BAT reaches past the durable footer, the file grows as
  *     extend_start grows it: the old footer again at the new end, durable
- *     (the space before it is unused: leaked if a crash stops here);
+ *     (the space before it belongs to nothing: a hole, or leaked space
+ *     once part of the new BAT is there, if a crash stops the resize);
  *  2. the new BAT (every entry as the old one says, the new ones
  *     unallocated), durable: still unreferenced;
  *  3. the header's table offset and entry count (one sector), durable: the
@@ -2199,8 +2200,24 @@ static int vhd_bdev_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *
     if (v->active || v->waitq_head || v->flush_phase || v->flush_next || v->is_extending)
         return hv_err_set(err, -EBUSY, "%s: requests in flight; resize needs the disk idle",
                           t->path);
-    if (size_bytes == t->size_bytes)
+    if (size_bytes == t->size_bytes) {
+        /* A resize interrupted between the footer and its copy (the copy
+         * still says the old size; `vhd check` reports it) is finished by
+         * asking for the size again: the copy becomes the footer's, as
+         * `vhd repair` would make it. */
+        if (t->type == VHD_TYPE_FIXED || t->meta.is_footer_copy_ok)
+            return 0;
+        f = t->meta.footer;
+        ret = resize_write_footer(v, &f, 0);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret < 0)
+            return hv_err_set(err, ret, "%s: rewriting the footer copy: %s", t->path,
+                              strerror(-ret));
+        t->meta.footer_copy = f;
+        t->meta.is_footer_copy_ok = true;
         return 0;
+    }
     vhd_footer_resized(&f, &t->meta.footer, size_bytes);
 
     if (t->type == VHD_TYPE_FIXED) {
@@ -2257,6 +2274,7 @@ static int vhd_bdev_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *
             return hv_err_set(err, ret, "%s: growing to %" PRIu64 " bytes: %s", t->path,
                               size_bytes, strerror(-ret));
         t->meta.footer_copy = f;
+        t->meta.is_footer_copy_ok = true;
     }
     t->meta.footer = f;
     t->size_bytes = size_bytes;
