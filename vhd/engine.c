@@ -1877,6 +1877,71 @@ static int close_relocate(struct vhd_bdev *v)
     return ret;
 }
 
+struct extent {
+    uint64_t start;
+    uint64_t end;
+};
+
+static int extent_cmp(const void *a, const void *b)
+{
+    const struct extent *x = a;
+    const struct extent *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/*
+ * Metadata may lie after blocks (a BAT that an online resize moved), and
+ * the file is never cut before it: what lies between the last block below
+ * it and it stays in the file. Pages there, or anywhere, that nothing owns
+ * (the old places of blocks close_relocate moved, the page before the
+ * bitmap of a discarded block, which a punch of the block only zeroes) are
+ * punched, so that they cost nothing and `vhd check` does not count them
+ * as leaked. Runs once the BAT is durable (the final flush round, then
+ * close_relocate's syncs): no durable entry points into them.
+ */
+static int close_punch_gaps(struct vhd_bdev *v)
+{
+    struct layer *t = top(v);
+    const struct vhd_header *h = &t->meta.header;
+    size_t cap = (size_t)t->entries + 3 + VHD_LOCATOR_COUNT;
+    struct extent *r = malloc(cap * sizeof(*r));
+    uint64_t covered = 0;
+    size_t n = 0;
+
+    if (!r)
+        return -ENOMEM;
+    r[n++] = (struct extent){ 0, VHD_FOOTER_BYTES };
+    r[n++] = (struct extent){ t->meta.footer.data_offset,
+                              t->meta.footer.data_offset + VHD_HEADER_BYTES };
+    r[n++] = (struct extent){ h->table_offset, h->table_offset + v->bat_write_bytes };
+    for (int i = 0; i < VHD_LOCATOR_COUNT && t->type == VHD_TYPE_DIFFERENCING; i++) {
+        const struct vhd_locator *l = &h->locators[i];
+        if (l->code != VHD_PLAT_NONE)
+            r[n++] = (struct extent){ l->data_offset,
+                                      l->data_offset + vhd_locator_space_bytes(l) };
+    }
+    for (uint32_t b = 0; b < t->entries; b++)
+        if (t->meta.bat[b] != VHD_BAT_UNALLOCATED)
+            r[n++] = (struct extent){ bitmap_offset(t, b),
+                                      bitmap_offset(t, b) + t->bitmap_bytes + t->block_bytes };
+    qsort(r, n, sizeof(*r), extent_cmp);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t from = HV_ALIGN_UP(covered, PREFIX_ALIGN);
+        uint64_t to = HV_ALIGN_DOWN(r[i].start, PREFIX_ALIGN);
+        if (to > from) {
+            if (punch(t, from, to - from) < 0) {
+                int ret = -errno;
+                free(r);
+                return ret;
+            }
+            observe_punch(v, from, to - from);
+        }
+        covered = HV_MAX(covered, r[i].end);
+    }
+    free(r);
+    return 0;
+}
+
 /*
  * Clean close: metadata durable (a flush round), holes refilled, then the
  * file is cut after its last block with a valid footer at every instant: the
@@ -1924,6 +1989,8 @@ static int vhd_close(struct bdev *bd)
         } else if (v->bat_disk) {
             /* Best effort: the image is complete and consistent already. */
             int r = close_relocate(v);
+            if (r == 0)
+                r = close_punch_gaps(v);
             if (r == 0)
                 r = close_trim(v);
             if (r < 0)
