@@ -215,6 +215,17 @@ void vhd_footer_init(struct vhd_footer *f, enum vhd_type type, uint64_t size_byt
     hv_uuid_generate(f->uuid);
 }
 
+void vhd_footer_resized(struct vhd_footer *nf, const struct vhd_footer *old, uint64_t size_bytes)
+{
+    *nf = *old;
+    nf->current_size = size_bytes;
+    nf->original_size = size_bytes;
+    vhd_geometry_for_size(size_bytes, &nf->geometry);
+    memcpy(nf->creator_app, VHD_CREATOR_APP, 4);
+    nf->creator_version = VHD_CREATOR_VERSION;
+    nf->creator_os = VHD_CREATOR_OS;
+}
+
 /* ------------------------------------------------------------------ header */
 
 void vhd_header_parse(const uint8_t b[VHD_HEADER_BYTES], struct vhd_header *h)

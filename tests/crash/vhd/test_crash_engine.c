@@ -22,6 +22,10 @@
  *     completed before P (or was a FUA write acknowledged before P), and
  *     not touched by anything later, reads back exactly that data;
  *   - after closing, vhd_check still finds no corruption.
+ * A third image, dynamic, is grown online (the engine's resize op, its BAT
+ * moved after the last block) halfway through its workload: its crash
+ * states must also read at the old size before the resize began, at the new
+ * one after it returned.
  * Any failure prints the seed and the crash state, which reproduce it.
  */
 #include "testlib.h"
@@ -143,6 +147,13 @@ struct run {
     int op_count;
     int pending;
     bool is_done;
+    /* Online growth between two batches, once `grow_after` requests were
+     * issued (0: none): the engine's resize op, as hvstord runs it with the
+     * requests drained. Its own writes are recorded like any others. */
+    uint64_t grow_to;
+    int grow_after;
+    long grow_start_ev;
+    long grow_end_ev;
 };
 
 struct gio {
@@ -255,6 +266,13 @@ static void run_workload(struct bdev *bd, struct run *run, uint64_t *seed)
         }
         if (hv_reactor_run_until(bd->reactor, &run->is_done) < 0)
             die("reactor failed");
+        if (run->grow_to && run->grow_start_ev < 0 && n >= run->grow_after) {
+            struct hv_err err = {0};
+            run->grow_start_ev = g_clock++;
+            if (bd->ops->resize(bd, run->grow_to, &err) < 0)
+                die("online resize to %" PRIu64 ": %s", run->grow_to, err.msg);
+            run->grow_end_ev = g_clock++;
+        }
     }
     run->op_count = n;
     for (int i = 0; i < MAX_BATCH; i++)
@@ -325,6 +343,8 @@ struct image_case {
     const char *name;
     const char *path;         /* the image the workload ran on */
     const char *parent_path;  /* differencing: its parent */
+    uint64_t size_bytes;      /* the disk's size before the workload (it uses the first
+                               * DISK_BYTES) */
     uint8_t *initial_content; /* what the disk read before the workload */
     struct disk_image initial_file;
     struct run run;
@@ -334,6 +354,7 @@ static int states_checked;
 static int states_with_expectations;
 static uint64_t sectors_verified;
 static uint64_t fua_sectors_verified; /* promised by FUA alone, no flush */
+static int states_grown, states_not_grown;
 
 static void verify_state(struct image_case *ic, const char *crash_path, long crash_point,
                          int state_no, int32_t *sector_state, uint8_t *readbuf)
@@ -388,8 +409,17 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
     if (rc < 0)
         die("%s state %d (crash point %ld): vhd_open: %s (kept as %s)", ic->name, state_no,
             crash_point, hv_err_msg(&err, rc), crash_path);
-    if (bd->size_bytes != DISK_BYTES)
-        die("%s state %d: size %" PRIu64 " after the crash", ic->name, state_no, bd->size_bytes);
+    /* A resize reads at the old size until it began, at the new one once it
+     * returned; in between, at either. */
+    const struct run *rn = &ic->run;
+    bool may_old = !rn->grow_to || crash_point <= rn->grow_end_ev;
+    bool may_new = rn->grow_to && crash_point > rn->grow_start_ev;
+    if (!(may_old && bd->size_bytes == ic->size_bytes) &&
+        !(may_new && bd->size_bytes == rn->grow_to))
+        die("%s state %d (crash point %ld): size %" PRIu64 " after the crash (kept as %s)",
+            ic->name, state_no, crash_point, bd->size_bytes, crash_path);
+    if (rn->grow_to)
+        *(bd->size_bytes == rn->grow_to ? &states_grown : &states_not_grown) += 1;
     for (uint64_t at = 0; at < DISK_BYTES; at += HV_MiB) {
         rc = bdev_read_sync(bd, at, readbuf + at, HV_MiB);
         if (rc < 0)
@@ -659,7 +689,8 @@ int main(void)
     uint64_t t0 = hv_now_ns();
 
     /* Dynamic: starts empty, every early write allocates. */
-    struct image_case dyn = {.name = "dynamic", .path = t_path("dynamic.vhd")};
+    struct image_case dyn = {
+        .name = "dynamic", .path = t_path("dynamic.vhd"), .size_bytes = DISK_BYTES};
     struct vhd_create_options c = {
         .type = VHD_TYPE_DYNAMIC,
         .size_bytes = DISK_BYTES,
@@ -697,6 +728,7 @@ int main(void)
         .name = "differencing",
         .path = t_path("child.vhd"),
         .parent_path = parent,
+        .size_bytes = DISK_BYTES,
     };
     struct vhd_create_options dc = {
         .type = VHD_TYPE_DIFFERENCING,
@@ -710,6 +742,29 @@ int main(void)
     uint8_t *parent_after = read_whole(parent, &parent_len_after);
     if (parent_len != parent_len_after || memcmp(parent_before, parent_after, parent_len))
         die("the parent of the differencing image was modified");
+
+    /* Grown online in the middle of the workload: 64 MiB of 512 KiB blocks
+     * fill the BAT's sector, so the resize writes a new BAT after the last
+     * block and switches the header to it, with metadata of the requests
+     * before it still to flush; the requests after it allocate past the
+     * moved BAT and write its entries back there. */
+    struct image_case grown = {
+        .name = "dynamic-grown-online",
+        .path = t_path("grown.vhd"),
+        .size_bytes = 64 * HV_MiB,
+        .run = {.grow_to = 96 * HV_MiB + 4096, .grow_after = GUEST_OPS / 2,
+                .grow_start_ev = -1, .grow_end_ev = -1},
+    };
+    c.size_bytes = grown.size_bytes;
+    if (vhd_create(grown.path, &c, &err) < 0)
+        die("create: %s", hv_err_msg(&err, -EIO));
+    run_case(&grown, seed ^ 0x9e0);
+    if (grown.run.grow_start_ev < 0)
+        die("the workload never resized the image");
+    printf("# dynamic-grown-online: %d crash states read at the old size, %d at the new\n",
+           states_not_grown, states_grown);
+    if (!states_grown || !states_not_grown)
+        die("the crash states do not cover both sides of the resize");
 
     free(parent_before);
     free(parent_after);

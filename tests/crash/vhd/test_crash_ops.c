@@ -1,6 +1,7 @@
 /*
  * Crash consistency of the life-of-an-image operations: merge, compact and
- * resize, proved on real files.
+ * resize (offline, and online through the engine's resize op), proved on
+ * real files.
  *
  * Each operation runs once on a small real image (or chain) with every file
  * effect recorded on one clock: the engine's writes and fdatasyncs to the
@@ -894,6 +895,82 @@ static void case_resize(const char *dir, const char *name, enum vhd_type type, u
     finish_case(&oc, seed);
 }
 
+/* Leave `bytes` of unused space before the footer of a dynamic image, as a
+ * session that grew the file and then stopped leaves it (a hole: no leak). */
+static void add_reserve(const char *path, uint64_t bytes)
+{
+    uint8_t footer[512];
+    struct stat st;
+    int fd = open(path, O_RDWR);
+    if (fd < 0 || fstat(fd, &st) < 0 ||
+        hv_pread_full(fd, footer, sizeof(footer), (uint64_t)st.st_size - 512) < 0 ||
+        hv_pwrite_full(fd, footer, sizeof(footer), (uint64_t)st.st_size - 512 + bytes) < 0 ||
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, st.st_size - 512,
+                  (off_t)bytes) < 0 || fsync(fd) < 0)
+        die("%s: adding a reserve: %s", path, strerror(errno));
+    close(fd);
+}
+
+/*
+ * Online growth: the engine's resize op on an open image, as hvstord runs it
+ * with the disk's requests held, recorded through the engine observer from
+ * open to the end of the resize (what close writes is not part of it). With
+ * `reserve`, the file has that much unused space before its footer (what a
+ * session that grew the file leaves) and a moved BAT lands in it; without,
+ * the file grows for the BAT.
+ */
+static void case_online_resize(const char *dir, const char *name, enum vhd_type type,
+                               uint64_t from, uint64_t to, uint64_t reserve,
+                               bool is_differencing, uint64_t *seed)
+{
+    char img[PATH_MAX], parent[PATH_MAX];
+    snprintf(img, sizeof(img), "%s/%s.vhd", dir, name);
+    snprintf(parent, sizeof(parent), "%s/%s-parent.vhd", dir, name);
+    if (is_differencing) {
+        create(parent, VHD_TYPE_DYNAMIC, from, 512 * 1024, NULL);
+        fill(parent, 0, 1 * HV_MiB, 61, false);
+        fill(parent, from - 1 * HV_MiB, 1 * HV_MiB, 62, false);
+        create(img, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, parent);
+        fill(img, 512 * 1024 + 4096, 1 * HV_MiB, 63, false);
+    } else {
+        create(img, type, from, type == VHD_TYPE_FIXED ? 0 : 512 * 1024, NULL);
+        fill(img, 0, HV_MIN(from / 2, 1 * HV_MiB), 64, false);
+    }
+    fill(img, from - 4096, 4096, 65, false);
+    if (reserve)
+        add_reserve(img, reserve);
+
+    struct op_case oc = {.name = name, .kind = OP_RESIZE};
+    struct hv_err err = {0};
+    int rc;
+    oc.before = read_disk(img, &oc.before_size, &err, &rc);
+    if (!oc.before)
+        die("read %s: %s", img, err.msg);
+    track(img);
+    if (is_differencing)
+        track(parent);
+    g_engine_file = 0;
+    struct hv_reactor *r;
+    struct bdev *bd;
+    struct vhd_open_options o = {.no_direct_io = true, .observer = &g_engine_obs};
+    if (hv_reactor_create(&r) < 0 || vhd_open(r, img, &o, &bd, &err) < 0)
+        die("open %s: %s", img, err.msg);
+    if (bd->ops->resize(bd, to, &err) < 0)
+        die("online resize %s: %s", name, err.msg);
+    int recorded = g_ev_count;
+    if (bdev_close(bd) < 0)
+        die("close %s", img);
+    hv_reactor_destroy(r);
+    for (int i = recorded; i < g_ev_count; i++)
+        free(g_ev[i].data);
+    g_ev_count = recorded;
+    oc.after = read_disk(img, &oc.after_size, &err, &rc);
+    if (oc.after_size != to || memcmp(oc.after, oc.before, from) ||
+        !hv_buf_is_zero(oc.after + from, to - from))
+        die("online resize %s: the result does not read as expected", name);
+    finish_case(&oc, seed);
+}
+
 static void remove_state_dir(void)
 {
     char path[PATH_MAX];
@@ -912,7 +989,13 @@ static void remove_state_dir(void)
                            "resize-dyn.vhd",
                            "resize-fixed-grow.vhd",
                            "resize-fixed-shrink.vhd",
-                           "resize-dyn-shrink.vhd"};
+                           "resize-dyn-shrink.vhd",
+                           "online-dyn-grow-file.vhd",
+                           "online-dyn-reserve.vhd",
+                           "online-diff.vhd",
+                           "online-diff-parent.vhd",
+                           "online-dyn-spare.vhd",
+                           "online-fixed.vhd"};
     for (size_t i = 0; i < HV_ARRAY_SIZE(names); i++) {
         snprintf(path, sizeof(path), "%s/%s", g_state_dir, names[i]);
         unlink(path);
@@ -949,6 +1032,19 @@ int main(void)
     case_resize(dir, "resize-fixed-shrink", VHD_TYPE_FIXED, 5 * HV_MiB, 2 * HV_MiB, &s);
     case_resize_differencing(dir, &s);
     case_resize(dir, "resize-dyn-shrink", VHD_TYPE_DYNAMIC, 6 * HV_MiB, 2 * HV_MiB + 4096, &s);
+    /* Online: 64 MiB of 512 KiB blocks fill the BAT's sector, so the BAT
+     * moves (the file grows for it, or it lands in the reserve); 4 MiB
+     * grows within its spare entries; a fixed image grows in place. */
+    case_online_resize(dir, "online-dyn-grow-file", VHD_TYPE_DYNAMIC, 64 * HV_MiB,
+                       200 * HV_MiB + 512, 0, false, &s);
+    case_online_resize(dir, "online-dyn-reserve", VHD_TYPE_DYNAMIC, 64 * HV_MiB,
+                       300 * HV_MiB + 4096, 1 * HV_MiB, false, &s);
+    case_online_resize(dir, "online-diff", VHD_TYPE_DIFFERENCING, 64 * HV_MiB, 100 * HV_MiB, 0,
+                       true, &s);
+    case_online_resize(dir, "online-dyn-spare", VHD_TYPE_DYNAMIC, 4 * HV_MiB,
+                       40 * HV_MiB + 1024, 0, false, &s);
+    case_online_resize(dir, "online-fixed", VHD_TYPE_FIXED, 3 * HV_MiB, 5 * HV_MiB + 1024, 0,
+                       false, &s);
     printf("# %d crash states in %.1f s, none corrupt, none with data lost\n", g_states,
            (double)(hv_now_ns() - t0) / 1e9);
     return 0;
