@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# Backups of a running Linux guest on hvstord, the guest's two disks cut at
+# one instant. One TCG boot of Debian's kernel with a busybox initramfs; its
+# two disks are dynamic VHDs on hvstord (controller 0, slots 0 and 1) reached
+# through virtio-scsi + scsi-block over libiscsi. In the guest: ext4 on both,
+# hvstor-vss on the virtio-serial port org.hvstor.vss.0 with its DEFAULT
+# filesystem selection, Debian's qemu-ga on org.qemu.guest_agent.0, and an
+# application that appends numbered records alternately to /log on disk 1
+# (odd numbers) and disk 2 (even numbers), each synced before the next one
+# starts. While it writes, `hvctl backup create`, then `hvctl backup restore`
+# and `vhd convert` to raw on the host, three times:
+#   1. agent hvstor-vss: an app-consistent cut. Both restored filesystems are
+#      clean for `e2fsck -fn` WITHOUT journal replay (no needs_recovery).
+#   2. no agent (`vm set --no-agent`): a crash-consistent cut. After journal
+#      replay (e2fsck -fy on the copy) both filesystems are clean.
+#   3. agent qemu-ga (`vm set --agent qemu-ga:SOCK`): app-consistent again,
+#      the requestor driving guest-fsfreeze-* of the real qemu-ga.
+# Every time: disk 1 holds exactly the odd records 1..N1, disk 2 exactly the
+# even records 2..N2, and |N1 - N2| = 1: the one record that may be in flight
+# at the cut is the only difference, so both disks were cut at one instant.
+# The cut also lies between what the guest had written before the backup
+# started and after it finished. After the three backups the guest still
+# writes, and once hvstord is stopped its own disks (the backups' children
+# merged back live) pass `vhd check` and hold complete records too.
+# Label: slow (a few minutes under TCG).
+. "$(dirname "$0")/../hv/hvstord_lib.sh"
+need qemu-system-x86_64 cpio gzip python3 e2fsck dumpe2fs debugfs
+hv_setup
+"$HVSTOR_BIN/hvctl" backup --help >/dev/null 2>&1 ||
+    { echo "SKIP: hvctl has no 'backup' command yet ('hvctl backup --help' fails): nothing to test"; exit 77; }
+[ -x "$HVSTOR_BIN/hvstor-vss" ] && [ -x "$HVSTOR_BIN/vhd" ] ||
+    { echo "SKIP: hvstor-vss or vhd not built"; exit 77; }
+qga=$(command -v qemu-ga || ls /usr/sbin/qemu-ga 2>/dev/null || true)
+[ -n "$qga" ] || { echo "SKIP: qemu-ga not installed (package qemu-guest-agent)"; exit 77; }
+
+# ---- the guest: the shared builder, plus both agents and this test's /init
+cat >"$HV_TMP/init" <<'EOF'
+#!/bin/sh
+export PATH=/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /mnt/d1 /mnt/d2 /run/qga
+say() { echo "HVSTOR-GUEST-$*"; }
+die() { say "FAIL $*"; sync; reboot -f; sleep 5; }
+for m in $(cat /etc/modules); do insmod /lib/modules/$m 2>/dev/null; done
+lun_disk() {   # lun_disk LUN: the sdX whose SCSI address ends in :LUN
+    for d in /sys/block/sd*; do
+        [ -d "$d/device/scsi_device" ] || continue
+        a=$(ls "$d/device/scsi_device")
+        [ "${a##*:}" = "$1" ] && { echo "/dev/${d##*/}"; return; }
+    done
+}
+i=0
+while [ -z "$(lun_disk 0)" ] || [ -z "$(lun_disk 1)" ] ||
+      [ "$(cat /sys/class/virtio-ports/*/name 2>/dev/null | wc -l)" -lt 2 ]; do
+    i=$((i + 1)); [ $i -gt 600 ] && die "no two disks and two ports after 60 s"
+    sleep 0.1
+done
+# No udev: link the named ports as vss-agent/PROTOCOL.md documents.
+mkdir -p /dev/virtio-ports
+for p in /sys/class/virtio-ports/*; do ln -sf "/dev/${p##*/}" "/dev/virtio-ports/$(cat "$p/name")"; done
+d1=$(lun_disk 0) d2=$(lun_disk 1)
+for d in 1 2; do
+    eval dev=\$d$d
+    mkfs.ext4 -q -F -L "disk$d" "$dev" || die "mkfs.ext4 $dev"
+    mount -t ext4 "$dev" "/mnt/d$d" || die "mount $dev"
+done
+# The agents, on their virtio-serial ports. hvstor-vss freezes what it finds
+# (its default with --device); a generous auto-thaw limit, as TCG is slow.
+hvstor-vss --thaw-timeout 60 2>&1 &
+qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
+    -t /run/qga -f /run/qga/qemu-ga.pid 2>&1 &
+say "READY disk1=$d1 disk2=$d2"
+# The application: record n goes to disk 1 when odd, disk 2 when even, and is
+# on stable storage before record n+1 is written.
+n=0
+while true; do
+    n=$((n + 1))
+    f=/mnt/d$((2 - n % 2))/log
+    echo "record $n" | dd of="$f" oflag=append conv=notrunc,fsync 2>/dev/null ||
+        die "writing record $n to $f"
+    [ $((n % 10)) = 0 ] && say "RECORD $n"
+    usleep 5000
+done
+EOF
+rc=0
+"$HVSTOR_SRC/tests/guest/build-initramfs.sh" --module virtio_console \
+    --bin "$HVSTOR_BIN/hvstor-vss" --bin "$qga" --init "$HV_TMP/init" \
+    "$HV_TMP/guest.cpio.gz" >"$HV_TMP/kernel.txt" 2>"$HV_TMP/initramfs.err" || rc=$?
+[ $rc -eq 77 ] && { cat "$HV_TMP/initramfs.err"; exit 77; }
+[ $rc -eq 0 ] || hv_fail "initramfs: $(cat "$HV_TMP/initramfs.err")"
+kernel=$(cat "$HV_TMP/kernel.txt")
+
+# ---- hvstord: one VM, two dynamic VHDs, the hvstor-vss port as its agent
+VSS_SOCK=$HV_TMP/vss.sock
+QGA_SOCK=$HV_TMP/qga.sock
+CONSOLE=$HV_TMP/console.log
+hv_start
+hvctl vm create guest --agent "hvstor-vss:$VSS_SOCK" >/dev/null   # qemu -name guest's initiator
+for s in 0 1; do
+    hvctl disk attach guest --controller 0 --slot $s --vhd "$HV_TMP/disk$s.vhd" --create 64M >/dev/null
+done
+
+port=${HV_PORTAL##*:}
+drive() { echo "file.driver=iscsi,file.transport=tcp,file.portal=127.0.0.1:$port,file.target=iqn.2026-11.org.hvstor:guest.c0,file.lun=$1,format=raw,if=none,id=d$1,cache=none"; }
+# TCG: KVM under this machine's nesting hangs in the BIOS; HVSTOR_GUEST_KVM=1 opts in.
+accel=tcg
+[ -w /dev/kvm ] && [ -n "${HVSTOR_GUEST_KVM:-}" ] && accel=kvm:tcg
+timeout 600 qemu-system-x86_64 -machine accel=$accel -m 512 -nographic -no-reboot \
+    -name guest -kernel "$kernel" -initrd "$HV_TMP/guest.cpio.gz" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1" \
+    -device virtio-scsi-pci,id=scsi0 \
+    -drive "$(drive 0)" -device scsi-block,drive=d0,bus=scsi0.0,scsi-id=0,lun=0 \
+    -drive "$(drive 1)" -device scsi-block,drive=d1,bus=scsi0.0,scsi-id=0,lun=1 \
+    -device virtio-serial-pci \
+    -chardev "socket,id=vss,path=$VSS_SOCK,server=on,wait=off" \
+    -device virtserialport,chardev=vss,name=org.hvstor.vss.0 \
+    -chardev "socket,id=qga,path=$QGA_SOCK,server=on,wait=off" \
+    -device virtserialport,chardev=qga,name=org.qemu.guest_agent.0 \
+    >"$CONSOLE" 2>&1 </dev/null &
+QEMU_PID=$!
+HV_EXTRA_PIDS+=($QEMU_PID)
+
+last_record() { grep -ao "HVSTOR-GUEST-RECORD [0-9]*" "$CONSOLE" 2>/dev/null | tail -1 | cut -d' ' -f2; }
+guest_check() {
+    grep -aq "HVSTOR-GUEST-FAIL" "$CONSOLE" && hv_fail "guest: $(grep -a FAIL "$CONSOLE" | tr -d '\r')"
+    kill -0 $QEMU_PID 2>/dev/null || hv_fail "QEMU exited: $(tail -c 1500 "$CONSOLE")"
+}
+wait_record() {   # wait_record N SECONDS: until the guest has written record N
+    local deadline=$((SECONDS + $2))
+    until [ "$(last_record || true)" -ge "$1" ] 2>/dev/null; do
+        guest_check
+        [ $SECONDS -lt $deadline ] || hv_fail "the guest did not reach record $1 in $2 s: $(tail -c 1500 "$CONSOLE")"
+        sleep 0.2
+    done
+}
+t0=$SECONDS
+wait_record 20 240
+grep -a "HVSTOR-GUEST-READY" "$CONSOLE" | tr -d '\r'
+echo "guest up and writing in $((SECONDS - t0)) s ($accel)"
+
+agent_answers() {   # agent_answers NAME-PATTERN: vm show says the agent answers
+    hvctl --json vm show guest >"$HV_TMP/show.json"
+    [ "$(json_get "$HV_TMP/show.json" '(j.get("agent") or {}).get("answers")')" = True ] ||
+        hv_fail "vm show: the agent does not answer: $(cat "$HV_TMP/show.json")"
+    json_get "$HV_TMP/show.json" 'j["agent"]["version"]' | grep -q "$1" ||
+        hv_fail "vm show: agent version is not $1: $(cat "$HV_TMP/show.json")"
+    echo "agent: $(json_get "$HV_TMP/show.json" 'j["agent"]["spec"] + " answers, " + j["agent"]["version"]')"
+}
+
+# restored_log N RAW: the records of one restored disk, checked for a clean
+# file system first; app = clean as it is, crash = after journal replay.
+restored_log()   # restored_log MODE RAW OUT
+{
+    local mode=$1 raw=$2 out=$3 feats rc=0
+    feats=$(dumpe2fs -h "$raw" 2>/dev/null | sed -n 's/^Filesystem features:[[:space:]]*//p')
+    [ -n "$feats" ] || hv_fail "$raw: dumpe2fs reads no ext4 superblock"
+    if [ "$mode" = app ]; then
+        case " $feats " in *" needs_recovery "*)
+            hv_fail "$raw: the app-consistent cut needs journal recovery ($feats)" ;;
+        esac
+        e2fsck -fn "$raw" >"$raw.fsck" 2>&1 || hv_fail "$raw: not clean without journal replay: $(cat "$raw.fsck")"
+    else
+        RECOVERY=$RECOVERY${RECOVERY:+,}$(case " $feats " in *" needs_recovery "*) echo replayed ;; *) echo clean ;; esac)
+        e2fsck -fy "$raw" >"$raw.fsck" 2>&1 || rc=$?
+        [ $rc -le 1 ] || hv_fail "$raw: e2fsck -fy could not repair it (exit $rc): $(cat "$raw.fsck")"
+        e2fsck -fn "$raw" >"$raw.fsck2" 2>&1 || hv_fail "$raw: not clean after journal replay: $(cat "$raw.fsck2")"
+    fi
+    debugfs -R "cat /log" "$raw" >"$out" 2>/dev/null || hv_fail "$raw: debugfs cannot read /log"
+}
+
+# check_records LABEL FILE1 FILE2 LOW HIGH: odd records on disk 1, even on
+# disk 2, each complete from the first; the last ones one apart; the cut
+# between LOW (written before) and HIGH (written after).
+check_records()
+{
+    local label=$1 f1=$2 f2=$3 low=$4 high=$5 n1 n2
+    n1=$(wc -l <"$f1") n2=$(wc -l <"$f2")
+    seq 1 2 $((2 * n1)) | sed 's/^/record /' | cmp -s - "$f1" ||
+        hv_fail "$label: disk 1 does not hold exactly the odd records 1..$((2 * n1 - 1)): $(tail -3 "$f1" | tr '\n' '|')"
+    seq 2 2 $((2 * n2)) | sed 's/^/record /' | cmp -s - "$f2" ||
+        hv_fail "$label: disk 2 does not hold exactly the even records 2..$((2 * n2)): $(tail -3 "$f2" | tr '\n' '|')"
+    N1=$((n1 ? 2 * n1 - 1 : 0)) N2=$((2 * n2))
+    local d=$((N1 - N2))
+    [ ${d#-} -eq 1 ] || hv_fail "$label: disk 1 ends at record $N1, disk 2 at $N2: not one instant"
+    local top=$((N1 > N2 ? N1 : N2))
+    [ "$top" -ge "$low" ] && [ "$top" -le "$high" ] ||
+        hv_fail "$label: the cut is at record $top, the guest was at $low before the backup and $high after"
+}
+
+# backup LABEL MODE [hvctl backup create options]: back up while the guest
+# writes, restore, convert and check both disks.
+backup()
+{
+    local label=$1 mode=$2 dir=$HV_TMP/backup-$1 rdir=$HV_TMP/restore-$1 before after s
+    shift 2
+    guest_check
+    before=$(last_record)
+    hvctl --json backup create guest --to "$dir" "$@" >"$HV_TMP/$label.json" 2>"$HV_TMP/$label.err" ||
+        hv_fail "$label: backup create failed: $(cat "$HV_TMP/$label.err" "$HV_TMP/$label.json")"
+    # Console lines come every 10 records: the guest is at most 10 past it.
+    after=$(($(last_record) + 10))
+    local got why hold secs
+    got=$(json_get "$HV_TMP/$label.json" 'j["checkpoint"]["consistency"]')
+    why=$(json_get "$HV_TMP/$label.json" 'j["checkpoint"]["why"]')
+    hold=$(json_get "$HV_TMP/$label.json" '"%.3f" % j["checkpoint"]["hold_ms"]')
+    secs=$(json_get "$HV_TMP/$label.json" '"%.1f" % j["seconds"]')
+    [ "$got" = "$mode" ] || hv_fail "$label: the backup is $got-consistent, expected $mode (why: $why)"
+    [ "$(json_get "$HV_TMP/$label.json" 'len(j["disks"])')" = 2 ] ||
+        hv_fail "$label: the backup does not have two disks: $(cat "$HV_TMP/$label.json")"
+    hvctl backup verify "$dir" >"$HV_TMP/$label.verify" 2>&1 ||
+        hv_fail "$label: backup verify: $(cat "$HV_TMP/$label.verify")"
+    hvctl backup restore "$dir" --to "$rdir" >"$HV_TMP/$label.restore" 2>&1 ||
+        hv_fail "$label: backup restore: $(cat "$HV_TMP/$label.restore")"
+    RECOVERY=
+    for s in 0 1; do
+        [ -f "$rdir/c0-s$s.vhd" ] || hv_fail "$label: restore wrote no $rdir/c0-s$s.vhd: $(ls "$rdir")"
+        "$HVSTOR_BIN/vhd" convert -O raw "$rdir/c0-s$s.vhd" "$rdir/d$s.raw" >/dev/null 2>"$rdir/convert.err" ||
+            hv_fail "$label: vhd convert c0-s$s.vhd: $(cat "$rdir/convert.err")"
+        restored_log "$mode" "$rdir/d$s.raw" "$rdir/log$s"
+    done
+    check_records "$label" "$rdir/log0" "$rdir/log1" "$before" "$after"
+    echo "ok: $label: $mode-consistent${why:+ ($why)}, hold $hold ms, $secs s;" \
+         "records: disk 1 ends at $N1, disk 2 at $N2 (guest at $before..$after)" \
+         "$([ "$mode" = app ] && echo "; both clean without journal replay" || echo "; journals: $RECOVERY")"
+    rm -f "$rdir"/d?.raw
+    # The guest goes on writing after the backup.
+    wait_record $((after + 20)) 120
+}
+
+agent_answers hvstor-vss
+backup vss app
+
+hvctl vm set guest --no-agent >/dev/null
+backup noagent crash
+
+hvctl vm set guest --agent "qemu-ga:$QGA_SOCK" >/dev/null
+agent_answers qemu-ga
+backup qemu-ga app
+
+# The VM's own disks after the backups merged their children back: stop the
+# guest (mid-write: a crash for its file systems) and hvstord, then check them.
+kill -TERM $QEMU_PID 2>/dev/null || true
+wait $QEMU_PID 2>/dev/null || true
+hv_stop
+final=$(last_record)
+for s in 0 1; do
+    hv_vhd_check "$HV_TMP/disk$s.vhd" "of the VM's disk c0-s$s after three backups"
+    "$HVSTOR_BIN/vhd" convert -O raw "$HV_TMP/disk$s.vhd" "$HV_TMP/final$s.raw" >/dev/null ||
+        hv_fail "vhd convert of the VM's disk c0-s$s"
+    restored_log crash "$HV_TMP/final$s.raw" "$HV_TMP/final-log$s"
+done
+check_records "the VM's own disks" "$HV_TMP/final-log0" "$HV_TMP/final-log1" "$final" $((final + 10))
+echo "ok: the VM's disks after the backups: records 1..$((N1 > N2 ? N1 : N2)) complete on both"
+echo PASS
