@@ -30,115 +30,11 @@ hv_setup
     { echo "SKIP: hvctl has no 'backup' command yet ('hvctl backup --help' fails): nothing to test"; exit 77; }
 [ -x "$HVSTOR_BIN/hvstor-vss" ] && [ -x "$HVSTOR_BIN/vhd" ] ||
     { echo "SKIP: hvstor-vss or vhd not built"; exit 77; }
-qga=$(command -v qemu-ga || ls /usr/sbin/qemu-ga 2>/dev/null || true)
-[ -n "$qga" ] || { echo "SKIP: qemu-ga not installed (package qemu-guest-agent)"; exit 77; }
 
-# ---- the guest: the shared builder, plus both agents and this test's /init
-cat >"$HV_TMP/init" <<'EOF'
-#!/bin/sh
-export PATH=/sbin:/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mkdir -p /mnt/d1 /mnt/d2 /run/qga
-say() { echo "HVSTOR-GUEST-$*"; }
-die() { say "FAIL $*"; sync; reboot -f; sleep 5; }
-for m in $(cat /etc/modules); do insmod /lib/modules/$m 2>/dev/null; done
-lun_disk() {   # lun_disk LUN: the sdX whose SCSI address ends in :LUN
-    for d in /sys/block/sd*; do
-        [ -d "$d/device/scsi_device" ] || continue
-        a=$(ls "$d/device/scsi_device")
-        [ "${a##*:}" = "$1" ] && { echo "/dev/${d##*/}"; return; }
-    done
-}
-i=0
-while [ -z "$(lun_disk 0)" ] || [ -z "$(lun_disk 1)" ] ||
-      [ "$(cat /sys/class/virtio-ports/*/name 2>/dev/null | wc -l)" -lt 2 ]; do
-    i=$((i + 1)); [ $i -gt 600 ] && die "no two disks and two ports after 60 s"
-    sleep 0.1
-done
-# No udev: link the named ports as vss-agent/PROTOCOL.md documents.
-mkdir -p /dev/virtio-ports
-for p in /sys/class/virtio-ports/*; do ln -sf "/dev/${p##*/}" "/dev/virtio-ports/$(cat "$p/name")"; done
-d1=$(lun_disk 0) d2=$(lun_disk 1)
-for d in 1 2; do
-    eval dev=\$d$d
-    mkfs.ext4 -q -F -L "disk$d" "$dev" || die "mkfs.ext4 $dev"
-    mount -t ext4 "$dev" "/mnt/d$d" || die "mount $dev"
-done
-# The agents, on their virtio-serial ports. hvstor-vss freezes what it finds
-# (its default with --device); a generous auto-thaw limit, as TCG is slow.
-hvstor-vss --thaw-timeout 60 2>&1 &
-qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
-    -t /run/qga -f /run/qga/qemu-ga.pid 2>&1 &
-say "READY disk1=$d1 disk2=$d2"
-# The application: record n goes to disk 1 when odd, disk 2 when even, and is
-# on stable storage before record n+1 is written.
-n=0
-while true; do
-    n=$((n + 1))
-    f=/mnt/d$((2 - n % 2))/log
-    echo "record $n" | dd of="$f" oflag=append conv=notrunc,fsync 2>/dev/null ||
-        die "writing record $n to $f"
-    [ $((n % 10)) = 0 ] && say "RECORD $n"
-    usleep 5000
-done
-EOF
-rc=0
-"$HVSTOR_SRC/tests/guest/build-initramfs.sh" --module virtio_console \
-    --bin "$HVSTOR_BIN/hvstor-vss" --bin "$qga" --init "$HV_TMP/init" \
-    "$HV_TMP/guest.cpio.gz" >"$HV_TMP/kernel.txt" 2>"$HV_TMP/initramfs.err" || rc=$?
-[ $rc -eq 77 ] && { cat "$HV_TMP/initramfs.err"; exit 77; }
-[ $rc -eq 0 ] || hv_fail "initramfs: $(cat "$HV_TMP/initramfs.err")"
-kernel=$(cat "$HV_TMP/kernel.txt")
-
-# ---- hvstord: one VM, two dynamic VHDs, the hvstor-vss port as its agent
-VSS_SOCK=$HV_TMP/vss.sock
-QGA_SOCK=$HV_TMP/qga.sock
-CONSOLE=$HV_TMP/console.log
-hv_start
-hvctl vm create guest --agent "hvstor-vss:$VSS_SOCK" >/dev/null   # qemu -name guest's initiator
-for s in 0 1; do
-    hvctl disk attach guest --controller 0 --slot $s --vhd "$HV_TMP/disk$s.vhd" --create 64M >/dev/null
-done
-
-port=${HV_PORTAL##*:}
-drive() { echo "file.driver=iscsi,file.transport=tcp,file.portal=127.0.0.1:$port,file.target=iqn.2026-11.org.hvstor:guest.c0,file.lun=$1,format=raw,if=none,id=d$1,cache=none"; }
-# TCG: KVM under this machine's nesting hangs in the BIOS; HVSTOR_GUEST_KVM=1 opts in.
-accel=tcg
-[ -w /dev/kvm ] && [ -n "${HVSTOR_GUEST_KVM:-}" ] && accel=kvm:tcg
-timeout 600 qemu-system-x86_64 -machine accel=$accel -m 512 -nographic -no-reboot \
-    -name guest -kernel "$kernel" -initrd "$HV_TMP/guest.cpio.gz" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1" \
-    -device virtio-scsi-pci,id=scsi0 \
-    -drive "$(drive 0)" -device scsi-block,drive=d0,bus=scsi0.0,scsi-id=0,lun=0 \
-    -drive "$(drive 1)" -device scsi-block,drive=d1,bus=scsi0.0,scsi-id=0,lun=1 \
-    -device virtio-serial-pci \
-    -chardev "socket,id=vss,path=$VSS_SOCK,server=on,wait=off" \
-    -device virtserialport,chardev=vss,name=org.hvstor.vss.0 \
-    -chardev "socket,id=qga,path=$QGA_SOCK,server=on,wait=off" \
-    -device virtserialport,chardev=qga,name=org.qemu.guest_agent.0 \
-    >"$CONSOLE" 2>&1 </dev/null &
-QEMU_PID=$!
-HV_EXTRA_PIDS+=($QEMU_PID)
-
-last_record() { grep -ao "HVSTOR-GUEST-RECORD [0-9]*" "$CONSOLE" 2>/dev/null | tail -1 | cut -d' ' -f2; }
-guest_check() {
-    grep -aq "HVSTOR-GUEST-FAIL" "$CONSOLE" && hv_fail "guest: $(grep -a FAIL "$CONSOLE" | tr -d '\r')"
-    kill -0 $QEMU_PID 2>/dev/null || hv_fail "QEMU exited: $(tail -c 1500 "$CONSOLE")"
-}
-wait_record() {   # wait_record N SECONDS: until the guest has written record N
-    local deadline=$((SECONDS + $2))
-    until [ "$(last_record || true)" -ge "$1" ] 2>/dev/null; do
-        guest_check
-        [ $SECONDS -lt $deadline ] || hv_fail "the guest did not reach record $1 in $2 s: $(tail -c 1500 "$CONSOLE")"
-        sleep 0.2
-    done
-}
-t0=$SECONDS
-wait_record 20 240
-grep -a "HVSTOR-GUEST-READY" "$CONSOLE" | tr -d '\r'
-echo "guest up and writing in $((SECONDS - t0)) s ($accel)"
+# ---- hvstord with the VM "guest" (two 64 MiB dynamic VHDs, agent
+# hvstor-vss), booted and writing records
+. "$HVSTOR_SRC/tests/guest/backup_guest.sh"
+bg_boot
 
 agent_answers() {   # agent_answers NAME-PATTERN: vm show says the agent answers
     hvctl --json vm show guest >"$HV_TMP/show.json"
