@@ -194,5 +194,10 @@ int hv_control_call(const char *socket_path, const json_t *request, json_t **rep
 bool hv_passthru_cli_wants(int argc, char **argv);
 int hv_passthru_cli(const char *socket_path, bool is_json, int timeout_ms, int argc,
                     char **argv);
+/* hvctl's checkpoint and backup commands (snapshot_ctl.c). timeout_ms < 0:
+ * none given (long operations then wait as long as they take). */
+bool hv_snapshot_cli_wants(int argc, char **argv);
+int hv_snapshot_cli(const char *socket_path, bool is_json, int timeout_ms, int argc,
+                    char **argv);
 
 #endif /* HVSTOR_HV_H */
