@@ -80,6 +80,6 @@ bg_boot()
     QEMU_PID=$!
     HV_EXTRA_PIDS+=($QEMU_PID)
     wait_record 20 300
-    grep -a "HVSTOR-GUEST-READY" "$CONSOLE" | tr -d '\r'
+    grep -ao "HVSTOR-GUEST-READY.*" "$CONSOLE" | tr -d '\r'
     echo "guest up and writing in $((SECONDS - t0)) s ($accel)"
 }
