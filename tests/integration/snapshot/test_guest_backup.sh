@@ -124,6 +124,7 @@ backup()
     RECOVERY=
     for s in 0 1; do
         [ -f "$rdir/c0-s$s.vhd" ] || hv_fail "$label: restore wrote no $rdir/c0-s$s.vhd: $(ls "$rdir")"
+        hv_vhd_check "$rdir/c0-s$s.vhd" "$label: restored c0-s$s.vhd" >/dev/null
         "$HVSTOR_BIN/vhd" convert -O raw "$rdir/c0-s$s.vhd" "$rdir/d$s.raw" >/dev/null 2>"$rdir/convert.err" ||
             hv_fail "$label: vhd convert c0-s$s.vhd: $(cat "$rdir/convert.err")"
         restored_log "$mode" "$rdir/d$s.raw" "$rdir/log$s"
