@@ -20,11 +20,13 @@
 # at the cut is the only difference, so both disks were cut at one instant.
 # The cut also lies between what the guest had written before the backup
 # started and after it finished. After the three backups the guest still
-# writes, and once hvstord is stopped its own disks (the backups' children
-# merged back live) pass `vhd check` and hold complete records too.
-# Label: slow (a few minutes under TCG).
+# writes. A control shows that the record checks refuse two disks read one
+# after the other while it writes. Once hvstord is stopped, the VM's own
+# disks (the backups' children merged back live) pass `vhd check` and hold
+# complete records too.
+# Label: slow (about 90 s here under TCG).
 . "$(dirname "$0")/../hv/hvstord_lib.sh"
-need qemu-system-x86_64 cpio gzip python3 e2fsck dumpe2fs debugfs
+need qemu-system-x86_64 qemu-img cpio gzip python3 e2fsck dumpe2fs debugfs
 hv_setup
 "$HVSTOR_BIN/hvctl" backup --help >/dev/null 2>&1 ||
     { echo "SKIP: hvctl has no 'backup' command yet ('hvctl backup --help' fails): nothing to test"; exit 77; }
@@ -53,9 +55,9 @@ agent_answers()   # agent_answers NAME: vm show says the agent answers, as NAME
     echo "ok: vm show: $(json_get "$HV_TMP/show.json" 'j["agent"]["spec"].split(":")[0] + " answers, " + j["agent"]["version"]') (after $((SECONDS - t0)) s)"
 }
 
-# restored_log N RAW: the records of one restored disk, checked for a clean
-# file system first; app = clean as it is, crash = after journal replay.
-restored_log()   # restored_log MODE RAW OUT
+# restored_log MODE RAW OUT: the records of one restored disk into OUT, once
+# its file system is clean: app = as it is, crash = after journal replay.
+restored_log()
 {
     local mode=$1 raw=$2 out=$3 feats rc=0
     feats=$(dumpe2fs -h "$raw" 2>/dev/null | sed -n 's/^Filesystem features:[[:space:]]*//p')
@@ -153,6 +155,29 @@ backup noagent crash
 hvctl vm set guest --agent "qemu-ga:$QGA_SOCK" >/dev/null
 agent_answers qemu-ga
 backup qemu-ga app
+
+# The control: what the checks say about a copy that is NOT one instant.
+# Each LUN read through hvstord in turn (qemu-img over iSCSI, as the guest's
+# initiator), the guest writing at least 30 records between the two reads:
+# the record checks must refuse it, or they would pass anything.
+naive=$HV_TMP/naive
+mkdir -p "$naive"
+for s in 0 1; do
+    qemu-img convert -f raw -O raw \
+        "json:{\"file\":{\"driver\":\"iscsi\",\"transport\":\"tcp\",\"portal\":\"$HV_PORTAL\",\"target\":\"iqn.2026-11.org.hvstor:guest.c0\",\"lun\":$s,\"initiator-name\":\"iqn.2008-11.org.linux-kvm:guest\"}}" \
+        "$naive/d$s.raw" 2>"$naive/err" || hv_fail "qemu-img read of LUN $s: $(cat "$naive/err")"
+    [ $s = 0 ] && wait_record $(($(last_record) + 30)) 120
+    e2fsck -fy "$naive/d$s.raw" >/dev/null 2>&1 || true
+    debugfs -R "cat /log" "$naive/d$s.raw" >"$naive/log$s" 2>/dev/null ||
+        hv_fail "the control copy of LUN $s has no readable /log"
+done
+if (check_records control "$naive/log0" "$naive/log1" 0 999999999) >"$naive/out" 2>&1; then
+    hv_fail "the record checks accept two disks read 30 records apart: $(cat "$naive/out")"
+fi
+grep -q "not one instant" "$naive/out" ||
+    hv_fail "the control copy was refused for another reason: $(cat "$naive/out")"
+echo "ok: control: disks read one after the other are refused ($(sed 's/^FAIL: control: //' "$naive/out"))"
+rm -rf "$naive"
 
 # The VM's own disks after the backups merged their children back: stop the
 # guest (mid-write: a crash for its file systems) and hvstord, then check them.
