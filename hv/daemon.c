@@ -569,6 +569,8 @@ static int req_disk_detach(struct hv_daemon *d, const json_t *req, json_t **resu
     if (!vm->disks[controller][slot])
         return hv_err_set(err, -ENOENT, "VM '%s': controller %d slot %d is empty",
                           vm->cfg.name, controller, slot);
+    if ((ret = hv_snap_may_detach(vm, controller, slot, err)) < 0)
+        return ret;
     /* Persist the definition without the disk first: a detach the user was
      * told about must not come back after a crash. */
     {

@@ -129,10 +129,14 @@ int hv_snap_open_disk(struct hv_runtime *rt, struct hv_vm *vm, int controller, i
 int hv_snap_close_image(struct hv_disk *disk);
 /* A new disk goes into the slot: forget the old one's tracking history. */
 void hv_snap_slot_attached(struct hv_runtime *rt, struct hv_vm *vm, int controller, int slot);
+/* A disk whose data lives in checkpoint children is not detached (its
+ * attached image alone would be the old data): -EBUSY saying so. */
+int hv_snap_may_detach(const struct hv_vm *vm, int controller, int slot, struct hv_err *err);
 /* The slot's disk leaves the definition: drop its layers, checkpoints. */
 void hv_snap_slot_removed(json_t *extra, int controller, int slot);
-/* `vm show` additions: per LUN (top, layers, tracking) and per VM. */
-void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj);
+/* Per LUN: `vm show` (top, layers) or `disk stats` (changed-block tracking). */
+void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj,
+                           bool is_stats);
 /* The gate outlives the VM's retired disks: destroyed by hv_runtime_fini. */
 void hv_snap_retire_gate(struct hv_runtime *rt, struct hv_vm *vm);
 /* vm.create / vm.set: "agent" (SPEC) or "no_agent" into extra["agent"]. */

@@ -36,7 +36,8 @@ static const char checkpoint_usage[] =
     "a unit attention (medium may have changed).\n";
 
 static const char backup_usage[] =
-    "usage: hvctl backup create VM --to DIR [--incremental] [--consistency app|crash] [-p]\n"
+    "usage: hvctl backup create VM --to DIR [--incremental] [--consistency app|crash]\n"
+    "                             [--max-rate SIZE] [-p]\n"
     "       hvctl backup verify DIR\n"
     "       hvctl backup restore DIR --to DIR2 [--seq N]\n"
     "\n"
@@ -44,7 +45,9 @@ static const char backup_usage[] =
     "  N-cC-sS.vhd per disk and N.manifest.json (xxh3-128 per 64 KiB block).\n"
     "  --incremental writes only the blocks changed since the newest backup in\n"
     "  DIR (a differencing VHD over it), or falls back to a full one and says\n"
-    "  why. -p shows how much has been written so far.\n"
+    "  why. --max-rate SIZE: read at most SIZE bytes per second (e.g. 50M), so\n"
+    "  that the guest keeps most of the device. -p shows how much has been\n"
+    "  written so far.\n"
     "  A run that was interrupted (disk full, hvstord killed) is cleaned up by\n"
     "  the next one, which says what it removed.\n"
     "verify: rehash every block of every backup in DIR against its manifest and\n"
@@ -246,7 +249,7 @@ static uint64_t written_so_far(const char *dir)
         const char *name = json_string_value(f);
         snprintf(path, sizeof(path), "%s/%s", dir, name ? name : "");
         if (name && !strchr(name, '/') && stat(path, &st) == 0)
-            total += (uint64_t)st.st_blocks * 512;
+            total += (uint64_t)st.st_size;
     }
     json_decref(lock);
     return total;
@@ -327,7 +330,8 @@ static void print_backup(const json_t *r)
 }
 
 static int backup_create(const struct cli *cli, const char *vm, const char *to,
-                         bool is_incremental, const char *consistency, bool show_progress)
+                         bool is_incremental, const char *consistency, bool show_progress,
+                         uint64_t max_rate)
 {
     char dir[PATH_MAX];
     json_t *result = NULL;
@@ -341,6 +345,8 @@ static int backup_create(const struct cli *cli, const char *vm, const char *to,
                             dir, "incremental", is_incremental, "progress", show_progress);
     if (consistency)
         json_object_set_new(req, "consistency", json_string(consistency));
+    if (max_rate)
+        json_object_set_new(req, "max_rate", json_integer((json_int_t)max_rate));
     struct progress prog = {.is_done = false, .started_ns = hv_now_ns()};
     pthread_t thread;
     bool has_thread = false;
@@ -471,6 +477,7 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
         {"consistency", required_argument, NULL, 'c'},
         {"progress", no_argument, NULL, 'p'},
         {"seq", required_argument, NULL, 's'},
+        {"max-rate", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -479,6 +486,7 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
     bool is_incremental = false;
     bool show_progress = false;
     int seq = -1;
+    uint64_t max_rate = 0;
     int c;
 
     if (argc < 1 || !strcmp(argv[0], "--help") || !strcmp(argv[0], "-h")) {
@@ -505,6 +513,11 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
         case 'p':
             show_progress = true;
             break;
+        case 'r':
+            if (hv_parse_size(optarg, &max_rate) < 0 || max_rate == 0)
+                return usage_error(backup_usage, "--max-rate '%s': bytes per second (e.g. 50M)",
+                                   optarg);
+            break;
         case 's': {
             uint64_t v;
             if (hv_parse_u64(optarg, &v) < 0 || v > 1000000)
@@ -530,9 +543,10 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
             return usage_error(backup_usage, "backup create needs --to DIR");
         if (seq >= 0)
             return usage_error(backup_usage, "--seq belongs to 'backup restore'");
-        return backup_create(cli, args[0], to, is_incremental, consistency, show_progress);
+        return backup_create(cli, args[0], to, is_incremental, consistency, show_progress,
+                             max_rate);
     }
-    if (is_incremental || consistency || show_progress)
+    if (is_incremental || consistency || show_progress || max_rate)
         return usage_error(backup_usage, "--incremental/--consistency/-p belong to 'backup "
                            "create'");
     if (!strcmp(verb, "verify")) {

@@ -727,7 +727,7 @@ json_t *hv_vm_show_json(const struct hv_vm *vm, const char *portal)
                     disk->image->ops->describe(disk->image, image);
                     json_object_set_new(d, "image", image);
                 }
-                hv_snap_describe_disk(vm, c, s, d);
+                hv_snap_describe_disk(vm, c, s, d, false);
             } else {
                 json_object_set_new(d, "error", json_string(disk->error));
             }
@@ -773,7 +773,9 @@ json_t *hv_vm_stats_json(const struct hv_vm *vm, int controller, int slot)
                 continue;
             if (controller >= 0 && (c != controller || s != slot))
                 continue;
-            json_array_append_new(disks, disk_stats(vm->disks[c][s], c, s));
+            json_t *st = disk_stats(vm->disks[c][s], c, s);
+            hv_snap_describe_disk(vm, c, s, st, true);
+            json_array_append_new(disks, st);
         }
     return json_pack("{s:s, s:o}", "vm", vm->cfg.name, "disks", disks);
 }

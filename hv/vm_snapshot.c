@@ -29,11 +29,13 @@
 #include "passthru_int.h"
 #include "vhd.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -144,6 +146,19 @@ static void layer_gone(json_t *extra, int c, int s, const char *path)
     }
     if (json_is_array(bc) && json_array_size(bc) == 0)
         json_object_del(extra, "backup_children");
+}
+
+int hv_snap_may_detach(const struct hv_vm *vm, int controller, int slot, struct hv_err *err)
+{
+    json_t *layers = layers_get(vm->cfg.extra, controller, slot);
+    if (!layers)
+        return 0;
+    return hv_err_set(err, -EBUSY, "VM '%s': controller %d slot %d has checkpoints: its data "
+                      "is now in %s over %s; delete them first (checkpoint delete, newest "
+                      "first), so that the attached image holds everything again",
+                      vm->cfg.name, controller, slot,
+                      json_string_value(json_array_get(layers, json_array_size(layers) - 1)),
+                      json_string_value(json_array_get(layers, 0)));
 }
 
 void hv_snap_slot_removed(json_t *extra, int controller, int slot)
@@ -381,17 +396,21 @@ void hv_snap_retire_gate(struct hv_runtime *rt, struct hv_vm *vm)
     vm->gate = NULL;
 }
 
-void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj)
+void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj,
+                           bool is_stats)
 {
     const struct hv_disk *disk = vm->disks[controller][slot];
     json_t *layers = layers_get(vm->cfg.extra, controller, slot);
 
     if (!disk || disk->cfg.kind == HV_DISK_LUN)
         return;
-    json_object_set_new(obj, "top", json_string(top_of(vm->cfg.extra, controller, slot,
-                                                       disk->cfg.path)));
-    if (layers)
-        json_object_set(obj, "layers", layers);
+    if (!is_stats) {
+        json_object_set_new(obj, "top", json_string(top_of(vm->cfg.extra, controller, slot,
+                                                           disk->cfg.path)));
+        if (layers)
+            json_object_set(obj, "layers", layers);
+        return;
+    }
     if (disk->cbt) {
         const char *why = NULL;
         bool ok = snap_cbt_is_reliable(disk->cbt, &why);
@@ -766,16 +785,21 @@ bad:
 }
 
 /* app or crash, from the request and whether the VM has an agent; with app
- * the agent must answer now, or nothing is done. */
+ * the agent must answer now, or nothing is done. *want_app is what to ask
+ * of snapshot/ (true without an agent: it then says "no guest agent");
+ * *must_be_app whether a crash-consistent result is a failure. */
 static int consistency_arg(struct hv_daemon *d, const json_t *req, struct snap_run *run,
-                           bool *want_app, struct hv_err *err)
+                           bool *want_app, bool *must_be_app, struct hv_err *err)
 {
     const char *asked = json_string_value(json_object_get(req, "consistency"));
     const char *spec = agent_spec(run->vm);
 
     if (asked && strcmp(asked, "app") != 0 && strcmp(asked, "crash") != 0)
         return hv_err_set(err, -EINVAL, "consistency '%s': app or crash", asked);
-    *want_app = asked ? !strcmp(asked, "app") : spec != NULL;
+    *want_app = asked ? !strcmp(asked, "app") : true;
+    *must_be_app = *want_app && spec;
+    if (!asked && !spec)
+        return 0; /* crash by default; snapshot/ says "the VM has no guest agent" */
     if (!*want_app)
         return 0;
     if (!spec)
@@ -804,6 +828,7 @@ static int req_checkpoint_create(struct hv_daemon *d, const json_t *req, json_t 
     char name[80];
     char recovered[2048] = "";
     bool want_app = false;
+    bool must_be_app = false;
     int ret = get_vm_arg(d, req, &vm, err);
 
     if (ret < 0)
@@ -828,7 +853,7 @@ static int req_checkpoint_create(struct hv_daemon *d, const json_t *req, json_t 
     ret = run_build(d, vm, RUN_CHECKPOINT, &run, err);
     if (ret < 0)
         return ret;
-    ret = consistency_arg(d, req, &run, &want_app, err);
+    ret = consistency_arg(d, req, &run, &want_app, &must_be_app, err);
     if (ret == 0)
         ret = run_merge_leftovers(&run, recovered, sizeof(recovered), err);
     if (ret < 0)
@@ -836,7 +861,7 @@ static int req_checkpoint_create(struct hv_daemon *d, const json_t *req, json_t 
     ret = snap_checkpoint_create(&run.grp, name, want_app, &res, err);
     if (ret < 0)
         goto out;
-    if (want_app && res.consistency != SNAP_APP) {
+    if (must_be_app && res.consistency != SNAP_APP) {
         /* Asked for app and got crash: the checkpoint goes, as promised. */
         char why[600];
         snprintf(why, sizeof(why), "%s", res.why);
@@ -1163,6 +1188,60 @@ out:
 
 /* ------------------------------------------------------------ backups */
 
+static int newest_backup(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int best = -1;
+    struct dirent *de;
+    if (!d)
+        return -1;
+    while ((de = readdir(d))) {
+        int n;
+        int len = 0;
+        if (sscanf(de->d_name, "%d.manifest.json%n", &n, &len) == 1 &&
+            (size_t)len == strlen(de->d_name) && n > best)
+            best = n;
+    }
+    closedir(d);
+    return best;
+}
+
+/* Changed-block tracking counts since the VM's last backup, wherever it
+ * went. An incremental on top of another directory's newest backup (or of
+ * one that is not the last) would miss what went elsewhere: make the
+ * trackers unreliable, with the reason, so that snapshot/ makes it full. */
+static void check_incremental_base(struct snap_run *run, const char *dir)
+{
+    const json_t *last = json_object_get(run->vm->cfg.extra, "last_backup");
+    const char *last_dir = json_string_value(json_object_get(last, "dir"));
+    int last_seq = (int)json_integer_value(json_object_get(last, "seq"));
+    int newest = newest_backup(dir);
+    char why[600];
+
+    if (newest < 0)
+        return; /* nothing to build on: snapshot/ says so */
+    if (!last_dir)
+        snprintf(why, sizeof(why), "hvstord has no record of backup #%d of %s being this VM's "
+                 "last backup", newest, dir);
+    else if (strcmp(last_dir, dir) != 0)
+        snprintf(why, sizeof(why), "the VM's last backup went to %.250s (#%d), not to %.250s",
+                 last_dir, last_seq, dir);
+    else if (last_seq != newest)
+        snprintf(why, sizeof(why), "the newest backup in %.250s is #%d, the VM's last one "
+                 "was #%d", dir, newest, last_seq);
+    else
+        return;
+    for (int i = 0; i < run->count; i++) {
+        struct snap_cbt *cbt = run->disks[i].cbt;
+        if (!cbt)
+            continue;
+        uint8_t *zero = calloc(1, HV_DIV_ROUND_UP(snap_cbt_chunks(cbt), 8) + 1);
+        if (zero)
+            snap_cbt_merge_back(cbt, zero, false, why);
+        free(zero);
+    }
+}
+
 static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **result,
                              struct hv_err *err)
 {
@@ -1173,6 +1252,7 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
     char recovered[4096] = "";
     char lib_recovered[2048] = "";
     bool want_app = false;
+    bool must_be_app = false;
     uint64_t t0 = hv_now_ns();
     int ret = get_vm_arg(d, req, &vm, err);
 
@@ -1183,7 +1263,7 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
     ret = run_build(d, vm, RUN_BACKUP, &run, err);
     if (ret < 0)
         return ret;
-    ret = consistency_arg(d, req, &run, &want_app, err);
+    ret = consistency_arg(d, req, &run, &want_app, &must_be_app, err);
     if (ret == 0)
         ret = run_merge_leftovers(&run, recovered, sizeof(recovered), err);
     if (ret < 0)
@@ -1193,9 +1273,29 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
         .vm_name = vm->cfg.name,
         .is_incremental = json_is_true(json_object_get(req, "incremental")),
         .want_app = want_app,
-        .show_progress = json_is_true(json_object_get(req, "progress")),
+        /* hvctl -p shows progress from the files themselves; the daemon's
+         * log gets no progress lines. */
+        .show_progress = false,
+        .max_bytes_per_second = json_is_integer(json_object_get(req, "max_rate")) &&
+                                        json_integer_value(json_object_get(req, "max_rate")) > 0
+                                    ? (uint64_t)json_integer_value(json_object_get(req,
+                                                                                   "max_rate"))
+                                    : 0,
     };
+    if (opt.is_incremental)
+        check_incremental_base(&run, dir);
     ret = snap_backup_create(&run.grp, &opt, &res, lib_recovered, sizeof(lib_recovered), err);
+    if (ret == 0) {
+        /* What the trackers count from now on. */
+        struct hv_err lerr = {0};
+        json_t *extra = json_deep_copy(vm->cfg.extra);
+        json_object_set_new(extra, "last_backup", json_pack("{s:s, s:i}", "dir", dir, "seq",
+                                                            res.sequence));
+        int lr = persist_extra(d, vm, extra, &lerr);
+        if (lr < 0)
+            hv_warn("VM '%s': %s (the next incremental backup will be a full one)",
+                    vm->cfg.name, hv_err_msg(&lerr, lr));
+    }
     if (lib_recovered[0]) {
         size_t off = strlen(recovered);
         snprintf(recovered + off, sizeof(recovered) - off, "%s%s", off ? "; " : "",
@@ -1204,6 +1304,17 @@ static int req_backup_create(struct hv_daemon *d, const json_t *req, json_t **re
     if (recovered[0])
         hv_warn("VM '%s': backup into %s: %s", vm->cfg.name, dir, recovered);
     if (ret < 0) {
+        /* The engine reports a failed write as an I/O error: say when the
+         * destination is the likely reason. */
+        struct statvfs sv;
+        if (statvfs(dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < 64ull << 20) {
+            char left[32];
+            char msg[sizeof(err->msg)];
+            snprintf(msg, sizeof(msg), "%s", hv_err_msg(err, ret));
+            hv_err_set(err, ret, "%s (%s has only %s of space left; its partial files were "
+                       "removed)", msg, dir,
+                       hv_format_size((uint64_t)sv.f_bavail * sv.f_frsize, left));
+        }
         if (recovered[0])
             hv_err_prefix(err, "(%s)", recovered);
         goto out;
