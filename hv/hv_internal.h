@@ -140,7 +140,7 @@ void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, jso
 /* The gate outlives the VM's retired disks: destroyed by hv_runtime_fini. */
 void hv_snap_retire_gate(struct hv_runtime *rt, struct hv_vm *vm);
 /* vm.create / vm.set: "agent" (SPEC) or "no_agent" into extra["agent"]. */
-int hv_snap_agent_arg(const json_t *req, json_t *extra, bool *changed, struct hv_err *err);
+int hv_snap_agent_arg(const json_t *req, json_t *extra, bool *is_changed, struct hv_err *err);
 /* "agent" of `vm show`: the spec, whether it answers, its version. */
 json_t *hv_snap_agent_json(struct hv_runtime *rt, const struct hv_vm *vm, bool may_probe);
 struct hv_daemon;

@@ -330,7 +330,7 @@ static void print_backup(const json_t *r)
 }
 
 static int backup_create(const struct cli *cli, const char *vm, const char *to,
-                         bool is_incremental, const char *consistency, bool show_progress,
+                         bool is_incremental, const char *consistency, bool is_progress_shown,
                          uint64_t max_rate)
 {
     char dir[PATH_MAX];
@@ -342,7 +342,7 @@ static int backup_create(const struct cli *cli, const char *vm, const char *to,
         return 1;
     }
     json_t *req = json_pack("{s:s, s:s, s:s, s:b, s:b}", "op", "backup.create", "vm", vm, "dir",
-                            dir, "incremental", is_incremental, "progress", show_progress);
+                            dir, "incremental", is_incremental, "progress", is_progress_shown);
     if (consistency)
         json_object_set_new(req, "consistency", json_string(consistency));
     if (max_rate)
@@ -350,7 +350,7 @@ static int backup_create(const struct cli *cli, const char *vm, const char *to,
     struct progress prog = {.is_done = false, .started_ns = hv_now_ns()};
     pthread_t thread;
     bool has_thread = false;
-    if (show_progress) {
+    if (is_progress_shown) {
         snprintf(prog.dir, sizeof(prog.dir), "%s", dir);
         pthread_mutex_init(&prog.lock, NULL);
         pthread_cond_init(&prog.cond, NULL);
@@ -387,9 +387,9 @@ static int backup_verify(const struct cli *cli, const char *dir)
         hv_json_print(stdout, report);
     else if (report)
         json_array_foreach(json_object_get(report, "disks"), i, dk) {
-            bool ok = num(dk, "blocks_bad") == 0 && !strcmp(str(dk, "check"), "clean");
+            bool is_ok = num(dk, "blocks_bad") == 0 && !strcmp(str(dk, "check"), "clean");
             printf("%s/%s: %s (%lld blocks match, %lld do not; vhd check: %s)\n", dir,
-                   str(dk, "file"), ok ? "ok" : "BAD", num(dk, "blocks_ok"),
+                   str(dk, "file"), is_ok ? "ok" : "BAD", num(dk, "blocks_ok"),
                    num(dk, "blocks_bad"), str(dk, "check"));
         }
     if (ret < 0) {
@@ -484,7 +484,7 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
     const char *to = NULL;
     const char *consistency = NULL;
     bool is_incremental = false;
-    bool show_progress = false;
+    bool is_progress_shown = false;
     int seq = -1;
     uint64_t max_rate = 0;
     int c;
@@ -511,7 +511,7 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
             consistency = optarg;
             break;
         case 'p':
-            show_progress = true;
+            is_progress_shown = true;
             break;
         case 'r':
             if (hv_parse_size(optarg, &max_rate) < 0 || max_rate == 0)
@@ -543,10 +543,10 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
             return usage_error(backup_usage, "backup create needs --to DIR");
         if (seq >= 0)
             return usage_error(backup_usage, "--seq belongs to 'backup restore'");
-        return backup_create(cli, args[0], to, is_incremental, consistency, show_progress,
+        return backup_create(cli, args[0], to, is_incremental, consistency, is_progress_shown,
                              max_rate);
     }
-    if (is_incremental || consistency || show_progress || max_rate)
+    if (is_incremental || consistency || is_progress_shown || max_rate)
         return usage_error(backup_usage, "--incremental/--consistency/-p belong to 'backup "
                            "create'");
     if (!strcmp(verb, "verify")) {

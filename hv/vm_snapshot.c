@@ -413,24 +413,24 @@ void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, jso
     }
     if (disk->cbt) {
         const char *why = NULL;
-        bool ok = snap_cbt_is_reliable(disk->cbt, &why);
-        json_object_set_new(obj, "tracking", json_pack("{s:b, s:s}", "reliable", ok, "why",
-                                                       ok ? "" : why));
+        bool is_reliable = snap_cbt_is_reliable(disk->cbt, &why);
+        json_object_set_new(obj, "tracking", json_pack("{s:b, s:s}", "reliable", is_reliable,
+                                                       "why", is_reliable ? "" : why));
     }
 }
 
 /* ------------------------------------------------------------- agents */
 
-int hv_snap_agent_arg(const json_t *req, json_t *extra, bool *changed, struct hv_err *err)
+int hv_snap_agent_arg(const json_t *req, json_t *extra, bool *is_changed, struct hv_err *err)
 {
     const json_t *spec = json_object_get(req, "agent");
-    bool none = json_is_true(json_object_get(req, "no_agent"));
+    bool is_none = json_is_true(json_object_get(req, "no_agent"));
 
-    *changed = false;
+    *is_changed = false;
     if (spec && !json_is_null(spec)) {
         enum snap_agent_kind kind;
         char path[4096];
-        if (none)
+        if (is_none)
             return hv_err_set(err, -EINVAL, "give --agent or --no-agent, not both");
         if (!json_is_string(spec))
             return hv_err_set(err, -EINVAL, "request: 'agent' must be a string");
@@ -441,10 +441,10 @@ int hv_snap_agent_arg(const json_t *req, json_t *extra, bool *changed, struct hv
             return hv_err_set(err, -EINVAL, "agent '%s': the socket path must be absolute",
                               json_string_value(spec));
         json_object_set(extra, "agent", (json_t *)spec);
-        *changed = true;
-    } else if (none) {
+        *is_changed = true;
+    } else if (is_none) {
         json_object_del(extra, "agent");
-        *changed = true;
+        *is_changed = true;
     }
     return 0;
 }

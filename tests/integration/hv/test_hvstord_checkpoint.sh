@@ -150,5 +150,29 @@ hvctl vm set app --no-agent >/dev/null
 [ "$(hvctl --json checkpoint create app | json_get - 'j["why"]')" = "the VM has no guest agent" ] ||
     hv_fail "without an agent the default is crash, and it says why"
 echo "dead agent: app checkpoint refused ($(head -c 150 "$HV_TMP/dead.err")...), crash works"
+
+# ---- qemu-ga: QEMU's agent, its freeze disabled (it would freeze this
+# host's root: it cannot be restricted). It answers; an app checkpoint whose
+# freeze fails is removed again and the command fails, saying why.
+if command -v qemu-ga >/dev/null; then
+    mkdir -p "$HV_TMP/qga"
+    qemu-ga -m unix-listen -p "$HV_TMP/qga.sock" -f "$HV_TMP/qga/pid" -t "$HV_TMP/qga" \
+        -b guest-fsfreeze-freeze,guest-fsfreeze-freeze-list,guest-fsfreeze-thaw \
+        -l "$HV_TMP/qga/log" &
+    HV_EXTRA_PIDS+=("$!")
+    for _ in $(seq 100); do [ -S "$HV_TMP/qga.sock" ] && break; sleep 0.05; done
+    hvctl vm set app --agent "qemu-ga:$HV_TMP/qga.sock" >/dev/null
+    hvctl --json vm show app >"$HV_TMP/show4.json"
+    json_get "$HV_TMP/show4.json" 'j["agent"]["version"]' | grep -q "^qemu-ga" ||
+        hv_fail "qemu-ga does not answer: $(cat "$HV_TMP/show4.json")"
+    before=$(hvctl --json checkpoint list app | json_get - 'len(j)')
+    hvctl checkpoint create app --name qga 2>"$HV_TMP/qga.err" && hv_fail "app checkpoint with a disabled freeze"
+    grep -q "crash-consistent" "$HV_TMP/qga.err" || hv_fail "why: $(cat "$HV_TMP/qga.err")"
+    [ "$(hvctl --json checkpoint list app | json_get - 'len(j)')" = "$before" ] || hv_fail "the refused checkpoint stayed"
+    hvctl checkpoint create app --name qga --consistency crash >/dev/null || hv_fail "crash checkpoint with qemu-ga"
+    echo "qemu-ga: answers ($(json_get "$HV_TMP/show4.json" 'j["agent"]["version"]')); app refused: $(head -c 160 "$HV_TMP/qga.err")..."
+else
+    echo "qemu-ga: not installed, skipped"
+fi
 hv_stop
 echo "PASS"
