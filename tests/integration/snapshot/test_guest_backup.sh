@@ -8,9 +8,11 @@
 # application that appends numbered records alternately to /log on disk 1
 # (odd numbers) and disk 2 (even numbers), each synced before the next one
 # starts. While it writes, `hvctl backup create`, then `hvctl backup restore`
-# and `vhd convert` to raw on the host, three times:
+# and `vhd convert` to raw on the host, four times:
 #   1. agent hvstor-vss: an app-consistent cut. Both restored filesystems are
 #      clean for `e2fsck -fn` WITHOUT journal replay (no needs_recovery).
+#   1b. the same VM with --consistency crash: the guest is not frozen, the
+#      cut is crash-consistent (checked as in 2).
 #   2. no agent (`vm set --no-agent`): a crash-consistent cut. After journal
 #      replay (e2fsck -fy on the copy) both filesystems are clean.
 #   3. agent qemu-ga (`vm set --agent qemu-ga:SOCK`): app-consistent again,
@@ -19,7 +21,7 @@
 # even records 2..N2, and |N1 - N2| = 1: the one record that may be in flight
 # at the cut is the only difference, so both disks were cut at one instant.
 # The cut also lies between what the guest had written before the backup
-# started and after it finished. After the three backups the guest still
+# started and after it finished. After the four backups the guest still
 # writes. A control shows that the record checks refuse two disks each
 # copied while the guest was frozen (through qemu-ga), 30 records apart. Once hvstord is stopped, the VM's own
 # disks (the backups' children merged back live) pass `vhd check` and hold
@@ -95,15 +97,16 @@ check_records()
         hv_fail "$label: the cut is at record $top, the guest was at $low before the backup and $high after"
 }
 
-# backup LABEL MODE [WHY] : back up while the guest writes (hvctl's default
-# consistency), restore, convert and check both disks; a crash cut must give
-# WHY as its reason.
+# backup LABEL MODE WHY [OPTIONS]: back up while the guest writes (with
+# these `backup create` options), restore, convert and check both disks; the
+# cut must give WHY as its reason ("" for an app cut).
 backup()
 {
-    local label=$1 mode=$2 want_why=${3:-} dir=$HV_TMP/backup-$1 rdir=$HV_TMP/restore-$1 before after s
+    local label=$1 mode=$2 want_why=$3 dir=$HV_TMP/backup-$1 rdir=$HV_TMP/restore-$1 before after s
+    shift 3
     guest_check
     before=$(last_record)
-    hvctl --json backup create guest --to "$dir" >"$HV_TMP/$label.json" 2>"$HV_TMP/$label.err" ||
+    hvctl --json backup create guest --to "$dir" "$@" >"$HV_TMP/$label.json" 2>"$HV_TMP/$label.err" ||
         hv_fail "$label: backup create failed: $(cat "$HV_TMP/$label.err" "$HV_TMP/$label.json")"
     # Console lines come every 10 records and the serial line may be a line
     # behind: the guest is at most 20 records past the last one seen.
@@ -140,9 +143,17 @@ backup()
 }
 
 agent_answers hvstor-vss
-backup vss app
+backup vss app ""
 for m in /mnt/d1 /mnt/d2; do
-    grep -aq "hvstor-vss: froze $m" "$CONSOLE" || hv_fail "the guest's hvstor-vss did not say it froze $m"
+    [ "$(grep -ac "hvstor-vss: froze $m" "$CONSOLE")" = 1 ] ||
+        hv_fail "the guest's hvstor-vss did not say once that it froze $m"
+done
+
+# Crash asked for although the agent answers: the guest is not frozen.
+backup vss-crash crash "crash consistency was asked for" --consistency crash
+for m in /mnt/d1 /mnt/d2; do
+    [ "$(grep -ac "hvstor-vss: froze $m" "$CONSOLE")" = 1 ] ||
+        hv_fail "--consistency crash froze $m in the guest all the same"
 done
 
 hvctl vm set guest --no-agent >/dev/null
@@ -153,7 +164,7 @@ backup noagent crash "the VM has no guest agent"
 
 hvctl vm set guest --agent "qemu-ga:$QGA_SOCK" >/dev/null
 agent_answers qemu-ga
-backup qemu-ga app
+backup qemu-ga app ""
 
 # The control: what the checks say about a copy that is NOT one instant.
 # Each LUN is read through hvstord (qemu-img over iSCSI, as the guest's
@@ -220,7 +231,7 @@ wait $QEMU_PID 2>/dev/null || true
 hv_stop
 final=$(last_record)
 for s in 0 1; do
-    hv_vhd_check "$HV_TMP/disk$s.vhd" "of the VM's disk c0-s$s after three backups"
+    hv_vhd_check "$HV_TMP/disk$s.vhd" "of the VM's disk c0-s$s after four backups"
     "$HVSTOR_BIN/vhd" convert -O raw "$HV_TMP/disk$s.vhd" "$HV_TMP/final$s.raw" >/dev/null ||
         hv_fail "vhd convert of the VM's disk c0-s$s"
     restored_log crash "$HV_TMP/final$s.raw" "$HV_TMP/final-log$s"
