@@ -33,7 +33,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
@@ -1039,9 +1038,10 @@ int cmd_mount(int argc, char **argv)
     static const struct option opts[] = {
         { "read-only", no_argument, NULL, 'r' },
         { "foreground", no_argument, NULL, 'f' },
-        { "help", no_argument, NULL, 'h' },
         { 0 },
     };
+    struct tool_cli cli = { .usage = mount_usage, .shortopts = "rfo:", .longopts = opts,
+                            .operands = 2 };
 #ifdef HVSTOR_HAVE_FUSE3
     struct mount_args a = { 0 };
 #endif
@@ -1049,20 +1049,15 @@ int cmd_mount(int argc, char **argv)
     bool is_read_only = false;
     bool is_foreground = false;
     int c;
-    while ((c = getopt_long(argc, argv, "rfo:h", opts, NULL)) != -1) {
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0) {
         switch (c) {
         case 'r': is_read_only = true; break;
         case 'f': is_foreground = true; break;
         case 'o': options = optarg; break;
-        case 'h': fputs(mount_usage, stdout); return 0;
-        default: fputs(mount_usage, stderr); return 1;
         }
     }
-    if (optind != argc - 2) {
-        tool_error("missing or extra operands");
-        fputs(mount_usage, stderr);
-        return 1;
-    }
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
 #ifdef HVSTOR_HAVE_FUSE3
     a.image = argv[optind];
     a.mountpoint = argv[optind + 1];
@@ -1149,27 +1144,14 @@ static void wait_for_exit(int pidfd, pid_t pid)
 
 int cmd_unmount(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
-    };
+    struct tool_cli cli = { .usage = unmount_usage, .operands = 1 };
     const char *mnt;
     char text[64];
     ssize_t n;
     pid_t pid = 0;
     int pidfd = -1;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'h': fputs(unmount_usage, stdout); return 0;
-        default: fputs(unmount_usage, stderr); return 1;
-        }
-    }
-    if (optind != argc - 1) {
-        tool_error("missing or extra operands");
-        fputs(unmount_usage, stderr);
-        return 1;
-    }
+    if (tool_getopt(&cli, argc, argv) == TOOL_OPT_EXIT)
+        return cli.exit_status;
     mnt = argv[optind];
     n = getxattr(mnt, MOUNT_XATTR_PID, text, sizeof(text) - 1);
     if (n > 0) {
