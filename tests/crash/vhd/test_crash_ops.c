@@ -262,6 +262,9 @@ static void reset_recording(void)
     g_engine_file = -1;
 }
 
+/* A file's bytes in memory. Everything from `length` to `cap` is zero, so
+ * that a write past the end or a growing truncation shows zeroes in between,
+ * as a real file does, not what an earlier state (or file) left there. */
 struct image {
     uint8_t *bytes;
     uint64_t length;
@@ -291,6 +294,15 @@ static void image_truncate(struct image *img, uint64_t len)
     else if (len > img->cap)
         image_apply(img, len, (const uint8_t *)"", 0);
     img->length = len;
+}
+
+/* The whole file becomes `len` bytes of `data`. */
+static void image_set(struct image *img, const uint8_t *data, uint64_t len)
+{
+    if (img->length > len)
+        memset(img->bytes + len, 0, img->length - len);
+    img->length = 0;
+    image_apply(img, 0, data, len);
 }
 
 static void write_sparse(const char *path, const struct image *img)
@@ -566,9 +578,7 @@ static void crash_states(struct op_case *oc, uint64_t *seed)
                     e->complete_ev < p && e->res == 0)
                     sync_submit = HV_MAX(sync_submit, e->submit_ev);
             }
-            img.length = 0;
-            image_apply(&img, 0, g_files[f].initial, g_files[f].initial_len);
-            img.length = g_files[f].initial_len;
+            image_set(&img, g_files[f].initial, g_files[f].initial_len);
             is_gone[f] = g_files[f].is_marker;
             for (int i = 0; i < g_ev_count; i++) {
                 const struct ev *e = &g_ev[i];
@@ -580,9 +590,7 @@ static void crash_states(struct op_case *oc, uint64_t *seed)
                 }
                 if (e->kind == EV_REPLACE) { /* atomic and durable once reported */
                     is_gone[f] = false;
-                    img.length = 0;
-                    image_apply(&img, 0, e->data, e->length);
-                    img.length = e->length;
+                    image_set(&img, e->data, e->length);
                     continue;
                 }
                 if (e->kind == EV_SYNC)
@@ -912,7 +920,9 @@ static void remove_state_dir(void)
                            "resize-dyn.vhd",
                            "resize-fixed-grow.vhd",
                            "resize-fixed-shrink.vhd",
-                           "resize-dyn-shrink.vhd"};
+                           "resize-dyn-shrink.vhd",
+                           "mbase.vhd" VHD_MERGE_MARKER_SUFFIX,
+                           "fbase.vhd" VHD_MERGE_MARKER_SUFFIX};
     for (size_t i = 0; i < HV_ARRAY_SIZE(names); i++) {
         snprintf(path, sizeof(path), "%s/%s", g_state_dir, names[i]);
         unlink(path);
