@@ -433,6 +433,29 @@ static bool slot_for(fuse_req_t req, struct mount *m, struct slot **out)
     return true;
 }
 
+/* A slot for a read or write of `size` bytes at `off` (inside the disk): like
+ * a block device, a request that runs past the end is cut short; the slot
+ * covers it in whole sectors. False when the request is already answered. */
+static bool slot_for_range(fuse_req_t req, struct mount *m, enum mount_op op, uint64_t off,
+                           size_t size, struct slot **out)
+{
+    struct slot *s;
+    size = (size_t)HV_MIN((uint64_t)size, m->size_bytes - off);
+    if (size > MOUNT_IO_BYTES) {
+        fuse_reply_err(req, EINVAL);
+        return false;
+    }
+    if (!slot_for(req, m, &s))
+        return false;
+    s->op = op;
+    s->off = off;
+    s->size = size;
+    s->aligned_off = HV_ALIGN_DOWN(off, HV_SECTOR_BYTES);
+    s->aligned_len = HV_ALIGN_UP(off + size, HV_SECTOR_BYTES) - s->aligned_off;
+    *out = s;
+    return true;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -447,18 +470,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         fuse_reply_buf(req, NULL, 0);
         return;
     }
-    size = (size_t)HV_MIN((uint64_t)size, m->size_bytes - (uint64_t)off);
-    if (size > MOUNT_IO_BYTES) {
-        fuse_reply_err(req, EINVAL);
+    if (!slot_for_range(req, m, OP_READ, (uint64_t)off, size, &s))
         return;
-    }
-    if (!slot_for(req, m, &s))
-        return;
-    s->op = OP_READ;
-    s->off = (uint64_t)off;
-    s->size = size;
-    s->aligned_off = HV_ALIGN_DOWN(s->off, HV_SECTOR_BYTES);
-    s->aligned_len = HV_ALIGN_UP(s->off + size, HV_SECTOR_BYTES) - s->aligned_off;
     submit_io(s, BDEV_IO_READ, s->aligned_off, s->aligned_len, s->buf);
 }
 
@@ -480,21 +493,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         fuse_reply_err(req, size ? ENOSPC : 0);
         return;
     }
-    /* Like a block device: a write that runs past the end is cut short. */
-    size = (size_t)HV_MIN((uint64_t)size, m->size_bytes - (uint64_t)off);
-    if (size > MOUNT_IO_BYTES) {
-        fuse_reply_err(req, EINVAL);
+    if (!slot_for_range(req, m, OP_WRITE, (uint64_t)off, size, &s))
         return;
-    }
-    if (!slot_for(req, m, &s))
-        return;
-    s->op = OP_WRITE;
-    s->off = (uint64_t)off;
-    s->size = size;
-    s->aligned_off = HV_ALIGN_DOWN(s->off, HV_SECTOR_BYTES);
-    s->aligned_len = HV_ALIGN_UP(s->off + size, HV_SECTOR_BYTES) - s->aligned_off;
-    s->is_rmw = s->aligned_off != s->off || s->aligned_len != size;
-    memcpy(s->buf + (s->off - s->aligned_off), buf, size);
+    s->is_rmw = s->aligned_off != s->off || s->aligned_len != s->size;
+    memcpy(s->buf + (s->off - s->aligned_off), buf, s->size);
     queue_write(s);
 }
 
