@@ -502,6 +502,69 @@ static void finish_case(struct op_case *oc, uint64_t *seed)
     reset_recording();
 }
 
+/* Case `oc` works on the image paths[0], whose chain is paths[0..n-1]:
+ * what it reads before, and every file tracked. */
+static void case_begin(struct op_case *oc, const char *const *paths, int n)
+{
+    struct hv_err err = {0};
+    int rc;
+    oc->before = read_disk(paths[0], &oc->before_size, &err, &rc);
+    if (!oc->before)
+        die("%s: read %s: %s", oc->name, paths[0], hv_err_msg(&err, rc));
+    for (int i = 0; i < n; i++)
+        track(paths[i]);
+    oc->read_file = 0;
+}
+
+/* What `path` reads after the operation. */
+static void case_after(struct op_case *oc, const char *path)
+{
+    struct hv_err err = {0};
+    int rc;
+    oc->after = read_disk(path, &oc->after_size, &err, &rc);
+    if (!oc->after)
+        die("%s: read %s: %s", oc->name, path, hv_err_msg(&err, rc));
+}
+
+/* Merge chain[0] into chain[n-1] (`into` as vhd merge --into gives it, NULL
+ * for the parent); the ancestor must then read what the child did. */
+static void run_merge(struct op_case *oc, const char *const *chain, int n, const char *into,
+                      uint64_t *seed)
+{
+    struct hv_err err = {0};
+    case_begin(oc, chain, n);
+    track_marker(chain[n - 1]);
+    oc->result_file = n - 1;
+    g_log.engine_file = n - 1;
+    struct vhd_merge_options o = {
+        .into = into, .observer = &g_ops_obs, .no_direct_io = true, .depth = 4};
+    struct vhd_merge_result res;
+    if (vhd_merge(chain[0], &o, &res, &err) < 0)
+        die("%s: %s", oc->name, err.msg);
+    case_after(oc, chain[n - 1]);
+    if (oc->after_size != oc->before_size || memcmp(oc->after, oc->before, oc->before_size))
+        die("%s: the ancestor does not read what the child did", oc->name);
+    finish_case(oc, seed);
+}
+
+/* Resize chain[0] to `to` bytes: the data up to the smaller size stays,
+ * the rest reads zeroes. */
+static void run_resize(struct op_case *oc, const char *const *chain, int n, uint64_t to,
+                       uint64_t *seed)
+{
+    struct hv_err err = {0};
+    case_begin(oc, chain, n);
+    struct vhd_resize_options o = {.is_forced = true, .observer = &g_ops_obs};
+    if (vhd_resize(chain[0], to, &o, &err) < 0)
+        die("%s: %s", oc->name, err.msg);
+    case_after(oc, chain[0]);
+    uint64_t kept = HV_MIN(oc->before_size, to);
+    if (oc->after_size != to || memcmp(oc->after, oc->before, kept) ||
+        !hv_buf_is_zero(oc->after + kept, to - kept))
+        die("%s: the result does not read as expected", oc->name);
+    finish_case(oc, seed);
+}
+
 static void case_merge(const char *dir, uint64_t *seed)
 {
     char base[PATH_MAX], c1[PATH_MAX], c2[PATH_MAX];
@@ -519,27 +582,7 @@ static void case_merge(const char *dir, uint64_t *seed)
     fill(c2, 5 * HV_MiB, 64 * 1024, 0, false);
 
     struct op_case oc = {.name = "merge", .kind = OP_MERGE};
-    struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(c2, &oc.before_size, &err, &rc);
-    if (!oc.before)
-        die("read: %s", err.msg);
-    track(c2);
-    track(c1);
-    track(base);
-    track_marker(base);
-    oc.read_file = 0;
-    oc.result_file = 2;
-    g_log.engine_file = 2;
-    struct vhd_merge_options o = {
-        .into = base, .observer = &g_ops_obs, .no_direct_io = true, .depth = 4};
-    struct vhd_merge_result res;
-    if (vhd_merge(c2, &o, &res, &err) < 0)
-        die("merge: %s", err.msg);
-    oc.after = read_disk(base, &oc.after_size, &err, &rc);
-    if (oc.after_size != oc.before_size || memcmp(oc.after, oc.before, oc.before_size))
-        die("merge: the ancestor does not read what the child did");
-    finish_case(&oc, seed);
+    run_merge(&oc, (const char *[]){c2, c1, base}, 3, base, seed);
 }
 
 /* A child into a fixed parent: the engine writes in place, no allocation. */
@@ -554,23 +597,7 @@ static void case_merge_fixed(const char *dir, uint64_t *seed)
     fill(child, 4096, 1 * HV_MiB, 42, false);
     fill(child, 3 * HV_MiB, 8192, 0, false);
     struct op_case oc = {.name = "merge-into-fixed", .kind = OP_MERGE};
-    struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(child, &oc.before_size, &err, &rc);
-    track(child);
-    track(base);
-    track_marker(base);
-    oc.read_file = 0;
-    oc.result_file = 1;
-    g_log.engine_file = 1;
-    struct vhd_merge_options o = {.observer = &g_ops_obs, .no_direct_io = true, .depth = 4};
-    struct vhd_merge_result res;
-    if (vhd_merge(child, &o, &res, &err) < 0)
-        die("merge: %s", err.msg);
-    oc.after = read_disk(base, &oc.after_size, &err, &rc);
-    if (oc.after_size != oc.before_size || memcmp(oc.after, oc.before, oc.before_size))
-        die("merge into fixed: the parent does not read what the child did");
-    finish_case(&oc, seed);
+    run_merge(&oc, (const char *[]){child, base}, 2, NULL, seed);
 }
 
 /* A differencing child grows past its BAT: locators lie right after the
@@ -585,21 +612,7 @@ static void case_resize_differencing(const char *dir, uint64_t *seed)
     create(img, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, parent);
     fill(img, 1 * HV_MiB, 1 * HV_MiB + 4096, 52, false);
     struct op_case oc = {.name = "resize-differencing", .kind = OP_RESIZE};
-    struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(img, &oc.before_size, &err, &rc);
-    track(img);
-    track(parent);
-    oc.read_file = 0;
-    uint64_t to = 600 * HV_MiB + 1536;
-    struct vhd_resize_options o = {.observer = &g_ops_obs};
-    if (vhd_resize(img, to, &o, &err) < 0)
-        die("resize differencing: %s", err.msg);
-    oc.after = read_disk(img, &oc.after_size, &err, &rc);
-    if (oc.after_size != to || memcmp(oc.after, oc.before, oc.before_size) ||
-        !hv_buf_is_zero(oc.after + oc.before_size, to - oc.before_size))
-        die("resize differencing: the result does not read as expected");
-    finish_case(&oc, seed);
+    run_resize(&oc, (const char *[]){img, parent}, 2, 600 * HV_MiB + 1536, seed);
 }
 
 static void case_compact(const char *dir, uint64_t *seed)
@@ -613,10 +626,7 @@ static void case_compact(const char *dir, uint64_t *seed)
     fill(img, 5 * HV_MiB, 1 * HV_MiB, 0, true); /* holes */
     struct op_case oc = {.name = "compact", .kind = OP_COMPACT};
     struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(img, &oc.before_size, &err, &rc);
-    track(img);
-    oc.read_file = 0;
+    case_begin(&oc, (const char *[]){img}, 1);
     struct vhd_compact_options o = {.observer = &g_ops_obs};
     struct vhd_compact_result res;
     if (vhd_compact(img, &o, &res, &err) < 0)
@@ -624,7 +634,7 @@ static void case_compact(const char *dir, uint64_t *seed)
     if (res.blocks_freed < 3 || res.blocks_moved == 0)
         die("compact: freed %u, moved %u: the case does not exercise relocation", res.blocks_freed,
             res.blocks_moved);
-    oc.after = read_disk(img, &oc.after_size, &err, &rc);
+    case_after(&oc, img);
     finish_case(&oc, seed);
 }
 
@@ -642,18 +652,14 @@ static void case_compact_differencing(const char *dir, uint64_t *seed)
     fill(img, 4 * HV_MiB, 512 * 1024, 0, true);  /* discarded: a hole */
     struct op_case oc = {.name = "compact-differencing", .kind = OP_COMPACT};
     struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(img, &oc.before_size, &err, &rc);
-    track(img);
-    track(parent);
-    oc.read_file = 0;
+    case_begin(&oc, (const char *[]){img, parent}, 2);
     struct vhd_compact_options o = {.observer = &g_ops_obs};
     struct vhd_compact_result res;
     if (vhd_compact(img, &o, &res, &err) < 0)
         die("compact: %s", err.msg);
     if (res.blocks_freed != 2)
         die("compact differencing: freed %u blocks, expected 2", res.blocks_freed);
-    oc.after = read_disk(img, &oc.after_size, &err, &rc);
+    case_after(&oc, img);
     if (memcmp(oc.after, oc.before, oc.before_size))
         die("compact differencing changed what the image reads");
     finish_case(&oc, seed);
@@ -668,19 +674,7 @@ static void case_resize(const char *dir, const char *name, enum vhd_type type, u
     fill(img, 0, HV_MIN(from, to) / 2, 21, false);
     fill(img, from - 4096, 4096, 22, false);
     struct op_case oc = {.name = name, .kind = OP_RESIZE};
-    struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(img, &oc.before_size, &err, &rc);
-    track(img);
-    oc.read_file = 0;
-    struct vhd_resize_options o = {.is_forced = true, .observer = &g_ops_obs};
-    if (vhd_resize(img, to, &o, &err) < 0)
-        die("resize %s: %s", name, err.msg);
-    oc.after = read_disk(img, &oc.after_size, &err, &rc);
-    if (oc.after_size != to || memcmp(oc.after, oc.before, HV_MIN(from, to)) ||
-        !hv_buf_is_zero(oc.after + HV_MIN(from, to), to - HV_MIN(from, to)))
-        die("resize %s: the result does not read as expected", name);
-    finish_case(&oc, seed);
+    run_resize(&oc, (const char *[]){img}, 1, to, seed);
 }
 
 int main(void)
