@@ -43,6 +43,16 @@ static HV_UNUSED void die(const char *fmt, ...)
     exit(1);
 }
 
+/* The harness's seed: `fallback`, or HVSTOR_CRASH_SEED, printed so that a
+ * failure can be reproduced. */
+static HV_UNUSED uint64_t crash_seed(uint64_t fallback)
+{
+    const char *env = getenv("HVSTOR_CRASH_SEED");
+    uint64_t seed = env ? strtoull(env, NULL, 0) : fallback;
+    printf("# seed %#" PRIx64 " (HVSTOR_CRASH_SEED reproduces)\n", seed);
+    return seed;
+}
+
 /* ------------------------------------------------------------ recording */
 
 enum crash_ev_kind { CRASH_WRITE, CRASH_SYNC, CRASH_TRUNCATE, CRASH_UNLINK, CRASH_REPLACE };

@@ -430,11 +430,7 @@ static void run_case(struct image_case *ic, uint64_t seed)
 
 int main(void)
 {
-    uint64_t seed = 0x5eed0001;
-    const char *env = getenv("HVSTOR_CRASH_SEED");
-    if (env)
-        seed = strtoull(env, NULL, 0);
-    printf("# seed %#" PRIx64 " (HVSTOR_CRASH_SEED reproduces)\n", seed);
+    uint64_t seed = crash_seed(0x5eed0001);
     struct hv_err err = {0};
     uint64_t t0 = hv_now_ns();
 

@@ -679,11 +679,7 @@ static void case_resize(const char *dir, const char *name, enum vhd_type type, u
 
 int main(void)
 {
-    uint64_t seed = 0x0b5eed01;
-    const char *env = getenv("HVSTOR_CRASH_SEED");
-    if (env)
-        seed = strtoull(env, NULL, 0);
-    printf("# seed %#" PRIx64 " (HVSTOR_CRASH_SEED reproduces)\n", seed);
+    uint64_t seed = crash_seed(0x0b5eed01);
     uint64_t t0 = hv_now_ns();
     /* States live on a memory file system where there is one (opening and
      * checking 5,000 of them costs nothing there); the images themselves on
