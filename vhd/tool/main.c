@@ -1,8 +1,9 @@
 /*
  * vhd — the offline image tool: create, info, check, convert, compare,
- * bench. Each subcommand parses its own options, calls one library
- * operation, and prints the library's error message once (it already names
- * the file, the structure and the problem).
+ * bench. Each subcommand parses its own options (tool_getopt, here, handles
+ * what they all share: --help, usage errors, --json, --progress), calls one
+ * library operation, and prints the library's error message once (it
+ * already names the file, the structure and the problem).
  */
 #include "tool.h"
 
