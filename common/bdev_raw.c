@@ -11,19 +11,16 @@
  * (served from the page cache when that needs no waiting); when the kernel
  * says -EAGAIN, or does not do NOWAIT buffered writes at all (ext4 answers
  * -EOPNOTSUPP, and then we stop asking), the rest of the write goes to two
- * worker threads that pwritev2 it and complete back through an eventfd. The
- * raw_io carries everything a worker needs; the queues are intrusive lists
- * under one mutex: no allocation per I/O.
+ * worker threads (common's hv_workers) that pwritev2 it and complete back
+ * on the reactor. The raw_io carries everything a worker needs and embeds
+ * its hv_work: no allocation per I/O.
  */
 #include "common.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
-#include <pthread.h>
 #include <stdlib.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,19 +29,6 @@
 
 struct raw_io;
 
-/* The buffered-write workers. */
-struct raw_pool {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    struct raw_io *todo_head, *todo_tail;   /* for the workers */
-    struct raw_io *done_head, *done_tail;   /* for the reactor */
-    bool is_stopping;
-    int efd;                                /* workers -> reactor */
-    struct hv_watch *watch;
-    pthread_t threads[RAW_WORKERS];
-    int thread_count;
-};
-
 struct raw_bdev {
     struct bdev bd;
     int fd;
@@ -52,7 +36,7 @@ struct raw_bdev {
     bool is_blockdev;
     bool is_nowait_unsupported;         /* buffered writes: straight to the pool */
     struct hv_aio *aio;
-    struct raw_pool *pool;              /* only without O_DIRECT, when writable */
+    struct hv_workers *pool;            /* only without O_DIRECT, when writable */
 };
 
 struct raw_io {
@@ -60,7 +44,7 @@ struct raw_io {
     struct hv_deferred deferred;
     struct bdev_io *io;
     struct raw_bdev *r;
-    struct raw_io *next;                /* on a pool queue */
+    struct hv_work work;                /* on the write workers */
     struct iovec bounce_iov;
     void *bounce;
     uint64_t written;                   /* bytes the NOWAIT attempt managed */
@@ -131,131 +115,23 @@ static int pool_write(struct raw_io *rio)
     return skip == io->length ? 0 : -EIO;
 }
 
-static void *pool_main(void *arg)
+static void pool_run(struct hv_work *w)
 {
-    struct raw_pool *p = arg;
-
-    pthread_mutex_lock(&p->lock);
-    for (;;) {
-        while (!p->todo_head && !p->is_stopping)
-            pthread_cond_wait(&p->cond, &p->lock);
-        struct raw_io *rio = p->todo_head;
-        if (!rio)
-            break;                          /* stopping, nothing left */
-        p->todo_head = rio->next;
-        if (!p->todo_head)
-            p->todo_tail = NULL;
-        pthread_mutex_unlock(&p->lock);
-
-        rio->status = pool_write(rio);
-
-        pthread_mutex_lock(&p->lock);
-        rio->next = NULL;
-        bool was_empty = !p->done_head;
-        if (p->done_tail)
-            p->done_tail->next = rio;
-        else
-            p->done_head = rio;
-        p->done_tail = rio;
-        if (was_empty) {
-            /* One wake-up per batch; the reactor takes the whole list. */
-            uint64_t one = 1;
-            if (write(p->efd, &one, sizeof(one)) < 0) {
-                /* The counter cannot overflow at one per batch; nothing to do. */
-            }
-        }
-    }
-    pthread_mutex_unlock(&p->lock);
-    return NULL;
+    struct raw_io *rio = hv_container_of(w, struct raw_io, work);
+    rio->status = pool_write(rio);
 }
 
-static void finish(struct raw_io *rio, int status);
-
-/* Reactor side: complete what the workers finished, in their order. */
-static void pool_ready(void *arg, uint32_t events)
+static void pool_done(struct hv_work *w)
 {
-    struct raw_pool *p = arg;
-    uint64_t n;
-    (void)events;
-
-    if (read(p->efd, &n, sizeof(n)) < 0 && errno != EAGAIN)
-        hv_warn("raw bdev: reading the worker eventfd: %s", strerror(errno));
-    pthread_mutex_lock(&p->lock);
-    struct raw_io *rio = p->done_head;
-    p->done_head = p->done_tail = NULL;
-    pthread_mutex_unlock(&p->lock);
-    while (rio) {
-        struct raw_io *next = rio->next;
-        finish(rio, rio->status);
-        rio = next;
-    }
+    struct raw_io *rio = hv_container_of(w, struct raw_io, work);
+    finish(rio, rio->status);
 }
 
-static void pool_queue(struct raw_pool *p, struct raw_io *rio)
+static void pool_queue(struct hv_workers *p, struct raw_io *rio)
 {
-    rio->next = NULL;
-    pthread_mutex_lock(&p->lock);
-    if (p->todo_tail)
-        p->todo_tail->next = rio;
-    else
-        p->todo_head = rio;
-    p->todo_tail = rio;
-    pthread_cond_signal(&p->cond);
-    pthread_mutex_unlock(&p->lock);
-}
-
-static void pool_destroy(struct raw_pool *p, struct hv_reactor *reactor)
-{
-    if (!p)
-        return;
-    pthread_mutex_lock(&p->lock);
-    p->is_stopping = true;
-    pthread_cond_broadcast(&p->cond);
-    pthread_mutex_unlock(&p->lock);
-    for (int i = 0; i < p->thread_count; i++)
-        pthread_join(p->threads[i], NULL);
-    if (p->watch)
-        hv_reactor_del_fd(reactor, p->watch);
-    if (p->efd >= 0)
-        close(p->efd);
-    pthread_cond_destroy(&p->cond);
-    pthread_mutex_destroy(&p->lock);
-    free(p);
-}
-
-static int pool_create(struct hv_reactor *reactor, const char *path, struct raw_pool **out,
-                       struct hv_err *err)
-{
-    struct raw_pool *p = calloc(1, sizeof(*p));
-    int ret;
-
-    if (!p)
-        return hv_err_set(err, -ENOMEM, "%s: out of memory", path);
-    pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->cond, NULL);
-    p->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (p->efd < 0) {
-        ret = hv_err_errno(err, path, "eventfd");
-        goto fail;
-    }
-    p->watch = hv_reactor_add_fd(reactor, p->efd, EPOLLIN, pool_ready, p);
-    if (!p->watch) {
-        ret = hv_err_errno(err, path, "watching the write workers' eventfd");
-        goto fail;
-    }
-    for (; p->thread_count < RAW_WORKERS; p->thread_count++) {
-        ret = pthread_create(&p->threads[p->thread_count], NULL, pool_main, p);
-        if (ret) {
-            ret = hv_err_set(err, -ret, "%s: cannot start a write worker: %s", path,
-                             strerror(ret));
-            goto fail;
-        }
-    }
-    *out = p;
-    return 0;
-fail:
-    pool_destroy(p, reactor);
-    return ret;
+    rio->work.run = pool_run;
+    rio->work.done = pool_done;
+    hv_workers_queue(p, &rio->work);
 }
 
 /* ---------------------------------------------------------------- I/O */
@@ -372,7 +248,7 @@ static int raw_submit(struct bdev *bd, struct bdev_io *io)
         } else {
             int rwf = (io->flags & BDEV_IO_FUA) ? RWF_DSYNC : 0;
             if (r->pool && r->is_nowait_unsupported) {
-                /* Completes on the worker's eventfd: never inside submit. */
+                /* Completes through the workers: never inside submit. */
                 pool_queue(r->pool, rio);
                 return 0;
             }
@@ -417,7 +293,7 @@ static int raw_close(struct bdev *bd)
 {
     struct raw_bdev *r = raw_of(bd);
     int ret = 0;
-    pool_destroy(r->pool, bd->reactor);
+    hv_workers_destroy(r->pool);
     if (!bd->is_read_only && fdatasync(r->fd) < 0)
         ret = -errno;
     hv_aio_put(r->aio);
@@ -516,7 +392,7 @@ int bdev_raw_open(struct hv_reactor *reactor, const char *path,
         goto fail;
     }
     if (!r->is_direct && !opt->is_read_only) {
-        ret = pool_create(reactor, path, &r->pool, err);
+        ret = hv_workers_create(reactor, RAW_WORKERS, path, &r->pool, err);
         if (ret < 0)
             goto fail;
     }
@@ -539,7 +415,7 @@ int bdev_raw_open(struct hv_reactor *reactor, const char *path,
     *out = &r->bd;
     return 0;
 fail:
-    pool_destroy(r->pool, reactor);
+    hv_workers_destroy(r->pool);
     if (r->aio)
         hv_aio_put(r->aio);
     if (r->fd >= 0)

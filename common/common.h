@@ -253,6 +253,35 @@ void hv_reactor_stop(struct hv_reactor *r);
 int hv_reactor_run_until(struct hv_reactor *r, const bool *done);
 uint64_t hv_now_ns(void);                        /* CLOCK_MONOTONIC */
 
+/* --------------------------------------------------------------- workers */
+
+/*
+ * Threads for the blocking system calls a reactor must not make (fsync,
+ * file creation, fallocate, unlink, rename, buffered writes): run(w) runs on
+ * a worker thread, then done(w) on the reactor's thread. done() calls come
+ * in the order the work finished: with one thread, the order it was queued.
+ * The hv_work is caller-owned (embed it), so queueing allocates nothing.
+ * Only the reactor's thread calls these functions.
+ */
+struct hv_workers;
+struct hv_work {
+    void (*run)(struct hv_work *w);  /* worker thread: the blocking part */
+    void (*done)(struct hv_work *w); /* reactor thread, after run (may be NULL) */
+    struct hv_work *next;            /* internal */
+};
+/* `what` names the owner in error messages. */
+int hv_workers_create(struct hv_reactor *r, unsigned threads, const char *what,
+                      struct hv_workers **out, struct hv_err *err);
+/* Runs what is queued, joins the threads; done() of work not yet reported
+ * is not called: destroy only with nothing pending. NULL is fine. */
+void hv_workers_destroy(struct hv_workers *p);
+void hv_workers_queue(struct hv_workers *p, struct hv_work *w);
+/* Work queued whose done() has not run yet. */
+unsigned hv_workers_pending(const struct hv_workers *p);
+/* Control-path helper: run fn(arg) on a worker and run the reactor (serving
+ * everyone else's I/O) until it returns; fn's return value. */
+int hv_workers_run(struct hv_workers *p, int (*fn)(void *arg), void *arg);
+
 /* ------------------------------------------------------------------- aio */
 
 /*
@@ -466,5 +495,7 @@ void hv_uuid_generate(uint8_t uuid[16]);
 void hv_uuid_format(const uint8_t uuid[16], char out[37]);
 int hv_uuid_parse(const char *text, uint8_t uuid[16]);
 bool hv_uuid_is_nil(const uint8_t uuid[16]);
+/* The value of hex digit `c` (either case), -1 if it is not one. */
+int hv_hex_value(char c);
 
 #endif /* HVSTOR_COMMON_H */

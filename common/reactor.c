@@ -2,7 +2,10 @@
  * The epoll loop. Timers are few (keepalives, auto-thaw, reconnects), so a
  * sorted list beats a heap in code and in speed. A watch deleted from inside
  * a callback may still have an event later in the same epoll batch, so it is
- * only marked and freed at the end of the turn.
+ * only marked and freed at the end of the turn. A callback may itself run
+ * turns while it waits (a control request running a checkpoint keeps guest
+ * I/O going that way): the outer turn still holds its epoll batch, so
+ * deleted watches are freed only when the outermost turn ends.
  */
 #include "common.h"
 
@@ -35,6 +38,7 @@ struct hv_reactor {
     struct hv_deferred *deferred_head, *deferred_tail;
     struct prepoll prepoll[MAX_PREPOLL];
     struct hv_watch *garbage;
+    int depth;                  /* turns running inside turns (a callback waiting) */
 };
 
 uint64_t hv_now_ns(void)
@@ -228,13 +232,15 @@ static int run_turn(struct hv_reactor *r, int timeout_ms, const bool *done)
             return -errno;
         n = 0;
     }
+    r->depth++;
     for (int i = 0; i < n; i++) {
         struct hv_watch *w = ev[i].data.ptr;
         if (!w->is_deleted)
             w->cb(w->arg, ev[i].events);
     }
     run_timers(r);
-    free_garbage(r);
+    if (--r->depth == 0)
+        free_garbage(r);
     return n;
 }
 

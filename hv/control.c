@@ -5,8 +5,12 @@
  * the daemon's reactor with non-blocking sockets, so a slow or stuck hvctl
  * never holds up guest I/O; requests themselves run to completion in the
  * reactor thread (opening an image reads its metadata synchronously, which
- * is a control-path cost, not an I/O-path one). The socket is 0600 in the
- * private state directory: whoever can reach it administers the VMs.
+ * is a control-path cost, not an I/O-path one). A long request (a backup)
+ * runs reactor turns while it waits, so guest I/O and other connections go
+ * on; its own connection is taken out of the reactor meanwhile, so that
+ * nothing re-enters it (more input, the peer hanging up) until it is done.
+ * The socket is 0600 in the private state directory: whoever can reach it
+ * administers the VMs.
  */
 #include "hv_internal.h"
 
@@ -160,6 +164,11 @@ static void on_conn(void *arg, uint32_t events)
         }
         /* Each complete line is one request. */
         size_t start = 0;
+        bool has_line = c->in_len && memchr(c->in, '\n', c->in_len) != NULL;
+        if (has_line) {
+            hv_reactor_del_fd(c->ctl->reactor, c->watch);
+            c->watch = NULL;
+        }
         for (size_t i = 0; i < c->in_len; i++) {
             if (c->in[i] != '\n')
                 continue;
@@ -169,6 +178,14 @@ static void on_conn(void *arg, uint32_t events)
         }
         memmove(c->in, c->in + start, c->in_len - start);
         c->in_len -= start;
+        if (has_line) {
+            c->watch = hv_reactor_add_fd(c->ctl->reactor, c->fd, EPOLLIN, on_conn, c);
+            if (!c->watch) {
+                /* Not watched any more: nobody would ever close it. */
+                conn_close(c);
+                return;
+            }
+        }
     }
     conn_flush(c);
     if (c->is_closing && c->out_len == 0) {

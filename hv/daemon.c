@@ -42,6 +42,14 @@ struct hv_daemon {
     struct hv_watch *signal_watch;
     int exit_signal;
     bool is_abandoned;                  /* drain timed out: leave images to the kernel */
+    /* The request running now. Checkpoints, backups, opening images, agent
+     * calls run reactor turns while they wait, so other requests can arrive
+     * meanwhile: those that read are served, those that change are refused
+     * (EBUSY), and a SIGTERM waits until the running one is done. */
+    const char *busy_op;
+    char busy_vm[HV_NAME_MAX + 1];
+    uint64_t busy_since_ns;
+    bool is_stop_deferred;
 };
 
 static struct hv_vm *find_vm(struct hv_daemon *d, const char *name)
@@ -281,6 +289,13 @@ static int req_vm_create(struct hv_daemon *d, const json_t *req, json_t **result
         goto out;
     if (mutual && (ret = hv_chap_parse(mutual, &cfg.mutual_chap, err)) < 0)
         goto out;
+    {
+        bool is_agent_set;
+        if (!cfg.extra)
+            cfg.extra = json_object();
+        if ((ret = hv_snap_agent_arg(req, cfg.extra, &is_agent_set, err)) < 0)
+            goto out;
+    }
     cfg.controller_count = (int)controllers;
     ret = hv_vm_config_validate(&cfg, err);
     if (ret < 0)
@@ -339,9 +354,21 @@ static int req_vm_show(struct hv_daemon *d, const json_t *req, json_t **result,
 {
     struct hv_vm *vm;
     int ret = get_vm(d, req, "name", &vm, err);
-    if (ret < 0)
+    json_t *cps = json_array();
+    size_t i;
+    json_t *v;
+    if (ret < 0) {
+        json_decref(cps);
         return ret;
+    }
     *result = hv_vm_show_json(vm, d->portal);
+    /* The agent is asked only when nothing else runs (asking runs turns). */
+    json_object_set_new(*result, "agent", hv_snap_agent_json(&d->runtime, vm,
+                                                             d->busy_op == NULL ||
+                                                             !strcmp(d->busy_op, "vm.show")));
+    json_array_foreach(json_object_get(vm->cfg.extra, "checkpoints"), i, v)
+        json_array_append(cps, json_object_get(v, "name"));
+    json_object_set_new(*result, "checkpoints", cps);
     return 0;
 }
 
@@ -414,9 +441,26 @@ static int req_vm_set(struct hv_daemon *d, const json_t *req, json_t **result,
         goto out;
     if (mutual && (ret = hv_chap_parse(mutual, &next.mutual_chap, err)) < 0)
         goto out;
+    bool is_agent_set = false;
+    if (!next.extra)
+        next.extra = json_object();
+    if ((ret = hv_snap_agent_arg(req, next.extra, &is_agent_set, err)) < 0)
+        goto out;
     ret = hv_registry_save(&d->registry, &next, err);
     if (ret < 0)
         goto out;
+    if (is_agent_set) {
+        json_decref(vm->cfg.extra);
+        vm->cfg.extra = json_incref(next.extra);
+        hv_info("VM '%s': guest agent %s", vm->cfg.name,
+                json_string_value(json_object_get(next.extra, "agent")) ?
+                json_string_value(json_object_get(next.extra, "agent")) : "none");
+        /* The guest's access did not change: its sessions stay. */
+        if (!initiators && !chap && !mutual && !json_is_true(json_object_get(req, "no_chap"))) {
+            *result = hv_vm_show_json(vm, d->portal);
+            goto out;
+        }
+    }
     memcpy(vm->cfg.initiators, next.initiators, sizeof(vm->cfg.initiators));
     vm->cfg.initiator_count = next.initiator_count;
     vm->cfg.chap = next.chap;
@@ -525,6 +569,8 @@ static int req_disk_detach(struct hv_daemon *d, const json_t *req, json_t **resu
     if (!vm->disks[controller][slot])
         return hv_err_set(err, -ENOENT, "VM '%s': controller %d slot %d is empty",
                           vm->cfg.name, controller, slot);
+    if ((ret = hv_snap_may_detach(vm, controller, slot, err)) < 0)
+        return ret;
     /* Persist the definition without the disk first: a detach the user was
      * told about must not come back after a crash. */
     {
@@ -534,6 +580,8 @@ static int req_disk_detach(struct hv_daemon *d, const json_t *req, json_t **resu
             return hv_err_set(err, ret, "out of memory");
         free(next.disks[controller][slot]);
         next.disks[controller][slot] = NULL;
+        if (next.extra)
+            hv_snap_slot_removed(next.extra, controller, slot);
         ret = hv_registry_save(&d->registry, &next, err);
         hv_vm_config_free(&next);
         if (ret < 0)
@@ -610,17 +658,62 @@ static const struct {
     {"disk.stats", req_disk_stats},
 };
 
+static json_t *dispatch(struct hv_daemon *d, const char *op, const json_t *request);
+
+/* What may run while another request waits in reactor turns: it reads
+ * and runs no turn itself. */
+static bool is_read_only_op(const char *op)
+{
+    static const char *const ro[] = {"status", "vm.list", "vm.show", "disk.stats",
+                                     "checkpoint.list", "checkpoint.show"};
+    for (size_t i = 0; i < HV_ARRAY_SIZE(ro); i++)
+        if (!strcmp(op, ro[i]))
+            return true;
+    return false;
+}
+
 json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
 {
     struct hv_err err = {0};
     const char *op;
-    json_t *result = NULL;
+    json_t *reply;
 
     if (!json_is_object(request) || !json_is_string(json_object_get(request, "op"))) {
         hv_err_set(&err, -EINVAL, "a request is a JSON object with a string 'op'");
         return reply_error(-EINVAL, &err);
     }
     op = json_string_value(json_object_get(request, "op"));
+    if (d->busy_op) {
+        if (is_read_only_op(op))
+            return dispatch(d, op, request);
+        hv_err_set(&err, -EBUSY, "hvstord is busy with %s%s%s%s (for %.0f s); try again when "
+                   "it is done", d->busy_op, d->busy_vm[0] ? " of VM '" : "", d->busy_vm,
+                   d->busy_vm[0] ? "'" : "", (hv_now_ns() - d->busy_since_ns) / 1e9);
+        return reply_error(-EBUSY, &err);
+    }
+    {
+        const char *vm = json_string_value(json_object_get(request, "vm"));
+        if (!vm)
+            vm = json_string_value(json_object_get(request, "name"));
+        d->busy_op = op;
+        snprintf(d->busy_vm, sizeof(d->busy_vm), "%s", vm && strlen(vm) <= HV_NAME_MAX ? vm : "");
+        d->busy_since_ns = hv_now_ns();
+    }
+    reply = dispatch(d, op, request);
+    d->busy_op = NULL;
+    d->busy_vm[0] = 0;
+    if (d->is_stop_deferred) {
+        hv_info("the request is done; stopping now");
+        hv_reactor_stop(d->reactor);
+    }
+    return reply;
+}
+
+static json_t *dispatch(struct hv_daemon *d, const char *op, const json_t *request)
+{
+    struct hv_err err = {0};
+    json_t *result = NULL;
+
     for (size_t i = 0; i < HV_ARRAY_SIZE(requests); i++) {
         if (strcmp(requests[i].op, op) != 0)
             continue;
@@ -635,6 +728,12 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
         int ret = hv_passthru_request(d, op, request, &result, &err);
         if (ret != -ENOSYS)
             return ret < 0 ? reply_error(ret, &err) : reply_ok(result);
+        ret = hv_snap_request(d, op, request, &result, &err);
+        if (ret != -ENOSYS) {
+            if (ret < 0)
+                hv_debug("request %s failed: %s", op, hv_err_msg(&err, ret));
+            return ret < 0 ? reply_error(ret, &err) : reply_ok(result);
+        }
     }
     hv_err_set(&err, -EOPNOTSUPP, "unknown request '%s'", op);
     return reply_error(-EOPNOTSUPP, &err);
@@ -650,7 +749,14 @@ static void on_signal(void *arg, uint32_t events)
     while (read(d->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
             d->exit_signal = (int)si.ssi_signo;
-            hv_reactor_stop(d->reactor);
+            if (d->busy_op) {
+                /* Stopping the reactor now would make the running request's
+                 * turns spin; it ends first, with the VM's disks whole. */
+                hv_info("%s: stopping once %s is done", strsignal(d->exit_signal), d->busy_op);
+                d->is_stop_deferred = true;
+            } else {
+                hv_reactor_stop(d->reactor);
+            }
         }
     }
     (void)events;
@@ -708,6 +814,7 @@ int hv_daemon_create(const struct hv_daemon_options *opt, struct hv_daemon **out
         goto fail;
     }
     hv_runtime_init(&d->runtime, d->reactor, opt->no_direct_io);
+    snprintf(d->runtime.state_dir, sizeof(d->runtime.state_dir), "%s", d->registry.dir);
     if ((opt->wwn_oui == NULL) != (opt->iqn_prefix == NULL)) {
         ret = hv_err_set(err, -EINVAL, "--wwn-oui and --iqn-prefix go together");
         goto fail;
@@ -718,6 +825,8 @@ int hv_daemon_create(const struct hv_daemon_options *opt, struct hv_daemon **out
             .wwn_oui = opt->wwn_oui,
             .iqn_prefix = opt->iqn_prefix,
             .host_id = opt->host_id,
+            .sysfs_root = opt->sysfs_root,
+            .dev_root = opt->dev_root,
         };
         ret = hv_passthru_init(&d->runtime, &po, err);
         if (ret < 0)
@@ -749,6 +858,14 @@ int hv_daemon_create(const struct hv_daemon_options *opt, struct hv_daemon **out
             goto fail;
         }
         insert_vm(d, vm);
+        if (vm->needs_save) {
+            /* Start-up recovery fixed the definition (a finished merge). */
+            struct hv_err save_err = {0};
+            int sr = hv_registry_save(&d->registry, &vm->cfg, &save_err);
+            if (sr < 0)
+                hv_error("VM '%s': %s", vm->cfg.name, hv_err_msg(&save_err, sr));
+            vm->needs_save = false;
+        }
         hv_info("VM '%s' restored", vm->cfg.name);
     }
     hv_registry_free_list(list, count);

@@ -58,6 +58,9 @@ enum hv_disk_kind {
                                          * path is "/san/NAME/TARGET/LUN" */
     HV_DISK_DEV,                        /* a local block device passed through whole:
                                          * claimed O_EXCL, checked not in use */
+    HV_DISK_FC,                         /* a Fibre Channel LUN through the VM's own
+                                         * NPIV vport (passthru_fc.c); path is
+                                         * "/fc/TARGET_WWPN/LUN", served like DEV */
 };
 
 const char *hv_disk_kind_name(enum hv_disk_kind kind);          /* "vhd", "raw" */
@@ -67,8 +70,8 @@ struct hv_disk_config {
     enum hv_disk_kind kind;
     char path[4096];                    /* absolute */
     bool is_read_only;
-    char designator[80];                /* HV_DISK_LUN, and HV_DISK_DEV passed through
-                                         * with SG_IO: VPD 0x83 id it must carry */
+    char designator[80];                /* HV_DISK_LUN, _FC, and HV_DISK_DEV passed
+                                         * through with SG_IO: VPD 0x83 id it must carry */
     bool is_full_scsi;                  /* with a designator: no CDB filter */
 };
 
@@ -163,6 +166,10 @@ struct hv_daemon_options {
     const char *wwn_oui;
     const char *iqn_prefix;
     unsigned host_id;
+    /* Fibre Channel: where the kernel's sysfs and the device nodes are.
+     * NULL: "/sys" and "/dev"; only tests point them elsewhere. */
+    const char *sysfs_root;
+    const char *dev_root;
 };
 
 /* Open the state dir, bring back every VM and disk, listen on the portal and
@@ -194,6 +201,11 @@ int hv_control_call(const char *socket_path, const json_t *request, json_t **rep
  * global options) is one of them; _cli runs it and returns the exit code. */
 bool hv_passthru_cli_wants(int argc, char **argv);
 int hv_passthru_cli(const char *socket_path, bool is_json, int timeout_ms, int argc,
+                    char **argv);
+/* hvctl's checkpoint and backup commands (snapshot_ctl.c). timeout_ms < 0:
+ * none given (long operations then wait as long as they take). */
+bool hv_snapshot_cli_wants(int argc, char **argv);
+int hv_snapshot_cli(const char *socket_path, bool is_json, int timeout_ms, int argc,
                     char **argv);
 
 #endif /* HVSTOR_HV_H */

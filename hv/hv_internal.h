@@ -7,6 +7,7 @@
 
 #include "hv.h"
 #include "scsi.h"
+#include "snapshot.h"
 
 struct hv_runtime;
 
@@ -30,6 +31,13 @@ struct hv_disk {
     bool is_held;
     struct bdev_io *held_head;
     struct bdev_io *held_tail;
+    /* The snapshot stack under `image` (vm_snapshot.c): image is the VM
+     * gate's filter over changed-block tracking over the switchable top
+     * (VHD) or copy-before-write (raw, device). All NULL for read-only
+     * disks and SAN LUNs, which checkpoints and backups leave alone. */
+    struct snap_cbt *cbt;
+    struct snap_top *top;
+    struct snap_cbw *cbw;
 };
 
 /* A VM brought to life: its definition and what serves it. */
@@ -38,6 +46,8 @@ struct hv_vm {
     struct scsi_controller *controllers[HV_MAX_CONTROLLERS];
     struct hv_disk *disks[HV_MAX_CONTROLLERS][HV_SLOTS_PER_CONTROLLER];
     char targets[HV_MAX_CONTROLLERS][HV_ISCSI_NAME_MAX + 1];
+    struct snap_gate *gate;             /* one quiesce gate for all its disks */
+    bool needs_save;                    /* start-up recovery changed cfg.extra */
     struct hv_vm *next;
 };
 
@@ -51,6 +61,9 @@ struct hv_runtime {
     int dead_count;
     struct hv_timer retire_timer;
     struct hv_passthru *passthru;       /* SAN LUNs (passthru_lu.c); NULL: off */
+    char state_dir[4096];               /* CBT state files under cbt/<vm>/ ("" = none) */
+    struct snap_gate **dead_gates;      /* of stopped VMs: destroyed after their disks */
+    int dead_gate_count;
 };
 
 void hv_runtime_init(struct hv_runtime *rt, struct hv_reactor *r, bool no_direct_io);
@@ -94,6 +107,46 @@ json_t *hv_vm_stats_json(const struct hv_vm *vm, int controller, int slot);
 /* A path held by any slot of any VM in `list` (the image layer locks VHDs,
  * but raw files have no lock): the holder in `who`, or false. */
 bool hv_vm_path_in_use(const struct hv_vm *list, const char *path, char *who, size_t who_len);
+
+/* Open a disk's image as a back end of its kind (vhd, raw, dev), with the
+ * O_DIRECT fallback; `dc->path` is what is opened. */
+int hv_open_image(struct hv_runtime *rt, const struct hv_disk_config *dc, struct bdev **out,
+                  int *lock_fd, struct hv_err *err);
+/* Hold new requests at the disk and wait (running the reactor) until none
+ * is in flight below it; -EBUSY (and nothing held) after `timeout_ms`. */
+int hv_disk_quiesce(struct hv_disk *disk, unsigned timeout_ms, struct hv_err *err);
+/* Let the held requests go to disk->image (failed with -ENODEV if none). */
+void hv_disk_resume(struct hv_disk *disk);
+
+/* ------------------------------------------ snapshots (vm_snapshot.c) */
+
+/* Build the disk's image stack into disk->image (and cbt/top/cbw): run the
+ * crash recovery of a live merge, open the chain of live layers the
+ * definition lists, wrap it. May fix vm->cfg.extra (vm->needs_save). */
+int hv_snap_open_disk(struct hv_runtime *rt, struct hv_vm *vm, int controller, int slot,
+                      const struct hv_disk_config *dc, struct hv_disk *disk, struct hv_err *err);
+/* Close disk->image and the live layers below it. */
+int hv_snap_close_image(struct hv_disk *disk);
+/* A new disk goes into the slot: forget the old one's tracking history. */
+void hv_snap_slot_attached(struct hv_runtime *rt, struct hv_vm *vm, int controller, int slot);
+/* A disk whose data lives in checkpoint children is not detached (its
+ * attached image alone would be the old data): -EBUSY saying so. */
+int hv_snap_may_detach(const struct hv_vm *vm, int controller, int slot, struct hv_err *err);
+/* The slot's disk leaves the definition: drop its layers, checkpoints. */
+void hv_snap_slot_removed(json_t *extra, int controller, int slot);
+/* Per LUN: `vm show` (top, layers) or `disk stats` (changed-block tracking). */
+void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj,
+                           bool is_stats);
+/* The gate outlives the VM's retired disks: destroyed by hv_runtime_fini. */
+void hv_snap_retire_gate(struct hv_runtime *rt, struct hv_vm *vm);
+/* vm.create / vm.set: "agent" (SPEC) or "no_agent" into extra["agent"]. */
+int hv_snap_agent_arg(const json_t *req, json_t *extra, bool *is_changed, struct hv_err *err);
+/* "agent" of `vm show`: the spec, whether it answers, its version. */
+json_t *hv_snap_agent_json(struct hv_runtime *rt, const struct hv_vm *vm, bool may_probe);
+struct hv_daemon;
+/* checkpoint.*, backup.create. -ENOSYS for an op that is not one of them. */
+int hv_snap_request(struct hv_daemon *d, const char *op, const json_t *req, json_t **result,
+                    struct hv_err *err);
 
 /* Control socket server (control.c). */
 struct hv_control;

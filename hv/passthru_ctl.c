@@ -33,6 +33,8 @@ static const char san_usage[] =
 static const char lun_usage[] =
     "usage: hvctl disk attach VM --controller N --slot M --lun SAN:TARGET:LUN\n"
     "                            [--full-scsi] [--force]\n"
+    "       hvctl disk attach VM --controller N --slot M --fc-lun TARGET_WWPN:LUN\n"
+    "                            [--full-scsi] [--force]\n"
     "       hvctl disk attach VM --controller N --slot M --device /dev/X [--force]\n"
     "                            [--full-scsi | --read-only]\n"
     "       hvctl disk takeover VM --controller N --slot M\n"
@@ -44,6 +46,16 @@ static const char lun_usage[] =
     "LUN is pinned by its VPD 0x83 id and reserved for this host (SCSI-3 PR,\n"
     "Write Exclusive - Registrants Only). Only the commands a disk needs reach\n"
     "it unless --full-scsi.\n"
+    "--fc-lun hands a whole Fibre Channel LUN to the VM through its own NPIV vport:\n"
+    "the vport comes up with the VM's WWPN set A and must see the target port\n"
+    "(else: not zoned) and the LUN (else: not masked); set B is checked the same\n"
+    "way. TARGET_WWPN is 16 hex digits or 8 colon-separated pairs, LUN the number\n"
+    "after the last ':' (50:0a:09:80:00:00:11:11:3). The LUN is pinned by its VPD\n"
+    "0x83 id, refused when another VM holds it, and its block device is served\n"
+    "as --device serves one (in-use checks, O_EXCL claim). The vport stays up\n"
+    "while the VM has an FC disk; detaching the last one deletes it.\n"
+    "The checks of --lun and --fc-lun run beside the VMs' I/O, not in its way:\n"
+    "hvctl waits for their answer (up to --timeout).\n"
     "--device hands a whole local block device to the VM: refused when mounted or\n"
     "held (LVM, MD, dm) on the host, when another VM holds it, or when it carries\n"
     "a signature (unless --force); claimed O_EXCL for as long as it is attached.\n"
@@ -130,6 +142,50 @@ static void print_attached(const json_t *r)
         printf("warning: %s\n", json_string_value(w));
 }
 
+static void print_attached_fc(const json_t *r)
+{
+    const json_t *a = json_object_get(r, "attached");
+    char size[32];
+
+    printf("VM '%s': FC LUN %s:%" JSON_INTEGER_FORMAT " (%s, %s, %s) attached through vport "
+           "%s%s%s\n", str(r, "name"), str(a, "target"),
+           json_integer_value(json_object_get(a, "lun")), str(a, "designator"),
+           str(a, "device"),
+           hv_format_size((uint64_t)json_integer_value(json_object_get(a, "size_bytes")), size),
+           str(a, "vport"), str(a, "forced_over")[0] ? "; forced over: " : "",
+           str(a, "forced_over"));
+}
+
+/* An attach, `san add` and `san luns` answer {"running": true, "job": N} at
+ * once (they wait on the SAN beside the VMs' I/O); ask for the job's answer
+ * until it is there. */
+static int send_and_wait(const struct cli *cli, json_t *req, json_t **result)
+{
+    uint64_t deadline = hv_now_ns() + (uint64_t)cli->timeout_ms * 1000000;
+    json_int_t job;
+    int ret = send_request(cli, req, result);
+
+    if (ret || !json_is_true(json_object_get(*result, "running")))
+        return ret;
+    job = json_integer_value(json_object_get(*result, "job"));
+    while (json_is_true(json_object_get(*result, "running"))) {
+        json_decref(*result);
+        *result = NULL;
+        if (cli->timeout_ms > 0 && hv_now_ns() > deadline) {
+            fprintf(stderr, "hvctl: still waiting on the SAN after %d ms (job %"
+                    JSON_INTEGER_FORMAT "); it goes on: an attach that passes its checks "
+                    "shows in `hvctl vm show`\n", cli->timeout_ms, job);
+            return 1;
+        }
+        usleep(50 * 1000);
+        ret = send_request(cli, json_pack("{s:s, s:I}", "op", "job.status", "job", job),
+                           result);
+        if (ret)
+            return ret;
+    }
+    return 0;
+}
+
 static int parse_slot(const char *opt, const char *text, int max, int *out)
 {
     uint64_t v;
@@ -140,6 +196,8 @@ static int parse_slot(const char *opt, const char *text, int max, int *out)
     *out = (int)v;
     return 0;
 }
+
+static int send_and_wait(const struct cli *cli, json_t *req, json_t **result);
 
 static int cmd_san(const struct cli *cli, int argc, char **argv)
 {
@@ -212,7 +270,8 @@ static int cmd_san(const struct cli *cli, int argc, char **argv)
             return 2;
         }
     }
-    ret = send_request(cli, req, &result);
+    ret = strcmp(argv[0], "list") ? send_and_wait(cli, req, &result)
+                                   : send_request(cli, req, &result);
     if (ret)
         return ret;
     if (cli->is_json) {
@@ -300,6 +359,7 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
         {"controller", required_argument, NULL, 'c'},
         {"slot", required_argument, NULL, 's'},
         {"lun", required_argument, NULL, 'l'},
+        {"fc-lun", required_argument, NULL, 'C'},
         {"device", required_argument, NULL, 'D'},
         {"read-only", no_argument, NULL, 'o'},
         {"full-scsi", no_argument, NULL, 'F'},
@@ -311,6 +371,7 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
     json_t *req = json_object();
     json_t *result = NULL;
     const char *lun = NULL;
+    const char *fc_lun = NULL;
     const char *device = NULL;
     int controller = -1;
     int slot = -1;
@@ -330,6 +391,9 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
             break;
         case 'l':
             lun = optarg;
+            break;
+        case 'C':
+            fc_lun = optarg;
             break;
         case 'D':
             device = optarg;
@@ -352,9 +416,11 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
         }
     }
     if (optind != argc - 1 || controller < 0 || slot < 0 ||
-        (!is_takeover && !lun == !device) || (is_takeover && (lun || device))) {
+        (!is_takeover && (!!lun + !!fc_lun + !!device) != 1) ||
+        (is_takeover && (lun || fc_lun || device))) {
         fprintf(stderr, "hvctl: disk %s needs VM, --controller N, --slot M%s\n", argv[0],
-                is_takeover ? "" : " and one of --lun SAN:TARGET:LUN or --device PATH");
+                is_takeover ? "" : " and one of --lun SAN:TARGET:LUN, --fc-lun "
+                "TARGET_WWPN:LUN or --device PATH");
         goto usage;
     }
     json_object_set_new(req, "vm", json_string(argv[optind]));
@@ -384,13 +450,20 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
         return 0;
     }
     if (!is_takeover) {
-        json_object_set_new(req, "op", json_string("disk.attach_lun"));
-        json_object_set_new(req, "lun", json_string(lun));
-        ret = send_request(cli, req, &result);
+        if (fc_lun) {
+            json_object_set_new(req, "op", json_string("disk.attach_fc"));
+            json_object_set_new(req, "fc_lun", json_string(fc_lun));
+        } else {
+            json_object_set_new(req, "op", json_string("disk.attach_lun"));
+            json_object_set_new(req, "lun", json_string(lun));
+        }
+        ret = send_and_wait(cli, req, &result);
         if (ret)
             return ret;
         if (cli->is_json)
             hv_json_print(stdout, result);
+        else if (fc_lun)
+            print_attached_fc(result);
         else
             print_attached(result);
         json_decref(result);
@@ -448,7 +521,8 @@ bool hv_passthru_cli_wants(int argc, char **argv)
         return true;
     if (argc >= 2 && !strcmp(argv[0], "disk") && !strcmp(argv[1], "attach"))
         for (int i = 2; i < argc; i++)
-            if (!strncmp(argv[i], "--lun", 5) || !strncmp(argv[i], "--device", 8))
+            if (!strncmp(argv[i], "--lun", 5) || !strncmp(argv[i], "--device", 8) ||
+                !strncmp(argv[i], "--fc-lun", 8))
                 return true;
     return false;
 }

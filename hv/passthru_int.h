@@ -17,6 +17,8 @@ struct pt_lun;
 
 struct hv_passthru_options {
     const char *state_dir;
+    const char *sysfs_root;             /* FC transport; NULL: "/sys" */
+    const char *dev_root;               /* device nodes; NULL: "/dev" */
     /* VM identities: both required to allocate them (npiv/ refuses to
      * guess). Without them VMs get no identity and cannot take a SAN LUN. */
     const char *wwn_oui;                /* "00:11:22" / "001122" */
@@ -63,6 +65,14 @@ int hv_passthru_lu_local(struct hv_runtime *rt, const struct hv_disk_config *dc,
 /* State, designator, SAN address, counters for `vm show` / `disk stats`. */
 void hv_passthru_describe(struct scsi_lu *lu, json_t *obj);
 
+/* disk_open for kind "fc" (passthru_fc.c): the VM's vport (set A) up, the
+ * LUN found under it and checked against dc->designator, then its block
+ * device served as kind "dev" is. The returned bdev drops the vport when
+ * it is closed (the last FC disk of the VM deletes it). */
+int hv_passthru_open_fc(struct hv_runtime *rt, const struct hv_vm_config *vm,
+                        const struct hv_disk_config *dc, struct bdev **out, int *lock_fd,
+                        struct hv_err *err);
+
 /* At `vm create`: allocate the VM's identity into cfg->extra["identity"]. */
 int hv_passthru_vm_created(struct hv_runtime *rt, struct hv_vm_config *cfg,
                            const char *iqn_override, struct hv_err *err);
@@ -71,6 +81,79 @@ int hv_passthru_vm_created(struct hv_runtime *rt, struct hv_vm_config *cfg,
  * vm.zoning. -ENOSYS for an op that is not one of them. */
 int hv_passthru_request(struct hv_daemon *d, const char *op, const json_t *req,
                         json_t **result, struct hv_err *err);
+
+/* ------------------------------------------------ shared in hv/passthru_* */
+
+struct hv_pt_job;
+struct fc_vport_ref;
+
+struct hv_passthru {
+    struct hv_reactor *reactor;
+    char state_dir[4096];
+    char sans_dir[4096 + 8];
+    char sysfs_root[256];
+    char dev_root[256];
+    uint64_t host_key;
+    struct npiv_allocator *npiv;        /* NULL: identities off (no OUI / prefix) */
+    char npiv_off_reason[256];
+    /* attach checks on worker threads (passthru_job.c) */
+    struct hv_workers *workers;         /* created at the first attach */
+    struct hv_pt_job *jobs;
+    uint64_t next_job_id;
+    /* the VMs' FC vports that are up, shared by their FC disks */
+    struct fc_vport_ref *vports;
+};
+
+/*
+ * An attach whose checks may block (SAN login, libblkid, an FC vport coming
+ * Online): work() runs on a thread of its own and may touch nothing of the
+ * daemon; finish() runs on the reactor afterwards and attaches. The request
+ * answers {"running": true, "job": N} at once; "disk.attach_status" with
+ * that job gives the result (or the error) once finish() ran.
+ */
+struct hv_pt_job {
+    uint64_t id;
+    struct hv_daemon *d;
+    char vm[HV_NAME_MAX + 1];
+    int controller;
+    int slot;
+    char key[4200];                     /* the LUN's path: no two jobs for one LUN */
+    char what[160];                     /* for the log: "attach ...", "san luns X" */
+    bool is_fc;
+    void (*work)(struct hv_pt_job *job);
+    int (*finish)(struct hv_pt_job *job, json_t **result, struct hv_err *err);
+    void (*cleanup)(struct hv_pt_job *job);     /* free priv (also when never finished) */
+    void *priv;
+    /* the worker's answer, read by finish */
+    int status;
+    struct hv_err err;
+    /* private to passthru_job.c */
+    struct hv_work worker_item;
+    bool is_finished;
+    json_t *result;
+    struct hv_pt_job *next;
+};
+/* Refuses (-EBUSY, named) a job for a slot or LUN that one running already
+ * has (controller < 0 / key "": no slot / no LUN, as for `san luns`). The job (calloc'ed) belongs to the runner either way: on a refusal it
+ * is cleaned up and freed here. */
+int hv_pt_job_start(struct hv_daemon *d, struct hv_pt_job *job, json_t **result,
+                    struct hv_err *err);
+int hv_pt_job_status(struct hv_daemon *d, const json_t *req, json_t **result,
+                     struct hv_err *err);
+void hv_pt_jobs_fini(struct hv_passthru *p);
+
+/* passthru_lu.c helpers shared with passthru_fc.c */
+int hv_passthru_vm_identity(const struct hv_vm_config *cfg, struct npiv_identity *id,
+                            struct hv_err *err);
+int hv_passthru_arg_str(const json_t *req, const char *key, bool is_required, const char **out,
+                        struct hv_err *err);
+/* Which VM slot holds this LUN (by designator, or by path), SAN or FC. */
+bool hv_passthru_lun_holder(struct hv_daemon *d, const char *designator, const char *path,
+                            char *who, size_t len);
+/* disk.attach_fc (passthru_fc.c). */
+int hv_passthru_req_attach_fc(struct hv_daemon *d, const json_t *req, json_t **result,
+                              struct hv_err *err);
+void hv_passthru_fc_fini(struct hv_passthru *p);
 
 /* What passthru_lu.c needs of the daemon (daemon.c). */
 struct hv_vm *hv_daemon_vms(struct hv_daemon *d);

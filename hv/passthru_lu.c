@@ -13,9 +13,9 @@
  * VM's own IQN logs in and finds the LUN (masking), the LUN is not held by
  * another VM here (by designator, so two SAN names for one array do not
  * fool it), not used by the host's open-iscsi, not carrying a signature.
- * They run synchronously on the daemon's thread (a private reactor, login
- * timeout 5 s): other VMs' I/O pauses for that long at worst. A worker
- * thread would remove that pause; not done yet.
+ * They run on a worker thread (passthru_job.c: a private reactor there, login
+ * timeout 5 s), so other VMs' I/O never waits for a SAN that is slow to
+ * answer; the attach itself then runs on the daemon's reactor.
  */
 #include "passthru_int.h"
 #include "passthru.h"
@@ -29,14 +29,6 @@
 #include <unistd.h>
 
 #define PT_POOL 128                     /* commands in flight per LUN */
-
-struct hv_passthru {
-    char state_dir[4096];
-    char sans_dir[4096 + 8];
-    uint64_t host_key;
-    struct npiv_allocator *npiv;        /* NULL: identities off (no OUI / prefix) */
-    char npiv_off_reason[256];
-};
 
 /* ------------------------------------------------------------ the SANs */
 
@@ -144,6 +136,10 @@ int hv_passthru_init(struct hv_runtime *rt, const struct hv_passthru_options *op
         return hv_err_set(err, -ENOMEM, "out of memory");
     snprintf(p->state_dir, sizeof(p->state_dir), "%s", opt->state_dir);
     snprintf(p->sans_dir, sizeof(p->sans_dir), "%s/sans", opt->state_dir);
+    snprintf(p->sysfs_root, sizeof(p->sysfs_root), "%s",
+             opt->sysfs_root ? opt->sysfs_root : NPIV_SYSFS_ROOT);
+    snprintf(p->dev_root, sizeof(p->dev_root), "%s", opt->dev_root ? opt->dev_root : "/dev");
+    p->reactor = rt->reactor;
     if (mkdir(p->sans_dir, 0700) < 0 && errno != EEXIST) {
         ret = hv_err_errno(err, p->sans_dir, "mkdir");
         goto fail;
@@ -180,6 +176,8 @@ void hv_passthru_fini(struct hv_runtime *rt)
 {
     if (!rt->passthru)
         return;
+    hv_pt_jobs_fini(rt->passthru);
+    hv_passthru_fc_fini(rt->passthru);
     if (rt->passthru->npiv)
         npiv_allocator_close(rt->passthru->npiv);
     free(rt->passthru);
@@ -207,8 +205,8 @@ int hv_passthru_vm_created(struct hv_runtime *rt, struct hv_vm_config *cfg,
     return 0;
 }
 
-static int vm_identity(const struct hv_vm_config *cfg, struct npiv_identity *id,
-                       struct hv_err *err)
+int hv_passthru_vm_identity(const struct hv_vm_config *cfg, struct npiv_identity *id,
+                            struct hv_err *err)
 {
     const json_t *obj = cfg->extra ? json_object_get(cfg->extra, "identity") : NULL;
     if (!obj)
@@ -249,6 +247,35 @@ struct pt_lu {
 };
 
 static void start_task(struct pt_lu *pu, struct scsi_task *task);
+static void lu_reset_waiting(struct pt_lu *pu, struct scsi_task *only,
+                             const struct scsi_nexus *nexus);
+
+/*
+ * The SAN keeps a unit attention for our one I_T nexus; the guest may have
+ * several (its initiators, multipath). The nexus whose command met it has
+ * it in that command's answer; the others get it from the controller, as
+ * if the SAN had queued it for each of them.
+ */
+static void ua_to_other_nexuses(struct pt_lu *pu, const struct scsi_nexus *except,
+                                const uint8_t *sense, size_t len)
+{
+    uint16_t aa = san_sense_asc_ascq(sense, len);
+    if (!pu->lu.controller)
+        return;
+    scsi_controller_raise_ua_for(pu->lu.controller, pu->lu.lun, NULL, except ? except->id : 0,
+                                 (uint8_t)(aa >> 8), (uint8_t)aa);
+}
+
+/* A UA no guest command carried back (met by our own checks): all of them. */
+static void lun_unit_attention(struct pt_lun *pl, const uint8_t *sense, size_t len, void *arg)
+{
+    struct pt_lu *pu = arg;
+    uint16_t aa = san_sense_asc_ascq(sense, len);
+    (void)pl;
+    hv_info("%s LUN %" PRIu64 ": the SAN reports a unit attention (%02xh/%02xh): passed to "
+            "the guest", pu->target, pu->san_lun, aa >> 8, aa & 0xff);
+    ua_to_other_nexuses(pu, NULL, sense, len);
+}
 
 static void cmd_done(struct pt_cmd *pc)
 {
@@ -262,6 +289,9 @@ static void cmd_done(struct pt_cmd *pc)
     memcpy(task->sense, pc->sense, task->sense_len);
     if (pc->status != SAN_STATUS_GOOD)
         pu->errors++;
+    if (pc->status == SAN_STATUS_CHECK_CONDITION && !pc->is_filtered &&
+        san_sense_key(pc->sense, pc->sense_len) == SCSI_SENSE_UNIT_ATTENTION)
+        ua_to_other_nexuses(pu, task->nexus, pc->sense, pc->sense_len);
     /* The SAN's residual, unchanged: an overflow stays an overflow. */
     if (task->dir == SCSI_DIR_IN) {
         task->in_bytes = pc->is_overflow ? expected
@@ -347,17 +377,55 @@ static void abort_deferred(void *arg)
     task->done(task);
 }
 
-/* san/ does not forward task management to the SAN: tasks that have not
- * reached it are aborted here, tasks at the SAN complete with its answer. */
+/* ABORT TASK: passthru/ aborts it here or at the SAN (an ABORT TASK there). */
+static void lu_abort_task(struct scsi_lu *lu, struct scsi_task *task)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    for (int i = 0; i < PT_POOL; i++)
+        if (pu->pool[i].task == task) {
+            pt_lun_abort(pu->pl, &pu->pool[i].pt);
+            return;
+        }
+    lu_reset_waiting(pu, task, NULL);
+}
+
+/*
+ * ABORT TASK SET, CLEAR TASK SET (nexus NULL), and the first step of a
+ * reset: the tasks waiting for a command slot end here; those in passthru/
+ * are aborted one by one (an ABORT TASK each at the SAN: an ABORT TASK SET
+ * there would take the other guest nexuses' commands too, which share our
+ * one nexus at the SAN).
+ */
 static void lu_reset(struct scsi_lu *lu, const struct scsi_nexus *nexus)
 {
     struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    lu_reset_waiting(pu, NULL, nexus);
+    for (int i = 0; i < PT_POOL; i++) {
+        struct lu_cmd *lc = &pu->pool[i];
+        if (lc->task && (!nexus || lc->task->nexus == nexus))
+            pt_lun_abort(pu->pl, &lc->pt);
+    }
+}
+
+/* LOGICAL UNIT RESET, or a target reset of the guest's controller (its LUNs
+ * one by one): a LUN RESET of the SAN LUN, never a target reset there. */
+static void lu_lu_reset(struct scsi_lu *lu)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    pt_lun_reset(pu->pl);
+}
+
+/* Waiting tasks of `nexus` (all when NULL), or just `only`, end TASK ABORTED. */
+static void lu_reset_waiting(struct pt_lu *pu, struct scsi_task *only,
+                             const struct scsi_nexus *nexus)
+{
+    struct scsi_lu *lu = &pu->lu;
     struct scsi_task **pp = &pu->wait_head;
 
     pu->wait_tail = NULL;
     while (*pp) {
         struct scsi_task *task = *pp;
-        if (!nexus || task->nexus == nexus) {
+        if (only ? task == only : (!nexus || task->nexus == nexus)) {
             *pp = task->next;
             task->status = SCSI_STATUS_TASK_ABORTED;
             task->sense_len = 0;
@@ -369,7 +437,6 @@ static void lu_reset(struct scsi_lu *lu, const struct scsi_nexus *nexus)
         pu->wait_tail = task;
         pp = &task->next;
     }
-    pt_lun_abort_waiting(pu->pl);
 }
 
 static void lu_destroy(struct scsi_lu *lu)
@@ -395,6 +462,8 @@ static const struct scsi_lu_ops pt_lu_ops = {
     .execute = lu_execute,
     .reset = lu_reset,
     .destroy = lu_destroy,
+    .lu_reset = lu_lu_reset,
+    .abort_task = lu_abort_task,
 };
 
 bool hv_lu_is_passthru(const struct scsi_lu *lu)
@@ -419,6 +488,10 @@ void hv_passthru_describe(struct scsi_lu *lu, json_t *obj)
         "commands", (json_int_t)pu->commands, "errors", (json_int_t)pu->errors,
         "forwarded", (json_int_t)pt_lun_forwarded(pu->pl), "filtered",
         (json_int_t)pt_lun_filtered(pu->pl)));
+    json_object_set_new(json_object_get(obj, "passthru"), "task_management", json_pack(
+        "{s:I, s:I, s:I}", "aborts_forwarded", (json_int_t)pt_lun_aborts_forwarded(pu->pl),
+        "lun_resets_forwarded", (json_int_t)pt_lun_resets_forwarded(pu->pl),
+        "san_unit_attentions", (json_int_t)pt_lun_uas_reported(pu->pl)));
     if (pt_lun_foreign_key(pu->pl)) {
         char key[24];
         snprintf(key, sizeof(key), "0x%016" PRIx64, pt_lun_foreign_key(pu->pl));
@@ -542,7 +615,7 @@ int hv_passthru_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, 
         ret = hv_err_set(err, -EINVAL, "'%s' is not /san/NAME/TARGET/LUN", dc->path);
         goto fail;
     }
-    if ((ret = san_load(p, pu->san, &san, err)) < 0 || (ret = vm_identity(vm, &id, err)) < 0)
+    if ((ret = san_load(p, pu->san, &san, err)) < 0 || (ret = hv_passthru_vm_identity(vm, &id, err)) < 0)
         goto fail;
     snprintf(pu->initiator, sizeof(pu->initiator), "%s", id.iqn);
     lu_init(pu, rt, dc);
@@ -554,6 +627,7 @@ int hv_passthru_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, 
     opt.is_full_scsi = pu->is_full_scsi;
     opt.host_key = p->host_key;
     opt.on_state = lun_state_changed;
+    opt.on_unit_attention = lun_unit_attention;
     opt.cb_arg = pu;
     ret = pt_lun_open(rt->reactor, &opt, &pu->pl, err);
     if (ret < 0)
@@ -569,8 +643,6 @@ fail:
 
 /* ------------------------------------------------------- local devices */
 
-static int arg_str(const json_t *req, const char *key, bool is_required, const char **out,
-                   struct hv_err *err);
 
 /*
  * A whole local block device for one VM. The host-wide claim is the kernel's
@@ -619,8 +691,8 @@ static int req_attach_dev(struct hv_daemon *d, const json_t *req, json_t **resul
     json_t *sg_info = NULL;
     int ret;
 
-    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
-        (ret = arg_str(req, "path", true, &path, err)) < 0)
+    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "path", true, &path, err)) < 0)
         return ret;
     if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
         controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
@@ -673,8 +745,8 @@ static int req_attach_dev(struct hv_daemon *d, const json_t *req, json_t **resul
 
 /* ------------------------------------------------------------ requests */
 
-static int arg_str(const json_t *req, const char *key, bool is_required, const char **out,
-                   struct hv_err *err)
+int hv_passthru_arg_str(const json_t *req, const char *key, bool is_required,
+                        const char **out, struct hv_err *err)
 {
     const json_t *v = json_object_get(req, key);
     *out = NULL;
@@ -687,15 +759,16 @@ static int arg_str(const json_t *req, const char *key, bool is_required, const c
 }
 
 /* Which VM slot holds this LUN (by designator, or by address when a
- * designator is not known yet). */
-static bool lun_holder(struct hv_daemon *d, const char *designator, const char *path,
-                       char *who, size_t len)
+ * designator is not known yet). A LUN reached both over iSCSI and over FC
+ * carries one designator: either way it is one LUN. */
+bool hv_passthru_lun_holder(struct hv_daemon *d, const char *designator, const char *path,
+                            char *who, size_t len)
 {
     for (struct hv_vm *vm = hv_daemon_vms(d); vm; vm = vm->next)
         for (int c = 0; c < HV_MAX_CONTROLLERS; c++)
             for (int s = 0; s < HV_SLOTS_PER_CONTROLLER; s++) {
                 const struct hv_disk_config *dc = vm->cfg.disks[c][s];
-                if (!dc || dc->kind != HV_DISK_LUN)
+                if (!dc || (dc->kind != HV_DISK_LUN && dc->kind != HV_DISK_FC))
                     continue;
                 if ((designator && designator[0] && !strcmp(dc->designator, designator)) ||
                     (path && !strcmp(dc->path, path))) {
@@ -704,6 +777,78 @@ static bool lun_holder(struct hv_daemon *d, const char *designator, const char *
                 }
             }
     return false;
+}
+
+/* `san add`: the discovery that proves the portal is reached runs on a
+ * worker; the SAN's file is written when it answered. */
+struct san_add_job {
+    struct san_entry san;
+    json_int_t replacement_ms;
+    struct san_target *targets;
+    size_t count;
+};
+
+static void san_add_work(struct hv_pt_job *job)
+{
+    struct san_add_job *a = job->priv;
+    struct san_chap sc = {0};
+
+    if (a->san.chap_user[0]) {
+        sc.user = a->san.chap_user;
+        sc.secret = a->san.chap_secret;
+    }
+    job->status = san_discover_sync(a->san.portal, a->san.initiator,
+                                    a->san.chap_user[0] ? &sc : NULL, &a->targets, &a->count,
+                                    &job->err);
+    if (job->status < 0)
+        hv_err_prefix(&job->err, "SAN '%s' at %s", a->san.name, a->san.portal);
+}
+
+static int san_add_finish(struct hv_pt_job *job, json_t **result, struct hv_err *err)
+{
+    struct san_add_job *a = job->priv;
+    struct hv_passthru *p = hv_daemon_runtime(job->d)->passthru;
+    char path[8192];
+    json_t *obj;
+    json_t *list;
+    int ret;
+
+    if (job->status < 0) {
+        *err = job->err;
+        return job->status;
+    }
+    snprintf(path, sizeof(path), "%s/%s.json", p->sans_dir, a->san.name);
+    if (access(path, F_OK) == 0)
+        return hv_err_set(err, -EEXIST, "SAN '%s' exists already", a->san.name);
+    obj = json_pack("{s:s, s:s, s:s}", "name", a->san.name, "portal", a->san.portal,
+                    "initiator", a->san.initiator);
+    if (a->replacement_ms)
+        json_object_set_new(obj, "replacement_timeout_ms", json_integer(a->replacement_ms));
+    if (a->san.chap_user[0]) {
+        json_object_set_new(obj, "chap_user", json_string(a->san.chap_user));
+        json_object_set_new(obj, "chap_secret", json_string(a->san.chap_secret));
+    }
+    ret = hv_json_write_file(path, obj, err);
+    json_decref(obj);
+    if (ret < 0)
+        return ret;
+    list = json_array();
+    for (size_t i = 0; i < a->count; i++)
+        json_array_append_new(list, json_string(a->targets[i].name));
+    hv_info("SAN '%s' added: %s, %zu targets visible to %s", a->san.name, a->san.portal,
+            a->count, a->san.initiator);
+    *result = json_pack("{s:s, s:s, s:s, s:b, s:o}", "name", a->san.name, "portal",
+                        a->san.portal, "initiator", a->san.initiator, "chap",
+                        a->san.chap_user[0] != 0, "targets", list);
+    return 0;
+}
+
+static void san_add_cleanup(struct hv_pt_job *job)
+{
+    struct san_add_job *a = job->priv;
+    if (a)
+        free(a->targets);
+    free(a);
 }
 
 static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
@@ -718,17 +863,14 @@ static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
     char path[8192];
     char host_name[SAN_NAME_MAX] = "";
     struct hv_chap pair = {{0}, {0}};
-    struct san_target *targets = NULL;
-    size_t count = 0;
-    struct san_chap sc = {0};
-    json_t *obj;
-    json_t *list;
+    struct san_add_job *a;
+    struct hv_pt_job *job;
     int ret;
 
-    if ((ret = arg_str(req, "name", true, &name, err)) < 0 ||
-        (ret = arg_str(req, "portal", true, &portal, err)) < 0 ||
-        (ret = arg_str(req, "chap", false, &chap, err)) < 0 ||
-        (ret = arg_str(req, "initiator", false, &initiator, err)) < 0 ||
+    if ((ret = hv_passthru_arg_str(req, "name", true, &name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "portal", true, &portal, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "chap", false, &chap, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "initiator", false, &initiator, err)) < 0 ||
         (ret = san_name_check(name, err)) < 0)
         return ret;
     if (json_unpack((json_t *)req, "{s?I}", "replacement_timeout_ms", &replacement_ms) != 0 ||
@@ -756,38 +898,30 @@ static int req_san_add(struct hv_daemon *d, const json_t *req, json_t **result,
         if ((ret = hv_iscsi_name_check(checked, err)) < 0)
             return ret;
     }
-    if (pair.user[0]) {
-        sc.user = pair.user;
-        sc.secret = pair.secret;
+    a = calloc(1, sizeof(*a));
+    job = calloc(1, sizeof(*job));
+    if (!a || !job) {
+        free(a);
+        free(job);
+        return hv_err_set(err, -ENOMEM, "out of memory");
     }
-    /* Reach it now: a typo in the portal is better found here than at the
-     * first attach. Zero targets is fine (the ACLs may hide them all). */
-    ret = san_discover_sync(portal, initiator, pair.user[0] ? &sc : NULL, &targets, &count, err);
-    if (ret < 0) {
-        hv_err_prefix(err, "SAN '%s' at %s", name, portal);
-        return ret;
-    }
-    obj = json_pack("{s:s, s:s, s:s}", "name", name, "portal", portal, "initiator", initiator);
-    if (replacement_ms)
-        json_object_set_new(obj, "replacement_timeout_ms", json_integer(replacement_ms));
-    if (pair.user[0]) {
-        json_object_set_new(obj, "chap_user", json_string(pair.user));
-        json_object_set_new(obj, "chap_secret", json_string(pair.secret));
-    }
-    ret = hv_json_write_file(path, obj, err);
-    json_decref(obj);
-    if (ret < 0) {
-        free(targets);
-        return ret;
-    }
-    list = json_array();
-    for (size_t i = 0; i < count; i++)
-        json_array_append_new(list, json_string(targets[i].name));
-    free(targets);
-    hv_info("SAN '%s' added: %s, %zu targets visible to %s", name, portal, count, initiator);
-    *result = json_pack("{s:s, s:s, s:s, s:b, s:o}", "name", name, "portal", portal,
-                        "initiator", initiator, "chap", pair.user[0] != 0, "targets", list);
-    return 0;
+    snprintf(a->san.name, sizeof(a->san.name), "%s", name);
+    snprintf(a->san.portal, sizeof(a->san.portal), "%s", portal);
+    snprintf(a->san.initiator, sizeof(a->san.initiator), "%s", initiator);
+    snprintf(a->san.chap_user, sizeof(a->san.chap_user), "%s", pair.user);
+    snprintf(a->san.chap_secret, sizeof(a->san.chap_secret), "%s", pair.secret);
+    a->replacement_ms = replacement_ms;
+    /* Reach it now (on a worker): a typo in the portal is better found here
+     * than at the first attach. Zero targets is fine (the ACLs may hide
+     * them all). Two adds of one name at once: the second is refused. */
+    job->controller = job->slot = -1;
+    snprintf(job->key, sizeof(job->key), "san add %s", name);
+    snprintf(job->what, sizeof(job->what), "san add %s", name);
+    job->work = san_add_work;
+    job->finish = san_add_finish;
+    job->cleanup = san_add_cleanup;
+    job->priv = a;
+    return hv_pt_job_start(d, job, result, err);
 }
 
 static int req_san_list(struct hv_daemon *d, const json_t *req, json_t **result,
@@ -824,84 +958,157 @@ static int req_san_list(struct hv_daemon *d, const json_t *req, json_t **result,
     return 0;
 }
 
+/* `san luns`: discovery and one login per target on a worker; who holds
+ * each LUN is looked up on the reactor when they are done. */
+struct target_luns {
+    struct san_lun_info *luns;
+    size_t n;
+    int status;
+    char error[512];
+};
+
+struct san_luns_job {
+    struct san_entry san;
+    char initiator[SAN_NAME_MAX];
+    struct san_target *targets;
+    size_t count;
+    struct target_luns *per;
+    struct san_host_config *host;
+};
+
+static void san_luns_work(struct hv_pt_job *job)
+{
+    struct san_luns_job *l = job->priv;
+    struct san_chap sc = {0};
+
+    if (l->san.chap_user[0]) {
+        sc.user = l->san.chap_user;
+        sc.secret = l->san.chap_secret;
+    }
+    job->status = san_discover_sync(l->san.portal, l->initiator,
+                                    l->san.chap_user[0] ? &sc : NULL, &l->targets, &l->count,
+                                    &job->err);
+    if (job->status < 0) {
+        hv_err_prefix(&job->err, "SAN '%s'", l->san.name);
+        return;
+    }
+    if (san_host_config_read("/", &l->host, NULL) < 0)
+        l->host = NULL;
+    l->per = calloc(l->count ? l->count : 1, sizeof(*l->per));
+    if (!l->per) {
+        job->status = hv_err_set(&job->err, -ENOMEM, "out of memory");
+        return;
+    }
+    for (size_t t = 0; t < l->count; t++) {
+        struct san_session_options o;
+        struct hv_err lerr = {0};
+        san_options(&l->san, l->targets[t].name, l->initiator, &o);
+        o.login_timeout_ms = 5000;
+        l->per[t].status = san_list_luns_sync(&o, &l->per[t].luns, &l->per[t].n, &lerr);
+        if (l->per[t].status < 0)
+            snprintf(l->per[t].error, sizeof(l->per[t].error), "%s",
+                     hv_err_msg(&lerr, l->per[t].status));
+    }
+}
+
+static int san_luns_finish(struct hv_pt_job *job, json_t **result, struct hv_err *err)
+{
+    struct san_luns_job *l = job->priv;
+    json_t *list;
+
+    if (job->status < 0) {
+        *err = job->err;
+        return job->status;
+    }
+    list = json_array();
+    for (size_t t = 0; t < l->count; t++) {
+        const char *target = l->targets[t].name;
+        if (l->per[t].status < 0) {
+            json_array_append_new(list, json_pack("{s:s, s:s}", "target", target, "error",
+                                                  l->per[t].error));
+            continue;
+        }
+        for (size_t i = 0; i < l->per[t].n; i++) {
+            const struct san_lun_info *li = &l->per[t].luns[i];
+            char who[160] = "";
+            char path[SAN_NAME_MAX + 128];
+            const struct san_host_session *hs = NULL;
+            bool is_host = l->host && san_host_uses_lun(l->host, target, li->lun,
+                                                        li->designator, &hs);
+            snprintf(path, sizeof(path), "/san/%s/%s/%" PRIu64, l->san.name, target, li->lun);
+            hv_passthru_lun_holder(job->d, li->designator, path, who, sizeof(who));
+            json_array_append_new(list, json_pack(
+                "{s:s, s:I, s:I, s:i, s:s, s:s, s:s, s:i, s:b, s:s?}", "target", target, "lun",
+                (json_int_t)li->lun, "size_bytes", (json_int_t)li->size_bytes, "block_bytes",
+                (int)li->block_bytes, "designator", li->designator, "vendor",
+                li->inquiry.vendor, "product", li->inquiry.product, "device_type",
+                li->inquiry.device_type, "used_by_host", is_host, "held_by",
+                who[0] ? who : NULL));
+        }
+    }
+    *result = json_pack("{s:s, s:s, s:s, s:o}", "san", l->san.name, "portal", l->san.portal,
+                        "initiator", l->initiator, "luns", list);
+    return 0;
+}
+
+static void san_luns_cleanup(struct hv_pt_job *job)
+{
+    struct san_luns_job *l = job->priv;
+    if (!l)
+        return;
+    for (size_t t = 0; l->per && t < l->count; t++)
+        free(l->per[t].luns);
+    free(l->per);
+    free(l->targets);
+    san_host_config_free(l->host);
+    free(l);
+}
+
 static int req_san_luns(struct hv_daemon *d, const json_t *req, json_t **result,
                         struct hv_err *err)
 {
     struct hv_passthru *p = hv_daemon_runtime(d)->passthru;
-    struct san_entry san;
-    struct san_target *targets = NULL;
-    struct san_host_config *host = NULL;
-    struct san_chap sc = {0};
+    struct san_luns_job *l;
+    struct hv_pt_job *job;
     const char *name;
     const char *vm_name;
-    const char *initiator;
     struct npiv_identity id;
-    size_t count = 0;
-    json_t *list;
     int ret;
 
-    if ((ret = arg_str(req, "name", true, &name, err)) < 0 ||
-        (ret = arg_str(req, "vm", false, &vm_name, err)) < 0 ||
-        (ret = san_load(p, name, &san, err)) < 0)
+    if ((ret = hv_passthru_arg_str(req, "name", true, &name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "vm", false, &vm_name, err)) < 0)
         return ret;
-    initiator = san.initiator;
+    l = calloc(1, sizeof(*l));
+    job = calloc(1, sizeof(*job));
+    if (!l || !job) {
+        free(l);
+        free(job);
+        return hv_err_set(err, -ENOMEM, "out of memory");
+    }
+    if ((ret = san_load(p, name, &l->san, err)) < 0)
+        goto fail;
+    snprintf(l->initiator, sizeof(l->initiator), "%s", l->san.initiator);
     if (vm_name) {
         struct hv_vm *vm = hv_daemon_find_vm(d, vm_name);
-        if (!vm)
-            return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
-        if ((ret = vm_identity(&vm->cfg, &id, err)) < 0)
-            return ret;
-        initiator = id.iqn;
-    }
-    if (san.chap_user[0]) {
-        sc.user = san.chap_user;
-        sc.secret = san.chap_secret;
-    }
-    ret = san_discover_sync(san.portal, initiator, san.chap_user[0] ? &sc : NULL, &targets,
-                            &count, err);
-    if (ret < 0) {
-        hv_err_prefix(err, "SAN '%s'", name);
-        return ret;
-    }
-    if (san_host_config_read("/", &host, NULL) < 0)
-        host = NULL;
-    list = json_array();
-    for (size_t t = 0; t < count; t++) {
-        struct san_session_options o;
-        struct san_lun_info *luns = NULL;
-        size_t n = 0;
-        struct hv_err lerr = {0};
-        san_options(&san, targets[t].name, initiator, &o);
-        o.login_timeout_ms = 5000;
-        if (san_list_luns_sync(&o, &luns, &n, &lerr) < 0) {
-            json_array_append_new(list, json_pack("{s:s, s:s}", "target", targets[t].name,
-                                                  "error", hv_err_msg(&lerr, -EIO)));
-            continue;
+        if (!vm) {
+            ret = hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+            goto fail;
         }
-        for (size_t i = 0; i < n; i++) {
-            char who[160] = "";
-            char path[SAN_NAME_MAX + 128];
-            const struct san_host_session *hs = NULL;
-            bool is_host = host && san_host_uses_lun(host, targets[t].name, luns[i].lun,
-                                                     luns[i].designator, &hs);
-            snprintf(path, sizeof(path), "/san/%s/%s/%" PRIu64, name, targets[t].name,
-                     luns[i].lun);
-            lun_holder(d, luns[i].designator, path, who, sizeof(who));
-            json_array_append_new(list, json_pack(
-                "{s:s, s:I, s:I, s:i, s:s, s:s, s:s, s:i, s:b, s:s?}", "target",
-                targets[t].name, "lun", (json_int_t)luns[i].lun, "size_bytes",
-                (json_int_t)luns[i].size_bytes, "block_bytes", (int)luns[i].block_bytes,
-                "designator", luns[i].designator, "vendor", luns[i].inquiry.vendor, "product",
-                luns[i].inquiry.product, "device_type", luns[i].inquiry.device_type,
-                "used_by_host", is_host, "held_by", who[0] ? who : NULL));
-        }
-        free(luns);
+        if ((ret = hv_passthru_vm_identity(&vm->cfg, &id, err)) < 0)
+            goto fail;
+        snprintf(l->initiator, sizeof(l->initiator), "%s", id.iqn);
     }
-    san_host_config_free(host);
-    free(targets);
-    *result = json_pack("{s:s, s:s, s:s, s:o}", "san", name, "portal", san.portal, "initiator",
-                        initiator, "luns", list);
-    return 0;
+    job->controller = job->slot = -1;
+    snprintf(job->what, sizeof(job->what), "san luns %s", name);
+    job->work = san_luns_work;
+    job->finish = san_luns_finish;
+    job->cleanup = san_luns_cleanup;
+    job->priv = l;
+    return hv_pt_job_start(d, job, result, err);
+fail:
+    free(l);
+    free(job);
+    return ret;
 }
 
 static int parse_lun_ref(const char *text, char san[64], char target[SAN_NAME_MAX],
@@ -925,31 +1132,116 @@ static int parse_lun_ref(const char *text, char san[64], char target[SAN_NAME_MA
     return 0;
 }
 
-static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **result,
-                          struct hv_err *err)
-{
-    struct hv_runtime *rt = hv_daemon_runtime(d);
-    struct hv_passthru *p = rt->passthru;
-    struct hv_disk_config dc;
+/* What the SAN attach's worker needs, copied: it may touch nothing else. */
+struct san_job {
     struct san_entry san;
-    struct npiv_identity id;
-    struct san_session_options o;
-    struct pt_check_options copt = {0};
-    struct pt_lun_facts facts;
-    struct hv_vm *vm;
-    const char *vm_name;
-    const char *ref;
     char san_name[64];
     char target[SAN_NAME_MAX];
-    char who[160];
     uint64_t lun;
-    json_int_t controller = -1;
-    json_int_t slot = -1;
+    struct npiv_identity id;
+    struct hv_disk_config dc;
+    bool is_forced;
+    struct pt_lun_facts facts;
+};
+
+static void san_job_work(struct hv_pt_job *job)
+{
+    struct san_job *sj = job->priv;
+    struct san_session_options o;
+    struct pt_check_options copt = {.is_forced = true};    /* refusal decided in finish */
+
+    san_options(&sj->san, sj->target, sj->id.iqn, &o);
+    job->status = pt_check_san_lun(&o, sj->lun, &copt, &sj->facts, &job->err);
+    if (job->status < 0)
+        hv_err_prefix(&job->err, "VM '%s'", job->vm);
+}
+
+static int san_job_finish(struct hv_pt_job *job, json_t **result, struct hv_err *err)
+{
+    struct san_job *sj = job->priv;
+    struct hv_daemon *d = job->d;
+    struct hv_runtime *rt = hv_daemon_runtime(d);
+    struct hv_passthru *p = rt->passthru;
+    struct pt_lun_facts *facts = &sj->facts;
+    struct hv_disk_config *dc = &sj->dc;
+    struct hv_vm *vm;
+    char who[160];
     json_t *warnings;
     int ret;
 
-    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
-        (ret = arg_str(req, "lun", true, &ref, err)) < 0)
+    if (job->status < 0) {
+        *err = job->err;
+        return job->status;
+    }
+    vm = hv_daemon_find_vm(d, job->vm);
+    if (!vm)
+        return hv_err_set(err, -ENOENT, "VM '%s' was deleted while its LUN was checked",
+                          job->vm);
+    /* Masking first (the VM's own name must reach the LUN), then who holds
+     * it here, then the host's own use: the refusal names the first problem
+     * in the order an administrator fixes them. */
+    if (hv_passthru_lun_holder(d, facts->info.designator, dc->path, who, sizeof(who)))
+        return hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is held by %s", sj->target,
+                          sj->lun, facts->info.designator, who);
+    if (!sj->is_forced && (ret = pt_facts_refusal(facts, sj->target, err)) < 0)
+        return ret;
+    snprintf(dc->designator, sizeof(dc->designator), "%s", facts->info.designator);
+
+    ret = hv_vm_attach(rt, vm, job->controller, job->slot, dc, err);
+    if (ret < 0)
+        return ret;
+    ret = hv_registry_save(hv_daemon_registry(d), &vm->cfg, err);
+    if (ret < 0) {
+        struct hv_err ignored = {0};
+        hv_vm_detach(rt, vm, job->controller, job->slot, &ignored);
+        return ret;
+    }
+    warnings = json_array();
+    if (facts->signature[0])
+        json_array_append_new(warnings, json_sprintf("forced: libblkid found %s",
+                                                     facts->signature));
+    if (facts->is_used_by_host)
+        json_array_append_new(warnings, json_sprintf("forced: the host's %s uses it",
+                                                     facts->host_session));
+    if (facts->has_pr && facts->pr.is_reserved && facts->pr.holder_key != p->host_key)
+        json_array_append_new(warnings, json_sprintf(
+            "reserved by another host (key 0x%016" PRIx64 "): the guest's writes get "
+            "RESERVATION CONFLICT until `hvctl disk takeover` (only if that host is dead)",
+            facts->pr.holder_key));
+    hv_info("VM '%s': %s LUN %" PRIu64 " (%s, %s %s, %" PRIu64 " bytes) attached at "
+            "controller %d LUN %d as %s%s", job->vm, sj->target, sj->lun,
+            facts->info.designator, facts->info.inquiry.vendor, facts->info.inquiry.product,
+            facts->info.size_bytes, job->controller, job->slot, sj->id.iqn,
+            dc->is_full_scsi ? " (full SCSI)" : "");
+    *result = hv_vm_show_json(vm, hv_daemon_portal(d));
+    json_object_set_new(*result, "attached", json_pack(
+        "{s:s, s:s, s:I, s:s, s:I, s:s, s:s, s:o}", "san", sj->san_name, "target", sj->target,
+        "lun", (json_int_t)sj->lun, "designator", facts->info.designator, "size_bytes",
+        (json_int_t)facts->info.size_bytes, "vendor", facts->info.inquiry.vendor, "product",
+        facts->info.inquiry.product, "warnings", warnings));
+    return 0;
+}
+
+static void san_job_cleanup(struct hv_pt_job *job)
+{
+    free(job->priv);
+}
+
+static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **result,
+                          struct hv_err *err)
+{
+    struct hv_passthru *p = hv_daemon_runtime(d)->passthru;
+    struct hv_pt_job *job;
+    struct san_job *sj;
+    struct hv_vm *vm;
+    const char *vm_name;
+    const char *ref;
+    json_int_t controller = -1;
+    json_int_t slot = -1;
+    int ret;
+
+    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "lun", true, &ref, err)) < 0)
         return ret;
     if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
         controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
@@ -963,64 +1255,35 @@ static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **resul
         return hv_err_set(err, -EBUSY, "VM '%s': controller %d slot %d already holds %s",
                           vm_name, (int)controller, (int)slot,
                           vm->disks[controller][slot]->cfg.path);
-    if ((ret = parse_lun_ref(ref, san_name, target, &lun, err)) < 0 ||
-        (ret = san_load(p, san_name, &san, err)) < 0 ||
-        (ret = vm_identity(&vm->cfg, &id, err)) < 0)
-        return ret;
-    memset(&dc, 0, sizeof(dc));
-    dc.kind = HV_DISK_LUN;
-    snprintf(dc.path, sizeof(dc.path), "/san/%s/%s/%" PRIu64, san_name, target, lun);
-    dc.is_full_scsi = json_is_true(json_object_get(req, "full_scsi"));
-    /* Masking first (the VM's own name must reach the LUN), then who holds
-     * it here, then the host's own use: the refusal names the first problem
-     * in the order an administrator fixes them. */
-    san_options(&san, target, id.iqn, &o);
-    copt.is_forced = true;
-    ret = pt_check_san_lun(&o, lun, &copt, &facts, err);
-    if (ret < 0) {
-        hv_err_prefix(err, "VM '%s'", vm_name);
-        return ret;
+    sj = calloc(1, sizeof(*sj));
+    job = calloc(1, sizeof(*job));
+    if (!sj || !job) {
+        free(sj);
+        free(job);
+        return hv_err_set(err, -ENOMEM, "out of memory");
     }
-    if (lun_holder(d, facts.info.designator, dc.path, who, sizeof(who)))
-        return hv_err_set(err, -EBUSY, "%s LUN %" PRIu64 " (%s) is held by %s", target, lun,
-                          facts.info.designator, who);
-    if (!json_is_true(json_object_get(req, "force")) &&
-        (ret = pt_facts_refusal(&facts, target, err)) < 0)
-        return ret;
-    snprintf(dc.designator, sizeof(dc.designator), "%s", facts.info.designator);
-
-    ret = hv_vm_attach(rt, vm, (int)controller, (int)slot, &dc, err);
-    if (ret < 0)
-        return ret;
-    ret = hv_registry_save(hv_daemon_registry(d), &vm->cfg, err);
-    if (ret < 0) {
-        struct hv_err ignored = {0};
-        hv_vm_detach(rt, vm, (int)controller, (int)slot, &ignored);
-        return ret;
-    }
-    warnings = json_array();
-    if (facts.signature[0])
-        json_array_append_new(warnings, json_sprintf("forced: libblkid found %s",
-                                                     facts.signature));
-    if (facts.is_used_by_host)
-        json_array_append_new(warnings, json_sprintf("forced: the host's %s uses it",
-                                                     facts.host_session));
-    if (facts.has_pr && facts.pr.is_reserved && facts.pr.holder_key != p->host_key)
-        json_array_append_new(warnings, json_sprintf(
-            "reserved by another host (key 0x%016" PRIx64 "): the guest's writes get "
-            "RESERVATION CONFLICT until `hvctl disk takeover` (only if that host is dead)",
-            facts.pr.holder_key));
-    hv_info("VM '%s': %s LUN %" PRIu64 " (%s, %s %s, %" PRIu64 " bytes) attached at "
-            "controller %d LUN %d as %s%s", vm_name, target, lun, facts.info.designator,
-            facts.info.inquiry.vendor, facts.info.inquiry.product, facts.info.size_bytes,
-            (int)controller, (int)slot, id.iqn, dc.is_full_scsi ? " (full SCSI)" : "");
-    *result = hv_vm_show_json(vm, hv_daemon_portal(d));
-    json_object_set_new(*result, "attached", json_pack(
-        "{s:s, s:s, s:I, s:s, s:I, s:s, s:s, s:o}", "san", san_name, "target", target, "lun",
-        (json_int_t)lun, "designator", facts.info.designator, "size_bytes",
-        (json_int_t)facts.info.size_bytes, "vendor", facts.info.inquiry.vendor, "product",
-        facts.info.inquiry.product, "warnings", warnings));
-    return 0;
+    if ((ret = parse_lun_ref(ref, sj->san_name, sj->target, &sj->lun, err)) < 0 ||
+        (ret = san_load(p, sj->san_name, &sj->san, err)) < 0 ||
+        (ret = hv_passthru_vm_identity(&vm->cfg, &sj->id, err)) < 0)
+        goto fail;
+    sj->dc.kind = HV_DISK_LUN;
+    snprintf(sj->dc.path, sizeof(sj->dc.path), "/san/%s/%s/%" PRIu64, sj->san_name, sj->target,
+             sj->lun);
+    sj->dc.is_full_scsi = json_is_true(json_object_get(req, "full_scsi"));
+    sj->is_forced = json_is_true(json_object_get(req, "force"));
+    snprintf(job->vm, sizeof(job->vm), "%s", vm_name);
+    job->controller = (int)controller;
+    job->slot = (int)slot;
+    snprintf(job->key, sizeof(job->key), "%s", sj->dc.path);
+    job->work = san_job_work;
+    job->finish = san_job_finish;
+    job->cleanup = san_job_cleanup;
+    job->priv = sj;
+    return hv_pt_job_start(d, job, result, err);
+fail:
+    free(sj);
+    free(job);
+    return ret;
 }
 
 /*
@@ -1047,7 +1310,7 @@ static int get_pt_lu(struct hv_daemon *d, const json_t *req, struct hv_vm **vm_o
     json_int_t slot = -1;
     int ret;
 
-    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0)
+    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0)
         return ret;
     if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
         controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
@@ -1126,15 +1389,15 @@ static int req_zoning(struct hv_daemon *d, const json_t *req, json_t **result,
     json_int_t tid = 0;
     int ret;
 
-    if ((ret = arg_str(req, "vm", true, &vm_name, err)) < 0 ||
-        (ret = arg_str(req, "target", false, &target, err)) < 0 ||
-        (ret = arg_str(req, "fc_target", false, &fc_target, err)) < 0)
+    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "target", false, &target, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, "fc_target", false, &fc_target, err)) < 0)
         return ret;
     json_unpack((json_t *)req, "{s?I}", "tid", &tid);
     vm = hv_daemon_find_vm(d, vm_name);
     if (!vm)
         return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
-    if ((ret = vm_identity(&vm->cfg, &id, err)) < 0)
+    if ((ret = hv_passthru_vm_identity(&vm->cfg, &id, err)) < 0)
         return ret;
     zo.iscsi_target = target;
     zo.tgt_tid = tid > 0 ? (unsigned)tid : 0;
@@ -1166,6 +1429,9 @@ int hv_passthru_request(struct hv_daemon *d, const char *op, const json_t *req,
         {"san.luns", req_san_luns},
         {"disk.attach_lun", req_attach_lun},
         {"disk.attach_dev", req_attach_dev},
+        {"disk.attach_fc", hv_passthru_req_attach_fc},
+        {"disk.attach_status", hv_pt_job_status},
+        {"job.status", hv_pt_job_status},
         {"disk.takeover", req_takeover},
         {"disk.takeover_status", req_takeover_status},
         {"vm.zoning", req_zoning},

@@ -177,6 +177,10 @@ struct scsi_lu_ops {
     void (*lu_reset)(struct scsi_lu *lu);
     /* Optional. `nexus` went away: drop what belongs to it alone. */
     void (*nexus_gone)(struct scsi_lu *lu, const struct scsi_nexus *nexus);
+    /* Optional. ABORT TASK for `task` (is_aborted is set already): an LU
+     * whose tasks run elsewhere (a SAN) stops them there too. The task
+     * still completes through its done(). */
+    void (*abort_task)(struct scsi_lu *lu, struct scsi_task *task);
 };
 
 struct scsi_lu {

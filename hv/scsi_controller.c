@@ -589,6 +589,8 @@ enum scsi_tmf_response scsi_controller_tmf(struct scsi_controller *c, const stru
             if (t->lun == lun && t->tag == ref_tag &&
                 (!n || (t->nexus && t->nexus->id == nexus_id))) {
                 t->is_aborted = true;
+                if (t->exec_lu && t->exec_lu->ops->abort_task)
+                    t->exec_lu->ops->abort_task(t->exec_lu, t);
                 return SCSI_TMF_COMPLETE;
             }
         }

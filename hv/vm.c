@@ -23,6 +23,8 @@ const char *hv_disk_kind_name(enum hv_disk_kind kind)
         return "lun";
     case HV_DISK_DEV:
         return "dev";
+    case HV_DISK_FC:
+        return "fc";
     }
     return "?";
 }
@@ -43,6 +45,10 @@ int hv_disk_kind_parse(const char *name, enum hv_disk_kind *kind)
     }
     if (!strcmp(name, "dev")) {
         *kind = HV_DISK_DEV;
+        return 0;
+    }
+    if (!strcmp(name, "fc")) {
+        *kind = HV_DISK_FC;
         return 0;
     }
     return -EINVAL;
@@ -324,6 +330,9 @@ json_t *hv_vm_config_to_json(const struct hv_vm_config *vm)
             if (d->kind == HV_DISK_LUN || (d->kind == HV_DISK_DEV && d->designator[0])) {
                 json_object_set_new(disk, "designator", json_string(d->designator));
                 json_object_set_new(disk, "full_scsi", json_boolean(d->is_full_scsi));
+            } else if (d->kind == HV_DISK_FC) {
+                json_object_set_new(disk, "designator", json_string(d->designator));
+                json_object_set_new(disk, "full_scsi", json_boolean(d->is_full_scsi));
             }
             json_array_append_new(disks, disk);
         }
@@ -467,7 +476,7 @@ int hv_vm_config_from_json(const json_t *obj, const char *what, struct hv_vm_con
             }
             snprintf(dc->path, sizeof(dc->path), "%s", path);
             dc->is_read_only = is_read_only;
-            if (dc->kind == HV_DISK_LUN) {
+            if (dc->kind == HV_DISK_LUN || dc->kind == HV_DISK_FC) {
                 const char *designator = NULL;
                 int is_full_scsi = 0;
                 if (json_unpack((json_t *)d, "{s:s, s?b}", "designator", &designator,

@@ -82,8 +82,8 @@ static const struct hv_disk_backend backends[] = {
     {HV_DISK_DEV, hv_passthru_open_device},
 };
 
-static int open_image(struct hv_runtime *rt, const struct hv_disk_config *dc, struct bdev **out,
-                      int *lock_fd, struct hv_err *err)
+int hv_open_image(struct hv_runtime *rt, const struct hv_disk_config *dc, struct bdev **out,
+                  int *lock_fd, struct hv_err *err)
 {
     for (size_t i = 0; i < HV_ARRAY_SIZE(backends); i++) {
         if (backends[i].kind != dc->kind)
@@ -156,6 +156,8 @@ static int disk_submit(struct bdev *bd, struct bdev_io *io)
         disk->held_tail = io;
         return 0;
     }
+    if (!disk->image)
+        return -ENODEV;  /* its image failed to reopen after a checkpoint apply */
     ret = disk->image->ops->submit(disk->image, inner);
     if (ret == 0)
         disk->inflight++;
@@ -222,10 +224,10 @@ static void disk_free(struct hv_disk *disk)
 
 /* Open the image and build the LU. On failure *out still gets a disk (with
  * `error` set and no LU) when `keep_offline`, so a restart keeps the slot. */
-static int disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, int controller,
-                     int slot, const struct hv_disk_config *dc, struct hv_disk **out,
-                     struct hv_err *err)
+static int disk_open(struct hv_runtime *rt, struct hv_vm *live, int controller, int slot,
+                     const struct hv_disk_config *dc, struct hv_disk **out, struct hv_err *err)
 {
+    const struct hv_vm_config *vm = &live->cfg;
     struct hv_disk *disk = calloc(1, sizeof(*disk));
     struct scsi_disk_options opt = {.is_read_only = dc->is_read_only};
     char serial[32];
@@ -250,7 +252,7 @@ static int disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, int c
             goto offline;
         return 0;
     }
-    ret = open_image(rt, dc, &disk->image, &disk->lock_fd, err);
+    ret = hv_snap_open_disk(rt, live, controller, slot, dc, disk, err);
     if (ret < 0)
         goto offline;
     disk->bd = *disk->image;
@@ -267,8 +269,7 @@ static int disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, int c
     opt.serial = serial;
     ret = scsi_disk_create(&disk->bd, &opt, &disk->lu, err);
     if (ret < 0) {
-        bdev_close(disk->image);
-        disk->image = NULL;
+        hv_snap_close_image(disk);
         goto offline;
     }
     return 0;
@@ -294,7 +295,7 @@ static void close_retired(struct hv_disk *disk)
     if (disk->lu)
         disk->lu->ops->destroy(disk->lu);
     if (disk->image) {
-        int ret = bdev_close(disk->image);
+        int ret = hv_snap_close_image(disk);
         if (ret < 0)
             hv_error("%s: closing after detach: %s", disk->cfg.path, strerror(-ret));
         else
@@ -369,6 +370,12 @@ void hv_runtime_fini(struct hv_runtime *rt)
         hv_error("%s: still %" PRIu64 " requests in flight at exit; image left open",
                  d->cfg.path, d->inflight);
     hv_timer_cancel(rt->reactor, &rt->retire_timer);
+    /* A gate still wrapping a disk left open must stay. */
+    for (int i = 0; i < rt->dead_gate_count && !rt->retired; i++)
+        snap_gate_destroy(rt->dead_gates[i]);
+    free(rt->dead_gates);
+    rt->dead_gates = NULL;
+    rt->dead_gate_count = 0;
     for (int i = 0; i < rt->dead_count; i++)
         scsi_controller_destroy(rt->dead_controllers[i]);
     free(rt->dead_controllers);
@@ -418,6 +425,11 @@ int hv_vm_start(struct hv_runtime *rt, const struct hv_vm_config *cfg, struct hv
         free(vm);
         return hv_err_set(err, ret, "out of memory");
     }
+    ret = snap_gate_create(rt->reactor, &vm->gate);
+    if (ret < 0) {
+        hv_err_set(err, ret, "VM '%s': cannot create its quiesce gate", vm->cfg.name);
+        goto fail;
+    }
     for (int c = 0; c < vm->cfg.controller_count; c++) {
         ret = create_controller(rt, vm, c, err);
         if (ret < 0)
@@ -429,7 +441,7 @@ int hv_vm_start(struct hv_runtime *rt, const struct hv_vm_config *cfg, struct hv
             struct hv_disk *disk = NULL;
             if (!vm->cfg.disks[c][s])
                 continue;
-            ret = disk_open(rt, &vm->cfg, c, s, vm->cfg.disks[c][s], &disk, &disk_err);
+            ret = disk_open(rt, vm, c, s, vm->cfg.disks[c][s], &disk, &disk_err);
             vm->disks[c][s] = disk;
             if (!disk) {
                 ret = hv_err_set(err, ret, "%s", hv_err_msg(&disk_err, ret));
@@ -447,8 +459,7 @@ int hv_vm_start(struct hv_runtime *rt, const struct hv_vm_config *cfg, struct hv
                 disk->lu->ops->destroy(disk->lu);
                 disk->lu = NULL;
                 if (disk->image)
-                    bdev_close(disk->image);
-                disk->image = NULL;
+                    hv_snap_close_image(disk);
             }
         }
     *out = vm;
@@ -474,7 +485,7 @@ int hv_vm_stop(struct hv_runtime *rt, struct hv_vm *vm)
             if (disk->lu && !vm->controllers[c])
                 disk->lu->ops->destroy(disk->lu);
             if (disk->image) {
-                int ret = bdev_close(disk->image);
+                int ret = hv_snap_close_image(disk);
                 if (ret < 0) {
                     hv_error("%s: close: %s", disk->cfg.path, strerror(-ret));
                     if (!first)
@@ -483,9 +494,9 @@ int hv_vm_stop(struct hv_runtime *rt, struct hv_vm *vm)
             }
             disk_free(disk);
         }
+    hv_snap_retire_gate(rt, vm);
     hv_vm_config_free(&vm->cfg);
     free(vm);
-    (void)rt;
     return first;
 }
 
@@ -513,6 +524,7 @@ void hv_vm_retire(struct hv_runtime *rt, struct hv_vm *vm)
             }
         }
     }
+    hv_snap_retire_gate(rt, vm);
     hv_vm_config_free(&vm->cfg);
     free(vm);
 }
@@ -548,7 +560,8 @@ int hv_vm_attach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int sl
     ret = hv_vm_grow_controllers(rt, vm, controller + 1, err);
     if (ret < 0)
         goto fail;
-    ret = disk_open(rt, &vm->cfg, controller, slot, dc, &disk, err);
+    hv_snap_slot_attached(rt, vm, controller, slot);
+    ret = disk_open(rt, vm, controller, slot, dc, &disk, err);
     if (ret < 0)
         goto fail;
     ret = scsi_controller_attach(vm->controllers[controller], (uint64_t)slot, disk->lu);
@@ -557,7 +570,7 @@ int hv_vm_attach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int sl
                    controller, slot, strerror(-ret));
         disk->lu->ops->destroy(disk->lu);
         if (disk->image)
-            bdev_close(disk->image);
+            hv_snap_close_image(disk);
         goto fail;
     }
     vm->disks[controller][slot] = disk;
@@ -593,6 +606,8 @@ int hv_vm_detach(struct hv_runtime *rt, struct hv_vm *vm, int controller, int sl
     vm->disks[controller][slot] = NULL;
     free(vm->cfg.disks[controller][slot]);
     vm->cfg.disks[controller][slot] = NULL;
+    if (vm->cfg.extra)
+        hv_snap_slot_removed(vm->cfg.extra, controller, slot);
     retire_disk(rt, disk);
     return 0;
 }
@@ -719,6 +734,7 @@ json_t *hv_vm_show_json(const struct hv_vm *vm, const char *portal)
                     disk->image->ops->describe(disk->image, image);
                     json_object_set_new(d, "image", image);
                 }
+                hv_snap_describe_disk(vm, c, s, d, false);
             } else {
                 json_object_set_new(d, "error", json_string(disk->error));
             }
@@ -764,7 +780,9 @@ json_t *hv_vm_stats_json(const struct hv_vm *vm, int controller, int slot)
                 continue;
             if (controller >= 0 && (c != controller || s != slot))
                 continue;
-            json_array_append_new(disks, disk_stats(vm->disks[c][s], c, s));
+            json_t *st = disk_stats(vm->disks[c][s], c, s);
+            hv_snap_describe_disk(vm, c, s, st, true);
+            json_array_append_new(disks, st);
         }
     return json_pack("{s:s, s:o}", "vm", vm->cfg.name, "disks", disks);
 }
@@ -781,4 +799,39 @@ bool hv_vm_path_in_use(const struct hv_vm *list, const char *path, char *who, si
                 }
             }
     return false;
+}
+
+/* ------------------------------------------- holding a disk (snapshots) */
+
+int hv_disk_quiesce(struct hv_disk *disk, unsigned timeout_ms, struct hv_err *err)
+{
+    if (disk->is_held)
+        return hv_err_set(err, -EBUSY, "%s: already held (a resize is running)", disk->cfg.path);
+    disk->is_held = true;
+    uint64_t deadline = hv_now_ns() + timeout_ms * 1000000ull;
+    while (disk->inflight && hv_now_ns() < deadline)
+        hv_reactor_run_once(disk->bd.reactor, 10);
+    if (disk->inflight) {
+        uint64_t left = disk->inflight;
+        disk_release(disk);
+        return hv_err_set(err, -EBUSY, "%s: %" PRIu64 " requests still in flight after %u ms",
+                          disk->cfg.path, left, timeout_ms);
+    }
+    return 0;
+}
+
+void hv_disk_resume(struct hv_disk *disk)
+{
+    if (disk->image) {
+        disk_release(disk);
+        return;
+    }
+    struct bdev_io *io = disk->held_head;
+    disk->is_held = false;
+    disk->held_head = disk->held_tail = NULL;
+    while (io) {
+        struct bdev_io *next = ((struct disk_io_ctx *)bdev_io_ctx(io))->next_held;
+        io->done(io, -ENODEV);
+        io = next;
+    }
 }

@@ -71,26 +71,20 @@ static int look_once(const char *root, unsigned host_no, uint64_t target_wwpn, u
     return 0;
 }
 
-static int check_one_set(const char *root, const struct npiv_identity *id, enum npiv_set set,
-                         uint64_t target_wwpn, uint64_t lun, const struct npiv_wait_options *opt,
-                         struct hv_err *err)
+int npiv_vport_find_lun(const struct npiv_vport *v, uint64_t target_wwpn, uint64_t lun,
+                        const struct npiv_wait_options *opt, const char *who,
+                        struct npiv_lun_addr *out, struct hv_err *err)
 {
-    const char set_name = set == NPIV_SET_A ? 'A' : 'B';
     char wwpn[NPIV_WWN_COLON_LEN + 1], target[NPIV_WWN_COLON_LEN + 1];
     unsigned settle = opt && opt->settle_ms ? opt->settle_ms : 5000;
     unsigned poll = opt && opt->poll_ms ? opt->poll_ms : 100;
-    struct npiv_vport v;
     struct look lk = { 0 };
     int ret;
 
-    npiv_wwn_colon(id->fc[set].wwpn, wwpn);
+    if (!v->has_host)
+        return hv_err_set(err, -ENODEV, "vport has no SCSI host (not Online)");
+    npiv_wwn_colon(v->names.wwpn, wwpn);
     npiv_wwn_colon(target_wwpn, target);
-    ret = npiv_vport_bring_up(root, &id->fc[set], opt, &v, err);
-    if (ret < 0) {
-        hv_err_prefix(err, "VM '%s' address set %c", id->vm_name, set_name);
-        return ret;
-    }
-
     /*
      * Online is the fabric login; the kernel then logs in to each target it
      * may see and scans its LUNs, asynchronously. Give that `settle` ms; a
@@ -98,22 +92,46 @@ static int check_one_set(const char *root, const struct npiv_identity *id, enum 
      */
     uint64_t deadline = hv_now_ns() + (uint64_t)settle * 1000000ull;
     for (;;) {
-        ret = look_once(root, v.host_no, target_wwpn, lun, &lk, err);
+        ret = look_once(v->sysfs_root, v->host_no, target_wwpn, lun, &lk, err);
         if (ret < 0 || lk.reach == REACH_LUN || hv_now_ns() >= deadline)
             break;
         npiv_sleep_ms(poll);
     }
+    if (ret < 0)
+        return ret;
+    if (lk.reach == REACH_NONE)
+        return hv_err_set(err, -EHOSTUNREACH, "not zoned: target port %s is not visible to "
+                          "vport %s (%s, via %s; target ports it sees: %s)", target, wwpn, who,
+                          v->parent, lk.seen[0] ? lk.seen : "none");
+    if (lk.reach == REACH_PORT)
+        return hv_err_set(err, -ENOENT, "not masked: LUN %" PRIu64 " of target %s is not "
+                          "reported to vport %s (%s; LUNs it reports: %s)", lun, target, wwpn,
+                          who, lk.seen[0] ? lk.seen : "none");
+    if (out) {
+        out->host_no = v->host_no;
+        out->channel = 0;
+        out->target_id = (unsigned)lk.target_id;
+        out->lun = lun;
+    }
+    return 0;
+}
 
-    if (ret == 0 && lk.reach == REACH_NONE)
-        ret = hv_err_set(err, -EHOSTUNREACH, "not zoned: target port %s is not visible to "
-                         "vport %s (VM '%s', address set %c, via %s; target ports it sees: "
-                         "%s)", target, wwpn, id->vm_name, set_name, v.parent,
-                         lk.seen[0] ? lk.seen : "none");
-    else if (ret == 0 && lk.reach == REACH_PORT)
-        ret = hv_err_set(err, -ENOENT, "not masked: LUN %" PRIu64 " of target %s is not "
-                         "reported to vport %s (VM '%s', address set %c; LUNs it reports: %s)",
-                         lun, target, wwpn, id->vm_name, set_name,
-                         lk.seen[0] ? lk.seen : "none");
+int npiv_check_access_set(const char *root, const struct npiv_identity *id, enum npiv_set set,
+                          uint64_t target_wwpn, uint64_t lun,
+                          const struct npiv_wait_options *opt, struct hv_err *err)
+{
+    const char set_name = set == NPIV_SET_A ? 'A' : 'B';
+    char who[NPIV_VM_NAME_MAX + 32];
+    struct npiv_vport v;
+    int ret;
+
+    snprintf(who, sizeof(who), "VM '%s', address set %c", id->vm_name, set_name);
+    ret = npiv_vport_bring_up(root, &id->fc[set], opt, &v, err);
+    if (ret < 0) {
+        hv_err_prefix(err, "VM '%s' address set %c", id->vm_name, set_name);
+        return ret;
+    }
+    ret = npiv_vport_find_lun(&v, target_wwpn, lun, opt, who, NULL, err);
 
     struct hv_err del_err;
     hv_err_clear(&del_err);
@@ -132,8 +150,8 @@ int npiv_check_access(const char *root, const struct npiv_identity *id, uint64_t
                       uint64_t lun, bool only_set_a, const struct npiv_wait_options *opt,
                       struct hv_err *err)
 {
-    int ret = check_one_set(root, id, NPIV_SET_A, target_wwpn, lun, opt, err);
+    int ret = npiv_check_access_set(root, id, NPIV_SET_A, target_wwpn, lun, opt, err);
     if (ret < 0 || only_set_a)
         return ret;
-    return check_one_set(root, id, NPIV_SET_B, target_wwpn, lun, opt, err);
+    return npiv_check_access_set(root, id, NPIV_SET_B, target_wwpn, lun, opt, err);
 }

@@ -249,6 +249,46 @@ int npiv_check_access(const char *sysfs_root, const struct npiv_identity *id,
                       uint64_t target_wwpn, uint64_t lun, bool only_set_a,
                       const struct npiv_wait_options *opt, struct hv_err *err);
 
+/*
+ * The same check, one address set at a time: bring the set's vport up, look,
+ * delete it again. What npiv_check_access does per set.
+ */
+int npiv_check_access_set(const char *sysfs_root, const struct npiv_identity *id,
+                          enum npiv_set set, uint64_t target_wwpn, uint64_t lun,
+                          const struct npiv_wait_options *opt, struct hv_err *err);
+
+/* A SCSI device as the kernel numbers it, H:C:T:L. */
+struct npiv_lun_addr {
+    unsigned host_no;
+    unsigned channel;
+    unsigned target_id;
+    uint64_t lun;
+};
+
+/*
+ * Find `target_wwpn`'s LUN `lun` under a vport that is Online (one brought up
+ * and kept, to serve the LUN), waiting up to opt->settle_ms for the scan.
+ * Refuses as npiv_check_access does (-EHOSTUNREACH not zoned, -ENOENT not
+ * masked); `who` ("VM 'a', address set A") goes into the message.
+ */
+int npiv_vport_find_lun(const struct npiv_vport *v, uint64_t target_wwpn, uint64_t lun,
+                        const struct npiv_wait_options *opt, const char *who,
+                        struct npiv_lun_addr *out, struct hv_err *err);
+/* The vport with these names that already exists on this host (left by a
+ * daemon that died without deleting it): filled like npiv_vport_create's
+ * result. -ENOENT when there is none. */
+int npiv_vport_find(const char *sysfs_root, const struct npiv_port_names *names,
+                    struct npiv_vport *out, struct hv_err *err);
+/* The block device of a SCSI device ("sdb", from device/block/), -ENOENT
+ * when it has none (not a disk, or not scanned yet). */
+int npiv_lun_block_name(const char *sysfs_root, const struct npiv_lun_addr *a, char *name,
+                        size_t cap, struct hv_err *err);
+/* The kernel's copy of the device's VPD page 0x83 (device/vpd_pg83, the page
+ * as the device sent it, header included); *len is its length. -ENOENT when
+ * the kernel has none. */
+int npiv_lun_vpd83(const char *sysfs_root, const struct npiv_lun_addr *a, uint8_t *buf,
+                   size_t cap, size_t *len, struct hv_err *err);
+
 /* ---------------------------------------------------------------- zoning */
 
 struct npiv_zoning_options {

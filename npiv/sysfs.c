@@ -691,3 +691,110 @@ int npiv_lun_list(const char *root, unsigned host_no, unsigned target_id, uint64
     *count = n;
     return 0;
 }
+
+/* ------------------------------------------- what serves a LUN on the host */
+
+int npiv_vport_find(const char *root, const struct npiv_port_names *names,
+                    struct npiv_vport *out, struct hv_err *err)
+{
+    char dir_path[PATH_CAP], path[PATH_CAP], wwpn[NPIV_WWN_COLON_LEN + 1];
+    struct dirent *de;
+    DIR *dir;
+    int ret = -ENOENT;
+
+    npiv_wwn_colon(names->wwpn, wwpn);
+    snprintf(dir_path, sizeof(dir_path), "%s/class/fc_vports", root);
+    dir = opendir(dir_path);
+    if (!dir)
+        return hv_err_set(err, -ENOENT, "no vport %s on this host", wwpn);
+    while ((de = readdir(dir))) {
+        unsigned parent, number;
+        uint64_t w;
+        if (sscanf(de->d_name, "vport-%u:0-%u", &parent, &number) != 2)
+            continue;
+        attr_path(path, root, "fc_vports", de->d_name, "port_name");
+        if (npiv_sysfs_read_wwn(path, &w) < 0 || w != names->wwpn)
+            continue;
+        memset(out, 0, sizeof(*out));
+        snprintf(out->sysfs_root, sizeof(out->sysfs_root), "%s", root);
+        snprintf(out->parent, sizeof(out->parent), "host%u", parent);
+        out->parent_host_no = parent;
+        out->names = *names;
+        ret = 0;
+        break;
+    }
+    closedir(dir);
+    if (ret < 0)
+        return hv_err_set(err, ret, "no vport %s on this host", wwpn);
+    bool is_online;
+    return npiv_vport_poll(out, &is_online, err);
+}
+
+/* class/scsi_device/H:C:T:L/device, or bus/scsi/devices/H:C:T:L (the same
+ * directory reached the other way). */
+static int scsi_device_dir(const char *root, const struct npiv_lun_addr *a, char *out)
+{
+    snprintf(out, PATH_CAP, "%s/class/scsi_device/%u:%u:%u:%" PRIu64 "/device", root,
+             a->host_no, a->channel, a->target_id, a->lun);
+    if (access(out, F_OK) == 0)
+        return 0;
+    snprintf(out, PATH_CAP, "%s/bus/scsi/devices/%u:%u:%u:%" PRIu64, root, a->host_no,
+             a->channel, a->target_id, a->lun);
+    return access(out, F_OK) == 0 ? 0 : -ENOENT;
+}
+
+int npiv_lun_block_name(const char *root, const struct npiv_lun_addr *a, char *name,
+                        size_t cap, struct hv_err *err)
+{
+    char dev[PATH_CAP], path[PATH_CAP + 8];
+    struct dirent *de;
+    DIR *dir;
+    int ret = -ENOENT;
+
+    if (scsi_device_dir(root, a, dev) < 0)
+        return hv_err_set(err, -ENOENT, "SCSI device %u:%u:%u:%" PRIu64 " is not in %s",
+                          a->host_no, a->channel, a->target_id, a->lun, root);
+    snprintf(path, sizeof(path), "%s/block", dev);
+    dir = opendir(path);
+    if (!dir)
+        return hv_err_set(err, -ENOENT, "SCSI device %u:%u:%u:%" PRIu64 " has no block device "
+                          "(%s: %s)", a->host_no, a->channel, a->target_id, a->lun, path,
+                          strerror(errno));
+    while ((de = readdir(dir))) {
+        if (de->d_name[0] == '.')
+            continue;
+        if (strlen(de->d_name) >= cap)
+            continue;
+        snprintf(name, cap, "%s", de->d_name);
+        ret = 0;
+        break;
+    }
+    closedir(dir);
+    if (ret < 0)
+        return hv_err_set(err, ret, "SCSI device %u:%u:%u:%" PRIu64 " has no block device yet",
+                          a->host_no, a->channel, a->target_id, a->lun);
+    return 0;
+}
+
+int npiv_lun_vpd83(const char *root, const struct npiv_lun_addr *a, uint8_t *buf, size_t cap,
+                   size_t *len, struct hv_err *err)
+{
+    char dev[PATH_CAP], path[PATH_CAP + 16];
+    ssize_t n;
+    int fd;
+
+    if (scsi_device_dir(root, a, dev) < 0)
+        return hv_err_set(err, -ENOENT, "SCSI device %u:%u:%u:%" PRIu64 " is not in %s",
+                          a->host_no, a->channel, a->target_id, a->lun, root);
+    snprintf(path, sizeof(path), "%s/vpd_pg83", dev);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return hv_err_set(err, -ENOENT, "%s: %s (the kernel has no VPD page 0x83 of this LUN)",
+                          path, strerror(errno));
+    n = read(fd, buf, cap);
+    close(fd);
+    if (n < 4)
+        return hv_err_set(err, -ENOENT, "%s: %s", path, n < 0 ? strerror(errno) : "too short");
+    *len = (size_t)n;
+    return 0;
+}

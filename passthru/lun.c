@@ -33,6 +33,8 @@ struct pt_lun {
     uint64_t host_key;
     bool is_full_scsi;
     void (*on_state)(struct pt_lun *pl, enum pt_state state, const char *why, void *arg);
+    void (*on_unit_attention)(struct pt_lun *pl, const uint8_t *sense, size_t sense_len,
+                              void *arg);
     void *cb_arg;
 
     struct san_session *s;
@@ -48,6 +50,14 @@ struct pt_lun {
     struct hv_timer retry_timer;
     uint64_t forwarded;
     uint64_t filtered;
+
+    /* task management forwarded for the guest */
+    unsigned holds;                 /* TMFs the SAN has not answered: commands wait */
+    uint64_t aborts_forwarded;
+    uint64_t resets_forwarded;
+    uint64_t uas_reported;
+    struct san_cmd reset_tur;       /* meets the UA of our own LUN RESET */
+    uint8_t reset_tur_tries;
 
     /* takeover in progress */
     san_status_cb takeover_done;
@@ -106,6 +116,7 @@ static void san_done(struct san_cmd *sc)
 {
     struct pt_cmd *cmd = sc->cb_arg;
 
+    cmd->is_at_san = false;
     cmd->status = sc->status;
     cmd->sense_len = HV_MIN(sc->sense_len, (uint32_t)PT_SENSE_MAX);
     memcpy(cmd->sense, sc->sense, cmd->sense_len);
@@ -138,12 +149,18 @@ static void forward(struct pt_lun *pl, struct pt_cmd *cmd)
         finish_local(cmd, SAN_STATUS_CHECK_CONDITION, 0x5, 0x24, 0x00);
         return;
     }
+    cmd->is_at_san = true;
     pl->forwarded++;
 }
 
 /* Commands that waited for the login go now, in arrival order. */
 static void release_waiting(struct pt_lun *pl)
 {
+    /* Behind a TMF the SAN has not answered, commands that would be
+     * forwarded keep waiting; those that fail here anyway may go. */
+    if (pl->holds && pl->state != PT_STATE_OFFLINE &&
+        !(pl->state == PT_STATE_FAILED && !pl->has_logged_in))
+        return;
     struct pt_cmd *cmd = pl->wait_head;
     pl->wait_head = pl->wait_tail = NULL;
     while (cmd) {
@@ -207,6 +224,7 @@ void pt_lun_submit(struct pt_lun *pl, struct pt_cmd *cmd)
         }
         break;                      /* san fails it with its own NOT READY */
     case PT_STATE_CONNECTING:
+    wait:
         if (pl->wait_tail)
             pl->wait_tail->next = cmd;
         else
@@ -216,6 +234,8 @@ void pt_lun_submit(struct pt_lun *pl, struct pt_cmd *cmd)
     default:
         break;
     }
+    if (pl->holds)
+        goto wait;
     forward(pl, cmd);
 }
 
@@ -229,6 +249,7 @@ static void setup_done(struct pt_lun *pl, enum pt_state state, const char *why)
 }
 
 static void reserve_done(void *arg, int status, const char *msg);
+static void restart_setup(struct pt_lun *pl);
 
 static void fenced_read_done(void *arg, int status, const char *msg,
                              const struct san_pr_status *pr)
@@ -237,6 +258,10 @@ static void fenced_read_done(void *arg, int status, const char *msg,
 
     if (pl->is_closing)
         return;
+    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
+        restart_setup(pl);
+        return;
+    }
     char why[512];
 
     if (status == 0 && pr->is_reserved && pr->holder_key == pl->host_key) {
@@ -266,6 +291,10 @@ static void reserve_done(void *arg, int status, const char *msg)
 
     if (pl->is_closing)
         return;
+    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
+        restart_setup(pl);
+        return;
+    }
     char why[512];
 
     if (status == -EACCES) {        /* someone reserved it between our read and now */
@@ -296,6 +325,10 @@ static void register_again_done(void *arg, int status, const char *msg)
 
     if (pl->is_closing)
         return;
+    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
+        restart_setup(pl);
+        return;
+    }
     if (status < 0) {
         reserve_done(pl, status == -EACCES ? -EIO : status, msg);
         return;
@@ -310,6 +343,10 @@ static void register_done(void *arg, int status, const char *msg)
 
     if (pl->is_closing)
         return;
+    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
+        restart_setup(pl);
+        return;
+    }
     if (status == -EACCES) {
         /* This nexus is registered already (same name and ISID as before a
          * restart of ours, on a target that kept it): REGISTER with our own
@@ -329,6 +366,10 @@ static void setup_read_done(void *arg, int status, const char *msg,
 
     if (pl->is_closing)
         return;
+    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
+        restart_setup(pl);
+        return;
+    }
 
     if (status == 0 && pr->is_reserved && pr->holder_key != pl->host_key) {
         fenced_read_done(pl, status, msg, pr);
@@ -345,6 +386,12 @@ static void start_setup(struct pt_lun *pl)
     pl->is_setting_up = true;
     if (san_pr_read(pl->s, pl->lun, setup_read_done, pl) < 0)
         setup_done(pl, PT_STATE_READY, "out of memory reading reservations");
+}
+
+static void restart_setup(struct pt_lun *pl)
+{
+    pl->is_setting_up = false;
+    start_setup(pl);
 }
 
 /* ------------------------------------------------------------- session */
@@ -377,6 +424,23 @@ static void session_state(struct san_session *s, enum san_state state, const cha
     default:
         break;
     }
+}
+
+static void report_ua(struct pt_lun *pl, const uint8_t *sense, size_t len)
+{
+    pl->uas_reported++;
+    if (pl->on_unit_attention)
+        pl->on_unit_attention(pl, sense, len, pl->cb_arg);
+}
+
+static void session_ua(struct san_session *s, uint64_t lun, const uint8_t *sense,
+                       size_t sense_len, void *arg)
+{
+    struct pt_lun *pl = arg;
+    (void)s;
+    if (pl->is_closing || lun != pl->lun)
+        return;
+    report_ua(pl, sense, sense_len);
 }
 
 static void connect_done(void *arg, int status, const char *msg);
@@ -462,13 +526,14 @@ int pt_lun_open(struct hv_reactor *r, const struct pt_lun_options *opt, struct p
         pl->opt.chap.target_secret = NULL;
     }
     pl->opt.on_state = session_state;
-    pl->opt.on_unit_attention = NULL;
+    pl->opt.on_unit_attention = session_ua;
     pl->opt.cb_arg = pl;
     snprintf(pl->designator, sizeof(pl->designator), "%s", opt->designator);
     pl->lun = opt->lun;
     pl->host_key = opt->host_key;
     pl->is_full_scsi = opt->is_full_scsi;
     pl->on_state = opt->on_state;
+    pl->on_unit_attention = opt->on_unit_attention;
     pl->cb_arg = opt->cb_arg;
     pl->state = PT_STATE_CONNECTING;
     snprintf(pl->why, sizeof(pl->why), "logging in");
@@ -679,6 +744,104 @@ int pt_lun_takeover(struct pt_lun *pl, uint64_t victim_key, san_status_cb done, 
     }
     return 0;
 }
+
+/* -------------------------------------------------- task management */
+
+static void hold_end(struct pt_lun *pl)
+{
+    /* Still logging in: the setup releases them, after the reservation. */
+    if (pl->holds && --pl->holds == 0 && !pl->is_closing && pl->state != PT_STATE_CONNECTING)
+        release_waiting(pl);
+}
+
+static void abort_done(void *arg, int status, const char *msg)
+{
+    struct pt_lun *pl = arg;
+    if (status < 0)
+        hv_warn("%s LUN %" PRIu64 ": the guest's abort: %s", pl->target, pl->lun, msg);
+    hold_end(pl);
+}
+
+void pt_lun_abort(struct pt_lun *pl, struct pt_cmd *cmd)
+{
+    for (struct pt_cmd **pp = &pl->wait_head; *pp; pp = &(*pp)->next) {
+        if (*pp != cmd)
+            continue;
+        *pp = cmd->next;
+        if (pl->wait_tail == cmd) {
+            pl->wait_tail = NULL;
+            for (struct pt_cmd *c = pl->wait_head; c; c = c->next)
+                pl->wait_tail = c;
+        }
+        finish_local(cmd, SAN_STATUS_TASK_ABORTED, 0, 0, 0);
+        return;
+    }
+    if (!cmd->is_at_san || !pl->s)
+        return;                     /* answered already, or about to be */
+    pl->holds++;
+    if (san_cmd_abort(pl->s, &cmd->san, abort_done, pl) < 0) {
+        pl->holds--;
+        return;
+    }
+    pl->aborts_forwarded++;
+}
+
+/* The reset UA (29h/xxh) is ours to consume: the controller already gave
+ * the guest its own. Any other UA behind it is the guest's news. */
+static void reset_tur_done(struct san_cmd *sc)
+{
+    struct pt_lun *pl = sc->cb_arg;
+
+    if (sc->transport == SAN_TRANSPORT_OK && sc->status == SAN_STATUS_CHECK_CONDITION &&
+        san_sense_key(sc->sense, sc->sense_len) == 0x6 && pl->reset_tur_tries++ < 8) {
+        if ((san_sense_asc_ascq(sc->sense, sc->sense_len) >> 8) != 0x29)
+            report_ua(pl, sc->sense, sc->sense_len);
+        if (!pl->is_closing && san_session_submit(pl->s, sc) == 0)
+            return;
+    }
+    hold_end(pl);
+}
+
+static void reset_done(void *arg, int status, const char *msg)
+{
+    struct pt_lun *pl = arg;
+    struct san_cmd *sc = &pl->reset_tur;
+
+    if (status < 0) {
+        hv_warn("%s LUN %" PRIu64 ": the guest's LOGICAL UNIT RESET: %s", pl->target, pl->lun,
+                msg);
+        hold_end(pl);
+        return;
+    }
+    hv_info("%s LUN %" PRIu64 ": LOGICAL UNIT RESET from the guest done on the SAN (%s)",
+            pl->target, pl->lun, msg);
+    memset(sc, 0, sizeof(*sc));
+    sc->lun = pl->lun;
+    sc->cdb_len = 6;                /* TEST UNIT READY */
+    sc->dir = SAN_XFER_NONE;
+    sc->done = reset_tur_done;
+    sc->cb_arg = pl;
+    pl->reset_tur_tries = 0;
+    if (pl->is_closing || san_session_submit(pl->s, sc) < 0)
+        hold_end(pl);
+}
+
+void pt_lun_reset(struct pt_lun *pl)
+{
+    pt_lun_abort_waiting(pl);
+    if (!pl->s || !pl->has_logged_in || pl->state == PT_STATE_OFFLINE)
+        return;
+    pl->holds++;
+    if (san_session_tmf(pl->s, pl->lun, SAN_TMF_LUN_RESET, reset_done, pl) < 0) {
+        pl->holds--;
+        return;
+    }
+    pl->resets_forwarded++;
+}
+
+uint64_t pt_lun_aborts_forwarded(const struct pt_lun *pl) { return pl->aborts_forwarded; }
+uint64_t pt_lun_resets_forwarded(const struct pt_lun *pl) { return pl->resets_forwarded; }
+uint64_t pt_lun_uas_reported(const struct pt_lun *pl) { return pl->uas_reported; }
 
 /* ------------------------------------------------------ local SCSI disk */
 

@@ -34,10 +34,29 @@
  *    partition table, RAID or LVM signature (libblkid over the first and last
  *    MiB), unless forced; the message says what libblkid found.
  *
- * Task management: san/ forwards no TMF to the SAN. An abort or reset from
- * the guest completes the commands not yet sent with TASK ABORTED; commands
- * already at the SAN run to completion and their answer is returned (SAM
- * allows a task to complete despite an ABORT TASK). Documented, not hidden.
+ * Task management: the guest's aborts and resets reach the SAN, translated
+ * where forwarding as is would be wrong. The SAN sees one I_T nexus (ours)
+ * for all of the guest's, and its target holds other hosts' LUNs:
+ *  - ABORT TASK: a command still waiting here completes TASK ABORTED at once;
+ *    one at the SAN gets an ABORT TASK there (pt_lun_abort).
+ *  - ABORT TASK SET / CLEAR TASK SET (one guest nexus, or all of them): one
+ *    ABORT TASK per command of theirs at the SAN — an ABORT TASK SET there
+ *    would also abort the other guest nexuses' commands, and ours.
+ *  - LOGICAL UNIT RESET: forwarded as is (pt_lun_reset); the LUN is this
+ *    VM's alone. TARGET WARM/COLD RESET: a LUN RESET of each pass-through
+ *    LUN on the controller, never a target reset at the SAN, which would
+ *    reset LUNs of other VMs and other hosts.
+ * Until the SAN has answered those TMFs, new commands to the LUN wait here:
+ * an aborted write still running at the SAN can never land after a write
+ * the guest sent later. Aborted commands complete with TASK ABORTED.
+ *
+ * Unit attentions: the SAN holds them for our one nexus, so the first
+ * command to meet one hands it to one guest nexus only, and those our own
+ * commands meet (reconnect checks, reservation setup) reach none. Every UA
+ * the SAN reports goes to on_unit_attention (the caller raises it for the
+ * guest's other nexuses); those met by our own commands too. The reset UA
+ * that our own forwarded LUN RESET causes is consumed here: the controller
+ * has told the guest already.
  *
  * Threading: a pt_lun belongs to the reactor it was opened with. The check
  * functions are synchronous (private reactor, blocking up to the login
@@ -190,6 +209,10 @@ struct pt_lun_options {
     uint64_t host_key;              /* pt_host_key_load */
     /* every state change, with a sentence for the log */
     void (*on_state)(struct pt_lun *pl, enum pt_state state, const char *why, void *arg);
+    /* A UNIT ATTENTION the SAN reported that no guest command carried back
+     * (met by a check or a retried command of ours). Optional. */
+    void (*on_unit_attention)(struct pt_lun *pl, const uint8_t *sense, size_t sense_len,
+                              void *arg);
     void *cb_arg;
 };
 
@@ -239,15 +262,28 @@ struct pt_cmd {
     /* private */
     struct pt_lun *pl;
     struct pt_cmd *next;
+    bool is_at_san;
     struct hv_deferred deferred;
     struct san_cmd san;
 };
 
 /* Never fails: refusals complete through done(). */
 void pt_lun_submit(struct pt_lun *pl, struct pt_cmd *cmd);
-/* Complete every command still waiting for the login with TASK ABORTED (the
- * guest's ABORT TASK SET / LUN RESET); commands at the SAN are not touched. */
+/* Complete every command still waiting here (for the login, or behind a
+ * TMF) with TASK ABORTED; commands at the SAN are not touched. */
 void pt_lun_abort_waiting(struct pt_lun *pl);
+/* ABORT TASK: `cmd` (submitted, not completed) completes TASK ABORTED —
+ * at once when it waits here, after the SAN's answer to an ABORT TASK when
+ * it is there (or with the SAN's own answer if that came first). */
+void pt_lun_abort(struct pt_lun *pl, struct pt_cmd *cmd);
+/* LOGICAL UNIT RESET: the commands waiting here are aborted, the SAN gets a
+ * LUN RESET (which aborts what it runs), the reset's unit attention is
+ * consumed; new commands wait until that is done. */
+void pt_lun_reset(struct pt_lun *pl);
+/* TMFs sent to the SAN for the guest, and SAN unit attentions handed up. */
+uint64_t pt_lun_aborts_forwarded(const struct pt_lun *pl);
+uint64_t pt_lun_resets_forwarded(const struct pt_lun *pl);
+uint64_t pt_lun_uas_reported(const struct pt_lun *pl);
 
 /* Preempt `victim_key` (0: whoever holds the reservation now) and take the
  * reservation, as fence_scsi does; the victim's tasks are aborted. Only on

@@ -77,6 +77,7 @@ static bool retry_unit_attention(struct san_op *op)
         return false;
     }
     op->ua_retries++;
+    san_session_report_ua(op->s, c);
     return san_session_submit(op->s, c) == 0;
 }
 

@@ -98,9 +98,10 @@ struct san_session_options {
     void (*on_state)(struct san_session *s, enum san_state state, const char *why, void *arg);
     /* Called for each UNIT ATTENTION met by the session's own checks after a
      * login (TEST UNIT READY to every LUN with queued commands, before they
-     * are replayed) or by a replayed command (then retried): the target
-     * restarted, reservations were cleared... The UA was consumed on the
-     * caller's behalf; pass-through may want to report it to the guest. */
+     * are replayed), by a replayed command (then retried), or by one of the
+     * PR operations below (retried too): the target restarted, reservations
+     * were cleared... The UA was consumed on the caller's behalf; a
+     * pass-through reports it to its guest. */
     void (*on_unit_attention)(struct san_session *s, uint64_t lun, const uint8_t *sense,
                               size_t sense_len, void *arg);
     void *cb_arg;
@@ -159,6 +160,8 @@ enum san_transport {
                              * submitted in FAILFAST */
     SAN_TRANSPORT_OFFLINE,  /* the session is offline (LUN identity changed) */
     SAN_TRANSPORT_CLOSED,   /* the session was closed */
+    SAN_TRANSPORT_ABORTED,  /* aborted by task management (san_cmd_abort,
+                             * san_session_tmf): status TASK ABORTED, no sense */
 };
 
 /* SCSI status bytes (SAM-5) */
@@ -214,6 +217,33 @@ struct san_cmd {
  * iov) without calling done(). In RECOVERING the command waits; in
  * FAILFAST/OFFLINE it fails on the next reactor turn. */
 int san_session_submit(struct san_session *s, struct san_cmd *cmd);
+
+/*
+ * Task management toward the SAN, for a pass-through that forwards its
+ * guest's aborts and resets. A command aborted completes through its done()
+ * with transport SAN_TRANSPORT_ABORTED (status TASK ABORTED, no sense) once
+ * the target has answered the TMF; one whose answer arrived first completes
+ * with that answer (SAM allows it). A command not sent yet (waiting for a
+ * reconnect) is aborted here at once. `done(arg, status, msg)` runs on the
+ * reactor, never inside the call: 0 when the target answered FUNCTION
+ * COMPLETE or TASK DOES NOT EXIST; -EIO when it refused (msg gives the
+ * response; the commands then run on and answer normally); 0 as well when
+ * the connection went first: ERL 0 session reinstatement ends the tasks at
+ * the target, and aborted commands are not replayed. Not called after
+ * san_session_close().
+ */
+/* ABORT TASK for one command. -ENOENT (done not called) when it is no
+ * longer outstanding. */
+int san_cmd_abort(struct san_session *s, struct san_cmd *cmd, san_status_cb done, void *arg);
+enum san_tmf {
+    SAN_TMF_ABORT_TASK_SET = 2,     /* every task of this session's nexus on `lun` */
+    SAN_TMF_LUN_RESET = 5,          /* the LUN itself: every nexus's tasks, SPC-2
+                                     * reservations; the target raises 29h/xxh */
+};
+int san_session_tmf(struct san_session *s, uint64_t lun, enum san_tmf fn, san_status_cb done,
+                    void *arg);
+/* TMFs sent so far, for statistics. */
+unsigned san_session_tmfs(const struct san_session *s);
 
 /* Sense helpers (fixed and descriptor format). */
 int san_sense_key(const uint8_t *sense, size_t len);              /* -1 if none */

@@ -9,6 +9,7 @@
 #define SAN_CMD_INFLIGHT (1u << 1)  /* handed to libiscsi */
 #define SAN_CMD_REPLAYED (1u << 2)  /* resubmitted after a reconnect */
 #define SAN_CMD_VERIFY (1u << 3)    /* the session's own post-reconnect check */
+#define SAN_CMD_ABORTING (1u << 4)  /* a TMF for it is out: never replayed */
 
 /* ASC/ASCQ used for commands the transport could not deliver */
 #define SAN_ASC_NOT_READY_CAUSE_NOT_REPORTABLE 0x0400
@@ -23,6 +24,8 @@ void san_cdb_read_capacity16(uint8_t cdb[16], uint32_t alloc_len);
 void san_session_note_pr_key(struct san_session *s, uint64_t lun, uint64_t key);
 void san_session_forget_pr_key(struct san_session *s, uint64_t lun);
 struct hv_reactor *san_session_reactor(const struct san_session *s);
+/* ops.c: a UNIT ATTENTION that an operation of ours met and retried. */
+void san_session_report_ua(struct san_session *s, const struct san_cmd *c);
 
 /* Fill a command that reads `bytes` into `buf`. */
 void san_cmd_prepare(struct san_cmd *cmd, uint64_t lun, const uint8_t *cdb, uint8_t cdb_len,

@@ -313,6 +313,9 @@ const char *san_cmd_describe(const struct san_cmd *cmd, char *buf, size_t len)
     case SAN_TRANSPORT_CLOSED:
         snprintf(buf, len, "session closed");
         return buf;
+    case SAN_TRANSPORT_ABORTED:
+        snprintf(buf, len, "aborted by task management");
+        return buf;
     case SAN_TRANSPORT_OK:
         break;
     }
@@ -349,6 +352,8 @@ int san_cmd_errno(const struct san_cmd *cmd)
     case SAN_TRANSPORT_OFFLINE:
     case SAN_TRANSPORT_CLOSED:
         return -ESHUTDOWN;
+    case SAN_TRANSPORT_ABORTED:
+        return -ECANCELED;
     }
     switch (cmd->status) {
     case SAN_STATUS_GOOD:

@@ -115,6 +115,10 @@ struct san_session {
     struct san_prkey prkeys[SAN_MAX_EXPECT];
     size_t prkey_count;
 
+    /* task management in flight (san_cmd_abort, san_session_tmf) */
+    struct san_tmf_op *tmf_ops;
+    unsigned tmfs;
+
     /* post-reconnect verification: one command at a time */
     int verify_phase;
     size_t verify_index;
@@ -128,6 +132,9 @@ struct san_session {
 
 static void on_fd(void *arg, uint32_t events);
 static void finish_close(void *arg);
+static void complete_aborted(struct san_session *s, struct san_cmd *c);
+static void tmf_connection_gone(struct san_session *s);
+static void tmf_free_all(struct san_session *s);
 static void handle_lost(struct san_session *s);
 static void start_attempt(struct san_session *s);
 static void verify_next(struct san_session *s);
@@ -450,6 +457,16 @@ static void cmd_cb(struct iscsi_context *iscsi, int status, void *command_data, 
     c->flags &= ~SAN_CMD_INFLIGHT;
 
     if (status != SCSI_STATUS_GOOD && status != SCSI_STATUS_CHECK_CONDITION &&
+        status != SCSI_STATUS_RESERVATION_CONFLICT && (c->flags & SAN_CMD_ABORTING)) {
+        /* Taken back after its TMF was answered, or with its connection:
+         * either way the target no longer runs it, and the guest gave up on
+         * it, so it is never replayed. */
+        free(t->datain.data);
+        t->datain.data = NULL;
+        complete_aborted(s, c);
+        return;
+    }
+    if (status != SCSI_STATUS_GOOD && status != SCSI_STATUS_CHECK_CONDITION &&
         status != SCSI_STATUS_RESERVATION_CONFLICT) {
         /* Cancelled by our own teardown, or an error libiscsi could not map
          * (it turns BUSY/TASK SET FULL into SCSI_STATUS_ERROR and drops the
@@ -631,12 +648,15 @@ static void teardown_ctx(struct san_session *s)
         c->flags &= ~SAN_CMD_INFLIGHT;
         if (c->flags & SAN_CMD_VERIFY) {
             drop_verify(s, c);
+        } else if (c->flags & SAN_CMD_ABORTING) {
+            complete_aborted(s, c);
         } else {
             q_insert_ordered(&s->pending, c);
         }
     }
     s->is_logged_in = false;
     s->is_verifying = false;
+    tmf_connection_gone(s);
 }
 
 static void retry_fire(void *arg)
@@ -1217,6 +1237,7 @@ int san_session_connect(struct san_session *s, san_status_cb done, void *arg)
 static void finish_close(void *arg)
 {
     struct san_session *s = arg;
+    tmf_free_all(s);
     hv_timer_cancel(s->r, &s->retry_timer);
     hv_timer_cancel(s->r, &s->replacement_timer);
     teardown_ctx(s);
@@ -1336,4 +1357,267 @@ void san_session_reconnect_now(struct san_session *s)
     }
     s->backoff_ms = s->opt.reconnect_min_ms;
     hv_timer_arm(s->r, &s->retry_timer, 0, retry_fire, s);
+}
+
+/* -------------------------------------------------------- task management */
+
+/*
+ * One TMF on its way to the target. libiscsi gives no callback for a TMF
+ * whose context is destroyed, so the session keeps them in a list and
+ * finishes them itself when the connection goes. The answer is acted on
+ * from a timer, outside iscsi_service(): cancelling the aborted tasks in
+ * libiscsi from inside its own PDU processing would change the lists it is
+ * walking.
+ */
+struct san_tmf_op {
+    struct san_session *s;
+    enum iscsi_task_mgmt_funcs fn;
+    uint64_t lun;
+    struct san_cmd *cmd;                /* ABORT TASK: the one command */
+    san_status_cb done;
+    void *arg;
+    bool is_answered;
+    bool is_lost;                       /* the connection went first */
+    uint32_t response;
+    struct hv_timer timer;
+    struct san_tmf_op *next;
+};
+
+static void complete_aborted(struct san_session *s, struct san_cmd *c)
+{
+    c->transport = SAN_TRANSPORT_ABORTED;
+    c->status = SAN_STATUS_TASK_ABORTED;
+    c->sense_len = 0;
+    c->residual = c->xfer_bytes;
+    c->is_overflow = false;
+    complete(s, c);
+}
+
+static const char *tmf_name(enum iscsi_task_mgmt_funcs fn)
+{
+    switch (fn) {
+    case ISCSI_TM_ABORT_TASK: return "ABORT TASK";
+    case ISCSI_TM_ABORT_TASK_SET: return "ABORT TASK SET";
+    case ISCSI_TM_LUN_RESET: return "LOGICAL UNIT RESET";
+    default: return "task management";
+    }
+}
+
+static bool is_op_target(const struct san_tmf_op *op, const struct san_cmd *c)
+{
+    return op->fn == ISCSI_TM_ABORT_TASK ? c == op->cmd : c->lun == op->lun;
+}
+
+static void tmf_unlink(struct san_session *s, struct san_tmf_op *op)
+{
+    for (struct san_tmf_op **pp = &s->tmf_ops; *pp; pp = &(*pp)->next)
+        if (*pp == op) {
+            *pp = op->next;
+            return;
+        }
+}
+
+static void tmf_finish(void *arg)
+{
+    struct san_tmf_op *op = arg;
+    struct san_session *s = op->s;
+    char msg[200];
+    int status = 0;
+
+    tmf_unlink(s, op);
+    if (op->is_lost) {
+        snprintf(msg, sizeof(msg), "%s LUN %" PRIu64 ": connection lost before the answer; "
+                 "the tasks ended with the session", tmf_name(op->fn), op->lun);
+    } else if (op->response == ISCSI_TMR_FUNC_COMPLETE ||
+               op->response == ISCSI_TMR_TASK_DOES_NOT_EXIST) {
+        snprintf(msg, sizeof(msg), "%s LUN %" PRIu64 ": %s", tmf_name(op->fn), op->lun,
+                 op->response == ISCSI_TMR_FUNC_COMPLETE ? "function complete"
+                                                         : "task does not exist");
+    } else {
+        status = -EIO;
+        snprintf(msg, sizeof(msg), "%s LUN %" PRIu64 ": the target answered %u%s",
+                 tmf_name(op->fn), op->lun, op->response,
+                 op->response == ISCSI_TMR_TMF_NOT_SUPPORTED ? " (not supported)"
+                 : op->response == ISCSI_TMR_FUNC_REJECTED ? " (rejected)" : "");
+    }
+    /* The target no longer runs what it aborted, and will not answer it:
+     * take those commands back from libiscsi (their callback completes them
+     * as aborted). After a refusal they run on: drop the mark. */
+    struct san_cmd *c = s->inflight.head;
+    while (c) {
+        struct san_cmd *next = c->q_next;
+        if ((c->flags & SAN_CMD_ABORTING) && is_op_target(op, c)) {
+            bool is_other_op = false;
+            for (struct san_tmf_op *o = s->tmf_ops; o; o = o->next)
+                is_other_op |= is_op_target(o, c);
+            if (status < 0) {
+                if (!is_other_op)
+                    c->flags &= ~SAN_CMD_ABORTING;
+            } else if (s->ctx && !op->is_lost) {
+                iscsi_scsi_cancel_task(s->ctx, (struct scsi_task *)c->task);
+            }
+        }
+        c = next;
+    }
+    if (status < 0)
+        hv_warn("san: %s: %s", s->target, msg);
+    else
+        hv_debug("san: %s: %s", s->target, msg);
+    op->done(op->arg, status, msg);
+    free(op);
+    if (s->ctx && !s->in_service)
+        update_events(s);
+}
+
+static void tmf_cb(struct iscsi_context *iscsi, int status, void *command_data, void *private)
+{
+    struct san_tmf_op *op = private;
+    (void)iscsi;
+    if (op->is_answered || op->is_lost)
+        return;
+    op->is_answered = true;
+    op->response = status == SCSI_STATUS_GOOD && command_data ? *(uint32_t *)command_data
+                                                              : ISCSI_TMR_FUNC_REJECTED;
+    hv_timer_arm(op->s->r, &op->timer, 0, tmf_finish, op);
+}
+
+static void tmf_connection_gone(struct san_session *s)
+{
+    for (struct san_tmf_op *op = s->tmf_ops; op; op = op->next) {
+        if (op->is_answered)
+            continue;
+        op->is_lost = true;
+        op->is_answered = true;
+        hv_timer_arm(s->r, &op->timer, 0, tmf_finish, op);
+    }
+}
+
+static void tmf_free_all(struct san_session *s)
+{
+    while (s->tmf_ops) {
+        struct san_tmf_op *op = s->tmf_ops;
+        s->tmf_ops = op->next;
+        hv_timer_cancel(s->r, &op->timer);
+        free(op);
+    }
+}
+
+/* Queue the TMF, or — no connection to send it on — let the teardown of
+ * that connection (or the one already done) finish it. */
+static int tmf_send(struct san_session *s, struct san_tmf_op *op, uint32_t ritt,
+                    uint32_t rcmdsn)
+{
+    op->next = s->tmf_ops;
+    s->tmf_ops = op;
+    if (s->ctx && s->is_logged_in && !s->is_lost &&
+        iscsi_task_mgmt_async(s->ctx, (int)op->lun, op->fn, ritt, rcmdsn, tmf_cb, op) == 0) {
+        s->tmfs++;
+        if (!s->in_service)
+            update_events(s);
+        return 0;
+    }
+    if (s->ctx && s->is_logged_in && !s->is_lost)
+        mark_lost(s, iscsi_get_error(s->ctx));
+    if (!s->ctx) {
+        op->is_lost = true;
+        op->is_answered = true;
+        hv_timer_arm(s->r, &op->timer, 0, tmf_finish, op);
+    }
+    return 0;
+}
+
+/* A command still waiting to be sent is simply taken out of line. */
+static bool abort_pending(struct san_session *s, struct san_cmd *c)
+{
+    for (struct san_cmd *p = s->pending.head; p; p = p->q_next)
+        if (p == c) {
+            q_remove(&s->pending, c);
+            c->transport = SAN_TRANSPORT_ABORTED;
+            c->status = SAN_STATUS_TASK_ABORTED;
+            c->sense_len = 0;
+            c->residual = c->xfer_bytes;
+            c->is_overflow = false;
+            q_push(&s->done_q, c);
+            hv_reactor_defer(s->r, &s->done_defer, flush_done, s);
+            return true;
+        }
+    return false;
+}
+
+static struct san_tmf_op *tmf_op_new(struct san_session *s, enum iscsi_task_mgmt_funcs fn,
+                                     uint64_t lun, san_status_cb done, void *arg)
+{
+    struct san_tmf_op *op = calloc(1, sizeof(*op));
+    if (!op)
+        return NULL;
+    op->s = s;
+    op->fn = fn;
+    op->lun = lun;
+    op->done = done;
+    op->arg = arg;
+    return op;
+}
+
+int san_cmd_abort(struct san_session *s, struct san_cmd *c, san_status_cb done, void *arg)
+{
+    struct san_tmf_op *op;
+
+    if (s->is_closing || c->session != s)
+        return -ENOENT;
+    if (!(c->flags & SAN_CMD_INFLIGHT)) {
+        if (!(c->flags & SAN_CMD_QUEUED) || !abort_pending(s, c))
+            return -ENOENT;
+        /* nothing to ask the target: answer on the next turn */
+        op = tmf_op_new(s, ISCSI_TM_ABORT_TASK, c->lun, done, arg);
+        if (!op)
+            return -ENOMEM;
+        op->is_answered = true;
+        op->response = ISCSI_TMR_FUNC_COMPLETE;
+        op->next = s->tmf_ops;
+        s->tmf_ops = op;
+        hv_timer_arm(s->r, &op->timer, 0, tmf_finish, op);
+        return 0;
+    }
+    op = tmf_op_new(s, ISCSI_TM_ABORT_TASK, c->lun, done, arg);
+    if (!op)
+        return -ENOMEM;
+    op->cmd = c;
+    c->flags |= SAN_CMD_ABORTING;
+    struct scsi_task *t = (struct scsi_task *)c->task;
+    return tmf_send(s, op, t->itt, t->cmdsn);
+}
+
+int san_session_tmf(struct san_session *s, uint64_t lun, enum san_tmf fn, san_status_cb done,
+                    void *arg)
+{
+    struct san_tmf_op *op;
+    struct san_cmd *c;
+
+    if (s->is_closing)
+        return -ESHUTDOWN;
+    if (fn != SAN_TMF_ABORT_TASK_SET && fn != SAN_TMF_LUN_RESET)
+        return -EINVAL;
+    op = tmf_op_new(s, fn == SAN_TMF_LUN_RESET ? ISCSI_TM_LUN_RESET : ISCSI_TM_ABORT_TASK_SET,
+                    lun, done, arg);
+    if (!op)
+        return -ENOMEM;
+    c = s->pending.head;
+    while (c) {
+        struct san_cmd *next = c->q_next;
+        if (c->lun == lun && !(c->flags & SAN_CMD_VERIFY))
+            abort_pending(s, c);
+        c = next;
+    }
+    for (c = s->inflight.head; c; c = c->q_next)
+        if (c->lun == lun && !(c->flags & SAN_CMD_VERIFY))
+            c->flags |= SAN_CMD_ABORTING;
+    return tmf_send(s, op, 0xffffffff, 0);
+}
+
+unsigned san_session_tmfs(const struct san_session *s) { return s->tmfs; }
+
+void san_session_report_ua(struct san_session *s, const struct san_cmd *c)
+{
+    if (s->opt.on_unit_attention)
+        s->opt.on_unit_attention(s, c->lun, c->sense, c->sense_len, s->opt.cb_arg);
 }

@@ -188,10 +188,37 @@ static void cbt_describe(struct bdev *bd, json_t *obj)
     json_object_set_new(obj, "cbt_reliable", json_boolean(c->is_reliable));
 }
 
+/* An online resize: the bitmap follows the new size, and the history is
+ * no longer comparable with the previous backup (whose size differs). */
+static int cbt_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
+{
+    struct snap_cbt *c = hv_container_of(bd, struct snap_cbt, bd);
+    if (!c->inner->ops->resize)
+        return hv_err_set(err, -EOPNOTSUPP, "%s: cannot be resized online", bd->name);
+    uint64_t chunks = HV_DIV_ROUND_UP(size_bytes, c->granularity);
+    uint8_t *bits = calloc(1, bitmap_bytes(chunks) + 1);
+    if (!bits)
+        return hv_err_set(err, -ENOMEM, "%s: out of memory", bd->name);
+    int ret = c->inner->ops->resize(c->inner, size_bytes, err);
+    if (ret < 0) {
+        free(bits);
+        return ret;
+    }
+    memcpy(bits, c->bits, HV_MIN(bitmap_bytes(chunks), bitmap_bytes(c->chunks)));
+    free(c->bits);
+    c->bits = bits;
+    c->chunks = HV_DIV_ROUND_UP(c->inner->size_bytes, c->granularity);
+    bd->size_bytes = c->inner->size_bytes;
+    c->is_reliable = false;
+    snprintf(c->why, sizeof(c->why), "the disk was resized to %" PRIu64 " bytes", bd->size_bytes);
+    return 0;
+}
+
 static const struct bdev_ops cbt_ops = {
     .name = "cbt",
     .submit = cbt_submit,
     .close = cbt_close,
+    .resize = cbt_resize,
     .describe = cbt_describe,
 };
 

@@ -263,10 +263,34 @@ static void cbw_describe(struct bdev *bd, json_t *obj)
         c->inner->ops->describe(c->inner, obj);
 }
 
+static int cbw_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
+{
+    struct snap_cbw *c = hv_container_of(bd, struct snap_cbw, bd);
+    if (c->is_active)
+        return hv_err_set(err, -EBUSY, "%s: a backup is reading it; resize afterwards",
+                          bd->name);
+    if (!c->inner->ops->resize)
+        return hv_err_set(err, -EOPNOTSUPP, "%s: cannot be resized online", bd->name);
+    uint8_t *state = calloc(1, HV_DIV_ROUND_UP(size_bytes, c->chunk_bytes) + 1);
+    if (!state)
+        return hv_err_set(err, -ENOMEM, "%s: out of memory", bd->name);
+    int ret = c->inner->ops->resize(c->inner, size_bytes, err);
+    if (ret < 0) {
+        free(state);
+        return ret;
+    }
+    free(c->state);
+    c->state = state;
+    c->chunks = HV_DIV_ROUND_UP(c->inner->size_bytes, c->chunk_bytes);
+    bd->size_bytes = c->inner->size_bytes;
+    return 0;
+}
+
 static const struct bdev_ops cbw_ops = {
     .name = "cbw",
     .submit = cbw_submit,
     .close = cbw_close,
+    .resize = cbw_resize,
     .describe = cbw_describe,
 };
 

@@ -11,6 +11,7 @@
  * waited at the gate.
  */
 #include "filter.h"
+#include "vhd.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -320,10 +321,27 @@ static void top_describe(struct bdev *bd, json_t *obj)
         t->inner->ops->describe(t->inner, obj);
 }
 
+/* Only the chain itself resizes: a live child over it would no longer have
+ * its parent's size. */
+static int top_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
+{
+    struct snap_top *t = hv_container_of(bd, struct snap_top, bd);
+    if (!t->inner->ops->resize)
+        return hv_err_set(err, -EOPNOTSUPP, "%s: cannot be resized online%s", bd->name,
+                          vhd_is_live_child(t->inner)
+                              ? " while it has checkpoints (delete them first)"
+                              : "");
+    int ret = t->inner->ops->resize(t->inner, size_bytes, err);
+    if (ret == 0)
+        bd->size_bytes = t->inner->size_bytes;
+    return ret;
+}
+
 static const struct bdev_ops top_ops = {
     .name = "top",
     .submit = top_submit,
     .close = top_close,
+    .resize = top_resize,
     .describe = top_describe,
 };
 

@@ -31,6 +31,7 @@ struct snap_agent {
     uint64_t next_id;
     struct vss_linebuf lb;
     struct snap_agent_info info;
+    struct hv_reactor *reactor; /* turned while waiting (snap_agent_open_in) */
 };
 
 int snap_agent_parse_spec(const char *spec, enum snap_agent_kind *kind, char *path, size_t cap,
@@ -58,20 +59,26 @@ static uint64_t deadline_after(uint32_t ms)
     return hv_now_ns() + (uint64_t)ms * 1000000ull;
 }
 
-static int wait_fd(int fd, short events, uint64_t deadline)
+/* Wait for the socket. With a reactor, its turns run meanwhile (a couple of
+ * milliseconds each): the guest's I/O keeps being served, which a freeze
+ * inside the guest needs when its disks are ours. */
+static int wait_fd(struct snap_agent *a, short events, uint64_t deadline)
 {
     for (;;) {
         uint64_t now = hv_now_ns();
         if (now >= deadline)
             return -ETIMEDOUT;
-        struct pollfd p = {.fd = fd, .events = events};
-        int n = poll(&p, 1, (int)HV_DIV_ROUND_UP(deadline - now, 1000000ull));
+        struct pollfd p = {.fd = a->fd, .events = events};
+        int wait_ms = (int)HV_DIV_ROUND_UP(deadline - now, 1000000ull);
+        int n = poll(&p, 1, a->reactor ? 0 : wait_ms);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
             return -errno;
         if (n > 0)
             return 0;
+        if (a->reactor)
+            hv_reactor_run_once(a->reactor, HV_MIN(wait_ms, 2));
     }
 }
 
@@ -81,7 +88,7 @@ static int send_all(struct snap_agent *a, const char *buf, size_t len, uint64_t 
     while (len) {
         ssize_t n = send(a->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-            int ret = wait_fd(a->fd, POLLOUT, deadline);
+            int ret = wait_fd(a, POLLOUT, deadline);
             if (ret < 0)
                 return hv_err_set(err, ret, "agent %s: send: %s", a->path, strerror(-ret));
             continue;
@@ -109,7 +116,7 @@ static int recv_line(struct snap_agent *a, const char **line, size_t *len, uint6
                                   a->path, VSS_MAX_LINE_BYTES);
             return 0;
         }
-        int ret = wait_fd(a->fd, POLLIN, deadline);
+        int ret = wait_fd(a, POLLIN, deadline);
         if (ret < 0)
             return hv_err_set(err, ret, "agent %s: no answer within %u ms", a->path,
                               a->timeout_ms);
@@ -348,6 +355,12 @@ static int qga_hello(struct snap_agent *a, struct hv_err *err)
 int snap_agent_open(enum snap_agent_kind kind, const char *socket_path, uint32_t timeout_ms,
                     struct snap_agent **out, struct hv_err *err)
 {
+    return snap_agent_open_in(NULL, kind, socket_path, timeout_ms, out, err);
+}
+
+int snap_agent_open_in(struct hv_reactor *r, enum snap_agent_kind kind, const char *socket_path,
+                       uint32_t timeout_ms, struct snap_agent **out, struct hv_err *err)
+{
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(socket_path) >= sizeof(sa.sun_path))
         return hv_err_set(err, -ENAMETOOLONG, "agent %s: socket path too long", socket_path);
@@ -355,6 +368,7 @@ int snap_agent_open(enum snap_agent_kind kind, const char *socket_path, uint32_t
     if (!a)
         return hv_err_set(err, -ENOMEM, "agent %s: out of memory", socket_path);
     a->kind = kind;
+    a->reactor = r;
     a->timeout_ms = timeout_ms ? timeout_ms : 5000;
     a->next_id = 1;
     snprintf(a->path, sizeof(a->path), "%s", socket_path);

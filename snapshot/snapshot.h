@@ -162,6 +162,11 @@ int snap_agent_parse_spec(const char *spec, enum snap_agent_kind *kind, char *pa
 /* Connect and say hello (version check) / guest-sync. */
 int snap_agent_open(enum snap_agent_kind kind, const char *socket_path, uint32_t timeout_ms,
                     struct snap_agent **out, struct hv_err *err);
+/* The same, but while a call waits for the agent it runs `r`'s turns, so
+ * that the guest's I/O keeps being served (a freeze in a guest whose disks
+ * this reactor serves flushes to them). Call from outside any I/O path. */
+int snap_agent_open_in(struct hv_reactor *r, enum snap_agent_kind kind, const char *socket_path,
+                       uint32_t timeout_ms, struct snap_agent **out, struct hv_err *err);
 void snap_agent_close(struct snap_agent *a);
 int snap_agent_info(struct snap_agent *a, struct snap_agent_info *info, struct hv_err *err);
 /* prepare (hvstor-vss writers; no-op for qemu-ga), freeze, thaw, abort. A thaw

@@ -23,6 +23,7 @@
 #define _GNU_SOURCE
 #endif
 #include "engine.h"
+#include "ops.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -657,6 +658,26 @@ static int punch(struct layer *l, uint64_t offset, uint64_t length)
     return 0;
 }
 
+/* The crash harness sees a punch as the zeroes it leaves behind. */
+static void observe_punch(struct vhd_bdev *v, uint64_t at, uint64_t len)
+{
+    while (v->observer && len) {
+        struct iovec iov[VHD_MAX_BLOCK_BYTES / ZERO_BUF_BYTES + 1];
+        uint64_t done = 0;
+        int n = 0;
+        for (; len - done && n < (int)HV_ARRAY_SIZE(iov); n++) {
+            uint64_t piece = HV_MIN(len - done, ZERO_BUF_BYTES);
+            iov[n].iov_base = v->zero_buf;
+            iov[n].iov_len = piece;
+            done += piece;
+        }
+        int seq = observe_submit(v, false, at, iov, n);
+        observe_complete(v, seq, (long)done);
+        at += done;
+        len -= done;
+    }
+}
+
 /* Give a whole block back: the space becomes a hole, the BAT entry goes back
  * to unallocated (durable at the next flush). Punching first is safe: until
  * the BAT reaches the disk, the old entry points at zeroes and clear bits,
@@ -679,19 +700,8 @@ static void deallocate(struct vhd_bdev *v, uint32_t block)
             .blk_flags = (uint8_t)(v->blk[block] & BLK_PREFIX_OURS),
         };
     }
-    if (is_punched && v->observer) {
-        /* The harness sees a punch as the zeroes it leaves behind. */
-        struct iovec iov[VHD_MAX_BLOCK_BYTES / ZERO_BUF_BYTES + 1];
-        int n = 0;
-        for (uint64_t left = len; left && n < (int)HV_ARRAY_SIZE(iov); n++) {
-            uint64_t piece = HV_MIN(left, ZERO_BUF_BYTES);
-            iov[n].iov_base = v->zero_buf;
-            iov[n].iov_len = piece;
-            left -= piece;
-        }
-        int seq = observe_submit(v, false, at, iov, n);
-        observe_complete(v, seq, (long)len);
-    }
+    if (is_punched)
+        observe_punch(v, at, len);
     set_bat(v, block, VHD_BAT_UNALLOCATED);
     v->blk[block] |= BLK_MOVED;
     v->allocated--;
@@ -1867,6 +1877,71 @@ static int close_relocate(struct vhd_bdev *v)
     return ret;
 }
 
+struct extent {
+    uint64_t start;
+    uint64_t end;
+};
+
+static int extent_cmp(const void *a, const void *b)
+{
+    const struct extent *x = a;
+    const struct extent *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/*
+ * Metadata may lie after blocks (a BAT that an online resize moved), and
+ * the file is never cut before it: what lies between the last block below
+ * it and it stays in the file. Pages there, or anywhere, that nothing owns
+ * (the old places of blocks close_relocate moved, the page before the
+ * bitmap of a discarded block, which a punch of the block only zeroes) are
+ * punched, so that they cost nothing and `vhd check` does not count them
+ * as leaked. Runs once the BAT is durable (the final flush round, then
+ * close_relocate's syncs): no durable entry points into them.
+ */
+static int close_punch_gaps(struct vhd_bdev *v)
+{
+    struct layer *t = top(v);
+    const struct vhd_header *h = &t->meta.header;
+    size_t cap = (size_t)t->entries + 3 + VHD_LOCATOR_COUNT;
+    struct extent *r = malloc(cap * sizeof(*r));
+    uint64_t covered = 0;
+    size_t n = 0;
+
+    if (!r)
+        return -ENOMEM;
+    r[n++] = (struct extent){ 0, VHD_FOOTER_BYTES };
+    r[n++] = (struct extent){ t->meta.footer.data_offset,
+                              t->meta.footer.data_offset + VHD_HEADER_BYTES };
+    r[n++] = (struct extent){ h->table_offset, h->table_offset + v->bat_write_bytes };
+    for (int i = 0; i < VHD_LOCATOR_COUNT && t->type == VHD_TYPE_DIFFERENCING; i++) {
+        const struct vhd_locator *l = &h->locators[i];
+        if (l->code != VHD_PLAT_NONE)
+            r[n++] = (struct extent){ l->data_offset,
+                                      l->data_offset + vhd_locator_space_bytes(l) };
+    }
+    for (uint32_t b = 0; b < t->entries; b++)
+        if (t->meta.bat[b] != VHD_BAT_UNALLOCATED)
+            r[n++] = (struct extent){ bitmap_offset(t, b),
+                                      bitmap_offset(t, b) + t->bitmap_bytes + t->block_bytes };
+    qsort(r, n, sizeof(*r), extent_cmp);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t from = HV_ALIGN_UP(covered, PREFIX_ALIGN);
+        uint64_t to = HV_ALIGN_DOWN(r[i].start, PREFIX_ALIGN);
+        if (to > from) {
+            if (punch(t, from, to - from) < 0) {
+                int ret = -errno;
+                free(r);
+                return ret;
+            }
+            observe_punch(v, from, to - from);
+        }
+        covered = HV_MAX(covered, r[i].end);
+    }
+    free(r);
+    return 0;
+}
+
 /*
  * Clean close: metadata durable (a flush round), holes refilled, then the
  * file is cut after its last block with a valid footer at every instant: the
@@ -1915,6 +1990,8 @@ static int vhd_close(struct bdev *bd)
             /* Best effort: the image is complete and consistent already. */
             int r = close_relocate(v);
             if (r == 0)
+                r = close_punch_gaps(v);
+            if (r == 0)
                 r = close_trim(v);
             if (r < 0)
                 hv_warn("%s: giving back unused space at close: %s (the image is intact; "
@@ -1953,15 +2030,14 @@ static int grow_map(uint8_t **p, size_t *len, size_t want)
     return 0;
 }
 
-/* Use `entries` of the BAT's sectors (the unused ones read 0xFFFFFFFF on
- * disk already): grow the per-block state, then write the dynamic header
- * with the new max_table_entries (made durable by the caller). */
-static int grow_entries(struct vhd_bdev *v, uint32_t entries)
+/* Room for `entries` blocks in the per-block state of the top. Only
+ * capacity: the engine goes on using t->entries until the caller commits,
+ * so a failure here leaves everything as it was. */
+static int grow_block_state(struct vhd_bdev *v, uint32_t entries)
 {
     struct layer *t = top(v);
     size_t old = t->entries;
     size_t n = (size_t)entries + 1;
-    uint8_t hdr[VHD_HEADER_BYTES];
     void *p;
 
     if (!(p = realloc(t->meta.bat, (size_t)entries * 4)))
@@ -1985,15 +2061,163 @@ static int grow_entries(struct vhd_bdev *v, uint32_t entries)
         (grow_map(&t->bitmaps, &t->bitmaps_len, (size_t)entries * t->bitmap_bytes) < 0 ||
          grow_map(&v->staging, &v->staging_len, (size_t)entries * t->bitmap_bytes) < 0))
         return -ENOMEM;
-    t->entries = entries;
-    t->meta.header.max_table_entries = entries;
-    vhd_header_encode(&t->meta.header, hdr);
+    return 0;
+}
+
+/* The dynamic header with the BAT at `table_offset` of `entries` entries:
+ * both fields, and the checksum, lie in its first sector, so a torn write
+ * cannot mix the old table with the new count. */
+static int write_header(struct vhd_bdev *v, uint64_t table_offset, uint32_t entries)
+{
+    struct layer *t = top(v);
+    struct vhd_header h = t->meta.header;
+    uint8_t hdr[VHD_HEADER_BYTES];
+
+    h.table_offset = table_offset;
+    h.max_table_entries = entries;
+    vhd_header_encode(&h, hdr);
     return close_write(v, hdr, sizeof(hdr), t->meta.footer.data_offset);
 }
 
+/* Use `entries` of the BAT's sectors (the unused ones read 0xFFFFFFFF on
+ * disk already): grow the per-block state, then write the dynamic header
+ * with the new max_table_entries (made durable by the caller). */
+static int grow_entries(struct vhd_bdev *v, uint32_t entries)
+{
+    struct layer *t = top(v);
+    int ret = grow_block_state(v, entries);
+
+    if (ret == 0)
+        ret = write_header(v, t->meta.header.table_offset, entries);
+    if (ret == 0) {
+        t->entries = entries;
+        t->meta.header.max_table_entries = entries;
+    }
+    return ret;
+}
+
 /*
- * Online growth, with no request in flight (the caller drains). Only sizes
- * change, never where anything lives:
+ * A BAT of `entries` entries where the old one has no room: written whole
+ * after everything the file holds, at a 4 KiB boundary and padded to 4 KiB
+ * (the engine's own layout: the padding is the BAT's, written back in whole
+ * pages), then the header switched to it. The order, with the image sound
+ * at the old size at every instant:
+ *  1. if the new BAT reaches past the durable footer, the file grows as
+ *     extend_start grows it: the old footer again at the new end, durable
+ *     (the space before it belongs to nothing: a hole, or leaked space
+ *     once part of the new BAT is there, if a crash stops the resize);
+ *  2. the new BAT (every entry as the old one says, the new ones
+ *     unallocated), durable: still unreferenced;
+ *  3. the header's table offset and entry count (one sector), durable: the
+ *     switch. Both tables say the same, so a crash on either side of it
+ *     reads the same blocks;
+ *  4. the old table's whole pages are punched: nothing points at them, and
+ *     a hole is not a leak (`vhd check` counts stored pages only), which is
+ *     what offline `vhd resize` leaves too. Less than a page at either edge
+ *     keeps stale entries that nothing reads.
+ * Blocks stay where they are: no data moves, only the table. The caller
+ * made every bitmap and BAT entry durable first and holds all requests.
+ */
+static int relocate_bat(struct vhd_bdev *v, uint32_t entries, struct hv_err *err)
+{
+    struct layer *t = top(v);
+    uint64_t new_bytes = vhd_bat_bytes(entries);
+    uint64_t area = HV_ALIGN_UP(new_bytes, PREFIX_ALIGN);
+    uint64_t bat_at = HV_ALIGN_UP(v->next_alloc, PREFIX_ALIGN);
+    uint64_t old_at = t->meta.header.table_offset;
+    uint64_t old_area = v->bat_write_bytes;
+    uint32_t chunks = (uint32_t)(area / PREFIX_ALIGN);
+    uint8_t *raw = hv_alloc_aligned(area);
+    uint8_t *dirty = calloc(chunks + 1, 1);
+    uint8_t *flushing = calloc(chunks + 1, 1);
+    int ret = 0;
+
+    if (!raw || !dirty || !flushing || grow_block_state(v, entries) < 0) {
+        ret = hv_err_set(err, -ENOMEM, "%s: out of memory for a BAT of %" PRIu32 " entries",
+                         t->path, entries);
+        goto out;
+    }
+    memset(raw, 0xFF, area);
+    memcpy(raw, v->bat_disk, (size_t)t->entries * 4);
+
+    if (bat_at + area > v->file_end) {
+        uint64_t new_end = bat_at + area;
+        struct vhd_footer f = t->meta.footer;
+        if (fallocate(t->fd, FALLOC_FL_KEEP_SIZE, (off_t)v->file_end,
+                      (off_t)(new_end + VHD_FOOTER_BYTES - v->file_end)) < 0)
+            hv_debug("%s: fallocate: %s", t->path, strerror(errno));
+        ret = resize_write_footer(v, &f, new_end);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret < 0) {
+            hv_err_set(err, ret, "%s: growing the file for the new BAT: %s", t->path,
+                       strerror(-ret));
+            goto out;
+        }
+        /* The old footer now lies in unused space; outside the new table
+         * it is zeroed with it (no stray footer inside the file). */
+        if (v->file_end < bat_at)
+            ret = close_write(v, v->zero_buf, VHD_FOOTER_BYTES, v->file_end);
+        v->file_end = new_end;
+        t->meta.footer_offset = new_end;
+        t->meta.file_bytes = new_end + VHD_FOOTER_BYTES;
+    }
+    if (ret == 0)
+        ret = close_write(v, raw, area, bat_at);
+    if (ret == 0)
+        ret = close_sync(v);
+    if (ret == 0)
+        op_kill_point("online-resize-bat");
+    if (ret == 0)
+        ret = write_header(v, bat_at, entries);
+    if (ret < 0) {
+        hv_err_set(err, ret, "%s: writing the new BAT: %s", t->path, strerror(-ret));
+        goto out;
+    }
+    /* The header is written: from now on the BAT is written back to its new
+     * place, even if the sync below fails (the header then reaches the disk
+     * with a later flush round's sync, before any round completes). */
+    free(v->bat_disk);
+    free(v->bat_dirty);
+    free(v->bat_flushing);
+    v->bat_disk = raw;
+    v->bat_dirty = dirty;
+    v->bat_flushing = flushing;
+    raw = dirty = flushing = NULL;
+    v->bat_bytes = new_bytes;
+    v->bat_write_bytes = area;
+    v->bat_chunks = chunks;
+    v->next_alloc = HV_MAX(v->next_alloc, bat_at + area);
+    t->meta.header.table_offset = bat_at;
+    t->meta.header.max_table_entries = entries;
+    t->entries = entries;
+    ret = close_sync(v);
+    if (ret < 0) {
+        hv_err_set(err, ret, "%s: making the new BAT's header durable: %s", t->path,
+                   strerror(-ret));
+        goto out;
+    }
+    {
+        uint64_t from = HV_ALIGN_UP(old_at, PREFIX_ALIGN);
+        uint64_t to = HV_ALIGN_DOWN(old_at + old_area, PREFIX_ALIGN);
+        if (to > from) {
+            if (punch(t, from, to - from) == 0)
+                observe_punch(v, from, to - from);
+            else
+                hv_debug("%s: punching the old BAT: %s", t->path, strerror(errno));
+        }
+    }
+out:
+    free(raw);
+    free(dirty);
+    free(flushing);
+    return ret;
+}
+
+/*
+ * Online growth. The caller (hv_vm_resize) holds new requests and drains
+ * those in flight; a growth of the file that runs with no request waiting
+ * for it is let finish first. Nothing moves but metadata:
  *  - fixed (the order of vhd/resize.c): the space up to the new end is
  *    reserved; the old footer is written again at the new end, durable (the
  *    file still says the old size, with unused bytes before its footer);
@@ -2001,22 +2225,26 @@ static int grow_entries(struct vhd_bdev *v, uint32_t entries)
  *    size); then the new footer at the new end, durable: the switch. At no
  *    instant does the file end in anything but a valid footer, and the new
  *    space reads zeroes from the moment the new size is visible.
- *  - dynamic/differencing: the BAT already has room for every block of the
- *    new size (unused entries in its last sector count: the header's
- *    max_table_entries grows into them, written and made durable first),
- *    so otherwise the footer's size and geometry change: the footer that
- *    ends the file (the switch: the engine and libvhdi read that one), then
- *    the copy at offset 0, each made durable. A crash in between leaves the
- *    copy saying the old size: `vhd check` reports it, `vhd repair` copies
- *    the footer.
- * A growth the BAT cannot cover needs the BAT moved: offline `vhd resize`.
+ *  - dynamic/differencing: every bitmap and BAT entry is made durable (a
+ *    flush round), then the BAT is made to cover the new size: unused
+ *    entries in its last sector are taken (the header's max_table_entries
+ *    grows, durable), or, when they are not enough, a larger BAT is written
+ *    after the last block and the header switched to it (relocate_bat). A
+ *    BAT with more entries than the size needs is valid, so either is sound
+ *    at the old size. Then the footer's size and geometry change: the
+ *    footer that ends the file (the switch: the engine and libvhdi read
+ *    that one), then the copy at offset 0, each made durable. A crash in
+ *    between leaves the copy saying the old size: `vhd check` reports an
+ *    interrupted resize, `vhd repair` copies the footer. This is the order
+ *    of offline `vhd resize`, so both leave the same images.
+ * Shrinking is refused: blocks past the new end would have to be freed
+ * under a running guest; offline `vhd resize` does it.
  */
 static int vhd_bdev_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *err)
 {
     struct vhd_bdev *v = vhd_of(bd);
     struct layer *t = top(v);
-    struct vhd_footer f = t->meta.footer;
-    struct vhd_footer geom;
+    struct vhd_footer f;
     int ret;
 
     if (!v->is_writable)
@@ -2024,32 +2252,48 @@ static int vhd_bdev_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *
     if (size_bytes % HV_SECTOR_BYTES || size_bytes == 0)
         return hv_err_set(err, -EINVAL, "%s: new size %" PRIu64 " is not a positive multiple "
                           "of 512 bytes", t->path, size_bytes);
+    if (size_bytes > VHD_MAX_SIZE_BYTES)
+        return hv_err_set(err, -EINVAL, "%s: new size %" PRIu64 " exceeds VHD's 2040 GiB",
+                          t->path, size_bytes);
     if (size_bytes < t->size_bytes)
         return hv_err_set(err, -EINVAL, "%s: shrinking from %" PRIu64 " to %" PRIu64 " bytes "
                           "is refused online (data past the new end would be lost); detach "
                           "the disk and run `vhd resize` offline", t->path, t->size_bytes,
                           size_bytes);
+    /* A growth started before the reserve ran out may still run with no
+     * request waiting for it. */
+    while (v->is_extending && !v->active && !v->waitq_head)
+        hv_reactor_run_once(v->bd.reactor, 100);
     if (v->active || v->waitq_head || v->flush_phase || v->flush_next || v->is_extending)
         return hv_err_set(err, -EBUSY, "%s: requests in flight; resize needs the disk idle",
                           t->path);
-    if (size_bytes == t->size_bytes)
+    if (size_bytes == t->size_bytes) {
+        /* A resize interrupted between the footer and its copy (the copy
+         * still says the old size; `vhd check` reports it) is finished by
+         * asking for the size again: the copy becomes the footer's, as
+         * `vhd repair` would make it. */
+        if (t->type == VHD_TYPE_FIXED || t->meta.is_footer_copy_ok)
+            return 0;
+        f = t->meta.footer;
+        ret = resize_write_footer(v, &f, 0);
+        if (ret == 0)
+            ret = close_sync(v);
+        if (ret < 0)
+            return hv_err_set(err, ret, "%s: rewriting the footer copy: %s", t->path,
+                              strerror(-ret));
+        t->meta.footer_copy = f;
+        t->meta.is_footer_copy_ok = true;
         return 0;
-    if (t->type != VHD_TYPE_FIXED &&
-        HV_DIV_ROUND_UP(size_bytes, t->block_bytes) > v->bat_bytes / 4)
-        return hv_err_set(err, -ENOSPC, "%s: cannot grow online to %" PRIu64 " bytes: the "
-                          "BAT's %" PRIu64 " bytes hold %" PRIu64 " entries of %u bytes, and a "
-                          "larger BAT means moving blocks; detach the disk and run `vhd resize` "
-                          "offline", t->path, size_bytes, v->bat_bytes, v->bat_bytes / 4,
-                          t->block_bytes);
-    vhd_footer_init(&geom, t->type, size_bytes);
-    f.current_size = size_bytes;
-    f.geometry = geom.geometry;
+    }
+    vhd_footer_resized(&f, &t->meta.footer, size_bytes);
 
     if (t->type == VHD_TYPE_FIXED) {
         uint64_t old_end = t->size_bytes;
-        if (fallocate(t->fd, 0, (off_t)old_end + VHD_FOOTER_BYTES,
-                      (off_t)(size_bytes - old_end)) < 0 && errno != EOPNOTSUPP)
-            return hv_err_errno(err, t->path, "reserving the new space");
+        /* KEEP_SIZE: a larger file size must not reach the disk before a
+         * footer ends it (the journal may commit it any time). */
+        if (fallocate(t->fd, FALLOC_FL_KEEP_SIZE, (off_t)old_end + VHD_FOOTER_BYTES,
+                      (off_t)(size_bytes - old_end)) < 0)
+            hv_debug("%s: fallocate: %s", t->path, strerror(errno));
         struct vhd_footer old_footer = t->meta.footer;
         ret = resize_write_footer(v, &old_footer, size_bytes);
         if (ret == 0)
@@ -2068,12 +2312,17 @@ static int vhd_bdev_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *
         t->meta.footer_offset = size_bytes;
         t->meta.file_bytes = size_bytes + VHD_FOOTER_BYTES;
     } else {
-        /* The bitmaps and BAT are made durable first, so that the image on
-         * disk is complete under either footer. More BAT entries than the
-         * size needs is valid, so the header may grow first. */
         uint32_t entries = (uint32_t)HV_DIV_ROUND_UP(size_bytes, t->block_bytes);
         ret = run_flush_sync(v);
-        if (ret == 0 && entries > t->entries) {
+        if (ret < 0)
+            return hv_err_set(err, ret, "%s: flushing before the resize: %s", t->path,
+                              strerror(-ret));
+        if (entries > v->bat_bytes / 4) {
+            ret = relocate_bat(v, entries, err);
+            if (ret < 0)
+                return ret;
+            op_kill_point("online-resize-header");
+        } else if (entries > t->entries) {
             ret = grow_entries(v, entries);
             if (ret == 0)
                 ret = close_sync(v);
@@ -2083,6 +2332,8 @@ static int vhd_bdev_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *
         if (ret == 0)
             ret = close_sync(v);
         if (ret == 0)
+            op_kill_point("online-resize-footer");
+        if (ret == 0)
             ret = resize_write_footer(v, &f, 0);
         if (ret == 0)
             ret = close_sync(v);
@@ -2090,6 +2341,7 @@ static int vhd_bdev_resize(struct bdev *bd, uint64_t size_bytes, struct hv_err *
             return hv_err_set(err, ret, "%s: growing to %" PRIu64 " bytes: %s", t->path,
                               size_bytes, strerror(-ret));
         t->meta.footer_copy = f;
+        t->meta.is_footer_copy_ok = true;
     }
     t->meta.footer = f;
     t->size_bytes = size_bytes;
@@ -2350,6 +2602,30 @@ static int start_cmp(const void *a, const void *b)
     return x->start < y->start ? -1 : x->start > y->start;
 }
 
+/* Does [from, to) touch a structure of the top other than its blocks? The
+ * BAT counts up to its next 4 KiB boundary (padding the engine may own).
+ * Metadata may lie after blocks (a BAT that a resize moved, locators that
+ * set-parent moved), so "before the end of the metadata" is not the test. */
+static bool overlaps_metadata(const struct layer *t, uint64_t from, uint64_t to)
+{
+    const struct vhd_header *h = &t->meta.header;
+    uint64_t bat_end = HV_ALIGN_UP(h->table_offset + vhd_bat_bytes(h->max_table_entries),
+                                   PREFIX_ALIGN);
+    if (from < VHD_FOOTER_BYTES)
+        return true;
+    if (from < t->meta.footer.data_offset + VHD_HEADER_BYTES && t->meta.footer.data_offset < to)
+        return true;
+    if (from < bat_end && h->table_offset < to)
+        return true;
+    for (int i = 0; i < VHD_LOCATOR_COUNT && t->type == VHD_TYPE_DIFFERENCING; i++) {
+        const struct vhd_locator *l = &h->locators[i];
+        if (l->code != VHD_PLAT_NONE && from < l->data_offset + vhd_locator_space_bytes(l) &&
+            l->data_offset < to)
+            return true;
+    }
+    return false;
+}
+
 /* Writable dynamic/differencing top: BAT write-back state, the reserve, and
  * which blocks own the 4 KiB before their bitmap. */
 static int setup_writable(struct vhd_bdev *v, struct hv_err *err)
@@ -2405,8 +2681,8 @@ static int setup_writable(struct vhd_bdev *v, struct hv_err *err)
         uint64_t bm = starts[k].start;
         uint64_t pad = v->prefix_bytes - t->bitmap_bytes;
         uint64_t prev_end = k ? starts[k - 1].start + t->bitmap_bytes + t->block_bytes : 0;
-        if ((bm + t->bitmap_bytes) % PREFIX_ALIGN == 0 && bm >= pad && bm - pad >= meta_end &&
-            bm - pad >= prev_end)
+        if ((bm + t->bitmap_bytes) % PREFIX_ALIGN == 0 && bm >= pad &&
+            !overlaps_metadata(t, bm - pad, bm) && bm - pad >= prev_end)
             v->blk[starts[k].index] |= BLK_PREFIX_OURS;
         end = HV_MAX(end, bm + t->bitmap_bytes + t->block_bytes);
     }

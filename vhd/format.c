@@ -215,6 +215,17 @@ void vhd_footer_init(struct vhd_footer *f, enum vhd_type type, uint64_t size_byt
     hv_uuid_generate(f->uuid);
 }
 
+void vhd_footer_resized(struct vhd_footer *nf, const struct vhd_footer *old, uint64_t size_bytes)
+{
+    *nf = *old;
+    nf->current_size = size_bytes;
+    nf->original_size = size_bytes;
+    vhd_geometry_for_size(size_bytes, &nf->geometry);
+    memcpy(nf->creator_app, VHD_CREATOR_APP, 4);
+    nf->creator_version = VHD_CREATOR_VERSION;
+    nf->creator_os = VHD_CREATOR_OS;
+}
+
 /* ------------------------------------------------------------------ header */
 
 void vhd_header_parse(const uint8_t b[VHD_HEADER_BYTES], struct vhd_header *h)
@@ -519,17 +530,6 @@ int vhd_parent_name_set(struct vhd_header *h, const char *utf8)
     return 0;
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int vhd_locator_decode_path(uint32_t code, const uint8_t *data, size_t len, char *out,
                             size_t cap)
 {
@@ -558,9 +558,10 @@ int vhd_locator_decode_path(uint32_t code, const uint8_t *data, size_t len, char
             char c = (char)data[i];
             if (c == '\0')
                 return -EILSEQ;
-            if (c == '%' && i + 2 < len && hex_value((char)data[i + 1]) >= 0 &&
-                hex_value((char)data[i + 2]) >= 0) {
-                c = (char)(hex_value((char)data[i + 1]) * 16 + hex_value((char)data[i + 2]));
+            if (c == '%' && i + 2 < len && hv_hex_value((char)data[i + 1]) >= 0 &&
+                hv_hex_value((char)data[i + 2]) >= 0) {
+                c = (char)(hv_hex_value((char)data[i + 1]) * 16 +
+                           hv_hex_value((char)data[i + 2]));
                 i += 2;
             }
             if (n + 2 > cap)

@@ -128,6 +128,11 @@ void vhd_footer_encode(struct vhd_footer *f, uint8_t buf[VHD_FOOTER_BYTES]);
 /* A footer for a new image: cookie, features, version, creator, now, a fresh
  * uuid, sizes and the spec's CHS geometry of `size_bytes`. */
 void vhd_footer_init(struct vhd_footer *f, enum vhd_type type, uint64_t size_bytes);
+/* `old` at a new size, as every resize (offline and online) writes it: both
+ * sizes (libvhdi takes the media size from the original size), the size's
+ * geometry, and our creator (qemu then trusts the size over the geometry).
+ * `vhd check` recognises an interrupted resize by exactly these fields. */
+void vhd_footer_resized(struct vhd_footer *nf, const struct vhd_footer *old, uint64_t size_bytes);
 
 /* ---------------------------------------------------------------- header */
 

@@ -29,7 +29,7 @@
  * them. Then the footer at the end, fdatasync, then its copy, fdatasync: in
  * between the copy still says the old size; the image reads as after.
  * `vhd check` recognises exactly that state (both valid, differing only in
- * the fields footer_for_size sets) as an interrupted resize, not
+ * the fields vhd_footer_resized sets) as an interrupted resize, not
  * corruption (exit 3), and `vhd repair` copies the footer.
  * Why the end first: the footer at the end is the one the VHD spec calls
  * authoritative and the one the engine, libvhdi, vhd-util and repair read;
@@ -55,19 +55,6 @@
 #include <unistd.h>
 
 #define PAGE_BYTES 4096u
-
-static void footer_for_size(struct vhd_footer *nf, const struct vhd_footer *old, uint64_t size)
-{
-    *nf = *old;
-    nf->current_size = size;
-    /* libvhdi (vhdiinfo, vhdimount) takes the media size from the original
-     * size; keep both saying the same, as a newly created image does. */
-    nf->original_size = size;
-    vhd_geometry_for_size(size, &nf->geometry);
-    memcpy(nf->creator_app, VHD_CREATOR_APP, 4);
-    nf->creator_version = VHD_CREATOR_VERSION;
-    nf->creator_os = VHD_CREATOR_OS;
-}
 
 /* First offset in [from, to) of a fixed image that is not zero, or `to`. */
 static int first_data(int fd, const char *path, uint64_t from, uint64_t to, uint64_t *at,
@@ -108,7 +95,7 @@ static int resize_fixed(struct op_file *f, struct vhd_meta *m, uint64_t size, bo
     struct vhd_footer nf;
     int ret;
 
-    footer_for_size(&nf, &m->footer, size);
+    vhd_footer_resized(&nf, &m->footer, size);
     if (size < old) {
         uint64_t at = 0;
         ret = first_data(f->fd, f->path, size, old, &at, err);
@@ -315,7 +302,7 @@ static int resize_sparse(struct op_file *f, struct vhd_meta *m, uint64_t size, b
     struct op_bat bat;
     int ret;
 
-    footer_for_size(&nf, &m->footer, size);
+    vhd_footer_resized(&nf, &m->footer, size);
     if (needed > HV_DIV_ROUND_UP(VHD_MAX_READ_SIZE_BYTES, bs))
         return hv_err_set(err, -EINVAL,
                           "%s: %" PRIu64 " bytes need more BAT entries than "

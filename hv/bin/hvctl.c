@@ -19,6 +19,7 @@ static const char *socket_path;
 static char socket_buf[4096 + 32];
 static bool is_json;
 static int timeout_ms = 60000;
+static bool is_timeout_given;
 
 static const char main_usage[] =
     "usage: hvctl [--state-dir DIR | --socket PATH] [--json] COMMAND ...\n"
@@ -46,12 +47,19 @@ static const char main_usage[] =
     "  disk takeover VM --controller N --slot M preempt a dead host's reservation\n"
     "  vm zoning VM [--target IQN] [--tid N]    what the SAN admin runs to let it in\n"
     "  vm create ... [--iqn IQN]                the VM's own SAN initiator name\n"
+    "  vm create|set ... --agent hvstor-vss:PATH | --agent qemu-ga:PATH | --no-agent\n"
+    "                                           the guest agent (app-consistent cuts)\n"
+    "  checkpoint create VM [--name NAME] [--consistency app|crash]\n"
+    "  checkpoint list VM | show|delete|apply VM NAME\n"
+    "  backup create VM --to DIR [--incremental] [--consistency app|crash] [-p]\n"
+    "  backup verify DIR | backup restore DIR --to DIR2 [--seq N]   (no daemon needed)\n"
     "\n"
     "Options (anywhere on the line):\n"
     "  --state-dir DIR   talk to the hvstord of DIR (default " HV_DEFAULT_STATE_DIR ")\n"
     "  --socket PATH     talk to this control socket instead\n"
     "  --json            print JSON (the daemon's reply) instead of text\n"
-    "  --timeout MS      wait at most MS for an answer (default 60000)\n"
+    "  --timeout MS      wait at most MS for an answer (default 60000; checkpoint\n"
+    "                    create/delete/apply and backup create: no limit)\n"
     "'hvctl vm --help', 'hvctl disk attach --help' ... explain each command.\n";
 
 static const char vm_usage[] =
@@ -61,6 +69,7 @@ static const char vm_usage[] =
     "       hvctl vm show NAME\n"
     "       hvctl vm set NAME [--initiator IQN]... [--chap USER:SECRET | --no-chap]\n"
     "                         [--mutual-chap USER:SECRET]\n"
+    "                         [--agent hvstor-vss:PATH | --agent qemu-ga:PATH | --no-agent]\n"
     "       hvctl vm delete NAME\n";
 
 static const char vm_set_usage[] =
@@ -69,7 +78,10 @@ static const char vm_set_usage[] =
     "\n"
     "Change who may act as the VM's guest. --initiator (repeatable) replaces the\n"
     "whole list; --no-chap turns CHAP off. Sessions logged in under the old rules\n"
-    "are dropped (the guest logs in again, under the new ones).\n";
+    "are dropped (the guest logs in again, under the new ones).\n"
+    "--agent SPEC / --no-agent: the guest agent checkpoints and backups ask to\n"
+    "freeze the guest's filesystems (PATH: the host end of its Unix socket);\n"
+    "changing only the agent keeps the sessions.\n";
 
 static const char vm_create_usage[] =
     "usage: hvctl vm create NAME [--initiator IQN]... [--chap USER:SECRET]\n"
@@ -83,7 +95,10 @@ static const char vm_create_usage[] =
     "  --chap USER:SECRET the initiator must authenticate (secret >= 12 bytes)\n"
     "  --mutual-chap USER:SECRET  the target authenticates itself too\n"
     "  --controllers N    controllers to create now (1-4, default 1; attaching to\n"
-    "                     a higher controller adds it)\n";
+    "                     a higher controller adds it)\n"
+    "  --agent hvstor-vss:PATH | qemu-ga:PATH\n"
+    "                     the guest agent's Unix socket (host side): checkpoints and\n"
+    "                     backups are then application-consistent by default\n";
 
 static const char disk_usage[] =
     "usage: hvctl disk attach VM --controller N --slot M (--vhd PATH | --raw PATH)\n"
@@ -98,7 +113,9 @@ static const char disk_attach_usage[] =
     "\n"
     "Attach an image to a slot while the guest runs (the guest gets REPORTED\n"
     "LUNS DATA HAS CHANGED). --create SIZE makes a new dynamic VHD at PATH first.\n"
-    "--read-only: the guest sees a write-protected disk.\n";
+    "--read-only: the guest sees a write-protected disk.\n"
+    "Whole LUNs and devices: --lun SAN:TARGET:LUN, --fc-lun TARGET_WWPN:LUN,\n"
+    "--device PATH (hvctl disk attach --fc-lun x --help tells more).\n";
 
 static const char disk_detach_usage[] =
     "usage: hvctl disk detach VM --controller N --slot M\n"
@@ -170,6 +187,22 @@ static void print_vm(const json_t *vm)
                    json_string_value(json_object_get(json_object_get(fc, set), "wwpn")),
                    json_string_value(json_object_get(json_object_get(fc, set), "wwnn")));
     }
+    if (json_is_object(json_object_get(vm, "agent"))) {
+        const json_t *a = json_object_get(vm, "agent");
+        const char *version = json_string_value(json_object_get(a, "version"));
+        const char *error = json_string_value(json_object_get(a, "error"));
+        printf("  guest agent: %s  ", json_string_value(json_object_get(a, "spec")));
+        if (json_is_true(json_object_get(a, "answers")))
+            printf("answers (%s)\n", version ? version : "?");
+        else
+            printf("does not answer: %s\n", error ? error : "?");
+    }
+    if (json_array_size(json_object_get(vm, "checkpoints"))) {
+        printf("  checkpoints:");
+        json_array_foreach(json_object_get(vm, "checkpoints"), i, v)
+            printf(" %s", json_string_value(v));
+        printf("\n");
+    }
     json_array_foreach(json_object_get(vm, "controllers"), i, v) {
         const json_t *lun;
         size_t j;
@@ -196,8 +229,11 @@ static void print_vm(const json_t *vm)
                 if (strcmp(state, "ready") != 0)
                     printf("      %s\n", json_string_value(json_object_get(pt, "why")));
             } else if (json_object_get(lun, "size_bytes")) {
+                const char *top = json_string_value(json_object_get(lun, "top"));
                 print_size((uint64_t)json_integer_value(json_object_get(lun, "size_bytes")));
                 printf("  %s\n", json_string_value(json_object_get(lun, "url")));
+                if (top && strcmp(top, json_string_value(json_object_get(lun, "path"))))
+                    printf("      top: %s\n", top);
             } else {
                 printf("OFFLINE: %s\n", json_string_value(json_object_get(lun, "error")));
             }
@@ -351,6 +387,8 @@ static int cmd_vm(int argc, char **argv)
             {"controllers", required_argument, NULL, 'n'},
             {"no-chap", no_argument, NULL, 'N'},
             {"iqn", required_argument, NULL, 'Q'},
+            {"agent", required_argument, NULL, 'A'},
+            {"no-agent", no_argument, NULL, 'X'},
             {"help", no_argument, NULL, 'h'},
             {NULL, 0, NULL, 0},
         };
@@ -376,6 +414,31 @@ static int cmd_vm(int argc, char **argv)
                 break;
             case 'm':
                 json_object_set_new(req, "mutual_chap", json_string(optarg));
+                break;
+            case 'A': {
+                /* The daemon's working directory is not ours. */
+                const char *colon = strchr(optarg, ':');
+                char abs[PATH_MAX + 32];
+                if (!colon || (strncmp(optarg, "hvstor-vss:", 11) &&
+                               strncmp(optarg, "qemu-ga:", 8)) || !colon[1]) {
+                    ret = usage_error(help, "--agent '%s': hvstor-vss:PATH or qemu-ga:PATH",
+                                      optarg);
+                    break;
+                }
+                char path[PATH_MAX];
+                if (colon[1] != '/' && realpath(".", path))
+                    snprintf(abs, sizeof(abs), "%.*s%s/%s", (int)(colon - optarg + 1), optarg,
+                             path, colon + 1);
+                else
+                    snprintf(abs, sizeof(abs), "%s", optarg);
+                json_object_set_new(req, "agent", json_string(abs));
+                break;
+            }
+            case 'X':
+                if (!is_set)
+                    ret = usage_error(help, "%s", "--no-agent belongs to 'vm set'");
+                else
+                    json_object_set_new(req, "no_agent", json_true());
                 break;
             case 'N':
                 if (!is_set)
@@ -627,6 +690,7 @@ int main(int argc, char **argv)
                 return usage_error(main_usage, "--timeout '%s': milliseconds", value);
             }
             timeout_ms = (int)v;
+            is_timeout_given = true;
         } else {
             args[n++] = argv[i];
         }
@@ -642,7 +706,9 @@ int main(int argc, char **argv)
         return n == 0 ? 2 : 0;
     }
     int ret;
-    if (hv_passthru_cli_wants(n, args))
+    if (hv_snapshot_cli_wants(n, args))
+        ret = hv_snapshot_cli(socket_path, is_json, is_timeout_given ? timeout_ms : -1, n, args);
+    else if (hv_passthru_cli_wants(n, args))
         ret = hv_passthru_cli(socket_path, is_json, timeout_ms, n, args);
     else if (!strcmp(args[0], "vm"))
         ret = cmd_vm(n - 1, args + 1);

@@ -20,6 +20,7 @@ static void usage(FILE *f)
             "usage: hvstord [--state-dir DIR] [--portal ADDR:PORT] [--no-direct-io]\n"
             "               [--log-level error|warn|info|debug]\n"
             "               [--wwn-oui XX:XX:XX --iqn-prefix iqn.YYYY-MM.domain [--host-id N]]\n"
+            "               [--sysfs-root DIR] [--dev-root DIR]\n"
             "\n"
             "Serve the VMs defined in DIR (default " HV_DEFAULT_STATE_DIR ") over iSCSI.\n"
             "  --state-dir DIR     VM definitions, control socket DIR/" HV_SOCKET_NAME "\n"
@@ -33,6 +34,9 @@ static void usage(FILE *f)
             "                      fabric. Without both, VMs get no identity and cannot\n"
             "                      take SAN LUNs (hvctl disk attach --lun).\n"
             "  --host-id N         distinct per host sharing the OUI (default 0)\n"
+            "  --sysfs-root DIR    the kernel's sysfs, for Fibre Channel vports and the\n"
+            "                      LUNs under them (default /sys; tests use a fake tree)\n"
+            "  --dev-root DIR      where the block device nodes of FC LUNs are (default /dev)\n"
             "Stops cleanly on SIGTERM or SIGINT: in-flight I/O drains, images are\n"
             "flushed and closed.\n");
 }
@@ -70,6 +74,8 @@ int main(int argc, char **argv)
         {"wwn-oui", required_argument, NULL, 'O'},
         {"iqn-prefix", required_argument, NULL, 'I'},
         {"host-id", required_argument, NULL, 'H'},
+        {"sysfs-root", required_argument, NULL, 'S'},
+        {"dev-root", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -104,6 +110,15 @@ int main(int argc, char **argv)
             break;
         case 'I':
             opt.iqn_prefix = optarg;
+            break;
+        case 'S':
+        case 'D':
+            if (optarg[0] != '/' || strlen(optarg) >= 200) {
+                fprintf(stderr, "hvstord: --%s '%s': an absolute directory path\n",
+                        c == 'S' ? "sysfs-root" : "dev-root", optarg);
+                return 2;
+            }
+            *(c == 'S' ? &opt.sysfs_root : &opt.dev_root) = optarg;
             break;
         case 'H': {
             uint64_t id;

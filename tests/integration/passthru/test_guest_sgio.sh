@@ -223,6 +223,11 @@ MAXQ=$(tr -d ' \n' </tmp/stats.json | sed -n 's/.*"max_in_device":\([0-9]*\).*/\
 [ -n "$MAXQ" ] && [ "$MAXQ" -gt 1 ] || finish "FAIL max_in_device '$MAXQ': $(cat /tmp/stats.json)"
 step "iscsi-perf -m 32: $(tr '\r' '\n' </tmp/perf.txt | grep 'iops average' | tail -1 | sed 's/.*\(iops average [^,]*\).*/\1/'); at most $MAXQ commands in the device at once"
 
+# hvstord cannot snapshot what the guest drives itself: refused, named
+hv checkpoint create a --consistency crash >/tmp/ck.txt 2>&1 && finish "FAIL checkpoint of an SG_IO disk"
+grep -q "passed through with SG_IO" /tmp/ck.txt || finish "FAIL checkpoint refusal: $(cat /tmp/ck.txt)"
+step "checkpoint refused: $(cat /tmp/ck.txt)"
+
 # other disks do not wait on this one: with scsi_debug answering after
 # 1250 jiffies (1.25 s at HZ=1000, 5 s at 250), a raw disk on the same VM
 # answers while a command is still in scsi_debug

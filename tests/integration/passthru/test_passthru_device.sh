@@ -12,7 +12,7 @@ command -v losetup >/dev/null && command -v qemu-io >/dev/null && command -v mkf
 truncate -s 64M "$WORK/dev.img"
 LOOP=$(losetup -f --show "$WORK/dev.img" 2>/dev/null) || skip "no loop device available"
 cleanup_loop() { umount "$WORK/mnt" 2>/dev/null; losetup -d "$LOOP" 2>/dev/null; }
-trap 'cleanup_loop; pt_cleanup' EXIT
+trap 'rc=$?; cleanup_loop; (exit $rc); pt_cleanup' EXIT   # keep the test's status
 echo "loop device $LOOP"
 out=$WORK/out
 

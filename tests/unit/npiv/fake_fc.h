@@ -12,7 +12,8 @@
  * `online_delay_ms` (never when -1) the vport goes Online and the fabric
  * "logs in": each target zoned to the vport's WWPN appears as class/
  * fc_remote_ports/rport-K:0-i (roles "FCP Target"), and each LUN masked to the
- * WWPN as class/scsi_device/K:0:i:L. The kernel's own refusals are mimicked
+ * WWPN as class/scsi_device/K:0:i:L (with device/block/NAME and device/vpd_pg83
+ * when the mask names a disk, fake_mask_disk). The kernel's own refusals are mimicked
  * too: a malformed string or a full HBA is logged as refused and changes
  * nothing.
  */
@@ -51,7 +52,11 @@ struct fake_target {
     uint64_t wwpn, wwnn;
     uint64_t zoned[FAKE_MAX];           /* initiator WWPNs in a zone with it */
     size_t n_zoned;
-    struct { uint64_t initiator, lun; } masks[FAKE_MAX];
+    struct {
+        uint64_t initiator, lun;
+        char block[32];                 /* "" or the block device it shows as */
+        uint8_t naa[16];                /* its NAA-6 designator (VPD 0x83) */
+    } masks[FAKE_MAX];
     size_t n_masks;
 };
 
@@ -176,6 +181,34 @@ static void fake_mask(struct fake_target *t, uint64_t initiator, uint64_t lun)
 {
     t->masks[t->n_masks].initiator = initiator;
     t->masks[t->n_masks++].lun = lun;
+}
+
+/* A masked LUN that the vport sees as block device `block`, with the NAA
+ * designator given as 32 hex digits (the same LUN seen through two vports
+ * shows the same designator under two names, as on a real host). */
+static void fake_mask_disk(struct fake_target *t, uint64_t initiator, uint64_t lun,
+                           const char *block, const char *naa_hex)
+{
+    size_t m = t->n_masks;
+    fake_mask(t, initiator, lun);
+    snprintf(t->masks[m].block, sizeof(t->masks[m].block), "%s", block);
+    for (int i = 0; i < 16 && naa_hex[2 * i] && naa_hex[2 * i + 1]; i++) {
+        unsigned v;
+        sscanf(naa_hex + 2 * i, "%2x", &v);
+        t->masks[m].naa[i] = (uint8_t)v;
+    }
+}
+
+static void fake_write_vpd83(const char *dir, const uint8_t naa[16])
+{
+    uint8_t page[4 + 4 + 16] = { 0x00, 0x83, 0x00, 20, 0x01, 0x03, 0x00, 16 };
+    char path[1100];
+    memcpy(page + 8, naa, 16);
+    snprintf(path, sizeof(path), "%s/vpd_pg83", dir);
+    FILE *f = fopen(path, "w");
+    if (!f || fwrite(page, 1, sizeof(page), f) != sizeof(page))
+        abort();
+    fclose(f);
 }
 
 static void fake_write_counters(struct fake_fc *f, const struct fake_hba *h)
@@ -339,6 +372,13 @@ static void fake_go_online(struct fake_fc *f, struct fake_vport *v)
             snprintf(dir, sizeof(dir), "%s/class/scsi_device/%u:0:%u:%" PRIu64, f->root,
                      v->host_no, id, tg->masks[m].lun);
             fake_mkdirs(dir);
+            if (tg->masks[m].block[0]) {
+                char dev[1100], blk[1200];
+                snprintf(dev, sizeof(dev), "%s/device", dir);
+                snprintf(blk, sizeof(blk), "%s/block/%s", dev, tg->masks[m].block);
+                fake_mkdirs(blk);
+                fake_write_vpd83(dev, tg->masks[m].naa);
+            }
         }
     }
     fake_write(vdir, "vport_state", "Active\n");

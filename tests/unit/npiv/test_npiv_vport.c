@@ -271,6 +271,53 @@ static void test_rports_and_luns_are_listed_per_vport_host(void **state)
     assert_int_equal(npiv_vport_delete(&v, &err), 0);
 }
 
+/* What serves a LUN once the vport stays up: its H:C:T:L, the block device
+ * under it, the kernel's copy of VPD 0x83; and a vport left behind by a dead
+ * daemon is found again instead of refused. */
+static void test_find_lun_names_the_block_device_and_its_vpd(void **state)
+{
+    struct npiv_identity id = vm();
+    struct npiv_vport v, again;
+    struct npiv_lun_addr a;
+    struct hv_err err;
+    uint8_t page[64];
+    size_t len;
+    char name[32];
+
+    fake_add_hba(&fake, 5, "NPort (fabric via point-to-point)", 64, 0);
+    struct fake_target *t = fake_add_target(&fake, TARGET_WWPN);
+    fake_zone(t, id.fc[0].wwpn);
+    fake_mask_disk(t, id.fc[0].wwpn, 2, "sdq", "600a0980000000000000000000001234");
+    fake_mask(t, id.fc[0].wwpn, 5);                 /* seen, but no disk scanned */
+    fake_start(&fake);
+
+    assert_int_equal(npiv_vport_bring_up(fake.root, &id.fc[0], &fast, &v, &err), 0);
+    assert_int_equal(npiv_vport_find_lun(&v, TARGET_WWPN, 2, &fast, "VM 'web1'", &a, &err), 0);
+    assert_int_equal(a.host_no, v.host_no);
+    assert_int_equal(a.target_id, 0);
+    assert_true(a.lun == 2);
+    assert_int_equal(npiv_lun_block_name(fake.root, &a, name, sizeof(name), &err), 0);
+    assert_string_equal(name, "sdq");
+    assert_int_equal(npiv_lun_vpd83(fake.root, &a, page, sizeof(page), &len, &err), 0);
+    assert_int_equal(len, 24);
+    assert_int_equal(page[1], 0x83);
+    assert_int_equal(page[8], 0x60);
+    assert_int_equal(page[23], 0x34);
+
+    assert_int_equal(npiv_vport_find_lun(&v, TARGET_WWPN, 5, &fast, "VM 'web1'", &a, &err), 0);
+    assert_int_equal(npiv_lun_block_name(fake.root, &a, name, sizeof(name), &err), -ENOENT);
+    assert_int_equal(npiv_vport_find_lun(&v, TARGET_WWPN, 7, &fast, "VM 'web1'", &a, &err),
+                     -ENOENT);
+    assert_non_null(strstr(err.msg, "not masked: LUN 7"));
+    assert_non_null(strstr(err.msg, "VM 'web1'"));
+
+    assert_int_equal(npiv_vport_find(fake.root, &id.fc[0], &again, &err), 0);
+    assert_string_equal(again.parent, "host5");
+    assert_true(again.has_host && again.host_no == v.host_no);
+    assert_int_equal(npiv_vport_find(fake.root, &id.fc[1], &again, &err), -ENOENT);
+    assert_int_equal(npiv_vport_delete(&v, &err), 0);
+}
+
 static void test_check_access_passes_with_both_sets_zoned_and_masked(void **state)
 {
     struct npiv_identity id = vm();
@@ -387,6 +434,7 @@ int main(void)
         T(test_fabric_rejection_fails_fast_with_the_vport_state),
         T(test_second_vport_with_the_same_wwpn_is_refused),
         T(test_rports_and_luns_are_listed_per_vport_host),
+        T(test_find_lun_names_the_block_device_and_its_vpd),
         T(test_check_access_passes_with_both_sets_zoned_and_masked),
         T(test_check_access_refuses_lun_whose_target_port_is_not_zoned),
         T(test_check_access_refuses_lun_that_is_not_masked),

@@ -401,6 +401,59 @@ static void test_close_fails_queued_commands_with_closed(void **state)
     hv_reactor_destroy(r);
 }
 
+/* Commands still waiting for a connection: an abort takes them out of line
+ * (TASK ABORTED, never sent), a LUN RESET takes every one of its LUN, the
+ * TMF's own answer comes on a later turn, and a finished command cannot be
+ * aborted. */
+static void test_waiting_commands_are_aborted_without_the_target(void **state)
+{
+    struct hv_reactor *r;
+    assert_int_equal(hv_reactor_create(&r), 0);
+    struct san_session_options o = {
+        .portal = "127.0.0.1:9", .target = "iqn.2026-11.test:none",
+        .initiator = "iqn.2026-11.test:vm",
+    };
+    struct san_session *s;
+    assert_int_equal(san_session_create(r, &o, &s, NULL), 0);
+    int completions = 0;
+    struct san_cmd cmd[4];
+    memset(cmd, 0, sizeof(cmd));
+    for (int i = 0; i < 4; i++) {
+        cmd[i].cdb_len = 6;
+        cmd[i].lun = i == 3 ? 2 : 1;
+        cmd[i].done = on_cmd;
+        cmd[i].cb_arg = &completions;
+        assert_int_equal(san_session_submit(s, &cmd[i]), 0);
+    }
+    struct result abort_res = {0}, reset_res = {0};
+    assert_int_equal(san_cmd_abort(s, &cmd[0], on_connect, &abort_res), 0);
+    assert_false(abort_res.is_done);                    /* never inside the call */
+    hv_reactor_run_until(r, &abort_res.is_done);
+    assert_int_equal(abort_res.status, 0);
+    assert_int_equal(cmd[0].transport, SAN_TRANSPORT_ABORTED);
+    assert_int_equal(cmd[0].status, SAN_STATUS_TASK_ABORTED);
+    assert_int_equal(completions, 1);
+    assert_int_equal(san_cmd_abort(s, &cmd[0], on_connect, &abort_res), -ENOENT);
+
+    assert_int_equal(san_session_tmf(s, 1, SAN_TMF_LUN_RESET, on_connect, &reset_res), 0);
+    hv_reactor_run_until(r, &reset_res.is_done);
+    assert_int_equal(reset_res.status, 0);
+    assert_int_equal(completions, 3);
+    assert_int_equal(cmd[1].transport, SAN_TRANSPORT_ABORTED);
+    assert_int_equal(cmd[2].transport, SAN_TRANSPORT_ABORTED);
+    assert_int_equal(san_session_outstanding(s), 1);    /* LUN 2's is still in line */
+
+    /* a TMF outstanding at close gets no callback: its owner is going too */
+    struct result late = {0};
+    assert_int_equal(san_session_tmf(s, 2, SAN_TMF_ABORT_TASK_SET, on_connect, &late), 0);
+    san_session_close(s);
+    assert_int_equal(completions, 4);
+    assert_int_equal(cmd[3].transport, SAN_TRANSPORT_ABORTED);
+    hv_reactor_run_once(r, 0);
+    assert_false(late.is_done);
+    hv_reactor_destroy(r);
+}
+
 static void test_session_options_are_validated(void **state)
 {
     struct hv_reactor *r;
@@ -458,6 +511,7 @@ int main(void)
         cmocka_unit_test(test_host_config_finds_what_the_host_uses),
         cmocka_unit_test(test_first_login_failure_is_reported_and_queued_commands_fail),
         cmocka_unit_test(test_close_fails_queued_commands_with_closed),
+        cmocka_unit_test(test_waiting_commands_are_aborted_without_the_target),
         cmocka_unit_test(test_session_options_are_validated),
         cmocka_unit_test(test_discovery_of_a_dead_portal_fails_with_its_address),
         cmocka_unit_test(test_host_config_of_this_machine_reads_without_error),
