@@ -776,6 +776,12 @@ void pt_lun_abort(struct pt_lun *pl, struct pt_cmd *cmd)
         finish_local(cmd, SAN_STATUS_TASK_ABORTED, 0, 0, 0);
         return;
     }
+    if (pl->sg) {
+        /* not taken by a worker yet: aborted; inside SG_IO: it completes
+         * (SG_IO has no abort; SAM lets a task finish despite ABORT TASK) */
+        pt_sg_abort_one(pl->sg, cmd);
+        return;
+    }
     if (!cmd->is_at_san || !pl->s)
         return;                     /* answered already, or about to be */
     pl->holds++;

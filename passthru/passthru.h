@@ -310,8 +310,10 @@ int pt_lun_takeover(struct pt_lun *pl, uint64_t victim_key, san_status_cb done, 
  * without reaching the device. Other commands move the initiator's buffer and
  * report the kernel's residual. The kernel caps one command at the queue's
  * max_hw_sectors (the device's VPD 0xB0 tells the guest its own limit).
- * Task management is not forwarded (as for SAN LUNs): an abort completes the
- * commands no worker has taken yet; those in the device run to completion.
+ * Task management: SG_IO has none. ABORT TASK, ABORT TASK SET and LUN RESET
+ * complete the commands no worker has taken yet with TASK ABORTED; those in
+ * the device run to completion and give the device's answer (SAM allows a
+ * task to complete despite an abort).
  */
 
 /* The device's own answers, through SG_IO on `fd` (synchronous: control

@@ -473,6 +473,36 @@ static void drain_todo(struct pt_sg *sg, uint8_t status, uint8_t key, uint8_t as
     }
 }
 
+bool pt_sg_abort_one(struct pt_sg *sg, struct pt_cmd *cmd)
+{
+    struct pt_cmd *prev = NULL;
+    bool is_found = false;
+
+    pthread_mutex_lock(&sg->lock);
+    for (struct pt_cmd *c = sg->todo_head; c; prev = c, c = c->next) {
+        if (c != cmd)
+            continue;
+        if (prev)
+            prev->next = c->next;
+        else
+            sg->todo_head = c->next;
+        if (sg->todo_tail == c)
+            sg->todo_tail = prev;
+        is_found = true;
+        break;
+    }
+    pthread_mutex_unlock(&sg->lock);
+    if (!is_found)
+        return false;
+    cmd->next = NULL;
+    cmd->is_overflow = false;
+    cmd->residual = cmd->xfer_bytes;
+    set_status(cmd, SAN_STATUS_TASK_ABORTED);
+    sg->inflight--;
+    hv_reactor_defer(sg->r, &cmd->deferred, complete_deferred, cmd);
+    return true;
+}
+
 void pt_sg_abort_queued(struct pt_sg *sg)
 {
     drain_todo(sg, SAN_STATUS_TASK_ABORTED, 0, 0, 0, true);

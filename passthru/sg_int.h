@@ -38,6 +38,9 @@ int pt_sg_create(struct hv_reactor *r, const struct pt_sg_options *opt, struct p
 void pt_sg_submit(struct pt_sg *sg, struct pt_cmd *cmd);
 /* TASK ABORTED for every command no worker has taken yet. */
 void pt_sg_abort_queued(struct pt_sg *sg);
+/* ABORT TASK: TASK ABORTED (next reactor turn) if no worker has taken `cmd`
+ * yet; true then. One inside SG_IO completes with the device's answer. */
+bool pt_sg_abort_one(struct pt_sg *sg, struct pt_cmd *cmd);
 uint64_t pt_sg_inflight(const struct pt_sg *sg);
 /* Most commands ever inside SG_IO at the same instant (queue depth reached). */
 unsigned pt_sg_max_busy(const struct pt_sg *sg);

@@ -531,6 +531,52 @@ static void test_data_the_initiator_did_not_send_never_reaches_the_device(void *
     free(rd);
 }
 
+static void test_abort_task_takes_a_command_no_worker_has(void **state)
+{
+    struct hv_reactor *r = NULL;
+    struct round *rd = calloc(1, sizeof(*rd));
+    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    struct pt_sg *sg;
+    int aborted = 0;
+    (void)state;
+
+    assert_non_null(rd);
+    the_round = rd;
+    assert_int_equal(hv_reactor_create(&r), 0);
+    sg = open_sg(r, fd, 1);
+    close(fd);
+    for (int i = 0; i < N_CMDS; i++) {
+        prepare(rd, i, 512, 512);
+        pt_sg_submit(sg, &rd->cmds[i]);
+    }
+    /* the last one cannot have been taken unless all before it were:
+     * whichever it is, each completes once, never inside the abort */
+    rd->is_submitting = true;
+    for (int i = N_CMDS - 1; i >= N_CMDS / 2; i--)
+        aborted += pt_sg_abort_one(sg, &rd->cmds[i]);
+    /* never submitted: nothing to abort */
+    {
+        struct pt_cmd stranger;
+        memset(&stranger, 0, sizeof(stranger));
+        assert_false(pt_sg_abort_one(sg, &stranger));
+    }
+    rd->is_submitting = false;
+    assert_false(rd->was_inside_submit);
+    assert_int_equal(hv_reactor_run_until(r, &rd->is_all_done), 0);
+    for (int i = 0; i < N_CMDS; i++) {
+        assert_int_equal(rd->done_count[i], 1);
+        if (rd->cmds[i].status == SAN_STATUS_TASK_ABORTED)
+            aborted--;
+        else
+            assert_sense(&rd->cmds[i], 0xB, 0x44, 0x00);
+    }
+    assert_int_equal(aborted, 0);
+    assert_int_equal(pt_sg_inflight(sg), 0);
+    pt_sg_destroy(sg);
+    hv_reactor_destroy(r);
+    free(rd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -540,6 +586,7 @@ int main(void)
         cmocka_unit_test(test_transport_failures_become_what_an_initiator_acts_on),
         cmocka_unit_test(test_every_command_completes_once_on_the_reactor),
         cmocka_unit_test(test_destroy_completes_what_is_still_queued),
+        cmocka_unit_test(test_abort_task_takes_a_command_no_worker_has),
         cmocka_unit_test(test_block_commands_say_what_they_move),
         cmocka_unit_test(test_data_the_initiator_did_not_send_never_reaches_the_device),
     };
