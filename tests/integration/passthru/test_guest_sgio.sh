@@ -2,7 +2,7 @@
 # SG_IO pass-through of a local SCSI disk, on a real SCSI disk: this machine
 # has none, so the test runs inside a guest (Debian's kernel under
 # qemu-system-x86_64, TCG, busybox initramfs) whose kernel has scsi_debug.
-# The guest carries hvstord, hvctl, pt-cdb and libiscsi's tools, brings up
+# The guest carries hvstord, hvctl, pt-cdb, pt-tmf and libiscsi's tools, brings up
 # loopback, starts hvstord on 127.0.0.1, hands /dev/sda (scsi_debug) to a VM
 # with `hvctl disk attach --device`, and through the VM's iSCSI target:
 #   - INQUIRY shows scsi_debug's own vendor/product (the CDB reached the
@@ -22,8 +22,10 @@
 #     the device at once (queue depth > 1, `disk stats` max_in_device)
 #   - a raw disk on the same VM answers while a command is held in
 #     scsi_debug (SG_IO runs off the reactor)
+#   - a checkpoint of the VM is refused, naming the SG_IO disk
 #   - an hvstord restart finds the disk again by its designator after
-#     sda and sdb swapped names
+#     sda and sdb swapped names; another VM is refused it by designator
+#   - ABORT TASK and LUN RESET reach the SG_IO disk's LU; it answers after
 #   - the disk removed under the guest: NOT READY / LOGICAL UNIT NOT
 #     SUPPORTED, and `vm show` says why
 # The guest prints "HVSTOR-GUEST-RESULT: PASS|FAIL why" and powers off.
@@ -39,7 +41,8 @@ fail() { echo "FAIL: $*"; exit 1; }
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not installed"
 for tool in cpio gzip ldd readelf; do command -v $tool >/dev/null || skip "$tool is not installed"; done
 PT_CDB=$HVSTOR_BUILD/tests/integration/pt-cdb
-for b in "$HVSTOR_BIN/hvstord" "$HVSTOR_BIN/hvctl" "$PT_CDB"; do
+PT_TMF=$HVSTOR_BUILD/tests/integration/pt-tmf
+for b in "$HVSTOR_BIN/hvstord" "$HVSTOR_BIN/hvctl" "$PT_CDB" "$PT_TMF"; do
     [ -x "$b" ] || skip "$b is not built"
 done
 tools=()
@@ -289,6 +292,17 @@ grep -q "/dev/sdb (naa\.[0-9a-f]*) is held by VM 'a' controller 0 slot 0" /tmp/b
     finish "FAIL renamed disk: holder not named: $(cat /tmp/b.txt)"
 step "second VM refused by designator: $(cat /tmp/b.txt)"
 
+# task management on the SG_IO disk: an ABORT TASK for a read in the
+# device (it completes: SG_IO has no abort), a LUN RESET, then the disk
+# still answers (LBA 0 was never written: zeros)
+printf 'read-abort 8\nreset\ntur\nread 0\n' |
+    pt-tmf -p 127.0.0.1:3260 -t iqn.2026-11.org.hvstor:a.c0 -i $IQN -l 0 >/tmp/tmf.txt 2>&1 ||
+    finish "FAIL pt-tmf: $(cat /tmp/tmf.txt)"
+grep -q "tmf abort-task response" /tmp/tmf.txt && grep -q "tmf lun-reset response 0" /tmp/tmf.txt &&
+    grep -q "^good" /tmp/tmf.txt && grep -q "^read ok" /tmp/tmf.txt ||
+    finish "FAIL task management: $(cat /tmp/tmf.txt)"
+step "task management: $(grep tmf /tmp/tmf.txt | tr '\n' ';')"
+
 # --full-scsi lets SEND DIAGNOSTIC reach the device
 hv disk detach a --controller 0 --slot 0 >/dev/null || finish "FAIL detach"
 hv disk attach a --controller 0 --slot 0 --device $DEV --full-scsi >/tmp/attach.txt 2>&1 ||
@@ -323,7 +337,8 @@ finish PASS
 EOF
 
 "$HVSTOR_SRC/tests/guest/build-initramfs.sh" --module scsi_debug \
-    --bin "$HVSTOR_BIN/hvstord" --bin "$HVSTOR_BIN/hvctl" --bin "$PT_CDB" "${tools[@]}" \
+    --bin "$HVSTOR_BIN/hvstord" --bin "$HVSTOR_BIN/hvctl" --bin "$PT_CDB" --bin "$PT_TMF" \
+    "${tools[@]}" \
     --init "$WORK/init" "$WORK/guest.cpio.gz" "$kver" >/dev/null 2>"$WORK/initramfs.err"
 rc=$?
 [ $rc -eq 77 ] && { cat "$WORK/initramfs.err"; exit 77; }
