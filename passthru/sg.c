@@ -9,6 +9,13 @@
  * done() for the whole batch. The queues are intrusive lists through
  * pt_cmd.next under one mutex: no allocation per command.
  *
+ * Why not common's hv_workers, which has the same shape: it cannot take
+ * back queued work. An ABORT TASK or LUN RESET must complete the commands no
+ * worker has started at once, while all workers may sit in a slow device
+ * (the pt_cmd is then reused: it cannot stay on a queue until a worker gets
+ * to it), and closing must complete every command, which hv_workers_destroy
+ * does not. So the queue here can be searched and drained from the reactor.
+ *
  * Why threads and not the asynchronous write()/read() interface of /dev/sgN:
  * that needs the sg driver loaded and a second node (with its own exclusive
  * open rules) beside the sd node we claim O_EXCL, and its write() may still
