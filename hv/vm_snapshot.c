@@ -674,7 +674,7 @@ static int run_build(struct hv_daemon *d, struct hv_vm *vm, enum run_kind kind,
             struct bdev *lun_view = NULL;
             struct snap_cbt *lun_cbt = NULL;
             struct snap_cbw *lun_cbw = NULL;
-            if (disk->cfg.kind == HV_DISK_LUN) {
+            if (disk->cfg.kind == HV_DISK_LUN || (disk->lu && hv_lu_is_passthru(disk->lu))) {
                 /* Read through copy-before-write, as a raw disk is. */
                 if (!disk->lu)
                     ret = hv_err_set(err, -ENODEV,
@@ -683,9 +683,10 @@ static int run_build(struct hv_daemon *d, struct hv_vm *vm, enum run_kind kind,
                                      vm->cfg.name, c, s, disk->error);
                 else if (kind == RUN_CHECKPOINT)
                     ret = hv_err_set(err, -EOPNOTSUPP,
-                                     "VM '%s': controller %d slot %d is a SAN LUN (%s): "
-                                     "checkpoints need VHD disks (a backup can read it; "
-                                     "attach it read-only to leave it out)",
+                                     "VM '%s': controller %d slot %d is a pass-through "
+                                     "LUN (%s): it cannot get a differencing child, so "
+                                     "checkpoints need it detached; `backup create` covers "
+                                     "it (copy-before-write)",
                                      vm->cfg.name, c, s, disk->cfg.path);
                 else if ((ret = hv_passthru_backup_view(disk->lu, &lun_view, &lun_cbt,
                                                         &lun_cbw, err)) < 0)

@@ -5,7 +5,8 @@
 # block a guest write is about to change before the write is forwarded.
 # A model of each disk (the same byte patterns written into a plain file)
 # gives the expected image: patterns written before the backup; then, from
-# the agent's thaw hook (right after the cut), one write through the VM's
+# the agent's freeze hook one write (before the cut: in the backup); from
+# its thaw hook (right after the cut), one write through the VM's
 # controller and a writer that overwrites ranges (WRITE(16), one WRITE
 # SAME(10), a write across a chunk boundary) while the rate-limited backup
 # reads. The restored LUN equals the "before" model byte for byte, the LUN
@@ -37,7 +38,15 @@ AGENT_SOCK=$WORK/agent.sock
 mkdir -p "$WORK/writers.d"
 cat >"$WORK/writers.d/10-app" <<EOF
 #!/bin/sh
-[ "\$1" = thaw ] && [ -e "$WORK/hook-writes" ] || exit 0
+[ -e "$WORK/hook-writes" ] || exit 0
+# An application flushing its state at the freeze: before the cut, so in
+# the backup.
+if [ "\$1" = freeze ]; then
+    qemu-io --image-opts "$(opts 0)" -c "write -P 0x5f 14M 64k" >"$WORK/freeze-write.log" 2>&1 ||
+        echo failed >>"$WORK/freeze-write.log"
+    exit 0
+fi
+[ "\$1" = thaw ] || exit 0
 qemu-io --image-opts "$(opts 0)" -c "write -P 0x7a 12M 64k" >"$WORK/thaw-write.log" 2>&1 ||
     echo failed >>"$WORK/thaw-write.log"
 touch "$WORK/cut-done"
@@ -118,6 +127,8 @@ wr 0 0x13 30M 2M
 wr 1 0x21 0 1M
 cp "$M0" "$M0.before"
 cp "$M1" "$M1.before"
+model "$M0.before" 0x5f 14M 64k
+model "$M0" 0x5f 14M 64k
 
 step "full backup; from the cut on, the guest overwrites the LUN while the backup reads it"
 # The writer starts when the thaw hook has run: every one of its writes
@@ -145,6 +156,7 @@ hvctl_ 1 --json backup create alpha --to "$WORK/bk" --max-rate 8M >"$WORK/b0.jso
 wait "$WRITER" || fail "writer: $(cat "$WORK/writer.err" "$WORK/writer.log" 2>/dev/null)"
 rm -f "$WORK/hook-writes"
 grep -q failed "$WORK/thaw-write.log" && fail "thaw write: $(cat "$WORK/thaw-write.log")"
+grep -q failed "$WORK/freeze-write.log" && fail "freeze write: $(cat "$WORK/freeze-write.log")"
 grep -q "status 0x00" "$WORK/writer.log" || fail "WRITE SAME: $(cat "$WORK/writer.log")"
 [ "$(json_get "$WORK/b0.json" 'j["checkpoint"]["consistency"]')" = app ] ||
     fail "not app-consistent: $(cat "$WORK/b0.json")"
