@@ -428,27 +428,40 @@ static int build_stack(struct hv_pt_snap *ps, const struct san_capacity *cap, st
                           "chunks", ps->name, cap->block_bytes, ps->opt.chunk_bytes);
     ret = snap_cbw_wrap(&ps->bd, ps->opt.chunk_bytes, ps->opt.spare_chunks, &mid, &ps->cbw, err);
     if (ret < 0)
-        return ret;
+        goto fail;
     ret = snap_cbt_wrap(mid, ps->opt.chunk_bytes, ps->state_path[0] ? ps->state_path : NULL,
                         &tracked, &ps->cbt, err);
-    if (ret < 0) {
-        bdev_close(mid);
-        return ret;
-    }
+    if (ret < 0)
+        goto fail;
+    mid = NULL;
     ret = snap_gate_wrap(ps->opt.gate, tracked, &ps->top, err);
-    if (ret < 0) {
-        bdev_close(tracked);
-        return ret;
-    }
+    if (ret < 0)
+        goto fail;
+    tracked = NULL;
     for (unsigned i = 0; i < ps->opt.max_commands; i++) {
         ps->pool[i].outer = calloc(1, bdev_io_size(ps->top));
         if (!ps->pool[i].outer) {
-            bdev_close(ps->top);
-            ps->top = NULL;
-            return hv_err_set(err, -ENOMEM, "%s: out of memory", ps->name);
+            ret = hv_err_set(err, -ENOMEM, "%s: out of memory", ps->name);
+            goto fail;
         }
     }
     return 0;
+fail:
+    /* Each filter owns what it wraps: close the outermost one built. */
+    if (ps->top)
+        bdev_close(ps->top);
+    else if (tracked)
+        bdev_close(tracked);
+    else if (mid)
+        bdev_close(mid);
+    for (unsigned i = 0; i < ps->opt.max_commands; i++) {
+        free(ps->pool[i].outer);
+        ps->pool[i].outer = NULL;
+    }
+    ps->top = NULL;
+    ps->cbt = NULL;
+    ps->cbw = NULL;
+    return ret;
 }
 
 static void no_view(struct hv_pt_snap *ps, const char *why)
