@@ -147,8 +147,8 @@ static void ptb_read_done(struct pt_cmd *pc)
     describe_failure(pc, what, sizeof(what));
     if (pc->status == SAN_STATUS_GOOD)
         snprintf(what, sizeof(what), "%" PRIu32 " bytes short", pc->residual);
-    hv_error("%s: backup read of %" PRIu64 " bytes at %" PRIu64 ": %s", ps->name,
-             pi->io->length, pi->io->offset, what);
+    hv_error("%s: backup read of %" PRIu64 " bytes at %" PRIu64 ": %s", ps->name, pi->io->length,
+             pi->io->offset, what);
     pi->io->done(pi->io, -EIO);
 }
 
@@ -357,8 +357,7 @@ static void submit_stacked(struct hv_pt_snap *ps, struct fwd *f)
     ps->stacked++;
     int ret = bdev_submit(ps->top, o);
     if (ret < 0) {
-        hv_error("%s: the snapshot stack refused a write of %" PRIu64 " bytes at %" PRIu64
-                 ": %s",
+        hv_error("%s: the snapshot stack refused a write of %" PRIu64 " bytes at %" PRIu64 ": %s",
                  ps->name, length, offset, strerror(-ret));
         hv_reactor_defer(ps->bd.reactor, &f->deferred, fwd_failed_call, f);
     }
@@ -424,8 +423,10 @@ static int build_stack(struct hv_pt_snap *ps, const struct san_capacity *cap, st
     ps->bd.physical_block_bytes = cap->physical_block_bytes;
     ps->bd.io_ctx_bytes = sizeof(struct ptb_io);
     if (cap->block_bytes < 512 || ps->opt.chunk_bytes % cap->block_bytes)
-        return hv_err_set(err, -EINVAL, "%s: %u-byte blocks do not divide the %u-byte backup "
-                          "chunks", ps->name, cap->block_bytes, ps->opt.chunk_bytes);
+        return hv_err_set(err, -EINVAL,
+                          "%s: %u-byte blocks do not divide the %u-byte backup "
+                          "chunks",
+                          ps->name, cap->block_bytes, ps->opt.chunk_bytes);
     ret = snap_cbw_wrap(&ps->bd, ps->opt.chunk_bytes, ps->opt.spare_chunks, &mid, &ps->cbw, err);
     if (ret < 0)
         goto fail;
@@ -609,16 +610,17 @@ void hv_pt_snap_describe(struct hv_pt_snap *ps, json_t *obj)
     static const char *names[] = {"sizing", "ready", "none"};
     json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:I}", "view", names[ps->state], "why", ps->why,
                           "size_bytes", (json_int_t)ps->bd.size_bytes, "writes_tracked",
-                          (json_int_t)ps->stacked, "writes_untracked",
-                          (json_int_t)ps->untracked);
+                          (json_int_t)ps->stacked, "writes_untracked", (json_int_t)ps->untracked);
     if (ps->cbt) {
         const char *why = NULL;
         bool is_reliable = snap_cbt_is_reliable(ps->cbt, &why);
-        json_object_set_new(o, "tracking", json_pack("{s:b, s:s}", "reliable", is_reliable,
-                                                     "why", is_reliable ? "" : why));
+        json_object_set_new(
+            o, "tracking",
+            json_pack("{s:b, s:s}", "reliable", is_reliable, "why", is_reliable ? "" : why));
     }
     if (ps->cbw)
-        json_object_set_new(o, "chunks_saved_before_write", json_integer((json_int_t)snap_cbw_saved(ps->cbw)));
+        json_object_set_new(o, "chunks_saved_before_write",
+                            json_integer((json_int_t)snap_cbw_saved(ps->cbw)));
     json_object_set_new(obj, "backup", o);
 }
 

@@ -47,8 +47,8 @@ static void test_writes_of_every_size_give_their_lba_range(void **state)
     const uint8_t wv12[12] = {0xAE, 0, 0, 0, 0, 9, 0, 0, 0, 2, 0, 0};
     expect_range(wv12, 12, 9, 2);
     /* WRITE(16), WRITE AND VERIFY(16), ORWRITE(16): 64-bit LBA */
-    const uint8_t w16[16] = {0x8A, 0, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00,
-                             0x00, 0x00, 0x00, 0x80, 0, 0};
+    const uint8_t w16[16] = {0x8A, 0,    0x00, 0x00, 0x00, 0x01, 0x00, 0x00,
+                             0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0,    0};
     expect_range(w16, 16, 1ull << 32, 128);
     const uint8_t wv16[16] = {0x8E, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1, 0, 0};
     expect_range(wv16, 16, 5, 1);
@@ -86,11 +86,11 @@ static void test_unmap_covers_the_span_of_its_descriptors(void **state)
 
     hv_put_be16(param, sizeof(param) - 2);
     hv_put_be16(param + 2, 3 * 16);
-    hv_put_be64(param + 8, 500);        /* 500..509 */
+    hv_put_be64(param + 8, 500); /* 500..509 */
     hv_put_be32(param + 16, 10);
-    hv_put_be64(param + 24, 100);       /* 100..103 */
+    hv_put_be64(param + 24, 100); /* 100..103 */
     hv_put_be32(param + 32, 4);
-    hv_put_be64(param + 40, 7000);      /* 0 blocks: nothing */
+    hv_put_be64(param + 40, 7000); /* 0 blocks: nothing */
     hv_put_be32(param + 48, 0);
     /* data-out split across two buffers, as the iSCSI target gathers it */
     iov[0].iov_base = param;
@@ -125,9 +125,9 @@ static void test_reads_and_control_commands_change_nothing(void **state)
 {
     struct scsi_write_extent ext;
     (void)state;
-    static const uint8_t ops[] = {0x00, 0x03, 0x08, 0x12, 0x15, 0x1A, 0x25, 0x28, 0x2F,
-                                  0x35, 0x55, 0x5A, 0x5E, 0x5F, 0x88, 0x8F, 0x91, 0x9E,
-                                  0xA0, 0xA3, 0xA8, 0xAF};
+    static const uint8_t ops[] = {0x00, 0x03, 0x08, 0x12, 0x15, 0x1A, 0x25, 0x28,
+                                  0x2F, 0x35, 0x55, 0x5A, 0x5E, 0x5F, 0x88, 0x8F,
+                                  0x91, 0x9E, 0xA0, 0xA3, 0xA8, 0xAF};
     for (size_t i = 0; i < sizeof(ops); i++) {
         uint8_t cdb[16] = {ops[i], 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0};
         assert_int_equal(effect(cdb, 16, &ext), SCSI_EFFECT_NONE);
