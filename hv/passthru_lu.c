@@ -515,65 +515,6 @@ void hv_passthru_describe(struct scsi_lu *lu, json_t *obj)
     }
 }
 
-/* ------------------------------------------------------------ backups */
-
-static void snap_unit_attention(void *arg, const uint8_t *sense, size_t len)
-{
-    struct pt_lu *pu = arg;
-    ua_to_other_nexuses(pu, NULL, sense, len);
-}
-
-void hv_passthru_backup_enable(struct scsi_lu *lu, struct snap_gate *gate, const char *cbt_state,
-                               uint32_t chunk_bytes, unsigned spare_chunks)
-{
-    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
-    struct hv_err err = {0};
-    char name[SAN_NAME_MAX + 96];
-
-    if (!hv_lu_is_passthru(lu) || pu->snap)
-        return;
-    snprintf(name, sizeof(name), "%s LUN %" PRIu64, pu->target, pu->san_lun);
-    if (pu->is_full_scsi) {
-        snprintf(pu->no_snap_why, sizeof(pu->no_snap_why),
-                 "%s is passed through with --full-scsi: commands whose effect on its blocks "
-                 "hvstord cannot know (FORMAT UNIT, WRITE BUFFER, EXTENDED COPY, "
-                 "vendor-specific...) may reach it, so a copy-before-write backup could be "
-                 "silently wrong; let the array back it up, or attach it without --full-scsi",
-                 name);
-        return;
-    }
-    struct hv_pt_snap_options opt = {
-        .pl = pu->pl,
-        .reactor = pu->lu.reactor,
-        .name = name,
-        .gate = gate,
-        .cbt_state_path = cbt_state,
-        .chunk_bytes = chunk_bytes,
-        .spare_chunks = spare_chunks,
-        .max_commands = PT_POOL,
-        .on_unit_attention = snap_unit_attention,
-        .cb_arg = pu,
-    };
-    int ret = hv_pt_snap_create(&opt, &pu->snap, &err);
-    if (ret < 0) {
-        snprintf(pu->no_snap_why, sizeof(pu->no_snap_why), "%s", hv_err_msg(&err, ret));
-        hv_warn("%s: no backups: %s", name, pu->no_snap_why);
-    }
-}
-
-int hv_passthru_backup_view(struct scsi_lu *lu, struct bdev **top, struct snap_cbt **cbt,
-                            struct snap_cbw **cbw, struct hv_err *err)
-{
-    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
-
-    if (!hv_lu_is_passthru(lu))
-        return hv_err_set(err, -EINVAL, "not a pass-through LUN");
-    if (pu->snap)
-        return hv_pt_snap_view(pu->snap, top, cbt, cbw, err);
-    return hv_err_set(err, -EOPNOTSUPP, "%s",
-                      pu->no_snap_why[0] ? pu->no_snap_why : "no backup view");
-}
-
 /* "/san/NAME/TARGET/LUN": the slot's path, readable in `vm show`. */
 static int lun_path_parse(const char *path, char san[64], char target[SAN_NAME_MAX],
                           uint64_t *lun)
@@ -1476,4 +1417,63 @@ int hv_passthru_request(struct hv_daemon *d, const char *op, const json_t *req,
         return ops[i].fn(d, req, result, err);
     }
     return -ENOSYS;
+}
+
+/* ------------------------------------------------------------ backups */
+
+static void snap_unit_attention(void *arg, const uint8_t *sense, size_t len)
+{
+    struct pt_lu *pu = arg;
+    ua_to_other_nexuses(pu, NULL, sense, len);
+}
+
+void hv_passthru_backup_enable(struct scsi_lu *lu, struct snap_gate *gate, const char *cbt_state,
+                               uint32_t chunk_bytes, unsigned spare_chunks)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    struct hv_err err = {0};
+    char name[SAN_NAME_MAX + 96];
+
+    if (!hv_lu_is_passthru(lu) || pu->snap)
+        return;
+    snprintf(name, sizeof(name), "%s LUN %" PRIu64, pu->target, pu->san_lun);
+    if (pu->is_full_scsi) {
+        snprintf(pu->no_snap_why, sizeof(pu->no_snap_why),
+                 "%s is passed through with --full-scsi: commands whose effect on its blocks "
+                 "hvstord cannot know (FORMAT UNIT, WRITE BUFFER, EXTENDED COPY, "
+                 "vendor-specific...) may reach it, so a copy-before-write backup could be "
+                 "silently wrong; let the array back it up, or attach it without --full-scsi",
+                 name);
+        return;
+    }
+    struct hv_pt_snap_options opt = {
+        .pl = pu->pl,
+        .reactor = pu->lu.reactor,
+        .name = name,
+        .gate = gate,
+        .cbt_state_path = cbt_state,
+        .chunk_bytes = chunk_bytes,
+        .spare_chunks = spare_chunks,
+        .max_commands = PT_POOL,
+        .on_unit_attention = snap_unit_attention,
+        .cb_arg = pu,
+    };
+    int ret = hv_pt_snap_create(&opt, &pu->snap, &err);
+    if (ret < 0) {
+        snprintf(pu->no_snap_why, sizeof(pu->no_snap_why), "%s", hv_err_msg(&err, ret));
+        hv_warn("%s: no backups: %s", name, pu->no_snap_why);
+    }
+}
+
+int hv_passthru_backup_view(struct scsi_lu *lu, struct bdev **top, struct snap_cbt **cbt,
+                            struct snap_cbw **cbw, struct hv_err *err)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+
+    if (!hv_lu_is_passthru(lu))
+        return hv_err_set(err, -EINVAL, "not a pass-through LUN");
+    if (pu->snap)
+        return hv_pt_snap_view(pu->snap, top, cbt, cbw, err);
+    return hv_err_set(err, -EOPNOTSUPP, "%s",
+                      pu->no_snap_why[0] ? pu->no_snap_why : "no backup view");
 }
