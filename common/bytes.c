@@ -82,7 +82,7 @@ void hv_uuid_format(const uint8_t u[16], char out[37])
              u[12], u[13], u[14], u[15]);
 }
 
-static int hexval(char c)
+int hv_hex_value(char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -99,7 +99,7 @@ int hv_uuid_parse(const char *text, uint8_t uuid[16])
     for (const char *p = text; *p; p++) {
         if (*p == '-' && (p - text == 8 || p - text == 13 || p - text == 18 || p - text == 23))
             continue;
-        int hi = hexval(p[0]), lo = p[1] ? hexval(p[1]) : -1;
+        int hi = hv_hex_value(p[0]), lo = p[1] ? hv_hex_value(p[1]) : -1;
         if (hi < 0 || lo < 0 || n >= 16)
             return -EINVAL;
         uuid[n++] = (uint8_t)(hi << 4 | lo);

@@ -495,5 +495,7 @@ void hv_uuid_generate(uint8_t uuid[16]);
 void hv_uuid_format(const uint8_t uuid[16], char out[37]);
 int hv_uuid_parse(const char *text, uint8_t uuid[16]);
 bool hv_uuid_is_nil(const uint8_t uuid[16]);
+/* The value of hex digit `c` (either case), -1 if it is not one. */
+int hv_hex_value(char c);
 
 #endif /* HVSTOR_COMMON_H */

@@ -5,17 +5,6 @@
 #include <errno.h>
 #include <inttypes.h>
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 void npiv_wwn_hex(uint64_t wwn, char out[NPIV_WWN_HEX_LEN + 1])
 {
     snprintf(out, NPIV_WWN_HEX_LEN + 1, "%016" PRIx64, wwn);
@@ -57,21 +46,21 @@ int npiv_wwn_parse(const char *text, uint64_t *wwn)
         if (len - 2 > 16)
             return -EINVAL;
         for (size_t i = 2; i < len; i++) {
-            int d = hex_value(text[i]);
+            int d = hv_hex_value(text[i]);
             if (d < 0)
                 return -EINVAL;
             v = (v << 4) | (uint64_t)d;
         }
     } else if (len == 16) {
         for (size_t i = 0; i < 16; i++) {
-            int d = hex_value(text[i]);
+            int d = hv_hex_value(text[i]);
             if (d < 0)
                 return -EINVAL;
             v = (v << 4) | (uint64_t)d;
         }
     } else if (len == NPIV_WWN_COLON_LEN) {
         for (size_t i = 0; i < 8; i++) {
-            int hi = hex_value(text[i * 3]), lo = hex_value(text[i * 3 + 1]);
+            int hi = hv_hex_value(text[i * 3]), lo = hv_hex_value(text[i * 3 + 1]);
             if (hi < 0 || lo < 0 || (i < 7 && text[i * 3 + 2] != ':'))
                 return -EINVAL;
             v = (v << 8) | (uint64_t)(hi << 4 | lo);
@@ -91,7 +80,7 @@ static int check_hex_digits(const char *name, const char *digits, size_t want1, 
         return hv_err_set(err, -EINVAL, "iSCSI name '%s': needs %zu%s hex digits after the "
                           "type, has %zu", name, want1, want2 != want1 ? " or 32" : "", n);
     for (size_t i = 0; i < n; i++)
-        if (hex_value(digits[i]) < 0)
+        if (hv_hex_value(digits[i]) < 0)
             return hv_err_set(err, -EINVAL, "iSCSI name '%s': '%c' at offset %zu is not a "
                               "hex digit", name, digits[i], (size_t)(digits - name) + i);
     return 0;

@@ -241,9 +241,7 @@ int op_reclaim(struct op_file *f, struct vhd_meta *m, struct op_bat *bat,
             op_bat_set(bat, moves[i].index, (uint32_t)(moves[i].to / HV_SECTOR_BYTES));
             m->bat[moves[i].index] = (uint32_t)(moves[i].to / HV_SECTOR_BYTES);
         }
-        ret = op_bat_write(f, bat, err);
-        if (ret == 0)
-            ret = op_sync(f, err);
+        ret = op_bat_commit(f, bat, err);
         if (ret < 0)
             goto out;
         for (int i = 0; i < count; i++) {
@@ -460,13 +458,9 @@ int vhd_compact(const char *path, const struct vhd_compact_options *opt,
         }
         hv_progress_update(&progress, progress.done + block_bytes);
     }
-    if (op_bat_is_dirty(&bat)) {
-        ret = op_bat_write(&f, &bat, err);
-        if (ret == 0)
-            ret = op_sync(&f, err);
-        if (ret < 0)
-            goto out;
-    }
+    ret = op_bat_commit(&f, &bat, err);
+    if (ret < 0)
+        goto out;
     uint64_t new_bytes;
     ret = op_reclaim(&f, &m, &bat, &progress, &res->blocks_moved, &new_bytes, err);
     if (ret < 0)

@@ -530,17 +530,6 @@ int vhd_parent_name_set(struct vhd_header *h, const char *utf8)
     return 0;
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int vhd_locator_decode_path(uint32_t code, const uint8_t *data, size_t len, char *out,
                             size_t cap)
 {
@@ -569,9 +558,10 @@ int vhd_locator_decode_path(uint32_t code, const uint8_t *data, size_t len, char
             char c = (char)data[i];
             if (c == '\0')
                 return -EILSEQ;
-            if (c == '%' && i + 2 < len && hex_value((char)data[i + 1]) >= 0 &&
-                hex_value((char)data[i + 2]) >= 0) {
-                c = (char)(hex_value((char)data[i + 1]) * 16 + hex_value((char)data[i + 2]));
+            if (c == '%' && i + 2 < len && hv_hex_value((char)data[i + 1]) >= 0 &&
+                hv_hex_value((char)data[i + 2]) >= 0) {
+                c = (char)(hv_hex_value((char)data[i + 1]) * 16 +
+                           hv_hex_value((char)data[i + 2]));
                 i += 2;
             }
             if (n + 2 > cap)

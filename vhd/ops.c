@@ -193,6 +193,14 @@ int op_bat_write(struct op_file *f, struct op_bat *b, struct hv_err *err)
     return 0;
 }
 
+int op_bat_commit(struct op_file *f, struct op_bat *b, struct hv_err *err)
+{
+    if (!op_bat_is_dirty(b))
+        return 0;
+    int ret = op_bat_write(f, b, err);
+    return ret < 0 ? ret : op_sync(f, err);
+}
+
 void op_bat_free(struct op_bat *b)
 {
     free(b->raw);

@@ -58,6 +58,9 @@ void op_bat_set(struct op_bat *b, uint32_t index, uint32_t entry);
 uint32_t op_bat_get(const struct op_bat *b, uint32_t index);
 bool op_bat_is_dirty(const struct op_bat *b);
 int op_bat_write(struct op_file *f, struct op_bat *b, struct hv_err *err);
+/* op_bat_write, then fdatasync: the new entries are durable. Nothing at all
+ * when no sector is dirty. */
+int op_bat_commit(struct op_file *f, struct op_bat *b, struct hv_err *err);
 void op_bat_free(struct op_bat *b);
 
 /*

@@ -257,13 +257,9 @@ int vhd_repair(const char *path, const struct vhd_repair_options *opt,
             op_bat_set(&bat, b, VHD_BAT_UNALLOCATED);
         }
     }
-    if (op_bat_is_dirty(&bat)) {
-        ret = op_bat_write(&f, &bat, err);
-        if (ret == 0)
-            ret = op_sync(&f, err);
-        if (ret < 0)
-            goto out;
-    }
+    ret = op_bat_commit(&f, &bat, err);
+    if (ret < 0)
+        goto out;
 
     /* Footer at the end, then the copy. */
     if (!is_e_ok || is_e_sum || footer_at != file_bytes - VHD_FOOTER_BYTES) {

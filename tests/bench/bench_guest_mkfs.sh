@@ -7,22 +7,21 @@
 #   tests/bench/bench_guest_mkfs.sh BUILD_DIR [SIZE] [RUNS]
 # Goal (issue 4): hvstord's time no longer than tgt's.
 set -euo pipefail
+source "$(dirname "$0")/../testlib/tgtd.sh"
 build=$(cd "${1:?usage: bench_guest_mkfs.sh BUILD_DIR [SIZE] [RUNS]}" && pwd)
 size=${2:-40G}
 runs=${3:-3}
 src=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d /var/tmp/hvstor-bench-mkfs.XXXXXX)
+WORK=$tmp    # tgtd's log and pid file
 hv_pid=
-tgt_pid=
 cleanup()
 {
     [ -n "$hv_pid" ] && kill -TERM "$hv_pid" 2>/dev/null && wait "$hv_pid" 2>/dev/null
-    # tgtd -f does not stop on SIGTERM while it holds targets.
-    [ -n "$tgt_pid" ] && kill -KILL "$tgt_pid" 2>/dev/null && wait "$tgt_pid" 2>/dev/null
+    tgt_cleanup
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 kernel=$("$src/tests/guest/build-initramfs.sh" "$tmp/guest.cpio.gz")
 
@@ -35,14 +34,11 @@ hvctl() { "$build/bin/hvctl" --state-dir "$tmp/state" "$@"; }
 hvctl vm create guest >/dev/null
 
 # tgt with a sparse raw file of the same size.
-tgt_port=$(free_port)
-ctl_port=$((1000 + RANDOM % 20000))   # tgtadm -C accepts small numbers only
-tgtd -f -C "$ctl_port" --iscsi "portal=127.0.0.1:$tgt_port" >"$tmp/tgtd.log" 2>&1 &
-tgt_pid=$!
-sleep 1
+tgt_pick_ports
+tgt_start
 tgt_target=iqn.2026-11.org.hvstor.bench:mkfs
-tgtadm -C "$ctl_port" --lld iscsi --op new --mode target --tid 1 -T "$tgt_target"
-tgtadm -C "$ctl_port" --lld iscsi --op bind --mode target --tid 1 -I ALL
+tgtadm_ --op new --mode target --tid 1 -T "$tgt_target"
+tgtadm_ --op bind --mode target --tid 1 -I ALL
 
 boot_mkfs()   # boot_mkfs PORTAL TARGET LUN: prints mkfs seconds inside the guest
 {
@@ -67,9 +63,9 @@ for run in $(seq "$runs"); do
 
     # A fresh file and LUN per run (tgt refuses to delete a LUN that was in use).
     truncate -s "$size" "$tmp/disk$run.raw"
-    tgtadm -C "$ctl_port" --lld iscsi --op new --mode logicalunit --tid 1 --lun "$run" \
+    tgtadm_ --op new --mode logicalunit --tid 1 --lun "$run" \
         -b "$tmp/disk$run.raw"
-    tgt_times+=("$(boot_mkfs "127.0.0.1:$tgt_port" "$tgt_target" "$run")")
+    tgt_times+=("$(boot_mkfs "$PORTAL" "$tgt_target" "$run")")
     rm -f "$tmp/disk$run.raw"
     echo "run $run: hvstord (dynamic VHD) ${hv_times[-1]} s, tgt (raw file) ${tgt_times[-1]} s"
 done

@@ -12,6 +12,7 @@
 # BENCH_DIRECT=1 (hvstor opens the file O_DIRECT; default buffered like
 # tgt's rdwr), COUNT4K (default 200000), COUNT64K (default 20000).
 set -euo pipefail
+source "$(dirname "$0")/../testlib/tgtd.sh"
 
 BUILD=${1:-$(dirname "$0")/../../build}
 TESTD=$BUILD/bin/iscsi-testd
@@ -21,17 +22,10 @@ done
 COUNT4K=${COUNT4K:-200000}
 COUNT64K=${COUNT64K:-20000}
 DIR=$(mktemp -d "${BENCH_DIR:-/var/tmp}/hvstor-iscsi-bench.XXXXXX")
-TGT_PID=
+WORK=$DIR                           # tgtd's log and pid file
 HV_PID=
-CTL=$((20000 + $$ % 10000))         # tgtd's private management socket
 cleanup() {
-    if [ -n "$TGT_PID" ]; then
-        # tgtd ignores SIGTERM; ask it to go, then make sure it went.
-        tgtadm -C "$CTL" --op delete --mode system >/dev/null 2>&1 || true
-        for _ in $(seq 20); do kill -0 "$TGT_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$TGT_PID" 2>/dev/null || true
-        wait "$TGT_PID" 2>/dev/null || true
-    fi
+    tgt_cleanup
     if [ -n "$HV_PID" ]; then
         kill "$HV_PID" 2>/dev/null || true
         wait "$HV_PID" 2>/dev/null || true
@@ -39,10 +33,6 @@ cleanup() {
     rm -rf "$DIR"
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 
 echo "preparing a 1 GiB file in $DIR ..."
 if [ "${BENCH_VHD:-0}" = 1 ]; then
@@ -55,17 +45,12 @@ else
 fi
 sync
 
-TGT_PORT=$(free_port)
-tgtd -f -C "$CTL" --iscsi portal=127.0.0.1:"$TGT_PORT" >"$DIR/tgtd.log" 2>&1 &
-TGT_PID=$!
-for _ in $(seq 50); do
-    tgtadm -C "$CTL" --lld iscsi --mode target --op show >/dev/null 2>&1 && break
-    sleep 0.1
-done
+tgt_pick_ports
+tgt_start
 TGT_IQN=iqn.2026-01.org.hvstor.bench:tgt
-tgtadm -C "$CTL" --lld iscsi --mode target --op new --tid 1 --targetname "$TGT_IQN"
-tgtadm -C "$CTL" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$DIR/disk.img"
-tgtadm -C "$CTL" --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL
+tgtadm_ --mode target --op new --tid 1 --targetname "$TGT_IQN"
+tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$DIR/disk.img"
+tgtadm_ --mode target --op bind --tid 1 --initiator-address ALL
 
 HV_IQN=iqn.2026-01.org.hvstor.bench:hvstor
 DIRECT=()
@@ -78,7 +63,7 @@ HV_PID=$!
 for _ in $(seq 50); do [ -s "$DIR/hv.port" ] && break; sleep 0.1; done
 HV_PORT=$(cat "$DIR/hv.port")
 
-TGT_URL=iscsi://127.0.0.1:$TGT_PORT/$TGT_IQN/1
+TGT_URL=iscsi://$PORTAL/$TGT_IQN/1
 HV_URL=iscsi://127.0.0.1:$HV_PORT/$HV_IQN/0
 
 # rate URL COUNT DEPTH SIZE [-w]: requests per second

@@ -22,6 +22,9 @@ int t_free_port(void);
 /* Run a shell command; returns its exit status (or -1), stdout into out
  * (NUL-terminated, truncated to cap) when out is not NULL. */
 int t_run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Make `path` hold exactly `len` bytes of `buf` (created or truncated).
+ * 0, or -errno. */
+int t_write_file(const char *path, const void *buf, size_t len);
 /* Directory of the built binaries ($HVSTOR_BIN). */
 const char *t_bindir(void);
 

@@ -12,7 +12,6 @@
 #include "tool.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,9 +168,11 @@ int cmd_bench(int argc, char **argv)
         {"pattern", required_argument, NULL, OPT_PATTERN},
         {"flush-interval", required_argument, NULL, OPT_FLUSH},
         {"no-drain", no_argument, NULL, OPT_NO_DRAIN},
-        {"help", no_argument, NULL, 'h'},
         {0},
     };
+    struct tool_cli cli = {.usage = bench_usage, .shortopts = "c:d:s:S:o:wt:f:qni:U",
+                           .longopts = opts, .operands = 1,
+                           .operand_error = "expected one FILE operand"};
     struct bench b = {
         .count = 75000,
         .depth = 64,
@@ -182,7 +183,7 @@ int cmd_bench(int argc, char **argv)
     bool is_direct = false, is_quiet = false, has_step = false;
     uint64_t pattern = 0, v;
     int c;
-    while ((c = getopt_long(argc, argv, "c:d:s:S:o:wt:f:qni:Uh", opts, NULL)) != -1) {
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0) {
         switch (c) {
         case 'c':
             if (hv_parse_u64(optarg, &b.count) < 0 || b.count == 0 || b.count > INT32_MAX) {
@@ -263,19 +264,10 @@ int cmd_bench(int argc, char **argv)
         case OPT_NO_DRAIN:
             b.is_drain_on_flush = false;
             break;
-        case 'h':
-            fputs(bench_usage, stdout);
-            return 0;
-        default:
-            fputs(bench_usage, stderr);
-            return 1;
         }
     }
-    if (optind != argc - 1) {
-        tool_error("expected one FILE operand");
-        fputs(bench_usage, stderr);
-        return 1;
-    }
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
     b.path = argv[optind];
     if (!has_step)
         b.step = b.bufsize;

@@ -4,7 +4,6 @@
 #include "tool.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,10 +33,8 @@ int cmd_info_chain(const char *path, bool is_json)
     struct vhd_chain_report rep;
     struct hv_err err = { 0 };
     int ret = vhd_chain_walk(path, &rep, &err);
-    if (ret < 0) {
-        tool_error("%s", hv_err_msg(&err, ret));
-        return 1;
-    }
+    if (ret < 0)
+        return tool_fail(&err, ret);
     if (is_json) {
         json_t *o = vhd_chain_to_json(&rep);
         if (!o) {
@@ -129,34 +126,16 @@ static int print_extent(void *arg, const struct vhd_map_extent *e)
 
 int cmd_map(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "json", no_argument, NULL, 'j' },
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
-    };
+    struct tool_cli cli = { .usage = map_usage, .operands = 1, .has_json = true };
     struct map_print p = { .is_first = true };
     struct hv_err err = { 0 };
-    int c;
     int ret;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'j': p.is_json = true; break;
-        case 'h': fputs(map_usage, stdout); return 0;
-        default: fputs(map_usage, stderr); return 1;
-        }
-    }
-    if (optind != argc - 1) {
-        tool_error("missing or extra operands");
-        fputs(map_usage, stderr);
-        return 1;
-    }
+    if (tool_getopt(&cli, argc, argv) == TOOL_OPT_EXIT)
+        return cli.exit_status;
+    p.is_json = cli.is_json;
     ret = vhd_map(argv[optind], print_extent, &p, &err);
     if (p.is_json)
         puts(p.is_first ? "[]" : "]");
     fflush(stdout);
-    if (ret < 0) {
-        tool_error("%s", hv_err_msg(&err, ret));
-        return 1;
-    }
-    return 0;
+    return ret < 0 ? tool_fail(&err, ret) : 0;
 }

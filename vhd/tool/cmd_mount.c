@@ -33,7 +33,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
@@ -434,6 +433,29 @@ static bool slot_for(fuse_req_t req, struct mount *m, struct slot **out)
     return true;
 }
 
+/* A slot for a read or write of `size` bytes at `off` (inside the disk): like
+ * a block device, a request that runs past the end is cut short; the slot
+ * covers it in whole sectors. False when the request is already answered. */
+static bool slot_for_range(fuse_req_t req, struct mount *m, enum mount_op op, uint64_t off,
+                           size_t size, struct slot **out)
+{
+    struct slot *s;
+    size = (size_t)HV_MIN((uint64_t)size, m->size_bytes - off);
+    if (size > MOUNT_IO_BYTES) {
+        fuse_reply_err(req, EINVAL);
+        return false;
+    }
+    if (!slot_for(req, m, &s))
+        return false;
+    s->op = op;
+    s->off = off;
+    s->size = size;
+    s->aligned_off = HV_ALIGN_DOWN(off, HV_SECTOR_BYTES);
+    s->aligned_len = HV_ALIGN_UP(off + size, HV_SECTOR_BYTES) - s->aligned_off;
+    *out = s;
+    return true;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
@@ -448,18 +470,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         fuse_reply_buf(req, NULL, 0);
         return;
     }
-    size = (size_t)HV_MIN((uint64_t)size, m->size_bytes - (uint64_t)off);
-    if (size > MOUNT_IO_BYTES) {
-        fuse_reply_err(req, EINVAL);
+    if (!slot_for_range(req, m, OP_READ, (uint64_t)off, size, &s))
         return;
-    }
-    if (!slot_for(req, m, &s))
-        return;
-    s->op = OP_READ;
-    s->off = (uint64_t)off;
-    s->size = size;
-    s->aligned_off = HV_ALIGN_DOWN(s->off, HV_SECTOR_BYTES);
-    s->aligned_len = HV_ALIGN_UP(s->off + size, HV_SECTOR_BYTES) - s->aligned_off;
     submit_io(s, BDEV_IO_READ, s->aligned_off, s->aligned_len, s->buf);
 }
 
@@ -481,21 +493,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
         fuse_reply_err(req, size ? ENOSPC : 0);
         return;
     }
-    /* Like a block device: a write that runs past the end is cut short. */
-    size = (size_t)HV_MIN((uint64_t)size, m->size_bytes - (uint64_t)off);
-    if (size > MOUNT_IO_BYTES) {
-        fuse_reply_err(req, EINVAL);
+    if (!slot_for_range(req, m, OP_WRITE, (uint64_t)off, size, &s))
         return;
-    }
-    if (!slot_for(req, m, &s))
-        return;
-    s->op = OP_WRITE;
-    s->off = (uint64_t)off;
-    s->size = size;
-    s->aligned_off = HV_ALIGN_DOWN(s->off, HV_SECTOR_BYTES);
-    s->aligned_len = HV_ALIGN_UP(s->off + size, HV_SECTOR_BYTES) - s->aligned_off;
-    s->is_rmw = s->aligned_off != s->off || s->aligned_len != size;
-    memcpy(s->buf + (s->off - s->aligned_off), buf, size);
+    s->is_rmw = s->aligned_off != s->off || s->aligned_len != s->size;
+    memcpy(s->buf + (s->off - s->aligned_off), buf, s->size);
     queue_write(s);
 }
 
@@ -1039,9 +1040,10 @@ int cmd_mount(int argc, char **argv)
     static const struct option opts[] = {
         { "read-only", no_argument, NULL, 'r' },
         { "foreground", no_argument, NULL, 'f' },
-        { "help", no_argument, NULL, 'h' },
         { 0 },
     };
+    struct tool_cli cli = { .usage = mount_usage, .shortopts = "rfo:", .longopts = opts,
+                            .operands = 2 };
 #ifdef HVSTOR_HAVE_FUSE3
     struct mount_args a = { 0 };
 #endif
@@ -1049,20 +1051,15 @@ int cmd_mount(int argc, char **argv)
     bool is_read_only = false;
     bool is_foreground = false;
     int c;
-    while ((c = getopt_long(argc, argv, "rfo:h", opts, NULL)) != -1) {
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0) {
         switch (c) {
         case 'r': is_read_only = true; break;
         case 'f': is_foreground = true; break;
         case 'o': options = optarg; break;
-        case 'h': fputs(mount_usage, stdout); return 0;
-        default: fputs(mount_usage, stderr); return 1;
         }
     }
-    if (optind != argc - 2) {
-        tool_error("missing or extra operands");
-        fputs(mount_usage, stderr);
-        return 1;
-    }
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
 #ifdef HVSTOR_HAVE_FUSE3
     a.image = argv[optind];
     a.mountpoint = argv[optind + 1];
@@ -1149,27 +1146,14 @@ static void wait_for_exit(int pidfd, pid_t pid)
 
 int cmd_unmount(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { 0 },
-    };
+    struct tool_cli cli = { .usage = unmount_usage, .operands = 1 };
     const char *mnt;
     char text[64];
     ssize_t n;
     pid_t pid = 0;
     int pidfd = -1;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'h': fputs(unmount_usage, stdout); return 0;
-        default: fputs(unmount_usage, stderr); return 1;
-        }
-    }
-    if (optind != argc - 1) {
-        tool_error("missing or extra operands");
-        fputs(unmount_usage, stderr);
-        return 1;
-    }
+    if (tool_getopt(&cli, argc, argv) == TOOL_OPT_EXIT)
+        return cli.exit_status;
     mnt = argv[optind];
     n = getxattr(mnt, MOUNT_XATTR_PID, text, sizeof(text) - 1);
     if (n > 0) {

@@ -6,23 +6,15 @@
 #include "tool.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int ops_usage(const char *usage, bool is_help)
-{
-    fputs(usage, is_help ? stdout : stderr);
-    return is_help ? 0 : 1;
-}
-
-static int ops_operands(const char *usage)
-{
-    tool_error("missing or extra operands");
-    fputs(usage, stderr);
-    return 1;
-}
+/* resize and set-parent: --force is their only option. */
+static const struct option force_only[] = {
+    {"force", no_argument, NULL, 'f'},
+    {0},
+};
 
 /* ------------------------------------------------------------------ merge */
 
@@ -51,44 +43,29 @@ static const char merge_usage[] =
 int cmd_merge(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"into", required_argument, NULL, 'i'}, {"force", no_argument, NULL, 'f'},
-        {"progress", no_argument, NULL, 'p'},   {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},       {0},
+        {"into", required_argument, NULL, 'i'},
+        {"force", no_argument, NULL, 'f'},
+        {0},
     };
+    struct tool_cli cli = {.usage = merge_usage, .shortopts = "i:f", .longopts = opts,
+                           .operands = 1, .has_json = true, .has_progress = true};
     struct vhd_merge_options o = {0};
-    bool is_json = false;
     int c;
-    while ((c = getopt_long(argc, argv, "i:fph", opts, NULL)) != -1) {
-        switch (c) {
-        case 'i':
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0) {
+        if (c == 'i')
             o.into = optarg;
-            break;
-        case 'f':
-            o.is_forced = true;
-            break;
-        case 'p':
-            o.show_progress = true;
-            break;
-        case 'j':
-            is_json = true;
-            break;
-        case 'h':
-            return ops_usage(merge_usage, true);
-        default:
-            return ops_usage(merge_usage, false);
-        }
+        o.is_forced |= c == 'f';
     }
-    if (optind != argc - 1)
-        return ops_operands(merge_usage);
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
+    o.show_progress = cli.show_progress;
     const char *child = argv[optind];
     struct vhd_merge_result res;
     struct hv_err err = {0};
     int ret = vhd_merge(child, &o, &res, &err);
-    if (ret < 0) {
-        tool_error("%s", hv_err_msg(&err, ret));
-        return 1;
-    }
-    if (is_json) {
+    if (ret < 0)
+        return tool_fail(&err, ret);
+    if (cli.is_json) {
         json_t *j = json_object();
         json_object_set_new(j, "child", json_string(child));
         json_object_set_new(j, "ancestor", json_string(res.ancestor));
@@ -132,42 +109,24 @@ int cmd_compact(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"dry-run", no_argument, NULL, 'n'},
-        {"progress", no_argument, NULL, 'p'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
         {0},
     };
+    struct tool_cli cli = {.usage = compact_usage, .shortopts = "n", .longopts = opts,
+                           .operands = 1, .has_json = true, .has_progress = true};
     struct vhd_compact_options o = {0};
-    bool is_json = false;
     int c;
-    while ((c = getopt_long(argc, argv, "nph", opts, NULL)) != -1) {
-        switch (c) {
-        case 'n':
-            o.is_dry_run = true;
-            break;
-        case 'p':
-            o.show_progress = true;
-            break;
-        case 'j':
-            is_json = true;
-            break;
-        case 'h':
-            return ops_usage(compact_usage, true);
-        default:
-            return ops_usage(compact_usage, false);
-        }
-    }
-    if (optind != argc - 1)
-        return ops_operands(compact_usage);
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0)
+        o.is_dry_run |= c == 'n';
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
+    o.show_progress = cli.show_progress;
     const char *path = argv[optind];
     struct vhd_compact_result res;
     struct hv_err err = {0};
     int ret = vhd_compact(path, &o, &res, &err);
-    if (ret < 0) {
-        tool_error("%s", hv_err_msg(&err, ret));
-        return 1;
-    }
-    if (is_json) {
+    if (ret < 0)
+        return tool_fail(&err, ret);
+    if (cli.is_json) {
         json_t *j = json_object();
         json_object_set_new(j, "filename", json_string(path));
         json_object_set_new(j, "dry-run", json_boolean(o.is_dry_run));
@@ -212,27 +171,15 @@ static const char resize_usage[] =
 
 int cmd_resize(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"force", no_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
-    };
+    /* "+": options end at FILE, so that "-2M" after it is a size. */
+    struct tool_cli cli = {
+        .usage = resize_usage, .shortopts = "+f", .longopts = force_only, .operands = 2};
     struct vhd_resize_options o = {0};
     int c;
-    /* "+": options end at FILE, so that "-2M" after it is a size. */
-    while ((c = getopt_long(argc, argv, "+fh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'f':
-            o.is_forced = true;
-            break;
-        case 'h':
-            return ops_usage(resize_usage, true);
-        default:
-            return ops_usage(resize_usage, false);
-        }
-    }
-    if (optind != argc - 2)
-        return ops_operands(resize_usage);
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0)
+        o.is_forced |= c == 'f';
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
     const char *path = argv[optind];
     const char *text = argv[optind + 1];
     uint64_t size;
@@ -243,10 +190,8 @@ int cmd_resize(int argc, char **argv)
     if (sign) {
         struct vhd_info info;
         int ret = vhd_inspect(path, &info, &err);
-        if (ret < 0) {
-            tool_error("%s", hv_err_msg(&err, ret));
-            return 1;
-        }
+        if (ret < 0)
+            return tool_fail(&err, ret);
         if (sign < 0 && size >= info.size_bytes) {
             tool_error("%s: cannot shrink a %" PRIu64 "-byte disk by %" PRIu64 " bytes", path,
                        info.size_bytes, size);
@@ -255,10 +200,8 @@ int cmd_resize(int argc, char **argv)
         size = sign > 0 ? info.size_bytes + size : info.size_bytes - size;
     }
     int ret = vhd_resize(path, size, &o, &err);
-    if (ret < 0) {
-        tool_error("%s", hv_err_msg(&err, ret));
-        return 1;
-    }
+    if (ret < 0)
+        return tool_fail(&err, ret);
     char sz[32];
     printf("%s: virtual size is now %" PRIu64 " bytes (%s)\n", path, size,
            hv_format_size(size, sz));
@@ -282,32 +225,18 @@ static const char set_parent_usage[] =
 
 int cmd_set_parent(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"force", no_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
-    };
+    struct tool_cli cli = {
+        .usage = set_parent_usage, .shortopts = "f", .longopts = force_only, .operands = 2};
     struct vhd_set_parent_options o = {0};
     int c;
-    while ((c = getopt_long(argc, argv, "fh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'f':
-            o.is_forced = true;
-            break;
-        case 'h':
-            return ops_usage(set_parent_usage, true);
-        default:
-            return ops_usage(set_parent_usage, false);
-        }
-    }
-    if (optind != argc - 2)
-        return ops_operands(set_parent_usage);
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0)
+        o.is_forced |= c == 'f';
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
     struct hv_err err = {0};
     int ret = vhd_set_parent(argv[optind], argv[optind + 1], &o, &err);
-    if (ret < 0) {
-        tool_error("%s", hv_err_msg(&err, ret));
-        return 1;
-    }
+    if (ret < 0)
+        return tool_fail(&err, ret);
     printf("%s: parent is now %s\n", argv[optind], argv[optind + 1]);
     return 0;
 }
@@ -333,38 +262,23 @@ int cmd_repair(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"dry-run", no_argument, NULL, 'n'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
         {0},
     };
+    struct tool_cli cli = {.usage = repair_usage, .shortopts = "n", .longopts = opts,
+                           .operands = 1, .has_json = true};
     struct vhd_repair_options o = {0};
-    bool is_json = false;
     int c;
-    while ((c = getopt_long(argc, argv, "nh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'n':
-            o.is_dry_run = true;
-            break;
-        case 'j':
-            is_json = true;
-            break;
-        case 'h':
-            return ops_usage(repair_usage, true);
-        default:
-            return ops_usage(repair_usage, false);
-        }
-    }
-    if (optind != argc - 1)
-        return ops_operands(repair_usage);
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0)
+        o.is_dry_run |= c == 'n';
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
     const char *path = argv[optind];
     struct vhd_repair_report rep;
     struct hv_err err = {0};
     int ret = vhd_repair(path, &o, &rep, &err);
-    if (ret < 0) {
-        tool_error("%s", hv_err_msg(&err, ret));
-        return 1;
-    }
-    if (is_json) {
+    if (ret < 0)
+        return tool_fail(&err, ret);
+    if (cli.is_json) {
         json_t *j = json_object();
         json_t *list = json_array();
         json_object_set_new(j, "filename", json_string(path));

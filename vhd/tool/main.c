@@ -1,8 +1,9 @@
 /*
  * vhd — the offline image tool: create, info, check, convert, compare,
- * bench. Each subcommand parses its own options, calls one library
- * operation, and prints the library's error message once (it already names
- * the file, the structure and the problem).
+ * bench. Each subcommand parses its own options (tool_getopt, here, handles
+ * what they all share: --help, usage errors, --json, --progress), calls one
+ * library operation, and prints the library's error message once (it
+ * already names the file, the structure and the problem).
  */
 #include "tool.h"
 
@@ -36,19 +37,88 @@ int tool_parse_size(const char *opt_name, const char *text, uint64_t *bytes)
     return ret;
 }
 
-/* Every subcommand: "--help" prints its usage on stdout and exits 0; a bad
- * option prints the usage on stderr and exits with `bad_exit`. */
-static int usage_exit(const char *usage, bool is_help, int bad_exit)
+int tool_fail(const struct hv_err *err, int ret)
 {
-    fputs(usage, is_help ? stdout : stderr);
-    return is_help ? 0 : bad_exit;
+    tool_error("%s", hv_err_msg(err, ret));
+    return 1;
 }
 
-static int missing_operands(const char *usage, int bad_exit)
+/* Values of the shared long options that have no short form: above any
+ * character and any value a command picks for its own. */
+enum { OPT_JSON = 0x1000 };
+
+static void cli_add(struct tool_cli *cli, size_t *n, const struct option *o)
 {
-    tool_error("missing or extra operands");
-    fputs(usage, stderr);
-    return bad_exit;
+    if (*n + 1 >= HV_ARRAY_SIZE(cli->all_long)) {
+        tool_error("internal error: too many options");
+        abort();
+    }
+    cli->all_long[(*n)++] = *o;
+}
+
+static void cli_build(struct tool_cli *cli)
+{
+    static const struct option help = {"help", no_argument, NULL, 'h'};
+    static const struct option json = {"json", no_argument, NULL, OPT_JSON};
+    static const struct option progress = {"progress", no_argument, NULL, 'p'};
+    size_t n = 0;
+    for (const struct option *o = cli->longopts; o && o->name; o++)
+        cli_add(cli, &n, o);
+    if (cli->has_json)
+        cli_add(cli, &n, &json);
+    if (cli->has_progress)
+        cli_add(cli, &n, &progress);
+    cli_add(cli, &n, &help);
+    snprintf(cli->all_short, sizeof(cli->all_short), "%s%sh",
+             cli->shortopts ? cli->shortopts : "", cli->has_progress ? "p" : "");
+}
+
+static int cli_exit(struct tool_cli *cli, bool is_help)
+{
+    fputs(cli->usage, is_help ? stdout : stderr);
+    cli->exit_status = is_help ? 0 : cli->usage_exit ? cli->usage_exit : 1;
+    return TOOL_OPT_EXIT;
+}
+
+int tool_getopt(struct tool_cli *cli, int argc, char **argv)
+{
+    if (!cli->all_long[0].name)
+        cli_build(cli);
+    for (;;) {
+        int c = getopt_long(argc, argv, cli->all_short, cli->all_long, NULL);
+        if (c == -1) {
+            if (optind == argc - cli->operands)
+                return TOOL_OPT_DONE;
+            tool_error("%s",
+                       cli->operand_error ? cli->operand_error : "missing or extra operands");
+            return cli_exit(cli, false);
+        }
+        if (c == 'h')
+            return cli_exit(cli, true);
+        if (c == '?' || c == ':')
+            return cli_exit(cli, false);
+        if (c == OPT_JSON && cli->has_json)
+            cli->is_json = true;
+        else if (c == 'p' && cli->has_progress)
+            cli->show_progress = true;
+        else
+            return c;
+    }
+}
+
+/* --block-size of create and convert: what a VHD can hold (the field is 32
+ * bits; the format wants a power of two of whole sectors). */
+static int parse_block_size(const char *text, uint32_t *block_bytes)
+{
+    uint64_t v;
+    if (tool_parse_size("--block-size", text, &v) < 0)
+        return -1;
+    if (v < HV_SECTOR_BYTES || v > UINT32_MAX || (v & (v - 1))) {
+        tool_error("--block-size '%s': must be a power of two from 512 bytes to 2 GiB", text);
+        return -1;
+    }
+    *block_bytes = (uint32_t)v;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- create */
@@ -74,13 +144,14 @@ static int cmd_create(int argc, char **argv)
     static const struct option opts[] = {
         {"type", required_argument, NULL, 't'},   {"size", required_argument, NULL, 's'},
         {"parent", required_argument, NULL, 'b'}, {"block-size", required_argument, NULL, 'B'},
-        {"help", no_argument, NULL, 'h'},         {0},
+        {0},
     };
+    struct tool_cli cli = {
+        .usage = create_usage, .shortopts = "t:s:b:B:", .longopts = opts, .operands = 1};
     struct vhd_create_options o = {.type = VHD_TYPE_DYNAMIC};
     bool has_type = false, has_size = false;
-    uint64_t v;
     int c;
-    while ((c = getopt_long(argc, argv, "t:s:b:B:h", opts, NULL)) != -1) {
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0) {
         switch (c) {
         case 't':
             if (vhd_type_parse(optarg, &o.type) < 0) {
@@ -98,24 +169,13 @@ static int cmd_create(int argc, char **argv)
             o.parent_path = optarg;
             break;
         case 'B':
-            if (tool_parse_size("--block-size", optarg, &v) < 0)
+            if (parse_block_size(optarg, &o.block_bytes) < 0)
                 return 1;
-            if (v == 0 || v > UINT32_MAX || (v & (v - 1)) || v < HV_SECTOR_BYTES) {
-                tool_error("--block-size '%s': must be a power of two from 512 bytes "
-                           "to 2 GiB",
-                           optarg);
-                return 1;
-            }
-            o.block_bytes = (uint32_t)v;
             break;
-        case 'h':
-            return usage_exit(create_usage, true, 1);
-        default:
-            return usage_exit(create_usage, false, 1);
         }
     }
-    if (optind != argc - 1)
-        return missing_operands(create_usage, 1);
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
     const char *path = argv[optind];
     if (!has_type && o.parent_path)
         o.type = VHD_TYPE_DIFFERENCING;
@@ -137,10 +197,8 @@ static int cmd_create(int argc, char **argv)
     }
     struct hv_err err = {0};
     int ret = vhd_create(path, &o, &err);
-    if (ret < 0) {
-        tool_error("%s", hv_err_msg(&err, ret));
-        return 1;
-    }
+    if (ret < 0)
+        return tool_fail(&err, ret);
     struct vhd_info info;
     char sz[32];
     if (vhd_inspect(path, &info, &err) == 0)
@@ -184,31 +242,19 @@ static const char *ok_text(bool ok)
 static int cmd_info(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"json", no_argument, NULL, 'j'},
         {"chain", no_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},
         {0},
     };
-    bool is_json = false;
+    struct tool_cli cli = {
+        .usage = info_usage, .longopts = opts, .operands = 1, .has_json = true};
     bool is_chain = false;
     int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'j':
-            is_json = true;
-            break;
-        case 'c':
-            is_chain = true;
-            break;
-        case 'h':
-            return usage_exit(info_usage, true, 1);
-        default:
-            return usage_exit(info_usage, false, 1);
-        }
-    }
-    if (optind != argc - 1)
-        return missing_operands(info_usage, 1);
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0)
+        is_chain |= c == 'c';
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
     const char *path = argv[optind];
+    bool is_json = cli.is_json;
     if (is_chain)
         return cmd_info_chain(path, is_json);
     struct vhd_info *info = calloc(1, sizeof(*info));
@@ -311,27 +357,11 @@ static const char check_usage[] =
 
 static int cmd_check(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {0},
-    };
-    bool is_json = false;
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'j':
-            is_json = true;
-            break;
-        case 'h':
-            return usage_exit(check_usage, true, 1);
-        default:
-            return usage_exit(check_usage, false, 1);
-        }
-    }
-    if (optind != argc - 1)
-        return missing_operands(check_usage, 1);
+    struct tool_cli cli = {.usage = check_usage, .operands = 1, .has_json = true};
+    if (tool_getopt(&cli, argc, argv) == TOOL_OPT_EXIT)
+        return cli.exit_status;
     const char *path = argv[optind];
+    bool is_json = cli.is_json;
     struct vhd_check_report rep = {0};
     struct hv_err err = {0};
     int ret = vhd_check(path, &rep, &err);
@@ -427,14 +457,17 @@ static int parse_format(const char *opt, const char *text, enum vhd_image_format
 static int cmd_convert(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"type", required_argument, NULL, 't'},  {"block-size", required_argument, NULL, 'B'},
-        {"depth", required_argument, NULL, 'd'}, {"progress", no_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},        {0},
+        {"type", required_argument, NULL, 't'},
+        {"block-size", required_argument, NULL, 'B'},
+        {"depth", required_argument, NULL, 'd'},
+        {0},
     };
+    struct tool_cli cli = {.usage = convert_usage, .shortopts = "f:O:t:B:d:", .longopts = opts,
+                           .operands = 2, .has_progress = true};
     struct vhd_convert_options o = {0};
     uint64_t v;
     int c;
-    while ((c = getopt_long(argc, argv, "f:O:t:B:d:ph", opts, NULL)) != -1) {
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0) {
         switch (c) {
         case 'f':
             if (parse_format("-f", optarg, &o.src_format) < 0)
@@ -451,15 +484,8 @@ static int cmd_convert(int argc, char **argv)
             }
             break;
         case 'B':
-            if (tool_parse_size("--block-size", optarg, &v) < 0)
+            if (parse_block_size(optarg, &o.block_bytes) < 0)
                 return 1;
-            if (v < HV_SECTOR_BYTES || v > UINT32_MAX || (v & (v - 1))) {
-                tool_error("--block-size '%s': must be a power of two from 512 bytes "
-                           "to 2 GiB",
-                           optarg);
-                return 1;
-            }
-            o.block_bytes = (uint32_t)v;
             break;
         case 'd':
             if (hv_parse_u64(optarg, &v) < 0 || v == 0 || v > 1024) {
@@ -468,28 +494,18 @@ static int cmd_convert(int argc, char **argv)
             }
             o.depth = (unsigned)v;
             break;
-        case 'p':
-            o.show_progress = true;
-            break;
-        case 'h':
-            return usage_exit(convert_usage, true, 1);
-        default:
-            return usage_exit(convert_usage, false, 1);
         }
     }
-    if (optind != argc - 2)
-        return missing_operands(convert_usage, 1);
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
+    o.show_progress = cli.show_progress;
     if (o.dst_format == VHD_FORMAT_RAW && (o.dst_type || o.block_bytes)) {
         tool_error("%s: --type and --block-size apply to VHD output only", argv[optind + 1]);
         return 1;
     }
     struct hv_err err = {0};
     int ret = vhd_convert(argv[optind], argv[optind + 1], &o, &err);
-    if (ret < 0) {
-        tool_error("%s", hv_err_msg(&err, ret));
-        return 1;
-    }
-    return 0;
+    return ret < 0 ? tool_fail(&err, ret) : 0;
 }
 
 /* --------------------------------------------------------------- compare */
@@ -513,13 +529,15 @@ static int cmd_compare(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"strict", no_argument, NULL, 's'},
-        {"help", no_argument, NULL, 'h'},
         {0},
     };
+    /* Usage errors exit 2 like unreadable images: 1 means "different". */
+    struct tool_cli cli = {.usage = compare_usage, .shortopts = "f:F:s", .longopts = opts,
+                           .operands = 2, .usage_exit = 2};
     enum vhd_image_format fa = VHD_FORMAT_AUTO, fb = VHD_FORMAT_AUTO;
     bool is_strict = false;
     int c;
-    while ((c = getopt_long(argc, argv, "f:F:sh", opts, NULL)) != -1) {
+    while ((c = tool_getopt(&cli, argc, argv)) >= 0) {
         switch (c) {
         case 'f':
             if (parse_format("-f", optarg, &fa) < 0)
@@ -532,14 +550,10 @@ static int cmd_compare(int argc, char **argv)
         case 's':
             is_strict = true;
             break;
-        case 'h':
-            return usage_exit(compare_usage, true, 2);
-        default:
-            return usage_exit(compare_usage, false, 2);
         }
     }
-    if (optind != argc - 2)
-        return missing_operands(compare_usage, 2);
+    if (c == TOOL_OPT_EXIT)
+        return cli.exit_status;
     const char *a = argv[optind], *b = argv[optind + 1];
     struct vhd_compare_result res;
     struct hv_err err = {0};

@@ -28,17 +28,7 @@
  * one after it returned.
  * Any failure prints the seed and the crash state, which reproduce it.
  */
-#include "testlib.h"
-#include "vhd.h"
-
-#include <errno.h>
-#include <fcntl.h>
-#include <inttypes.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "crash_replay.h"
 
 #define DISK_BYTES (8u * 1024 * 1024)
 #define BLOCK_BYTES (512u * 1024)
@@ -48,18 +38,6 @@
 #define STATES_PER_IMAGE 600
 
 /* ------------------------------------------------------------ recording */
-
-struct ewrite { /* one engine file I/O */
-    bool is_sync;
-    bool is_dsync; /* write durable when it completes (RWF_DSYNC) */
-    uint64_t offset;
-    uint32_t length;
-    uint8_t *data;
-    int seq;
-    long submit_ev;
-    long complete_ev; /* -1: never completed */
-    long res;
-};
 
 enum gop_type { G_WRITE, G_ZERO, G_DISCARD, G_FLUSH };
 
@@ -74,70 +52,14 @@ struct gop { /* one guest request */
     int status;
 };
 
-static long g_clock;
-static struct ewrite *g_ew;
-static int g_ew_count, g_ew_cap;
-static bool g_recording;
-
-static void die(const char *fmt, ...) HV_PRINTF(1, 2);
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(1);
-}
-
-static void obs_submit(void *arg, int seq, bool is_sync, bool is_fua, uint64_t offset,
-                       const struct iovec *iov, int iovcnt)
-{
-    if (!g_recording)
-        return;
-    if (g_ew_count == g_ew_cap) {
-        g_ew_cap = g_ew_cap ? g_ew_cap * 2 : 1024;
-        g_ew = realloc(g_ew, (size_t)g_ew_cap * sizeof(*g_ew));
-        if (!g_ew)
-            die("out of memory");
-    }
-    struct ewrite *w = &g_ew[g_ew_count++];
-    memset(w, 0, sizeof(*w));
-    w->is_sync = is_sync;
-    w->offset = offset;
-    w->seq = seq;
-    w->submit_ev = g_clock++;
-    w->complete_ev = -1;
-    if (!is_sync) {
-        /* RWF_DSYNC (a FUA request's data): durable once it completes. */
-        w->is_dsync = is_fua;
-        size_t len = hv_iov_length(iov, iovcnt);
-        w->length = (uint32_t)len;
-        w->data = malloc(len ? len : 1);
-        if (!w->data)
-            die("out of memory");
-        hv_iov_to_buf(iov, iovcnt, 0, w->data, len);
-    }
-}
-
-static void obs_complete(void *arg, int seq, long res)
-{
-    if (!g_recording)
-        return;
-    for (int i = g_ew_count - 1; i >= 0; i--) {
-        if (g_ew[i].seq == seq && g_ew[i].complete_ev < 0) {
-            g_ew[i].complete_ev = g_clock++;
-            g_ew[i].res = res;
-            return;
-        }
-    }
-    die("observer: completion of unknown engine request %d", seq);
-}
+/* The engine's writes and fdatasyncs to the image (file 0), on the clock
+ * the guest's requests are stamped with too. */
+static struct crash_log g_log;
 
 static const struct vhd_io_observer g_observer = {
-    .on_submit = obs_submit,
-    .on_complete = obs_complete,
+    .on_submit = crash_engine_submit,
+    .on_complete = crash_engine_complete,
+    .arg = &g_log,
 };
 
 /* --------------------------------------------------------------- workload */
@@ -165,7 +87,7 @@ struct gio {
 static void gop_done(struct bdev_io *io, int status)
 {
     struct gio *g = io->cb_arg;
-    g->op->complete_ev = g_clock++;
+    g->op->complete_ev = g_log.clock++;
     g->op->status = status;
     if (status < 0)
         die("guest %s at sector %u+%u failed: %s",
@@ -258,7 +180,7 @@ static void run_workload(struct bdev *bd, struct run *run, uint64_t *seed)
             }
             io->done = gop_done;
             io->cb_arg = g;
-            op->submit_ev = g_clock++;
+            op->submit_ev = g_log.clock++;
             op->complete_ev = -1;
             int ret = bdev_submit(bd, io);
             if (ret < 0)
@@ -268,71 +190,15 @@ static void run_workload(struct bdev *bd, struct run *run, uint64_t *seed)
             die("reactor failed");
         if (run->grow_to && run->grow_start_ev < 0 && n >= run->grow_after) {
             struct hv_err err = {0};
-            run->grow_start_ev = g_clock++;
+            run->grow_start_ev = g_log.clock++;
             if (bd->ops->resize(bd, run->grow_to, &err) < 0)
                 die("online resize to %" PRIu64 ": %s", run->grow_to, err.msg);
-            run->grow_end_ev = g_clock++;
+            run->grow_end_ev = g_log.clock++;
         }
     }
     run->op_count = n;
     for (int i = 0; i < MAX_BATCH; i++)
         free(ios[i]);
-}
-
-/* ---------------------------------------------------------- materialize */
-
-static uint8_t *read_whole(const char *path, uint64_t *len)
-{
-    struct stat st;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0 || fstat(fd, &st) < 0)
-        die("%s: %s", path, strerror(errno));
-    uint8_t *buf = malloc((size_t)st.st_size + 1);
-    if (!buf || hv_pread_full(fd, buf, (size_t)st.st_size, 0) < 0)
-        die("%s: read failed", path);
-    close(fd);
-    *len = (uint64_t)st.st_size;
-    return buf;
-}
-
-/* A file's bytes in memory, grown by the writes applied to it. */
-struct disk_image {
-    uint8_t *bytes;
-    uint64_t length;
-    uint64_t cap;
-};
-
-static void image_apply(struct disk_image *img, uint64_t offset, const uint8_t *data, uint64_t len)
-{
-    if (offset + len > img->cap) {
-        uint64_t cap = HV_MAX(img->cap * 2, offset + len);
-        img->bytes = realloc(img->bytes, cap);
-        if (!img->bytes)
-            die("out of memory for a %" PRIu64 "-byte image", cap);
-        memset(img->bytes + img->cap, 0, cap - img->cap);
-        img->cap = cap;
-    }
-    memcpy(img->bytes + offset, data, len);
-    if (offset + len > img->length)
-        img->length = offset + len;
-}
-
-static void write_sparse(const char *path, const struct disk_image *img)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        die("%s: %s", path, strerror(errno));
-    /* Only non-zero 64 KiB pieces are written: the engine's file growth
-     * leaves large zero ranges that should stay holes. */
-    const uint64_t piece = 65536;
-    for (uint64_t at = 0; at < img->length; at += piece) {
-        uint64_t n = HV_MIN(piece, img->length - at);
-        if (!hv_buf_is_zero(img->bytes + at, n) && hv_pwrite_full(fd, img->bytes + at, n, at) < 0)
-            die("%s: write: %s", path, strerror(errno));
-    }
-    if (ftruncate(fd, (off_t)img->length) < 0)
-        die("%s: truncate: %s", path, strerror(errno));
-    close(fd);
 }
 
 /* ---------------------------------------------------------------- verify */
@@ -346,7 +212,7 @@ struct image_case {
     uint64_t size_bytes;      /* the disk's size before the workload (it uses the first
                                * DISK_BYTES) */
     uint8_t *initial_content; /* what the disk read before the workload */
-    struct disk_image initial_file;
+    struct crash_image initial_file;
     struct run run;
 };
 
@@ -447,14 +313,14 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
                         "flush submitted at %ld\n",
                         st, op->sector, op->count, op->is_fua, op->submit_ev, op->complete_ev,
                         flush_submit);
-                for (int i = 0; i < g_ew_count; i++) {
-                    const struct ewrite *w = &g_ew[i];
+                for (int i = 0; i < g_log.count; i++) {
+                    const struct crash_ev *w = &g_log.ev[i];
                     if (w->complete_ev >= op->submit_ev - 120 && w->submit_ev < crash_point)
                         fprintf(stderr,
                                 "  engine %s at %" PRIu64 "+%u dsync %d: %ld..%ld "
                                 "res %ld\n",
-                                w->is_sync ? "SYNC " : "write", w->offset, w->length, w->is_dsync,
-                                w->submit_ev, w->complete_ev, w->res);
+                                w->kind == CRASH_SYNC ? "SYNC " : "write", w->offset, w->length,
+                                w->is_dsync, w->submit_ev, w->complete_ev, w->res);
                 }
             }
             die("%s state %d (crash point %ld): sector %u reads wrong data; expected %s "
@@ -484,107 +350,25 @@ static void verify_state(struct image_case *ic, const char *crash_path, long cra
     states_with_expectations += has_guarantee;
 }
 
-/*
- * Where crash states are materialized. Verifying a state opens and closes it,
- * and close makes metadata durable with fdatasync; on a memory file system
- * that costs nothing, which keeps 1,200 states within a minute. The parent of
- * a differencing state is found through its absolute locator. Without
- * /dev/shm the states go next to the image.
- */
-static char shm_dir[256];
-
-static void remove_shm_dir(void)
-{
-    if (shm_dir[0])
-        rmdir(shm_dir);
-}
-
-static void crash_state_path(const struct image_case *ic, char *out, size_t cap)
-{
-    if (!shm_dir[0] && !getenv("HVSTOR_CRASH_ON_DISK")) {
-        snprintf(shm_dir, sizeof(shm_dir), "/dev/shm/hvstor-crash-XXXXXX");
-        if (mkdtemp(shm_dir))
-            atexit(remove_shm_dir);
-        else
-            shm_dir[0] = 0;
-    }
-    if (shm_dir[0])
-        snprintf(out, cap, "%s/%s.crash.vhd", shm_dir, ic->name);
-    else
-        snprintf(out, cap, "%s.crash.vhd", ic->path);
-}
-
-static int cmp_long(const void *a, const void *b)
-{
-    long x = *(const long *)a, y = *(const long *)b;
-    return (x > y) - (x < y);
-}
-
 static void crash_states(struct image_case *ic, uint64_t *seed)
 {
     long last_ev = 0;
-    for (int i = 0; i < g_ew_count; i++)
-        last_ev = HV_MAX(last_ev, HV_MAX(g_ew[i].submit_ev, g_ew[i].complete_ev) + 1);
-    long *points = calloc(STATES_PER_IMAGE, sizeof(*points));
-    /* Every crash point is an instant between two events; the last ones are
-     * "after everything", where only unflushed writes may be lost. */
-    for (int i = 0; i < STATES_PER_IMAGE; i++)
-        points[i] = (long)(t_rand(seed) % (uint64_t)(last_ev + 1));
-    qsort(points, STATES_PER_IMAGE, sizeof(*points), cmp_long);
-
+    for (int i = 0; i < g_log.count; i++)
+        last_ev = HV_MAX(last_ev, HV_MAX(g_log.ev[i].submit_ev, g_log.ev[i].complete_ev) + 1);
+    long *points = crash_points(STATES_PER_IMAGE, last_ev, seed);
     int32_t *sector_state = calloc(SECTORS, sizeof(*sector_state));
     uint8_t *readbuf = hv_alloc_aligned(DISK_BYTES);
-    struct disk_image crash = {0};
-    char crash_path[512];
-    crash_state_path(ic, crash_path, sizeof(crash_path));
+    struct crash_image crash = {0};
+    char crash_path[PATH_MAX];
+    snprintf(crash_path, sizeof(crash_path), "%s/%s.crash.vhd", crash_state_dir(), ic->name);
 
     for (int k = 0; k < STATES_PER_IMAGE; k++) {
-        long p = points[k];
-        /* Durable: completed before the submission of an fdatasync that
-         * completed before p, or a RWF_DSYNC write completed before p. */
-        long sync_submit = -1;
-        for (int i = 0; i < g_ew_count; i++) {
-            const struct ewrite *w = &g_ew[i];
-            if (w->is_sync && w->res == 0 && w->complete_ev >= 0 && w->complete_ev < p)
-                sync_submit = HV_MAX(sync_submit, w->submit_ev);
-        }
-        /*
-         * The file: the initial one, then, in submission order, every
-         * durable write and a random choice of the others (each possibly
-         * torn). Submission order matters: a write that completed before a
-         * later one was submitted cannot land on top of it, even when only
-         * the later one is durable (a RWF_DSYNC write over an unflushed one).
-         * Modes: 0 takes none of the optional writes, 1 all, else random.
-         */
-        if (crash.length > ic->initial_file.length)
-            memset(crash.bytes + ic->initial_file.length, 0,
-                   crash.length - ic->initial_file.length);
-        crash.length = 0;
-        image_apply(&crash, 0, ic->initial_file.bytes, ic->initial_file.length);
+        /* Modes: 0 takes none of the optional writes, 1 all, else random. */
         int mode = (int)(t_rand(seed) % 8);
-        for (int i = 0; i < g_ew_count; i++) {
-            const struct ewrite *w = &g_ew[i];
-            if (w->is_sync || w->submit_ev >= p)
-                continue;
-            bool is_durable =
-                w->complete_ev >= 0 && w->res == (long)w->length &&
-                (w->complete_ev < sync_submit || (w->is_dsync && w->complete_ev < p));
-            if (!is_durable) {
-                bool take = mode == 1 || (mode > 1 && t_rand(seed) % 2);
-                if (!take)
-                    continue;
-                if (mode > 1 && w->length > 512 && t_rand(seed) % 4 == 0) {
-                    for (uint32_t o = 0; o < w->length; o += 512)
-                        if (t_rand(seed) % 2)
-                            image_apply(&crash, w->offset + o, w->data + o,
-                                        HV_MIN(512, w->length - o));
-                    continue;
-                }
-            }
-            image_apply(&crash, w->offset, w->data, w->length);
-        }
-        write_sparse(crash_path, &crash);
-        verify_state(ic, crash_path, p, k, sector_state, readbuf);
+        crash_replay_file(&g_log, 0, ic->initial_file.bytes, ic->initial_file.length, true,
+                          points[k], mode, seed, &crash);
+        crash_image_write_sparse(crash_path, &crash);
+        verify_state(ic, crash_path, points[k], k, sector_state, readbuf);
     }
     unlink(crash_path);
     free(points);
@@ -615,12 +399,8 @@ static void run_case(struct image_case *ic, uint64_t seed)
     uint64_t s = seed;
     ic->initial_content = hv_alloc_aligned(DISK_BYTES);
     read_disk(ic->path, ic->initial_content);
-    ic->initial_file.bytes = read_whole(ic->path, &ic->initial_file.length);
-
-    for (int i = 0; i < g_ew_count; i++)
-        free(g_ew[i].data);
-    g_ew_count = 0;
-    g_clock = 0;
+    ic->initial_file.bytes = crash_read_file(ic->path, &ic->initial_file.length);
+    crash_log_reset(&g_log);
 
     struct hv_reactor *r;
     struct bdev *bd;
@@ -628,7 +408,7 @@ static void run_case(struct image_case *ic, uint64_t seed)
     if (hv_reactor_create(&r) < 0)
         die("reactor");
     struct vhd_open_options o = {.observer = &g_observer};
-    g_recording = true;
+    g_log.is_recording = true;
     int rc = vhd_open(r, ic->path, &o, &bd, &err);
     if (rc < 0)
         die("%s: vhd_open: %s", ic->path, hv_err_msg(&err, rc));
@@ -636,15 +416,15 @@ static void run_case(struct image_case *ic, uint64_t seed)
     /* Crash points stop here: what close writes is checked by the clean
      * final state below, not by crash states (closing may shrink the file,
      * which the write log cannot express). */
-    g_recording = false;
+    g_log.is_recording = false;
     rc = bdev_close(bd);
     if (rc < 0)
         die("%s: close: %s", ic->path, strerror(-rc));
     hv_reactor_destroy(r);
 
     int writes = 0, syncs = 0;
-    for (int i = 0; i < g_ew_count; i++)
-        g_ew[i].is_sync ? syncs++ : writes++;
+    for (int i = 0; i < g_log.count; i++)
+        g_log.ev[i].kind == CRASH_SYNC ? syncs++ : writes++;
     int flushes = 0;
     for (int i = 0; i < ic->run.op_count; i++)
         flushes += ic->run.ops[i].type == G_FLUSH;
@@ -680,11 +460,7 @@ static void run_case(struct image_case *ic, uint64_t seed)
 
 int main(void)
 {
-    uint64_t seed = 0x5eed0001;
-    const char *env = getenv("HVSTOR_CRASH_SEED");
-    if (env)
-        seed = strtoull(env, NULL, 0);
-    printf("# seed %#" PRIx64 " (HVSTOR_CRASH_SEED reproduces)\n", seed);
+    uint64_t seed = crash_seed(0x5eed0001);
     struct hv_err err = {0};
     uint64_t t0 = hv_now_ns();
 
@@ -723,7 +499,7 @@ int main(void)
         hv_reactor_destroy(r);
     }
     uint64_t parent_len;
-    uint8_t *parent_before = read_whole(parent, &parent_len);
+    uint8_t *parent_before = crash_read_file(parent, &parent_len);
     struct image_case diff = {
         .name = "differencing",
         .path = t_path("child.vhd"),
@@ -739,7 +515,7 @@ int main(void)
         die("create child: %s", hv_err_msg(&err, -EIO));
     run_case(&diff, seed ^ 0xd1ff);
     uint64_t parent_len_after;
-    uint8_t *parent_after = read_whole(parent, &parent_len_after);
+    uint8_t *parent_after = crash_read_file(parent, &parent_len_after);
     if (parent_len != parent_len_after || memcmp(parent_before, parent_after, parent_len))
         die("the parent of the differencing image was modified");
 
@@ -768,9 +544,7 @@ int main(void)
 
     free(parent_before);
     free(parent_after);
-    for (int i = 0; i < g_ew_count; i++)
-        free(g_ew[i].data);
-    free(g_ew);
+    crash_log_free(&g_log);
     printf("# %" PRIu64 " sector checks (%" PRIu64 " promised by FUA writes alone); %d of %d "
            "states had acknowledged durable data\n",
            sectors_verified, fua_sectors_verified, states_with_expectations, states_checked);

@@ -31,49 +31,12 @@
  *     ancestor once it is gone; resize: the size says which).
  * Any failure prints the seed and keeps the state.
  */
-#include "testlib.h"
-#include "vhd.h"
-
-#include <errno.h>
-#include <fcntl.h>
-#include <inttypes.h>
-#include <limits.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "crash_replay.h"
 
 #define STATES_PER_OP 1000
 #define MAX_FILES 6
 
-static void die(const char *fmt, ...) HV_PRINTF(1, 2) __attribute__((noreturn));
-static void die(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "FAIL: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(1);
-}
-
 /* ------------------------------------------------------------ recording */
-
-enum ev_kind { EV_WRITE, EV_SYNC, EV_TRUNCATE, EV_UNLINK, EV_REPLACE };
-
-struct ev {
-    enum ev_kind kind;
-    int file;
-    uint64_t offset; /* write: where; truncate: new length */
-    uint32_t length;
-    uint8_t *data;
-    int seq; /* engine request, -1 for the operation's own */
-    long submit_ev;
-    long complete_ev; /* -1: never completed */
-    long res;
-};
 
 struct file {
     char name[64]; /* base name: the same in the state directory */
@@ -85,10 +48,8 @@ struct file {
 
 static struct file g_files[MAX_FILES];
 static int g_file_count;
-static int g_engine_file; /* which file the engine writes (merge: the ancestor) */
-static struct ev *g_ev;
-static int g_ev_count, g_ev_cap;
-static long g_clock;
+/* Every file effect; engine_file: the ancestor of a merge. */
+static struct crash_log g_log = {.is_recording = true, .engine_file = -1};
 
 static int file_of(const char *path)
 {
@@ -100,104 +61,48 @@ static int file_of(const char *path)
     die("an operation touched %s, which the test does not know", path);
 }
 
-static struct ev *ev_new(enum ev_kind kind, int file)
-{
-    if (g_ev_count == g_ev_cap) {
-        g_ev_cap = g_ev_cap ? g_ev_cap * 2 : 1024;
-        g_ev = realloc(g_ev, (size_t)g_ev_cap * sizeof(*g_ev));
-        if (!g_ev)
-            die("out of memory");
-    }
-    struct ev *e = &g_ev[g_ev_count++];
-    memset(e, 0, sizeof(*e));
-    e->kind = kind;
-    e->file = file;
-    e->seq = -1;
-    e->submit_ev = g_clock++;
-    e->complete_ev = -1;
-    return e;
-}
-
-static void eng_submit(void *arg, int seq, bool is_sync, bool is_fua, uint64_t offset,
-                       const struct iovec *iov, int iovcnt)
-{
-    (void)arg;
-    (void)is_fua;       /* the operations write no FUA data of their own */
-    struct ev *e = ev_new(is_sync ? EV_SYNC : EV_WRITE, g_engine_file);
-    e->seq = seq;
-    e->offset = offset;
-    if (!is_sync) {
-        size_t len = hv_iov_length(iov, iovcnt);
-        e->length = (uint32_t)len;
-        e->data = malloc(len ? len : 1);
-        if (!e->data)
-            die("out of memory");
-        hv_iov_to_buf(iov, iovcnt, 0, e->data, len);
-    }
-}
-
-static void eng_complete(void *arg, int seq, long res)
-{
-    (void)arg;
-    for (int i = g_ev_count - 1; i >= 0; i--) {
-        if (g_ev[i].seq == seq && g_ev[i].complete_ev < 0) {
-            g_ev[i].complete_ev = g_clock++;
-            g_ev[i].res = res;
-            return;
-        }
-    }
-    die("completion of unknown engine request %d", seq);
-}
-
 static void op_write(void *arg, const char *path, uint64_t offset, const void *buf, size_t len)
 {
     (void)arg;
-    struct ev *e = ev_new(EV_WRITE, file_of(path));
+    struct crash_ev *e = crash_log_add(&g_log, CRASH_WRITE, file_of(path));
     e->offset = offset;
-    e->length = (uint32_t)len;
-    e->data = malloc(len ? len : 1);
-    if (!e->data)
-        die("out of memory");
-    memcpy(e->data, buf, len);
-    e->complete_ev = g_clock++;
+    crash_ev_set_data(e, buf, len);
+    e->complete_ev = g_log.clock++;
     e->res = (long)len;
 }
 
 static void op_sync(void *arg, const char *path)
 {
     (void)arg;
-    struct ev *e = ev_new(EV_SYNC, file_of(path));
-    e->complete_ev = g_clock++;
+    struct crash_ev *e = crash_log_add(&g_log, CRASH_SYNC, file_of(path));
+    e->complete_ev = g_log.clock++;
 }
 
 static void op_truncate(void *arg, const char *path, uint64_t length)
 {
     (void)arg;
-    struct ev *e = ev_new(EV_TRUNCATE, file_of(path));
+    struct crash_ev *e = crash_log_add(&g_log, CRASH_TRUNCATE, file_of(path));
     e->offset = length;
-    e->complete_ev = g_clock++;
+    e->complete_ev = g_log.clock++;
 }
 
 static void op_unlink(void *arg, const char *path)
 {
     (void)arg;
-    struct ev *e = ev_new(EV_UNLINK, file_of(path));
-    e->complete_ev = g_clock++;
+    struct crash_ev *e = crash_log_add(&g_log, CRASH_UNLINK, file_of(path));
+    e->complete_ev = g_log.clock++;
 }
 
 static void op_replace(void *arg, const char *path, const void *buf, size_t len)
 {
     (void)arg;
-    struct ev *e = ev_new(EV_REPLACE, file_of(path));
-    e->length = (uint32_t)len;
-    e->data = malloc(len + 1);
-    if (!e->data)
-        die("out of memory");
-    memcpy(e->data, buf, len);
-    e->complete_ev = g_clock++;
+    struct crash_ev *e = crash_log_add(&g_log, CRASH_REPLACE, file_of(path));
+    crash_ev_set_data(e, buf, len);
+    e->complete_ev = g_log.clock++;
 }
 
-static const struct vhd_io_observer g_engine_obs = {eng_submit, eng_complete, NULL};
+static const struct vhd_io_observer g_engine_obs = {crash_engine_submit, crash_engine_complete,
+                                                     &g_log};
 static const struct vhd_ops_observer g_ops_obs = {
     .on_write = op_write,
     .on_sync = op_sync,
@@ -209,20 +114,6 @@ static const struct vhd_ops_observer g_ops_obs = {
 
 /* ------------------------------------------------------------- the files */
 
-static uint8_t *read_file(const char *path, uint64_t *len)
-{
-    struct stat st;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0 || fstat(fd, &st) < 0)
-        die("%s: %s", path, strerror(errno));
-    uint8_t *buf = malloc((size_t)st.st_size + 1);
-    if (!buf || hv_pread_full(fd, buf, (size_t)st.st_size, 0) < 0)
-        die("%s: read failed", path);
-    close(fd);
-    *len = (uint64_t)st.st_size;
-    return buf;
-}
-
 static void track(const char *path)
 {
     if (g_file_count == MAX_FILES)
@@ -231,7 +122,7 @@ static void track(const char *path)
     const char *base = strrchr(path, '/');
     snprintf(f->name, sizeof(f->name), "%s", base ? base + 1 : path);
     snprintf(f->path, sizeof(f->path), "%s", path);
-    f->initial = read_file(path, &f->initial_len);
+    f->initial = crash_read_file(path, &f->initial_len);
 }
 
 /* A merge marker: absent until the operation writes it. */
@@ -252,62 +143,12 @@ static int track_marker(const char *image_path)
 
 static void reset_recording(void)
 {
-    for (int i = 0; i < g_ev_count; i++)
-        free(g_ev[i].data);
-    g_ev_count = 0;
-    g_clock = 0;
+    crash_log_reset(&g_log);
     for (int i = 0; i < g_file_count; i++)
         free(g_files[i].initial);
     memset(g_files, 0, sizeof(g_files));
     g_file_count = 0;
-    g_engine_file = -1;
-}
-
-struct image {
-    uint8_t *bytes;
-    uint64_t length;
-    uint64_t cap;
-};
-
-static void image_apply(struct image *img, uint64_t offset, const uint8_t *data, uint64_t len)
-{
-    if (offset + len > img->cap) {
-        uint64_t cap = HV_MAX(img->cap * 2, offset + len);
-        img->bytes = realloc(img->bytes, cap);
-        if (!img->bytes)
-            die("out of memory");
-        memset(img->bytes + img->cap, 0, cap - img->cap);
-        img->cap = cap;
-    }
-    if (len)
-        memcpy(img->bytes + offset, data, len);
-    if (offset + len > img->length)
-        img->length = offset + len;
-}
-
-static void image_truncate(struct image *img, uint64_t len)
-{
-    if (len < img->length)
-        memset(img->bytes + len, 0, img->length - len);
-    else if (len > img->cap)
-        image_apply(img, len, (const uint8_t *)"", 0);
-    img->length = len;
-}
-
-static void write_sparse(const char *path, const struct image *img)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0)
-        die("%s: %s", path, strerror(errno));
-    const uint64_t piece = 65536;
-    for (uint64_t at = 0; at < img->length; at += piece) {
-        uint64_t n = HV_MIN(piece, img->length - at);
-        if (!hv_buf_is_zero(img->bytes + at, n) && hv_pwrite_full(fd, img->bytes + at, n, at) < 0)
-            die("%s: write: %s", path, strerror(errno));
-    }
-    if (ftruncate(fd, (off_t)img->length) < 0)
-        die("%s: truncate: %s", path, strerror(errno));
-    close(fd);
+    g_log.engine_file = -1;
 }
 
 /* ------------------------------------------------------------- reading */
@@ -414,7 +255,6 @@ struct op_case {
     uint64_t after_end;
 };
 
-static char g_state_dir[PATH_MAX];
 static int g_states;
 static int g_copy_window_states;
 static int g_merge_verdicts[4]; /* by enum vhd_check_interrupted */
@@ -422,7 +262,7 @@ static int g_as_before, g_as_after;
 
 static void state_path(int file, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s/%s", g_state_dir, g_files[file].name);
+    snprintf(out, cap, "%s/%s", crash_state_dir(), g_files[file].name);
 }
 
 /* Returns what the state read as: 0 before, 1 after, 2 after in the window
@@ -453,7 +293,7 @@ static int verify(struct op_case *oc, long point, int state_no, const bool *is_g
             for (int k = 0; rc >= 0 && k < rep.problem_count; k++)
                 fprintf(stderr, "  %s: %s\n", rep.problems[k].is_leak ? "leak" : "ERROR",
                         rep.problems[k].msg);
-            die("%s: crash state %d is corrupt (kept in %s)", oc->name, state_no, g_state_dir);
+            die("%s: crash state %d is corrupt (kept in %s)", oc->name, state_no, crash_state_dir());
         }
         vhd_check_report_free(&rep);
     }
@@ -467,13 +307,13 @@ static int verify(struct op_case *oc, long point, int state_no, const bool *is_g
     int rc = disk_equals(path, wants, sizes, ends, 2, &size, &err);
     if (rc < -1)
         die("%s state %d (crash point %ld): open %s: %s (kept in %s)", oc->name, state_no, point,
-            path, hv_err_msg(&err, rc), g_state_dir);
+            path, hv_err_msg(&err, rc), crash_state_dir());
     bool is_before = rc == 0;
     bool is_after = rc == 1 || (rc == 0 && oc->after_size == oc->before_size);
     if (rc < 0)
         die("%s state %d (crash point %ld): %s reads neither as before (%" PRIu64
             " bytes) nor as after (%" PRIu64 "): %" PRIu64 " bytes (kept in %s)",
-            oc->name, state_no, point, path, oc->before_size, oc->after_size, size, g_state_dir);
+            oc->name, state_no, point, path, oc->before_size, oc->after_size, size, crash_state_dir());
     if (is_copy_window) {
         if (!is_after)
             die("%s state %d: footer and copy differ, but it does not read as after", oc->name,
@@ -493,26 +333,26 @@ static int verify(struct op_case *oc, long point, int state_no, const bool *is_g
         if (child_exists && verdict[oc->read_file] != v)
             die("%s state %d (crash point %ld): check says %d of CHILD but %d of the ancestor "
                 "(kept in %s)",
-                oc->name, state_no, point, verdict[oc->read_file], v, g_state_dir);
+                oc->name, state_no, point, verdict[oc->read_file], v, crash_state_dir());
         if (v == VHD_INTERRUPTED_MERGE_BEFORE && !child_exists)
             die("%s state %d (crash point %ld): check says \"reads as before\" but CHILD is "
                 "gone (kept in %s)",
-                oc->name, state_no, point, g_state_dir);
+                oc->name, state_no, point, crash_state_dir());
         if (v == VHD_INTERRUPTED_MERGE_AFTER || (v == VHD_INTERRUPTED_NONE && !child_exists)) {
             state_path(oc->result_file, path, sizeof(path));
             if (disk_equals(path, wants + 1, sizes + 1, ends + 1, 1, &size, &err) != 0)
                 die("%s state %d (crash point %ld): check says \"reads as after\" but the "
                     "ancestor alone does not (kept in %s)",
-                    oc->name, state_no, point, g_state_dir);
+                    oc->name, state_no, point, crash_state_dir());
         }
         if (v == VHD_INTERRUPTED_NONE && child_exists) {
             /* Not begun: the ancestor is untouched by the copy. */
-            for (int i = 0; i < g_ev_count; i++)
-                if (g_ev[i].file == oc->result_file && g_ev[i].kind == EV_WRITE &&
-                    g_ev[i].submit_ev < point && g_ev[i].seq >= 0)
+            for (int i = 0; i < g_log.count; i++)
+                if (g_log.ev[i].file == oc->result_file && g_log.ev[i].kind == CRASH_WRITE &&
+                    g_log.ev[i].submit_ev < point && g_log.ev[i].seq >= 0)
                     die("%s state %d (crash point %ld): no verdict, yet the copy had begun "
                         "(kept in %s)",
-                        oc->name, state_no, point, g_state_dir);
+                        oc->name, state_no, point, crash_state_dir());
         }
         g_merge_verdicts[v]++;
         return v == VHD_INTERRUPTED_MERGE_AFTER || !child_exists ? 1 : 0;
@@ -539,20 +379,10 @@ static void count_outcome(int outcome)
     g_copy_window_states += outcome == 2;
 }
 
-static int cmp_long(const void *a, const void *b)
-{
-    long x = *(const long *)a, y = *(const long *)b;
-    return (x > y) - (x < y);
-}
-
 static void crash_states(struct op_case *oc, uint64_t *seed)
 {
-    long last = g_clock + 1;
-    long *points = calloc(STATES_PER_OP, sizeof(*points));
-    for (int i = 0; i < STATES_PER_OP; i++)
-        points[i] = (long)(t_rand(seed) % (uint64_t)(last + 1));
-    qsort(points, STATES_PER_OP, sizeof(*points), cmp_long);
-    struct image img = {0};
+    long *points = crash_points(STATES_PER_OP, g_log.clock + 1, seed);
+    struct crash_image img = {0};
     g_seen_count = 0;
     for (int k = 0; k < STATES_PER_OP; k++) {
         uint64_t hash = 0x9e3779b97f4a7c15ull;
@@ -560,56 +390,15 @@ static void crash_states(struct op_case *oc, uint64_t *seed)
         int mode = (int)(t_rand(seed) % 8); /* 0: none optional, 1: all, else random */
         bool is_gone[MAX_FILES] = {false};
         for (int f = 0; f < g_file_count; f++) {
-            long sync_submit = -1;
-            for (int i = 0; i < g_ev_count; i++) {
-                const struct ev *e = &g_ev[i];
-                if (e->file == f && e->kind == EV_SYNC && e->complete_ev >= 0 &&
-                    e->complete_ev < p && e->res == 0)
-                    sync_submit = HV_MAX(sync_submit, e->submit_ev);
-            }
-            img.length = 0;
-            image_apply(&img, 0, g_files[f].initial, g_files[f].initial_len);
-            img.length = g_files[f].initial_len;
-            is_gone[f] = g_files[f].is_marker;
-            for (int i = 0; i < g_ev_count; i++) {
-                const struct ev *e = &g_ev[i];
-                if (e->file != f || e->submit_ev >= p)
-                    continue;
-                if (e->kind == EV_UNLINK) {
-                    is_gone[f] = true;
-                    continue;
-                }
-                if (e->kind == EV_REPLACE) { /* atomic and durable once reported */
-                    is_gone[f] = false;
-                    img.length = 0;
-                    image_apply(&img, 0, e->data, e->length);
-                    img.length = e->length;
-                    continue;
-                }
-                if (e->kind == EV_SYNC)
-                    continue;
-                bool is_durable = e->complete_ev >= 0 && e->complete_ev < sync_submit;
-                bool take = is_durable || mode == 1 || (mode > 1 && t_rand(seed) % 2);
-                if (!take)
-                    continue;
-                if (e->kind == EV_TRUNCATE) {
-                    image_truncate(&img, e->offset);
-                } else if (!is_durable && mode > 1 && e->length > 512 && t_rand(seed) % 4 == 0) {
-                    for (uint32_t s = 0; s < e->length; s += 512)
-                        if (t_rand(seed) % 2)
-                            image_apply(&img, e->offset + s, e->data + s,
-                                        HV_MIN(512, e->length - s));
-                } else {
-                    image_apply(&img, e->offset, e->data, e->length);
-                }
-            }
+            is_gone[f] = !crash_replay_file(&g_log, f, g_files[f].initial, g_files[f].initial_len,
+                                            !g_files[f].is_marker, p, mode, seed, &img);
             char path[PATH_MAX];
             state_path(f, path, sizeof(path));
             if (is_gone[f]) {
                 unlink(path);
                 hash = hash * 31 + 7;
             } else {
-                write_sparse(path, &img);
+                crash_image_write_sparse(path, &img);
                 hash = (hash ^ hv_xxh3_64(img.bytes, img.length)) * 0x100000001b3ull + img.length;
             }
         }
@@ -676,11 +465,11 @@ static void fill(const char *path, uint64_t off, uint64_t len, uint64_t seed, bo
 static void finish_case(struct op_case *oc, uint64_t *seed)
 {
     int writes = 0, syncs = 0, other = 0;
-    for (int i = 0; i < g_ev_count; i++) {
-        writes += g_ev[i].kind == EV_WRITE;
-        syncs += g_ev[i].kind == EV_SYNC;
-        other += g_ev[i].kind == EV_TRUNCATE || g_ev[i].kind == EV_UNLINK ||
-                 g_ev[i].kind == EV_REPLACE;
+    for (int i = 0; i < g_log.count; i++) {
+        writes += g_log.ev[i].kind == CRASH_WRITE;
+        syncs += g_log.ev[i].kind == CRASH_SYNC;
+        other += g_log.ev[i].kind == CRASH_TRUNCATE || g_log.ev[i].kind == CRASH_UNLINK ||
+                 g_log.ev[i].kind == CRASH_REPLACE;
     }
     if (!writes || !syncs)
         die("%s: recorded %d writes and %d syncs", oc->name, writes, syncs);
@@ -714,6 +503,69 @@ static void finish_case(struct op_case *oc, uint64_t *seed)
     reset_recording();
 }
 
+/* Case `oc` works on the image paths[0], whose chain is paths[0..n-1]:
+ * what it reads before, and every file tracked. */
+static void case_begin(struct op_case *oc, const char *const *paths, int n)
+{
+    struct hv_err err = {0};
+    int rc;
+    oc->before = read_disk(paths[0], &oc->before_size, &err, &rc);
+    if (!oc->before)
+        die("%s: read %s: %s", oc->name, paths[0], hv_err_msg(&err, rc));
+    for (int i = 0; i < n; i++)
+        track(paths[i]);
+    oc->read_file = 0;
+}
+
+/* What `path` reads after the operation. */
+static void case_after(struct op_case *oc, const char *path)
+{
+    struct hv_err err = {0};
+    int rc;
+    oc->after = read_disk(path, &oc->after_size, &err, &rc);
+    if (!oc->after)
+        die("%s: read %s: %s", oc->name, path, hv_err_msg(&err, rc));
+}
+
+/* Merge chain[0] into chain[n-1] (`into` as vhd merge --into gives it, NULL
+ * for the parent); the ancestor must then read what the child did. */
+static void run_merge(struct op_case *oc, const char *const *chain, int n, const char *into,
+                      uint64_t *seed)
+{
+    struct hv_err err = {0};
+    case_begin(oc, chain, n);
+    track_marker(chain[n - 1]);
+    oc->result_file = n - 1;
+    g_log.engine_file = n - 1;
+    struct vhd_merge_options o = {
+        .into = into, .observer = &g_ops_obs, .no_direct_io = true, .depth = 4};
+    struct vhd_merge_result res;
+    if (vhd_merge(chain[0], &o, &res, &err) < 0)
+        die("%s: %s", oc->name, err.msg);
+    case_after(oc, chain[n - 1]);
+    if (oc->after_size != oc->before_size || memcmp(oc->after, oc->before, oc->before_size))
+        die("%s: the ancestor does not read what the child did", oc->name);
+    finish_case(oc, seed);
+}
+
+/* Resize chain[0] to `to` bytes: the data up to the smaller size stays,
+ * the rest reads zeroes. */
+static void run_resize(struct op_case *oc, const char *const *chain, int n, uint64_t to,
+                       uint64_t *seed)
+{
+    struct hv_err err = {0};
+    case_begin(oc, chain, n);
+    struct vhd_resize_options o = {.is_forced = true, .observer = &g_ops_obs};
+    if (vhd_resize(chain[0], to, &o, &err) < 0)
+        die("%s: %s", oc->name, err.msg);
+    case_after(oc, chain[0]);
+    uint64_t kept = HV_MIN(oc->before_size, to);
+    if (oc->after_size != to || memcmp(oc->after, oc->before, kept) ||
+        !hv_buf_is_zero(oc->after + kept, to - kept))
+        die("%s: the result does not read as expected", oc->name);
+    finish_case(oc, seed);
+}
+
 static void case_merge(const char *dir, uint64_t *seed)
 {
     char base[PATH_MAX], c1[PATH_MAX], c2[PATH_MAX];
@@ -731,27 +583,7 @@ static void case_merge(const char *dir, uint64_t *seed)
     fill(c2, 5 * HV_MiB, 64 * 1024, 0, false);
 
     struct op_case oc = {.name = "merge", .kind = OP_MERGE};
-    struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(c2, &oc.before_size, &err, &rc);
-    if (!oc.before)
-        die("read: %s", err.msg);
-    track(c2);
-    track(c1);
-    track(base);
-    track_marker(base);
-    oc.read_file = 0;
-    oc.result_file = 2;
-    g_engine_file = 2;
-    struct vhd_merge_options o = {
-        .into = base, .observer = &g_ops_obs, .no_direct_io = true, .depth = 4};
-    struct vhd_merge_result res;
-    if (vhd_merge(c2, &o, &res, &err) < 0)
-        die("merge: %s", err.msg);
-    oc.after = read_disk(base, &oc.after_size, &err, &rc);
-    if (oc.after_size != oc.before_size || memcmp(oc.after, oc.before, oc.before_size))
-        die("merge: the ancestor does not read what the child did");
-    finish_case(&oc, seed);
+    run_merge(&oc, (const char *[]){c2, c1, base}, 3, base, seed);
 }
 
 /* A child into a fixed parent: the engine writes in place, no allocation. */
@@ -766,23 +598,7 @@ static void case_merge_fixed(const char *dir, uint64_t *seed)
     fill(child, 4096, 1 * HV_MiB, 42, false);
     fill(child, 3 * HV_MiB, 8192, 0, false);
     struct op_case oc = {.name = "merge-into-fixed", .kind = OP_MERGE};
-    struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(child, &oc.before_size, &err, &rc);
-    track(child);
-    track(base);
-    track_marker(base);
-    oc.read_file = 0;
-    oc.result_file = 1;
-    g_engine_file = 1;
-    struct vhd_merge_options o = {.observer = &g_ops_obs, .no_direct_io = true, .depth = 4};
-    struct vhd_merge_result res;
-    if (vhd_merge(child, &o, &res, &err) < 0)
-        die("merge: %s", err.msg);
-    oc.after = read_disk(base, &oc.after_size, &err, &rc);
-    if (oc.after_size != oc.before_size || memcmp(oc.after, oc.before, oc.before_size))
-        die("merge into fixed: the parent does not read what the child did");
-    finish_case(&oc, seed);
+    run_merge(&oc, (const char *[]){child, base}, 2, NULL, seed);
 }
 
 /* A differencing child grows past its BAT: locators lie right after the
@@ -797,21 +613,7 @@ static void case_resize_differencing(const char *dir, uint64_t *seed)
     create(img, VHD_TYPE_DIFFERENCING, 0, 512 * 1024, parent);
     fill(img, 1 * HV_MiB, 1 * HV_MiB + 4096, 52, false);
     struct op_case oc = {.name = "resize-differencing", .kind = OP_RESIZE};
-    struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(img, &oc.before_size, &err, &rc);
-    track(img);
-    track(parent);
-    oc.read_file = 0;
-    uint64_t to = 600 * HV_MiB + 1536;
-    struct vhd_resize_options o = {.observer = &g_ops_obs};
-    if (vhd_resize(img, to, &o, &err) < 0)
-        die("resize differencing: %s", err.msg);
-    oc.after = read_disk(img, &oc.after_size, &err, &rc);
-    if (oc.after_size != to || memcmp(oc.after, oc.before, oc.before_size) ||
-        !hv_buf_is_zero(oc.after + oc.before_size, to - oc.before_size))
-        die("resize differencing: the result does not read as expected");
-    finish_case(&oc, seed);
+    run_resize(&oc, (const char *[]){img, parent}, 2, 600 * HV_MiB + 1536, seed);
 }
 
 static void case_compact(const char *dir, uint64_t *seed)
@@ -825,10 +627,7 @@ static void case_compact(const char *dir, uint64_t *seed)
     fill(img, 5 * HV_MiB, 1 * HV_MiB, 0, true); /* holes */
     struct op_case oc = {.name = "compact", .kind = OP_COMPACT};
     struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(img, &oc.before_size, &err, &rc);
-    track(img);
-    oc.read_file = 0;
+    case_begin(&oc, (const char *[]){img}, 1);
     struct vhd_compact_options o = {.observer = &g_ops_obs};
     struct vhd_compact_result res;
     if (vhd_compact(img, &o, &res, &err) < 0)
@@ -836,7 +635,7 @@ static void case_compact(const char *dir, uint64_t *seed)
     if (res.blocks_freed < 3 || res.blocks_moved == 0)
         die("compact: freed %u, moved %u: the case does not exercise relocation", res.blocks_freed,
             res.blocks_moved);
-    oc.after = read_disk(img, &oc.after_size, &err, &rc);
+    case_after(&oc, img);
     finish_case(&oc, seed);
 }
 
@@ -854,18 +653,14 @@ static void case_compact_differencing(const char *dir, uint64_t *seed)
     fill(img, 4 * HV_MiB, 512 * 1024, 0, true);  /* discarded: a hole */
     struct op_case oc = {.name = "compact-differencing", .kind = OP_COMPACT};
     struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(img, &oc.before_size, &err, &rc);
-    track(img);
-    track(parent);
-    oc.read_file = 0;
+    case_begin(&oc, (const char *[]){img, parent}, 2);
     struct vhd_compact_options o = {.observer = &g_ops_obs};
     struct vhd_compact_result res;
     if (vhd_compact(img, &o, &res, &err) < 0)
         die("compact: %s", err.msg);
     if (res.blocks_freed != 2)
         die("compact differencing: freed %u blocks, expected 2", res.blocks_freed);
-    oc.after = read_disk(img, &oc.after_size, &err, &rc);
+    case_after(&oc, img);
     if (memcmp(oc.after, oc.before, oc.before_size))
         die("compact differencing changed what the image reads");
     finish_case(&oc, seed);
@@ -880,19 +675,7 @@ static void case_resize(const char *dir, const char *name, enum vhd_type type, u
     fill(img, 0, HV_MIN(from, to) / 2, 21, false);
     fill(img, from - 4096, 4096, 22, false);
     struct op_case oc = {.name = name, .kind = OP_RESIZE};
-    struct hv_err err = {0};
-    int rc;
-    oc.before = read_disk(img, &oc.before_size, &err, &rc);
-    track(img);
-    oc.read_file = 0;
-    struct vhd_resize_options o = {.is_forced = true, .observer = &g_ops_obs};
-    if (vhd_resize(img, to, &o, &err) < 0)
-        die("resize %s: %s", name, err.msg);
-    oc.after = read_disk(img, &oc.after_size, &err, &rc);
-    if (oc.after_size != to || memcmp(oc.after, oc.before, HV_MIN(from, to)) ||
-        !hv_buf_is_zero(oc.after + HV_MIN(from, to), to - HV_MIN(from, to)))
-        die("resize %s: the result does not read as expected", name);
-    finish_case(&oc, seed);
+    run_resize(&oc, (const char *[]){img}, 1, to, seed);
 }
 
 /* Leave `bytes` of unused space before the footer of a dynamic image, as a
@@ -949,7 +732,7 @@ static void case_online_resize(const char *dir, const char *name, enum vhd_type 
     track(img);
     if (is_differencing)
         track(parent);
-    g_engine_file = 0;
+    g_log.engine_file = 0;
     struct hv_reactor *r;
     struct bdev *bd;
     struct vhd_open_options o = {.no_direct_io = true, .observer = &g_engine_obs};
@@ -957,13 +740,11 @@ static void case_online_resize(const char *dir, const char *name, enum vhd_type 
         die("open %s: %s", img, err.msg);
     if (bd->ops->resize(bd, to, &err) < 0)
         die("online resize %s: %s", name, err.msg);
-    int recorded = g_ev_count;
+    g_log.is_recording = false; /* what close writes is not part of it */
     if (bdev_close(bd) < 0)
         die("close %s", img);
     hv_reactor_destroy(r);
-    for (int i = recorded; i < g_ev_count; i++)
-        free(g_ev[i].data);
-    g_ev_count = recorded;
+    g_log.is_recording = true;
     oc.after = read_disk(img, &oc.after_size, &err, &rc);
     if (oc.after_size != to || memcmp(oc.after, oc.before, from) ||
         !hv_buf_is_zero(oc.after + from, to - from))
@@ -971,56 +752,15 @@ static void case_online_resize(const char *dir, const char *name, enum vhd_type 
     finish_case(&oc, seed);
 }
 
-static void remove_state_dir(void)
-{
-    char path[PATH_MAX];
-    if (!g_state_dir[0])
-        return;
-    const char *names[] = {"mbase.vhd",
-                           "mc1.vhd",
-                           "mc2.vhd",
-                           "compact.vhd",
-                           "cpar.vhd",
-                           "cchild.vhd",
-                           "fbase.vhd",
-                           "fchild.vhd",
-                           "rpar.vhd",
-                           "resize-diff.vhd",
-                           "resize-dyn.vhd",
-                           "resize-fixed-grow.vhd",
-                           "resize-fixed-shrink.vhd",
-                           "resize-dyn-shrink.vhd",
-                           "online-dyn-grow-file.vhd",
-                           "online-dyn-reserve.vhd",
-                           "online-diff.vhd",
-                           "online-diff-parent.vhd",
-                           "online-dyn-spare.vhd",
-                           "online-fixed.vhd"};
-    for (size_t i = 0; i < HV_ARRAY_SIZE(names); i++) {
-        snprintf(path, sizeof(path), "%s/%s", g_state_dir, names[i]);
-        unlink(path);
-    }
-    rmdir(g_state_dir);
-}
-
 int main(void)
 {
-    uint64_t seed = 0x0b5eed01;
-    const char *env = getenv("HVSTOR_CRASH_SEED");
-    if (env)
-        seed = strtoull(env, NULL, 0);
-    printf("# seed %#" PRIx64 " (HVSTOR_CRASH_SEED reproduces)\n", seed);
+    uint64_t seed = crash_seed(0x0b5eed01);
     uint64_t t0 = hv_now_ns();
     /* States live on a memory file system where there is one (opening and
      * checking 5,000 of them costs nothing there); the images themselves on
      * a real one. */
-    snprintf(g_state_dir, sizeof(g_state_dir), "/dev/shm/hvstor-crash-ops-XXXXXX");
-    if (getenv("HVSTOR_CRASH_ON_DISK") || !mkdtemp(g_state_dir))
-        snprintf(g_state_dir, sizeof(g_state_dir), "%s", t_path("states"));
-    mkdir(g_state_dir, 0755);
-    atexit(remove_state_dir);
     const char *dir = t_tmpdir();
-    g_engine_file = -1;
+    crash_state_dir();
 
     uint64_t s = seed;
     case_merge(dir, &s);

@@ -10,7 +10,6 @@
 #include "testlib.h"
 #include "vhd.h"
 
-#include <fcntl.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -56,13 +55,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         snprintf(path, sizeof(path), "%s", t_path("fuzz.vhd"));
     decode_in_place(data, size);
 
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || (size && hv_pwrite_full(fd, data, size, 0) < 0)) {
-        if (fd >= 0)
-            close(fd);
+    if (t_write_file(path, data, size) < 0)
         return 0;
-    }
-    close(fd);
 
     struct vhd_info *info = malloc(sizeof(*info));
     struct hv_err err = {0};

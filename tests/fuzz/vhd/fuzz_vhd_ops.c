@@ -8,7 +8,6 @@
 #include "testlib.h"
 #include "vhd.h"
 
-#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -47,13 +46,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             snprintf(path, sizeof(path), "%s", t_path("fuzz-ops.vhd"));
         }
     }
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0 || (size && hv_pwrite_full(fd, data, size, 0) < 0)) {
-        if (fd >= 0)
-            close(fd);
+    if (t_write_file(path, data, size) < 0)
         return 0;
-    }
-    close(fd);
 
     struct vhd_repair_options dry = {.is_dry_run = true};
     struct vhd_repair_report rep;

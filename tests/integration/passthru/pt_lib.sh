@@ -4,13 +4,12 @@
 #
 #   pt_setup                 scratch dir, skip (77) when tools are missing
 #   tgt_start / tgt_stop     tgtd on $PORTAL, control port $CTL (<= 32767)
-#   tgtadm_ ARGS...          tgtadm on that tgtd
+#   tgtadm_ ARGS...          tgtadm on that tgtd (these three: tests/testlib/tgtd.sh)
 #   hvd_start N              hvstord number N (1 or 2): HVD_PORTAL[N], state $WORK/stN
 #   hvctl_ N ARGS...         hvctl on daemon N
 set -u
 
-skip() { echo "SKIP: $*"; exit 77; }
-fail() { echo "FAIL: $*"; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/../../testlib/tgtd.sh"
 step() { echo "--- $*"; }
 
 PT_CDB=${HVSTOR_BUILD:?HVSTOR_BUILD not set}/tests/integration/pt-cdb
@@ -19,28 +18,15 @@ TEST_OUI=00:11:22            # tests only: any OUI will do in a private tgtd
 T1=iqn.2026-11.org.hvstor.test:pt1
 
 pt_setup() {
-    command -v tgtd >/dev/null && command -v tgtadm >/dev/null || skip "tgtd/tgtadm not installed"
-    [ "$(id -u)" = 0 ] || skip "tgtd needs root for its control socket"
+    tgt_require
     for b in hvstord hvctl; do [ -x "$HVSTOR_BIN/$b" ] || skip "$b not built"; done
     [ -x "$PT_CDB" ] || fail "$PT_CDB not built"
     WORK=$(mktemp -d /var/tmp/hvstor-pt-XXXXXX)
-    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    PORTAL=127.0.0.1:$PORT
-    CTL=$(( PORT % 20000 + 10000 ))
-    while [ -e "/var/run/tgtd/socket.$CTL" ]; do CTL=$(( (CTL + 7) % 20000 + 10000 )); done
+    tgt_pick_ports
     HVD_PID=("" "" "")
     HVD_PORTAL=("" "" "")
     EXTRA_PIDS=()
     trap pt_cleanup EXIT
-}
-
-tgt_stop() {
-    if [ -s "$WORK/tgtd.pid" ]; then
-        local pid; pid=$(cat "$WORK/tgtd.pid")
-        kill -9 "$pid" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        : > "$WORK/tgtd.pid"
-    fi
 }
 
 pt_cleanup() {
@@ -54,8 +40,7 @@ pt_cleanup() {
             kill -KILL "$pid" 2>/dev/null
         fi
     done
-    tgt_stop
-    rm -f "/var/run/tgtd/socket.$CTL" "/var/run/tgtd/socket.$CTL.lock"
+    tgt_cleanup
     if [ $rc -ne 0 ] && [ $rc -ne 77 ]; then
         for n in 1 2; do
             [ -f "$WORK/hvstord$n.log" ] || continue
@@ -64,20 +49,6 @@ pt_cleanup() {
     fi
     if [ -n "${KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
     exit $rc
-}
-
-tgtadm_() { tgtadm -C "$CTL" --lld iscsi "$@"; }
-
-tgt_start() {
-    tgtd -f -C "$CTL" --iscsi "portal=127.0.0.1:$PORT" >>"$WORK/tgtd.log" 2>&1 &
-    echo $! > "$WORK/tgtd.pid"
-    disown
-    for _ in $(seq 100); do
-        kill -0 "$(cat "$WORK/tgtd.pid")" 2>/dev/null || break
-        tgtadm_ --mode target --op show >/dev/null 2>&1 && return 0
-        sleep 0.05
-    done
-    fail "tgtd did not come up on $PORTAL (see $WORK/tgtd.log)"
 }
 
 # Run a tgtadm command line as `hvctl vm zoning` printed it, on our tgtd.

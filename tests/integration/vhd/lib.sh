@@ -1,7 +1,8 @@
 # Shared by the vhd integration tests (sourced, not a test itself).
 # Gives: $VHD (the tool), $tmp (a scratch directory under /var/tmp, removed
 # at exit), fail/note, need TOOL..., byte editing helpers for damaging
-# images (od/dd/printf only, so nothing beyond coreutils is needed).
+# images (od/dd/printf only, so nothing beyond coreutils is needed), vmount
+# (vhd mount, sanitizer-aware) and vhdimount_cmp (libvhdi's view of an image).
 set -euo pipefail
 
 VHD=${HVSTOR_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)/build/bin}/vhd
@@ -78,6 +79,49 @@ fix_footer_checksum() { fix_checksum "$1" "$2" 512 64; }
 fix_header_checksum() { fix_checksum "$1" "$2" 1024 36; }
 
 file_size() { stat -c %s "$1"; }
+
+# vhd mount ARGS...: as a daemon; under the sanitizers in the foreground in
+# the background instead, so that their reports land in a log we can read.
+vmount()
+{
+    local i
+    if [ "${HVSTOR_SANITIZE:-0}" = 1 ]; then
+        "$VHD" mount -f "$@" 2>>"$tmp/daemon.log" &
+        for ((i = 0; i < 100; i++)); do
+            mountpoint -q "${@: -1}" && return 0
+            sleep 0.1
+        done
+        cat "$tmp/daemon.log" >&2
+        fail "foreground mount did not appear"
+    fi
+    "$VHD" mount "$@"
+}
+
+# libvhdi's vhdimount (FUSE 2) where the machine has it: has_vhdimount=1.
+has_vhdimount=0
+if command -v vhdimount >/dev/null && [ -c /dev/fuse ] && command -v fusermount >/dev/null; then
+    has_vhdimount=1
+fi
+
+# IMAGE as vhdimount serves it must read as RAW (nothing is checked without
+# vhdimount).
+vhdimount_cmp()  # IMAGE RAW
+{
+    [ "$has_vhdimount" = 1 ] || return 0
+    local mnt=$tmp/vhdimount i top
+    if [ ! -d "$mnt" ]; then
+        mkdir -p "$mnt"
+        cleanup_hooks+=("mountpoint -q '$mnt' && fusermount -u '$mnt'")
+    fi
+    vhdimount "$1" "$mnt" >"$tmp/vhdimount.log" 2>&1 ||
+        fail "vhdimount $1: $(cat "$tmp/vhdimount.log")"
+    for i in 1 2 3 4 5 6 7 8 9 10; do [ -e "$mnt/vhdi1" ] && break; sleep 0.2; done
+    # vhdimount serves every layer of a chain, base first: vhdi1 is the
+    # oldest parent, the last vhdiN the image itself over its parents.
+    top=$(ls "$mnt" | sort -V | tail -1)
+    cmp "$mnt/$top" "$2" || { fusermount -u "$mnt"; fail "vhdimount of $1 ($top) reads differently"; }
+    fusermount -u "$mnt"
+}
 
 # Value of KEY in `vhd info --json` / qemu-img's JSON (numbers and strings).
 json_field()  # KEY < json

@@ -6,29 +6,6 @@
 source "$(dirname "$0")/lib.sh"
 need qemu-img vhdiinfo
 
-has_fuse=0
-if command -v vhdimount >/dev/null && [ -c /dev/fuse ] && command -v fusermount >/dev/null; then
-    has_fuse=1
-fi
-mnt=$tmp/mnt
-mkdir -p "$mnt"
-cleanup_hooks+=("mountpoint -q '$mnt' && fusermount -u '$mnt'")
-
-# Compare IMAGE's content, as vhdimount serves it, with RAW.
-vhdimount_cmp()  # IMAGE RAW
-{
-    [ "$has_fuse" = 1 ] || return 0
-    vhdimount "$1" "$mnt" >"$tmp/vhdimount.log" 2>&1 ||
-        fail "vhdimount $1: $(cat "$tmp/vhdimount.log")"
-    local i top
-    for i in 1 2 3 4 5 6 7 8 9 10; do [ -e "$mnt/vhdi1" ] && break; sleep 0.2; done
-    # vhdimount serves every layer of a chain, base first: vhdi1 is the
-    # oldest parent, the last vhdiN the image itself over its parents.
-    top=$(ls "$mnt" | sort -V | tail -1)
-    cmp "$mnt/$top" "$2" || { fusermount -u "$mnt"; fail "vhdimount of $1 ($top) reads differently"; }
-    fusermount -u "$mnt"
-}
-
 vhdi_size() { vhdiinfo "$1" | sed -n 's/.*Media size.*(\([0-9]*\) bytes).*/\1/p'; }
 vhdi_id() { vhdiinfo "$1" | sed -n 's/^[[:space:]]*Identifier[[:space:]]*: *//p' | head -1; }
 qemu_size() { qemu-img info -f vpc --output=json "$1" | json_field virtual-size; }
@@ -79,7 +56,7 @@ for type in fixed dynamic; do
             alloc=$(($(stat -c %b "$tmp/empty.vhd") * $(stat -c %B "$tmp/empty.vhd")))
             [ "$alloc" -ge "$size" ] || fail "fixed $size: only $alloc bytes allocated"
         fi
-        note "$type $size: qemu-img, vhdiinfo$([ $has_fuse = 1 ] && echo ", vhdimount") agree"
+        note "$type $size: qemu-img, vhdiinfo$([ $has_vhdimount = 1 ] && echo ", vhdimount") agree"
     done
 done
 

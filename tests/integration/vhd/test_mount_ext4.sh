@@ -24,23 +24,6 @@ teardown()
 }
 cleanup_hooks+=(teardown)
 
-# vhd mount ARGS...: as a daemon; under the sanitizers in the foreground in
-# the background instead, so that their reports land in a log we can read.
-vmount()
-{
-    local i
-    if [ "${HVSTOR_SANITIZE:-0}" = 1 ]; then
-        "$VHD" mount -f "$@" 2>>"$tmp/daemon.log" &
-        for ((i = 0; i < 100; i++)); do
-            mountpoint -q "${@: -1}" && return 0
-            sleep 0.1
-        done
-        cat "$tmp/daemon.log" >&2
-        fail "foreground mount did not appear"
-    fi
-    "$VHD" mount "$@"
-}
-
 attach()  # FILE [losetup flags]: the loop device
 {
     loop=$(losetup -f --show "${@:2}" "$1")

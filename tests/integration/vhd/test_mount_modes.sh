@@ -11,22 +11,6 @@ need fusermount3 cmp
 mnt=$tmp/mnt
 mkdir -p "$mnt"
 cleanup_hooks+=('if mountpoint -q "$mnt"; then "$VHD" unmount "$mnt" || fusermount3 -u -z "$mnt"; fi')
-# Under the sanitizers the daemon runs in the foreground (in the background
-# of this script) so that its reports land in a log that is checked.
-vmount()
-{
-    local i
-    if [ "${HVSTOR_SANITIZE:-0}" = 1 ]; then
-        "$VHD" mount -f "$@" 2>>"$tmp/daemon.log" &
-        for ((i = 0; i < 100; i++)); do
-            mountpoint -q "${@: -1}" && return 0
-            sleep 0.1
-        done
-        cat "$tmp/daemon.log" >&2
-        fail "foreground mount did not appear"
-    fi
-    "$VHD" mount "$@"
-}
 size=$((40 * 1048576 + 3 * 512))      # not a multiple of 4 KiB: the last page is partial
 
 for mode in "" direct_io buffered; do

@@ -7,25 +7,6 @@
 source "$(dirname "$0")/lib.sh"
 need qemu-img vhdiinfo cmp
 
-has_fuse=0
-if command -v vhdimount >/dev/null && [ -c /dev/fuse ] && command -v fusermount >/dev/null; then
-    has_fuse=1
-fi
-mnt=$tmp/mnt
-mkdir -p "$mnt"
-cleanup_hooks+=("mountpoint -q '$mnt' && fusermount -u '$mnt'")
-
-vhdimount_cmp()  # IMAGE RAW
-{
-    [ "$has_fuse" = 1 ] || return 0
-    vhdimount "$1" "$mnt" >"$tmp/vhdimount.log" 2>&1 ||
-        fail "vhdimount $1: $(cat "$tmp/vhdimount.log")"
-    local i top
-    for i in 1 2 3 4 5 6 7 8 9 10; do [ -e "$mnt/vhdi1" ] && break; sleep 0.2; done
-    top=$(ls "$mnt" | sort -V | tail -1)
-    cmp "$mnt/$top" "$2" || { fusermount -u "$mnt"; fail "vhdimount of $1 reads differently"; }
-    fusermount -u "$mnt"
-}
 same() { "$VHD" compare "$1" "$2" >/dev/null || fail "$1 does not read as $2"; }
 clean() { "$VHD" check "$1" >/dev/null || fail "$1 is not clean: $("$VHD" check "$1")"; }
 write_pattern()  # IMAGE OFFSET COUNT SIZE BYTE

@@ -48,15 +48,21 @@ out=$("$AGENT_BIN" --send "unix:$SOCK" '{"id":9,"cmd":"status"}' 2>>"$LOG")
 grep -qF '"last_auto_thaw":"hangup"' <<<"$out" || fail "status after hang-up: $out"
 stop_agent
 
+# Freeze through a client, then SIGKILL the agent: the filesystem stays
+# frozen with nobody left to thaw it but the state file.
+freeze_then_kill_agent() {
+    open_client
+    req '{"id":1,"cmd":"freeze"}'
+    expect '"state":"frozen"'
+    kill -9 "$AGENT_PID"
+    wait "$AGENT_PID" 2>/dev/null
+    AGENT_PID=
+    close_client
+}
+
 # ---- 3. SIGKILL while frozen, then a restart thaws from the state file
 start_agent --thaw-timeout 60
-open_client
-req '{"id":1,"cmd":"freeze"}'
-expect '"state":"frozen"'
-kill -9 "$AGENT_PID"
-wait "$AGENT_PID" 2>/dev/null
-AGENT_PID=
-close_client
+freeze_then_kill_agent
 start_blocked_write killed1
 write_is_blocked 1.5 || fail "the filesystem thawed although nobody thawed it"
 [ -f "$STATE" ] || fail "no state file after the agent was killed"
@@ -69,13 +75,7 @@ grep -qF '"last_auto_thaw":"startup"' <<<"$out" || fail "status after restart: $
 pass "a restarted agent thaws what its killed predecessor froze"
 
 # ---- 4. hvstor-vss --thaw-now from a shell
-open_client
-req '{"id":1,"cmd":"freeze"}'
-expect '"state":"frozen"'
-kill -9 "$AGENT_PID"
-wait "$AGENT_PID" 2>/dev/null
-AGENT_PID=
-close_client
+freeze_then_kill_agent
 start_blocked_write thawnow1
 write_is_blocked 1 || fail "not frozen before --thaw-now"
 out=$("$AGENT_BIN" --thaw-now --state "$STATE" --fs "$MNT" 2>>"$LOG") || fail "--thaw-now: $out"

@@ -9,9 +9,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <signal.h>
 #include <stdlib.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "npiv.h"
@@ -131,19 +129,17 @@ static void test_zoning_json_and_text_say_the_same(void **state)
 
 /* ------------------------------------------------------------ real tgtd */
 
-static pid_t tgtd_pid = -1;
-static int control_port;
+/* tgtd is started and stopped by the shell library every tgtd-using test
+ * shares: a free port, a control socket no other tgtd on the machine uses. */
+#define TGTD_SH "bash -c '. \"$HVSTOR_SRC/tests/testlib/tgtd.sh\" && WORK=%s && "
+
+static int control_port = -1;
 
 static void stop_tgtd(void)
 {
-    /* tgtd does not always exit on SIGTERM while it has targets */
-    if (tgtd_pid > 0) {
-        kill(tgtd_pid, SIGTERM);
-        for (int i = 0; i < 40 && waitpid(tgtd_pid, NULL, WNOHANG) == 0; i++)
-            usleep(50000);
-        if (kill(tgtd_pid, SIGKILL) == 0)
-            waitpid(tgtd_pid, NULL, 0);
-        tgtd_pid = -1;
+    if (control_port >= 0) {
+        t_run(NULL, 0, TGTD_SH "CTL=%d && tgt_cleanup'", t_tmpdir(), control_port);
+        control_port = -1;
     }
 }
 
@@ -152,33 +148,17 @@ static void test_printed_tgtadm_line_lets_exactly_that_vm_in(void **state)
     struct npiv_identity id = vm("web1", 11), other = vm("web2", 12);
     const char *target = "iqn.2026-11.com.example:san.npiv-test";
     char out[8192], cmd[1024];
-    int port = t_free_port();
+    int port = -1;
 
     if (t_run(NULL, 0, "command -v tgtd && command -v tgtadm && command -v iscsi-inq") != 0 ||
-        geteuid() != 0) {
+        geteuid() != 0 || !getenv("HVSTOR_SRC")) {
         skip();
     }
-    control_port = 10000 + port % 20000;  /* tgtd takes at most 32767 */
-    /* Named before the fork: a first t_path() in the child would make the
-     * child its own scratch dir, which exec leaves behind. */
-    const char *log_path = t_path("tgtd.log");
-    tgtd_pid = fork();
-    if (tgtd_pid == 0) {
-        char portal[64], cp[16];
-        snprintf(portal, sizeof(portal), "portal=127.0.0.1:%d", port);
-        snprintf(cp, sizeof(cp), "%d", control_port);
-        freopen("/dev/null", "w", stdout);
-        freopen(log_path, "w", stderr);
-        execlp("tgtd", "tgtd", "-f", "-C", cp, "--iscsi", portal, (char *)NULL);
-        _exit(127);
-    }
     atexit(stop_tgtd);
-    int up = -1;
-    for (int i = 0; i < 100 && up != 0; i++) {
-        usleep(50000);
-        up = t_run(NULL, 0, "tgtadm -C %d --op show --mode sys >/dev/null 2>&1", control_port);
-    }
-    assert_int_equal(up, 0);
+    int rc = t_run(out, sizeof(out), TGTD_SH "tgt_pick_ports && tgt_start && echo $PORT $CTL'",
+                   t_tmpdir());
+    if (rc != 0 || sscanf(out, "%d %d", &port, &control_port) != 2)
+        fail_msg("tgtd did not start (exit %d): %s", rc, out);
     assert_int_equal(t_run(NULL, 0, "truncate -s 8M %s", t_path("lun1.img")), 0);
     assert_int_equal(t_run(NULL, 0, "tgtadm -C %d --lld iscsi --op new --mode target --tid 1 "
                            "-T %s", control_port, target), 0);

@@ -32,9 +32,10 @@ static HV_UNUSED void h_create(const char *path, enum vhd_type type, uint64_t si
         fail_msg("create %s: %s", path, err.msg);
 }
 
-/* Write `len` bytes of pattern `seed` (seed 0: zeroes) at `off` through the
- * engine, then close (flush). */
-static HV_UNUSED void h_write(const char *path, uint64_t off, uint64_t len, uint64_t seed)
+/* One request through the engine, then close (flush): write `len` bytes of
+ * pattern `seed` (seed 0: zeroes) at `off`, or discard them. */
+static HV_UNUSED void h_request(const char *path, uint64_t off, uint64_t len, uint64_t seed,
+                                bool is_discard)
 {
     struct hv_reactor *r;
     struct bdev *bd;
@@ -42,29 +43,30 @@ static HV_UNUSED void h_write(const char *path, uint64_t off, uint64_t len, uint
     assert_int_equal(hv_reactor_create(&r), 0);
     if (vhd_open(r, path, NULL, &bd, &err) != 0)
         fail_msg("open %s: %s", path, err.msg);
-    uint8_t *buf = hv_alloc_aligned(len);
-    assert_non_null(buf);
-    if (seed)
-        t_fill(buf, len, seed);
-    else
-        memset(buf, 0, len);
-    assert_int_equal(bdev_write_sync(bd, off, buf, len, 0), 0);
-    free(buf);
+    if (is_discard) {
+        assert_int_equal(bdev_request_sync(bd, BDEV_IO_DISCARD, off, len, 0), 0);
+    } else {
+        uint8_t *buf = hv_alloc_aligned(len);
+        assert_non_null(buf);
+        if (seed)
+            t_fill(buf, len, seed);
+        else
+            memset(buf, 0, len);
+        assert_int_equal(bdev_write_sync(bd, off, buf, len, 0), 0);
+        free(buf);
+    }
     assert_int_equal(bdev_close(bd), 0);
     hv_reactor_destroy(r);
 }
 
+static HV_UNUSED void h_write(const char *path, uint64_t off, uint64_t len, uint64_t seed)
+{
+    h_request(path, off, len, seed, false);
+}
+
 static HV_UNUSED void h_discard(const char *path, uint64_t off, uint64_t len)
 {
-    struct hv_reactor *r;
-    struct bdev *bd;
-    struct hv_err err = {0};
-    assert_int_equal(hv_reactor_create(&r), 0);
-    if (vhd_open(r, path, NULL, &bd, &err) != 0)
-        fail_msg("open %s: %s", path, err.msg);
-    assert_int_equal(bdev_request_sync(bd, BDEV_IO_DISCARD, off, len, 0), 0);
-    assert_int_equal(bdev_close(bd), 0);
-    hv_reactor_destroy(r);
+    h_request(path, off, len, 0, true);
 }
 
 /* Everything the image (chain) reads; *size gets the virtual size. */

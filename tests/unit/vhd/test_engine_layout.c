@@ -17,21 +17,7 @@
 #include "format.h"
 #include "testlib.h"
 #include "vhd.h"
-
-static struct hv_reactor *reactor;
-
-static int setup(void **state)
-{
-    (void)state;
-    return hv_reactor_create(&reactor);
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    hv_reactor_destroy(reactor);
-    return 0;
-}
+#include "engine_fixture.h"
 
 static void create(const char *path, enum vhd_type type, uint64_t size)
 {
