@@ -228,7 +228,8 @@ step "iscsi-perf -m 32: $(tr '\r' '\n' </tmp/perf.txt | grep 'iops average' | ta
 
 # hvstord cannot snapshot what the guest drives itself: refused, named
 hv checkpoint create a --consistency crash >/tmp/ck.txt 2>&1 && finish "FAIL checkpoint of an SG_IO disk"
-grep -q "passed through with SG_IO" /tmp/ck.txt || finish "FAIL checkpoint refusal: $(cat /tmp/ck.txt)"
+grep -q "is a pass-through LUN (/dev/sda)" /tmp/ck.txt ||
+    finish "FAIL checkpoint refusal: $(cat /tmp/ck.txt)"
 step "checkpoint refused: $(cat /tmp/ck.txt)"
 
 # other disks do not wait on this one: with scsi_debug answering after
