@@ -1487,7 +1487,10 @@ void hv_passthru_backup_enable(struct scsi_lu *lu, struct snap_gate *gate, const
 
     if (!hv_lu_is_passthru(lu) || pu->snap)
         return;
-    snprintf(name, sizeof(name), "%s LUN %" PRIu64, pu->target, pu->san_lun);
+    if (pu->device[0])
+        snprintf(name, sizeof(name), "%.*s", (int)sizeof(name) - 1, pu->device);
+    else
+        snprintf(name, sizeof(name), "%s LUN %" PRIu64, pu->target, pu->san_lun);
     if (pu->is_full_scsi) {
         snprintf(pu->no_snap_why, sizeof(pu->no_snap_why),
                  "%s is passed through with --full-scsi: commands whose effect on its blocks "

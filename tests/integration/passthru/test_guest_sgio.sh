@@ -22,7 +22,8 @@
 #     the device at once (queue depth > 1, `disk stats` max_in_device)
 #   - a raw disk on the same VM answers while a command is held in
 #     scsi_debug (SG_IO runs off the reactor)
-#   - a checkpoint of the VM is refused, naming the SG_IO disk
+#   - a checkpoint of the VM is refused, naming the SG_IO disk; a backup
+#     covers it (verified, restored, the guest's data in it)
 #   - an hvstord restart finds the disk again by its designator after
 #     sda and sdb swapped names; another VM is refused it by designator
 #   - ABORT TASK and LUN RESET reach the SG_IO disk's LU; it answers after
@@ -42,7 +43,7 @@ command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not inst
 for tool in cpio gzip ldd readelf; do command -v $tool >/dev/null || skip "$tool is not installed"; done
 PT_CDB=$HVSTOR_BUILD/tests/integration/pt-cdb
 PT_TMF=$HVSTOR_BUILD/tests/integration/pt-tmf
-for b in "$HVSTOR_BIN/hvstord" "$HVSTOR_BIN/hvctl" "$PT_CDB" "$PT_TMF"; do
+for b in "$HVSTOR_BIN/hvstord" "$HVSTOR_BIN/hvctl" "$HVSTOR_BIN/vhd" "$PT_CDB" "$PT_TMF"; do
     [ -x "$b" ] || skip "$b is not built"
 done
 tools=()
@@ -232,6 +233,19 @@ grep -q "is a pass-through LUN (/dev/sda)" /tmp/ck.txt ||
     finish "FAIL checkpoint refusal: $(cat /tmp/ck.txt)"
 step "checkpoint refused: $(cat /tmp/ck.txt)"
 
+# a backup of the running VM covers the SG_IO disk (copy-before-write on
+# the pass-through LU, as for a SAN LUN): verified, restored, and the
+# guest's 64 KiB at 8 MiB are in it
+hv backup create a --to /tmp/bk --consistency crash >/tmp/bk.txt 2>&1 ||
+    finish "FAIL backup: $(cat /tmp/bk.txt)"
+hvctl backup verify /tmp/bk >/tmp/bkv.txt 2>&1 || finish "FAIL backup verify: $(cat /tmp/bkv.txt)"
+hvctl backup restore /tmp/bk --to /tmp/rs >/tmp/rs.txt 2>&1 || finish "FAIL restore: $(cat /tmp/rs.txt)"
+vhd convert -O raw /tmp/rs/c0-s0.vhd /tmp/rs.raw >/tmp/cv.txt 2>&1 || finish "FAIL convert: $(cat /tmp/cv.txt)"
+dd if=/tmp/rs.raw of=/tmp/rs.bin bs=4096 skip=2048 count=16 2>/dev/null
+cmp -s /tmp/rs.bin /tmp/guest.bin || finish "FAIL the restored backup lacks the guest's data"
+rm -f /tmp/rs.raw
+step "backup of the SG_IO disk: $(tail -1 /tmp/bk.txt); verified, restored, guest data in it"
+
 # other disks do not wait on this one: with scsi_debug answering after
 # 1250 jiffies (1.25 s at HZ=1000, 5 s at 250), a raw disk on the same VM
 # answers while a command is still in scsi_debug
@@ -338,7 +352,8 @@ finish PASS
 EOF
 
 "$HVSTOR_SRC/tests/guest/build-initramfs.sh" --module scsi_debug \
-    --bin "$HVSTOR_BIN/hvstord" --bin "$HVSTOR_BIN/hvctl" --bin "$PT_CDB" --bin "$PT_TMF" \
+    --bin "$HVSTOR_BIN/hvstord" --bin "$HVSTOR_BIN/hvctl" --bin "$HVSTOR_BIN/vhd" \
+    --bin "$PT_CDB" --bin "$PT_TMF" \
     "${tools[@]}" \
     --init "$WORK/init" "$WORK/guest.cpio.gz" "$kver" >/dev/null 2>"$WORK/initramfs.err"
 rc=$?
