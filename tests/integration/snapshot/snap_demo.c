@@ -10,6 +10,7 @@
  *       back live with --merge); one JSON line per checkpoint.
  *   snap-demo backup DIR BACKUP_DIR --disks N [--incrementals K]
  *       [--agent SPEC] [--size BYTES] [--span BYTES] [--kill-after-ms N]
+ *       [--unpaced] [--trace FILE]
  *       a full backup then K incrementals while writers run; per backup one
  *       JSON line with hold time, bytes read/changed, write latency p99
  *       during the backup and before it. --kill-after-ms: SIGKILL itself
@@ -252,7 +253,8 @@ static int cmd_backup(int argc, char **argv)
                                          .is_incremental =
                                              k > 0 || has_flag(argc, argv, "--incremental"),
                                          .want_app = true,
-                                         .max_bytes_per_second = opt_u64(argc, argv, "--rate", 0)};
+                                         .max_bytes_per_second = opt_u64(argc, argv, "--rate", 0),
+                                         .is_unpaced = has_flag(argc, argv, "--unpaced")};
         struct snap_backup_result res;
         char recovered[2048] = "";
         uint64_t t0 = hv_now_ns();
