@@ -804,7 +804,7 @@ static int live_flush_sync(struct live *v)
 static void live_free(struct live *v)
 {
     if (v->aio)
-        hv_aio_destroy(v->aio);
+        hv_aio_put(v->aio);
     if (v->fd_buffered >= 0 && v->fd_buffered != v->fd)
         close(v->fd_buffered);
     if (v->fd >= 0)
@@ -992,6 +992,8 @@ static int live_load(void *arg)
             ret = hv_err_set(err, ret, "%s: block %u bitmap: read: %s", path, b, strerror(-ret));
             goto fail;
         }
+        /* Written before this open: a merge must copy all of it. */
+        memcpy(v->merge_bits + (size_t)b * v->bitmap_bytes, bitmap_of(v, b), v->bitmap_bytes);
         used_end = HV_MAX(used_end, at + v->bitmap_bytes + v->block_bytes);
         v->blocks_allocated++;
     }
@@ -1028,7 +1030,7 @@ int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *par
     ret = off_reactor(r, path, live_load, &oc, err);
     if (ret < 0)
         goto fail;
-    ret = hv_aio_create(r, 128, &v->aio);
+    ret = hv_aio_get(r, 128, &v->aio);
     if (ret < 0) {
         ret = hv_err_set(err, ret, "%s: aio: %s", path, strerror(-ret));
         goto fail;
@@ -1211,10 +1213,12 @@ static void merge_next(struct merge_job *j)
                 busy_get(v, j->block);
             /* Take the sectors to copy and clear them first: a write landing
              * during the copy marks them again and the next pass copies
-             * them once more. The first pass copies every present sector. */
+             * them once more. merge_bits hold every sector the parent may
+             * lack (all present sectors until the first pass, less what
+             * mirrored writes already put in the parent). */
             v->merge_dirty[j->block] = 0;
             uint8_t *mb = v->merge_bits + (size_t)j->block * v->bitmap_bytes;
-            memcpy(j->todo, p->is_first ? bitmap_of(v, j->block) : mb, v->bitmap_bytes);
+            memcpy(j->todo, mb, v->bitmap_bytes);
             memset(mb, 0, v->bitmap_bytes);
         }
         uint32_t limit = spb;

@@ -17,7 +17,7 @@
 # Usage: tests/bench/snapshot_bench.sh [BUILD_DIR]
 #   BENCH_DIR   where the images go (default /var/tmp)
 #   BENCH_MIB   size of each disk in MiB (default 512)
-#   BENCH_CHECKPOINTS  cuts measured in part 1 (default 40)
+#   BENCH_CHECKPOINTS  cuts measured in part 1 (default 42)
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -29,14 +29,21 @@ command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/hvstor-snapbench-XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 mib=${BENCH_MIB:-512}
-cps=${BENCH_CHECKPOINTS:-40}
+cps=${BENCH_CHECKPOINTS:-42}
 echo "load: $(uptime)"
 
 echo "== 1. checkpoint hold time, 4 disks, 32 writes in flight (goal < 1 ms)"
 # Checkpoints stack (each cut's child becomes the next cut's parent), as
-# when a VM keeps several checkpoints.
-"$DEMO" checkpoint "$dir/cp" --disks 4 --runs "$cps" --size "${mib}M" >"$dir/cp.json"
-"$DEMO" checkpoint "$dir/cpm" --disks 4 --runs 3 --merge --size "${mib}M" >"$dir/cpm.json"
+# when a VM keeps several checkpoints: seven per VM (a live chain's request
+# context has room for about eight levels), on fresh VMs until $cps cuts.
+: >"$dir/cp.json"
+for ((n = 0; n < cps; n += 7)); do
+    "$DEMO" checkpoint "$dir/cp$n" --disks 4 --runs $((cps - n < 7 ? cps - n : 7)) \
+        --size "${mib}M" >>"$dir/cp.json"
+    rm -rf "$dir/cp$n"
+done
+"$DEMO" checkpoint "$dir/cpm" --disks 4 --runs 2 --merge --size "${mib}M" >"$dir/cpm.json"
+rm -rf "$dir/cpm"
 python3 - "$dir/cp.json" "$dir/cpm.json" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
