@@ -59,7 +59,7 @@ print(f"  in-flight writes settled into the checkpoint (guest not held): median 
       f"{s[len(s)//2]:.2f} ms, max {s[-1]:.2f} ms")
 m = sorted(json.loads(l)["last_merge_hold_ms"] for l in open(sys.argv[2]))
 print(f"  live-merge final hold (checkpoint delete, per disk; not a cut): median "
-      f"{m[len(m)//2]:.1f} ms, max {m[-1]:.1f} ms over {len(m)} merges")
+      f"{m[len(m)//2]:.1f} ms, max {m[-1]:.1f} ms (last disk of each of {len(m)} runs)")
 PY
 
 echo "== 2+3. backups of 2 disks under random 64 KiB writes (one full, three incrementals)"
