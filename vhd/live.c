@@ -1072,6 +1072,7 @@ struct bdev *vhd_live_child_parent(struct bdev *bd)
  * merge must not crowd the guest's I/O out of the device queue. With the
  * guest idle (or held, in the final pass) all workers copy. */
 #define MERGE_WORKERS_BUSY 2
+#define MERGE_BUSY_SECTORS (256u * 1024 / HV_SECTOR_BYTES)
 
 struct merge_pass {
     struct live *v;
@@ -1241,6 +1242,10 @@ static void merge_next(struct merge_job *j)
             p->parked = j;
             return;
         }
+        /* While the guest is busy, copies go in pieces that do not keep
+         * its requests waiting long behind ours on the device. */
+        if (v->inflight && run > MERGE_BUSY_SECTORS)
+            run = MERGE_BUSY_SECTORS;
         j->is_copying = true;
         p->copying++;
         j->run = run;
