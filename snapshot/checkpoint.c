@@ -294,12 +294,6 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
     }
     if (grp->on_cut)
         grp->on_cut(grp->on_cut_arg);
-    /* The checkpoint is stable once what was sent before the cut is done;
-     * the guest is not held for it (drain_ns: hold until then). */
-    if (!needs_drain) {
-        settle(grp);
-        res->drain_ns = hv_now_ns() - cut_ns;
-    }
 
 thaw:
     /* 4. Thaw. A thaw refused as "auto-thawed" means the guest ran on
@@ -316,6 +310,13 @@ thaw:
     }
     if (ret < 0)
         goto fail;
+    /* The checkpoint is stable once what was sent before the cut is done;
+     * neither the guest's I/O nor its agent waits for that (drain_ns: from
+     * the hold until then). */
+    if (!needs_drain) {
+        settle(grp);
+        res->drain_ns = hv_now_ns() - cut_ns;
+    }
     free(children);
     return 0;
 fail:

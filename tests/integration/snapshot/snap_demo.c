@@ -5,7 +5,7 @@
  *   snap-demo agent SPEC [--thaw-timeout-ms N] [--sleep-ms N]
  *       hello, prepare, freeze, (sleep), thaw; one JSON line.
  *   snap-demo checkpoint DIR --disks N [--agent SPEC] [--runs K] [--merge]
- *       [--thaw-timeout-ms N]
+ *       [--thaw-timeout-ms N] [--cut-delay-ms N]
  *       N fresh VHD disks with writers in flight; K checkpoints (each merged
  *       back live with --merge); one JSON line per checkpoint.
  *   snap-demo backup DIR BACKUP_DIR --disks N [--incrementals K]
@@ -124,6 +124,16 @@ static double p99_ms(struct h_vm *vm)
     return vm->lat_ns[(vm->lat_count * 99) / 100] / 1e6;
 }
 
+/* --cut-delay-ms: a slow on_cut handler, so that a test can make the
+ * agent's own auto-thaw come before the host's thaw. */
+static uint64_t g_cut_delay_ms;
+
+static void slow_on_cut(void *arg)
+{
+    (void)arg;
+    usleep((useconds_t)g_cut_delay_ms * 1000);
+}
+
 static int cmd_checkpoint(int argc, char **argv)
 {
     struct hv_err err = {0};
@@ -140,6 +150,9 @@ static int cmd_checkpoint(int argc, char **argv)
         return die("agent", &err, ret);
     vm.grp.thaw_timeout_ms = (uint32_t)opt_u64(argc, argv, "--thaw-timeout-ms", 0);
     vm.grp.on_cut = NULL;
+    g_cut_delay_ms = opt_u64(argc, argv, "--cut-delay-ms", 0);
+    if (g_cut_delay_ms)
+        vm.grp.on_cut = slow_on_cut;
     h_start(&vm);
     h_run_ms(&vm, 50);
     for (int k = 0; k < runs; k++) {
