@@ -210,6 +210,22 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
             hv_err_prefix(err, "checkpoint '%s': disk c%d-s%d", name, d->controller, d->slot);
             goto fail;
         }
+        /* Each live child nests its parent's request context in its own; the
+         * top reserved room for a bounded depth. Say so now, before the
+         * guest is frozen for a cut that could not switch. */
+        ret = snap_top_check_switch(d->top, children[i]);
+        if (ret == -E2BIG) {
+            ret = hv_err_set(err, ret,
+                             "checkpoint '%s': disk c%d-s%d already stands on as many "
+                             "checkpoints as one disk can stack; delete one first",
+                             name, d->controller, d->slot);
+            goto fail;
+        }
+        if (ret < 0) {
+            ret = hv_err_set(err, ret, "checkpoint '%s': disk c%d-s%d: the new child does not "
+                             "match the disk", name, d->controller, d->slot);
+            goto fail;
+        }
     }
 
 /* 2. The guest: writers prepare, filesystems freeze. */

@@ -11,6 +11,7 @@
  * waited at the gate.
  */
 #include "filter.h"
+#include "snapshot_int.h"
 #include "vhd.h"
 
 #include <errno.h>
@@ -383,6 +384,11 @@ static int top_check(struct snap_top *t, struct bdev *inner)
     if (TOP_HEAD + bdev_io_size(inner) > t->bd.io_ctx_bytes)
         return -E2BIG;
     return 0;
+}
+
+int snap_top_check_switch(struct snap_top *t, struct bdev *inner)
+{
+    return top_check(t, inner);
 }
 
 static void top_set(struct snap_top *t, struct bdev *inner)

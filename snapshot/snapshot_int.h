@@ -16,6 +16,9 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
  * device, everything after to the new one (see checkpoint.c). */
 int snap_top_switch_live(struct snap_top *t, struct bdev *inner);
 unsigned snap_top_old_inflight(const struct snap_top *t);
+/* Whether the top could switch to `inner`: -E2BIG when its request context
+ * does not fit the room the top reserved, -EINVAL on another size/reactor. */
+int snap_top_check_switch(struct snap_top *t, struct bdev *inner);
 /* Run `fn(arg)` on a worker thread while the reactor keeps serving the
  * guest (a temporary thread: control path only). */
 int snap_blocking(struct snap_group *grp, int (*fn)(void *arg), void *arg, struct hv_err *err);

@@ -13,9 +13,11 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "snapshot_int.h"
 #include "testlib.h"
 
 #define SIZE (32ull * 1024 * 1024)
@@ -295,12 +297,50 @@ static void test_recover_ignores_a_pending_marker(void **state)
     assert_int_equal(access(pending, F_OK), -1);
 }
 
+/* Live children nest request contexts, so a disk stacks a bounded number
+ * of checkpoints. The one past the bound is refused before anything is
+ * frozen or held: a clear message, no child file left, the disk unchanged
+ * and still writable. */
+static void test_stacking_past_the_bound_is_refused_cleanly(void **state)
+{
+    (void)state;
+    struct h_vm vm;
+    struct hv_err err = {0};
+    char dir[4096], name[32], child[4200];
+    snprintf(dir, sizeof(dir), "%s/stack", t_tmpdir());
+    assert_int_equal(t_run(NULL, 0, "mkdir -p '%s'", dir), 0);
+    assert_int_equal(h_open(&vm, dir, 1, 0, 4u << 20, true, &err), 0);
+    uint8_t *buf = hv_alloc_aligned(4096), *back = hv_alloc_aligned(4096);
+    int made = 0, ret = 0;
+    for (; made < 64; made++) {
+        snprintf(name, sizeof(name), "s%d", made);
+        struct snap_checkpoint_result res;
+        ret = snap_checkpoint_create(&vm.grp, name, false, &res, &err);
+        if (ret < 0)
+            break;
+        snap_checkpoint_result_free(&res);
+    }
+    assert_int_equal(ret, -E2BIG);
+    assert_true(made >= 4);
+    assert_non_null(strstr(err.msg, "as many checkpoints as one disk can stack"));
+    snap_child_path(vm.disks[0].vhd_path, name, child, sizeof(child));
+    assert_int_equal(access(child, F_OK), -1);
+    memset(buf, 0x5a, 4096);
+    assert_int_equal(bdev_write_sync(vm.bd[0], 8192, buf, 4096, 0), 0);
+    assert_int_equal(bdev_read_sync(vm.bd[0], 8192, back, 4096), 0);
+    assert_memory_equal(buf, back, 4096);
+    free(buf);
+    free(back);
+    assert_int_equal(h_close(&vm), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cut_with_writes_in_flight_splits_them_at_the_swap),
         cmocka_unit_test(test_mirrored_merge_under_writes_reads_back_exactly),
         cmocka_unit_test(test_recover_ignores_a_pending_marker),
+        cmocka_unit_test(test_stacking_past_the_bound_is_refused_cleanly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
