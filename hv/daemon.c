@@ -42,14 +42,22 @@ struct hv_daemon {
     struct hv_watch *signal_watch;
     int exit_signal;
     bool is_abandoned;                  /* drain timed out: leave images to the kernel */
-    /* The request running now. Checkpoints, backups, opening images, agent
-     * calls run reactor turns while they wait, so other requests can arrive
-     * meanwhile: those that read are served, those that change are refused
-     * (EBUSY), and a SIGTERM waits until the running one is done. */
-    const char *busy_op;
-    char busy_vm[HV_NAME_MAX + 1];
-    uint64_t busy_since_ns;
+    /* The requests running now, innermost first. Checkpoints, backups,
+     * resizes, agent calls run reactor turns while they wait, so other
+     * requests arrive meanwhile and run nested (see hv_daemon_request);
+     * a SIGTERM waits until every one is done. */
+    struct busy *busy;
+    int depth;                          /* requests running, reads included */
     bool is_stop_deferred;
+};
+
+/* A state-changing request in progress: its VM ("" for none) takes no
+ * other change until it is done. Lives in hv_daemon_request's frame. */
+struct busy {
+    const char *op;
+    char vm[HV_NAME_MAX + 1];
+    uint64_t since_ns;
+    struct busy *outer;
 };
 
 static struct hv_vm *find_vm(struct hv_daemon *d, const char *name)
@@ -364,8 +372,7 @@ static int req_vm_show(struct hv_daemon *d, const json_t *req, json_t **result,
     *result = hv_vm_show_json(vm, d->portal);
     /* The agent is asked only when nothing else runs (asking runs turns). */
     json_object_set_new(*result, "agent", hv_snap_agent_json(&d->runtime, vm,
-                                                             d->busy_op == NULL ||
-                                                             !strcmp(d->busy_op, "vm.show")));
+                                                             d->depth == 1));
     json_array_foreach(json_object_get(vm->cfg.extra, "checkpoints"), i, v)
         json_array_append(cps, json_object_get(v, "name"));
     json_object_set_new(*result, "checkpoints", cps);
@@ -660,22 +667,92 @@ static const struct {
 
 static json_t *dispatch(struct hv_daemon *d, const char *op, const json_t *request);
 
-/* What may run while another request waits in reactor turns: it reads
- * and runs no turn itself. */
-static bool is_read_only_op(const char *op)
+/*
+ * How a request may overlap others. Reads run at any time (they run no
+ * turn). Short changes (no turn, or a few short ones: opening an image, a
+ * resize's drain) run at once, nested in the turns of a long request of
+ * another VM, but never inside a hold of a VM's guest I/O, which they would
+ * lengthen: they wait for its release. Long ones (checkpoints, backups,
+ * merges) wait until nothing else runs, so that two of them never nest
+ * (the inner one would hold up the outer one's holds and its answer).
+ * A request is refused only when its own VM is busy with another change.
+ */
+enum op_class { OP_READ, OP_SHORT, OP_LONG };
+
+static enum op_class op_class(const char *op)
 {
-    static const char *const ro[] = {"status", "vm.list", "vm.show", "disk.stats",
-                                     "checkpoint.list", "checkpoint.show"};
-    for (size_t i = 0; i < HV_ARRAY_SIZE(ro); i++)
-        if (!strcmp(op, ro[i]))
+    static const char *const reads[] = {"status", "vm.list", "vm.show", "disk.stats",
+                                        "checkpoint.list", "checkpoint.show", "san.list",
+                                        "job.status", "disk.attach_status",
+                                        "disk.takeover_status"};
+    static const char *const shorts[] = {"vm.create", "vm.set", "vm.delete", "disk.attach",
+                                         "disk.detach", "disk.resize", "disk.attach_lun",
+                                         "disk.attach_dev", "disk.attach_fc", "disk.takeover",
+                                         "vm.zoning", "san.add", "san.luns"};
+    for (size_t i = 0; i < HV_ARRAY_SIZE(reads); i++)
+        if (!strcmp(op, reads[i]))
+            return OP_READ;
+    for (size_t i = 0; i < HV_ARRAY_SIZE(shorts); i++)
+        if (!strcmp(op, shorts[i]))
+            return OP_SHORT;
+    return OP_LONG;
+}
+
+static const char *request_vm(const json_t *request)
+{
+    const char *vm = json_string_value(json_object_get(request, "vm"));
+    if (!vm)
+        vm = json_string_value(json_object_get(request, "name"));
+    return vm && strlen(vm) <= HV_NAME_MAX ? vm : "";
+}
+
+/* Some VM's guest I/O is held right now (a checkpoint's cut, a merge's
+ * last pass, a resize's drain). */
+static bool is_any_hold(const struct hv_daemon *d)
+{
+    for (const struct hv_vm *vm = d->vms; vm; vm = vm->next) {
+        if (vm->gate && snap_gate_is_held(vm->gate))
             return true;
+        for (int c = 0; c < HV_MAX_CONTROLLERS; c++)
+            for (int s = 0; s < HV_SLOTS_PER_CONTROLLER; s++)
+                if (vm->disks[c][s] && vm->disks[c][s]->is_held)
+                    return true;
+    }
     return false;
+}
+
+static const struct busy *busy_with(const struct hv_daemon *d, const char *vm)
+{
+    for (const struct busy *b = d->busy; b; b = b->outer)
+        if (vm[0] && !strcmp(b->vm, vm))
+            return b;
+    return NULL;
+}
+
+bool hv_daemon_vm_may_change(struct hv_daemon *d, const char *vm)
+{
+    return !busy_with(d, vm) && !is_any_hold(d);
+}
+
+enum hv_wait hv_daemon_must_wait(struct hv_daemon *d, const json_t *request)
+{
+    const char *op = json_string_value(json_object_get(request, "op"));
+    enum op_class cls = op ? op_class(op) : OP_READ;
+
+    /* Bad requests and ones to refuse are answered at once. */
+    if (cls == OP_READ || d->depth == 0 || d->exit_signal || busy_with(d, request_vm(request)))
+        return HV_WAIT_NO;
+    if (cls == OP_LONG)
+        return HV_WAIT_IDLE;
+    return is_any_hold(d) ? HV_WAIT_HOLD : HV_WAIT_NO;
 }
 
 json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
 {
     struct hv_err err = {0};
+    struct busy me = {0};
     const char *op;
+    const struct busy *other;
     json_t *reply;
 
     if (!json_is_object(request) || !json_is_string(json_object_get(request, "op"))) {
@@ -683,28 +760,41 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
         return reply_error(-EINVAL, &err);
     }
     op = json_string_value(json_object_get(request, "op"));
-    if (d->busy_op) {
-        if (is_read_only_op(op))
-            return dispatch(d, op, request);
-        hv_err_set(&err, -EBUSY, "hvstord is busy with %s%s%s%s (for %.0f s); try again when "
-                   "it is done", d->busy_op, d->busy_vm[0] ? " of VM '" : "", d->busy_vm,
-                   d->busy_vm[0] ? "'" : "", (hv_now_ns() - d->busy_since_ns) / 1e9);
+    if (op_class(op) == OP_READ) {
+        d->depth++;
+        reply = dispatch(d, op, request);
+        d->depth--;
+        return reply;
+    }
+    if (d->exit_signal) {
+        hv_err_set(&err, -ESHUTDOWN, "hvstord is stopping (%s); %s was not started",
+                   strsignal(d->exit_signal), op);
+        return reply_error(-ESHUTDOWN, &err);
+    }
+    snprintf(me.vm, sizeof(me.vm), "%s", request_vm(request));
+    other = busy_with(d, me.vm);
+    if (other) {
+        hv_err_set(&err, -EBUSY, "hvstord is busy with %s of VM '%s' (for %.0f s); try again "
+                   "when it is done", other->op, other->vm,
+                   (hv_now_ns() - other->since_ns) / 1e9);
         return reply_error(-EBUSY, &err);
     }
-    {
-        const char *vm = json_string_value(json_object_get(request, "vm"));
-        if (!vm)
-            vm = json_string_value(json_object_get(request, "name"));
-        d->busy_op = op;
-        snprintf(d->busy_vm, sizeof(d->busy_vm), "%s", vm && strlen(vm) <= HV_NAME_MAX ? vm : "");
-        d->busy_since_ns = hv_now_ns();
-    }
+    me.op = op;
+    me.since_ns = hv_now_ns();
+    me.outer = d->busy;
+    d->busy = &me;
+    d->depth++;
     reply = dispatch(d, op, request);
-    d->busy_op = NULL;
-    d->busy_vm[0] = 0;
-    if (d->is_stop_deferred) {
-        hv_info("the request is done; stopping now");
-        hv_reactor_stop(d->reactor);
+    d->depth--;
+    /* Nested requests end before the ones they ran inside of. */
+    d->busy = me.outer;
+    if (d->depth == 0) {
+        if (d->is_stop_deferred) {
+            hv_info("the request is done; stopping now");
+            hv_reactor_stop(d->reactor);
+        } else if (d->control) {
+            hv_control_kick(d->control);
+        }
     }
     return reply;
 }
@@ -749,10 +839,10 @@ static void on_signal(void *arg, uint32_t events)
     while (read(d->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
             d->exit_signal = (int)si.ssi_signo;
-            if (d->busy_op) {
+            if (d->busy) {
                 /* Stopping the reactor now would make the running request's
                  * turns spin; it ends first, with the VM's disks whole. */
-                hv_info("%s: stopping once %s is done", strsignal(d->exit_signal), d->busy_op);
+                hv_info("%s: stopping once %s is done", strsignal(d->exit_signal), d->busy->op);
                 d->is_stop_deferred = true;
             } else {
                 hv_reactor_stop(d->reactor);

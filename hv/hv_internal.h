@@ -153,6 +153,16 @@ struct hv_control;
 struct hv_daemon;
 int hv_control_listen(struct hv_reactor *r, const char *path, struct hv_daemon *d,
                       struct hv_control **out, struct hv_err *err);
+/* Requests still waiting for their turn are answered that hvstord stops;
+ * then every connection is closed. */
 void hv_control_close(struct hv_control *ctl);
+/* Nothing runs any more: give the waiting requests their turn. */
+void hv_control_kick(struct hv_control *ctl);
+
+/* Whether a request that arrives while others run starts now (it is then
+ * run or refused at once), waits until no request runs at all, or waits
+ * for the end of a hold of some VM's guest I/O (daemon.c). */
+enum hv_wait { HV_WAIT_NO, HV_WAIT_IDLE, HV_WAIT_HOLD };
+enum hv_wait hv_daemon_must_wait(struct hv_daemon *d, const json_t *request);
 
 #endif /* HVSTOR_HV_INTERNAL_H */
