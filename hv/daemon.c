@@ -383,19 +383,30 @@ static int req_vm_delete(struct hv_daemon *d, const json_t *req, json_t **result
                          struct hv_err *err)
 {
     struct hv_vm *vm;
+    json_t *kept = NULL;
     int ret = get_vm(d, req, "name", &vm, err);
-    if (ret < 0)
+    if (ret < 0 ||
+        (ret = hv_snap_may_delete(vm, json_is_true(json_object_get(req, "force")), &kept,
+                                  err)) < 0)
         return ret;
     /* Forget it durably first: if that fails, nothing changed. */
     ret = hv_registry_remove(&d->registry, vm->cfg.name, err);
-    if (ret < 0)
+    if (ret < 0) {
+        json_decref(kept);
         return ret;
+    }
     unlink_vm(d, vm);
     for (int c = 0; c < vm->cfg.controller_count; c++)
         if (vm->controllers[c])
             iscsi_server_drop_target(d->server, vm->targets[c]);
     *result = json_pack("{s:s}", "deleted", vm->cfg.name);
+    if (kept) {
+        hv_info("VM '%s' deleted with --force: its newest data stays in the files of "
+                "\"newest_data\" (%zu disks)", vm->cfg.name, json_array_size(kept));
+        json_object_set_new(*result, "newest_data", kept);
+    }
     hv_info("VM '%s' deleted; its sessions dropped", vm->cfg.name);
+    hv_snap_vm_deleted(&d->runtime, vm);
     hv_vm_retire(&d->runtime, vm);
     return 0;
 }

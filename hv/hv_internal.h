@@ -137,6 +137,13 @@ void hv_snap_slot_removed(json_t *extra, int controller, int slot);
 /* Per LUN: `vm show` (top, layers) or `disk stats` (changed-block tracking). */
 void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj,
                            bool is_stats);
+/* vm.delete (vm_delete.c): -EBUSY naming the checkpoints and the files
+ * that hold the disks' newest data when it is not in the attached images,
+ * unless forced; forced, `kept` lists those files (caller frees; NULL when
+ * there is none). */
+int hv_snap_may_delete(const struct hv_vm *vm, bool is_forced, json_t **kept, struct hv_err *err);
+/* The VM is deleted: its change-tracking state goes (DIR/cbt/<vm>/). */
+void hv_snap_vm_deleted(struct hv_runtime *rt, struct hv_vm *vm);
 /* The gate outlives the VM's retired disks: destroyed by hv_runtime_fini. */
 void hv_snap_retire_gate(struct hv_runtime *rt, struct hv_vm *vm);
 /* vm.create / vm.set: "agent" (SPEC) or "no_agent" into extra["agent"]. */
