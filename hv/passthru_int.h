@@ -109,6 +109,7 @@ struct hv_pt_job {
     /* private to passthru_job.c */
     struct hv_work worker_item;
     struct hv_timer finish_timer;       /* finish() waits while its VM is busy */
+    bool has_waited;                    /* (said so in the log once) */
     bool is_finished;
     json_t *result;
     struct hv_pt_job *next;

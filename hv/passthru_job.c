@@ -75,6 +75,10 @@ static void job_finish(void *arg)
     json_t *result = NULL;
 
     if (job->vm[0] && !hv_daemon_vm_may_change(job->d, job->vm)) {
+        if (!job->has_waited)
+            hv_info("VM '%s': the attach at controller %d slot %d is checked; it waits until "
+                    "no request changes the VM", job->vm, job->controller, job->slot);
+        job->has_waited = true;
         hv_timer_arm(hv_daemon_runtime(job->d)->reactor, &job->finish_timer,
                      JOB_FINISH_RETRY_MS, job_finish, job);
         return;
