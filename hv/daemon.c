@@ -758,6 +758,19 @@ enum hv_wait hv_daemon_must_wait(struct hv_daemon *d, const json_t *request)
     return is_any_hold(d) ? HV_WAIT_HOLD : HV_WAIT_NO;
 }
 
+/* The last running request ended: a deferred stop, or the waiting ones. */
+static void request_done(struct hv_daemon *d)
+{
+    if (d->depth > 0)
+        return;
+    if (d->is_stop_deferred) {
+        hv_info("the request is done; stopping now");
+        hv_reactor_stop(d->reactor);
+    } else if (d->control) {
+        hv_control_kick(d->control);
+    }
+}
+
 json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
 {
     struct hv_err err = {0};
@@ -775,6 +788,7 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
         d->depth++;
         reply = dispatch(d, op, request);
         d->depth--;
+        request_done(d);
         return reply;
     }
     if (d->exit_signal) {
@@ -799,14 +813,7 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
     d->depth--;
     /* Nested requests end before the ones they ran inside of. */
     d->busy = me.outer;
-    if (d->depth == 0) {
-        if (d->is_stop_deferred) {
-            hv_info("the request is done; stopping now");
-            hv_reactor_stop(d->reactor);
-        } else if (d->control) {
-            hv_control_kick(d->control);
-        }
-    }
+    request_done(d);
     return reply;
 }
 
@@ -850,10 +857,11 @@ static void on_signal(void *arg, uint32_t events)
     while (read(d->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
             d->exit_signal = (int)si.ssi_signo;
-            if (d->busy) {
+            if (d->depth > 0) {
                 /* Stopping the reactor now would make the running request's
                  * turns spin; it ends first, with the VM's disks whole. */
-                hv_info("%s: stopping once %s is done", strsignal(d->exit_signal), d->busy->op);
+                hv_info("%s: stopping once %s is done", strsignal(d->exit_signal),
+                        d->busy ? d->busy->op : "the running request");
                 d->is_stop_deferred = true;
             } else {
                 hv_reactor_stop(d->reactor);
