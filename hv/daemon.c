@@ -51,12 +51,15 @@ struct hv_daemon {
     bool is_stop_deferred;
 };
 
-/* A state-changing request in progress: its VM ("" for none) takes no
- * other change until it is done. Lives in hv_daemon_request's frame. */
+/* A request in progress on its VM ("" for none). A change refuses other
+ * changes of the VM until it is done; a read (vm show asking the agent runs
+ * turns for up to 3 s, holding the VM's definition) makes them wait for its
+ * end. Lives in hv_daemon_request's frame. */
 struct busy {
     const char *op;
     char vm[HV_NAME_MAX + 1];
     uint64_t since_ns;
+    bool is_read;
     struct busy *outer;
 };
 
@@ -732,17 +735,18 @@ static bool is_any_hold(const struct hv_daemon *d)
     return false;
 }
 
-static const struct busy *busy_with(const struct hv_daemon *d, const char *vm)
+/* The request running on `vm` (a change, or a read when `is_read_too`). */
+static const struct busy *busy_with(const struct hv_daemon *d, const char *vm, bool is_read_too)
 {
     for (const struct busy *b = d->busy; b; b = b->outer)
-        if (vm[0] && !strcmp(b->vm, vm))
+        if (vm[0] && !strcmp(b->vm, vm) && (is_read_too || !b->is_read))
             return b;
     return NULL;
 }
 
 bool hv_daemon_vm_may_change(struct hv_daemon *d, const char *vm)
 {
-    return !busy_with(d, vm) && !is_any_hold(d);
+    return !busy_with(d, vm, true) && !is_any_hold(d);
 }
 
 enum hv_wait hv_daemon_must_wait(struct hv_daemon *d, const json_t *request)
@@ -751,11 +755,13 @@ enum hv_wait hv_daemon_must_wait(struct hv_daemon *d, const json_t *request)
     enum op_class cls = op ? op_class(op) : OP_READ;
 
     /* Bad requests and ones to refuse are answered at once. */
-    if (cls == OP_READ || d->depth == 0 || d->exit_signal || busy_with(d, request_vm(request)))
+    if (cls == OP_READ || d->depth == 0 || d->exit_signal ||
+        busy_with(d, request_vm(request), false))
         return HV_WAIT_NO;
     if (cls == OP_LONG)
         return HV_WAIT_IDLE;
-    return is_any_hold(d) ? HV_WAIT_HOLD : HV_WAIT_NO;
+    /* A read of the VM ends within seconds; a hold within milliseconds. */
+    return busy_with(d, request_vm(request), true) || is_any_hold(d) ? HV_WAIT_HOLD : HV_WAIT_NO;
 }
 
 /* The last running request ended: a deferred stop, or the waiting ones. */
@@ -784,20 +790,14 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
         return reply_error(-EINVAL, &err);
     }
     op = json_string_value(json_object_get(request, "op"));
-    if (op_class(op) == OP_READ) {
-        d->depth++;
-        reply = dispatch(d, op, request);
-        d->depth--;
-        request_done(d);
-        return reply;
-    }
-    if (d->exit_signal) {
+    snprintf(me.vm, sizeof(me.vm), "%s", request_vm(request));
+    me.is_read = op_class(op) == OP_READ;
+    if (!me.is_read && d->exit_signal) {
         hv_err_set(&err, -ESHUTDOWN, "hvstord is stopping (%s); %s was not started",
                    strsignal(d->exit_signal), op);
         return reply_error(-ESHUTDOWN, &err);
     }
-    snprintf(me.vm, sizeof(me.vm), "%s", request_vm(request));
-    other = busy_with(d, me.vm);
+    other = me.is_read ? NULL : busy_with(d, me.vm, false);
     if (other) {
         hv_err_set(&err, -EBUSY, "hvstord is busy with %s of VM '%s' (for %.0f s); try again "
                    "when it is done", other->op, other->vm,

@@ -74,6 +74,18 @@ json_get "$HV_TMP/gone.json" 'j["agent"]["error"]' | grep -q "none.sock" ||
 hvctl vm show dead | grep -qi "agent.*not answer\|does not answer\|no answer" ||
     hv_fail "text vm show of a dead agent: $(hvctl vm show dead)"
 echo "dead agent: $(json_get "$HV_TMP/dead.json" 'j["agent"]["error"]')"
+
+# Changing the VM while its probe waits: the change waits for the probe's
+# end (the probe holds the VM's definition), then is made; nothing refused.
+hvctl --json vm show dead >"$HV_TMP/dead2.json" 2>"$HV_TMP/dead2.err" &
+show=$!
+for _ in $(seq 100); do [ -n "$(ss -x 2>/dev/null | grep -F "$HV_TMP/dead.sock")" ] && break; sleep 0.02; done
+hvctl vm set dead --no-agent >/dev/null 2>"$HV_TMP/set.err" || hv_fail "vm set during the probe: $(cat "$HV_TMP/set.err")"
+hvctl vm create during-probe >/dev/null || hv_fail "vm create during the probe"
+wait $show || hv_fail "vm show during a change: $(cat "$HV_TMP/dead2.err")"
+[ "$(json_get "$HV_TMP/dead2.json" 'j["agent"]["answers"]')" = False ] || hv_fail "probe: $(cat "$HV_TMP/dead2.json")"
+[ "$(hvctl --json vm show dead | json_get - 'j.get("agent")')" = None ] || hv_fail "--no-agent was lost"
+echo "vm set of the VM whose agent is being asked waited for the probe, then was made"
 echo "no socket: $(json_get "$HV_TMP/gone.json" 'j["agent"]["error"]')"
 hv_stop
 echo "PASS"
