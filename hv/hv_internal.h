@@ -125,6 +125,11 @@ void hv_disk_resume(struct hv_disk *disk);
  * definition lists, wrap it. May fix vm->cfg.extra (vm->needs_save). */
 int hv_snap_open_disk(struct hv_runtime *rt, struct hv_vm *vm, int controller, int slot,
                       const struct hv_disk_config *dc, struct hv_disk *disk, struct hv_err *err);
+/* A writable pass-through LUN (its LU open): its writes go under the
+ * VM's gate, changed-block tracking and copy-before-write, so that backups
+ * cover it (passthru_snap.c). Never fails: the LU keeps why it has none. */
+void hv_snap_open_lun(struct hv_runtime *rt, struct hv_vm *vm, int controller, int slot,
+                      struct hv_disk *disk);
 /* Close disk->image and the live layers below it. */
 int hv_snap_close_image(struct hv_disk *disk);
 /* A new disk goes into the slot: forget the old one's tracking history. */

@@ -61,6 +61,51 @@ int hv_passthru_vm_created(struct hv_runtime *rt, struct hv_vm_config *cfg,
 int hv_passthru_request(struct hv_daemon *d, const char *op, const json_t *req,
                         json_t **result, struct hv_err *err);
 
+/* Backups of a pass-through LUN (passthru_lu.c): at disk open, for a
+ * writable slot, the LU puts the guest's writes under the snapshot stack
+ * (`gate`, changed-block tracking with `cbt_state`, copy-before-write). A
+ * --full-scsi LUN gets none (the backup view says why). */
+void hv_passthru_backup_enable(struct scsi_lu *lu, struct snap_gate *gate, const char *cbt_state,
+                               uint32_t chunk_bytes, unsigned spare_chunks);
+/* What a backup reads and the filters it drives, or -errno with a message
+ * saying why this LUN cannot be backed up (now). */
+int hv_passthru_backup_view(struct scsi_lu *lu, struct bdev **top, struct snap_cbt **cbt,
+                            struct snap_cbw **cbw, struct hv_err *err);
+
+/* passthru_snap.c: the stack itself, over a bdev that reads the LUN with
+ * READ(16) through its pt_lun and forwards the guest's writing CDBs
+ * unchanged once the filters let them go. */
+struct hv_pt_snap;
+struct pt_cmd;
+struct hv_pt_snap_options {
+    struct pt_lun *pl;
+    struct hv_reactor *reactor;
+    const char *name;           /* the slot's path, for messages */
+    struct snap_gate *gate;     /* the VM's */
+    const char *cbt_state_path; /* NULL: tracking without a state file */
+    uint32_t chunk_bytes;       /* tracking and copy-before-write granularity */
+    unsigned spare_chunks;
+    unsigned max_commands;      /* guest commands in flight at most (the LU's pool) */
+    /* a unit attention our own command met: the guest's news */
+    void (*on_unit_attention)(void *arg, const uint8_t *sense, size_t len);
+    void *cb_arg;
+};
+/* Starts READ CAPACITY(16) at once (the stack is built when it answers). */
+int hv_pt_snap_create(const struct hv_pt_snap_options *opt, struct hv_pt_snap **out,
+                      struct hv_err *err);
+/* Takes a guest command that changes blocks (true): it goes through the
+ * stack, then to pt_lun unchanged, and completes through its own done.
+ * False: the command changes nothing; the caller submits it itself. */
+bool hv_pt_snap_forward(struct hv_pt_snap *ps, struct pt_cmd *pc);
+/* An abort or reset: a command still in the stack never reaches the SAN. */
+void hv_pt_snap_abort(struct hv_pt_snap *ps, struct pt_cmd *pc);
+int hv_pt_snap_view(struct hv_pt_snap *ps, struct bdev **top, struct snap_cbt **cbt,
+                    struct snap_cbw **cbw, struct hv_err *err);
+void hv_pt_snap_describe(struct hv_pt_snap *ps, json_t *obj);
+/* Close the stack (no guest command in it) before pt_lun_close; free after. */
+void hv_pt_snap_close(struct hv_pt_snap *ps);
+void hv_pt_snap_free(struct hv_pt_snap *ps);
+
 /* ------------------------------------------------ shared in hv/passthru_* */
 
 struct hv_pt_job;

@@ -233,6 +233,8 @@ struct pt_lu {
     char designator[SAN_DESIGNATOR_MAX];
     char initiator[SAN_NAME_MAX];
     bool is_full_scsi;
+    struct hv_pt_snap *snap;            /* backups: the stack writes go through */
+    char no_snap_why[512];              /* why there is none */
     struct lu_cmd *free_list;
     struct scsi_task *wait_head;        /* tasks waiting for a free lu_cmd */
     struct scsi_task *wait_tail;
@@ -351,6 +353,8 @@ static void start_task(struct pt_lu *pu, struct scsi_task *task)
     pc->done = cmd_done;
     pc->cb_arg = lc;
     pu->commands++;
+    if (pu->snap && hv_pt_snap_forward(pu->snap, pc))
+        return;
     pt_lun_submit(pu->pl, pc);
 }
 
@@ -382,6 +386,8 @@ static void lu_abort_task(struct scsi_lu *lu, struct scsi_task *task)
     struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
     for (int i = 0; i < PT_POOL; i++)
         if (pu->pool[i].task == task) {
+            if (pu->snap)
+                hv_pt_snap_abort(pu->snap, &pu->pool[i].pt);
             pt_lun_abort(pu->pl, &pu->pool[i].pt);
             return;
         }
@@ -401,8 +407,11 @@ static void lu_reset(struct scsi_lu *lu, const struct scsi_nexus *nexus)
     lu_reset_waiting(pu, NULL, nexus);
     for (int i = 0; i < PT_POOL; i++) {
         struct lu_cmd *lc = &pu->pool[i];
-        if (lc->task && (!nexus || lc->task->nexus == nexus))
+        if (lc->task && (!nexus || lc->task->nexus == nexus)) {
+            if (pu->snap)
+                hv_pt_snap_abort(pu->snap, &lc->pt);
             pt_lun_abort(pu->pl, &lc->pt);
+        }
     }
 }
 
@@ -411,6 +420,10 @@ static void lu_reset(struct scsi_lu *lu, const struct scsi_nexus *nexus)
 static void lu_lu_reset(struct scsi_lu *lu)
 {
     struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    if (pu->snap)
+        for (int i = 0; i < PT_POOL; i++)
+            if (pu->pool[i].task)
+                hv_pt_snap_abort(pu->snap, &pu->pool[i].pt);
     pt_lun_reset(pu->pl);
 }
 
@@ -442,11 +455,16 @@ static void lu_destroy(struct scsi_lu *lu)
 {
     struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
     /* Detached or deleted: the LUN leaves this host, release it. Daemon
-     * shutdown: keep the reservation, the restart takes it again. */
+     * shutdown: keep the reservation, the restart takes it again. The
+     * backup stack closes first (its tracker writes its state), and is
+     * freed once pt_lun has answered its own last command. */
+    if (pu->snap)
+        hv_pt_snap_close(pu->snap);
     if (pu->is_leaving)
         pt_lun_close_and_release(pu->pl);
     else
         pt_lun_close(pu->pl);
+    hv_pt_snap_free(pu->snap);
     free(pu);
 }
 
@@ -485,6 +503,11 @@ void hv_passthru_describe(struct scsi_lu *lu, json_t *obj)
         "{s:I, s:I, s:I}", "aborts_forwarded", (json_int_t)pt_lun_aborts_forwarded(pu->pl),
         "lun_resets_forwarded", (json_int_t)pt_lun_resets_forwarded(pu->pl),
         "san_unit_attentions", (json_int_t)pt_lun_uas_reported(pu->pl)));
+    if (pu->snap)
+        hv_pt_snap_describe(pu->snap, json_object_get(obj, "passthru"));
+    else if (pu->no_snap_why[0])
+        json_object_set_new(json_object_get(obj, "passthru"), "backup",
+                            json_pack("{s:s, s:s}", "view", "none", "why", pu->no_snap_why));
     if (pt_lun_foreign_key(pu->pl)) {
         char key[24];
         snprintf(key, sizeof(key), "0x%016" PRIx64, pt_lun_foreign_key(pu->pl));
@@ -1394,4 +1417,63 @@ int hv_passthru_request(struct hv_daemon *d, const char *op, const json_t *req,
         return ops[i].fn(d, req, result, err);
     }
     return -ENOSYS;
+}
+
+/* ------------------------------------------------------------ backups */
+
+static void snap_unit_attention(void *arg, const uint8_t *sense, size_t len)
+{
+    struct pt_lu *pu = arg;
+    ua_to_other_nexuses(pu, NULL, sense, len);
+}
+
+void hv_passthru_backup_enable(struct scsi_lu *lu, struct snap_gate *gate, const char *cbt_state,
+                               uint32_t chunk_bytes, unsigned spare_chunks)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    struct hv_err err = {0};
+    char name[SAN_NAME_MAX + 96];
+
+    if (!hv_lu_is_passthru(lu) || pu->snap)
+        return;
+    snprintf(name, sizeof(name), "%s LUN %" PRIu64, pu->target, pu->san_lun);
+    if (pu->is_full_scsi) {
+        snprintf(pu->no_snap_why, sizeof(pu->no_snap_why),
+                 "%s is passed through with --full-scsi: commands whose effect on its blocks "
+                 "hvstord cannot know (FORMAT UNIT, WRITE BUFFER, EXTENDED COPY, "
+                 "vendor-specific...) may reach it, so a copy-before-write backup could be "
+                 "silently wrong; let the array back it up, or attach it without --full-scsi",
+                 name);
+        return;
+    }
+    struct hv_pt_snap_options opt = {
+        .pl = pu->pl,
+        .reactor = pu->lu.reactor,
+        .name = name,
+        .gate = gate,
+        .cbt_state_path = cbt_state,
+        .chunk_bytes = chunk_bytes,
+        .spare_chunks = spare_chunks,
+        .max_commands = PT_POOL,
+        .on_unit_attention = snap_unit_attention,
+        .cb_arg = pu,
+    };
+    int ret = hv_pt_snap_create(&opt, &pu->snap, &err);
+    if (ret < 0) {
+        snprintf(pu->no_snap_why, sizeof(pu->no_snap_why), "%s", hv_err_msg(&err, ret));
+        hv_warn("%s: no backups: %s", name, pu->no_snap_why);
+    }
+}
+
+int hv_passthru_backup_view(struct scsi_lu *lu, struct bdev **top, struct snap_cbt **cbt,
+                            struct snap_cbw **cbw, struct hv_err *err)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+
+    if (!hv_lu_is_passthru(lu))
+        return hv_err_set(err, -EINVAL, "not a pass-through LUN");
+    if (pu->snap)
+        return hv_pt_snap_view(pu->snap, top, cbt, cbw, err);
+    return hv_err_set(err, -EOPNOTSUPP, "%s",
+                      pu->no_snap_why[0] ? pu->no_snap_why : "no backup view");
 }

@@ -121,6 +121,36 @@ void scsi_task_data_in(struct scsi_task *t, const void *buf, size_t len, size_t 
 uint64_t scsi_lun_decode(const uint8_t lun[8]);
 void scsi_lun_encode(uint64_t lun, uint8_t out[8]);
 
+/* ------------------------------------------------ CDB decoding (scsi_cdb.c) */
+
+/* The blocks a media-access CDB addresses: READ, WRITE, VERIFY, WRITE AND
+ * VERIFY, PRE-FETCH (6/10/12/16), ORWRITE(16), WRITE SAME(10/16), COMPARE
+ * AND WRITE. `blocks` as the CDB has it (a 0 means what the command says
+ * it means), except READ/WRITE(6), whose 0 is 256. False for any other
+ * opcode, or a CDB shorter than its opcode's group. */
+bool scsi_cdb_blocks(const uint8_t *cdb, size_t cdb_len, uint64_t *lba, uint64_t *blocks);
+/* Block descriptor `i` of an UNMAP parameter list. */
+void scsi_unmap_descriptor(const struct iovec *iov, int iovcnt, uint32_t i, uint64_t *lba,
+                           uint32_t *blocks);
+
+/* What a CDB does to the medium's blocks. */
+enum scsi_data_effect {
+    SCSI_EFFECT_NONE,    /* changes no block */
+    SCSI_EFFECT_RANGE,   /* may change the blocks of *ext, and no other */
+    SCSI_EFFECT_UNKNOWN, /* may change blocks the CDB does not name (FORMAT UNIT,
+                          * WRITE BUFFER, EXTENDED COPY, vendor-specific...) */
+};
+struct scsi_write_extent {
+    uint64_t lba;
+    uint64_t blocks;
+    bool is_to_end; /* WRITE SAME with 0 blocks: from lba to the last block */
+};
+/* `out` is the command's data-out (UNMAP's descriptors), `out_bytes` long.
+ * UNMAP gives the span of all its descriptors. */
+enum scsi_data_effect scsi_cdb_data_effect(const uint8_t *cdb, size_t cdb_len,
+                                           const struct iovec *out, int outcnt, size_t out_bytes,
+                                           struct scsi_write_extent *ext);
+
 #define SCSI_SENSE_NO_SENSE 0x0
 #define SCSI_SENSE_NOT_READY 0x2
 #define SCSI_SENSE_MEDIUM_ERROR 0x3

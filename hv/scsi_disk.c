@@ -365,26 +365,19 @@ static bool parse_rw(const struct scsi_task *t, struct rw_cdb *rw)
     const uint8_t *cdb = t->cdb;
     memset(rw, 0, sizeof(*rw));
     switch (cdb[0]) {
-    case 0x08:                      /* READ(6), WRITE(6): 21-bit LBA, 0 = 256 */
-    case 0x0A:
-        rw->lba = ((uint64_t)(cdb[1] & 0x1F) << 16) | hv_be16(cdb + 2);
-        rw->blocks = cdb[4] ? cdb[4] : 256;
-        return true;
+    case 0x08: case 0x0A:
     case 0x28: case 0x2A: case 0x2F: case 0x2E: case 0x34:
-        rw->lba = hv_be32(cdb + 2);
-        rw->blocks = hv_be16(cdb + 7);
-        break;
     case 0xA8: case 0xAA: case 0xAF: case 0xAE:
-        rw->lba = hv_be32(cdb + 2);
-        rw->blocks = hv_be32(cdb + 6);
-        break;
     case 0x88: case 0x8A: case 0x8F: case 0x8E: case 0x90:
-        rw->lba = hv_be64(cdb + 2);
-        rw->blocks = hv_be32(cdb + 10);
         break;
     default:
         return false;
     }
+    /* The whole CDB array: a short CDB reads as zeroes past its end. */
+    if (!scsi_cdb_blocks(cdb, SCSI_MAX_CDB, &rw->lba, &rw->blocks))
+        return false;
+    if (cdb[0] == 0x08 || cdb[0] == 0x0A)
+        return true;
     rw->protect = cdb[1] >> 5;
     rw->is_fua = cdb[1] & 0x08;
     return true;
@@ -756,8 +749,10 @@ static void cmd_compare_and_write(struct scsi_disk *d, struct scsi_task *t)
 {
     struct disk_cmd *c = disk_cmd(t);
     const uint8_t *cdb = t->cdb;
-    uint64_t lba = hv_be64(cdb + 2);
-    uint32_t blocks = cdb[13];
+    uint64_t lba = 0;
+    uint64_t blocks64 = 0;
+    scsi_cdb_blocks(cdb, SCSI_MAX_CDB, &lba, &blocks64);
+    uint32_t blocks = (uint32_t)blocks64;
 
     if (cdb[1] >> 5) {
         disk_fail_cdb(t, 1, 7);
@@ -901,8 +896,9 @@ static void cmd_write_same(struct scsi_disk *d, struct scsi_task *t)
     struct disk_cmd *c = disk_cmd(t);
     const uint8_t *cdb = t->cdb;
     bool is16 = cdb[0] == 0x93;
-    uint64_t lba = is16 ? hv_be64(cdb + 2) : hv_be32(cdb + 2);
-    uint64_t blocks = is16 ? hv_be32(cdb + 10) : hv_be16(cdb + 7);
+    uint64_t lba = 0;
+    uint64_t blocks = 0;
+    scsi_cdb_blocks(cdb, SCSI_MAX_CDB, &lba, &blocks);
     bool is_unmap = cdb[1] & 0x08;
     bool is_ndob = is16 && (cdb[1] & 0x01);
 
@@ -964,12 +960,8 @@ static void unmap_done(struct scsi_task *t, int status)
 static void read_unmap_descriptor(struct scsi_task *t, uint32_t i, uint64_t *lba,
                                   uint32_t *blocks)
 {
-    uint8_t desc[16];
-    hv_iov_to_buf(t->out_iov, t->out_iovcnt, 8 + 16 * (size_t)i, desc, sizeof(desc));
-    *lba = hv_be64(desc);
-    *blocks = hv_be32(desc + 8);
+    scsi_unmap_descriptor(t->out_iov, t->out_iovcnt, i, lba, blocks);
 }
-
 static void unmap_step(struct scsi_task *t)
 {
     struct disk_cmd *c = disk_cmd(t);

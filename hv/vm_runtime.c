@@ -243,6 +243,7 @@ static int disk_open(struct hv_runtime *rt, struct hv_vm *live, int controller, 
         ret = hv_passthru_disk_open(rt, vm, controller, slot, dc, disk, err);
         if (ret < 0)
             goto offline;
+        hv_snap_open_lun(rt, live, controller, slot, disk);
         return 0;
     }
     ret = hv_snap_open_disk(rt, live, controller, slot, dc, disk, err);

@@ -393,6 +393,32 @@ int hv_snap_open_disk(struct hv_runtime *rt, struct hv_vm *vm, int controller, i
     return 0;
 }
 
+void hv_snap_open_lun(struct hv_runtime *rt, struct hv_vm *vm, int controller, int slot,
+                      struct hv_disk *disk)
+{
+    char state[4096 + 128];
+    struct hv_err err = {0};
+
+    if (disk->cfg.is_read_only || !disk->lu || !hv_lu_is_passthru(disk->lu))
+        return;
+    if (rt->state_dir[0]) {
+        int ret = cbt_dir(rt, vm->cfg.name, &err);
+        if (ret < 0) {
+            /* Tracking without a state file: the next incremental after a
+             * restart is a full one, which is safe. */
+            hv_warn("VM '%s' c%d-s%d: %s", vm->cfg.name, controller, slot,
+                    hv_err_msg(&err, ret));
+            state[0] = 0;
+        } else {
+            cbt_path(rt, vm->cfg.name, controller, slot, state, sizeof(state));
+        }
+    } else {
+        state[0] = 0;
+    }
+    hv_passthru_backup_enable(disk->lu, vm->gate, state[0] ? state : NULL, TRACK_BYTES,
+                              CBW_SPARES);
+}
+
 void hv_snap_retire_gate(struct hv_runtime *rt, struct hv_vm *vm)
 {
     struct snap_gate **grown;
@@ -416,7 +442,7 @@ void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, jso
     json_t *layers = layers_get(vm->cfg.extra, controller, slot);
 
     if (!disk || disk->cfg.kind == HV_DISK_LUN)
-        return;
+        return; /* its backup view is in "passthru" (hv_passthru_describe) */
     if (!is_stats) {
         json_object_set_new(obj, "top",
                             json_string(top_of(vm->cfg.extra, controller, slot, disk->cfg.path)));
@@ -645,13 +671,27 @@ static int run_build(struct hv_daemon *d, struct hv_vm *vm, enum run_kind kind,
             if (!disk || disk->cfg.is_read_only)
                 continue;
             int ret = 0;
-            if (disk->cfg.kind == HV_DISK_LUN)
-                ret = hv_err_set(err, -EOPNOTSUPP,
-                                 "VM '%s': controller %d slot %d is a SAN "
-                                 "LUN: its array takes its snapshots and backups, hvstord "
-                                 "cannot",
-                                 vm->cfg.name, c, s);
-            else if (!disk->lu || !disk->image)
+            struct bdev *lun_view = NULL;
+            struct snap_cbt *lun_cbt = NULL;
+            struct snap_cbw *lun_cbw = NULL;
+            if (disk->cfg.kind == HV_DISK_LUN || (disk->lu && hv_lu_is_passthru(disk->lu))) {
+                /* Read through copy-before-write, as a raw disk is. */
+                if (!disk->lu)
+                    ret = hv_err_set(err, -ENODEV,
+                                     "VM '%s': controller %d slot %d is offline (%s): "
+                                     "it would be missing",
+                                     vm->cfg.name, c, s, disk->error);
+                else if (kind == RUN_CHECKPOINT)
+                    ret = hv_err_set(err, -EOPNOTSUPP,
+                                     "VM '%s': controller %d slot %d is a pass-through "
+                                     "LUN (%s): it cannot get a differencing child, so "
+                                     "checkpoints need it detached; `backup create` covers "
+                                     "it (copy-before-write)",
+                                     vm->cfg.name, c, s, disk->cfg.path);
+                else if ((ret = hv_passthru_backup_view(disk->lu, &lun_view, &lun_cbt,
+                                                        &lun_cbw, err)) < 0)
+                    hv_err_prefix(err, "VM '%s': controller %d slot %d", vm->cfg.name, c, s);
+            } else if (!disk->lu || !disk->image)
                 ret = hv_err_set(err, -ENODEV,
                                  "VM '%s': controller %d slot %d is offline (%s): "
                                  "it would be missing",
@@ -672,10 +712,10 @@ static int run_build(struct hv_daemon *d, struct hv_vm *vm, enum run_kind kind,
             struct snap_disk *sd = &run->disks[n];
             sd->controller = c;
             sd->slot = s;
-            sd->top_bdev = disk->image;
+            sd->top_bdev = lun_view ? lun_view : disk->image;
             sd->top = disk->top;
-            sd->cbt = disk->cbt;
-            sd->cbw = disk->cbw;
+            sd->cbt = lun_view ? lun_cbt : disk->cbt;
+            sd->cbw = lun_view ? lun_cbw : disk->cbw;
             if (disk->top)
                 snprintf(sd->vhd_path, sizeof(sd->vhd_path), "%s",
                          top_of(vm->cfg.extra, c, s, disk->cfg.path));
