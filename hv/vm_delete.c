@@ -11,6 +11,7 @@
  * silently. The definition's keys are those vm_snapshot.c writes.
  */
 #include "hv_internal.h"
+#include "passthru_int.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -105,12 +106,23 @@ void hv_snap_vm_deleted(struct hv_runtime *rt, struct hv_vm *vm)
     DIR *d;
     struct dirent *de;
 
-    /* Retired disks close later; their trackers must not write the state
-     * back into the directory removed here. */
+    /* Retired disks close later; their trackers (an image's, or a SAN
+     * LUN's inside its LU) must not write the state back into the
+     * directory removed here. */
     for (int c = 0; c < HV_MAX_CONTROLLERS; c++)
-        for (int s = 0; s < HV_SLOTS_PER_CONTROLLER; s++)
-            if (vm->disks[c][s] && vm->disks[c][s]->cbt)
-                snap_cbt_forget_state(vm->disks[c][s]->cbt);
+        for (int s = 0; s < HV_SLOTS_PER_CONTROLLER; s++) {
+            struct hv_disk *disk = vm->disks[c][s];
+            struct snap_cbt *cbt = disk ? disk->cbt : NULL;
+            if (disk && !cbt && disk->lu && hv_lu_is_passthru(disk->lu)) {
+                struct bdev *top;
+                struct snap_cbw *cbw;
+                struct hv_err ignored = {0};
+                if (hv_passthru_backup_view(disk->lu, &top, &cbt, &cbw, &ignored) < 0)
+                    cbt = NULL;
+            }
+            if (cbt)
+                snap_cbt_forget_state(cbt);
+        }
     if (!rt->state_dir[0])
         return;
     snprintf(dir, sizeof(dir), "%s/cbt/%s", rt->state_dir, vm->cfg.name);

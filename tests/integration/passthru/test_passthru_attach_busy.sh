@@ -5,7 +5,8 @@
 # is accepted (a job), then VM a's rate-limited backup starts, tgtd resumes,
 # the checks pass, and hvstord says the attach waits. Meanwhile the job is
 # "running" and VM a shows no LUN in that slot; after the backup the LUN is
-# attached and the backup restores to the VM's disk.
+# attached and the backup restores to the VM's disk. Deleting the VM then
+# removes its tracking state, which its closing disks do not write back.
 source "$(dirname "$0")/pt_lib.sh"
 pt_setup
 command -v qemu-io >/dev/null && command -v qemu-img >/dev/null || skip "qemu-io/qemu-img not installed"
@@ -83,4 +84,14 @@ hvctl_ 1 --json vm show a >"$out" || fail "vm show a"
 hvctl_ 1 backup restore "$WORK/bk" --to "$WORK/rs" >/dev/null || fail "restore"
 qemu-img convert -f vpc -O raw "$WORK/rs/c0-s0.vhd" "$WORK/rs.raw"
 head -c 8M "$WORK/rs.raw" | tr -d '\134' | wc -c | grep -qx 0 || fail "the backup does not hold a's 8 MiB"
+step "vm delete: the VM's tracking state (its VHD's and its SAN LUN's) goes, and stays gone"
+[ -d "$WORK/st1/cbt/a" ] || fail "no tracking state for a: $(ls -R "$WORK/st1")"
+echo "cbt/a before the delete: $(ls "$WORK/st1/cbt/a" | tr "\n" " ")"
+hvctl_ 1 vm delete a >/dev/null || fail "vm delete a"
+[ ! -e "$WORK/st1/cbt/a" ] || fail "cbt/a left by vm delete: $(ls "$WORK/st1/cbt/a")"
+kill -TERM "${HVD_PID[1]}"
+wait "${HVD_PID[1]}" || fail "hvstord exited $? at SIGTERM"
+HVD_PID[1]=
+[ ! -e "$WORK/st1/cbt/a" ] || fail "cbt/a written back when a's disks closed: $(ls "$WORK/st1/cbt/a")"
+grep -i "cbt.*No such file" "$WORK/hvstord1.log" && fail "closing a deleted VM's disks tried to write its state"
 echo "PASS"
