@@ -36,10 +36,9 @@ static json_t *disks_in_layers(const struct hv_vm *vm)
             continue;
         if (!out)
             out = json_array();
-        json_array_append_new(out, json_pack("{s:i, s:i, s:O, s:O, s:O}", "controller", c,
-                                             "slot", s, "attached", json_array_get(chain, 0),
-                                             "newest", json_array_get(chain, n - 1), "chain",
-                                             chain));
+        json_array_append_new(out, json_pack("{s:i, s:i, s:O, s:O, s:O}", "controller", c, "slot",
+                                             s, "attached", json_array_get(chain, 0), "newest",
+                                             json_array_get(chain, n - 1), "chain", chain));
     }
     return out;
 }
@@ -80,13 +79,16 @@ int hv_snap_may_delete(const struct hv_vm *vm, bool is_forced, json_t **kept, st
     checkpoint_names(vm, names, sizeof(names));
     files[0] = 0;
     json_array_foreach(disks, i, dk)
-        if (len < sizeof(files))
-            len += (size_t)snprintf(files + len, sizeof(files) - len, "%sc%d-s%d in %s (over %s)",
-                                    len ? "; " : "",
-                                    (int)json_integer_value(json_object_get(dk, "controller")),
-                                    (int)json_integer_value(json_object_get(dk, "slot")),
-                                    json_string_value(json_object_get(dk, "newest")),
-                                    json_string_value(json_object_get(dk, "attached")));
+    {
+        if (len >= sizeof(files))
+            break;
+        len += (size_t)snprintf(files + len, sizeof(files) - len, "%sc%d-s%d in %s (over %s)",
+                                len ? "; " : "",
+                                (int)json_integer_value(json_object_get(dk, "controller")),
+                                (int)json_integer_value(json_object_get(dk, "slot")),
+                                json_string_value(json_object_get(dk, "newest")),
+                                json_string_value(json_object_get(dk, "attached")));
+    }
     json_decref(disks);
     return hv_err_set(err, -EBUSY,
                       "VM '%s' has %s%s%s: the newest data of its disks is not in the attached "
@@ -94,9 +96,10 @@ int hv_snap_may_delete(const struct hv_vm *vm, bool is_forced, json_t **kept, st
                       "delete, newest first) so that the attached images hold everything, or "
                       "give --force to delete the VM and keep those files",
                       vm->cfg.name, names[0] ? "checkpoints " : "the cut of an unfinished backup",
-                      names, json_object_get(vm->cfg.extra, "backup_children") && names[0]
-                                 ? " and the cut of an unfinished backup"
-                                 : "",
+                      names,
+                      json_object_get(vm->cfg.extra, "backup_children") && names[0]
+                          ? " and the cut of an unfinished backup"
+                          : "",
                       files);
 }
 
