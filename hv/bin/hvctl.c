@@ -198,6 +198,8 @@ static void print_vm(const json_t *vm)
         printf("  guest agent: %s  ", json_string_value(json_object_get(a, "spec")));
         if (json_is_true(json_object_get(a, "answers")))
             printf("answers (%s)\n", version ? version : "?");
+        else if (json_is_null(json_object_get(a, "answers")))
+            printf("%s\n", error ? error : "not asked");
         else
             printf("does not answer: %s\n", error ? error : "?");
     }

@@ -39,6 +39,12 @@ hvctl vm set b --initiator "$INI" --initiator iqn.2026-11.org.hvstor.test:other 
     hv_fail "vm set b during a's backup"
 hvctl disk attach c --controller 0 --slot 0 --vhd "$HV_TMP/c.vhd" --create 16M >/dev/null ||
     hv_fail "attach to c during a's backup"
+# vm show of a VM with an agent does not ask it while a's backup runs (it
+# would run turns inside it) and says so, not that the agent is dead.
+hvctl vm set c --agent "hvstor-vss:$HV_TMP/c-agent.sock" >/dev/null || hv_fail "vm set c --agent"
+hvctl --json vm show c >"$HV_TMP/c.json" || hv_fail "vm show c during a's backup"
+[ "$(json_get "$HV_TMP/c.json" 'j["agent"]["answers"]')" = None ] || hv_fail "c's agent: $(cat "$HV_TMP/c.json")"
+hvctl vm show c | grep -q "not asked: another request is running" || hv_fail "vm show c: $(hvctl vm show c)"
 hvctl vm delete c >/dev/null || hv_fail "vm delete c during a's backup"
 # The order is the point: all of the above was answered while a's backup
 # still ran (it takes 16 s; they take a fraction of one).
