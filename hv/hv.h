@@ -70,8 +70,9 @@ struct hv_disk_config {
     enum hv_disk_kind kind;
     char path[4096];                    /* absolute */
     bool is_read_only;
-    char designator[80];                /* HV_DISK_LUN, _FC: VPD 0x83 id it must carry */
-    bool is_full_scsi;                  /* HV_DISK_LUN: no CDB filter */
+    char designator[80];                /* HV_DISK_LUN, _FC, and HV_DISK_DEV passed
+                                         * through with SG_IO: VPD 0x83 id it must carry */
+    bool is_full_scsi;                  /* with a designator: no CDB filter */
 };
 
 struct hv_chap {

@@ -36,7 +36,7 @@ static const char lun_usage[] =
     "       hvctl disk attach VM --controller N --slot M --fc-lun TARGET_WWPN:LUN\n"
     "                            [--full-scsi] [--force]\n"
     "       hvctl disk attach VM --controller N --slot M --device /dev/X [--force]\n"
-    "                            [--read-only]\n"
+    "                            [--full-scsi | --read-only]\n"
     "       hvctl disk takeover VM --controller N --slot M\n"
     "\n"
     "attach --lun hands a whole SAN LUN to the VM, after checking that the VM's\n"
@@ -57,8 +57,12 @@ static const char lun_usage[] =
     "The checks of --lun and --fc-lun run beside the VMs' I/O, not in its way:\n"
     "hvctl waits for their answer (up to --timeout).\n"
     "--device hands a whole local block device to the VM: refused when mounted or\n"
-    "held (LVM, MD, dm) on the host, or when it carries a signature (unless\n"
-    "--force); claimed O_EXCL for as long as it is attached.\n"
+    "held (LVM, MD, dm) on the host, when another VM holds it, or when it carries\n"
+    "a signature (unless --force); claimed O_EXCL for as long as it is attached.\n"
+    "A SCSI disk with a VPD 0x83 id is passed through with SG_IO: the guest's\n"
+    "commands reach the disk itself (filtered unless --full-scsi), and the slot\n"
+    "follows that id if the disk's name changes. Other devices (and --read-only)\n"
+    "are served through hvstor's SBC emulation.\n"
     "takeover preempts another host's reservation (as fence_scsi does): only\n"
     "when that host is dead.\n";
 
@@ -435,6 +439,12 @@ static int cmd_lun_disk(const struct cli *cli, int argc, char **argv)
             printf("VM '%s': device %s (%s) attached%s%s\n", str(result, "name"),
                    str(a, "device"), str(a, "sysfs_name"), str(a, "forced_over")[0]
                    ? "; forced over: " : "", str(a, "forced_over"));
+            if (!strcmp(str(a, "transport"), "sg_io"))
+                printf("SCSI pass-through (SG_IO): %s %s, %s%s\n", str(a, "vendor"),
+                       str(a, "product"), str(a, "designator"),
+                       json_is_true(json_object_get(a, "full_scsi")) ? ", full SCSI" : "");
+            else if (str(a, "why")[0])
+                printf("SBC emulation over the raw device: %s\n", str(a, "why"));
         }
         json_decref(result);
         return 0;

@@ -12,6 +12,9 @@
 #include "hv_internal.h"
 #include "npiv.h"
 
+struct pt_local_facts;
+struct pt_lun;
+
 struct hv_passthru_options {
     const char *state_dir;
     const char *sysfs_root;             /* FC transport; NULL: "/sys" */
@@ -41,6 +44,24 @@ void hv_passthru_leaving(struct scsi_lu *lu);
 int hv_passthru_open_device(struct hv_runtime *rt, const struct hv_disk_config *dc,
                             bool no_direct_io, struct bdev **out, int *lock_fd,
                             struct hv_err *err);
+/* Local SCSI disks, SG_IO pass-through (passthru_sg.c). At `disk attach
+ * --device`, after pt_check_local_device: a SCSI disk that answers SG_IO and
+ * has a designator gets dc->designator (and is_full_scsi), anything else
+ * stays the raw bdev; *info says which and why (merged into the answer).
+ * -EBUSY when another VM holds the designator, -EINVAL for --full-scsi on a
+ * disk that cannot have it. */
+int hv_passthru_sg_prepare(struct hv_daemon *d, const char *path,
+                           const struct pt_local_facts *facts, bool is_full_scsi,
+                           struct hv_disk_config *dc, json_t **info, struct hv_err *err);
+/* disk_open for kind "dev" with a designator: find the disk by it, refuse it
+ * when mounted or held, claim it O_EXCL (disk->lock_fd), open its pt_lun. */
+int hv_passthru_sg_disk_open(struct hv_runtime *rt, const struct hv_disk_config *dc,
+                             struct hv_disk *disk, struct hv_err *err);
+/* The pass-through LU (passthru_lu.c) around a local disk's pt_lun; closes
+ * pl on failure. */
+int hv_passthru_lu_local(struct hv_runtime *rt, const struct hv_disk_config *dc,
+                         struct pt_lun *pl, const char *node, struct hv_disk *disk,
+                         struct hv_err *err);
 /* State, designator, SAN address, counters for `vm show` / `disk stats`. */
 void hv_passthru_describe(struct scsi_lu *lu, json_t *obj);
 

@@ -227,6 +227,7 @@ struct lu_cmd {
 struct pt_lu {
     struct scsi_lu lu;
     struct pt_lun *pl;
+    char device[4096];                  /* a local SCSI disk: the node it is at now */
     char san[64];
     char target[SAN_NAME_MAX];
     uint64_t san_lun;
@@ -488,9 +489,15 @@ bool hv_lu_is_passthru(const struct scsi_lu *lu)
     return lu && lu->ops == &pt_lu_ops;
 }
 
+static void describe_local(struct pt_lu *pu, json_t *obj);
+
 void hv_passthru_describe(struct scsi_lu *lu, json_t *obj)
 {
     struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    if (pu->device[0]) {
+        describe_local(pu, obj);
+        return;
+    }
     json_object_set_new(obj, "passthru", json_pack(
         "{s:s, s:s, s:I, s:s, s:s, s:b, s:s, s:s, s:I, s:I, s:I, s:I}", "san", pu->san,
         "target", pu->target, "san_lun", (json_int_t)pu->san_lun, "designator",
@@ -513,6 +520,52 @@ void hv_passthru_describe(struct scsi_lu *lu, json_t *obj)
         snprintf(key, sizeof(key), "0x%016" PRIx64, pt_lun_foreign_key(pu->pl));
         json_object_set_new(json_object_get(obj, "passthru"), "reserved_by", json_string(key));
     }
+}
+
+static void describe_local(struct pt_lu *pu, json_t *obj)
+{
+    json_object_set_new(obj, "passthru", json_pack(
+        "{s:s, s:s, s:s, s:b, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:i}", "transport", "sg_io",
+        "device", pu->device, "designator", pu->designator, "full_scsi", pu->is_full_scsi,
+        "state", pt_state_name(pt_lun_state(pu->pl)), "why", pt_lun_why(pu->pl), "commands",
+        (json_int_t)pu->commands, "errors", (json_int_t)pu->errors, "forwarded",
+        (json_int_t)pt_lun_forwarded(pu->pl), "filtered", (json_int_t)pt_lun_filtered(pu->pl),
+        "inflight", (json_int_t)pt_lun_inflight(pu->pl), "max_in_device",
+        (int)pt_lun_max_in_device(pu->pl)));
+}
+
+static void lu_init(struct pt_lu *pu, struct hv_runtime *rt, const struct hv_disk_config *dc)
+{
+    snprintf(pu->designator, sizeof(pu->designator), "%s", dc->designator);
+    pu->is_full_scsi = dc->is_full_scsi;
+    pu->lu.ops = &pt_lu_ops;
+    pu->lu.reactor = rt->reactor;
+    for (int i = PT_POOL - 1; i >= 0; i--) {
+        pu->pool[i].owner = pu;
+        pu->pool[i].next_free = pu->free_list;
+        pu->free_list = &pu->pool[i];
+    }
+}
+
+/* A local SCSI disk (passthru_sg.c opened its pt_lun): the same LU as a SAN
+ * LUN's, so the guest's CDBs take the same road up to the transport. */
+int hv_passthru_lu_local(struct hv_runtime *rt, const struct hv_disk_config *dc,
+                         struct pt_lun *pl, const char *node, struct hv_disk *disk,
+                         struct hv_err *err)
+{
+    struct pt_lu *pu = calloc(1, sizeof(*pu));
+
+    if (!pu) {
+        pt_lun_close(pl);
+        return hv_err_set(err, -ENOMEM, "out of memory");
+    }
+    lu_init(pu, rt, dc);
+    pu->pl = pl;
+    snprintf(pu->device, sizeof(pu->device), "%s", node);
+    disk->lu = &pu->lu;
+    disk->image = NULL;
+    snprintf(disk->bd.name, sizeof(disk->bd.name), "%s", dc->path);
+    return 0;
 }
 
 /* "/san/NAME/TARGET/LUN": the slot's path, readable in `vm show`. */
@@ -587,16 +640,8 @@ int hv_passthru_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm, 
     }
     if ((ret = san_load(p, pu->san, &san, err)) < 0 || (ret = hv_passthru_vm_identity(vm, &id, err)) < 0)
         goto fail;
-    snprintf(pu->designator, sizeof(pu->designator), "%s", dc->designator);
     snprintf(pu->initiator, sizeof(pu->initiator), "%s", id.iqn);
-    pu->is_full_scsi = dc->is_full_scsi;
-    pu->lu.ops = &pt_lu_ops;
-    pu->lu.reactor = rt->reactor;
-    for (int i = PT_POOL - 1; i >= 0; i--) {
-        pu->pool[i].owner = pu;
-        pu->pool[i].next_free = pu->free_list;
-        pu->free_list = &pu->pool[i];
-    }
+    lu_init(pu, rt, dc);
     memset(&opt, 0, sizeof(opt));
     san_options(&san, pu->target, pu->initiator, &opt.san);
     derive_isid(vm, controller, slot, &opt.san.isid_random, &opt.san.isid_qualifier);
@@ -626,10 +671,9 @@ fail:
  * A whole local block device for one VM. The host-wide claim is the kernel's
  * own: an O_EXCL open, which fails while the device is mounted, part of an
  * LVM/MD/dm stack, or claimed by another VM (of this or another hvstord),
- * and makes a later mount on the host fail in turn. SCSI devices would be
- * best forwarded with SG_IO (the guest's CDBs as they are); that path is not
- * written yet, so every device is served through the SBC emulation over a
- * raw bdev, and a SCSI device says so in the log.
+ * and makes a later mount on the host fail in turn. A SCSI disk with a
+ * designator does not come here: it is passed through with SG_IO
+ * (passthru_sg.c); this is the raw bdev under the SBC emulation for the rest.
  */
 int hv_passthru_open_device(struct hv_runtime *rt, const struct hv_disk_config *dc,
                             bool no_direct_io, struct bdev **out, int *lock_fd,
@@ -650,10 +694,6 @@ int hv_passthru_open_device(struct hv_runtime *rt, const struct hv_disk_config *
         ret = pt_claim_local_device(dc->path, dc->is_read_only, lock_fd, err);
         if (ret < 0)
             return ret;
-        if (facts.is_scsi)
-            hv_warn("%s (%s) is a SCSI device: SG_IO pass-through is not implemented; the "
-                    "guest gets hvstor's SBC emulation over the raw device", dc->path,
-                    facts.sysfs_name);
     }
     return bdev_raw_open(rt->reactor, dc->path, &opt, out, err);
 }
@@ -671,6 +711,7 @@ static int req_attach_dev(struct hv_daemon *d, const json_t *req, json_t **resul
     char who[160];
     json_int_t controller = -1;
     json_int_t slot = -1;
+    json_t *sg_info = NULL;
     int ret;
 
     if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
@@ -695,13 +736,21 @@ static int req_attach_dev(struct hv_daemon *d, const json_t *req, json_t **resul
     dc.kind = HV_DISK_DEV;
     snprintf(dc.path, sizeof(dc.path), "%s", path);
     dc.is_read_only = json_is_true(json_object_get(req, "read_only"));
-    ret = hv_vm_attach(rt, vm, (int)controller, (int)slot, &dc, err);
+    /* a SCSI disk: SG_IO pass-through when it can be (passthru_sg.c) */
+    ret = hv_passthru_sg_prepare(d, path, &facts, json_is_true(json_object_get(req, "full_scsi")),
+                                 &dc, &sg_info, err);
     if (ret < 0)
         return ret;
+    ret = hv_vm_attach(rt, vm, (int)controller, (int)slot, &dc, err);
+    if (ret < 0) {
+        json_decref(sg_info);
+        return ret;
+    }
     ret = hv_registry_save(hv_daemon_registry(d), &vm->cfg, err);
     if (ret < 0) {
         struct hv_err ignored = {0};
         hv_vm_detach(rt, vm, (int)controller, (int)slot, &ignored);
+        json_decref(sg_info);
         return ret;
     }
     hv_info("VM '%s': device %s (%s, %" PRIu64 " bytes%s) attached at controller %d LUN %d",
@@ -712,6 +761,8 @@ static int req_attach_dev(struct hv_daemon *d, const json_t *req, json_t **resul
         "{s:s, s:s, s:I, s:b, s:s}", "device", path, "sysfs_name", facts.sysfs_name,
         "size_bytes", (json_int_t)facts.size_bytes, "is_scsi", facts.is_scsi, "forced_over",
         facts.in_use));
+    if (sg_info)
+        json_object_update_new(json_object_get(*result, "attached"), sg_info);
     return 0;
 }
 
@@ -1436,7 +1487,10 @@ void hv_passthru_backup_enable(struct scsi_lu *lu, struct snap_gate *gate, const
 
     if (!hv_lu_is_passthru(lu) || pu->snap)
         return;
-    snprintf(name, sizeof(name), "%s LUN %" PRIu64, pu->target, pu->san_lun);
+    if (pu->device[0])
+        snprintf(name, sizeof(name), "%.*s", (int)sizeof(name) - 1, pu->device);
+    else
+        snprintf(name, sizeof(name), "%s LUN %" PRIu64, pu->target, pu->san_lun);
     if (pu->is_full_scsi) {
         snprintf(pu->no_snap_why, sizeof(pu->no_snap_why),
                  "%s is passed through with --full-scsi: commands whose effect on its blocks "

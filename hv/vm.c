@@ -327,7 +327,7 @@ json_t *hv_vm_config_to_json(const struct hv_vm_config *vm)
             json_t *disk = json_pack("{s:i, s:s, s:s, s:b}", "slot", s, "kind",
                                      hv_disk_kind_name(d->kind), "path", d->path, "read_only",
                                      d->is_read_only);
-            if (d->kind == HV_DISK_LUN) {
+            if (d->kind == HV_DISK_LUN || (d->kind == HV_DISK_DEV && d->designator[0])) {
                 json_object_set_new(disk, "designator", json_string(d->designator));
                 json_object_set_new(disk, "full_scsi", json_boolean(d->is_full_scsi));
             } else if (d->kind == HV_DISK_FC) {
@@ -488,6 +488,20 @@ int hv_vm_config_from_json(const json_t *obj, const char *what, struct hv_vm_con
                 }
                 snprintf(dc->designator, sizeof(dc->designator), "%s", designator);
                 dc->is_full_scsi = is_full_scsi;
+            } else if (dc->kind == HV_DISK_DEV) {
+                /* with a designator: a local SCSI disk passed through (SG_IO) */
+                const char *designator = NULL;
+                int is_full_scsi = 0;
+                if (json_unpack((json_t *)d, "{s?s, s?b}", "designator", &designator,
+                                "full_scsi", &is_full_scsi) != 0 ||
+                    (designator && strlen(designator) >= sizeof(dc->designator))) {
+                    ret = hv_err_set(err, -EINVAL, "%s: controller %zu slot %lld: bad "
+                                     "'designator'", what, i, (long long)slot);
+                    goto fail;
+                }
+                snprintf(dc->designator, sizeof(dc->designator), "%s",
+                         designator ? designator : "");
+                dc->is_full_scsi = is_full_scsi && designator && designator[0];
             }
         }
     }

@@ -246,6 +246,14 @@ static int disk_open(struct hv_runtime *rt, struct hv_vm *live, int controller, 
         hv_snap_open_lun(rt, live, controller, slot, disk);
         return 0;
     }
+    if (dc->kind == HV_DISK_DEV && dc->designator[0]) {
+        /* a local SCSI disk: the same LU, CDBs by SG_IO (passthru_sg.c) */
+        ret = hv_passthru_sg_disk_open(rt, dc, disk, err);
+        if (ret < 0)
+            goto offline;
+        hv_snap_open_lun(rt, live, controller, slot, disk);   /* backups, as a SAN LUN's */
+        return 0;
+    }
     ret = hv_snap_open_disk(rt, live, controller, slot, dc, disk, err);
     if (ret < 0)
         goto offline;
@@ -644,9 +652,9 @@ int hv_vm_resize(struct hv_vm *vm, int controller, int slot, uint64_t size_bytes
     if (!disk->lu)
         return hv_err_set(err, -ENODEV, "VM '%s': controller %d slot %d is offline: %s",
                           vm->cfg.name, controller, slot, disk->error);
-    if (disk->cfg.kind == HV_DISK_LUN)
-        return hv_err_set(err, -EOPNOTSUPP, "%s: a pass-through LUN is resized on the SAN; "
-                          "the guest sees the array's CAPACITY DATA HAS CHANGED",
+    if (hv_lu_is_passthru(disk->lu))
+        return hv_err_set(err, -EOPNOTSUPP, "%s: a pass-through LUN is resized on the SAN "
+                          "or the device; the guest sees its own CAPACITY DATA HAS CHANGED",
                           disk->cfg.path);
     if (disk->bd.is_read_only)
         return hv_err_set(err, -EROFS, "%s: attached read-only, not resizing", disk->cfg.path);

@@ -441,7 +441,7 @@ void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, jso
     const struct hv_disk *disk = vm->disks[controller][slot];
     json_t *layers = layers_get(vm->cfg.extra, controller, slot);
 
-    if (!disk || disk->cfg.kind == HV_DISK_LUN)
+    if (!disk || disk->cfg.kind == HV_DISK_LUN || (disk->lu && hv_lu_is_passthru(disk->lu)))
         return; /* its backup view is in "passthru" (hv_passthru_describe) */
     if (!is_stats) {
         json_object_set_new(obj, "top",

@@ -105,6 +105,77 @@ bool pt_cdb_is_allowed(const uint8_t *cdb, size_t cdb_len, bool is_full_scsi)
     return find(cdb, cdb_len) != NULL;
 }
 
+/*
+ * SG_IO cannot tell an initiator's expected length from the device's: the
+ * kernel maps the buffer it is given and the device moves what its CDB says.
+ * Knowing what the CDB says lets the SG_IO path hand the device exactly that
+ * (no more data-out than the command takes, a read landing in a buffer big
+ * enough) and compute the iSCSI residual itself (SBC-3 lengths; a zero
+ * transfer length of READ(6)/WRITE(6) means 256 blocks).
+ */
+bool pt_cdb_data_bytes(const uint8_t *cdb, size_t cdb_len, uint32_t block_bytes,
+                       enum san_xfer *dir, uint64_t *bytes)
+{
+    uint64_t blocks;
+    unsigned bytchk;
+
+    if (cdb_len == 0 || block_bytes == 0)
+        return false;
+    if (cdb_length_for(cdb[0]) == 0 || cdb_len < cdb_length_for(cdb[0]))
+        return false;
+    switch (cdb[0]) {
+    case 0x08:                          /* READ(6) */
+    case 0x0A:                          /* WRITE(6) */
+        blocks = cdb[4] ? cdb[4] : 256;
+        *dir = cdb[0] == 0x08 ? SAN_XFER_READ : SAN_XFER_WRITE;
+        break;
+    case 0x28:                          /* READ(10) */
+    case 0xA8:                          /* READ(12) */
+    case 0x88:                          /* READ(16) */
+        blocks = cdb[0] == 0x28 ? hv_be16(cdb + 7) : cdb[0] == 0xA8 ? hv_be32(cdb + 6)
+                 : hv_be32(cdb + 10);
+        *dir = SAN_XFER_READ;
+        break;
+    case 0x2A: case 0x2E:               /* WRITE(10), WRITE AND VERIFY(10) */
+    case 0xAA: case 0xAE:               /* (12) */
+    case 0x8A: case 0x8E:               /* (16) */
+        blocks = cdb[0] <= 0x2E ? hv_be16(cdb + 7) : cdb[0] >= 0xAA ? hv_be32(cdb + 6)
+                 : hv_be32(cdb + 10);
+        *dir = SAN_XFER_WRITE;
+        break;
+    case 0x2F: case 0xAF: case 0x8F:    /* VERIFY(10/12/16): data per BYTCHK */
+        blocks = cdb[0] == 0x2F ? hv_be16(cdb + 7) : cdb[0] == 0xAF ? hv_be32(cdb + 6)
+                 : hv_be32(cdb + 10);
+        bytchk = (cdb[1] >> 1) & 3;
+        if (bytchk == 2)
+            return false;               /* reserved: the device says what it is */
+        if (bytchk == 0)
+            blocks = 0;
+        else if (bytchk == 3)
+            blocks = blocks ? 1 : 0;    /* one block, compared against each */
+        *dir = SAN_XFER_WRITE;
+        break;
+    case 0x41:                          /* WRITE SAME(10) */
+        blocks = 1;
+        *dir = SAN_XFER_WRITE;
+        break;
+    case 0x93:                          /* WRITE SAME(16): NDOB = no data-out */
+        blocks = (cdb[1] & 1) ? 0 : 1;
+        *dir = SAN_XFER_WRITE;
+        break;
+    case 0x89:                          /* COMPARE AND WRITE: verify + write data */
+        blocks = 2 * (uint64_t)cdb[13];
+        *dir = SAN_XFER_WRITE;
+        break;
+    default:
+        return false;
+    }
+    *bytes = blocks * block_bytes;
+    if (*bytes == 0)
+        *dir = SAN_XFER_NONE;
+    return true;
+}
+
 const char *pt_cdb_name(const uint8_t *cdb, size_t cdb_len, char *buf, size_t len)
 {
     const struct allowed *a = cdb_len ? find(cdb, cdb_len) : NULL;

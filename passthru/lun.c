@@ -15,6 +15,7 @@
 #include <stdlib.h>
 
 #include "passthru.h"
+#include "sg_int.h"
 
 #define PT_TYPE SAN_PR_TYPE_WRITE_EXCLUSIVE_REGISTRANTS_ONLY
 #define RETRY_FIRST_LOGIN_MS 2000
@@ -37,6 +38,7 @@ struct pt_lun {
     void *cb_arg;
 
     struct san_session *s;
+    struct pt_sg *sg;               /* a local SCSI disk: SG_IO instead of s */
     enum pt_state state;
     char why[512];
     bool has_logged_in;             /* the session reconnects by itself from then on */
@@ -127,6 +129,12 @@ static void forward(struct pt_lun *pl, struct pt_cmd *cmd)
 {
     struct san_cmd *sc = &cmd->san;
 
+    if (pl->sg) {
+        pt_sg_submit(pl->sg, cmd);
+        pl->forwarded++;
+        return;
+    }
+
     sc->lun = pl->lun;
     memcpy(sc->cdb, cmd->cdb, SAN_CDB_MAX);
     sc->cdb_len = cmd->cdb_len;
@@ -170,6 +178,9 @@ static void release_waiting(struct pt_lun *pl)
 void pt_lun_abort_waiting(struct pt_lun *pl)
 {
     struct pt_cmd *cmd = pl->wait_head;
+
+    if (pl->sg)
+        pt_sg_abort_queued(pl->sg);
     pl->wait_head = pl->wait_tail = NULL;
     while (cmd) {
         struct pt_cmd *next = cmd->next;
@@ -189,7 +200,9 @@ void pt_lun_submit(struct pt_lun *pl, struct pt_cmd *cmd)
         finish_local(cmd, SAN_STATUS_CHECK_CONDITION, 0x5, 0x20, 0x00);
         return;
     }
-    if (!pl->is_full_scsi && cmd->cdb[0] == 0x5F && cmd->dir == SAN_XFER_WRITE) {
+    /* (a local disk has no host key: nothing of the host's to guard) */
+    if (!pl->is_full_scsi && pl->host_key && cmd->cdb[0] == 0x5F &&
+        cmd->dir == SAN_XFER_WRITE) {
         uint8_t param[24] = {0};
         size_t len = HV_MIN(hv_iov_length(cmd->iov, cmd->iovcnt), sizeof(param));
         hv_iov_to_buf(cmd->iov, cmd->iovcnt, 0, param, len);
@@ -555,6 +568,7 @@ void pt_lun_close(struct pt_lun *pl)
     }
     if (pl->s)
         san_session_close(pl->s);
+    pt_sg_destroy(pl->sg);
     free(pl);
 }
 
@@ -762,6 +776,12 @@ void pt_lun_abort(struct pt_lun *pl, struct pt_cmd *cmd)
         finish_local(cmd, SAN_STATUS_TASK_ABORTED, 0, 0, 0);
         return;
     }
+    if (pl->sg) {
+        /* not taken by a worker yet: aborted; inside SG_IO: it completes
+         * (SG_IO has no abort; SAM lets a task finish despite ABORT TASK) */
+        pt_sg_abort_one(pl->sg, cmd);
+        return;
+    }
     if (!cmd->is_at_san || !pl->s)
         return;                     /* answered already, or about to be */
     pl->holds++;
@@ -828,3 +848,77 @@ void pt_lun_reset(struct pt_lun *pl)
 uint64_t pt_lun_aborts_forwarded(const struct pt_lun *pl) { return pl->aborts_forwarded; }
 uint64_t pt_lun_resets_forwarded(const struct pt_lun *pl) { return pl->resets_forwarded; }
 uint64_t pt_lun_uas_reported(const struct pt_lun *pl) { return pl->uas_reported; }
+
+/* ------------------------------------------------------ local SCSI disk */
+
+static void local_gone(void *arg, const char *why)
+{
+    struct pt_lun *pl = arg;
+
+    if (pl->is_closing || pl->state == PT_STATE_OFFLINE)
+        return;
+    hv_error("%s", why);
+    set_state(pl, PT_STATE_OFFLINE, "%s", why);
+}
+
+int pt_lun_open_local(struct hv_reactor *r, const struct pt_local_options *opt,
+                      struct pt_lun **out, struct hv_err *err)
+{
+    struct pt_sg_options so = {
+        .fd = opt->fd,
+        .path = opt->path,
+        .depth = opt->queue_depth,
+        .timeout_ms = opt->timeout_ms,
+        .on_gone = local_gone,
+    };
+    struct pt_sg_identity id;
+    struct pt_lun *pl;
+    int ret;
+
+    if (!opt->designator || !opt->designator[0])
+        return hv_err_set(err, -EINVAL, "%s: a pass-through disk needs its designator",
+                          opt->path);
+    /* The device must still be the disk this slot was given: device names
+     * move between boots, the designator does not. */
+    ret = pt_sg_identify(opt->fd, opt->path, &id, err);
+    if (ret < 0)
+        return ret;
+    if (strcmp(id.designator, opt->designator) != 0)
+        return hv_err_set(err, -ESTALE, "%s is %s (%s %s), not %s: refusing to hand another "
+                          "disk to the guest", opt->path, id.designator[0] ? id.designator
+                          : "a disk without a VPD 0x83 designator", id.inquiry.vendor,
+                          id.inquiry.product, opt->designator);
+    pl = calloc(1, sizeof(*pl));
+    if (!pl)
+        return hv_err_set(err, -ENOMEM, "out of memory");
+    pl->r = r;
+    snprintf(pl->target, sizeof(pl->target), "%s", opt->path);
+    snprintf(pl->designator, sizeof(pl->designator), "%s", opt->designator);
+    pl->is_full_scsi = opt->is_full_scsi;
+    pl->on_state = opt->on_state;
+    pl->cb_arg = opt->cb_arg;
+    pl->state = PT_STATE_READY;
+    snprintf(pl->why, sizeof(pl->why), "SG_IO to %s (%s %s, %s)", opt->path, id.inquiry.vendor,
+             id.inquiry.product, id.designator);
+    so.arg = pl;
+    so.block_bytes = id.block_bytes;
+    ret = pt_sg_create(r, &so, &pl->sg, err);
+    if (ret < 0) {
+        free(pl);
+        return ret;
+    }
+    *out = pl;
+    return 0;
+}
+
+bool pt_lun_is_local(const struct pt_lun *pl) { return pl->sg != NULL; }
+
+uint64_t pt_lun_inflight(const struct pt_lun *pl)
+{
+    return pl->sg ? pt_sg_inflight(pl->sg) : 0;
+}
+
+unsigned pt_lun_max_in_device(const struct pt_lun *pl)
+{
+    return pl->sg ? pt_sg_max_busy(pl->sg) : 0;
+}

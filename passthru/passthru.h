@@ -5,8 +5,10 @@
  * as the guest sent it, its data-out iovec or the data-in iovec the answer
  * lands in. pt_lun_submit() forwards it to the LUN through a san_session that
  * logged in with the VM's own initiator name, and hands back the SAN's status,
- * sense and residual unchanged. This module knows nothing of controllers or
- * the iSCSI target; it decides only what may reach the LUN:
+ * sense and residual unchanged. A local SCSI disk is the same pt_lun with a
+ * second transport, SG_IO on its device node (pt_lun_open_local, below).
+ * This module knows nothing of controllers or the iSCSI target; it decides
+ * only what may reach the LUN:
  *
  *  - the filter: by default only what a disk needs (pt_cdb_is_allowed); the
  *    rest gets ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE without
@@ -77,6 +79,13 @@
 
 /* May a guest send this CDB to the LUN? Always true with is_full_scsi. */
 bool pt_cdb_is_allowed(const uint8_t *cdb, size_t cdb_len, bool is_full_scsi);
+/* The data phase a block command's CDB itself defines (READ/WRITE 6-16, WRITE
+ * AND VERIFY, VERIFY with BYTCHK, WRITE SAME, COMPARE AND WRITE), with the
+ * device's block size: *bytes and the direction (SAN_XFER_NONE when the CDB
+ * moves no data). False for any other command, or a CDB too short to say:
+ * then the device alone decides. The guest's bytes: untrusted. */
+bool pt_cdb_data_bytes(const uint8_t *cdb, size_t cdb_len, uint32_t block_bytes,
+                       enum san_xfer *dir, uint64_t *bytes);
 /* Name of the command for logs ("READ(10)", "MAINTENANCE IN/0x0c", "opcode 0x1d"). */
 const char *pt_cdb_name(const uint8_t *cdb, size_t cdb_len, char *buf, size_t len);
 /* Fixed-format sense: 70h, key, ASC, ASCQ; returns its length (18). */
@@ -150,6 +159,32 @@ int pt_check_local_device(const char *path, const struct pt_check_options *copt,
 /* Open it O_EXCL (the kernel refuses a second exclusive opener: another VM,
  * a mount, LVM): the returned fd is the host-wide claim; close it to release. */
 int pt_claim_local_device(const char *path, bool is_read_only, int *fd, struct hv_err *err);
+
+/*
+ * What sysfs says of a local block device `name` ("sdb") under `sysfs_root`
+ * ("/sys"; a test passes a tree of its own). SCSI means class/block/NAME/
+ * device is a SCSI device (it has scsi_device/H:C:T:L): those are passed
+ * through with SG_IO, everything else (loop, nvme, virtio-blk, dm) through
+ * the SBC emulation over a raw bdev. Not SCSI is no error: -ENOENT only when
+ * class/block/NAME itself is missing.
+ */
+struct pt_scsi_sysfs {
+    bool is_scsi;
+    bool is_partition;
+    char hctl[32];                  /* "2:0:0:0" */
+    char sg_name[32];               /* "sg1"; "" when the sg driver is not loaded */
+    int device_type;                /* device/type (0 = disk), -1 when unreadable */
+    char vendor[9];                 /* trailing spaces trimmed */
+    char model[17];
+    char designator[SAN_DESIGNATOR_MAX];    /* from device/vpd_pg83, "" when absent */
+};
+int pt_scsi_sysfs_read(const char *sysfs_root, const char *name, struct pt_scsi_sysfs *out);
+/* The whole SCSI disk whose VPD 0x83 (as the kernel cached it in sysfs)
+ * carries `designator`: its block device name into `name`. -ENOENT when no
+ * disk does (a device name like sdb may change across boots; the designator
+ * does not). */
+int pt_scsi_find_by_designator(const char *sysfs_root, const char *designator,
+                               char name[64]);
 
 /* ---------------------------------------------------------- the live LUN */
 
@@ -254,5 +289,80 @@ uint64_t pt_lun_uas_reported(const struct pt_lun *pl);
  * reservation, as fence_scsi does; the victim's tasks are aborted. Only on
  * an explicit request: the victim must be a dead host. done(arg, 0|-errno, msg). */
 int pt_lun_takeover(struct pt_lun *pl, uint64_t victim_key, san_status_cb done, void *arg);
+
+/* ------------------------------------------- local SCSI devices (SG_IO) */
+
+/*
+ * A local SCSI disk is the same pt_lun with a second transport: the guest's
+ * CDB goes to the device node with SG_IO (same filter, same --full-scsi),
+ * and the device's status, sense and residual come back unchanged. SG_IO
+ * blocks, so worker threads (one per command in the device at once) run it
+ * and complete back to the reactor through an eventfd: other disks' I/O
+ * never waits on this device. There is no host fence (no PR key): the
+ * O_EXCL claim is the exclusivity on this host.
+ *
+ * Lengths: for the block commands (pt_cdb_data_bytes) the device gets
+ * exactly what the CDB moves and the iSCSI residual is computed against the
+ * initiator's expected length (the kernel reports neither overflow nor a
+ * write's underflow): a read overflow lands in a worker's buffer first
+ * (up to PT_SG_BOUNCE_BYTES), a data-out the initiator did not send, or a
+ * data phase the wrong way round, gets ILLEGAL REQUEST / INVALID FIELD IN CDB
+ * without reaching the device. Other commands move the initiator's buffer and
+ * report the kernel's residual. The kernel caps one command at the queue's
+ * max_hw_sectors (the device's VPD 0xB0 tells the guest its own limit).
+ * Task management: SG_IO has none. ABORT TASK, ABORT TASK SET and LUN RESET
+ * complete the commands no worker has taken yet with TASK ABORTED; those in
+ * the device run to completion and give the device's answer (SAM allows a
+ * task to complete despite an abort).
+ */
+
+/* The device's own answers, through SG_IO on `fd` (synchronous: control
+ * plane). -ENOTTY: the node does not take SG_IO (not SCSI). */
+struct pt_sg_identity {
+    int sg_version;                 /* SG_GET_VERSION_NUM: 30527 for the block layer */
+    struct san_inquiry inquiry;
+    char designator[SAN_DESIGNATOR_MAX];    /* "" when VPD 0x83 has none usable */
+    uint64_t size_bytes;
+    uint32_t block_bytes;
+};
+int pt_sg_identify(int fd, const char *path, struct pt_sg_identity *out, struct hv_err *err);
+
+/* One SG_IO outcome, as the kernel reported it (struct sg_io_hdr's fields). */
+struct pt_sg_answer {
+    int error;                      /* the ioctl's -errno; 0 when the command ran */
+    uint8_t status;                 /* SCSI status byte */
+    uint16_t host_status;           /* DID_* */
+    uint16_t driver_status;         /* DRIVER_* */
+    int32_t resid;
+    const uint8_t *sense;
+    uint32_t sense_len;             /* sb_len_wr */
+};
+/* Into the command's status, sense and residual: the device's own answer
+ * unchanged; a transport failure (no such device, timeout, bus reset, the
+ * kernel refusing the transfer) as the status and sense an initiator acts
+ * on (NOT READY, ABORTED COMMAND to retry, BUSY, ILLEGAL REQUEST). Returns
+ * true when the device is gone for good. */
+bool pt_sg_result(const struct pt_sg_answer *a, struct pt_cmd *cmd);
+
+struct pt_local_options {
+    int fd;                         /* the claim (pt_claim_local_device): dup'ed,
+                                     * the caller closes its own */
+    const char *path;               /* for messages */
+    const char *designator;         /* required: the device must carry it */
+    bool is_full_scsi;
+    unsigned queue_depth;           /* commands in the device at once; 0: 16 */
+    unsigned timeout_ms;            /* per command; 0: 60 s */
+    void (*on_state)(struct pt_lun *pl, enum pt_state state, const char *why, void *arg);
+    void *cb_arg;
+};
+/* Identify the device (its designator must be opt->designator, else
+ * -ESTALE naming both), start the workers; READY at once. */
+int pt_lun_open_local(struct hv_reactor *r, const struct pt_local_options *opt,
+                      struct pt_lun **out, struct hv_err *err);
+bool pt_lun_is_local(const struct pt_lun *pl);
+/* Commands queued for or inside the device right now; the most that were
+ * inside the device at the same instant (0 for a SAN LUN). */
+uint64_t pt_lun_inflight(const struct pt_lun *pl);
+unsigned pt_lun_max_in_device(const struct pt_lun *pl);
 
 #endif /* HVSTOR_PASSTHRU_H */

@@ -35,6 +35,55 @@
 /* Big enough for sequential throughput, small enough that a guest request
  * queued behind one of ours on the device does not wait long. */
 #define READ_BATCH (1u * 1024 * 1024)
+/* While the guest has requests in flight the backup reads and writes in
+ * smaller pieces, one at a time: a guest request that arrives behind one
+ * of ours waits for at most this much of our I/O. */
+#define READ_BATCH_BUSY (256u * 1024)
+
+/* ------------------------------------------------ off the reactor thread */
+
+/* File creation, fsync, rename and unlink block for milliseconds to
+ * seconds; the reactor serves the guest's I/O meanwhile (snap_blocking). */
+struct json_call {
+    const char *path;
+    json_t *obj;
+    struct hv_err *err;
+};
+
+static int json_write_run(void *arg)
+{
+    struct json_call *c = arg;
+    return hv_json_write_file(c->path, c->obj, c->err);
+}
+
+static int write_json(struct snap_group *grp, const char *path, json_t *obj, struct hv_err *err)
+{
+    struct json_call c = {.path = path, .obj = obj, .err = err};
+    return snap_blocking(grp, json_write_run, &c, err);
+}
+
+static int unlink_run(void *arg)
+{
+    return unlink((const char *)arg) < 0 ? -errno : 0;
+}
+
+static void unlink_quietly(struct snap_group *grp, const char *path)
+{
+    if (snap_blocking(grp, unlink_run, (void *)path, NULL) == -ENOMEM)
+        unlink(path);
+}
+
+struct create_call {
+    const char *path;
+    const struct vhd_create_options *co;
+    struct hv_err *err;
+};
+
+static int create_run(void *arg)
+{
+    struct create_call *c = arg;
+    return vhd_create(c->path, c->co, c->err);
+}
 
 static void join(char *out, size_t cap, const char *dir, const char *name)
 {
@@ -137,6 +186,20 @@ static int recover_lock(const char *dir, char *recovered, size_t cap, struct hv_
     unlink(path);
     remove_stale_temps(dir);
     return 0;
+}
+
+struct recover_call {
+    const char *dir;
+    char *recovered;
+    size_t cap;
+    struct hv_err *err;
+};
+
+/* Removing a dead run's partial files (big ones) takes a while. */
+static int recover_run(void *arg)
+{
+    struct recover_call *c = arg;
+    return recover_lock(c->dir, c->recovered, c->cap, c->err);
 }
 
 /* ------------------------------------------------------------ manifests */
@@ -263,7 +326,8 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
         co.size_bytes = 0;
         co.parent_path = parent;
     }
-    int ret = vhd_create(path, &co, err);
+    struct create_call cc = {.path = path, .co = &co, .err = err};
+    int ret = snap_blocking(grp, create_run, &cc, err);
     if (ret < 0)
         return ret;
     struct bdev *out = NULL;
@@ -276,6 +340,7 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
      * written per run of non-zero units. Copy-before-write disks are read a
      * chunk at a time, the way their filter serves them. */
     uint32_t batch_units = j->view ? HV_MAX(1u, READ_BATCH / j->unit) : 1;
+    uint32_t busy_units = j->view ? HV_MAX(1u, READ_BATCH_BUSY / j->unit) : 1;
     uint8_t *buf = hv_alloc_aligned((size_t)batch_units * j->unit);
     if (!buf) {
         bdev_close(out);
@@ -304,8 +369,11 @@ static int back_up_disk(struct snap_group *grp, const struct snap_backup_options
             u++;
             continue;
         }
+        /* Pacing: smaller pieces while the guest is busy. */
+        uint32_t max_units =
+            !opt->is_unpaced && snap_gate_inflight(grp->gate) ? busy_units : batch_units;
         uint64_t first = u, n = 1;
-        while (n < batch_units && first + n < units &&
+        while (n < max_units && first + n < units &&
                (j->is_incremental ? snap_bit_test(bits, first + n) : true))
             n++;
         uint64_t off = first * j->unit;
@@ -380,7 +448,9 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
     memset(res, 0, sizeof(*res));
     if (mkdir(opt->dir, 0700) < 0 && errno != EEXIST)
         return hv_err_errno(err, opt->dir, "backup directory");
-    int ret = recover_lock(opt->dir, recovered, recovered_cap, err);
+    struct recover_call rc = {
+        .dir = opt->dir, .recovered = recovered, .cap = recovered_cap, .err = err};
+    int ret = snap_blocking(grp, recover_run, &rc, err);
     if (ret < 0)
         return ret;
     int prev_seq;
@@ -441,7 +511,7 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
     char lock_path[PATH_MAX];
     join(lock_path, sizeof(lock_path), opt->dir, LOCK_NAME);
     if (ret == 0)
-        ret = hv_json_write_file(lock_path, lock, err);
+        ret = write_json(grp, lock_path, lock, err);
     json_decref(lock);
     if (ret < 0) {
         for (int i = 0; i < grp->disk_count; i++)
@@ -457,7 +527,7 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
     snprintf(cut_name, sizeof(cut_name), "backup%d", seq);
     ret = snap_cut(grp, cut_name, opt->want_app, true, &cut, err);
     if (ret < 0) {
-        unlink(lock_path);
+        unlink_quietly(grp, lock_path);
         for (int i = 0; i < grp->disk_count; i++)
             json_decref(jobs[i].blocks);
         free(jobs);
@@ -537,12 +607,12 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
             "checkpoint_time", when, "consistency", cut.consistency == SNAP_APP ? "app" : "crash",
             "consistency_why", cut.why, "hold_ns", (json_int_t)cut.hold_ns, "disks", disks);
         json_object_set_new(man, "hash", json_string("xxh3-128"));
-        ret = hv_json_write_file(man_path, man, err);
+        ret = write_json(grp, man_path, man, err);
         json_decref(man);
         snprintf(res->manifest, sizeof(res->manifest), "%s", man_path);
         /* The backup exists now; what follows only concerns the VM. */
         if (ret == 0)
-            unlink(lock_path);
+            unlink_quietly(grp, lock_path);
     }
 
     /* Give the guest its disks back as they were, whatever happened. */
@@ -568,11 +638,11 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
         for (int i = 0; i < grp->disk_count; i++) {
             char fp[PATH_MAX];
             join(fp, sizeof(fp), opt->dir, jobs[i].file);
-            unlink(fp);
+            unlink_quietly(grp, fp);
         }
-        unlink(man_path);
+        unlink_quietly(grp, man_path);
     }
-    unlink(lock_path);
+    unlink_quietly(grp, lock_path);
     for (int i = 0; i < grp->disk_count; i++)
         json_decref(jobs[i].blocks);
     free(jobs);

@@ -1,16 +1,34 @@
 /*
  * checkpoint.c — one instant across every disk of a VM.
  *
- * Everything slow happens before the guest is held: the children are
- * created (vhd_create: file, fsync) and opened over the running chains
- * (vhd_live_child_open reads a few KiB of a new file), the agent prepares
- * its writers and freezes the filesystems. The hold itself only waits for
- * the group's in-flight requests, swaps each disk's top to its child (a
+ * Everything slow happens before the guest is held, and on a worker
+ * thread, so that the reactor keeps serving the guest meanwhile: the
+ * children are created (vhd_create: file, fsync, rename, directory fsync)
+ * and opened over the running chains (vhd_live_child_open reads a few KiB
+ * and grows the new file), the agent prepares its writers and freezes the
+ * filesystems. The hold itself swaps each disk's top to its child (a
  * pointer), takes the CBT bitmaps (a pointer swap each) and, for backups of
  * raw disks, starts copy-before-write (a memset of chunk states). No file
- * is created, no metadata is read, nothing is synced while the guest
- * waits: the flush that makes the old top's last writes durable is the
- * guest's own next flush, which the child passes on to its parent.
+ * is created, no metadata is read, nothing is synced or logged while the
+ * guest waits: the flush that makes the old top's last writes durable is
+ * the guest's own next flush, which the child passes on to its parent.
+ *
+ * A VHD-only cut does not wait for the requests in flight either. The
+ * hold, the swaps and the release run in one go on the reactor thread, so
+ * every request is either sent before the cut (to the old top, which the
+ * checkpoint keeps) or after it (to the child). That is a crash-consistent
+ * instant: a write W2 the guest issued after seeing W1 complete is in the
+ * checkpoint only if it was sent before the cut, and then so was W1. The
+ * bitmaps of changed-block tracking are marked at submission, above the
+ * top, so they split at the same instant. What the checkpoint holds becomes
+ * stable when the requests sent before the cut have completed: the cut
+ * waits for that (snap_top_old_inflight) after the release, while the
+ * guest's new requests flow to the children. A guest request thus waits
+ * for the swap only, never for another request's disk latency.
+ *
+ * Copy-before-write cannot split that way (the raw disk under it is the
+ * same before and after the cut), so a cut that starts it drains first:
+ * the group's in-flight requests complete inside the hold.
  */
 #include "snapshot_int.h"
 
@@ -81,9 +99,20 @@ static void set_crash(struct snap_checkpoint_result *res, const char *what, cons
         snprintf(res->why, sizeof(res->why), "%s: %s", what, msg);
 }
 
+int snap_blocking(struct snap_group *grp, int (*fn)(void *arg), void *arg, struct hv_err *err)
+{
+    struct hv_workers *w;
+    int ret = hv_workers_create(grp->reactor, 1, "snapshot", &w, err);
+    if (ret < 0)
+        return ret;
+    ret = hv_workers_run(w, fn, arg);
+    hv_workers_destroy(w);
+    return ret;
+}
+
 /* vhd_create under a temporary name, then rename: a process killed while
  * creating leaves "<child>.creating", never a torn file with a .vhd name
- * that could be mistaken for part of a chain. */
+ * that could be mistaken for part of a chain. Runs on a worker thread. */
 static int create_child(const char *path, const struct vhd_create_options *co, struct hv_err *err)
 {
     char tmp[PATH_MAX + 16], dir[PATH_MAX];
@@ -104,6 +133,42 @@ static int create_child(const char *path, const struct vhd_create_options *co, s
         close(fd);
     }
     return 0;
+}
+
+struct create_call {
+    const char *path;
+    const struct vhd_create_options *co;
+    struct hv_err *err;
+};
+
+static int create_call_run(void *arg)
+{
+    struct create_call *c = arg;
+    return create_child(c->path, c->co, c->err);
+}
+
+/* Run the reactor until no request sent before the last cut is out. */
+static void settle(struct snap_group *grp)
+{
+    for (;;) {
+        unsigned out = 0;
+        for (int i = 0; i < grp->disk_count; i++)
+            if (grp->disks[i].top)
+                out += snap_top_old_inflight(grp->disks[i].top);
+        if (out == 0)
+            return;
+        int ret = hv_reactor_run_once(grp->reactor, 100);
+        if (ret < 0) {
+            hv_warn("checkpoint: reactor failed while the cut settled: %s", strerror(-ret));
+            return;
+        }
+    }
+}
+
+static void on_swap_hold(void *arg, int status)
+{
+    (void)arg;
+    (void)status; /* a swap-only hold does not wait for the drain */
 }
 
 int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start_cbw,
@@ -132,7 +197,8 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
         snprintf(cd->parent_path, sizeof(cd->parent_path), "%s", d->vhd_path);
         snap_child_path(d->vhd_path, name, cd->child_path, sizeof(cd->child_path));
         struct vhd_create_options co = {.type = VHD_TYPE_DIFFERENCING, .parent_path = d->vhd_path};
-        ret = create_child(cd->child_path, &co, err);
+        struct create_call cc = {.path = cd->child_path, .co = &co, .err = err};
+        ret = snap_blocking(grp, create_call_run, &cc, err);
         if (ret < 0) {
             cd->child_path[0] = 0;
             hv_err_prefix(err, "checkpoint '%s': disk c%d-s%d", name, d->controller, d->slot);
@@ -146,7 +212,7 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
         }
     }
 
-    /* 2. The guest: writers prepare, filesystems freeze. */
+/* 2. The guest: writers prepare, filesystems freeze. */
     res->consistency = SNAP_CRASH;
     bool is_frozen = false;
     uint64_t frozen_at = 0;
@@ -171,19 +237,31 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
         }
     }
 
-    /* 3. The hold: drain, swap, take, release. */
-    ret = snap_hold(grp, err);
+    /* 3. The hold: (drain,) swap, take, release. */
+    bool needs_drain = false;
+    for (int i = 0; i < grp->disk_count; i++)
+        needs_drain = needs_drain || (start_cbw && grp->disks[i].cbw && !grp->disks[i].top);
+    uint64_t cut_ns = hv_now_ns();
+    if (needs_drain) {
+        ret = snap_hold(grp, err);
+    } else {
+        ret = snap_gate_hold(grp->gate, on_swap_hold, NULL);
+        if (ret < 0)
+            hv_err_set(err, ret, "quiesce gate: a hold is already running");
+    }
     if (ret < 0)
         goto thaw;
     for (int i = 0; i < grp->disk_count; i++) {
         struct snap_disk *d = &grp->disks[i];
         if (children[i]) {
-            int sw = snap_top_switch(d->top, children[i]);
+            int sw = needs_drain ? snap_top_switch(d->top, children[i])
+                                 : snap_top_switch_live(d->top, children[i]);
             if (sw < 0) {
                 /* Undo the disks already switched: the cut is all or nothing. */
                 for (int k = 0; k < i; k++)
                     if (children[k])
-                        snap_top_switch(grp->disks[k].top, vhd_live_child_parent(children[k]));
+                        snap_top_switch_live(grp->disks[k].top,
+                                             vhd_live_child_parent(children[k]));
                 snap_gate_release(grp->gate);
                 ret = hv_err_set(err, sw,
                                  "checkpoint '%s': disk c%d-s%d: cannot switch to "
@@ -207,7 +285,7 @@ int snap_cut(struct snap_group *grp, const char *name, bool want_app, bool start
     struct snap_gate_stats st;
     snap_gate_get_stats(grp->gate, &st);
     res->hold_ns = st.last_hold_ns;
-    res->drain_ns = st.last_drain_ns;
+    res->drain_ns = needs_drain ? st.last_drain_ns : 0;
     for (int i = 0; i < grp->disk_count; i++) {
         if (children[i])
             snprintf(grp->disks[i].vhd_path, sizeof(grp->disks[i].vhd_path), "%s",
@@ -232,6 +310,13 @@ thaw:
     }
     if (ret < 0)
         goto fail;
+    /* The checkpoint is stable once what was sent before the cut is done;
+     * neither the guest's I/O nor its agent waits for that (drain_ns: from
+     * the hold until then). */
+    if (!needs_drain) {
+        settle(grp);
+        res->drain_ns = hv_now_ns() - cut_ns;
+    }
     free(children);
     return 0;
 fail:
@@ -264,18 +349,65 @@ int snap_checkpoint_create(struct snap_group *grp, const char *name, bool want_a
 
 /* ------------------------------------------------------------ merge */
 
-static int write_marker(const char *child, const char *parent, struct hv_err *err)
+/*
+ * The marker `<child>.merged` names the parent: once it is durable, the
+ * parent is the disk's top. Its content is written (durably, under the name
+ * `<child>.merged.pending`, which nothing reads) while the guest runs; in
+ * the hold only a rename and one directory fsync remain, on a worker thread.
+ */
+struct marker_call {
+    const char *child;
+    const char *parent;
+    struct hv_err *err;
+};
+
+static int marker_prepare_run(void *arg)
 {
-    char path[PATH_MAX + 16];
-    snprintf(path, sizeof(path), "%s.merged", child);
-    return hv_write_file_atomic(path, parent, strlen(parent), err);
+    struct marker_call *m = arg;
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s.merged.pending", m->child);
+    return hv_write_file_atomic(path, m->parent, strlen(m->parent), m->err);
+}
+
+static int marker_commit_run(void *arg)
+{
+    struct marker_call *m = arg;
+    char from[PATH_MAX + 32], to[PATH_MAX + 16], dir[PATH_MAX];
+    snprintf(from, sizeof(from), "%s.merged.pending", m->child);
+    snprintf(to, sizeof(to), "%s.merged", m->child);
+    if (rename(from, to) < 0)
+        return hv_err_errno(m->err, to, "rename");
+    snprintf(dir, sizeof(dir), "%s", m->child);
+    int fd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return hv_err_errno(m->err, to, "open directory");
+    int ret = fsync(fd) < 0 ? hv_err_errno(m->err, to, "fsync directory") : 0;
+    close(fd);
+    return ret;
+}
+
+struct cleanup_call {
+    const char *child;
+};
+
+/* After the switch: the child file and its marker go. */
+static int merge_cleanup_run(void *arg)
+{
+    struct cleanup_call *c = arg;
+    char marker[PATH_MAX + 16];
+    unlink(c->child);
+    snprintf(marker, sizeof(marker), "%s.merged", c->child);
+    unlink(marker);
+    return 0;
 }
 
 /* Passes while the guest runs until what the final pass (inside the hold)
- * must copy is small, or stops shrinking because the guest writes as fast
- * as a pass copies. */
+ * must copy is small, or stops shrinking. From the first pass on the child
+ * mirrors the guest's writes into the parent (vhd/live.c), so what is left
+ * after a pass is only what the guest wrote to blocks a copy or another
+ * write was busy with: each pass leaves less. */
 #define MERGE_MAX_PASSES 16
-#define MERGE_FINAL_BYTES (1024u * 1024)
+#define MERGE_FINAL_BYTES (64u * 1024)
 
 int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, struct hv_err *err)
 {
@@ -292,7 +424,6 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
              : vhd_is_vhd_bdev(parent) ? vhd_chain_path(parent, 0)
                                        : parent->name);
 
-    /* Passes while the guest runs, until what is left is small. */
     int ret = vhd_live_merge_pass(child, true, NULL, err);
     uint64_t prev = UINT64_MAX;
     for (int pass = 1; ret == 0 && pass < MERGE_MAX_PASSES; pass++) {
@@ -312,6 +443,12 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
     if (ret < 0)
         return ret; /* nothing changed for the guest: still child over parent */
 
+    struct marker_call mc = {.child = child_path, .parent = parent_path, .err = err};
+    if (ret == 0)
+        ret = snap_blocking(grp, marker_prepare_run, &mc, err);
+    if (ret < 0)
+        return ret;
+
     uint32_t left = vhd_live_merge_dirty_blocks(child);
     uint64_t left_bytes = vhd_live_merge_dirty_bytes(child);
     uint64_t t0 = hv_now_ns();
@@ -329,23 +466,27 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
     /* Durable before the guest can write to the parent: after a crash the
      * marker says the parent is the top and the child is stale. */
     if (ret == 0)
-        ret = write_marker(child_path, parent_path, err);
+        ret = snap_blocking(grp, marker_commit_run, &mc, err);
     uint64_t t3 = hv_now_ns();
     if (ret == 0)
         ret = snap_top_switch(d->top, parent);
+    snap_gate_release(grp->gate);
     hv_debug("merge c%d-s%d: final hold: %u blocks (%" PRIu64
              " bytes) left, drain %.3f ms, copy %.3f ms, flush "
              "and marker %.3f ms",
              d->controller, d->slot, left, left_bytes, (t1 - t0) / 1e6, (t2 - t1) / 1e6,
              (t3 - t2) / 1e6);
-    snap_gate_release(grp->gate);
     if (hold_ns) {
         struct snap_gate_stats st;
         snap_gate_get_stats(grp->gate, &st);
         *hold_ns = st.last_hold_ns;
     }
-    if (ret < 0)
+    if (ret < 0) {
+        char pending[PATH_MAX + 32];
+        snprintf(pending, sizeof(pending), "%s.merged.pending", child_path);
+        unlink(pending); /* still child over parent: nothing was switched */
         return ret;
+    }
     snprintf(d->vhd_path, sizeof(d->vhd_path), "%s", parent_path);
     int cl = vhd_live_child_close(child);
     if (cl < 0)
@@ -358,16 +499,17 @@ int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, stru
                               "top failed; %s.merged tells the next start",
                               d->controller, d->slot, parent_path, child_path);
     }
-    unlink(child_path);
-    char marker[PATH_MAX + 16];
-    snprintf(marker, sizeof(marker), "%s.merged", child_path);
-    unlink(marker);
+    struct cleanup_call cc = {.child = child_path};
+    if (snap_blocking(grp, merge_cleanup_run, &cc, NULL) < 0)
+        merge_cleanup_run(&cc);
     return 0;
 }
 
 int snap_checkpoint_recover(const char *top_path, char *real_top, size_t cap, struct hv_err *err)
 {
     char marker[PATH_MAX + 16];
+    snprintf(marker, sizeof(marker), "%s.merged.pending", top_path);
+    unlink(marker); /* a merge that died before its switch: the child is the top */
     snprintf(marker, sizeof(marker), "%s.merged", top_path);
     FILE *f = fopen(marker, "r");
     if (!f) {

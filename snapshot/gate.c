@@ -274,12 +274,15 @@ unsigned snap_gate_inflight(const struct snap_gate *g)
 struct snap_top {
     struct bdev bd;
     struct bdev *inner;
-    unsigned inflight;
+    unsigned inflight;     /* requests sent to the current inner device */
+    unsigned old_inflight; /* requests still out on devices switched away from */
+    uint64_t epoch;        /* switches so far */
 };
 
 struct top_io {
     struct bdev_io *outer;
     struct snap_top *top;
+    uint64_t epoch; /* of the inner device the request went to */
 };
 #define TOP_HEAD SNAP_CTX_HEAD(struct top_io)
 
@@ -287,7 +290,10 @@ static void top_inner_done(struct bdev_io *in, int status)
 {
     struct top_io *ti = in->cb_arg;
     snap_inner_results(ti->outer, in);
-    ti->top->inflight--;
+    if (ti->epoch == ti->top->epoch)
+        ti->top->inflight--;
+    else
+        ti->top->old_inflight--;
     ti->outer->done(ti->outer, status);
 }
 
@@ -298,6 +304,7 @@ static int top_submit(struct bdev *bd, struct bdev_io *io)
     struct bdev_io *in = snap_inner_io(ti, TOP_HEAD);
     ti->outer = io;
     ti->top = t;
+    ti->epoch = t->epoch;
     snap_inner_prep(in, io, top_inner_done, ti);
     t->inflight++;
     int ret = bdev_submit(t->inner, in);
@@ -369,16 +376,45 @@ struct bdev *snap_top_current(const struct snap_top *top)
     return top->inner;
 }
 
-int snap_top_switch(struct snap_top *t, struct bdev *inner)
+static int top_check(struct snap_top *t, struct bdev *inner)
 {
-    if (t->inflight)
-        return -EBUSY;
     if (inner->size_bytes != t->bd.size_bytes || inner->reactor != t->bd.reactor)
         return -EINVAL;
     if (TOP_HEAD + bdev_io_size(inner) > t->bd.io_ctx_bytes)
         return -E2BIG;
+    return 0;
+}
+
+static void top_set(struct snap_top *t, struct bdev *inner)
+{
     t->inner = inner;
     t->bd.is_read_only = inner->is_read_only;
     t->bd.granularity_bytes = inner->granularity_bytes;
+}
+
+int snap_top_switch(struct snap_top *t, struct bdev *inner)
+{
+    if (t->inflight)
+        return -EBUSY;
+    int ret = top_check(t, inner);
+    if (ret == 0)
+        top_set(t, inner);
+    return ret;
+}
+
+int snap_top_switch_live(struct snap_top *t, struct bdev *inner)
+{
+    int ret = top_check(t, inner);
+    if (ret < 0)
+        return ret;
+    t->old_inflight += t->inflight;
+    t->inflight = 0;
+    t->epoch++;
+    top_set(t, inner);
     return 0;
+}
+
+unsigned snap_top_old_inflight(const struct snap_top *t)
+{
+    return t->old_inflight;
 }

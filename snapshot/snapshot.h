@@ -243,13 +243,18 @@ struct snap_checkpoint_result {
 
 /*
  * Take a checkpoint. `name` is used in the children's file names
- * (<top dir>/<top stem>.<name>.vhd). Order: create children (slow work,
- * before any freeze) → agent prepare + freeze → gate hold (drain) → open
- * each child over the old chain and switch → take CBT bitmaps → release →
- * agent thaw. Without an agent, or when `want_app` is false, or when the
- * agent fails, the cut is crash-consistent and `res->why` says why. On
- * success every VHD disk's vhd_path is the child's. Runs the reactor.
- * free with snap_checkpoint_result_free.
+ * (<top dir>/<top stem>.<name>.vhd). Order: create and open the children
+ * (slow work, on a worker thread, before any freeze) → agent prepare +
+ * freeze → gate hold → switch every top to its child → take CBT bitmaps →
+ * release → wait, guest running, for the requests sent before the cut →
+ * agent thaw. The hold does not wait for requests in flight (each belongs
+ * to the side of the cut it was sent on), except when raw disks start
+ * copy-before-write (a backup): then it drains first. Without an agent, or
+ * when `want_app` is false, or when the agent fails, the cut is
+ * crash-consistent and `res->why` says why. `res->hold_ns` is what a guest
+ * request could have waited; `res->drain_ns` the time until nothing sent
+ * before the cut was in flight. On success every VHD disk's vhd_path is the
+ * child's. Runs the reactor. Free with snap_checkpoint_result_free.
  */
 int snap_checkpoint_create(struct snap_group *grp, const char *name, bool want_app,
                            struct snap_checkpoint_result *res, struct hv_err *err);
@@ -257,11 +262,13 @@ void snap_checkpoint_result_free(struct snap_checkpoint_result *res);
 
 /*
  * Delete the newest checkpoint of disk `i` live: fold the child's blocks
- * into the parent while the guest keeps writing, then in a short gate hold
- * copy the last changes and switch the top back to the parent. The child
- * file is removed. Crash-safe: until the switch the chain child→parent
- * reads the same whatever was copied; the switch is recorded in
- * `<child>.merged` before I/O resumes. Runs the reactor.
+ * into the parent while the guest keeps writing (the guest's writes are
+ * mirrored into the parent meanwhile), then in a short gate hold copy the
+ * last changes and switch the top back to the parent. The child file is
+ * removed. Crash-safe: until the switch the chain child→parent reads the
+ * same whatever was copied; the switch is recorded in `<child>.merged`
+ * before I/O resumes (its content is written beforehand as
+ * `<child>.merged.pending`; the hold only renames it). Runs the reactor.
  */
 int snap_checkpoint_merge(struct snap_group *grp, int i, uint64_t *hold_ns, struct hv_err *err);
 
@@ -289,6 +296,11 @@ struct snap_backup_options {
     bool want_app;
     bool show_progress;
     uint64_t max_bytes_per_second; /* read rate limit, 0 = none (guest latency vs speed) */
+    /* By default the backup reads and writes in 256 KiB pieces while the
+     * guest has requests in flight (1 MiB otherwise), so that the guest's
+     * latency stays close to what it is without a backup; true: always
+     * 1 MiB (faster, for an idle VM or a deadline). */
+    bool is_unpaced;
 };
 
 struct snap_backup_result {

@@ -16,6 +16,14 @@
  * (the chain child→parent reads the same whatever has been copied, since
  * the child's present sectors hide the parent's), passes repeat over the
  * blocks the guest touched meanwhile, and the last pass runs inside a hold.
+ * From the first pass on, the child mirrors each guest write into the
+ * parent as well (when no copy or other write is busy with that block), so
+ * what the passes must copy stops growing and the hold has next to nothing
+ * left to copy. The passes keep at most two copies in flight while the
+ * guest has requests in flight: they must not crowd the guest out of the
+ * device queue. Blocking work of open and close (reading metadata, growing
+ * and cutting the file, fsync) runs on a worker thread, so that the reactor
+ * keeps serving the guest's other disks meanwhile.
  *
  * The child engine is deliberately simple: one step in flight per request
  * (a run of sectors in one block, served by the child file or the parent),
@@ -62,6 +70,12 @@ struct live_io {
     uint32_t step_sector;
     int status;
     bool to_parent;
+    bool is_mirror_step; /* this write step also goes to the parent */
+    bool holds_busy;     /* this write step counts in busy[step_block] */
+    bool may_clear;      /* no write from before the mirroring was out at its start */
+    bool is_pre_mirror;  /* submitted before the mirroring began */
+    int mirror_pending;  /* parts of a mirrored step still out */
+    int mirror_status;
     struct hv_aio_req req;
     struct iovec iov[LIVE_IOV_MAX];
     int iovcnt;
@@ -123,6 +137,16 @@ struct live {
 
     unsigned inflight;
     uint64_t blocks_allocated;
+
+    /* Merge: from the first pass on, guest writes go to the child and the
+     * parent both (see vhd_live_merge_pass). Per block: guest write steps
+     * and merge copies in flight, and whether another began while one was
+     * (busy > 0). pre_mirror: requests sent before the mirroring began
+     * that are still out. */
+    bool is_mirroring;
+    uint16_t *busy;
+    uint8_t *tainted;
+    unsigned pre_mirror;
 };
 
 static const struct bdev_ops live_ops;
@@ -149,9 +173,27 @@ static int pick_fd(struct live *v, uint64_t offset, uint64_t len, const struct i
 static void step(struct live_io *e);
 static void flush_kick(struct live *v);
 
+/* Run fn(arg) on a worker thread while the reactor keeps serving every
+ * other device: opening and closing a child read metadata, grow or cut the
+ * file and fsync it, and the guest's other disks must not wait for that. */
+static int off_reactor(struct hv_reactor *r, const char *path, int (*fn)(void *arg), void *arg,
+                       struct hv_err *err)
+{
+    struct hv_workers *w;
+    int ret = hv_workers_create(r, 1, path, &w, err);
+    if (ret < 0)
+        return ret;
+    ret = hv_workers_run(w, fn, arg);
+    hv_workers_destroy(w);
+    return ret;
+}
+
+
 static void complete_call(void *arg)
 {
     struct live_io *e = arg;
+    if (e->is_pre_mirror && e->v->is_mirroring && e->v->pre_mirror)
+        e->v->pre_mirror--;
     e->v->inflight--;
     e->outer->done(e->outer, e->status);
 }
@@ -250,11 +292,63 @@ static void parent_done(struct bdev_io *pio, int status)
     step(e);
 }
 
+static void busy_get(struct live *v, uint32_t block)
+{
+    if (v->busy[block]++)
+        v->tainted[block] = 1;
+}
+
+static void busy_put(struct live *v, uint32_t block)
+{
+    if (--v->busy[block] == 0)
+        v->tainted[block] = 0;
+}
+
+/* Both halves of a mirrored write step are done. The sectors now read the
+ * same in child and parent, so the merge need not copy them again, unless
+ * another write or a merge copy of the block overlapped this one: then the
+ * order in which the child applied them is unknown, and the bits stay for
+ * the next pass (which copies the child's data, the authority). */
+static void mirror_part_done(struct live_io *e, int status)
+{
+    struct live *v = e->v;
+    if (status < 0 && e->mirror_status == 0)
+        e->mirror_status = status;
+    if (--e->mirror_pending > 0)
+        return;
+    e->is_mirror_step = false;
+    e->holds_busy = false;
+    uint32_t block = e->step_block;
+    if (e->mirror_status == 0 && e->may_clear && !v->tainted[block])
+        vhd_bitmap_clear(v->merge_bits + (size_t)block * v->bitmap_bytes, e->step_sector,
+                         (uint32_t)(e->step_len / HV_SECTOR_BYTES));
+    busy_put(v, block);
+    if (e->mirror_status < 0) {
+        finish(e, e->mirror_status);
+        return;
+    }
+    e->cursor += e->step_len;
+    step(e);
+}
+
+static void mirror_parent_done(struct bdev_io *pio, int status)
+{
+    mirror_part_done(pio->cb_arg, status);
+}
+
 static void child_done(struct hv_aio_req *req, long res)
 {
     struct live_io *e = req->arg;
     struct live *v = e->v;
     if (res < 0 || (uint64_t)res != e->step_len) {
+        if (e->is_mirror_step) {
+            mirror_part_done(e, res < 0 ? (int)res : -EIO);
+            return;
+        }
+        if (e->holds_busy) {
+            e->holds_busy = false;
+            busy_put(v, e->step_block);
+        }
         finish(e, res < 0 ? (int)res : -EIO);
         return;
     }
@@ -271,6 +365,14 @@ static void child_done(struct hv_aio_req *req, long res)
             v->is_dirty[e->step_block] = 1;
             v->dirty[v->dirty_count++] = e->step_block;
         }
+    }
+    if (e->is_mirror_step) {
+        mirror_part_done(e, 0);
+        return;
+    }
+    if (e->holds_busy) {
+        e->holds_busy = false;
+        busy_put(v, e->step_block);
     }
     e->cursor += e->step_len;
     step(e);
@@ -301,6 +403,8 @@ static void step(struct live_io *e)
     bool is_allocated = v->meta.bat[block] != VHD_BAT_UNALLOCATED;
     e->step_block = block;
     e->step_sector = sector;
+    e->is_mirror_step = false;
+    e->holds_busy = false;
 
     if (io->type == BDEV_IO_BLOCK_STATUS) {
         uint32_t sectors = (uint32_t)(len / HV_SECTOR_BYTES);
@@ -420,7 +524,44 @@ static void step(struct live_io *e)
     hv_aio_prep_writev(&e->req, pick_fd(v, at, len, e->iov, n), e->iov, n, at);
     if (io->flags & BDEV_IO_FUA)
         hv_aio_set_rw_flags(&e->req, RWF_DSYNC);
+    if (!v->is_mirroring) {
+        hv_aio_submit(v->aio, &e->req);
+        return;
+    }
+    /* Merging: the same bytes to the parent at once (a write the guest
+     * has not seen complete may land in either first; a crash then shows
+     * old or new data for it, as for any write in flight). Only when
+     * nothing else (guest write, merge copy) is out on the block: the
+     * parent then never has two writers on one block, and buffered and
+     * direct writes never meet on a page. A write that finds the block
+     * busy goes to the child alone and the next pass copies it. */
+    e->holds_busy = true;
+    if (v->busy[block] > 0) {
+        busy_get(v, block);
+        hv_aio_submit(v->aio, &e->req);
+        return;
+    }
+    busy_get(v, block);
+    e->is_mirror_step = true;
+    e->may_clear = v->pre_mirror == 0;
+    e->mirror_pending = 2;
+    e->mirror_status = 0;
     hv_aio_submit(v->aio, &e->req);
+    struct bdev_io *pio = (struct bdev_io *)(void *)((char *)e + LIVE_HEAD);
+    memset(pio, 0, sizeof(*pio));
+    pio->type = BDEV_IO_WRITE;
+    pio->flags = io->flags & BDEV_IO_FUA;
+    pio->offset = off;
+    pio->length = len;
+    pio->iov = e->iov;
+    pio->iovcnt = n;
+    pio->done = mirror_parent_done;
+    pio->cb_arg = e;
+    int ret = bdev_submit(v->parent, pio);
+    if (ret < 0) {
+        e->mirror_status = ret;
+        e->mirror_pending--; /* the child half still completes */
+    }
 }
 
 /* ------------------------------------------------------------- flush */
@@ -630,6 +771,9 @@ static int live_submit(struct bdev *bd, struct bdev_io *io)
     e->cursor = 0;
     e->status = 0;
     e->to_parent = false;
+    e->is_mirror_step = false;
+    e->holds_busy = false;
+    e->is_pre_mirror = !v->is_mirroring;
     /* The context may last have held another device's state (the top this
      * child replaced used the same request memory): nothing in it is ours. */
     memset(&e->deferred, 0, sizeof(e->deferred));
@@ -660,7 +804,7 @@ static int live_flush_sync(struct live *v)
 static void live_free(struct live *v)
 {
     if (v->aio)
-        hv_aio_destroy(v->aio);
+        hv_aio_put(v->aio);
     if (v->fd_buffered >= 0 && v->fd_buffered != v->fd)
         close(v->fd_buffered);
     if (v->fd >= 0)
@@ -671,6 +815,8 @@ static void live_free(struct live *v)
         munmap(v->merge_bits, v->bitmaps_len);
     vhd_meta_free(&v->meta);
     free(v->merge_dirty);
+    free(v->busy);
+    free(v->tainted);
     free(v->is_dirty);
     free(v->dirty);
     free(v->bat_chunk_dirty);
@@ -689,6 +835,20 @@ static void live_free(struct live *v)
 /* Make everything durable, then give back the unused reserve: the footer is
  * written again right after the last block (durable) before the file is
  * cut, so a crash in between leaves a valid footer at either place. */
+static int live_trim(void *arg)
+{
+    struct live *v = arg;
+    uint64_t end = HV_ALIGN_UP(v->next_alloc, HV_SECTOR_BYTES);
+    int ret = hv_pwrite_full(v->fd_buffered, v->footer_buf, VHD_FOOTER_BYTES, end);
+    if (ret == 0 && fdatasync(v->fd_buffered) < 0)
+        ret = -errno;
+    if (ret == 0 && ftruncate(v->fd_buffered, (off_t)(end + VHD_FOOTER_BYTES)) < 0)
+        ret = -errno;
+    if (ret == 0 && fsync(v->fd_buffered) < 0)
+        ret = -errno;
+    return ret;
+}
+
 static int live_close(struct bdev *bd)
 {
     struct live *v = hv_container_of(bd, struct live, bd);
@@ -696,14 +856,10 @@ static int live_close(struct bdev *bd)
     int ret = live_flush_sync(v);
     drain(v);
     if (ret == 0 && v->next_alloc < v->file_end) {
-        uint64_t end = HV_ALIGN_UP(v->next_alloc, HV_SECTOR_BYTES);
-        ret = hv_pwrite_full(v->fd_buffered, v->footer_buf, VHD_FOOTER_BYTES, end);
-        if (ret == 0 && fdatasync(v->fd_buffered) < 0)
-            ret = -errno;
-        if (ret == 0 && ftruncate(v->fd_buffered, (off_t)(end + VHD_FOOTER_BYTES)) < 0)
-            ret = -errno;
-        if (ret == 0 && fsync(v->fd_buffered) < 0)
-            ret = -errno;
+        /* The syncs on a worker: the reactor serves other disks meanwhile. */
+        ret = off_reactor(v->bd.reactor, v->path, live_trim, v, NULL);
+        if (ret == -ENOMEM || ret == -EAGAIN)
+            ret = live_trim(v);
     }
     live_free(v);
     return ret;
@@ -723,15 +879,22 @@ static const struct bdev_ops live_ops = {
     .describe = live_describe,
 };
 
-int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *parent,
-                        struct bdev **out, struct hv_err *err)
+struct open_call {
+    struct live *v;
+    const char *path;
+    struct bdev *parent;
+    struct hv_err *err;
+};
+
+/* The blocking part of an open (worker thread): nothing of the reactor. */
+static int live_load(void *arg)
 {
+    struct open_call *c = arg;
+    struct live *v = c->v;
+    const char *path = c->path;
+    struct bdev *parent = c->parent;
+    struct hv_err *err = c->err;
     int ret;
-    struct live *v = calloc(1, sizeof(*v));
-    if (!v)
-        return hv_err_set(err, -ENOMEM, "%s: out of memory", path);
-    v->fd = v->fd_buffered = -1;
-    snprintf(v->path, sizeof(v->path), "%s", path);
     v->fd_buffered = open(path, O_RDWR | O_CLOEXEC);
     if (v->fd_buffered < 0) {
         ret = hv_err_errno(err, path, "open");
@@ -829,6 +992,8 @@ int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *par
             ret = hv_err_set(err, ret, "%s: block %u bitmap: read: %s", path, b, strerror(-ret));
             goto fail;
         }
+        /* Written before this open: a merge must copy all of it. */
+        memcpy(v->merge_bits + (size_t)b * v->bitmap_bytes, bitmap_of(v, b), v->bitmap_bytes);
         used_end = HV_MAX(used_end, at + v->bitmap_bytes + v->block_bytes);
         v->blocks_allocated++;
     }
@@ -847,7 +1012,25 @@ int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *par
         }
         v->file_end = reserve_end;
     }
-    ret = hv_aio_create(r, 128, &v->aio);
+    return 0;
+fail:
+    return ret;
+}
+
+int vhd_live_child_open(struct hv_reactor *r, const char *path, struct bdev *parent,
+                        struct bdev **out, struct hv_err *err)
+{
+    int ret;
+    struct live *v = calloc(1, sizeof(*v));
+    if (!v)
+        return hv_err_set(err, -ENOMEM, "%s: out of memory", path);
+    v->fd = v->fd_buffered = -1;
+    snprintf(v->path, sizeof(v->path), "%s", path);
+    struct open_call oc = {.v = v, .path = path, .parent = parent, .err = err};
+    ret = off_reactor(r, path, live_load, &oc, err);
+    if (ret < 0)
+        goto fail;
+    ret = hv_aio_get(r, 128, &v->aio);
     if (ret < 0) {
         ret = hv_err_set(err, ret, "%s: aio: %s", path, strerror(-ret));
         goto fail;
@@ -885,12 +1068,19 @@ struct bdev *vhd_live_child_parent(struct bdev *bd)
 /* ------------------------------------------------------------- merge */
 
 #define MERGE_WORKERS 16
+/* Copies in flight while the guest has requests in flight on the child: a
+ * merge must not crowd the guest's I/O out of the device queue. With the
+ * guest idle (or held, in the final pass) all workers copy. */
+#define MERGE_WORKERS_BUSY 2
+#define MERGE_BUSY_SECTORS (256u * 1024 / HV_SECTOR_BYTES)
 
 struct merge_pass {
     struct live *v;
     bool is_first;
     uint32_t next_block; /* shared cursor: the next block to take */
     int active;          /* workers still running */
+    int copying;         /* workers with a copy in flight */
+    struct merge_job *parked; /* workers waiting for a copy slot */
     int status;
     bool is_done;
     uint64_t copied_bytes;
@@ -901,6 +1091,8 @@ struct merge_pass {
  * takes the next. Several in flight hide the latency of each copy. */
 struct merge_job {
     struct merge_pass *pass;
+    struct merge_job *next_parked;
+    bool is_copying;
     uint32_t block;
     uint32_t sector;
     uint32_t run;
@@ -914,13 +1106,46 @@ struct merge_job {
 
 static void merge_next(struct merge_job *j);
 
+static int merge_cap(struct live *v)
+{
+    return v->inflight ? MERGE_WORKERS_BUSY : MERGE_WORKERS;
+}
+
+/* A copy finished: let parked workers have the slot, as far as the cap
+ * allows now. */
+static void copy_slot_free(struct merge_job *j)
+{
+    struct merge_pass *p = j->pass;
+    if (!j->is_copying)
+        return;
+    j->is_copying = false;
+    p->copying--;
+}
+
+static void wake_parked(struct merge_pass *p)
+{
+    while (p->parked && p->copying < merge_cap(p->v)) {
+        struct merge_job *w = p->parked;
+        p->parked = w->next_parked;
+        merge_next(w);
+    }
+}
+
 static void merge_stop(struct merge_job *j, int status)
 {
     struct merge_pass *p = j->pass;
+    copy_slot_free(j);
+    if (j->has_block) {
+        j->has_block = false;
+        if (p->v->is_mirroring)
+            busy_put(p->v, j->block);
+    }
     if (status < 0 && p->status == 0)
         p->status = status;
     if (--p->active == 0)
         p->is_done = true;
+    else
+        wake_parked(p);
 }
 
 static void merge_wrote(struct bdev_io *pio, int status)
@@ -932,7 +1157,9 @@ static void merge_wrote(struct bdev_io *pio, int status)
     }
     j->pass->copied_bytes += (uint64_t)j->run * HV_SECTOR_BYTES;
     j->sector += j->run;
+    copy_slot_free(j);
     merge_next(j);
+    wake_parked(j->pass);
 }
 
 static void merge_read(struct hv_aio_req *req, long res)
@@ -969,9 +1196,12 @@ static void merge_next(struct merge_job *j)
     }
     for (;;) {
         if (!j->has_block) {
+            /* A block with a guest write out stays dirty for the next
+             * pass: one writer per parent block at a time. */
             while (p->next_block < v->entries &&
                    (v->meta.bat[p->next_block] == VHD_BAT_UNALLOCATED ||
-                    !v->merge_dirty[p->next_block]))
+                    !v->merge_dirty[p->next_block] ||
+                    (v->is_mirroring && v->busy[p->next_block])))
                 p->next_block++;
             if (p->next_block >= v->entries) {
                 merge_stop(j, 0);
@@ -980,12 +1210,16 @@ static void merge_next(struct merge_job *j)
             j->block = p->next_block++;
             j->sector = 0;
             j->has_block = true;
+            if (v->is_mirroring)
+                busy_get(v, j->block);
             /* Take the sectors to copy and clear them first: a write landing
              * during the copy marks them again and the next pass copies
-             * them once more. The first pass copies every present sector. */
+             * them once more. merge_bits hold every sector the parent may
+             * lack (all present sectors until the first pass, less what
+             * mirrored writes already put in the parent). */
             v->merge_dirty[j->block] = 0;
             uint8_t *mb = v->merge_bits + (size_t)j->block * v->bitmap_bytes;
-            memcpy(j->todo, p->is_first ? bitmap_of(v, j->block) : mb, v->bitmap_bytes);
+            memcpy(j->todo, mb, v->bitmap_bytes);
             memset(mb, 0, v->bitmap_bytes);
         }
         uint32_t limit = spb;
@@ -994,6 +1228,8 @@ static void merge_next(struct merge_job *j)
             limit = (uint32_t)((v->bd.size_bytes - block_start) / HV_SECTOR_BYTES);
         if (j->sector >= limit) {
             j->has_block = false;
+            if (v->is_mirroring)
+                busy_put(v, j->block);
             continue;
         }
         uint32_t run = vhd_bitmap_run(j->todo, j->sector, limit);
@@ -1001,6 +1237,17 @@ static void merge_next(struct merge_job *j)
             j->sector += run;
             continue;
         }
+        if (p->copying >= merge_cap(v)) {
+            j->next_parked = p->parked;
+            p->parked = j;
+            return;
+        }
+        /* While the guest is busy, copies go in pieces that do not keep
+         * its requests waiting long behind ours on the device. */
+        if (v->inflight && run > MERGE_BUSY_SECTORS)
+            run = MERGE_BUSY_SECTORS;
+        j->is_copying = true;
+        p->copying++;
         j->run = run;
         j->iov.iov_base = j->buf;
         j->iov.iov_len = (size_t)run * HV_SECTOR_BYTES;
@@ -1016,6 +1263,22 @@ static void merge_next(struct merge_job *j)
 int vhd_live_merge_pass(struct bdev *bd, bool is_first, uint64_t *copied_bytes, struct hv_err *err)
 {
     struct live *v = hv_container_of(bd, struct live, bd);
+    if (is_first && !v->is_mirroring) {
+        /* From now on the guest's writes go to the parent too: what the
+         * passes must copy stops growing, and the final pass (in a hold)
+         * has next to nothing left. */
+        v->busy = calloc(v->entries, sizeof(*v->busy));
+        v->tainted = calloc(v->entries, 1);
+        if (!v->busy || !v->tainted) {
+            free(v->busy);
+            free(v->tainted);
+            v->busy = NULL;
+            v->tainted = NULL;
+        } else {
+            v->is_mirroring = true;
+            v->pre_mirror = v->inflight;
+        }
+    }
     if (is_first)
         memset(v->merge_dirty, 1, v->entries);
     struct merge_pass p = {.v = v, .is_first = is_first, .active = MERGE_WORKERS};

@@ -43,6 +43,8 @@ static const char main_usage[] =
     "  san list | san luns NAME [--vm VM]       SANs and their LUNs\n"
     "  disk attach VM --controller N --slot M --lun SAN:TARGET:LUN\n"
     "                 [--full-scsi] [--force]   a whole SAN LUN, for this VM only\n"
+    "  disk attach VM --controller N --slot M --device /dev/X\n"
+    "                 [--full-scsi] [--force]   a whole local disk (SCSI: SG_IO)\n"
     "  disk takeover VM --controller N --slot M preempt a dead host's reservation\n"
     "  vm zoning VM [--target IQN] [--tid N]    what the SAN admin runs to let it in\n"
     "  vm create ... [--iqn IQN]                the VM's own SAN initiator name\n"
@@ -226,8 +228,11 @@ static void print_vm(const json_t *vm)
             if (json_object_get(lun, "passthru")) {
                 const json_t *pt = json_object_get(lun, "passthru");
                 const char *state = json_string_value(json_object_get(pt, "state"));
-                printf("%s %s%s  %s\n", json_string_value(json_object_get(pt, "designator")),
-                       state, json_is_true(json_object_get(pt, "full_scsi")) ? " full-scsi" : "",
+                const char *device = json_string_value(json_object_get(pt, "device"));
+                printf("%s %s%s%s%s  %s\n",
+                       json_string_value(json_object_get(pt, "designator")), state,
+                       json_is_true(json_object_get(pt, "full_scsi")) ? " full-scsi" : "",
+                       device ? " SG_IO " : "", device ? device : "",
                        json_string_value(json_object_get(lun, "url")));
                 if (strcmp(state, "ready") != 0)
                     printf("      %s\n", json_string_value(json_object_get(pt, "why")));

@@ -3,8 +3,9 @@
 # whole to one VM: the guest reads and writes it through its controller, the
 # device is claimed O_EXCL while attached (another exclusive opener, a mount,
 # another VM are refused), a signature is refused without --force and named,
-# a mounted device is refused even with --force. No SCSI device exists on
-# this machine, so the SG_IO path is neither written nor tested.
+# a mounted device is refused even with --force, --full-scsi is refused on
+# it (not SCSI). No SCSI device exists on this machine: the SG_IO path is
+# tested in a guest with scsi_debug (test_guest_sgio.sh).
 source "$(dirname "$0")/pt_lib.sh"
 pt_setup
 command -v losetup >/dev/null && command -v qemu-io >/dev/null && command -v mkfs.ext4 >/dev/null \
@@ -19,8 +20,14 @@ out=$WORK/out
 hvd_start 1
 hvctl_ 1 vm create a >/dev/null && hvctl_ 1 vm create b >/dev/null || fail "vm create"
 
+step "a loop device is no SCSI disk: --full-scsi is refused, it is served emulated"
+hvctl_ 1 disk attach a --controller 0 --slot 0 --device "$LOOP" --full-scsi > "$out" 2>&1 &&
+    fail "--full-scsi on a loop device"
+cat "$out"; grep -q "is not a SCSI disk" "$out" || fail "--full-scsi refusal does not say why"
+
 step "attach the blank loop device to VM a"
 hvctl_ 1 disk attach a --controller 0 --slot 0 --device "$LOOP" | tee "$out" || fail "attach"
+grep -q "SBC emulation over the raw device: not a SCSI disk" "$out" || fail "not said emulated"
 OPTS="driver=iscsi,transport=tcp,portal=${HVD_PORTAL[1]},target=$(ctl_target a 0),lun=0,initiator-name=$(guest_iqn a)"
 qemu-io --image-opts "$OPTS" -c "write -P 0x3c 2M 512k" -c flush \
     -c "read -P 0x3c 2M 512k" > "$out" 2>&1 \

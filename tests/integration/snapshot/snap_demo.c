@@ -5,11 +5,12 @@
  *   snap-demo agent SPEC [--thaw-timeout-ms N] [--sleep-ms N]
  *       hello, prepare, freeze, (sleep), thaw; one JSON line.
  *   snap-demo checkpoint DIR --disks N [--agent SPEC] [--runs K] [--merge]
- *       [--thaw-timeout-ms N]
+ *       [--thaw-timeout-ms N] [--cut-delay-ms N]
  *       N fresh VHD disks with writers in flight; K checkpoints (each merged
  *       back live with --merge); one JSON line per checkpoint.
  *   snap-demo backup DIR BACKUP_DIR --disks N [--incrementals K]
  *       [--agent SPEC] [--size BYTES] [--span BYTES] [--kill-after-ms N]
+ *       [--unpaced] [--trace FILE] [--baseline-ms N (300)]
  *       a full backup then K incrementals while writers run; per backup one
  *       JSON line with hold time, bytes read/changed, write latency p99
  *       during the backup and before it. --kill-after-ms: SIGKILL itself
@@ -123,6 +124,16 @@ static double p99_ms(struct h_vm *vm)
     return vm->lat_ns[(vm->lat_count * 99) / 100] / 1e6;
 }
 
+/* --cut-delay-ms: a slow on_cut handler, so that a test can make the
+ * agent's own auto-thaw come before the host's thaw. */
+static uint64_t g_cut_delay_ms;
+
+static void slow_on_cut(void *arg)
+{
+    (void)arg;
+    usleep((useconds_t)g_cut_delay_ms * 1000);
+}
+
 static int cmd_checkpoint(int argc, char **argv)
 {
     struct hv_err err = {0};
@@ -139,6 +150,9 @@ static int cmd_checkpoint(int argc, char **argv)
         return die("agent", &err, ret);
     vm.grp.thaw_timeout_ms = (uint32_t)opt_u64(argc, argv, "--thaw-timeout-ms", 0);
     vm.grp.on_cut = NULL;
+    g_cut_delay_ms = opt_u64(argc, argv, "--cut-delay-ms", 0);
+    if (g_cut_delay_ms)
+        vm.grp.on_cut = slow_on_cut;
     h_start(&vm);
     h_run_ms(&vm, 50);
     for (int k = 0; k < runs; k++) {
@@ -204,6 +218,17 @@ static int cmd_backup(int argc, char **argv)
         return die("agent", &err, ret);
     vm.lat_cap = 1u << 22;
     vm.lat_ns = malloc(vm.lat_cap * sizeof(uint64_t));
+    /* --trace FILE: every write during each backup as "seq completed_ns
+     * latency_ns" (CLOCK_MONOTONIC), to line up latency spikes with the
+     * backup's phases (HVSTOR_LOG=debug prints them with the same clock). */
+    const char *trace_path = opt_str(argc, argv, "--trace", NULL);
+    FILE *trace = trace_path ? fopen(trace_path, "w") : NULL;
+    if (trace_path && !trace) {
+        fprintf(stderr, "snap-demo: %s: %s\n", trace_path, strerror(errno));
+        return 1;
+    }
+    if (trace)
+        vm.lat_at_ns = malloc(vm.lat_cap * sizeof(uint64_t));
     if (create) {
         /* Fill the disks (a disk with data to back up), then the workload. */
         vm.write_bytes = 1024 * 1024;
@@ -221,7 +246,10 @@ static int cmd_backup(int argc, char **argv)
         /* Baseline latency: the same workload without a backup. */
         h_start(&vm);
         vm.lat_count = 0;
-        h_run_ms(&vm, 300);
+        uint64_t base_ms = opt_u64(argc, argv, "--baseline-ms", 300);
+        uint64_t base_t0 = hv_now_ns();
+        h_run_ms(&vm, base_ms);
+        double base_s = (hv_now_ns() - base_t0) / 1e9;
         if (is_idle)
             h_pause(&vm);
         double base_p99 = p99_ms(&vm);
@@ -241,7 +269,8 @@ static int cmd_backup(int argc, char **argv)
                                          .is_incremental =
                                              k > 0 || has_flag(argc, argv, "--incremental"),
                                          .want_app = true,
-                                         .max_bytes_per_second = opt_u64(argc, argv, "--rate", 0)};
+                                         .max_bytes_per_second = opt_u64(argc, argv, "--rate", 0),
+                                         .is_unpaced = has_flag(argc, argv, "--unpaced")};
         struct snap_backup_result res;
         char recovered[2048] = "";
         uint64_t t0 = hv_now_ns();
@@ -249,10 +278,13 @@ static int cmd_backup(int argc, char **argv)
         uint64_t t1 = hv_now_ns();
         if (ret < 0)
             return die("backup", &err, ret);
+        for (uint64_t w = 0; trace && w < vm.lat_count; w++)
+            fprintf(trace, "%d %llu %llu\n", res.sequence, (unsigned long long)vm.lat_at_ns[w],
+                    (unsigned long long)vm.lat_ns[w]);
         double dur_p99 = p99_ms(&vm);
         json_t *o = json_pack(
             "{s:i,s:s,s:s,s:s,s:s,s:s,s:f,s:I,s:I,s:I,s:I,s:f,s:f,s:f,"
-            "s:I,s:I}",
+            "s:I,s:I,s:f}",
             "sequence", res.sequence, "type", res.is_incremental ? "incremental" : "full",
             "why_full", res.why_full, "consistency", res.consistency == SNAP_APP ? "app" : "crash",
             "why", res.why_crash, "recovered", recovered, "hold_ms", res.hold_ns / 1e6,
@@ -260,7 +292,7 @@ static int cmd_backup(int argc, char **argv)
             (json_int_t)res.bytes_changed, "guest_changed_before_cut", (json_int_t)changed,
             "bytes_written", (json_int_t)res.bytes_written, "seconds", (t1 - t0) / 1e9,
             "p99_ms_during", dur_p99, "p99_ms_before", base_p99, "writes_during",
-            (json_int_t)vm.lat_count, "writes_before_300ms", (json_int_t)base_writes);
+            (json_int_t)vm.lat_count, "writes_before", (json_int_t)base_writes, "seconds_before", base_s);
         char *line = json_dumps(o, JSON_COMPACT);
         printf("%s\n", line);
         fflush(stdout);
@@ -270,7 +302,10 @@ static int cmd_backup(int argc, char **argv)
     }
     snap_agent_close(vm.grp.agent);
     free(vm.lat_ns);
-    vm.lat_ns = NULL;
+    free(vm.lat_at_ns);
+    vm.lat_ns = vm.lat_at_ns = NULL;
+    if (trace)
+        fclose(trace);
     ret = h_close(&vm);
     if (ret < 0 || vm.status) {
         fprintf(stderr, "snap-demo: close: %s\n", strerror(-(ret ? ret : vm.status)));

@@ -48,10 +48,11 @@ out=$("$DEMO" checkpoint "$WORK/vm" --disks 2 --runs 2 --merge --agent "hvstor-v
 fs_is_writable 5 || fail "frozen after the checkpoints"
 pass "checkpoints with the agent are application-consistent: $(grep -o '"hold_ms":[0-9.]*' <<<"$out" | tr '\n' ' ')"
 
-# 5. The agent auto-thaws before our thaw (1 ms limit): the checkpoint is
-#    kept but says crash, and why.
+# 5. The agent auto-thaws before our thaw (1 ms limit; the cut itself
+#    takes microseconds, so a slow on_cut handler holds the thaw back 200
+#    ms): the checkpoint is kept but says crash, and why.
 out=$("$DEMO" checkpoint "$WORK/vm2" --disks 2 --runs 1 --merge --thaw-timeout-ms 1 \
-      --agent "hvstor-vss:$SOCK") || fail "checkpoint: $out"
+      --cut-delay-ms 200 --agent "hvstor-vss:$SOCK") || fail "checkpoint: $out"
 grep -q '"consistency":"crash"' <<<"$out" || fail "expected crash consistency: $out"
 grep -q 'auto-thawed' <<<"$out" || fail "the reason should name the auto-thaw: $out"
 pass "an auto-thaw before the host's thaw downgrades the cut to crash-consistent"

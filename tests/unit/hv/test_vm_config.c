@@ -5,6 +5,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "hv.h"
@@ -132,6 +133,43 @@ static void test_json_from_a_newer_version_is_refused(void **state)
     json_decref(obj);
 }
 
+/* A local SCSI disk passed through with SG_IO is a "dev" slot with the
+ * disk's designator (and --full-scsi); a "dev" slot without one is the raw
+ * path, as before. Both survive the round trip through JSON. */
+static void test_dev_slot_keeps_its_designator(void **state)
+{
+    struct hv_err err = {0};
+    struct hv_vm_config vm;
+    struct hv_vm_config back;
+    json_t *obj;
+    (void)state;
+
+    assert_int_equal(hv_vm_config_init(&vm, "db", &err), 0);
+    vm.disks[0][0] = calloc(1, sizeof(struct hv_disk_config));
+    vm.disks[0][1] = calloc(1, sizeof(struct hv_disk_config));
+    assert_non_null(vm.disks[0][0]);
+    assert_non_null(vm.disks[0][1]);
+    vm.disks[0][0]->kind = HV_DISK_DEV;
+    snprintf(vm.disks[0][0]->path, sizeof(vm.disks[0][0]->path), "/dev/sdb");
+    snprintf(vm.disks[0][0]->designator, sizeof(vm.disks[0][0]->designator),
+             "naa.33333330000007d0");
+    vm.disks[0][0]->is_full_scsi = true;
+    vm.disks[0][1]->kind = HV_DISK_DEV;
+    snprintf(vm.disks[0][1]->path, sizeof(vm.disks[0][1]->path), "/dev/loop3");
+    obj = hv_vm_config_to_json(&vm);
+    assert_non_null(obj);
+    assert_int_equal(hv_vm_config_from_json(obj, "test", &back, &err), 0);
+    assert_int_equal(back.disks[0][0]->kind, HV_DISK_DEV);
+    assert_string_equal(back.disks[0][0]->designator, "naa.33333330000007d0");
+    assert_true(back.disks[0][0]->is_full_scsi);
+    assert_int_equal(back.disks[0][1]->kind, HV_DISK_DEV);
+    assert_string_equal(back.disks[0][1]->designator, "");
+    assert_false(back.disks[0][1]->is_full_scsi);
+    json_decref(obj);
+    hv_vm_config_free(&back);
+    hv_vm_config_free(&vm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -142,6 +180,7 @@ int main(void)
         cmocka_unit_test(test_only_listed_initiators_are_allowed),
         cmocka_unit_test(test_mutual_chap_needs_one_way_and_a_different_secret),
         cmocka_unit_test(test_json_from_a_newer_version_is_refused),
+        cmocka_unit_test(test_dev_slot_keeps_its_designator),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

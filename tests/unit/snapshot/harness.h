@@ -49,6 +49,7 @@ struct h_vm {
     uint8_t *changed[H_MAX_DISKS]; /* units written since reset */
     uint64_t *lat_ns;              /* write latencies, when recording */
     uint64_t lat_count, lat_cap;
+    uint64_t *lat_at_ns; /* with lat_ns: when each write completed (traces) */
     int status;
 };
 
@@ -60,8 +61,12 @@ static inline void h_writer_done(struct bdev_io *io, int status)
     struct h_vm *vm = w->vm;
     if (status < 0 && vm->status == 0)
         vm->status = status;
-    if (vm->lat_ns && vm->lat_count < vm->lat_cap)
-        vm->lat_ns[vm->lat_count++] = hv_now_ns() - w->submit_ns;
+    if (vm->lat_ns && vm->lat_count < vm->lat_cap) {
+        uint64_t now = hv_now_ns();
+        if (vm->lat_at_ns)
+            vm->lat_at_ns[vm->lat_count] = now;
+        vm->lat_ns[vm->lat_count++] = now - w->submit_ns;
+    }
     vm->writes++;
     w->is_busy = false;
     if (vm->is_running)
