@@ -9,6 +9,9 @@
  * runs reactor turns while it waits, so guest I/O and other connections go
  * on; its own connection is taken out of the reactor meanwhile, so that
  * nothing re-enters it (more input, the peer hanging up) until it is done.
+ * A request that must not start inside those turns (daemon.c says which)
+ * is parked: its connection stays out of the reactor, the line stays in
+ * its buffer, and it is tried again when nothing runs or a hold ends.
  * The socket is 0600 in the private state directory: whoever can reach it
  * administers the VMs.
  */
@@ -36,6 +39,8 @@ struct conn {
     size_t out_len;
     size_t out_pos;
     bool is_closing;                    /* peer done: close once `out` is sent */
+    enum hv_wait parked;                /* HV_WAIT_NO: not parked */
+    bool is_tried;                      /* by this retry_parked() round */
     struct conn *next;
 };
 
@@ -46,7 +51,11 @@ struct hv_control {
     struct hv_watch *watch;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     struct conn *conns;
+    struct hv_timer retry_timer;        /* parked requests are tried again */
 };
+
+/* How often a request parked behind a hold of guest I/O looks again. */
+#define PARK_RETRY_MS 5
 
 static void conn_close(struct conn *c)
 {
@@ -85,12 +94,17 @@ static int queue_reply(struct conn *c, const json_t *reply)
     return 0;
 }
 
-static void handle_line(struct conn *c, const char *line, size_t len)
+/* False: the request must wait (c->parked says for what); nothing done. */
+static bool handle_line(struct conn *c, const char *line, size_t len)
 {
     json_error_t jerr;
     json_t *req = json_loadb(line, len, 0, &jerr);
     json_t *reply;
 
+    if (req && (c->parked = hv_daemon_must_wait(c->ctl->daemon, req)) != HV_WAIT_NO) {
+        json_decref(req);
+        return false;
+    }
     if (!req) {
         struct hv_err err = {0};
         hv_err_set(&err, -EINVAL, "request is not JSON: %s (column %d)", jerr.text,
@@ -103,6 +117,7 @@ static void handle_line(struct conn *c, const char *line, size_t len)
     if (!reply || queue_reply(c, reply) < 0)
         c->is_closing = true;
     json_decref(reply);
+    return true;
 }
 
 static void conn_flush(struct conn *c)
@@ -122,6 +137,57 @@ static void conn_flush(struct conn *c)
     }
     if (c->out_pos == c->out_len)
         c->out_pos = c->out_len = 0;
+}
+
+static void conn_run_lines(struct conn *c);
+static void conn_after(struct conn *c);
+static void retry_parked(void *arg);
+
+/* Sooner wins: a kick is not put off by a slower tick. */
+static void arm_retry(struct hv_control *ctl, uint64_t ms)
+{
+    if (ctl->retry_timer.is_armed && ctl->retry_timer.deadline_ns <= hv_now_ns() + ms * 1000000)
+        return;
+    hv_timer_arm(ctl->reactor, &ctl->retry_timer, ms, retry_parked, ctl);
+}
+
+/* Parked requests, oldest connection last in the list: each is tried once
+ * per round; one that runs may take long (its turns run this timer's
+ * reactor), so the list is walked again from the start after each. */
+static void retry_parked(void *arg)
+{
+    struct hv_control *ctl = arg;
+    enum hv_wait still = HV_WAIT_NO;
+
+    for (;;) {
+        struct conn *next = NULL;
+        for (struct conn *c = ctl->conns; c; c = c->next)
+            if (c->parked != HV_WAIT_NO && !c->is_tried)
+                next = c;
+        if (!next)
+            break;
+        next->is_tried = true;
+        next->parked = HV_WAIT_NO;
+        conn_run_lines(next);
+    }
+    for (struct conn *c = ctl->conns; c; c = c->next) {
+        c->is_tried = false;
+        if (c->parked == HV_WAIT_HOLD || (c->parked == HV_WAIT_IDLE && still == HV_WAIT_NO))
+            still = c->parked;
+    }
+    /* Waiting for idleness is woken by hv_control_kick; the slow tick is a
+     * safety net only. */
+    if (still != HV_WAIT_NO)
+        arm_retry(ctl, still == HV_WAIT_HOLD ? PARK_RETRY_MS : 1000);
+}
+
+void hv_control_kick(struct hv_control *ctl)
+{
+    for (struct conn *c = ctl->conns; c; c = c->next)
+        if (c->parked != HV_WAIT_NO) {
+            arm_retry(ctl, 0);
+            return;
+        }
 }
 
 static void on_conn(void *arg, uint32_t events)
@@ -162,31 +228,49 @@ static void on_conn(void *arg, uint32_t events)
                 break;
             }
         }
-        /* Each complete line is one request. */
-        size_t start = 0;
-        bool has_line = c->in_len && memchr(c->in, '\n', c->in_len) != NULL;
-        if (has_line) {
+        if (c->in_len && memchr(c->in, '\n', c->in_len)) {
             hv_reactor_del_fd(c->ctl->reactor, c->watch);
             c->watch = NULL;
-        }
-        for (size_t i = 0; i < c->in_len; i++) {
-            if (c->in[i] != '\n')
-                continue;
-            if (i > start)
-                handle_line(c, c->in + start, i - start);
-            start = i + 1;
-        }
-        memmove(c->in, c->in + start, c->in_len - start);
-        c->in_len -= start;
-        if (has_line) {
-            c->watch = hv_reactor_add_fd(c->ctl->reactor, c->fd, EPOLLIN, on_conn, c);
-            if (!c->watch) {
-                /* Not watched any more: nobody would ever close it. */
-                conn_close(c);
-                return;
-            }
+            conn_run_lines(c);
+            return;
         }
     }
+    conn_after(c);
+}
+
+/* Each complete line is one request; the connection is out of the reactor
+ * meanwhile, and back in it (or parked) after. */
+static void conn_run_lines(struct conn *c)
+{
+    size_t start = 0;
+
+    for (size_t i = 0; i < c->in_len; i++) {
+        if (c->in[i] != '\n')
+            continue;
+        if (i > start && !handle_line(c, c->in + start, i - start))
+            break;
+        start = i + 1;
+    }
+    memmove(c->in, c->in + start, c->in_len - start);
+    c->in_len -= start;
+    if (c->parked != HV_WAIT_NO) {
+        /* Replies to the lines before it go out now; the rest waits. */
+        conn_flush(c);
+        arm_retry(c->ctl, c->parked == HV_WAIT_HOLD ? PARK_RETRY_MS : 1000);
+        return;
+    }
+    c->watch = hv_reactor_add_fd(c->ctl->reactor, c->fd, EPOLLIN, on_conn, c);
+    if (!c->watch) {
+        /* Not watched any more: nobody would ever close it. */
+        conn_close(c);
+        return;
+    }
+    conn_after(c);
+}
+
+/* Send what is queued; close, or watch for what comes next. */
+static void conn_after(struct conn *c)
+{
     conn_flush(c);
     if (c->is_closing && c->out_len == 0) {
         conn_close(c);
@@ -297,6 +381,17 @@ void hv_control_close(struct hv_control *ctl)
 {
     if (!ctl)
         return;
+    hv_timer_cancel(ctl->reactor, &ctl->retry_timer);
+    for (struct conn *c = ctl->conns; c; c = c->next) {
+        if (c->parked == HV_WAIT_NO)
+            continue;
+        json_t *reply = json_pack("{s:b, s:s, s:i}", "ok", 0, "error",
+                                  "hvstord stopped before this request's turn came; it was "
+                                  "not started", "errno", ESHUTDOWN);
+        if (reply && queue_reply(c, reply) == 0)
+            conn_flush(c);
+        json_decref(reply);
+    }
     while (ctl->conns)
         conn_close(ctl->conns);
     hv_reactor_del_fd(ctl->reactor, ctl->watch);

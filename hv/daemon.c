@@ -42,14 +42,25 @@ struct hv_daemon {
     struct hv_watch *signal_watch;
     int exit_signal;
     bool is_abandoned;                  /* drain timed out: leave images to the kernel */
-    /* The request running now. Checkpoints, backups, opening images, agent
-     * calls run reactor turns while they wait, so other requests can arrive
-     * meanwhile: those that read are served, those that change are refused
-     * (EBUSY), and a SIGTERM waits until the running one is done. */
-    const char *busy_op;
-    char busy_vm[HV_NAME_MAX + 1];
-    uint64_t busy_since_ns;
+    /* The requests running now, innermost first. Checkpoints, backups,
+     * resizes, agent calls run reactor turns while they wait, so other
+     * requests arrive meanwhile and run nested (see hv_daemon_request);
+     * a SIGTERM waits until every one is done. */
+    struct busy *busy;
+    int depth;                          /* requests running, reads included */
     bool is_stop_deferred;
+};
+
+/* A request in progress on its VM ("" for none). A change refuses other
+ * changes of the VM until it is done; a read (vm show asking the agent runs
+ * turns for up to 3 s, holding the VM's definition) makes them wait for its
+ * end. Lives in hv_daemon_request's frame. */
+struct busy {
+    const char *op;
+    char vm[HV_NAME_MAX + 1];
+    uint64_t since_ns;
+    bool is_read;
+    struct busy *outer;
 };
 
 static struct hv_vm *find_vm(struct hv_daemon *d, const char *name)
@@ -364,8 +375,7 @@ static int req_vm_show(struct hv_daemon *d, const json_t *req, json_t **result,
     *result = hv_vm_show_json(vm, d->portal);
     /* The agent is asked only when nothing else runs (asking runs turns). */
     json_object_set_new(*result, "agent", hv_snap_agent_json(&d->runtime, vm,
-                                                             d->busy_op == NULL ||
-                                                             !strcmp(d->busy_op, "vm.show")));
+                                                             d->depth == 1));
     json_array_foreach(json_object_get(vm->cfg.extra, "checkpoints"), i, v)
         json_array_append(cps, json_object_get(v, "name"));
     json_object_set_new(*result, "checkpoints", cps);
@@ -376,19 +386,30 @@ static int req_vm_delete(struct hv_daemon *d, const json_t *req, json_t **result
                          struct hv_err *err)
 {
     struct hv_vm *vm;
+    json_t *kept = NULL;
     int ret = get_vm(d, req, "name", &vm, err);
-    if (ret < 0)
+    if (ret < 0 ||
+        (ret = hv_snap_may_delete(vm, json_is_true(json_object_get(req, "force")), &kept,
+                                  err)) < 0)
         return ret;
     /* Forget it durably first: if that fails, nothing changed. */
     ret = hv_registry_remove(&d->registry, vm->cfg.name, err);
-    if (ret < 0)
+    if (ret < 0) {
+        json_decref(kept);
         return ret;
+    }
     unlink_vm(d, vm);
     for (int c = 0; c < vm->cfg.controller_count; c++)
         if (vm->controllers[c])
             iscsi_server_drop_target(d->server, vm->targets[c]);
     *result = json_pack("{s:s}", "deleted", vm->cfg.name);
+    if (kept) {
+        hv_info("VM '%s' deleted with --force: its newest data stays in the files of "
+                "\"newest_data\" (%zu disks)", vm->cfg.name, json_array_size(kept));
+        json_object_set_new(*result, "newest_data", kept);
+    }
     hv_info("VM '%s' deleted; its sessions dropped", vm->cfg.name);
+    hv_snap_vm_deleted(&d->runtime, vm);
     hv_vm_retire(&d->runtime, vm);
     return 0;
 }
@@ -660,22 +681,108 @@ static const struct {
 
 static json_t *dispatch(struct hv_daemon *d, const char *op, const json_t *request);
 
-/* What may run while another request waits in reactor turns: it reads
- * and runs no turn itself. */
-static bool is_read_only_op(const char *op)
+/*
+ * How a request may overlap others. Reads run at any time (they run no
+ * turn). Short changes (no turn, or a few short ones: opening an image, a
+ * resize's drain) run at once, nested in the turns of a long request of
+ * another VM, but never inside a hold of a VM's guest I/O, which they would
+ * lengthen: they wait for its release. Long ones (checkpoints, backups,
+ * merges) wait until nothing else runs, so that two of them never nest
+ * (the inner one would hold up the outer one's holds and its answer).
+ * A request is refused only when its own VM is busy with another change.
+ */
+enum op_class { OP_READ, OP_SHORT, OP_LONG };
+
+static enum op_class op_class(const char *op)
 {
-    static const char *const ro[] = {"status", "vm.list", "vm.show", "disk.stats",
-                                     "checkpoint.list", "checkpoint.show"};
-    for (size_t i = 0; i < HV_ARRAY_SIZE(ro); i++)
-        if (!strcmp(op, ro[i]))
+    static const char *const reads[] = {"status", "vm.list", "vm.show", "disk.stats",
+                                        "checkpoint.list", "checkpoint.show", "san.list",
+                                        "job.status", "disk.attach_status",
+                                        "disk.takeover_status"};
+    static const char *const shorts[] = {"vm.create", "vm.set", "vm.delete", "disk.attach",
+                                         "disk.detach", "disk.resize", "disk.attach_lun",
+                                         "disk.attach_dev", "disk.attach_fc", "disk.takeover",
+                                         "vm.zoning", "san.add", "san.luns"};
+    for (size_t i = 0; i < HV_ARRAY_SIZE(reads); i++)
+        if (!strcmp(op, reads[i]))
+            return OP_READ;
+    for (size_t i = 0; i < HV_ARRAY_SIZE(shorts); i++)
+        if (!strcmp(op, shorts[i]))
+            return OP_SHORT;
+    return OP_LONG;
+}
+
+static const char *request_vm(const json_t *request)
+{
+    const char *vm = json_string_value(json_object_get(request, "vm"));
+    if (!vm)
+        vm = json_string_value(json_object_get(request, "name"));
+    return vm && strlen(vm) <= HV_NAME_MAX ? vm : "";
+}
+
+/* Some VM's guest I/O is held right now (a checkpoint's cut, a merge's
+ * last pass, a resize's drain). */
+static bool is_any_hold(const struct hv_daemon *d)
+{
+    for (const struct hv_vm *vm = d->vms; vm; vm = vm->next) {
+        if (vm->gate && snap_gate_is_held(vm->gate))
             return true;
+        for (int c = 0; c < HV_MAX_CONTROLLERS; c++)
+            for (int s = 0; s < HV_SLOTS_PER_CONTROLLER; s++)
+                if (vm->disks[c][s] && vm->disks[c][s]->is_held)
+                    return true;
+    }
     return false;
+}
+
+/* The request running on `vm` (a change, or a read when `is_read_too`). */
+static const struct busy *busy_with(const struct hv_daemon *d, const char *vm, bool is_read_too)
+{
+    for (const struct busy *b = d->busy; b; b = b->outer)
+        if (vm[0] && !strcmp(b->vm, vm) && (is_read_too || !b->is_read))
+            return b;
+    return NULL;
+}
+
+bool hv_daemon_vm_may_change(struct hv_daemon *d, const char *vm)
+{
+    return !busy_with(d, vm, true) && !is_any_hold(d);
+}
+
+enum hv_wait hv_daemon_must_wait(struct hv_daemon *d, const json_t *request)
+{
+    const char *op = json_string_value(json_object_get(request, "op"));
+    enum op_class cls = op ? op_class(op) : OP_READ;
+
+    /* Bad requests and ones to refuse are answered at once. */
+    if (cls == OP_READ || d->depth == 0 || d->exit_signal ||
+        busy_with(d, request_vm(request), false))
+        return HV_WAIT_NO;
+    if (cls == OP_LONG)
+        return HV_WAIT_IDLE;
+    /* A read of the VM ends within seconds; a hold within milliseconds. */
+    return busy_with(d, request_vm(request), true) || is_any_hold(d) ? HV_WAIT_HOLD : HV_WAIT_NO;
+}
+
+/* The last running request ended: a deferred stop, or the waiting ones. */
+static void request_done(struct hv_daemon *d)
+{
+    if (d->depth > 0)
+        return;
+    if (d->is_stop_deferred) {
+        hv_info("the request is done; stopping now");
+        hv_reactor_stop(d->reactor);
+    } else if (d->control) {
+        hv_control_kick(d->control);
+    }
 }
 
 json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
 {
     struct hv_err err = {0};
+    struct busy me = {0};
     const char *op;
+    const struct busy *other;
     json_t *reply;
 
     if (!json_is_object(request) || !json_is_string(json_object_get(request, "op"))) {
@@ -683,29 +790,30 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request)
         return reply_error(-EINVAL, &err);
     }
     op = json_string_value(json_object_get(request, "op"));
-    if (d->busy_op) {
-        if (is_read_only_op(op))
-            return dispatch(d, op, request);
-        hv_err_set(&err, -EBUSY, "hvstord is busy with %s%s%s%s (for %.0f s); try again when "
-                   "it is done", d->busy_op, d->busy_vm[0] ? " of VM '" : "", d->busy_vm,
-                   d->busy_vm[0] ? "'" : "", (hv_now_ns() - d->busy_since_ns) / 1e9);
+    snprintf(me.vm, sizeof(me.vm), "%s", request_vm(request));
+    me.is_read = op_class(op) == OP_READ;
+    if (!me.is_read && d->exit_signal) {
+        hv_err_set(&err, -ESHUTDOWN, "hvstord is stopping (%s); %s was not started",
+                   strsignal(d->exit_signal), op);
+        return reply_error(-ESHUTDOWN, &err);
+    }
+    other = me.is_read ? NULL : busy_with(d, me.vm, false);
+    if (other) {
+        hv_err_set(&err, -EBUSY, "hvstord is busy with %s of VM '%s' (for %.0f s); try again "
+                   "when it is done", other->op, other->vm,
+                   (hv_now_ns() - other->since_ns) / 1e9);
         return reply_error(-EBUSY, &err);
     }
-    {
-        const char *vm = json_string_value(json_object_get(request, "vm"));
-        if (!vm)
-            vm = json_string_value(json_object_get(request, "name"));
-        d->busy_op = op;
-        snprintf(d->busy_vm, sizeof(d->busy_vm), "%s", vm && strlen(vm) <= HV_NAME_MAX ? vm : "");
-        d->busy_since_ns = hv_now_ns();
-    }
+    me.op = op;
+    me.since_ns = hv_now_ns();
+    me.outer = d->busy;
+    d->busy = &me;
+    d->depth++;
     reply = dispatch(d, op, request);
-    d->busy_op = NULL;
-    d->busy_vm[0] = 0;
-    if (d->is_stop_deferred) {
-        hv_info("the request is done; stopping now");
-        hv_reactor_stop(d->reactor);
-    }
+    d->depth--;
+    /* Nested requests end before the ones they ran inside of. */
+    d->busy = me.outer;
+    request_done(d);
     return reply;
 }
 
@@ -749,10 +857,11 @@ static void on_signal(void *arg, uint32_t events)
     while (read(d->signal_fd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
             d->exit_signal = (int)si.ssi_signo;
-            if (d->busy_op) {
+            if (d->depth > 0) {
                 /* Stopping the reactor now would make the running request's
                  * turns spin; it ends first, with the VM's disks whole. */
-                hv_info("%s: stopping once %s is done", strsignal(d->exit_signal), d->busy_op);
+                hv_info("%s: stopping once %s is done", strsignal(d->exit_signal),
+                        d->busy ? d->busy->op : "the running request");
                 d->is_stop_deferred = true;
             } else {
                 hv_reactor_stop(d->reactor);

@@ -142,6 +142,13 @@ void hv_snap_slot_removed(json_t *extra, int controller, int slot);
 /* Per LUN: `vm show` (top, layers) or `disk stats` (changed-block tracking). */
 void hv_snap_describe_disk(const struct hv_vm *vm, int controller, int slot, json_t *obj,
                            bool is_stats);
+/* vm.delete (vm_delete.c): -EBUSY naming the checkpoints and the files
+ * that hold the disks' newest data when it is not in the attached images,
+ * unless forced; forced, `kept` lists those files (caller frees; NULL when
+ * there is none). */
+int hv_snap_may_delete(const struct hv_vm *vm, bool is_forced, json_t **kept, struct hv_err *err);
+/* The VM is deleted: its change-tracking state goes (DIR/cbt/<vm>/). */
+void hv_snap_vm_deleted(struct hv_runtime *rt, struct hv_vm *vm);
 /* The gate outlives the VM's retired disks: destroyed by hv_runtime_fini. */
 void hv_snap_retire_gate(struct hv_runtime *rt, struct hv_vm *vm);
 /* vm.create / vm.set: "agent" (SPEC) or "no_agent" into extra["agent"]. */
@@ -158,6 +165,16 @@ struct hv_control;
 struct hv_daemon;
 int hv_control_listen(struct hv_reactor *r, const char *path, struct hv_daemon *d,
                       struct hv_control **out, struct hv_err *err);
+/* Requests still waiting for their turn are answered that hvstord stops;
+ * then every connection is closed. */
 void hv_control_close(struct hv_control *ctl);
+/* Nothing runs any more: give the waiting requests their turn. */
+void hv_control_kick(struct hv_control *ctl);
+
+/* Whether a request that arrives while others run starts now (it is then
+ * run or refused at once), waits until no request runs at all, or waits
+ * for the end of a hold of some VM's guest I/O (daemon.c). */
+enum hv_wait { HV_WAIT_NO, HV_WAIT_IDLE, HV_WAIT_HOLD };
+enum hv_wait hv_daemon_must_wait(struct hv_daemon *d, const json_t *request);
 
 #endif /* HVSTOR_HV_INTERNAL_H */

@@ -174,6 +174,8 @@ struct hv_pt_job {
     struct hv_err err;
     /* private to passthru_job.c */
     struct hv_work worker_item;
+    struct hv_timer finish_timer;       /* finish() waits while its VM is busy */
+    bool has_waited;                    /* (said so in the log once) */
     bool is_finished;
     json_t *result;
     struct hv_pt_job *next;
@@ -206,5 +208,8 @@ struct hv_vm *hv_daemon_find_vm(struct hv_daemon *d, const char *name);
 struct hv_registry *hv_daemon_registry(struct hv_daemon *d);
 struct hv_runtime *hv_daemon_runtime(struct hv_daemon *d);
 const char *hv_daemon_portal(const struct hv_daemon *d);
+/* No request is changing `vm` and no VM's guest I/O is held: a finished
+ * attach check may attach now. */
+bool hv_daemon_vm_may_change(struct hv_daemon *d, const char *vm);
 
 #endif /* HVSTOR_HV_PASSTHRU_INT_H */

@@ -24,8 +24,15 @@
 /* Finished jobs nobody asked about (hvctl killed) are kept this many. */
 #define JOBS_FINISHED_KEPT 32
 
+/* A finished check whose VM is busy (a backup, a checkpoint) or while some
+ * VM's guest I/O is held looks again this often: the LUN goes in after the
+ * cut of a backup, never in the middle of one. */
+#define JOB_FINISH_RETRY_MS 50
+
 static void job_free(struct hv_pt_job *job)
 {
+    if (job->d)
+        hv_timer_cancel(hv_daemon_runtime(job->d)->reactor, &job->finish_timer);
     if (job->cleanup)
         job->cleanup(job);
     json_decref(job->result);
@@ -61,11 +68,21 @@ static void job_run(struct hv_work *w)
     job->work(job);
 }
 
-static void job_done(struct hv_work *w)
+static void job_finish(void *arg)
 {
-    struct hv_pt_job *job = hv_container_of(w, struct hv_pt_job, worker_item);
+    struct hv_pt_job *job = arg;
     struct hv_err err = {0};
     json_t *result = NULL;
+
+    if (job->vm[0] && !hv_daemon_vm_may_change(job->d, job->vm)) {
+        if (!job->has_waited)
+            hv_info("VM '%s': the attach at controller %d slot %d is checked; it waits until "
+                    "no request changes the VM", job->vm, job->controller, job->slot);
+        job->has_waited = true;
+        hv_timer_arm(hv_daemon_runtime(job->d)->reactor, &job->finish_timer,
+                     JOB_FINISH_RETRY_MS, job_finish, job);
+        return;
+    }
     int ret = job->finish(job, &result, &err);
 
     job->is_finished = true;
@@ -82,6 +99,11 @@ static void job_done(struct hv_work *w)
         job->result = result;
     }
     trim_finished(hv_daemon_runtime(job->d)->passthru);
+}
+
+static void job_done(struct hv_work *w)
+{
+    job_finish(hv_container_of(w, struct hv_pt_job, worker_item));
 }
 
 int hv_pt_job_start(struct hv_daemon *d, struct hv_pt_job *job, json_t **result,

@@ -41,7 +41,7 @@
 
 #define TRACK_BYTES (64u * 1024) /* CBT and copy-before-write granularity */
 #define CBW_SPARES 16
-#define AGENT_PROBE_MS 1500 /* vm show: a dead agent costs at most this */
+#define AGENT_PROBE_MS 3000 /* vm show: as long as a checkpoint gives it; a dead agent costs at most this */
 #define AGENT_OPEN_MS 3000  /* before a checkpoint: hello */
 #define AGENT_CALL_MS 10000 /* freeze, thaw */
 #define QUIESCE_MS 5000

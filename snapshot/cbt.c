@@ -180,6 +180,12 @@ static int cbt_close(struct bdev *bd)
     return ret;
 }
 
+void snap_cbt_forget_state(struct snap_cbt *c)
+{
+    free(c->state_path);
+    c->state_path = NULL;
+}
+
 static void cbt_describe(struct bdev *bd, json_t *obj)
 {
     struct snap_cbt *c = hv_container_of(bd, struct snap_cbt, bd);

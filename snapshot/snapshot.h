@@ -93,6 +93,9 @@ int snap_cbt_take(struct snap_cbt *cbt, uint8_t **bits, bool *was_reliable, char
  * too: a backup that failed, or a mere checkpoint, must not lose them. */
 void snap_cbt_merge_back(struct snap_cbt *cbt, const uint8_t *bits, bool was_reliable,
                          const char *why);
+/* The disk leaves for good (its VM is deleted): the close writes no state,
+ * and the caller removes the file. */
+void snap_cbt_forget_state(struct snap_cbt *cbt);
 static inline bool snap_bit_test(const uint8_t *bits, uint64_t i)
 {
     return bits[i >> 3] & (1u << (i & 7));

@@ -26,6 +26,13 @@
 
 #define MAX_OUTPUT (1024 * 1024)
 #define DEVICE_RETRY_MS 1000
+/* A virtio-serial port with no host on it opens fine and hangs up at once.
+ * The host's hello waits until the port is open again, so the reopen comes
+ * soon (a probe gives the agent a few seconds, a slow guest needs most of
+ * one for the round trip); backing off to HUP_MAX_MS keeps an idle guest
+ * from spinning. */
+#define HUP_MIN_MS 25
+#define HUP_MAX_MS 200
 #define MAX_FS 64
 
 struct conn {
@@ -35,6 +42,7 @@ struct conn {
     char *out;
     size_t out_len;
     bool is_open;
+    bool has_data;                      /* the host sent something on this open */
 };
 
 struct ctx {
@@ -46,6 +54,7 @@ struct ctx {
     struct hv_watch *listen_watch;
     struct conn conn;
     struct hv_timer device_timer;
+    uint32_t hup_ms;                    /* reopen delay after a hang-up; 0: DEVICE_RETRY_MS */
     struct hv_deferred close_deferred;
     bool is_close_pending;
     int signal_fd;
@@ -170,7 +179,8 @@ static void conn_close(struct ctx *c)
     k->out_len = 0;
     vss_agent_disconnected(c->agent);
     if (c->device_path && !c->is_stopping)
-        hv_timer_arm(c->reactor, &c->device_timer, DEVICE_RETRY_MS, device_retry, c);
+        hv_timer_arm(c->reactor, &c->device_timer, c->hup_ms ? c->hup_ms : DEVICE_RETRY_MS,
+                     device_retry, c);
 }
 
 static void conn_event(void *arg, uint32_t events)
@@ -196,10 +206,19 @@ static void conn_event(void *arg, uint32_t events)
              * handled are flushed first, best effort. */
             if (n < 0)
                 hv_debug("read from host: %s", strerror(errno));
+            if (c->device_path) {
+                /* No host yet: back off a little; one that just left: soon. */
+                uint32_t was = c->hup_ms;
+                c->hup_ms = k->has_data || !c->hup_ms ? HUP_MIN_MS
+                                                       : HV_MIN(c->hup_ms * 2, HUP_MAX_MS);
+                if (c->hup_ms != was) /* not every 200 ms of an idle port */
+                    hv_debug("%s hung up; reopening in %u ms", c->device_path, c->hup_ms);
+            }
             conn_flush(c);
             conn_close(c);
             return;
         }
+        k->has_data = true;
         vss_linebuf_commit(&k->in, (size_t)n);
         const char *line;
         size_t len;
@@ -263,6 +282,7 @@ static void device_retry(void *arg)
     struct ctx *c = arg;
     int fd = open(c->device_path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
+        c->hup_ms = 0; /* the port is gone, not idle: the slow retry */
         hv_debug("%s: %s; retrying", c->device_path, strerror(errno));
         hv_timer_arm(c->reactor, &c->device_timer, DEVICE_RETRY_MS, device_retry, c);
         return;

@@ -32,7 +32,8 @@ static const char main_usage[] =
     "  vm show NAME                             targets, LUNs and their iscsi:// URLs\n"
     "  vm set NAME [--initiator IQN]... [--chap USER:SECRET | --no-chap]\n"
     "              [--mutual-chap USER:SECRET]  change access; drops sessions\n"
-    "  vm delete NAME                           drops the VM's sessions\n"
+    "  vm delete NAME [--force]                 drops the VM's sessions; --force:\n"
+    "                                           even with checkpoints\n"
     "  disk attach VM --controller N --slot M (--vhd PATH | --raw PATH)\n"
     "                 [--read-only] [--create SIZE]\n"
     "  disk detach VM --controller N --slot M\n"
@@ -70,7 +71,12 @@ static const char vm_usage[] =
     "       hvctl vm set NAME [--initiator IQN]... [--chap USER:SECRET | --no-chap]\n"
     "                         [--mutual-chap USER:SECRET]\n"
     "                         [--agent hvstor-vss:PATH | --agent qemu-ga:PATH | --no-agent]\n"
-    "       hvctl vm delete NAME\n";
+    "       hvctl vm delete NAME [--force]\n"
+    "\n"
+    "vm delete keeps every image. It refuses a VM whose disks have checkpoints\n"
+    "(their newest data is in child files the attached images do not name) and\n"
+    "says which; --force deletes it anyway and prints the file that holds each\n"
+    "disk's newest data. The VM's change-tracking state is removed with it.\n";
 
 static const char vm_set_usage[] =
     "usage: hvctl vm set NAME [--initiator IQN]... [--chap USER:SECRET | --no-chap]\n"
@@ -194,6 +200,8 @@ static void print_vm(const json_t *vm)
         printf("  guest agent: %s  ", json_string_value(json_object_get(a, "spec")));
         if (json_is_true(json_object_get(a, "answers")))
             printf("answers (%s)\n", version ? version : "?");
+        else if (json_is_null(json_object_get(a, "answers")))
+            printf("%s\n", error ? error : "not asked");
         else
             printf("does not answer: %s\n", error ? error : "?");
     }
@@ -297,7 +305,15 @@ static void print_list(const json_t *r)
 
 static void print_deleted(const json_t *r)
 {
+    size_t i;
+    json_t *dk;
     printf("VM %s deleted\n", json_string_value(json_object_get(r, "deleted")));
+    json_array_foreach(json_object_get(r, "newest_data"), i, dk)
+        printf("  c%lld-s%lld: its newest data is in %s (a differencing VHD over %s)\n",
+               (long long)json_integer_value(json_object_get(dk, "controller")),
+               (long long)json_integer_value(json_object_get(dk, "slot")),
+               json_string_value(json_object_get(dk, "newest")),
+               json_string_value(json_object_get(dk, "attached")));
 }
 
 static long long get_int(const json_t *obj, const char *key)
@@ -488,12 +504,29 @@ static int cmd_vm(int argc, char **argv)
             return usage_error(vm_usage, "vm list takes no argument, got '%s'", argv[1]);
         return call(json_pack("{s:s}", "op", "vm.list"), print_list);
     }
-    if (!strcmp(verb, "show") || !strcmp(verb, "delete")) {
+    if (!strcmp(verb, "delete")) {
+        const char *name = NULL;
+        bool is_forced = false;
+        for (int i = 1; i < argc; i++) {
+            if (!strcmp(argv[i], "--force"))
+                is_forced = true;
+            else if (argv[i][0] == '-')
+                return usage_error(vm_usage, "vm delete: unknown option '%s'", argv[i]);
+            else if (name)
+                return usage_error(vm_usage, "vm delete needs exactly one NAME");
+            else
+                name = argv[i];
+        }
+        if (!name)
+            return usage_error(vm_usage, "vm delete needs exactly one NAME");
+        return call(json_pack("{s:s, s:s, s:b}", "op", "vm.delete", "name", name, "force",
+                              is_forced),
+                    print_deleted);
+    }
+    if (!strcmp(verb, "show")) {
         if (argc != 2)
             return usage_error(vm_usage, "vm %s needs exactly one NAME", verb);
-        return call(json_pack("{s:s, s:s}", "op", !strcmp(verb, "show") ? "vm.show" : "vm.delete",
-                              "name", argv[1]),
-                    !strcmp(verb, "show") ? print_vm : print_deleted);
+        return call(json_pack("{s:s, s:s}", "op", "vm.show", "name", argv[1]), print_vm);
     }
     return usage_error(vm_usage, "unknown command 'vm %s'", verb);
 }

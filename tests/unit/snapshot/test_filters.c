@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "snapshot.h"
@@ -375,6 +376,35 @@ static void test_cbt_tracks_persists_and_detects_unclean_stop(void **state)
     hv_reactor_destroy(r);
 }
 
+/* A disk whose VM is deleted: once its state is forgotten, its close (which
+ * comes later, when the retired disk is idle) writes no file back. */
+static void test_cbt_forget_state_writes_nothing_back(void **state)
+{
+    (void)state;
+    struct hv_reactor *r;
+    struct hv_err err = {0};
+    struct bdev *bd;
+    struct snap_cbt *cbt;
+    struct stat st;
+    char st_path[4096];
+    assert_int_equal(hv_reactor_create(&r), 0);
+    snprintf(st_path, sizeof(st_path), "%s", t_path("forget.state"));
+    unlink(st_path);
+    struct bdev *raw = open_raw(r, "forget.raw", DISK_BYTES);
+    assert_int_equal(snap_cbt_wrap(raw, 64 * 1024, st_path, &bd, &cbt, &err), 0);
+    assert_int_equal(stat(st_path, &st), 0); /* "in use" written at open */
+    uint8_t *buf = hv_alloc_aligned(4096);
+    memset(buf, 0x5a, 4096);
+    assert_int_equal(bdev_write_sync(bd, 0, buf, 4096, 0), 0);
+    snap_cbt_forget_state(cbt);
+    assert_int_equal(unlink(st_path), 0); /* what hv does with the file */
+    assert_int_equal(bdev_close(bd), 0);
+    assert_int_equal(stat(st_path, &st), -1);
+    assert_int_equal(errno, ENOENT);
+    free(buf);
+    hv_reactor_destroy(r);
+}
+
 /* The backup reader, racing 16 writers that overwrite chunks it has not
  * read yet, still reads exactly the disk as it was at start. */
 struct cbw_backup {
@@ -486,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_gate_holds_every_disk_and_loses_nothing),
         cmocka_unit_test(test_top_switches_only_when_idle),
         cmocka_unit_test(test_cbt_tracks_persists_and_detects_unclean_stop),
+        cmocka_unit_test(test_cbt_forget_state_writes_nothing_back),
         cmocka_unit_test(test_cbw_backup_sees_the_disk_as_it_was),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
