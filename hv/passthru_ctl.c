@@ -154,6 +154,12 @@ static void print_attached_fc(const json_t *r)
            hv_format_size((uint64_t)json_integer_value(json_object_get(a, "size_bytes")), size),
            str(a, "vport"), str(a, "forced_over")[0] ? "; forced over: " : "",
            str(a, "forced_over"));
+    if (!strcmp(str(a, "transport"), "sg_io"))
+        printf("SCSI pass-through (SG_IO): %s %s, %s%s\n", str(a, "vendor"), str(a, "product"),
+               str(a, "designator"),
+               json_is_true(json_object_get(a, "full_scsi")) ? ", full SCSI" : "");
+    else if (str(a, "why")[0])
+        printf("SBC emulation over the raw device: %s\n", str(a, "why"));
 }
 
 /* An attach, `san add` and `san luns` answer {"running": true, "job": N} at
