@@ -10,7 +10,12 @@
  * device under the vport), refused when another VM holds that designator
  * (whether over FC or iSCSI, it is one LUN), and then served as a local
  * device is (`--device`): the block device under the LUN's SCSI device,
- * checked not in use, claimed O_EXCL.
+ * checked not in use, claimed O_EXCL, and — being an sd that answers SG_IO
+ * with that designator — passed through with SG_IO in the pass-through LU
+ * (filter, --full-scsi, backups), so the guest's CDBs reach the LUN itself.
+ * A node that is no SCSI disk (a test's loop device) keeps the SBC
+ * emulation, and the attach answer says why. The choice is made once, at
+ * attach (dc->is_sg_io), never silently changed at a later open.
  *
  * The vport (set A) stays up while the VM has an FC disk: one vport per VM,
  * shared by its FC disks, deleted with the last of them (detach, VM delete,
