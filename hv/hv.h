@@ -73,6 +73,8 @@ struct hv_disk_config {
     char designator[80];                /* HV_DISK_LUN, _FC, and HV_DISK_DEV passed
                                          * through with SG_IO: VPD 0x83 id it must carry */
     bool is_full_scsi;                  /* with a designator: no CDB filter */
+    bool is_sg_io;                      /* HV_DISK_FC: its block device is a SCSI disk
+                                         * passed through with SG_IO (else emulated) */
 };
 
 struct hv_chap {

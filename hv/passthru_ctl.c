@@ -52,7 +52,8 @@ static const char lun_usage[] =
     "way. TARGET_WWPN is 16 hex digits or 8 colon-separated pairs, LUN the number\n"
     "after the last ':' (50:0a:09:80:00:00:11:11:3). The LUN is pinned by its VPD\n"
     "0x83 id, refused when another VM holds it, and its block device is served\n"
-    "as --device serves one (in-use checks, O_EXCL claim). The vport stays up\n"
+    "as --device serves one (in-use checks, O_EXCL claim; a SCSI disk passed\n"
+    "through with SG_IO, filtered unless --full-scsi). The vport stays up\n"
     "while the VM has an FC disk; detaching the last one deletes it.\n"
     "The checks of --lun and --fc-lun run beside the VMs' I/O, not in its way:\n"
     "hvctl waits for their answer (up to --timeout).\n"
@@ -154,6 +155,12 @@ static void print_attached_fc(const json_t *r)
            hv_format_size((uint64_t)json_integer_value(json_object_get(a, "size_bytes")), size),
            str(a, "vport"), str(a, "forced_over")[0] ? "; forced over: " : "",
            str(a, "forced_over"));
+    if (!strcmp(str(a, "transport"), "sg_io"))
+        printf("SCSI pass-through (SG_IO): %s %s, %s%s\n", str(a, "vendor"), str(a, "product"),
+               str(a, "designator"),
+               json_is_true(json_object_get(a, "full_scsi")) ? ", full SCSI" : "");
+    else if (str(a, "why")[0])
+        printf("SBC emulation over the raw device: %s\n", str(a, "why"));
 }
 
 /* An attach, `san add` and `san luns` answer {"running": true, "job": N} at

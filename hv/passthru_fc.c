@@ -10,7 +10,12 @@
  * device under the vport), refused when another VM holds that designator
  * (whether over FC or iSCSI, it is one LUN), and then served as a local
  * device is (`--device`): the block device under the LUN's SCSI device,
- * checked not in use, claimed O_EXCL.
+ * checked not in use, claimed O_EXCL, and — being an sd that answers SG_IO
+ * with that designator — passed through with SG_IO in the pass-through LU
+ * (filter, --full-scsi, backups), so the guest's CDBs reach the LUN itself.
+ * A node that is no SCSI disk (a test's loop device) keeps the SBC
+ * emulation, and the attach answer says why. The choice is made once, at
+ * attach (dc->is_sg_io), never silently changed at a later open.
  *
  * The vport (set A) stays up while the VM has an FC disk: one vport per VM,
  * shared by its FC disks, deleted with the last of them (detach, VM delete,
@@ -26,12 +31,14 @@
 #include "san.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <unistd.h>
 
 struct fc_vport_ref {
     struct npiv_vport v;
+    struct hv_passthru *p;
     char vm[HV_NAME_MAX + 1];
     unsigned refs;
     struct fc_vport_ref *next;
@@ -58,6 +65,7 @@ static struct fc_vport_ref *vport_add(struct hv_passthru *p, const struct npiv_v
     if (!r)
         return NULL;
     r->v = *v;
+    r->p = p;
     snprintf(r->vm, sizeof(r->vm), "%s", vm);
     r->next = p->vports;
     p->vports = r;
@@ -182,16 +190,16 @@ static const struct bdev_ops fc_ops = {
     .describe = fc_describe,
 };
 
-int hv_passthru_open_fc(struct hv_runtime *rt, const struct hv_vm_config *vm,
-                        const struct hv_disk_config *dc, struct bdev **out, int *lock_fd,
-                        struct hv_err *err)
+/* At open: a reference on the VM's vport (set A), brought up if it is not,
+ * and the LUN's block device under it, checked against the designator the
+ * slot recorded. On failure no reference is left. */
+static int fc_open_lun(struct hv_runtime *rt, const struct hv_vm_config *vm,
+                       const struct hv_disk_config *dc, struct fc_vport_ref **out,
+                       char *dev_path, size_t dev_cap, struct hv_err *err)
 {
     struct hv_passthru *p = rt->passthru;
     struct npiv_identity id;
     struct fc_vport_ref *ref;
-    struct hv_disk_config local;
-    struct bdev *inner = NULL;
-    struct fc_bdev *f;
     char designator[SAN_DESIGNATOR_MAX];
     char who[HV_NAME_MAX + 32];
     uint64_t target, lun;
@@ -224,19 +232,38 @@ int hv_passthru_open_fc(struct hv_runtime *rt, const struct hv_vm_config *vm,
         }
     }
     ref->refs++;
-    local = *dc;
-    local.kind = HV_DISK_DEV;
     ret = resolve_lun(p->sysfs_root, p->dev_root, &ref->v, target, lun, who, &wait_opt,
-                      designator, local.path, sizeof(local.path), err);
-    if (ret < 0)
-        goto fail;
-    if (strcmp(designator, dc->designator) != 0) {
+                      designator, dev_path, dev_cap, err);
+    if (ret == 0 && strcmp(designator, dc->designator) != 0) {
         ret = hv_err_set(err, -ESTALE, "%s: the LUN there is now %s, expected %s: a different "
                          "LUN at the same address is refused", dc->path, designator,
                          dc->designator);
         hv_error("VM '%s': %s", vm->name, err ? err->msg : "");
-        goto fail;
     }
+    if (ret < 0) {
+        vport_put(p, ref);
+        return ret;
+    }
+    *out = ref;
+    return 0;
+}
+
+int hv_passthru_open_fc(struct hv_runtime *rt, const struct hv_vm_config *vm,
+                        const struct hv_disk_config *dc, struct bdev **out, int *lock_fd,
+                        struct hv_err *err)
+{
+    struct hv_passthru *p = rt->passthru;
+    struct fc_vport_ref *ref;
+    struct hv_disk_config local;
+    struct bdev *inner = NULL;
+    struct fc_bdev *f;
+    int ret;
+
+    local = *dc;
+    local.kind = HV_DISK_DEV;
+    ret = fc_open_lun(rt, vm, dc, &ref, local.path, sizeof(local.path), err);
+    if (ret < 0)
+        return ret;
     ret = hv_passthru_open_device(rt, &local, rt->no_direct_io, &inner, lock_fd, err);
     if (ret == -EINVAL && !rt->no_direct_io) {
         struct hv_err retry_err = {0};
@@ -260,11 +287,75 @@ int hv_passthru_open_fc(struct hv_runtime *rt, const struct hv_vm_config *vm,
     f->p = p;
     f->ref = ref;
     snprintf(f->device, sizeof(f->device), "%s", local.path);
-    snprintf(f->designator, sizeof(f->designator), "%s", designator);
+    snprintf(f->designator, sizeof(f->designator), "%s", dc->designator);
     *out = &f->bd;
     return 0;
 fail:
     vport_put(p, ref);
+    return ret;
+}
+
+/* ------------------------------------------------- the sd, by SG_IO */
+
+static void fc_sg_state_changed(struct pt_lun *pl, enum pt_state state, const char *why,
+                                void *arg)
+{
+    (void)pl;
+    hv_debug("FC LUN %s -> %s: %s", (const char *)arg, pt_state_name(state), why);
+}
+
+static void fc_lu_gone(void *arg)
+{
+    struct fc_vport_ref *ref = arg;
+    vport_put(ref->p, ref);
+}
+
+int hv_passthru_fc_sg_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm,
+                                const struct hv_disk_config *dc, struct hv_disk *disk,
+                                struct hv_err *err)
+{
+    struct pt_check_options copt = {.is_forced = true};   /* signatures: checked at attach */
+    struct pt_local_facts facts;
+    struct pt_local_options opt = {0};
+    struct pt_lun *pl = NULL;
+    struct fc_vport_ref *ref;
+    char node[4096];
+    char wwpn[NPIV_WWN_COLON_LEN + 1];
+    int ret;
+
+    ret = fc_open_lun(rt, vm, dc, &ref, node, sizeof(node), err);
+    if (ret < 0)
+        return ret;
+    if (disk->lock_fd < 0) {
+        ret = pt_check_local_device(node, &copt, &facts, err);
+        if (ret == 0)
+            ret = pt_claim_local_device(node, false, &disk->lock_fd, err);
+        if (ret < 0)
+            goto fail;
+    }
+    opt.fd = disk->lock_fd;
+    opt.path = node;
+    opt.designator = dc->designator;   /* the device's own VPD 0x83 must say it too */
+    opt.is_full_scsi = dc->is_full_scsi;
+    opt.on_state = fc_sg_state_changed;
+    opt.cb_arg = disk->cfg.path;
+    ret = pt_lun_open_local(rt->reactor, &opt, &pl, err);
+    if (ret == 0)
+        ret = hv_passthru_lu_local(rt, dc, pl, node, disk, err);
+    if (ret < 0)
+        goto fail;
+    npiv_wwn_colon(ref->v.names.wwpn, wwpn);
+    hv_passthru_lu_via_fc(disk->lu, wwpn, fc_lu_gone, ref);
+    hv_info("VM '%s': FC LUN %s: SCSI pass-through (SG_IO) of %s (%s) through vport %s%s",
+            vm->name, dc->path, node, dc->designator, wwpn,
+            dc->is_full_scsi ? ", full SCSI command set" : "");
+    return 0;
+fail:
+    if (disk->lock_fd >= 0) {
+        close(disk->lock_fd);
+        disk->lock_fd = -1;
+    }
+    vport_put(rt->passthru, ref);
     return ret;
 }
 
@@ -294,6 +385,8 @@ struct fc_job {
     /* found */
     char dev_path[4096];
     struct pt_local_facts facts;
+    struct pt_sg_identity sg;           /* when fj->dc.is_sg_io */
+    char emulated_why[512];             /* when not */
 };
 
 static void fc_job_undo_vport(struct fc_job *fj)
@@ -316,6 +409,42 @@ static void fc_job_release(struct fc_job *fj)
         vport_put(fj->p, fj->ref);
         fj->ref = NULL;
     }
+}
+
+/* How the LUN is served: its sd by SG_IO, as a `--device` SCSI disk is,
+ * when it answers SG_IO with the designator sysfs showed; else (a node that
+ * is no SCSI disk: a test's loop device) hvstor's SBC emulation, and why. */
+static int fc_job_transport(struct fc_job *fj, struct hv_err *err)
+{
+    struct hv_err ierr = {0};
+    int fd;
+    int ret;
+
+    if (!fj->facts.is_scsi) {
+        snprintf(fj->emulated_why, sizeof(fj->emulated_why), "%s (%s) is not a SCSI disk",
+                 fj->dev_path, fj->facts.sysfs_name);
+    } else if ((fd = open(fj->dev_path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0) {
+        return hv_err_errno(err, fj->dev_path, "open");
+    } else {
+        ret = pt_sg_identify(fd, fj->dev_path, &fj->sg, &ierr);
+        close(fd);
+        if (ret < 0)
+            snprintf(fj->emulated_why, sizeof(fj->emulated_why), "%s", hv_err_msg(&ierr, ret));
+        else if (strcmp(fj->sg.designator, fj->dc.designator) != 0)
+            return hv_err_set(err, -ESTALE, "FC LUN %s: %s answers SG_IO as %s, its SCSI "
+                              "device's VPD page 0x83 says %s: not the LUN", fj->dc.path,
+                              fj->dev_path, fj->sg.designator[0] ? fj->sg.designator
+                              : "no designator", fj->dc.designator);
+        else
+            fj->dc.is_sg_io = true;
+    }
+    if (!fj->dc.is_sg_io && fj->dc.is_full_scsi)
+        return hv_err_set(err, -EINVAL, "--full-scsi: FC LUN %s: %s; hvstor would serve it "
+                          "through its own SBC emulation", fj->dc.path, fj->emulated_why);
+    if (!fj->dc.is_sg_io)
+        hv_warn("FC LUN %s: %s: served through the SBC emulation", fj->dc.path,
+                fj->emulated_why);
+    return 0;
 }
 
 static void fc_job_work(struct hv_pt_job *job)
@@ -350,6 +479,8 @@ static void fc_job_work(struct hv_pt_job *job)
                              fj->dc.designator, fj->held[i].who);
     if (ret == 0)
         ret = pt_check_local_device(fj->dev_path, &copt, &fj->facts, &job->err);
+    if (ret == 0)
+        ret = fc_job_transport(fj, &job->err);
     if (ret < 0)
         fc_job_undo_vport(fj);
     job->status = ret;
@@ -417,6 +548,14 @@ static int fc_job_finish(struct hv_pt_job *job, json_t **result, struct hv_err *
             (json_int_t)fj->lun, "designator", fj->dc.designator, "device", fj->dev_path,
             "vport", wwpn, "size_bytes", (json_int_t)fj->facts.size_bytes, "forced_over",
             fj->facts.in_use));
+        if (fj->dc.is_sg_io)
+            json_object_update_new(json_object_get(*result, "attached"), json_pack(
+                "{s:s, s:s, s:s, s:i, s:b}", "transport", "sg_io", "vendor",
+                fj->sg.inquiry.vendor, "product", fj->sg.inquiry.product, "device_type",
+                (int)fj->sg.inquiry.device_type, "full_scsi", fj->dc.is_full_scsi));
+        else
+            json_object_update_new(json_object_get(*result, "attached"), json_pack(
+                "{s:s, s:s}", "transport", "emulated", "why", fj->emulated_why));
     }
     return 0;
 }
@@ -508,8 +647,7 @@ int hv_passthru_req_attach_fc(struct hv_daemon *d, const json_t *req, json_t **r
         for (int c = 0; c < HV_MAX_CONTROLLERS; c++)
             for (int s = 0; s < HV_SLOTS_PER_CONTROLLER; s++) {
                 const struct hv_disk_config *h = o->cfg.disks[c][s];
-                if (!h || !h->designator[0] ||
-                    (h->kind != HV_DISK_LUN && h->kind != HV_DISK_FC))
+                if (!h || !h->designator[0])    /* SAN, FC, or a local sd by SG_IO */
                     continue;
                 if (fj->held_count == cap) {
                     size_t n = cap ? cap * 2 : 8;

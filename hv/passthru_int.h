@@ -62,6 +62,10 @@ int hv_passthru_sg_disk_open(struct hv_runtime *rt, const struct hv_disk_config 
 int hv_passthru_lu_local(struct hv_runtime *rt, const struct hv_disk_config *dc,
                          struct pt_lun *pl, const char *node, struct hv_disk *disk,
                          struct hv_err *err);
+/* An FC LUN's local LU: `vport` named in its description, on_destroy(arg)
+ * once the LU is gone (it drops the vport: the last FC disk deletes it). */
+void hv_passthru_lu_via_fc(struct scsi_lu *lu, const char *vport, void (*on_destroy)(void *arg),
+                           void *arg);
 /* State, designator, SAN address, counters for `vm show` / `disk stats`. */
 void hv_passthru_describe(struct scsi_lu *lu, json_t *obj);
 
@@ -72,6 +76,12 @@ void hv_passthru_describe(struct scsi_lu *lu, json_t *obj);
 int hv_passthru_open_fc(struct hv_runtime *rt, const struct hv_vm_config *vm,
                         const struct hv_disk_config *dc, struct bdev **out, int *lock_fd,
                         struct hv_err *err);
+/* disk_open for kind "fc" with is_sg_io: the same vport and designator
+ * checks, then the LUN's sd passed through with SG_IO as a `--device` SCSI
+ * disk is (the pass-through LU, its filter, its backup stack). */
+int hv_passthru_fc_sg_disk_open(struct hv_runtime *rt, const struct hv_vm_config *vm,
+                                const struct hv_disk_config *dc, struct hv_disk *disk,
+                                struct hv_err *err);
 
 /* At `vm create`: allocate the VM's identity into cfg->extra["identity"]. */
 int hv_passthru_vm_created(struct hv_runtime *rt, struct hv_vm_config *cfg,

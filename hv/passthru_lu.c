@@ -243,6 +243,10 @@ struct pt_lu {
     uint64_t errors;
     bool is_taking_over;
     bool is_leaving;                    /* detach / VM delete: release on destroy */
+    /* an FC LUN's sd (passthru_fc.c): the vport it is reached through */
+    char fc_vport[32];
+    void (*on_destroy)(void *arg);
+    void *destroy_arg;
     int takeover_status;
     char takeover_msg[512];
     struct lu_cmd pool[PT_POOL];
@@ -466,7 +470,18 @@ static void lu_destroy(struct scsi_lu *lu)
     else
         pt_lun_close(pu->pl);
     hv_pt_snap_free(pu->snap);
+    if (pu->on_destroy)
+        pu->on_destroy(pu->destroy_arg);
     free(pu);
+}
+
+void hv_passthru_lu_via_fc(struct scsi_lu *lu, const char *vport, void (*on_destroy)(void *arg),
+                           void *arg)
+{
+    struct pt_lu *pu = hv_container_of(lu, struct pt_lu, lu);
+    snprintf(pu->fc_vport, sizeof(pu->fc_vport), "%s", vport);
+    pu->on_destroy = on_destroy;
+    pu->destroy_arg = arg;
 }
 
 void hv_passthru_leaving(struct scsi_lu *lu)
@@ -532,6 +547,9 @@ static void describe_local(struct pt_lu *pu, json_t *obj)
         (json_int_t)pt_lun_forwarded(pu->pl), "filtered", (json_int_t)pt_lun_filtered(pu->pl),
         "inflight", (json_int_t)pt_lun_inflight(pu->pl), "max_in_device",
         (int)pt_lun_max_in_device(pu->pl)));
+    if (pu->fc_vport[0])
+        json_object_set_new(json_object_get(obj, "passthru"), "fc_vport",
+                            json_string(pu->fc_vport));
 }
 
 static void lu_init(struct pt_lu *pu, struct hv_runtime *rt, const struct hv_disk_config *dc)

@@ -333,6 +333,8 @@ json_t *hv_vm_config_to_json(const struct hv_vm_config *vm)
             } else if (d->kind == HV_DISK_FC) {
                 json_object_set_new(disk, "designator", json_string(d->designator));
                 json_object_set_new(disk, "full_scsi", json_boolean(d->is_full_scsi));
+                json_object_set_new(disk, "transport",
+                                    json_string(d->is_sg_io ? "sg_io" : "emulated"));
             }
             json_array_append_new(disks, disk);
         }
@@ -488,6 +490,11 @@ int hv_vm_config_from_json(const json_t *obj, const char *what, struct hv_vm_con
                 }
                 snprintf(dc->designator, sizeof(dc->designator), "%s", designator);
                 dc->is_full_scsi = is_full_scsi;
+                if (dc->kind == HV_DISK_FC) {
+                    /* absent: a definition from before SG_IO, emulated then */
+                    const char *transport = json_string_value(json_object_get(d, "transport"));
+                    dc->is_sg_io = transport && !strcmp(transport, "sg_io");
+                }
             } else if (dc->kind == HV_DISK_DEV) {
                 /* with a designator: a local SCSI disk passed through (SG_IO) */
                 const char *designator = NULL;

@@ -254,6 +254,14 @@ static int disk_open(struct hv_runtime *rt, struct hv_vm *live, int controller, 
         hv_snap_open_lun(rt, live, controller, slot, disk);   /* backups, as a SAN LUN's */
         return 0;
     }
+    if (dc->kind == HV_DISK_FC && dc->is_sg_io) {
+        /* the LUN's sd under the VM's vport: the same LU, by SG_IO */
+        ret = hv_passthru_fc_sg_disk_open(rt, vm, dc, disk, err);
+        if (ret < 0)
+            goto offline;
+        hv_snap_open_lun(rt, live, controller, slot, disk);
+        return 0;
+    }
     ret = hv_snap_open_disk(rt, live, controller, slot, dc, disk, err);
     if (ret < 0)
         goto offline;

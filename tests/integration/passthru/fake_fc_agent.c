@@ -11,7 +11,8 @@
  *   hba HOST_NO MAX_VPORTS VPORTS_IN_USE
  *   target WWPN
  *   zone TARGET_WWPN INITIATOR_WWPN
- *   mask TARGET_WWPN INITIATOR_WWPN LUN [BLOCK NAA_HEX32]
+ *   mask TARGET_WWPN INITIATOR_WWPN LUN [BLOCK NAA_HEX32|/PATH/vpd_pg83]
+ *        (a path: the LUN is that real disk, its VPD page 0x83 copied)
  *   online_delay_ms N
  * It prints "ready" once the tree is built, then every vport_create /
  * vport_delete the "kernel" saw, and removes ROOT on SIGTERM.
@@ -85,7 +86,9 @@ int main(int argc, char **argv)
             fake_zone(find_target(&f, parse_wwn(a, line), line), parse_wwn(b, line));
         } else if ((n = sscanf(buf, "mask %63s %63s %llu %31s %63s", a, b, &lun, blk, naa)) >= 3) {
             struct fake_target *t = find_target(&f, parse_wwn(a, line), line);
-            if (n == 5)
+            if (n == 5 && naa[0] == '/')
+                fake_mask_real_disk(t, parse_wwn(b, line), lun, blk, naa);
+            else if (n == 5)
                 fake_mask_disk(t, parse_wwn(b, line), lun, blk, naa);
             else
                 fake_mask(t, parse_wwn(b, line), lun);

@@ -27,6 +27,11 @@
 #   - an hvstord restart finds the disk again by its designator after
 #     sda and sdb swapped names; another VM is refused it by designator
 #   - ABORT TASK and LUN RESET reach the SG_IO disk's LU; it answers after
+#   - the same disk as an FC LUN (`--fc-lun`, a fake FC HBA tree from
+#     fake-fc-agent whose LUN's block device is the scsi_debug sd): served
+#     by SG_IO too (scsi_debug's INQUIRY, the filter, --full-scsi lifting it,
+#     a backup, `--device` of it refused), the vport up with it, brought
+#     back at a restart, deleted with the detach
 #   - the disk removed under the guest: NOT READY / LOGICAL UNIT NOT
 #     SUPPORTED, and `vm show` says why
 # The guest prints "HVSTOR-GUEST-RESULT: PASS|FAIL why" and powers off.
@@ -43,7 +48,8 @@ command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is not inst
 for tool in cpio gzip ldd readelf; do command -v $tool >/dev/null || skip "$tool is not installed"; done
 PT_CDB=$HVSTOR_BUILD/tests/integration/pt-cdb
 PT_TMF=$HVSTOR_BUILD/tests/integration/pt-tmf
-for b in "$HVSTOR_BIN/hvstord" "$HVSTOR_BIN/hvctl" "$HVSTOR_BIN/vhd" "$PT_CDB" "$PT_TMF"; do
+AGENT=$HVSTOR_BUILD/tests/integration/fake-fc-agent
+for b in "$HVSTOR_BIN/hvstord" "$HVSTOR_BIN/hvctl" "$HVSTOR_BIN/vhd" "$PT_CDB" "$PT_TMF" "$AGENT"; do
     [ -x "$b" ] || skip "$b is not built"
 done
 tools=()
@@ -333,6 +339,107 @@ dd if=$DEV of=/tmp/disk.bin bs=4096 skip=2048 count=16 iflag=direct 2>/dev/null 
 cmp -s /tmp/disk.bin /tmp/guest.bin || finish "FAIL the disk does not hold what the guest wrote"
 step "after the detach $DEV holds the guest's 64 KiB"
 
+# An FC LUN whose sd is this disk. No FC HBA here: fake-fc-agent plays the
+# kernel's FC transport in a tree of its own (hvstord --sysfs-root), and the
+# LUN, as VM f's vport sees it, shows $DEV as its block device (--dev-root
+# /dev) with $DEV's own VPD page 0x83. `--fc-lun` must reach scsi_debug
+# through SG_IO, as `--device` does.
+kill -TERM $HVD; wait $HVD
+FCSYS=/tmp/fcsys
+FCOPTS="--sysfs-root $FCSYS --dev-root /dev --wwn-oui 00:11:22 --iqn-prefix iqn.2026-11.org.hvstor.guest --host-id 1"
+start_hvd() {
+    hvstord --state-dir $ST --portal 127.0.0.1:3260 --log-level info $FCOPTS 2>>/tmp/hvstord.log &
+    HVD=$!
+    i=0
+    while ! hv vm show a >/dev/null 2>&1; do
+        i=$((i + 1)); [ $i -gt 200 ] && finish "FAIL hvstord did not start: $(tail -3 /tmp/hvstord.log)"
+        sleep 0.1
+    done
+}
+start_hvd
+hv vm create f >/dev/null || finish "FAIL vm create f"
+hv --json vm show f | tr -d ' \n' >/tmp/f.json
+FWWPN=$(sed -n 's/.*"fc":{"a":{"wwpn":"\([0-9a-f:]*\)","wwnn":"[0-9a-f:]*"},"b":{"wwpn":"\([0-9a-f:]*\)".*/\1 \2/p' /tmp/f.json)
+FA=$(echo $FWWPN | cut -d' ' -f1 | tr -d :); FB=$(echo $FWWPN | cut -d' ' -f2 | tr -d :)
+[ -n "$FA" ] && [ -n "$FB" ] || finish "FAIL VM f has no FC identity: $(cat /tmp/f.json)"
+T=500a098000001111
+cat >/tmp/fc.cfg <<CFG
+hba 5 64 0
+target $T
+zone $T $FA
+zone $T $FB
+mask $T $FA 1 ${DEV#/dev/} /sys/block/${DEV#/dev/}/device/vpd_pg83
+mask $T $FB 1
+CFG
+fake-fc-agent $FCSYS /tmp/fc.cfg >/tmp/agent.log 2>&1 &
+AGENT=$!
+i=0
+until grep -q '^ready' /tmp/agent.log; do
+    i=$((i + 1)); [ $i -gt 100 ] && finish "FAIL fake-fc-agent: $(cat /tmp/agent.log)"
+    sleep 0.1
+done
+vport_up() { grep -l -x "0x$FA" $FCSYS/class/fc_host/*/port_name 2>/dev/null | wc -l; }
+IQNF=iqn.2008-11.org.linux-kvm:f
+hv disk attach f --controller 0 --slot 0 --fc-lun $T:1 >/tmp/fc.txt 2>&1 ||
+    finish "FAIL --fc-lun attach: $(cat /tmp/fc.txt)"
+grep -q "SCSI pass-through (SG_IO): $VENDOR $MODEL, " /tmp/fc.txt ||
+    finish "FAIL the FC LUN is not passed through with SG_IO: $(cat /tmp/fc.txt)"
+[ "$(vport_up)" = 1 ] || finish "FAIL VM f's vport is not up"
+step "$(tr '\n' ' ' </tmp/fc.txt)"
+TF=$(hv --json vm show f | tr -d ' \n' | sed -n 's/.*"target":"\([^"]*:f\.c0\)".*/\1/p')
+[ -n "$TF" ] || finish "FAIL VM f's target: $(hv --json vm show f)"
+cdbf() { pt-cdb -p 127.0.0.1:3260 -t $TF -i $IQNF -l 0 "$@"; }
+fc_checks() {   # INQUIRY, the guest's data, the filter: what SG_IO to scsi_debug gives
+    iscsi-inq -i $IQNF iscsi://127.0.0.1:3260/$TF/0 >/tmp/inqf.txt 2>&1 ||
+        finish "FAIL iscsi-inq on the FC LUN: $(cat /tmp/inqf.txt)"
+    grep -q "Vendor:$VENDOR" /tmp/inqf.txt && grep -q "Product:$MODEL" /tmp/inqf.txt ||
+        finish "FAIL the FC LUN's INQUIRY is not scsi_debug's: $(cat /tmp/inqf.txt)"
+    cdbf -c "$READ10W" -r 65536 -o /tmp/fcback.bin >/tmp/r.txt
+    cmp -s /tmp/fcback.bin /tmp/guest.bin || finish "FAIL the FC LUN does not hold the guest's data: $(cat /tmp/r.txt)"
+    cdbf -c 1d0400000000 >/tmp/sdf.txt
+    grep -q "status 0x02 sense 5/20h/00h" /tmp/sdf.txt ||
+        finish "FAIL SEND DIAGNOSTIC on the FC LUN without --full-scsi: $(cat /tmp/sdf.txt)"
+}
+fc_checks
+hv vm show f >/tmp/show.txt
+grep -q "SG_IO $DEV" /tmp/show.txt || finish "FAIL vm show f: $(cat /tmp/show.txt)"
+step "FC LUN through SG_IO: $(grep -E 'Vendor|Product' /tmp/inqf.txt | tr '\n' ' '); the guest's data read back; SEND DIAGNOSTIC filtered: $(cat /tmp/sdf.txt)"
+
+# the sd is one disk whichever way it is named: --device by another VM is refused
+hv disk attach a --controller 0 --slot 0 --device $DEV >/tmp/b.txt 2>&1 &&
+    finish "FAIL VM a got the disk VM f holds as an FC LUN"
+grep -q "is held by VM 'f' controller 0 slot 0" /tmp/b.txt || finish "FAIL FC holder not named: $(cat /tmp/b.txt)"
+step "--device of the FC LUN's sd refused: $(cat /tmp/b.txt)"
+
+# backups: the SG_IO disk's stack (copy-before-write on the pass-through LU)
+hv backup create f --to /tmp/bkf --consistency crash >/tmp/bk.txt 2>&1 ||
+    finish "FAIL backup of the FC LUN: $(cat /tmp/bk.txt)"
+hvctl backup verify /tmp/bkf >/tmp/bkv.txt 2>&1 || finish "FAIL backup verify: $(cat /tmp/bkv.txt)"
+rm -rf /tmp/bkf
+step "backup of the FC LUN: $(tail -1 /tmp/bk.txt); verified"
+
+# restart: the vport goes with hvstord and comes back; the LUN is found
+# under it and opened by SG_IO again
+kill -TERM $HVD; wait $HVD
+[ "$(vport_up)" = 0 ] || finish "FAIL the vport outlived hvstord"
+start_hvd
+[ "$(vport_up)" = 1 ] || finish "FAIL the vport did not come back with hvstord"
+fc_checks
+step "restart: vport brought back, the FC LUN is scsi_debug's by SG_IO again"
+
+# --full-scsi lets SEND DIAGNOSTIC reach scsi_debug; the detach deletes the vport
+hv disk detach f --controller 0 --slot 0 >/dev/null || finish "FAIL detach f"
+[ "$(vport_up)" = 0 ] || finish "FAIL the vport outlived the last FC disk"
+hv disk attach f --controller 0 --slot 0 --fc-lun $T:1 --full-scsi >/tmp/fc.txt 2>&1 ||
+    finish "FAIL --fc-lun --full-scsi: $(cat /tmp/fc.txt)"
+grep -q "SG_IO.*, full SCSI" /tmp/fc.txt || finish "FAIL --full-scsi not in the answer: $(cat /tmp/fc.txt)"
+cdbf -c 1d0400000000 >/tmp/sdf.txt
+grep -q "status 0x00" /tmp/sdf.txt || finish "FAIL SEND DIAGNOSTIC on the FC LUN with --full-scsi: $(cat /tmp/sdf.txt)"
+hv disk detach f --controller 0 --slot 0 >/dev/null || finish "FAIL detach f"
+[ "$(vport_up)" = 0 ] || finish "FAIL the vport outlived the detach"
+kill -TERM $AGENT; wait $AGENT
+step "FC LUN --full-scsi: SEND DIAGNOSTIC $(cat /tmp/sdf.txt); vport deleted with the detach"
+
 # the disk goes away under the guest: the device's removal becomes NOT
 # READY / LOGICAL UNIT NOT SUPPORTED and the slot says why
 hv disk attach a --controller 0 --slot 0 --device $DEV >/dev/null || finish "FAIL re-attach"
@@ -353,7 +460,7 @@ EOF
 
 "$HVSTOR_SRC/tests/guest/build-initramfs.sh" --module scsi_debug \
     --bin "$HVSTOR_BIN/hvstord" --bin "$HVSTOR_BIN/hvctl" --bin "$HVSTOR_BIN/vhd" \
-    --bin "$PT_CDB" --bin "$PT_TMF" \
+    --bin "$PT_CDB" --bin "$PT_TMF" --bin "$AGENT" \
     "${tools[@]}" \
     --init "$WORK/init" "$WORK/guest.cpio.gz" "$kver" >/dev/null 2>"$WORK/initramfs.err"
 rc=$?

@@ -111,9 +111,19 @@ grep -q "not masked: LUN 2 of target $T1C is not reported to vport" "$out" ||
 grep -q "LUNs it reports: 1" "$out" || fail "what the vport sees is not said"
 [ "$(in_use)" = 0 ] || fail "the vport of the refused attach is still there"
 
-step "attach: set A comes up and stays, set B is checked and deleted again"
+step "--full-scsi on a LUN whose block device is no SCSI disk (the loop device): refused, saying why"
+hvctl_ 1 disk attach a --controller 0 --slot 0 --fc-lun "$T1C:1" --full-scsi > "$out" 2>&1 &&
+    fail "--full-scsi attached over a loop device"
+cat "$out"
+grep -q -- "--full-scsi: FC LUN /fc/$T1C/1: $WORK/dev/sdb (loop[0-9]*) is not a SCSI disk" "$out" ||
+    fail "--full-scsi refusal"
+[ "$(in_use)" = 0 ] || fail "the vport of the refused attach is still there"
+
+step "attach: set A comes up and stays, set B is checked and deleted again; the loop device is emulated, the answer says why"
 hvctl_ 1 disk attach a --controller 0 --slot 0 --fc-lun "$T1C:1" | tee "$out" || fail "attach"
 grep -q "FC LUN $T1C:1 (naa.$NAA, $WORK/dev/sdb" "$out" || fail "attach output"
+grep -q "SBC emulation over the raw device: $WORK/dev/sdb (loop[0-9]*) is not a SCSI disk" "$out" ||
+    fail "the emulation's reason is not in the answer"
 [ "$(fc_hosts_with "$A_A")" = 1 ] || fail "VM a's vport (set A) is not up"
 [ "$(fc_hosts_with "$A_B")" = 0 ] || fail "set B was left up"
 grep -q "vport_create $A_B:" "$WORK/agent.log" || fail "set B was not checked"
@@ -121,6 +131,8 @@ grep -q "vport_delete $A_B:" "$WORK/agent.log" || fail "set B was not deleted"
 hvctl_ 1 --json vm show a > "$out"
 json_get "$out" 'j["controllers"][0]["luns"][0]["kind"]' | grep -qx fc || fail "kind"
 json_get "$out" 'j["controllers"][0]["luns"][0]["state"]' | grep -qx online || fail "offline"
+json_get "$out" '"emulated" if "fc" in j["controllers"][0]["luns"][0].get("image", {}) else "sg_io"' |
+    grep -qx emulated || fail "not served by the emulation"
 
 step "the guest reads and writes the LUN through its controller"
 OPTS="driver=iscsi,transport=tcp,portal=${HVD_PORTAL[1]},target=$(ctl_target a 0),lun=0,initiator-name=$(guest_iqn a)"

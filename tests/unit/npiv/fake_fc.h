@@ -56,6 +56,7 @@ struct fake_target {
         uint64_t initiator, lun;
         char block[32];                 /* "" or the block device it shows as */
         uint8_t naa[16];                /* its NAA-6 designator (VPD 0x83) */
+        char vpd83_from[256];           /* or "": a real device's page, copied */
     } masks[FAKE_MAX];
     size_t n_masks;
 };
@@ -197,6 +198,38 @@ static void fake_mask_disk(struct fake_target *t, uint64_t initiator, uint64_t l
         sscanf(naa_hex + 2 * i, "%2x", &v);
         t->masks[m].naa[i] = (uint8_t)v;
     }
+}
+
+/* A masked LUN whose block device is a real disk of this host (a guest's
+ * scsi_debug sd): its VPD page 0x83 is that disk's own, copied from
+ * `vpd83_path` (its sysfs vpd_pg83), as the kernel would show it. */
+static inline void fake_mask_real_disk(struct fake_target *t, uint64_t initiator, uint64_t lun,
+                                       const char *block, const char *vpd83_path)
+{
+    size_t m = t->n_masks;
+    fake_mask(t, initiator, lun);
+    snprintf(t->masks[m].block, sizeof(t->masks[m].block), "%s", block);
+    snprintf(t->masks[m].vpd83_from, sizeof(t->masks[m].vpd83_from), "%s", vpd83_path);
+}
+
+static void fake_copy_vpd83(const char *dir, const char *from)
+{
+    uint8_t page[4096];
+    char path[1100];
+    FILE *in = fopen(from, "rb");
+    size_t n;
+
+    if (!in) {
+        fprintf(stderr, "fake_fc: %s: %s\n", from, strerror(errno));
+        abort();
+    }
+    n = fread(page, 1, sizeof(page), in);
+    fclose(in);
+    snprintf(path, sizeof(path), "%s/vpd_pg83", dir);
+    FILE *f = fopen(path, "w");
+    if (!f || fwrite(page, 1, n, f) != n)
+        abort();
+    fclose(f);
 }
 
 static void fake_write_vpd83(const char *dir, const uint8_t naa[16])
@@ -377,7 +410,10 @@ static void fake_go_online(struct fake_fc *f, struct fake_vport *v)
                 snprintf(dev, sizeof(dev), "%s/device", dir);
                 snprintf(blk, sizeof(blk), "%s/block/%s", dev, tg->masks[m].block);
                 fake_mkdirs(blk);
-                fake_write_vpd83(dev, tg->masks[m].naa);
+                if (tg->masks[m].vpd83_from[0])
+                    fake_copy_vpd83(dev, tg->masks[m].vpd83_from);
+                else
+                    fake_write_vpd83(dev, tg->masks[m].naa);
             }
         }
     }
