@@ -1,22 +1,35 @@
 #!/bin/bash
 # iSCSI target benchmark: the same 1 GiB file served by tgt (tgtd, its
-# rdwr back end, on one loopback port) and by hvstor's target (iscsi-testd,
-# raw file LUN, on another), both driven by `qemu-img bench` over iscsi://
-# in the same run: 4 KiB reads and writes at queue depth 32, 64 KiB reads
-# and writes at depth 16. Prints rates and hvstor/tgt ratios.
+# rdwr back end, on one loopback port) and by hvstor (on another), both
+# driven by `qemu-img bench` over iscsi:// in the same run: 4 KiB reads and
+# writes at queue depth 32, 64 KiB reads and writes at depth 16. Prints
+# rates and hvstor/tgt ratios.
+#
+# hvstor is hvstord by default: a VM with the file attached as its LUN 0,
+# so the figure includes everything a guest's I/O goes through (the VM's
+# quiesce gate, change tracking, the switchable top of a VHD disk).
+# BENCH_SERVER=testd serves it with iscsi-testd instead (the target and
+# SCSI emulation alone, straight on the image), to see what the stack costs.
 #
 #   tests/bench/iscsi_bench.sh [BUILD_DIR]
 # Environment: BENCH_DIR (where the 1 GiB file goes; default /var/tmp),
 # BENCH_VHD=1 (hvstor serves the same data as a fully allocated dynamic VHD,
 # the issue's "VHD-backed LUN"; tgt keeps the raw file),
 # BENCH_DIRECT=1 (hvstor opens the file O_DIRECT; default buffered like
-# tgt's rdwr), COUNT4K (default 200000), COUNT64K (default 20000).
+# tgt's rdwr), COUNT4K (default 200000), COUNT64K (default 20000),
+# BENCH_SERVER=hvstord|testd (default hvstord).
 set -euo pipefail
 source "$(dirname "$0")/../testlib/tgtd.sh"
 
 BUILD=${1:-$(dirname "$0")/../../build}
 TESTD=$BUILD/bin/iscsi-testd
-for tool in tgtd tgtadm qemu-img "$TESTD"; do
+SERVER=${BENCH_SERVER:-hvstord}
+case "$SERVER" in
+hvstord) SERVER_BINS=("$BUILD/bin/hvstord" "$BUILD/bin/hvctl") ;;
+testd) SERVER_BINS=("$TESTD") ;;
+*) echo "iscsi_bench: BENCH_SERVER is hvstord or testd, not '$SERVER'" >&2; exit 2 ;;
+esac
+for tool in tgtd tgtadm qemu-img "${SERVER_BINS[@]}"; do
     command -v "$tool" >/dev/null || { echo "iscsi_bench: $tool not found" >&2; exit 2; }
 done
 COUNT4K=${COUNT4K:-200000}
@@ -52,19 +65,38 @@ tgtadm_ --mode target --op new --tid 1 --targetname "$TGT_IQN"
 tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$DIR/disk.img"
 tgtadm_ --mode target --op bind --tid 1 --initiator-address ALL
 
-HV_IQN=iqn.2026-01.org.hvstor.bench:hvstor
-DIRECT=()
-[ "${BENCH_DIRECT:-0}" = 1 ] && DIRECT=(--direct)
-BACKING=(--raw "$DIR/disk.img")
-[ "${BENCH_VHD:-0}" = 1 ] && BACKING=(--vhd "$DIR/disk.vhd")
-"$TESTD" --port 0 --port-file "$DIR/hv.port" --target "$HV_IQN" "${DIRECT[@]}" \
-    "${BACKING[@]}" >/dev/null 2>"$DIR/hv.log" &
-HV_PID=$!
-for _ in $(seq 50); do [ -s "$DIR/hv.port" ] && break; sleep 0.1; done
-HV_PORT=$(cat "$DIR/hv.port")
+if [ "$SERVER" = testd ]; then
+    HV_IQN=iqn.2026-01.org.hvstor.bench:hvstor
+    DIRECT=()
+    [ "${BENCH_DIRECT:-0}" = 1 ] && DIRECT=(--direct)
+    BACKING=(--raw "$DIR/disk.img")
+    [ "${BENCH_VHD:-0}" = 1 ] && BACKING=(--vhd "$DIR/disk.vhd")
+    "$TESTD" --port 0 --port-file "$DIR/hv.port" --target "$HV_IQN" "${DIRECT[@]}" \
+        "${BACKING[@]}" >/dev/null 2>"$DIR/hv.log" &
+    HV_PID=$!
+    for _ in $(seq 50); do [ -s "$DIR/hv.port" ] && break; sleep 0.1; done
+    HV_URL=iscsi://127.0.0.1:$(cat "$DIR/hv.port")/$HV_IQN/0
+else
+    # hvstord opens images O_DIRECT unless told not to; tgt's rdwr is buffered.
+    NO_DIRECT=(--no-direct-io)
+    [ "${BENCH_DIRECT:-0}" = 1 ] && NO_DIRECT=()
+    "$BUILD/bin/hvstord" --state-dir "$DIR/state" --portal 127.0.0.1:0 "${NO_DIRECT[@]}" \
+        >/dev/null 2>"$DIR/hv.log" &
+    HV_PID=$!
+    for _ in $(seq 100); do [ -s "$DIR/state/portal" ] && [ -S "$DIR/state/hvstord.sock" ] && break; sleep 0.1; done
+    [ -s "$DIR/state/portal" ] || { echo "iscsi_bench: hvstord did not start: $(tail -3 "$DIR/hv.log")" >&2; exit 1; }
+    BACKING=(--raw "$DIR/disk.img")
+    [ "${BENCH_VHD:-0}" = 1 ] && BACKING=(--vhd "$DIR/disk.vhd")
+    # qemu-img's own initiator name (libiscsi's default in QEMU).
+    "$BUILD/bin/hvctl" --state-dir "$DIR/state" vm create bench \
+        --initiator iqn.2008-11.org.linux-kvm >/dev/null
+    "$BUILD/bin/hvctl" --state-dir "$DIR/state" disk attach bench --controller 0 --slot 0 \
+        "${BACKING[@]}" >/dev/null
+    HV_URL=iscsi://$(cat "$DIR/state/portal")/$("$BUILD/bin/hvctl" --state-dir "$DIR/state" --json \
+        vm show bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["controllers"][0]["target"])')/0
+fi
 
 TGT_URL=iscsi://$PORTAL/$TGT_IQN/1
-HV_URL=iscsi://127.0.0.1:$HV_PORT/$HV_IQN/0
 
 # rate URL COUNT DEPTH SIZE [-w]: requests per second
 rate() {
@@ -77,6 +109,9 @@ rate() {
     python3 -c "print(f'{$count / $secs:.0f}')"
 }
 
+lun_kind=raw
+[ "${BENCH_VHD:-0}" = 1 ] && lun_kind="dynamic VHD"
+echo "hvstor: $SERVER, $lun_kind LUN; tgt: rdwr on the raw file"
 printf '%-22s %14s %14s %8s\n' "test" "tgt" "hvstor" "ratio"
 for spec in "4k-read 4096 32 $COUNT4K" "4k-write 4096 32 $COUNT4K -w" \
             "64k-read 65536 16 $COUNT64K" "64k-write 65536 16 $COUNT64K -w"; do
