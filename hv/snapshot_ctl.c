@@ -8,7 +8,6 @@
 #include "hv.h"
 #include "snapshot.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -383,29 +382,15 @@ static int backup_verify(const struct cli *cli, const char *dir)
     return ret < 0 ? 1 : 0;
 }
 
-static int newest_seq(const char *dir)
-{
-    DIR *d = opendir(dir);
-    int best = -1;
-    struct dirent *de;
-    if (!d)
-        return -1;
-    while ((de = readdir(d))) {
-        int n;
-        int len = 0;
-        if (sscanf(de->d_name, "%d.manifest.json%n", &n, &len) == 1 &&
-            (size_t)len == strlen(de->d_name) && n > best)
-            best = n;
-    }
-    closedir(d);
-    return best;
-}
-
 static int backup_restore(const struct cli *cli, const char *dir, const char *to, int seq)
 {
     struct hv_err err = {0};
-    int used = seq >= 0 ? seq : newest_seq(dir);
-    int ret = snap_backup_restore(dir, seq, to, &err);
+    int used = seq;
+    int ret;
+
+    if (used < 0)
+        snap_backup_newest(dir, &used); /* none or unreadable: the restore says so */
+    ret = snap_backup_restore(dir, seq, to, &err);
 
     if (ret < 0) {
         fprintf(stderr, "hvctl: %s\n", hv_err_msg(&err, ret));

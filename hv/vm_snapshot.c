@@ -29,7 +29,6 @@
 #include "passthru_int.h"
 #include "vhd.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -1316,24 +1315,6 @@ out:
 
 /* ------------------------------------------------------------ backups */
 
-static int newest_backup(const char *dir)
-{
-    DIR *d = opendir(dir);
-    int best = -1;
-    struct dirent *de;
-    if (!d)
-        return -1;
-    while ((de = readdir(d))) {
-        int n;
-        int len = 0;
-        if (sscanf(de->d_name, "%d.manifest.json%n", &n, &len) == 1 &&
-            (size_t)len == strlen(de->d_name) && n > best)
-            best = n;
-    }
-    closedir(d);
-    return best;
-}
-
 /* Changed-block tracking counts since the VM's last backup, wherever it
  * went. An incremental on top of another directory's newest backup (or of
  * one that is not the last) would miss what went elsewhere: make the
@@ -1343,9 +1324,10 @@ static void check_incremental_base(struct snap_run *run, const char *dir)
     const json_t *last = json_object_get(run->vm->cfg.extra, "last_backup");
     const char *last_dir = json_string_value(json_object_get(last, "dir"));
     int last_seq = (int)json_integer_value(json_object_get(last, "seq"));
-    int newest = newest_backup(dir);
+    int newest;
     char why[600];
 
+    snap_backup_newest(dir, &newest); /* unreadable: -1, as none */
     if (newest < 0)
         return; /* nothing to build on: snapshot/ says so */
     if (!last_dir)
