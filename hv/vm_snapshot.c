@@ -111,19 +111,19 @@ static json_t *layers_copy(const json_t *extra, int c, int s, const char *path)
     return json_pack("[s]", path);
 }
 
-/* A layer went away (merged, or removed by an apply): the checkpoint disk
- * entries and backup children naming it go too. */
-static void layer_gone(json_t *extra, int c, int s, const char *path)
+/* Checkpoint disk entries of slot (c, s) whose child is `child` (NULL: all
+ * of the slot's) go, and checkpoints left with no disk with them. */
+static void checkpoints_forget(json_t *extra, int c, int s, const char *child)
 {
     json_t *cps = json_object_get(extra, "checkpoints");
     for (size_t i = 0; json_is_array(cps) && i < json_array_size(cps);) {
         json_t *disks = json_object_get(json_array_get(cps, i), "disks");
         for (size_t k = 0; json_is_array(disks) && k < json_array_size(disks);) {
             json_t *dk = json_array_get(disks, k);
-            const char *child = json_string_value(json_object_get(dk, "child"));
+            const char *dchild = json_string_value(json_object_get(dk, "child"));
             if (json_integer_value(json_object_get(dk, "controller")) == c &&
-                json_integer_value(json_object_get(dk, "slot")) == s && child &&
-                !strcmp(child, path))
+                json_integer_value(json_object_get(dk, "slot")) == s &&
+                (!child || (dchild && !strcmp(dchild, child))))
                 json_array_remove(disks, k);
             else
                 k++;
@@ -135,6 +135,13 @@ static void layer_gone(json_t *extra, int c, int s, const char *path)
     }
     if (json_is_array(cps) && json_array_size(cps) == 0)
         json_object_del(extra, "checkpoints");
+}
+
+/* A layer went away (merged, or removed by an apply): the checkpoint disk
+ * entries and backup children naming it go too. */
+static void layer_gone(json_t *extra, int c, int s, const char *path)
+{
+    checkpoints_forget(extra, c, s, path);
     json_t *bc = json_object_get(extra, "backup_children");
     for (size_t i = 0; json_is_array(bc) && i < json_array_size(bc);) {
         const char *p = json_string_value(json_object_get(json_array_get(bc, i), "path"));
@@ -173,24 +180,7 @@ void hv_snap_slot_removed(json_t *extra, int controller, int slot)
     }
     layers_set(extra, controller, slot, json_array());
     /* Checkpoint entries of the slot whose child is no layer (the base). */
-    json_t *cps = json_object_get(extra, "checkpoints");
-    for (size_t i = 0; json_is_array(cps) && i < json_array_size(cps);) {
-        json_t *disks = json_object_get(json_array_get(cps, i), "disks");
-        for (size_t k = 0; json_is_array(disks) && k < json_array_size(disks);) {
-            json_t *dk = json_array_get(disks, k);
-            if (json_integer_value(json_object_get(dk, "controller")) == controller &&
-                json_integer_value(json_object_get(dk, "slot")) == slot)
-                json_array_remove(disks, k);
-            else
-                k++;
-        }
-        if (json_array_size(disks) == 0)
-            json_array_remove(cps, i);
-        else
-            i++;
-    }
-    if (json_is_array(cps) && json_array_size(cps) == 0)
-        json_object_del(extra, "checkpoints");
+    checkpoints_forget(extra, controller, slot, NULL);
 }
 
 /* ------------------------------------------------------- the disk stack */
