@@ -864,6 +864,24 @@ static json_t *find_checkpoint(const struct hv_vm *vm, const char *name, size_t 
     return NULL;
 }
 
+/* The request's VM and its checkpoint 'name' (show, delete, apply). */
+static int get_checkpoint_arg(struct hv_daemon *d, const json_t *req, struct hv_vm **vm,
+                              const char **name, json_t **cp, size_t *index, struct hv_err *err)
+{
+    int ret = get_vm_arg(d, req, vm, err);
+
+    if (ret < 0)
+        return ret;
+    *name = json_string_value(json_object_get(req, "name"));
+    if (!*name)
+        return hv_err_set(err, -EINVAL, "request needs 'name'");
+    *cp = find_checkpoint(*vm, *name, index);
+    if (!*cp)
+        return hv_err_set(err, -ENOENT, "VM '%s' has no checkpoint named '%s'", (*vm)->cfg.name,
+                          *name);
+    return 0;
+}
+
 /* Names go into file names: <top>.<name>.vhd */
 static int name_check(const char *name, struct hv_err *err)
 {
@@ -1047,18 +1065,12 @@ static int req_checkpoint_show(struct hv_daemon *d, const json_t *req, json_t **
                                struct hv_err *err)
 {
     struct hv_vm *vm;
-    const char *name = json_string_value(json_object_get(req, "name"));
-    int ret = get_vm_arg(d, req, &vm, err);
+    const char *name;
     json_t *cp;
+    int ret = get_checkpoint_arg(d, req, &vm, &name, &cp, NULL, err);
 
     if (ret < 0)
         return ret;
-    if (!name)
-        return hv_err_set(err, -EINVAL, "request needs 'name'");
-    cp = find_checkpoint(vm, name, NULL);
-    if (!cp)
-        return hv_err_set(err, -ENOENT, "VM '%s' has no checkpoint named '%s'", vm->cfg.name,
-                          name);
     *result = checkpoint_out(vm, cp);
     return 0;
 }
@@ -1068,21 +1080,15 @@ static int req_checkpoint_delete(struct hv_daemon *d, const json_t *req, json_t 
 {
     struct hv_vm *vm;
     struct snap_run run;
-    const char *name = json_string_value(json_object_get(req, "name"));
+    const char *name;
     char recovered[2048] = "";
     size_t index;
     uint64_t hold_max = 0;
     json_t *cp;
-    int ret = get_vm_arg(d, req, &vm, err);
+    int ret = get_checkpoint_arg(d, req, &vm, &name, &cp, &index, err);
 
     if (ret < 0)
         return ret;
-    if (!name)
-        return hv_err_set(err, -EINVAL, "request needs 'name'");
-    cp = find_checkpoint(vm, name, &index);
-    if (!cp)
-        return hv_err_set(err, -ENOENT, "VM '%s' has no checkpoint named '%s'", vm->cfg.name,
-                          name);
     json_t *cps = json_object_get(vm->cfg.extra, "checkpoints");
     if (index + 1 != json_array_size(cps))
         return hv_err_set(err, -EOPNOTSUPP,
@@ -1156,7 +1162,7 @@ static int req_checkpoint_apply(struct hv_daemon *d, const json_t *req, json_t *
 {
     struct hv_runtime *rt = hv_daemon_runtime(d);
     struct hv_vm *vm;
-    const char *name = json_string_value(json_object_get(req, "name"));
+    const char *name;
     struct hv_disk *held[SNAP_MAX_DISKS];
     int held_c[SNAP_MAX_DISKS];
     int held_s[SNAP_MAX_DISKS];
@@ -1164,16 +1170,10 @@ static int req_checkpoint_apply(struct hv_daemon *d, const json_t *req, json_t *
     size_t index;
     json_t *cp;
     json_t *extra;
-    int ret = get_vm_arg(d, req, &vm, err);
+    int ret = get_checkpoint_arg(d, req, &vm, &name, &cp, &index, err);
 
     if (ret < 0)
         return ret;
-    if (!name)
-        return hv_err_set(err, -EINVAL, "request needs 'name'");
-    cp = find_checkpoint(vm, name, &index);
-    if (!cp)
-        return hv_err_set(err, -ENOENT, "VM '%s' has no checkpoint named '%s'", vm->cfg.name,
-                          name);
     cp = json_deep_copy(cp);
     extra = json_deep_copy(vm->cfg.extra);
     /* The newer checkpoints lose their images. */
