@@ -438,12 +438,7 @@ static void test_destroy_completes_what_is_still_queued(void **state)
 static bool data_of(const char *hex, uint32_t block_bytes, enum san_xfer *dir, uint64_t *bytes)
 {
     uint8_t cdb[16] = {0};
-    size_t len = strlen(hex) / 2;
-    for (size_t i = 0; i < len; i++) {
-        unsigned v;
-        sscanf(hex + 2 * i, "%2x", &v);
-        cdb[i] = (uint8_t)v;
-    }
+    size_t len = t_unhex(hex, cdb, sizeof(cdb));
     return pt_cdb_data_bytes(cdb, len, block_bytes, dir, bytes);
 }
 
