@@ -124,3 +124,39 @@ out:
     close(fd);
     return ret;
 }
+
+int hv_control_request(const char *socket_path, json_t *req, int timeout_ms, bool is_json,
+                       json_t **result)
+{
+    struct hv_err err = {0};
+    json_t *reply = NULL;
+    int ret = hv_control_call(socket_path, req, &reply, timeout_ms, &err);
+
+    json_decref(req);
+    if (ret < 0) {
+        fprintf(stderr, "hvctl: %s\n", hv_err_msg(&err, ret));
+        return 1;
+    }
+    if (!json_is_true(json_object_get(reply, "ok"))) {
+        const char *msg = json_string_value(json_object_get(reply, "error"));
+        if (is_json)
+            hv_json_print(stdout, reply);
+        fprintf(stderr, "hvctl: %s\n", msg ? msg : "request failed (no message)");
+        json_decref(reply);
+        return 1;
+    }
+    *result = json_incref(json_object_get(reply, "result"));
+    json_decref(reply);
+    return 0;
+}
+
+int hv_cli_usage_error(const char *usage, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "hvctl: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n%s", usage);
+    return 2;
+}

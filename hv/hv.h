@@ -198,6 +198,16 @@ json_t *hv_daemon_request(struct hv_daemon *d, const json_t *request);
 int hv_control_call(const char *socket_path, const json_t *request, json_t **reply,
                     int timeout_ms, struct hv_err *err);
 
+/* hvctl's one request (hvctl.c, passthru_ctl.c, snapshot_ctl.c), consumed:
+ * 0 with the reply's result (caller frees); 1 when it could not be sent or
+ * hvstord refused it, the reason on stderr (and, with is_json, the whole
+ * reply on stdout for scripts). */
+int hv_control_request(const char *socket_path, json_t *req, int timeout_ms, bool is_json,
+                       json_t **result);
+/* "hvctl: <what>" and the command's usage on stderr; returns 2, the exit
+ * code of a usage error. */
+int hv_cli_usage_error(const char *usage, const char *fmt, ...) HV_PRINTF(2, 3);
+
 /* hvctl's SAN commands (passthru_ctl.c): san add/list/luns, vm zoning,
  * disk attach --lun, disk takeover. _wants says whether argv (after the
  * global options) is one of them; _cli runs it and returns the exit code. */

@@ -75,26 +75,7 @@ static const char zoning_usage[] =
 
 static int send_request(const struct cli *cli, json_t *req, json_t **result)
 {
-    struct hv_err err = {0};
-    json_t *reply = NULL;
-    int ret = hv_control_call(cli->socket_path, req, &reply, cli->timeout_ms, &err);
-
-    json_decref(req);
-    if (ret < 0) {
-        fprintf(stderr, "hvctl: %s\n", hv_err_msg(&err, ret));
-        return 1;
-    }
-    if (!json_is_true(json_object_get(reply, "ok"))) {
-        const char *msg = json_string_value(json_object_get(reply, "error"));
-        if (cli->is_json)
-            hv_json_print(stdout, reply);
-        fprintf(stderr, "hvctl: %s\n", msg ? msg : "request failed (no message)");
-        json_decref(reply);
-        return 1;
-    }
-    *result = json_incref(json_object_get(reply, "result"));
-    json_decref(reply);
-    return 0;
+    return hv_control_request(cli->socket_path, req, cli->timeout_ms, cli->is_json, result);
 }
 
 static const char *str(const json_t *obj, const char *key)

@@ -597,36 +597,14 @@ int hv_passthru_req_attach_fc(struct hv_daemon *d, const json_t *req, json_t **r
     struct hv_pt_job *job;
     struct fc_job *fj;
     struct hv_vm *vm;
-    const char *vm_name;
     const char *ref;
     char target[NPIV_WWN_COLON_LEN + 1];
-    json_int_t controller = -1;
-    json_int_t slot = -1;
     size_t cap = 0;
     int ret;
 
-    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
-        (ret = hv_passthru_arg_str(req, "fc_lun", true, &ref, err)) < 0)
+    if ((ret = hv_pt_attach_job_new(d, req, "fc_lun", sizeof(*fj), &vm, &ref, &job, err)) < 0)
         return ret;
-    if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
-        controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
-        slot >= HV_SLOTS_PER_CONTROLLER)
-        return hv_err_set(err, -EINVAL, "request needs 'controller' 0..%d and 'slot' 0..%d",
-                          HV_MAX_CONTROLLERS - 1, HV_SLOTS_PER_CONTROLLER - 1);
-    vm = hv_daemon_find_vm(d, vm_name);
-    if (!vm)
-        return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
-    if (vm->disks[controller][slot])
-        return hv_err_set(err, -EBUSY, "VM '%s': controller %d slot %d already holds %s",
-                          vm_name, (int)controller, (int)slot,
-                          vm->disks[controller][slot]->cfg.path);
-    fj = calloc(1, sizeof(*fj));
-    job = calloc(1, sizeof(*job));
-    if (!fj || !job) {
-        free(fj);
-        free(job);
-        return hv_err_set(err, -ENOMEM, "out of memory");
-    }
+    fj = job->priv;
     fj->p = p;
     if ((ret = parse_fc_lun(ref, &fj->target, &fj->lun, err)) < 0 ||
         (ret = hv_passthru_vm_identity(&vm->cfg, &fj->id, err)) < 0)
@@ -671,15 +649,11 @@ int hv_passthru_req_attach_fc(struct hv_daemon *d, const json_t *req, json_t **r
         fj->ref->refs++;
         fj->v = fj->ref->v;
     }
-    snprintf(job->vm, sizeof(job->vm), "%s", vm_name);
-    job->controller = (int)controller;
-    job->slot = (int)slot;
     snprintf(job->key, sizeof(job->key), "%s", fj->dc.path);
     job->is_fc = true;
     job->work = fc_job_work;
     job->finish = fc_job_finish;
     job->cleanup = fc_job_cleanup;
-    job->priv = fj;
     return hv_pt_job_start(d, job, result, err);
 fail:
     free(fj->held);

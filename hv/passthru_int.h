@@ -195,6 +195,14 @@ struct hv_pt_job {
  * is cleaned up and freed here. */
 int hv_pt_job_start(struct hv_daemon *d, struct hv_pt_job *job, json_t **result,
                     struct hv_err *err);
+/* What disk.attach_lun and disk.attach_fc both start with: the request's
+ * 'vm' and LUN reference (ref_key), 'controller' and 'slot' in range, the VM
+ * found and that slot free. Then a job for that slot (vm, controller, slot
+ * set) with priv_size zeroed bytes at job->priv; the caller frees both until
+ * hv_pt_job_start takes the job. */
+int hv_pt_attach_job_new(struct hv_daemon *d, const json_t *req, const char *ref_key,
+                         size_t priv_size, struct hv_vm **vm, const char **ref,
+                         struct hv_pt_job **job, struct hv_err *err);
 int hv_pt_job_status(struct hv_daemon *d, const json_t *req, json_t **result,
                      struct hv_err *err);
 void hv_pt_jobs_fini(struct hv_passthru *p);

@@ -148,6 +148,45 @@ int hv_pt_job_start(struct hv_daemon *d, struct hv_pt_job *job, json_t **result,
     return 0;
 }
 
+int hv_pt_attach_job_new(struct hv_daemon *d, const json_t *req, const char *ref_key,
+                         size_t priv_size, struct hv_vm **vm_out, const char **ref,
+                         struct hv_pt_job **out, struct hv_err *err)
+{
+    struct hv_pt_job *job;
+    struct hv_vm *vm;
+    const char *vm_name;
+    json_int_t controller = -1;
+    json_int_t slot = -1;
+    int ret;
+
+    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
+        (ret = hv_passthru_arg_str(req, ref_key, true, ref, err)) < 0)
+        return ret;
+    if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
+        controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
+        slot >= HV_SLOTS_PER_CONTROLLER)
+        return hv_err_set(err, -EINVAL, "request needs 'controller' 0..%d and 'slot' 0..%d",
+                          HV_MAX_CONTROLLERS - 1, HV_SLOTS_PER_CONTROLLER - 1);
+    vm = hv_daemon_find_vm(d, vm_name);
+    if (!vm)
+        return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
+    if (vm->disks[controller][slot])
+        return hv_err_set(err, -EBUSY, "VM '%s': controller %d slot %d already holds %s",
+                          vm_name, (int)controller, (int)slot,
+                          vm->disks[controller][slot]->cfg.path);
+    job = calloc(1, sizeof(*job));
+    if (!job || !(job->priv = calloc(1, priv_size))) {
+        free(job);
+        return hv_err_set(err, -ENOMEM, "out of memory");
+    }
+    snprintf(job->vm, sizeof(job->vm), "%s", vm_name);
+    job->controller = (int)controller;
+    job->slot = (int)slot;
+    *vm_out = vm;
+    *out = job;
+    return 0;
+}
+
 int hv_pt_job_status(struct hv_daemon *d, const json_t *req, json_t **result,
                      struct hv_err *err)
 {

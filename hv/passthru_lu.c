@@ -1275,34 +1275,12 @@ static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **resul
     struct hv_pt_job *job;
     struct san_job *sj;
     struct hv_vm *vm;
-    const char *vm_name;
     const char *ref;
-    json_int_t controller = -1;
-    json_int_t slot = -1;
     int ret;
 
-    if ((ret = hv_passthru_arg_str(req, "vm", true, &vm_name, err)) < 0 ||
-        (ret = hv_passthru_arg_str(req, "lun", true, &ref, err)) < 0)
+    if ((ret = hv_pt_attach_job_new(d, req, "lun", sizeof(*sj), &vm, &ref, &job, err)) < 0)
         return ret;
-    if (json_unpack((json_t *)req, "{s:I, s:I}", "controller", &controller, "slot", &slot) ||
-        controller < 0 || controller >= HV_MAX_CONTROLLERS || slot < 0 ||
-        slot >= HV_SLOTS_PER_CONTROLLER)
-        return hv_err_set(err, -EINVAL, "request needs 'controller' 0..%d and 'slot' 0..%d",
-                          HV_MAX_CONTROLLERS - 1, HV_SLOTS_PER_CONTROLLER - 1);
-    vm = hv_daemon_find_vm(d, vm_name);
-    if (!vm)
-        return hv_err_set(err, -ENOENT, "no VM named '%s'", vm_name);
-    if (vm->disks[controller][slot])
-        return hv_err_set(err, -EBUSY, "VM '%s': controller %d slot %d already holds %s",
-                          vm_name, (int)controller, (int)slot,
-                          vm->disks[controller][slot]->cfg.path);
-    sj = calloc(1, sizeof(*sj));
-    job = calloc(1, sizeof(*job));
-    if (!sj || !job) {
-        free(sj);
-        free(job);
-        return hv_err_set(err, -ENOMEM, "out of memory");
-    }
+    sj = job->priv;
     if ((ret = parse_lun_ref(ref, sj->san_name, sj->target, &sj->lun, err)) < 0 ||
         (ret = san_load(p, sj->san_name, &sj->san, err)) < 0 ||
         (ret = hv_passthru_vm_identity(&vm->cfg, &sj->id, err)) < 0)
@@ -1312,14 +1290,10 @@ static int req_attach_lun(struct hv_daemon *d, const json_t *req, json_t **resul
              sj->lun);
     sj->dc.is_full_scsi = json_is_true(json_object_get(req, "full_scsi"));
     sj->is_forced = json_is_true(json_object_get(req, "force"));
-    snprintf(job->vm, sizeof(job->vm), "%s", vm_name);
-    job->controller = (int)controller;
-    job->slot = (int)slot;
     snprintf(job->key, sizeof(job->key), "%s", sj->dc.path);
     job->work = san_job_work;
     job->finish = san_job_finish;
     job->cleanup = san_job_cleanup;
-    job->priv = sj;
     return hv_pt_job_start(d, job, result, err);
 fail:
     free(sj);

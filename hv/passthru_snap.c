@@ -252,7 +252,8 @@ static const struct bdev_ops ptb_ops = {
 
 /* ------------------------------------------------------ guest commands */
 
-static void fwd_put(struct hv_pt_snap *ps, struct fwd *f)
+/* The guest command gets its own completion back; f is free again. */
+static struct pt_cmd *fwd_release(struct hv_pt_snap *ps, struct fwd *f)
 {
     struct pt_cmd *pc = f->pc;
     pc->done = f->orig_done;
@@ -260,6 +261,12 @@ static void fwd_put(struct hv_pt_snap *ps, struct fwd *f)
     f->pc = NULL;
     f->next = ps->free_list;
     ps->free_list = f;
+    return pc;
+}
+
+static void fwd_put(struct hv_pt_snap *ps, struct fwd *f)
+{
+    struct pt_cmd *pc = fwd_release(ps, f);
     pc->done(pc);
 }
 
@@ -293,12 +300,7 @@ static void fwd_failed_call(void *arg)
 /* Forward without the stack (no view of the LUN, or past its known end). */
 static void send_untracked(struct hv_pt_snap *ps, struct fwd *f)
 {
-    struct pt_cmd *pc = f->pc;
-    pc->done = f->orig_done;
-    pc->cb_arg = f->orig_arg;
-    f->pc = NULL;
-    f->next = ps->free_list;
-    ps->free_list = f;
+    struct pt_cmd *pc = fwd_release(ps, f);
     ps->untracked++;
     pt_lun_submit(ps->opt.pl, pc);
 }

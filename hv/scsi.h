@@ -129,6 +129,9 @@ void scsi_lun_encode(uint64_t lun, uint8_t out[8]);
  * it means), except READ/WRITE(6), whose 0 is 256. False for any other
  * opcode, or a CDB shorter than its opcode's group. */
 bool scsi_cdb_blocks(const uint8_t *cdb, size_t cdb_len, uint64_t *lba, uint64_t *blocks);
+/* A CDB's length by its opcode's group: 6, 10, 16 or 12 bytes (SPC-4
+ * 4.2.5.1); 0 for the groups with no fixed length. */
+size_t scsi_cdb_group_length(uint8_t opcode);
 /* Block descriptor `i` of an UNMAP parameter list. */
 void scsi_unmap_descriptor(const struct iovec *iov, int iovcnt, uint32_t i, uint64_t *lba,
                            uint32_t *blocks);

@@ -6,8 +6,7 @@
  */
 #include "scsi.h"
 
-/* 6-, 10-, 16- and 12-byte groups (SPC-4 4.2.5.1); 0: no fixed length. */
-static size_t group_length(uint8_t opcode)
+size_t scsi_cdb_group_length(uint8_t opcode)
 {
     switch (opcode >> 5) {
     case 0:
@@ -26,7 +25,7 @@ static size_t group_length(uint8_t opcode)
 
 bool scsi_cdb_blocks(const uint8_t *cdb, size_t cdb_len, uint64_t *lba, uint64_t *blocks)
 {
-    size_t need = cdb_len ? group_length(cdb[0]) : 0;
+    size_t need = cdb_len ? scsi_cdb_group_length(cdb[0]) : 0;
 
     if (need == 0 || cdb_len < need)
         return false;

@@ -8,7 +8,6 @@
 #include "hv.h"
 #include "snapshot.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -55,17 +54,6 @@ static const char backup_usage[] =
     "restore: write DIR2/cC-sS.vhd, one standalone dynamic VHD per disk, as the\n"
     "  disk read at backup N (default: the newest).\n";
 
-static int HV_PRINTF(2, 3) usage_error(const char *text, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "hvctl: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n%s", text);
-    return 2;
-}
-
 struct cli {
     const char *socket_path;
     bool is_json;
@@ -76,26 +64,7 @@ struct cli {
  * (the daemon's sentence printed). */
 static int call(const struct cli *cli, json_t *req, int timeout_ms, json_t **result)
 {
-    struct hv_err err = {0};
-    json_t *reply = NULL;
-    int ret = hv_control_call(cli->socket_path, req, &reply, timeout_ms, &err);
-
-    json_decref(req);
-    if (ret < 0) {
-        fprintf(stderr, "hvctl: %s\n", hv_err_msg(&err, ret));
-        return 1;
-    }
-    if (!json_is_true(json_object_get(reply, "ok"))) {
-        const char *msg = json_string_value(json_object_get(reply, "error"));
-        if (cli->is_json)
-            hv_json_print(stdout, reply);
-        fprintf(stderr, "hvctl: %s\n", msg ? msg : "request failed (no message)");
-        json_decref(reply);
-        return 1;
-    }
-    *result = json_incref(json_object_get(reply, "result"));
-    json_decref(reply);
-    return 0;
+    return hv_control_request(cli->socket_path, req, timeout_ms, cli->is_json, result);
 }
 
 static const char *str(const json_t *o, const char *key)
@@ -147,7 +116,7 @@ static int cmd_checkpoint(const struct cli *cli, int argc, char **argv)
     const char *verb = argv[0];
     if (strcmp(verb, "create") && strcmp(verb, "list") && strcmp(verb, "show") &&
         strcmp(verb, "delete") && strcmp(verb, "apply"))
-        return usage_error(checkpoint_usage, "unknown command 'checkpoint %s'", verb);
+        return hv_cli_usage_error(checkpoint_usage, "unknown command 'checkpoint %s'", verb);
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -156,7 +125,8 @@ static int cmd_checkpoint(const struct cli *cli, int argc, char **argv)
             break;
         case 'c':
             if (strcmp(optarg, "app") && strcmp(optarg, "crash"))
-                return usage_error(checkpoint_usage, "--consistency '%s': app or crash", optarg);
+                return hv_cli_usage_error(checkpoint_usage, "--consistency '%s': app or crash",
+                                          optarg);
             consistency = optarg;
             break;
         case 'h':
@@ -170,12 +140,12 @@ static int cmd_checkpoint(const struct cli *cli, int argc, char **argv)
     int left = argc - optind;
     char **args = argv + optind;
     if (strcmp(verb, "create") != 0 && (name || consistency))
-        return usage_error(checkpoint_usage, "--name/--consistency belong to 'checkpoint "
-                                             "create'");
+        return hv_cli_usage_error(checkpoint_usage, "--name/--consistency belong to 'checkpoint "
+                                                    "create'");
     bool wants_name = !strcmp(verb, "show") || !strcmp(verb, "delete") || !strcmp(verb, "apply");
     if (left != (wants_name ? 2 : 1))
-        return usage_error(checkpoint_usage, "checkpoint %s needs %s", verb,
-                           wants_name ? "VM and NAME" : "exactly one VM");
+        return hv_cli_usage_error(checkpoint_usage, "checkpoint %s needs %s", verb,
+                                  wants_name ? "VM and NAME" : "exactly one VM");
     char op[32];
     snprintf(op, sizeof(op), "checkpoint.%s", verb);
     json_t *req = json_pack("{s:s, s:s}", "op", op, "vm", args[0]);
@@ -412,29 +382,15 @@ static int backup_verify(const struct cli *cli, const char *dir)
     return ret < 0 ? 1 : 0;
 }
 
-static int newest_seq(const char *dir)
-{
-    DIR *d = opendir(dir);
-    int best = -1;
-    struct dirent *de;
-    if (!d)
-        return -1;
-    while ((de = readdir(d))) {
-        int n;
-        int len = 0;
-        if (sscanf(de->d_name, "%d.manifest.json%n", &n, &len) == 1 &&
-            (size_t)len == strlen(de->d_name) && n > best)
-            best = n;
-    }
-    closedir(d);
-    return best;
-}
-
 static int backup_restore(const struct cli *cli, const char *dir, const char *to, int seq)
 {
     struct hv_err err = {0};
-    int used = seq >= 0 ? seq : newest_seq(dir);
-    int ret = snap_backup_restore(dir, seq, to, &err);
+    int used = seq;
+    int ret;
+
+    if (used < 0)
+        snap_backup_newest(dir, &used); /* none or unreadable: the restore says so */
+    ret = snap_backup_restore(dir, seq, to, &err);
 
     if (ret < 0) {
         fprintf(stderr, "hvctl: %s\n", hv_err_msg(&err, ret));
@@ -497,7 +453,7 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
     }
     const char *verb = argv[0];
     if (strcmp(verb, "create") && strcmp(verb, "verify") && strcmp(verb, "restore"))
-        return usage_error(backup_usage, "unknown command 'backup %s'", verb);
+        return hv_cli_usage_error(backup_usage, "unknown command 'backup %s'", verb);
     optind = 1;
     while ((c = getopt_long(argc, argv, "hp", opts, NULL)) != -1) {
         switch (c) {
@@ -509,7 +465,8 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
             break;
         case 'c':
             if (strcmp(optarg, "app") && strcmp(optarg, "crash"))
-                return usage_error(backup_usage, "--consistency '%s': app or crash", optarg);
+                return hv_cli_usage_error(backup_usage, "--consistency '%s': app or crash",
+                                          optarg);
             consistency = optarg;
             break;
         case 'p':
@@ -517,13 +474,13 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
             break;
         case 'r':
             if (hv_parse_size(optarg, &max_rate) < 0 || max_rate == 0)
-                return usage_error(backup_usage, "--max-rate '%s': bytes per second (e.g. 50M)",
-                                   optarg);
+                return hv_cli_usage_error(backup_usage,
+                                          "--max-rate '%s': bytes per second (e.g. 50M)", optarg);
             break;
         case 's': {
             uint64_t v;
             if (hv_parse_u64(optarg, &v) < 0 || v > 1000000)
-                return usage_error(backup_usage, "--seq '%s': a backup number", optarg);
+                return hv_cli_usage_error(backup_usage, "--seq '%s': a backup number", optarg);
             seq = (int)v;
             break;
         }
@@ -538,26 +495,26 @@ static int cmd_backup(const struct cli *cli, int argc, char **argv)
     int left = argc - optind;
     char **args = argv + optind;
     if (left != 1)
-        return usage_error(backup_usage, "backup %s needs exactly one %s", verb,
-                           !strcmp(verb, "create") ? "VM" : "DIR");
+        return hv_cli_usage_error(backup_usage, "backup %s needs exactly one %s", verb,
+                                  !strcmp(verb, "create") ? "VM" : "DIR");
     if (!strcmp(verb, "create")) {
         if (!to)
-            return usage_error(backup_usage, "backup create needs --to DIR");
+            return hv_cli_usage_error(backup_usage, "backup create needs --to DIR");
         if (seq >= 0)
-            return usage_error(backup_usage, "--seq belongs to 'backup restore'");
+            return hv_cli_usage_error(backup_usage, "--seq belongs to 'backup restore'");
         return backup_create(cli, args[0], to, is_incremental, consistency, is_progress_shown,
                              max_rate);
     }
     if (is_incremental || consistency || is_progress_shown || max_rate)
-        return usage_error(backup_usage, "--incremental/--consistency/-p belong to 'backup "
-                                         "create'");
+        return hv_cli_usage_error(backup_usage, "--incremental/--consistency/-p belong to 'backup "
+                                                "create'");
     if (!strcmp(verb, "verify")) {
         if (to || seq >= 0)
-            return usage_error(backup_usage, "backup verify takes only DIR");
+            return hv_cli_usage_error(backup_usage, "backup verify takes only DIR");
         return backup_verify(cli, args[0]);
     }
     if (!to)
-        return usage_error(backup_usage, "backup restore needs --to DIR2");
+        return hv_cli_usage_error(backup_usage, "backup restore needs --to DIR2");
     return backup_restore(cli, args[0], to, seq);
 }
 

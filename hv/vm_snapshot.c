@@ -29,7 +29,6 @@
 #include "passthru_int.h"
 #include "vhd.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -112,19 +111,19 @@ static json_t *layers_copy(const json_t *extra, int c, int s, const char *path)
     return json_pack("[s]", path);
 }
 
-/* A layer went away (merged, or removed by an apply): the checkpoint disk
- * entries and backup children naming it go too. */
-static void layer_gone(json_t *extra, int c, int s, const char *path)
+/* Checkpoint disk entries of slot (c, s) whose child is `child` (NULL: all
+ * of the slot's) go, and checkpoints left with no disk with them. */
+static void checkpoints_forget(json_t *extra, int c, int s, const char *child)
 {
     json_t *cps = json_object_get(extra, "checkpoints");
     for (size_t i = 0; json_is_array(cps) && i < json_array_size(cps);) {
         json_t *disks = json_object_get(json_array_get(cps, i), "disks");
         for (size_t k = 0; json_is_array(disks) && k < json_array_size(disks);) {
             json_t *dk = json_array_get(disks, k);
-            const char *child = json_string_value(json_object_get(dk, "child"));
+            const char *dchild = json_string_value(json_object_get(dk, "child"));
             if (json_integer_value(json_object_get(dk, "controller")) == c &&
-                json_integer_value(json_object_get(dk, "slot")) == s && child &&
-                !strcmp(child, path))
+                json_integer_value(json_object_get(dk, "slot")) == s &&
+                (!child || (dchild && !strcmp(dchild, child))))
                 json_array_remove(disks, k);
             else
                 k++;
@@ -136,6 +135,13 @@ static void layer_gone(json_t *extra, int c, int s, const char *path)
     }
     if (json_is_array(cps) && json_array_size(cps) == 0)
         json_object_del(extra, "checkpoints");
+}
+
+/* A layer went away (merged, or removed by an apply): the checkpoint disk
+ * entries and backup children naming it go too. */
+static void layer_gone(json_t *extra, int c, int s, const char *path)
+{
+    checkpoints_forget(extra, c, s, path);
     json_t *bc = json_object_get(extra, "backup_children");
     for (size_t i = 0; json_is_array(bc) && i < json_array_size(bc);) {
         const char *p = json_string_value(json_object_get(json_array_get(bc, i), "path"));
@@ -174,24 +180,7 @@ void hv_snap_slot_removed(json_t *extra, int controller, int slot)
     }
     layers_set(extra, controller, slot, json_array());
     /* Checkpoint entries of the slot whose child is no layer (the base). */
-    json_t *cps = json_object_get(extra, "checkpoints");
-    for (size_t i = 0; json_is_array(cps) && i < json_array_size(cps);) {
-        json_t *disks = json_object_get(json_array_get(cps, i), "disks");
-        for (size_t k = 0; json_is_array(disks) && k < json_array_size(disks);) {
-            json_t *dk = json_array_get(disks, k);
-            if (json_integer_value(json_object_get(dk, "controller")) == controller &&
-                json_integer_value(json_object_get(dk, "slot")) == slot)
-                json_array_remove(disks, k);
-            else
-                k++;
-        }
-        if (json_array_size(disks) == 0)
-            json_array_remove(cps, i);
-        else
-            i++;
-    }
-    if (json_is_array(cps) && json_array_size(cps) == 0)
-        json_object_del(extra, "checkpoints");
+    checkpoints_forget(extra, controller, slot, NULL);
 }
 
 /* ------------------------------------------------------- the disk stack */
@@ -875,6 +864,24 @@ static json_t *find_checkpoint(const struct hv_vm *vm, const char *name, size_t 
     return NULL;
 }
 
+/* The request's VM and its checkpoint 'name' (show, delete, apply). */
+static int get_checkpoint_arg(struct hv_daemon *d, const json_t *req, struct hv_vm **vm,
+                              const char **name, json_t **cp, size_t *index, struct hv_err *err)
+{
+    int ret = get_vm_arg(d, req, vm, err);
+
+    if (ret < 0)
+        return ret;
+    *name = json_string_value(json_object_get(req, "name"));
+    if (!*name)
+        return hv_err_set(err, -EINVAL, "request needs 'name'");
+    *cp = find_checkpoint(*vm, *name, index);
+    if (!*cp)
+        return hv_err_set(err, -ENOENT, "VM '%s' has no checkpoint named '%s'", (*vm)->cfg.name,
+                          *name);
+    return 0;
+}
+
 /* Names go into file names: <top>.<name>.vhd */
 static int name_check(const char *name, struct hv_err *err)
 {
@@ -1058,18 +1065,12 @@ static int req_checkpoint_show(struct hv_daemon *d, const json_t *req, json_t **
                                struct hv_err *err)
 {
     struct hv_vm *vm;
-    const char *name = json_string_value(json_object_get(req, "name"));
-    int ret = get_vm_arg(d, req, &vm, err);
+    const char *name;
     json_t *cp;
+    int ret = get_checkpoint_arg(d, req, &vm, &name, &cp, NULL, err);
 
     if (ret < 0)
         return ret;
-    if (!name)
-        return hv_err_set(err, -EINVAL, "request needs 'name'");
-    cp = find_checkpoint(vm, name, NULL);
-    if (!cp)
-        return hv_err_set(err, -ENOENT, "VM '%s' has no checkpoint named '%s'", vm->cfg.name,
-                          name);
     *result = checkpoint_out(vm, cp);
     return 0;
 }
@@ -1079,21 +1080,15 @@ static int req_checkpoint_delete(struct hv_daemon *d, const json_t *req, json_t 
 {
     struct hv_vm *vm;
     struct snap_run run;
-    const char *name = json_string_value(json_object_get(req, "name"));
+    const char *name;
     char recovered[2048] = "";
     size_t index;
     uint64_t hold_max = 0;
     json_t *cp;
-    int ret = get_vm_arg(d, req, &vm, err);
+    int ret = get_checkpoint_arg(d, req, &vm, &name, &cp, &index, err);
 
     if (ret < 0)
         return ret;
-    if (!name)
-        return hv_err_set(err, -EINVAL, "request needs 'name'");
-    cp = find_checkpoint(vm, name, &index);
-    if (!cp)
-        return hv_err_set(err, -ENOENT, "VM '%s' has no checkpoint named '%s'", vm->cfg.name,
-                          name);
     json_t *cps = json_object_get(vm->cfg.extra, "checkpoints");
     if (index + 1 != json_array_size(cps))
         return hv_err_set(err, -EOPNOTSUPP,
@@ -1167,7 +1162,7 @@ static int req_checkpoint_apply(struct hv_daemon *d, const json_t *req, json_t *
 {
     struct hv_runtime *rt = hv_daemon_runtime(d);
     struct hv_vm *vm;
-    const char *name = json_string_value(json_object_get(req, "name"));
+    const char *name;
     struct hv_disk *held[SNAP_MAX_DISKS];
     int held_c[SNAP_MAX_DISKS];
     int held_s[SNAP_MAX_DISKS];
@@ -1175,16 +1170,10 @@ static int req_checkpoint_apply(struct hv_daemon *d, const json_t *req, json_t *
     size_t index;
     json_t *cp;
     json_t *extra;
-    int ret = get_vm_arg(d, req, &vm, err);
+    int ret = get_checkpoint_arg(d, req, &vm, &name, &cp, &index, err);
 
     if (ret < 0)
         return ret;
-    if (!name)
-        return hv_err_set(err, -EINVAL, "request needs 'name'");
-    cp = find_checkpoint(vm, name, &index);
-    if (!cp)
-        return hv_err_set(err, -ENOENT, "VM '%s' has no checkpoint named '%s'", vm->cfg.name,
-                          name);
     cp = json_deep_copy(cp);
     extra = json_deep_copy(vm->cfg.extra);
     /* The newer checkpoints lose their images. */
@@ -1316,24 +1305,6 @@ out:
 
 /* ------------------------------------------------------------ backups */
 
-static int newest_backup(const char *dir)
-{
-    DIR *d = opendir(dir);
-    int best = -1;
-    struct dirent *de;
-    if (!d)
-        return -1;
-    while ((de = readdir(d))) {
-        int n;
-        int len = 0;
-        if (sscanf(de->d_name, "%d.manifest.json%n", &n, &len) == 1 &&
-            (size_t)len == strlen(de->d_name) && n > best)
-            best = n;
-    }
-    closedir(d);
-    return best;
-}
-
 /* Changed-block tracking counts since the VM's last backup, wherever it
  * went. An incremental on top of another directory's newest backup (or of
  * one that is not the last) would miss what went elsewhere: make the
@@ -1343,9 +1314,10 @@ static void check_incremental_base(struct snap_run *run, const char *dir)
     const json_t *last = json_object_get(run->vm->cfg.extra, "last_backup");
     const char *last_dir = json_string_value(json_object_get(last, "dir"));
     int last_seq = (int)json_integer_value(json_object_get(last, "seq"));
-    int newest = newest_backup(dir);
+    int newest;
     char why[600];
 
+    snap_backup_newest(dir, &newest); /* unreadable: -1, as none */
     if (newest < 0)
         return; /* nothing to build on: snapshot/ says so */
     if (!last_dir)

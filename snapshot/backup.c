@@ -204,7 +204,7 @@ static int recover_run(void *arg)
 
 /* ------------------------------------------------------------ manifests */
 
-static int newest_manifest(const char *dir, int *seq)
+int snap_backup_newest(const char *dir, int *seq)
 {
     *seq = -1;
     DIR *d = opendir(dir);
@@ -454,7 +454,7 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
     if (ret < 0)
         return ret;
     int prev_seq;
-    ret = newest_manifest(opt->dir, &prev_seq);
+    ret = snap_backup_newest(opt->dir, &prev_seq);
     if (ret < 0)
         return hv_err_set(err, ret, "%s: cannot list: %s", opt->dir, strerror(-ret));
     int seq = prev_seq + 1;
@@ -714,7 +714,7 @@ static int verify_disk(struct hv_reactor *r, const char *dir, json_t *d, json_t 
 int snap_backup_verify(const char *dir, json_t **report, struct hv_err *err)
 {
     int newest;
-    int ret = newest_manifest(dir, &newest);
+    int ret = snap_backup_newest(dir, &newest);
     if (ret < 0)
         return hv_err_set(err, ret, "%s: cannot list: %s", dir, strerror(-ret));
     if (newest < 0)
@@ -771,7 +771,7 @@ int snap_backup_verify(const char *dir, json_t **report, struct hv_err *err)
 int snap_backup_restore(const char *dir, int sequence, const char *to_dir, struct hv_err *err)
 {
     if (sequence < 0) {
-        int ret = newest_manifest(dir, &sequence);
+        int ret = snap_backup_newest(dir, &sequence);
         if (ret < 0)
             return hv_err_set(err, ret, "%s: cannot list: %s", dir, strerror(-ret));
         if (sequence < 0)

@@ -328,6 +328,10 @@ int snap_backup_create(struct snap_group *grp, const struct snap_backup_options 
                        struct snap_backup_result *res, char *recovered, size_t recovered_cap,
                        struct hv_err *err);
 
+/* The number of the newest backup in `dir` (its `<seq>.manifest.json`), -1
+ * when there is none; -errno (and -1) when dir cannot be listed. */
+int snap_backup_newest(const char *dir, int *seq);
+
 /* Rehash every block of every backup file against its manifest and run the
  * checks of `vhd check` on each file. 0 when everything matches. */
 int snap_backup_verify(const char *dir, json_t **report, struct hv_err *err);

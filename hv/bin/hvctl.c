@@ -140,16 +140,8 @@ static const char disk_stats_usage[] =
     "\n"
     "Per-disk statistics: commands, bytes, latency histogram, requests in flight.\n";
 
-static int HV_PRINTF(2, 3) usage_error(const char *text, const char *fmt, ...)
-{
-    va_list ap;
-    fprintf(stderr, "hvctl: ");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\n%s", text);
-    return 2;
-}
+/* The same message and exit code as the SAN and checkpoint commands give. */
+#define usage_error hv_cli_usage_error
 
 static bool wants_help(int argc, char **argv)
 {
@@ -254,28 +246,15 @@ static void print_vm(const json_t *vm)
 /* Send `req` (consumed); on success print with `print` or as JSON. */
 static int call(json_t *req, void (*print)(const json_t *result))
 {
-    struct hv_err err = {0};
-    json_t *reply = NULL;
-    int ret = hv_control_call(socket_path, req, &reply, timeout_ms, &err);
+    json_t *result;
 
-    json_decref(req);
-    if (ret < 0) {
-        fprintf(stderr, "hvctl: %s\n", hv_err_msg(&err, ret));
+    if (hv_control_request(socket_path, req, timeout_ms, is_json, &result))
         return 1;
-    }
-    if (!json_is_true(json_object_get(reply, "ok"))) {
-        const char *msg = json_string_value(json_object_get(reply, "error"));
-        if (is_json)
-            hv_json_print(stdout, reply);
-        fprintf(stderr, "hvctl: %s\n", msg ? msg : "request failed (no message)");
-        json_decref(reply);
-        return 1;
-    }
     if (is_json)
-        hv_json_print(stdout, json_object_get(reply, "result"));
+        hv_json_print(stdout, result);
     else if (print)
-        print(json_object_get(reply, "result"));
-    json_decref(reply);
+        print(result);
+    json_decref(result);
     return 0;
 }
 

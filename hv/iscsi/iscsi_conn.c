@@ -399,21 +399,11 @@ static void cmd_set_sense(struct iscsi_cmd *cmd, uint8_t key, uint8_t asc, uint8
     cmd->has_early_sense = true;
 }
 
+/* A group with no fixed length: all 16 bytes the basic header carries. */
 static uint8_t cdb_length(uint8_t opcode)
 {
-    switch (opcode >> 5) {
-    case 0:
-        return 6;
-    case 1:
-    case 2:
-        return 10;
-    case 4:
-        return 16;
-    case 5:
-        return 12;
-    default:
-        return 16;
-    }
+    size_t len = scsi_cdb_group_length(opcode);
+    return len ? (uint8_t)len : 16;
 }
 
 static void cmd_send_response(struct iscsi_cmd *cmd);

@@ -137,3 +137,16 @@ const char *t_bindir(void)
     const char *b = getenv("HVSTOR_BIN");
     return b ? b : "./bin";
 }
+
+size_t t_unhex(const char *hex, uint8_t *out, size_t cap)
+{
+    size_t len = strlen(hex) / 2;
+    if (len > cap)
+        len = cap;
+    for (size_t i = 0; i < len; i++) {
+        unsigned v;
+        sscanf(hex + 2 * i, "%2x", &v);
+        out[i] = (uint8_t)v;
+    }
+    return len;
+}

@@ -27,5 +27,8 @@ int t_run(char *out, size_t cap, const char *fmt, ...) __attribute__((format(pri
 int t_write_file(const char *path, const void *buf, size_t len);
 /* Directory of the built binaries ($HVSTOR_BIN). */
 const char *t_bindir(void);
+/* The bytes a hex string spells ("2a000000..."), at most cap into out;
+ * returns how many (a CDB written as the standards print it). */
+size_t t_unhex(const char *hex, uint8_t *out, size_t cap);
 
 #endif

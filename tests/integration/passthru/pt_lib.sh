@@ -5,6 +5,7 @@
 #   pt_setup                 scratch dir, skip (77) when tools are missing
 #   tgt_start / tgt_stop     tgtd on $PORTAL, control port $CTL (<= 32767)
 #   tgtadm_ ARGS...          tgtadm on that tgtd (these three: tests/testlib/tgtd.sh)
+#   pt_target N [IQN...]     target 1 ($T1), LUNs 1..N on $WORK/lunK.img, IQNs let in
 #   hvd_start N              hvstord number N (1 or 2): HVD_PORTAL[N], state $WORK/stN
 #   hvctl_ N ARGS...         hvctl on daemon N
 set -u
@@ -16,6 +17,7 @@ PT_CDB=${HVSTOR_BUILD:?HVSTOR_BUILD not set}/tests/integration/pt-cdb
 : "${HVSTOR_BIN:?HVSTOR_BIN not set}"
 TEST_OUI=00:11:22            # tests only: any OUI will do in a private tgtd
 T1=iqn.2026-11.org.hvstor.test:pt1
+ADMIN=iqn.2026-11.org.hvstor.test:san-admin   # the SAN administrator's own initiator
 
 pt_setup() {
     tgt_require
@@ -49,6 +51,19 @@ pt_cleanup() {
     fi
     if [ -n "${KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
     exit $rc
+}
+
+pt_target() {   # pt_target N [INITIATOR...]
+    local n=$1 i
+    shift
+    tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
+    for i in $(seq "$n"); do
+        tgtadm_ --mode logicalunit --op new --tid 1 --lun "$i" -b "$WORK/lun$i.img" ||
+            fail "lun $i"
+    done
+    for i in "$@"; do
+        tgtadm_ --mode target --op bind --tid 1 --initiator-name "$i" || fail "acl for $i"
+    done
 }
 
 # Run a tgtadm command line as `hvctl vm zoning` printed it, on our tgtd.

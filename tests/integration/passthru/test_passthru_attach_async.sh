@@ -10,12 +10,9 @@ source "$(dirname "$0")/pt_lib.sh"
 pt_setup
 command -v qemu-io >/dev/null || skip "qemu-io not installed"
 out=$WORK/out
-ADMIN=iqn.2026-11.org.hvstor.test:san-admin
 truncate -s 64M "$WORK/lun1.img"
 tgt_start
-tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
-tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 -b "$WORK/lun1.img" || fail "lun 1"
-tgtadm_ --mode target --op bind --tid 1 --initiator-name "$ADMIN" || fail "admin acl"
+pt_target 1 "$ADMIN"
 
 hvd_start 1
 hvctl_ 1 vm create a >/dev/null && hvctl_ 1 vm create b >/dev/null || fail "vm create"
@@ -74,8 +71,6 @@ hvctl_ 1 --json vm show a | json_get - 'len(j["controllers"][0]["luns"])' | grep
 step "the SAN is back: the same attach works"
 kill "${EXTRA_PIDS[0]}"; wait "${EXTRA_PIDS[0]}" 2>/dev/null; EXTRA_PIDS=()
 tgt_start
-tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
-tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 -b "$WORK/lun1.img" || fail "lun 1"
-tgtadm_ --mode target --op bind --tid 1 --initiator-name "$IQN_A" || fail "acl for a"
+pt_target 1 "$IQN_A"
 hvctl_ 1 disk attach a --controller 0 --slot 0 --lun "tgt1:$T1:1" || fail "attach"
 echo PASS

@@ -9,13 +9,10 @@ source "$(dirname "$0")/pt_lib.sh"
 pt_setup
 command -v qemu-io >/dev/null || skip "qemu-io not installed"
 
-ADMIN=iqn.2026-11.org.hvstor.test:san-admin
 truncate -s 256M "$WORK/lun1.img"
 out=$WORK/out
 tgt_config() {
-    tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
-    tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 -b "$WORK/lun1.img" || fail "lun 1"
-    tgtadm_ --mode target --op bind --tid 1 --initiator-name "$ADMIN" || fail "admin acl"
+    pt_target 1 "$ADMIN"
     [ -s "$WORK/grant" ] || return 0
     while read -r line; do tgt_run_printed "$line" >/dev/null; done < "$WORK/grant"
     return 0

@@ -15,12 +15,8 @@ done
 truncate -s 64M "$WORK/lun1.img"
 truncate -s 32M "$WORK/lun2.img"
 mkfs.ext4 -q -F "$WORK/lun2.img" || fail "mkfs.ext4"
-ADMIN=iqn.2026-11.org.hvstor.test:san-admin
 tgt_start
-tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
-tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 -b "$WORK/lun1.img" || fail "lun 1"
-tgtadm_ --mode logicalunit --op new --tid 1 --lun 2 -b "$WORK/lun2.img" || fail "lun 2"
-tgtadm_ --mode target --op bind --tid 1 --initiator-name "$ADMIN" || fail "admin acl"
+pt_target 2 "$ADMIN"
 
 hvd_start 1
 out=$WORK/out

@@ -21,12 +21,9 @@ pt_setup
 PT_TMF=$HVSTOR_BUILD/tests/integration/pt-tmf
 [ -x "$PT_TMF" ] || fail "$PT_TMF not built"
 out=$WORK/out
-ADMIN=iqn.2026-11.org.hvstor.test:san-admin
 truncate -s 64M "$WORK/lun1.img"
 tgt_start
-tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
-tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 -b "$WORK/lun1.img" || fail "lun 1"
-tgtadm_ --mode target --op bind --tid 1 --initiator-name "$ADMIN" || fail "admin acl"
+pt_target 1 "$ADMIN"
 
 hvd_start 1
 hvctl_ 1 vm create alpha >/dev/null || fail "vm create"

@@ -10,8 +10,7 @@ command -v qemu-io >/dev/null || skip "qemu-io not installed"
 
 truncate -s 64M "$WORK/lun1.img"
 tgt_start
-tgtadm_ --mode target --op new --tid 1 -T "$T1" || fail "target"
-tgtadm_ --mode logicalunit --op new --tid 1 --lun 1 -b "$WORK/lun1.img" || fail "lun 1"
+pt_target 1
 out=$WORK/out
 
 hvd_start 1

@@ -46,6 +46,28 @@ static void job_done(struct hv_work *w)
     j->order[(*j->norder)++] = j->index;
 }
 
+/* N_WORK jobs whose done() appends their index to order[]. */
+static void queue_jobs(struct hv_workers *p, struct job *jobs, int *order, int *norder)
+{
+    for (int i = 0; i < N_WORK; i++) {
+        jobs[i] = (struct job){.work = {.run = job_run, .done = job_done},
+                               .index = i,
+                               .order = order,
+                               .norder = norder,
+                               .reactor_thread = pthread_self()};
+        hv_workers_queue(p, &jobs[i].work);
+    }
+}
+
+/* Turn the reactor until no work is left (10 s at most: a hang fails the
+ * counts that follow instead of hanging the test). */
+static void drain(struct hv_reactor *r, struct hv_workers *p)
+{
+    uint64_t start = hv_now_ns();
+    while (hv_workers_pending(p) && hv_now_ns() - start < 10000000000ull)
+        hv_reactor_run_once(r, 100);
+}
+
 static void test_one_thread_completes_in_queue_order_on_the_reactor(void **state)
 {
     (void)state;
@@ -57,18 +79,9 @@ static void test_one_thread_completes_in_queue_order_on_the_reactor(void **state
     int norder = 0;
     assert_int_equal(hv_reactor_create(&r), 0);
     assert_int_equal(hv_workers_create(r, 1, "test", &p, &err), 0);
-    for (int i = 0; i < N_WORK; i++) {
-        jobs[i] = (struct job){.work = {.run = job_run, .done = job_done},
-                               .index = i,
-                               .order = order,
-                               .norder = &norder,
-                               .reactor_thread = pthread_self()};
-        hv_workers_queue(p, &jobs[i].work);
-    }
+    queue_jobs(p, jobs, order, &norder);
     assert_int_equal(hv_workers_pending(p), N_WORK);
-    uint64_t start = hv_now_ns();
-    while (hv_workers_pending(p) && hv_now_ns() - start < 10000000000ull)
-        hv_reactor_run_once(r, 100);
+    drain(r, p);
     assert_int_equal(norder, N_WORK);
     for (int i = 0; i < N_WORK; i++) {
         assert_int_equal(order[i], i);
@@ -89,17 +102,8 @@ static void test_many_threads_complete_every_work_once(void **state)
     int norder = 0;
     assert_int_equal(hv_reactor_create(&r), 0);
     assert_int_equal(hv_workers_create(r, 4, "test", &p, &err), 0);
-    for (int i = 0; i < N_WORK; i++) {
-        jobs[i] = (struct job){.work = {.run = job_run, .done = job_done},
-                               .index = i,
-                               .order = order,
-                               .norder = &norder,
-                               .reactor_thread = pthread_self()};
-        hv_workers_queue(p, &jobs[i].work);
-    }
-    uint64_t start = hv_now_ns();
-    while (hv_workers_pending(p) && hv_now_ns() - start < 10000000000ull)
-        hv_reactor_run_once(r, 100);
+    queue_jobs(p, jobs, order, &norder);
+    drain(r, p);
     assert_int_equal(norder, N_WORK);
     /* Each index exactly once, whatever order the threads finished in. */
     static bool seen[N_WORK];

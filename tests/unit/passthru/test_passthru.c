@@ -23,12 +23,7 @@
 static bool allowed(const char *hex)
 {
     uint8_t cdb[16] = {0};
-    size_t len = strlen(hex) / 2;
-    for (size_t i = 0; i < len; i++) {
-        unsigned v;
-        sscanf(hex + 2 * i, "%2x", &v);
-        cdb[i] = (uint8_t)v;
-    }
+    size_t len = t_unhex(hex, cdb, sizeof(cdb));
     return pt_cdb_is_allowed(cdb, len, false);
 }
 

@@ -320,14 +320,33 @@ static void round_done(struct pt_cmd *cmd)
         rd->is_all_done = true;
 }
 
-static struct pt_sg *open_sg(struct hv_reactor *r, int fd, unsigned depth)
+/* A round of commands through a pt_sg of `depth` workers over /dev/null
+ * (which answers SG_IO with ENOTTY), on a reactor of its own. */
+static struct round *round_start(unsigned depth, uint32_t block_bytes, struct hv_reactor **r,
+                                 struct pt_sg **sg)
 {
-    struct pt_sg_options o = {.fd = fd, .path = "/dev/null", .depth = depth};
+    struct round *rd = calloc(1, sizeof(*rd));
+    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    struct pt_sg_options o = {
+        .fd = fd, .path = "/dev/null", .depth = depth, .block_bytes = block_bytes};
     struct hv_err err = {0};
-    struct pt_sg *sg = NULL;
 
-    assert_int_equal(pt_sg_create(r, &o, &sg, &err), 0);
-    return sg;
+    assert_non_null(rd);
+    assert_true(fd >= 0);
+    the_round = rd;
+    *r = NULL;
+    *sg = NULL;
+    assert_int_equal(hv_reactor_create(r), 0);
+    assert_int_equal(pt_sg_create(*r, &o, sg, &err), 0);
+    close(fd);                          /* the transport holds its own descriptor */
+    return rd;
+}
+
+static void round_end(struct hv_reactor *r, struct pt_sg *sg, struct round *rd)
+{
+    pt_sg_destroy(sg);
+    hv_reactor_destroy(r);
+    free(rd);
 }
 
 static void prepare(struct round *rd, int i, uint32_t xfer_bytes, int iov_bytes)
@@ -345,20 +364,21 @@ static void prepare(struct round *rd, int i, uint32_t xfer_bytes, int iov_bytes)
     cmd->done = round_done;
 }
 
+/* Every command of the round: a 512-byte READ(10). */
+static void submit_all(struct round *rd, struct pt_sg *sg)
+{
+    for (int i = 0; i < N_CMDS; i++) {
+        prepare(rd, i, 512, 512);
+        pt_sg_submit(sg, &rd->cmds[i]);
+    }
+}
+
 static void test_every_command_completes_once_on_the_reactor(void **state)
 {
-    struct hv_reactor *r = NULL;
-    struct round *rd = calloc(1, sizeof(*rd));
-    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    struct hv_reactor *r;
     struct pt_sg *sg;
+    struct round *rd = round_start(4, 0, &r, &sg);
     (void)state;
-
-    assert_non_null(rd);
-    assert_true(fd >= 0);
-    the_round = rd;
-    assert_int_equal(hv_reactor_create(&r), 0);
-    sg = open_sg(r, fd, 4);
-    close(fd);                          /* the transport holds its own descriptor */
 
     rd->is_submitting = true;
     for (int i = 0; i < N_CMDS; i++) {
@@ -379,28 +399,17 @@ static void test_every_command_completes_once_on_the_reactor(void **state)
     }
     assert_int_equal(pt_sg_inflight(sg), 0);
     assert_true(pt_sg_max_busy(sg) >= 1 && pt_sg_max_busy(sg) <= 4);
-    pt_sg_destroy(sg);
-    hv_reactor_destroy(r);
-    free(rd);
+    round_end(r, sg, rd);
 }
 
 static void test_destroy_completes_what_is_still_queued(void **state)
 {
-    struct hv_reactor *r = NULL;
-    struct round *rd = calloc(1, sizeof(*rd));
-    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    struct hv_reactor *r;
     struct pt_sg *sg;
+    struct round *rd = round_start(1, 0, &r, &sg);
     (void)state;
 
-    assert_non_null(rd);
-    the_round = rd;
-    assert_int_equal(hv_reactor_create(&r), 0);
-    sg = open_sg(r, fd, 1);
-    close(fd);
-    for (int i = 0; i < N_CMDS; i++) {
-        prepare(rd, i, 512, 512);
-        pt_sg_submit(sg, &rd->cmds[i]);
-    }
+    submit_all(rd, sg);
     /* no reactor turn yet: the worker may have finished some, the rest
      * wait; the aborted ones complete on the next turn, not inside */
     rd->is_submitting = true;
@@ -429,12 +438,7 @@ static void test_destroy_completes_what_is_still_queued(void **state)
 static bool data_of(const char *hex, uint32_t block_bytes, enum san_xfer *dir, uint64_t *bytes)
 {
     uint8_t cdb[16] = {0};
-    size_t len = strlen(hex) / 2;
-    for (size_t i = 0; i < len; i++) {
-        unsigned v;
-        sscanf(hex + 2 * i, "%2x", &v);
-        cdb[i] = (uint8_t)v;
-    }
+    size_t len = t_unhex(hex, cdb, sizeof(cdb));
     return pt_cdb_data_bytes(cdb, len, block_bytes, dir, bytes);
 }
 
@@ -483,19 +487,11 @@ static void test_block_commands_say_what_they_move(void **state)
 
 static void test_data_the_initiator_did_not_send_never_reaches_the_device(void **state)
 {
-    struct hv_reactor *r = NULL;
-    struct round *rd = calloc(1, sizeof(*rd));
-    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-    struct pt_sg_options o = {.fd = fd, .path = "/dev/null", .depth = 2, .block_bytes = 512};
-    struct hv_err err = {0};
-    struct pt_sg *sg = NULL;
+    struct hv_reactor *r;
+    struct pt_sg *sg;
+    struct round *rd = round_start(2, 512, &r, &sg);
     (void)state;
 
-    assert_non_null(rd);
-    the_round = rd;
-    assert_int_equal(hv_reactor_create(&r), 0);
-    assert_int_equal(pt_sg_create(r, &o, &sg, &err), 0);
-    close(fd);
     for (int i = 0; i < N_CMDS; i++) {
         prepare(rd, i, 512, 512);
         switch (i % 4) {
@@ -526,29 +522,18 @@ static void test_data_the_initiator_did_not_send_never_reaches_the_device(void *
         else
             assert_sense(&rd->cmds[i], 0x5, 0x24, 0x00);
     }
-    pt_sg_destroy(sg);
-    hv_reactor_destroy(r);
-    free(rd);
+    round_end(r, sg, rd);
 }
 
 static void test_abort_task_takes_a_command_no_worker_has(void **state)
 {
-    struct hv_reactor *r = NULL;
-    struct round *rd = calloc(1, sizeof(*rd));
-    int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    struct hv_reactor *r;
     struct pt_sg *sg;
+    struct round *rd = round_start(1, 0, &r, &sg);
     int aborted = 0;
     (void)state;
 
-    assert_non_null(rd);
-    the_round = rd;
-    assert_int_equal(hv_reactor_create(&r), 0);
-    sg = open_sg(r, fd, 1);
-    close(fd);
-    for (int i = 0; i < N_CMDS; i++) {
-        prepare(rd, i, 512, 512);
-        pt_sg_submit(sg, &rd->cmds[i]);
-    }
+    submit_all(rd, sg);
     /* the last one cannot have been taken unless all before it were:
      * whichever it is, each completes once, never inside the abort */
     rd->is_submitting = true;
@@ -572,9 +557,7 @@ static void test_abort_task_takes_a_command_no_worker_has(void **state)
     }
     assert_int_equal(aborted, 0);
     assert_int_equal(pt_sg_inflight(sg), 0);
-    pt_sg_destroy(sg);
-    hv_reactor_destroy(r);
-    free(rd);
+    round_end(r, sg, rd);
 }
 
 int main(void)
