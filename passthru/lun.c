@@ -251,17 +251,27 @@ static void setup_done(struct pt_lun *pl, enum pt_state state, const char *why)
 static void reserve_done(void *arg, int status, const char *msg);
 static void restart_setup(struct pt_lun *pl);
 
+/* Every step of the reservation set-up ends the same way when the LUN is
+ * closing (nothing more to do) or a LUN RESET the guest sent caught the
+ * step (-ECANCELED: the set-up starts over); true when the caller stops. */
+static bool setup_step_is_over(struct pt_lun *pl, int status)
+{
+    if (pl->is_closing)
+        return true;
+    if (status == -ECANCELED) {
+        restart_setup(pl);
+        return true;
+    }
+    return false;
+}
+
 static void fenced_read_done(void *arg, int status, const char *msg,
                              const struct san_pr_status *pr)
 {
     struct pt_lun *pl = arg;
 
-    if (pl->is_closing)
+    if (setup_step_is_over(pl, status))
         return;
-    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
-        restart_setup(pl);
-        return;
-    }
     char why[512];
 
     if (status == 0 && pr->is_reserved && pr->holder_key == pl->host_key) {
@@ -289,12 +299,8 @@ static void reserve_done(void *arg, int status, const char *msg)
 {
     struct pt_lun *pl = arg;
 
-    if (pl->is_closing)
+    if (setup_step_is_over(pl, status))
         return;
-    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
-        restart_setup(pl);
-        return;
-    }
     char why[512];
 
     if (status == -EACCES) {        /* someone reserved it between our read and now */
@@ -323,12 +329,8 @@ static void register_again_done(void *arg, int status, const char *msg)
 {
     struct pt_lun *pl = arg;
 
-    if (pl->is_closing)
+    if (setup_step_is_over(pl, status))
         return;
-    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
-        restart_setup(pl);
-        return;
-    }
     if (status < 0) {
         reserve_done(pl, status == -EACCES ? -EIO : status, msg);
         return;
@@ -341,12 +343,8 @@ static void register_done(void *arg, int status, const char *msg)
 {
     struct pt_lun *pl = arg;
 
-    if (pl->is_closing)
+    if (setup_step_is_over(pl, status))
         return;
-    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
-        restart_setup(pl);
-        return;
-    }
     if (status == -EACCES) {
         /* This nexus is registered already (same name and ISID as before a
          * restart of ours, on a target that kept it): REGISTER with our own
@@ -364,12 +362,8 @@ static void setup_read_done(void *arg, int status, const char *msg,
 {
     struct pt_lun *pl = arg;
 
-    if (pl->is_closing)
+    if (setup_step_is_over(pl, status))
         return;
-    if (status == -ECANCELED) {     /* caught by a LUN RESET the guest sent */
-        restart_setup(pl);
-        return;
-    }
 
     if (status == 0 && pr->is_reserved && pr->holder_key != pl->host_key) {
         fenced_read_done(pl, status, msg, pr);
